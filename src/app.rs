@@ -1,0 +1,128 @@
+//! `Application::build` wires one configuration into a running relay: the store, the live
+//! [`Runtime`], the public and admin listeners (bound before anything is served, port 0 allowed)
+//! and the delivery workers; `run_until_stopped` serves until a shutdown future resolves, then
+//! drains in order: stop accepting, finish in-flight deliveries, stop the admin listener.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dedup::Dedup;
+use crate::delivery::send::HttpSender;
+use crate::delivery::worker;
+use crate::http;
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+/// State shared by the HTTP handlers and the workers.
+pub struct Relay {
+    pub store: Store,
+    runtime: ArcSwap<Runtime>,
+    pub dedup: Dedup,
+    /// Wakes idle workers when new deliveries were committed.
+    pub wake: Notify,
+    pub sender: HttpSender,
+}
+
+impl Relay {
+    pub fn new(runtime: Runtime, store: Store) -> Relay {
+        Relay {
+            store,
+            runtime: ArcSwap::from_pointee(runtime),
+            dedup: Dedup::default(),
+            wake: Notify::new(),
+            sender: HttpSender::new(),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Puts a new configuration in force; work already started keeps the old one.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+}
+
+pub struct Application {
+    relay: Arc<Relay>,
+    public: actix_web::dev::Server,
+    admin: actix_web::dev::Server,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl Application {
+    /// Validates everything, opens the store and binds both listeners. Fails before serving
+    /// anything if the config, a template or the store is not right.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let runtime = Runtime::build(config).map_err(|problems| anyhow::anyhow!(problems.join("\n")))?;
+        let store = Store::open(&runtime.config.store).await.context("opening the store")?;
+        let listen = runtime.config.server.listen.clone();
+        let admin_listen = runtime.config.server.admin_listen.clone();
+        let relay = Arc::new(Relay::new(runtime, store));
+        crate::telemetry::metrics();
+
+        let public_listener = TcpListener::bind(&listen).with_context(|| format!("binding server.listen {listen}"))?;
+        let admin_listener =
+            TcpListener::bind(&admin_listen).with_context(|| format!("binding server.admin_listen {admin_listen}"))?;
+        let public_addr = public_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let public = http::public_server(relay.clone(), public_listener)?;
+        let admin = http::admin_server(relay.clone(), admin_listener)?;
+        Ok(Application {
+            relay,
+            public,
+            admin,
+            public_addr,
+            admin_addr,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn relay(&self) -> Arc<Relay> {
+        self.relay.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains gracefully.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application {
+            relay, public, admin, public_addr, admin_addr,
+        } = self;
+        tracing::info!(%public_addr, %admin_addr, "lbx-relay listening");
+        let public_handle = public.handle();
+        let admin_handle = admin.handle();
+        let mut public_task = tokio::spawn(public);
+        let admin_task = tokio::spawn(admin);
+        let stop = CancellationToken::new();
+        let workers = tokio::spawn(worker::run(relay.clone(), stop.clone()));
+
+        let result = tokio::select! {
+            _ = shutdown => Ok(()),
+            r = &mut public_task => Err(anyhow::anyhow!("the public listener stopped: {:?}", r)),
+        };
+        tracing::info!("shutting down: no new requests, finishing in-flight deliveries");
+        public_handle.stop(true).await;
+        stop.cancel();
+        let _ = workers.await;
+        admin_handle.stop(true).await;
+        let _ = admin_task.await;
+        tracing::info!("stopped");
+        result
+    }
+}

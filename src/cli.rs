@@ -1,0 +1,357 @@
+//! The command line: `serve`, `check`, `decrypt`, `encrypt`, `render`, `send-test`. Each command is
+//! a thin call into the same library functions the server uses.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::app::Application;
+use crate::crypto::{self, Hint, KeyForm, Keyring, OpenOptions, Sealed, Variant};
+use crate::event::{now_ms, Event};
+use crate::runtime::Runtime;
+use crate::telemetry::LogFormat;
+use crate::templates::TemplateContext;
+
+/// The sample events bundled with the binary (one per known Learnybox event kind).
+pub const SAMPLE_EVENTS: &str = include_str!("../assets/learnybox-events.json");
+
+#[derive(Parser, Debug)]
+#[command(name = "lbx-relay", version, about = "Relay encrypted Learnybox webhooks to CRMs, durably")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Path of routes.toml.
+    #[arg(short = 'c', long = "config", env = "LBX_CONFIG", default_value = "routes.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SecretArg {
+    /// The Learnybox secret key (prefer --secret-env: the command line is visible to other users).
+    #[arg(long, conflicts_with = "secret_env")]
+    pub secret: Option<String>,
+    /// Read the secret from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub secret_env: Option<String>,
+}
+
+impl SecretArg {
+    fn get(&self) -> anyhow::Result<SecretString> {
+        match (&self.secret, &self.secret_env) {
+            (Some(s), _) => Ok(SecretString::from(s.clone())),
+            (None, Some(var)) => std::env::var(var)
+                .map(SecretString::from)
+                .map_err(|_| anyhow!("environment variable {var} is not set")),
+            (None, None) => bail!("give the secret with --secret or --secret-env VAR"),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ConfigArg),
+    /// Validate the config, compile every template and render every route against sample events.
+    Check(ConfigArg),
+    /// Decrypt a body (FILE or - for stdin) and print the JSON and the detected envelope.
+    Decrypt {
+        #[command(flatten)]
+        secret: SecretArg,
+        /// Value of the X-*-Iv header, for bodies whose IV travels in a header.
+        #[arg(long)]
+        iv: Option<String>,
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Encrypt a JSON event (FILE or -) into a body as a PHP sender would.
+    Encrypt {
+        #[command(flatten)]
+        secret: SecretArg,
+        /// Envelope variant to produce.
+        #[arg(long, default_value = "json-data-iv")]
+        envelope: String,
+        /// How the secret becomes the key: raw, hex64, base64, sha256.
+        #[arg(long, default_value = "raw")]
+        key_form: String,
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Print the request a route would send for an event (secrets from ${VAR} masked).
+    Render {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        route: String,
+        /// Print {"method","url","headers","body"} as JSON.
+        #[arg(long)]
+        json: bool,
+        event_file: String,
+    },
+    /// Encrypt a sample event and POST it like Learnybox would; print the answer.
+    SendTest {
+        #[command(flatten)]
+        secret: SecretArg,
+        #[arg(long, default_value = "http://127.0.0.1:8080/hooks/learnybox")]
+        url: String,
+        #[arg(long, default_value = "json-data-iv")]
+        envelope: String,
+        event_file: String,
+    },
+}
+
+/// Runs the parsed command; errors are printed here, once.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(c) => serve(&c.config).await,
+            Command::Check(c) => check(&c.config),
+            Command::Decrypt { secret, iv, file } => decrypt(&secret, iv.as_deref(), &file),
+            Command::Encrypt { secret, envelope, key_form, file } => encrypt(&secret, &envelope, &key_form, &file),
+            Command::Render { config, route, json, event_file } => render(&config.config, &route, &event_file, json),
+            Command::SendTest { secret, url, envelope, event_file } => send_test(&secret, &url, &envelope, &event_file).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_input(file: &str) -> anyhow::Result<Vec<u8>> {
+    if file == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+        Ok(buf)
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let app = Application::build(runtime.config).await?;
+    let relay = app.relay();
+    let config_path = path.to_path_buf();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match Runtime::load(&config_path) {
+                Ok(rt) => {
+                    relay.replace_runtime(rt);
+                    tracing::info!(config = %config_path.display(), "configuration reloaded (SIGHUP)");
+                }
+                Err(problems) => {
+                    tracing::error!(problems = %problems.join("; "), "reload refused; the running configuration is kept")
+                }
+            }
+        }
+    });
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Sample events: the bundled ones plus every `*.json` in `samples/` beside the config.
+fn sample_events(config_dir: &Path) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let bundled: Vec<serde_json::Value> = serde_json::from_str(SAMPLE_EVENTS).context("bundled samples")?;
+    let mut out: Vec<(String, serde_json::Value)> =
+        bundled.into_iter().enumerate().map(|(i, v)| (format!("bundled sample #{i}"), v)).collect();
+    let dir = config_dir.join("samples");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
+            out.push((p.display().to_string(), v));
+        }
+    }
+    Ok(out)
+}
+
+fn event_from_json(rt: &Runtime, value: serde_json::Value) -> anyhow::Result<Event> {
+    let serde_json::Value::Object(map) = value else { bail!("an event must be a JSON object") };
+    let (name, src) = rt.config.sources.iter().next().ok_or_else(|| anyhow!("the config has no source"))?;
+    Ok(Event::from_plaintext(name, map, None, &src.event_field, &src.id_field, now_ms()))
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let rt = match Runtime::load(path) {
+        Ok(rt) => rt,
+        Err(problems) => {
+            for p in problems {
+                println!("{p}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut problems = Vec::new();
+    let samples = sample_events(&rt.config.dir)?;
+    let mut rendered = 0;
+    for route in &rt.config.routes {
+        for (name, sample) in &samples {
+            let event = event_from_json(&rt, sample.clone())?;
+            let ctx = TemplateContext::new(&event, &route.vars, "check");
+            match rt.templates.condition_holds(route, &ctx) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    problems.push(format!("{} (with {name})", e));
+                    continue;
+                }
+            }
+            match rt.templates.render(route, &ctx) {
+                Ok(_) => rendered += 1,
+                Err(e) => problems.push(format!("{}: {e} (with {name})", route.template.display())),
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: OK — {} source(s), {} route(s), {} sample render(s)",
+            path.display(),
+            rt.config.sources.len(),
+            rt.config.routes.len(),
+            rendered
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in problems {
+            println!("{p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn decrypt(secret: &SecretArg, iv: Option<&str>, file: &str) -> anyhow::Result<ExitCode> {
+    let body = read_input(file)?;
+    let keys = Keyring::new(&[secret.get()?]);
+    let opts = OpenOptions {
+        mode: crypto::EnvelopeMode::Auto,
+        allow_plaintext: false,
+    };
+    let opened = crypto::open(&Sealed { body: &body, iv_header: iv }, &keys, &opts, &Hint::default())
+        .map_err(|e| anyhow!("could not decrypt: {e}"))?;
+    eprintln!(
+        "envelope: {}  key form: {}",
+        opened.variant.name(),
+        opened.key_form.map(KeyForm::name).unwrap_or("-")
+    );
+    println!("{}", serde_json::to_string_pretty(&opened.plaintext)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn seal_input(secret: &SecretString, envelope: &str, key_form: &str, plaintext: &[u8]) -> anyhow::Result<crypto::SealedBody> {
+    let variant = Variant::from_name(envelope)
+        .ok_or_else(|| anyhow!("unknown envelope {envelope:?}; one of {}", Variant::names().join(", ")))?;
+    let form = KeyForm::from_name(key_form).ok_or_else(|| anyhow!("unknown key form {key_form:?}; one of raw, hex64, base64, sha256"))?;
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(plaintext)
+        .context("the input must be a JSON object")?;
+    Ok(crypto::seal(plaintext, secret.expose_secret(), variant, form, crypto::random_iv())?)
+}
+
+fn encrypt(secret: &SecretArg, envelope: &str, key_form: &str, file: &str) -> anyhow::Result<ExitCode> {
+    let sealed = seal_input(&secret.get()?, envelope, key_form, &read_input(file)?)?;
+    for (k, v) in &sealed.headers {
+        eprintln!("header: {k}: {v}");
+    }
+    println!("{}", sealed.body);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(path: &Path, route_name: &str, event_file: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let route = rt.config.route(route_name).ok_or_else(|| {
+        let names: Vec<&str> = rt.config.routes.iter().map(|r| r.name.as_str()).collect();
+        anyhow!("no route named {route_name:?}; routes: {}", names.join(", "))
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&read_input(event_file)?).with_context(|| format!("{event_file}: not valid JSON"))?;
+    let event = event_from_json(&rt, value)?;
+    let ctx = TemplateContext::new(&event, &route.vars, "render-preview");
+    if !rt.templates.condition_holds(route, &ctx)? {
+        eprintln!("note: the route's `when` condition is false for this event; it would not be sent");
+    }
+    let req = rt.templates.render(route, &ctx)?;
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.clone(), if h.from_env { "***".to_string() } else { h.value.expose_secret().to_string() }))
+        .collect();
+    if json {
+        let body = serde_json::from_str::<serde_json::Value>(&req.body).unwrap_or(serde_json::Value::String(req.body.clone()));
+        let headers: serde_json::Map<String, serde_json::Value> =
+            headers.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "method": req.method.as_str(), "url": req.url, "headers": headers, "body": body
+            }))?
+        );
+    } else {
+        println!("{} {}", req.method, req.url);
+        for (k, v) in headers {
+            println!("{k}: {v}");
+        }
+        println!();
+        println!("{}", req.body);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send_test(secret: &SecretArg, url: &str, envelope: &str, event_file: &str) -> anyhow::Result<ExitCode> {
+    let sealed = seal_input(&secret.get()?, envelope, "raw", &read_input(event_file)?)?;
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(sealed.body);
+    for (k, v) in &sealed.headers {
+        req = req.header(k, v);
+    }
+    let started = Instant::now();
+    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    println!("{} in {:.1} ms: {}", status, elapsed.as_secs_f64() * 1000.0, body.trim());
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,750 @@
+//! routes.toml → a typed, validated [`Config`]: `${VAR}` interpolation, durations, sizes, relative
+//! paths resolved against the config file's directory, and every cross-check that can be made
+//! before a port is bound. `serve`, `check` and `POST /api/reload` all go through [`Config::load`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::crypto::{EnvelopeMode, Variant};
+
+/// Event-type pointers tried when a source does not set `event_field`.
+pub const DEFAULT_EVENT_FIELDS: &[&str] = &["/event", "/type", "/event_type", "/event_name"];
+/// Event-id pointers tried when a source does not set `id_field`.
+pub const DEFAULT_ID_FIELDS: &[&str] = &["/id", "/event_id", "/uid"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{}", .problems.join("\n"))]
+    Invalid { problems: Vec<String> },
+}
+
+impl ConfigError {
+    /// Every problem as its own line, for `check` and `/api/reload`.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems } => problems.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    /// The directory relative paths resolve against.
+    pub dir: PathBuf,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub retry: RetryPolicy,
+    pub delivery: DeliveryConfig,
+    pub quarantine: QuarantineConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_listen: String,
+    pub admin_token: Option<SecretString>,
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+    Postgres { url: SecretString },
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub secret_keys: Vec<SecretString>,
+    pub envelope: EnvelopeMode,
+    pub allow_plaintext: bool,
+    pub dedup_window: Duration,
+    pub event_field: Vec<String>,
+    pub id_field: Vec<String>,
+    pub path_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay before each retry; its length is the number of retries after the first attempt.
+    pub schedule: Vec<Duration>,
+    /// Whole-request timeout for one attempt.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Deliveries sent concurrently by this process.
+    pub workers: usize,
+    /// How long a claimed delivery stays reserved beyond its timeout before another worker may
+    /// take it over (covers a crash mid-request).
+    pub lease: Duration,
+    /// Longest sleep of an idle worker; new events wake it at once.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuarantineConfig {
+    pub max_items: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub events: Vec<String>,
+    pub when: Option<String>,
+    pub template: PathBuf,
+    pub url: String,
+    pub method: reqwest::Method,
+    pub headers: Vec<HeaderSpec>,
+    pub vars: BTreeMap<String, String>,
+    pub retry: RetryPolicy,
+}
+
+/// One outbound header. Values that came from `${VAR}` are masked by `render`.
+#[derive(Debug, Clone)]
+pub struct HeaderSpec {
+    pub name: String,
+    pub value: SecretString,
+    pub from_env: bool,
+}
+
+impl Config {
+    /// Reads, interpolates and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as if read from `path`, looking variables up with `env`.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        // First pass on the raw text: structure, types and unknown keys, with line numbers.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: toml_message(&e),
+        })?;
+        // Second pass: interpolate every string value, then deserialize again.
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: shown.clone(),
+            message: toml_message(&e),
+        })?;
+        let mut unset = Vec::new();
+        let mut bad = Vec::new();
+        for (key, value) in table.iter_mut() {
+            interpolate_value(value, key, env, &mut unset, &mut bad);
+        }
+        if !unset.is_empty() || !bad.is_empty() {
+            let mut problems: Vec<String> = unset
+                .into_iter()
+                .map(|(var, at)| {
+                    format!("{shown}: {at}: environment variable {var} is not set (use ${{{var}:-default}} for a default)")
+                })
+                .collect();
+            problems.extend(bad.into_iter().map(|m| format!("{shown}: {m}")));
+            return Err(ConfigError::Invalid { problems });
+        }
+        let interpolated = RawConfig::deserialize(table).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        validate(interpolated, &raw, path.to_path_buf(), dir)
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.get(name)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+fn toml_message(e: &toml::de::Error) -> String {
+    // toml's Display already carries "TOML parse error at line L, column C" and a caret excerpt.
+    e.to_string().trim_end().to_string()
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string below `value`.
+fn interpolate_value(
+    value: &mut toml::Value,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    unset: &mut Vec<(String, String)>,
+    bad: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::String(s) => match interpolate(s, env) {
+            Ok(out) => *s = out,
+            Err(Interp::Unset(vars)) => {
+                unset.extend(vars.into_iter().map(|v| (v, at.to_string())));
+            }
+            Err(Interp::Malformed) => bad.push(format!("{at}: unterminated ${{ in a string value")),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{at}[{i}]"), env, unset, bad);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                interpolate_value(v, &format!("{at}.{k}"), env, unset, bad);
+            }
+        }
+        _ => {}
+    }
+}
+
+enum Interp {
+    Unset(Vec<String>),
+    Malformed,
+}
+
+fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Interp> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut unset = Vec::new();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or(Interp::Malformed)?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        match (env(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => unset.push(name.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if unset.is_empty() {
+        Ok(out)
+    } else {
+        Err(Interp::Unset(unset))
+    }
+}
+
+fn has_var(s: &str) -> bool {
+    s.contains("${")
+}
+
+// ---- raw, serde-facing shapes ------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    sources: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    quarantine: RawQuarantine,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    admin_listen: String,
+    admin_token: Option<String>,
+    max_body: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            admin_token: None,
+            max_body: "1MiB".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    url: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            url: "sqlite://relay.db".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(default)]
+    secret_keys: Vec<String>,
+    #[serde(default = "default_envelope")]
+    envelope: String,
+    #[serde(default)]
+    allow_plaintext: bool,
+    #[serde(default = "default_dedup_window")]
+    dedup_window: String,
+    #[serde(default)]
+    event_field: Option<Vec<String>>,
+    #[serde(default)]
+    id_field: Option<Vec<String>>,
+    #[serde(default)]
+    path_token: Option<String>,
+}
+
+fn default_envelope() -> String {
+    "auto".into()
+}
+fn default_dedup_window() -> String {
+    "24h".into()
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    schedule: Option<Vec<String>>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    workers: usize,
+    lease: String,
+    poll_interval: String,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            workers: 16,
+            lease: "30s".into(),
+            poll_interval: "1s".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQuarantine {
+    max_items: u64,
+}
+
+impl Default for RawQuarantine {
+    fn default() -> Self {
+        RawQuarantine { max_items: 10_000 }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    events: Vec<String>,
+    #[serde(default)]
+    when: Option<String>,
+    template: String,
+    url: String,
+    #[serde(default = "default_method")]
+    method: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+// ---- validation --------------------------------------------------------------------------------
+
+fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: PathBuf) -> Result<Config, ConfigError> {
+    let shown = path.display().to_string();
+    let mut problems = Vec::new();
+    let mut problem = |at: &str, msg: String| problems.push(format!("{shown}: {at}: {msg}"));
+
+    let max_body = match raw.server.max_body.parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() > 0 => usize::try_from(b.as_u64()).unwrap_or(usize::MAX),
+        _ => {
+            problem("server.max_body", format!("{:?} is not a size like \"1MiB\"", raw.server.max_body));
+            1 << 20
+        }
+    };
+    for (key, addr) in [("server.listen", &raw.server.listen), ("server.admin_listen", &raw.server.admin_listen)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            problem(key, format!("{addr:?} is not an address like \"0.0.0.0:8080\""));
+        }
+    }
+    let admin_token = raw
+        .server
+        .admin_token
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from);
+
+    let store = if let Some(rest) = raw.store.url.strip_prefix("sqlite://") {
+        let rel = PathBuf::from(rest);
+        StoreConfig::Sqlite {
+            path: if rel.is_absolute() { rel } else { dir.join(rel) },
+        }
+    } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://") {
+        StoreConfig::Postgres {
+            url: SecretString::from(raw.store.url.clone()),
+        }
+    } else {
+        problem("store.url", "must start with sqlite:// or postgres://".into());
+        StoreConfig::Sqlite {
+            path: dir.join("relay.db"),
+        }
+    };
+
+    let mut sources = BTreeMap::new();
+    if raw.sources.is_empty() {
+        problem("sources", "no [sources.NAME] table: nothing could be received".into());
+    }
+    for (name, s) in raw.sources {
+        let at = format!("sources.{name}");
+        if !valid_name(&name) {
+            problem(&at, "source names may use letters, digits, '-' and '_' only".into());
+        }
+        let envelope = match s.envelope.as_str() {
+            "auto" => EnvelopeMode::Auto,
+            other => match Variant::from_name(other) {
+                Some(v) => EnvelopeMode::Fixed(v),
+                None => {
+                    problem(
+                        &format!("{at}.envelope"),
+                        format!("unknown envelope {other:?}; use \"auto\" or one of {}", Variant::names().join(", ")),
+                    );
+                    EnvelopeMode::Auto
+                }
+            },
+        };
+        if s.secret_keys.iter().all(|k| k.is_empty()) && !s.allow_plaintext {
+            problem(&format!("{at}.secret_keys"), "at least one non-empty secret key is needed (or allow_plaintext = true)".into());
+        }
+        let dedup_window = duration(&s.dedup_window, &format!("{at}.dedup_window"), &mut problem);
+        let pointers = |given: Option<Vec<String>>, defaults: &[&str], key: &str, problem: &mut dyn FnMut(&str, String)| {
+            let list = given.unwrap_or_else(|| defaults.iter().map(|s| s.to_string()).collect());
+            for p in &list {
+                if !p.starts_with('/') {
+                    problem(&format!("{at}.{key}"), format!("{p:?} is not a JSON pointer (it must start with '/')"));
+                }
+            }
+            list
+        };
+        let event_field = pointers(s.event_field, DEFAULT_EVENT_FIELDS, "event_field", &mut problem);
+        let id_field = pointers(s.id_field, DEFAULT_ID_FIELDS, "id_field", &mut problem);
+        sources.insert(
+            name.clone(),
+            SourceConfig {
+                name,
+                secret_keys: s.secret_keys.into_iter().filter(|k| !k.is_empty()).map(SecretString::from).collect(),
+                envelope,
+                allow_plaintext: s.allow_plaintext,
+                dedup_window,
+                event_field,
+                id_field,
+                path_token: s.path_token.filter(|t| !t.is_empty()).map(SecretString::from),
+            },
+        );
+    }
+
+    let retry = retry_policy(&raw.retry, None, "retry", &mut problem);
+    let delivery = DeliveryConfig {
+        workers: raw.delivery.workers.max(1),
+        lease: duration(&raw.delivery.lease, "delivery.lease", &mut problem),
+        poll_interval: duration(&raw.delivery.poll_interval, "delivery.poll_interval", &mut problem),
+    };
+
+    let mut routes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let at = format!("routes[{i}] ({})", r.name);
+        if !valid_name(&r.name) {
+            problem(&at, "name may use letters, digits, '-', '_' and '.' only".into());
+        }
+        if !seen.insert(r.name.clone()) {
+            problem(&at, "a route with this name already exists".into());
+        }
+        if r.events.is_empty() {
+            problem(&format!("{at}.events"), "list at least one event glob (\"*\" matches every event)".into());
+        }
+        for g in &r.events {
+            if let Err(e) = glob::Pattern::new(g) {
+                problem(&format!("{at}.events"), format!("{g:?} is not a valid glob: {e}"));
+            }
+        }
+        let method = match reqwest::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => m,
+            Err(_) => {
+                problem(&format!("{at}.method"), format!("{:?} is not an HTTP method", r.method));
+                reqwest::Method::POST
+            }
+        };
+        if !r.url.contains("{{") && reqwest::Url::parse(&r.url).is_err() {
+            problem(&format!("{at}.url"), format!("{:?} is not an absolute http(s) URL", r.url));
+        } else if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+            problem(&format!("{at}.url"), "must start with http:// or https://".into());
+        }
+        let raw_headers = uninterpolated
+            .routes
+            .get(i)
+            .map(|u| &u.headers)
+            .cloned()
+            .unwrap_or_default();
+        let mut headers = Vec::new();
+        for (name, value) in r.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problem(&format!("{at}.headers"), format!("{name:?} is not a valid header name"));
+            }
+            if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                problem(&format!("{at}.headers.{name}"), "the value is not a valid header value".into());
+            }
+            let from_env = raw_headers.get(&name).is_some_and(|v| has_var(v));
+            headers.push(HeaderSpec {
+                name,
+                value: SecretString::from(value),
+                from_env,
+            });
+        }
+        let template = {
+            let p = PathBuf::from(&r.template);
+            if p.is_absolute() {
+                p
+            } else {
+                dir.join(p)
+            }
+        };
+        let route_retry = match &r.retry {
+            Some(o) => retry_policy(o, Some(&retry), &format!("{at}.retry"), &mut problem),
+            None => retry.clone(),
+        };
+        routes.push(RouteConfig {
+            name: r.name,
+            events: r.events,
+            when: r.when.filter(|w| !w.trim().is_empty()),
+            template,
+            url: r.url,
+            method,
+            headers,
+            vars: r.vars,
+            retry: route_retry,
+        });
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid { problems });
+    }
+    Ok(Config {
+        path,
+        dir,
+        server: ServerConfig {
+            listen: raw.server.listen,
+            admin_listen: raw.server.admin_listen,
+            admin_token,
+            max_body,
+        },
+        store,
+        sources,
+        retry,
+        delivery,
+        quarantine: QuarantineConfig {
+            max_items: raw.quarantine.max_items,
+        },
+        routes,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn duration(text: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            problem(at, format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h\": {e}"));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+fn retry_policy(
+    raw: &RawRetry,
+    base: Option<&RetryPolicy>,
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> RetryPolicy {
+    let schedule = match &raw.schedule {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, d)| duration(d, &format!("{at}.schedule[{i}]"), problem))
+            .collect(),
+        None => base.map(|b| b.schedule.clone()).unwrap_or_else(|| {
+            [60, 300, 600, 3600].into_iter().map(Duration::from_secs).collect()
+        }),
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => duration(t, &format!("{at}.timeout"), problem),
+        None => base.map(|b| b.timeout).unwrap_or(Duration::from_secs(15)),
+    };
+    if timeout.is_zero() {
+        problem(&format!("{at}.timeout"), "must be greater than zero".into());
+    }
+    RetryPolicy { schedule, timeout }
+}
+
+impl SourceConfig {
+    /// Whether `token` (from the URL) opens this source; constant time.
+    pub fn token_matches(&self, token: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        match (&self.path_token, token) {
+            (None, None) => true,
+            (Some(expected), Some(given)) => {
+                bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes()))
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some("k".repeat(32)),
+            "TOKEN" => Some("tok".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/lbx/routes.toml"), &env)
+    }
+
+    const MINIMAL: &str = r#"
+[sources.learnybox]
+secret_keys = ["${KEY}"]
+
+[[routes]]
+name = "hook"
+events = ["*"]
+template = "t.json.hbs"
+url = "https://example.test/hook"
+headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.server.listen, "0.0.0.0:8080");
+        assert_eq!(c.server.max_body, 1 << 20);
+        let s = c.source("learnybox").unwrap();
+        assert_eq!(s.dedup_window, Duration::from_secs(86_400));
+        assert_eq!(s.event_field[0], "/event");
+        assert_eq!(c.retry.schedule.len(), 4);
+        assert_eq!(c.routes[0].template, PathBuf::from("/etc/lbx/t.json.hbs"));
+        assert!(matches!(&c.store, StoreConfig::Sqlite { path } if path == Path::new("/etc/lbx/relay.db")));
+        let h = &c.routes[0].headers;
+        assert!(h.iter().find(|h| h.name == "api-key").unwrap().from_env);
+        assert!(!h.iter().find(|h| h.name == "x-static").unwrap().from_env);
+    }
+
+    #[test]
+    fn unset_variables_are_each_named() {
+        let text = MINIMAL.replace("${TOKEN}", "${BREVO_API_KEY}") + "\n[server]\nadmin_token = \"${LBX_ADMIN_TOKEN}\"\n";
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("BREVO_API_KEY"), "{err}");
+        assert!(err.contains("LBX_ADMIN_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn defaults_fill_unset_variables() {
+        let text = MINIMAL.replace("https://example.test/hook", "${HOOK_URL:-https://fallback.test/x}");
+        assert_eq!(parse(&text).unwrap().routes[0].url, "https://fallback.test/x");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_a_line_number() {
+        let text = MINIMAL.replace("events = [\"*\"]", "events = [\"*\"]\nretries = 3");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("retries"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_durations_and_globs_are_reported_together() {
+        let text = MINIMAL
+            .replace("events = [\"*\"]", "events = [\"[oops\"]\nretry = { schedule = [\"soon\"] }");
+        let err = parse(&text).unwrap_err().problems();
+        assert_eq!(err.len(), 2, "{err:?}");
+    }
+
+    #[test]
+    fn route_retry_override_keeps_the_default_timeout() {
+        let text = MINIMAL.replace("events = [\"*\"]", "events = [\"*\"]\nretry = { schedule = [\"1s\", \"5s\"] }");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.routes[0].retry.schedule, vec![Duration::from_secs(1), Duration::from_secs(5)]);
+        assert_eq!(c.routes[0].retry.timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = parse(MINIMAL).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(&"k".repeat(32)));
+        assert!(!dbg.contains("\"tok\""));
+    }
+}

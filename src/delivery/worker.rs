@@ -1,0 +1,172 @@
+//! The worker pool: claims due deliveries under a lease (at most `delivery.workers` in flight),
+//! renders each route's template at send time, sends, and settles the result in the store.
+//! `run_once` does one round synchronously, for tests and tools.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::retry::{next_delay, Verdict};
+use crate::app::Relay;
+use crate::event::{now_ms, Event};
+use crate::store::{AttemptRecord, Claimed, Next, Settlement};
+use crate::telemetry::{DELIVERIES, DELIVERY_DURATION};
+use crate::templates::TemplateContext;
+
+/// How long a claim is reserved: the longest route timeout plus the configured margin.
+fn lease_for(relay: &Relay) -> Duration {
+    let rt = relay.runtime();
+    let longest = rt.config.routes.iter().map(|r| r.retry.timeout).max().unwrap_or(Duration::from_secs(15));
+    longest + rt.config.delivery.lease
+}
+
+/// Runs until `stop` is cancelled, then lets in-flight deliveries finish (each is bounded by its
+/// route's timeout) before returning.
+pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
+    let workers = relay.runtime().config.delivery.workers;
+    let permits = Arc::new(Semaphore::new(workers));
+    let mut in_flight = JoinSet::new();
+    while !stop.is_cancelled() {
+        while in_flight.try_join_next().is_some() {}
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = in_flight.join_next() => {}
+                _ = stop.cancelled() => break,
+            }
+            continue;
+        }
+        let claimed = match relay.store.claim(free, lease_for(&relay)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming deliveries failed; retrying shortly");
+                idle(&relay, &stop, Some(now_ms() + 1000)).await;
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            let next = relay.store.next_due().await.ok().flatten();
+            idle(&relay, &stop, next).await;
+            continue;
+        }
+        for c in claimed {
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let relay = relay.clone();
+            in_flight.spawn(async move {
+                process(&relay, c).await;
+                drop(permit);
+            });
+        }
+    }
+    let n = in_flight.len();
+    if n > 0 {
+        tracing::info!(in_flight = n, "waiting for in-flight deliveries to finish");
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Sleeps until the next due time (at most `poll_interval`), a new event, or the stop signal.
+async fn idle(relay: &Relay, stop: &CancellationToken, next_due: Option<i64>) {
+    let poll = relay.runtime().config.delivery.poll_interval;
+    let wait = next_due
+        .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64).min(poll))
+        .unwrap_or(poll);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = relay.wake.notified() => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+/// Claims and processes every delivery due now, concurrently; returns how many were attempted.
+pub async fn run_once(relay: &Arc<Relay>) -> usize {
+    let workers = relay.runtime().config.delivery.workers;
+    let Ok(claimed) = relay.store.claim(workers, lease_for(relay)).await else { return 0 };
+    let n = claimed.len();
+    let mut set = JoinSet::new();
+    for c in claimed {
+        let relay = relay.clone();
+        set.spawn(async move { process(&relay, c).await });
+    }
+    while set.join_next().await.is_some() {}
+    n
+}
+
+/// One attempt of one claimed delivery, settled in the store.
+async fn process(relay: &Relay, c: Claimed) {
+    let rt = relay.runtime();
+    let started_at = now_ms();
+    let (verdict, status, error, duration, schedule) = match rt.config.route(&c.route) {
+        None => {
+            let reason = format!("route {} is no longer configured", c.route);
+            (Verdict::Fail { reason: reason.clone() }, None, Some(reason), Duration::ZERO, Vec::new())
+        }
+        Some(route) => {
+            let data = serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null);
+            let event = Event {
+                id: c.event.id.clone(),
+                source: c.event.source.clone(),
+                kind: c.event.kind.clone(),
+                key: c.event.key.clone(),
+                received_at: c.event.received_at,
+                data,
+            };
+            let ctx = TemplateContext::new(&event, &route.vars, &c.delivery_id);
+            match rt.templates.render(route, &ctx) {
+                Err(e) => {
+                    let reason = format!("render error: {e}");
+                    (Verdict::Fail { reason: reason.clone() }, None, Some(reason), Duration::ZERO, Vec::new())
+                }
+                Ok(req) => {
+                    let r = relay.sender.send(&req, route.retry.timeout, &c.delivery_id).await;
+                    (r.verdict, r.status, r.error, r.duration, route.retry.schedule.clone())
+                }
+            }
+        }
+    };
+    let next = match &verdict {
+        Verdict::Delivered => Next::Delivered,
+        Verdict::Fail { .. } => Next::Failed,
+        Verdict::Retry { retry_after, .. } => match next_delay(&schedule, c.tries + 1, *retry_after) {
+            Some(d) => Next::RetryAt(now_ms() + d.as_millis() as i64),
+            None => Next::Failed,
+        },
+    };
+    metrics::counter!(DELIVERIES, "route" => c.route.clone(), "outcome" => next.label()).increment(1);
+    metrics::histogram!(DELIVERY_DURATION, "route" => c.route.clone()).record(duration.as_secs_f64());
+    let reason = match &verdict {
+        Verdict::Delivered => None,
+        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.as_str()),
+    };
+    tracing::info!(
+        delivery = %c.delivery_id,
+        event_id = %c.event.id,
+        event = %c.event.kind,
+        route = %c.route,
+        attempt = c.attempts + 1,
+        status = status,
+        duration_ms = duration.as_millis() as u64,
+        outcome = next.label(),
+        reason = reason,
+        "delivery attempt"
+    );
+    let settlement = Settlement {
+        delivery_id: c.delivery_id.clone(),
+        lease_token: c.lease_token,
+        attempt: AttemptRecord {
+            started_at,
+            duration_ms: duration.as_millis() as i64,
+            status,
+            error,
+        },
+        next,
+    };
+    match relay.store.settle(settlement).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(delivery = %c.delivery_id, "lease was lost before settling; the newer state stands"),
+        Err(e) => tracing::error!(delivery = %c.delivery_id, error = %e, "could not record the attempt; it will be retried when the lease expires"),
+    }
+}

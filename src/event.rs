@@ -1,0 +1,141 @@
+//! `Event`: what one decrypted webhook becomes, parsed once at the edge — its type and its id
+//! (from configured JSON pointers, else a hash of the canonical plaintext), and the data itself.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The event type used when no configured pointer names one.
+pub const UNKNOWN_KIND: &str = "unknown";
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// This relay's id for the stored event (UUIDv7, time-ordered).
+    pub id: String,
+    pub source: String,
+    /// The event type, an opaque string (`transaction.created`, …).
+    pub kind: String,
+    /// The sender's event id, or `sha256:<hex>` of the canonical plaintext; the dedup key.
+    pub key: String,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    /// The whole decrypted JSON object.
+    pub data: Value,
+}
+
+impl Event {
+    /// Builds an event from a decrypted object. `envelope` is the outer JSON object of the request,
+    /// consulted for the type and id when the plaintext does not carry them.
+    pub fn from_plaintext(
+        source: &str,
+        plaintext: Map<String, Value>,
+        envelope: Option<&Map<String, Value>>,
+        event_field: &[String],
+        id_field: &[String],
+        received_at: i64,
+    ) -> Event {
+        let data = Value::Object(plaintext);
+        let outer = envelope.map(|m| Value::Object(m.clone()));
+        let lookup = |pointers: &[String]| {
+            first_scalar(&data, pointers).or_else(|| outer.as_ref().and_then(|o| first_scalar(o, pointers)))
+        };
+        let kind = lookup(event_field).unwrap_or_else(|| UNKNOWN_KIND.to_string());
+        let key = lookup(id_field).unwrap_or_else(|| content_key(&data));
+        Event {
+            id: new_id(),
+            source: source.to_string(),
+            kind,
+            key,
+            received_at,
+            data,
+        }
+    }
+
+    /// The canonical JSON text that is stored.
+    pub fn payload(&self) -> String {
+        self.data.to_string()
+    }
+}
+
+/// The first pointer that resolves to a non-empty string or a number.
+fn first_scalar(value: &Value, pointers: &[String]) -> Option<String> {
+    pointers.iter().find_map(|p| match value.pointer(p)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+/// `sha256:<hex>` of the canonical JSON (object keys sorted: serde_json's map is a BTreeMap).
+pub fn content_key(data: &Value) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data.to_string().as_bytes())))
+}
+
+/// A new time-ordered id for events and deliveries.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn type_and_id_come_from_the_first_pointer_that_exists() {
+        let e = Event::from_plaintext(
+            "lbx",
+            obj(json!({"type": "contact.created", "event_id": 42})),
+            None,
+            &fields(&["/event", "/type"]),
+            &fields(&["/id", "/event_id"]),
+            0,
+        );
+        assert_eq!(e.kind, "contact.created");
+        assert_eq!(e.key, "42");
+    }
+
+    #[test]
+    fn the_envelope_names_the_type_when_the_plaintext_does_not() {
+        let e = Event::from_plaintext(
+            "lbx",
+            obj(json!({"contact": {}})),
+            Some(&obj(json!({"event": "user.created", "data": "…"}))),
+            &fields(&["/event"]),
+            &fields(&["/id"]),
+            0,
+        );
+        assert_eq!(e.kind, "user.created");
+    }
+
+    #[test]
+    fn without_an_id_the_key_is_a_hash_independent_of_key_order() {
+        let a = Event::from_plaintext("s", obj(json!({"a": 1, "b": {"c": 2, "d": 3}})), None, &[], &[], 0);
+        let b = Event::from_plaintext("s", obj(json!({"b": {"d": 3, "c": 2}, "a": 1})), None, &[], &[], 0);
+        assert_eq!(a.key, b.key);
+        assert!(a.key.starts_with("sha256:"));
+        assert_eq!(a.kind, UNKNOWN_KIND);
+        assert_ne!(a.id, b.id);
+    }
+}

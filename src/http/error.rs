@@ -1,0 +1,55 @@
+//! `ApiError`: every error an HTTP handler can answer with, mapped exhaustively to a status and a
+//! JSON body `{"error": "..."}` that never carries internal details (those go to the logs).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("not found")]
+    NotFound,
+    #[error("the body exceeds server.max_body ({0} bytes)")]
+    PayloadTooLarge(usize),
+    #[error("the quarantine is full; fix the source's secret and reprocess or purge it")]
+    QuarantineFull,
+    #[error("the store is unavailable; retry later")]
+    Unavailable,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("the admin API is disabled: set server.admin_token")]
+    AdminDisabled,
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QuarantineFull => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if matches!(self, ApiError::Unavailable) {
+            resp.insert_header(("Retry-After", "5"));
+        }
+        resp.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError::Unavailable
+    }
+}

@@ -1,0 +1,27 @@
+//! lbx-relay receives encrypted Learnybox webhooks, stores each event durably, and delivers it to
+//! the CRM and automation APIs its routes name, with retries, deduplication and replay.
+//!
+//! # Layout
+//! The modules follow a request through the relay:
+//! - [`http`] receives (`POST /hooks/{source}`) and serves the admin API;
+//! - [`ingest`] runs one body through [`crypto`] (envelope detection, AES-256-CBC), [`event`]
+//!   (type and id), [`dedup`], [`routing`] and into the [`store`] in one transaction;
+//! - [`delivery`] workers claim stored deliveries, render them with [`templates`], send them and
+//!   settle the outcome;
+//! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires it all,
+//!   [`cli`] is the command line and [`telemetry`] the logs and metrics.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod dedup;
+pub mod delivery;
+pub mod event;
+pub mod http;
+pub mod ingest;
+pub mod routing;
+pub mod runtime;
+pub mod store;
+pub mod telemetry;
+pub mod templates;

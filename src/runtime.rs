@@ -1,0 +1,69 @@
+//! `Runtime`: one loaded configuration with everything derived from it — compiled templates, the
+//! route table and each source's keyring. Built by `serve`, `check` and reload alike; swapped
+//! whole on reload so in-flight work keeps the runtime it started with.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::{Config, ConfigError};
+use crate::crypto::{Hint, Keyring, OpenOptions};
+use crate::routing::RouteTable;
+use crate::templates::Templates;
+
+#[derive(Debug)]
+pub struct SourceRuntime {
+    pub keyring: Keyring,
+    pub hint: Hint,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub templates: Templates,
+    pub routes: RouteTable,
+    sources: BTreeMap<String, SourceRuntime>,
+}
+
+impl Runtime {
+    /// Reads the file and builds everything; every problem found is returned, one per line.
+    pub fn load(path: &Path) -> Result<Runtime, Vec<String>> {
+        let config = Config::load(path).map_err(|e: ConfigError| e.problems())?;
+        Runtime::build(config)
+    }
+
+    pub fn build(config: Config) -> Result<Runtime, Vec<String>> {
+        let templates =
+            Templates::compile(&config).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let routes = RouteTable::new(&config);
+        let sources = config
+            .sources
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    SourceRuntime {
+                        keyring: Keyring::new(&s.secret_keys),
+                        hint: Hint::default(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Runtime {
+            config,
+            templates,
+            routes,
+            sources,
+        })
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceRuntime> {
+        self.sources.get(name)
+    }
+
+    pub fn open_options(&self, source: &str) -> Option<OpenOptions> {
+        self.config.source(source).map(|s| OpenOptions {
+            mode: s.envelope,
+            allow_plaintext: s.allow_plaintext,
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! The durable queue: events, their deliveries and attempts, dedup keys and the quarantine.
+//! `Store` is chosen once from `[store] url`; each backend writes its own SQL behind the same small
+//! set of operations (ingest, claim, settle, list, retry).
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::StoreConfig;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// An event and the deliveries it fans out to, written together or not at all.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub source: String,
+    pub key: String,
+    pub kind: String,
+    pub payload: String,
+    pub received_at: i64,
+    /// The dedup key is honoured until then (Unix ms).
+    pub dedup_until: i64,
+    /// (delivery id, route name) per matched route; empty → the event is stored as `unrouted`.
+    pub deliveries: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Stored,
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewQuarantined {
+    pub source: String,
+    pub received_at: i64,
+    pub headers: String,
+    pub body: Vec<u8>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineOutcome {
+    Stored,
+    Full,
+}
+
+/// A stored event as workers and the API see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub id: String,
+    pub source: String,
+    pub key: String,
+    pub kind: String,
+    pub status: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub received_at: i64,
+}
+
+/// A delivery a worker holds under lease.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: String,
+    pub route: String,
+    pub lease_token: String,
+    /// Attempts since creation or the last manual retry (the schedule position).
+    pub tries: u32,
+    pub attempts: u32,
+    pub event: StoredEvent,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    RetryAt(i64),
+    Failed,
+}
+
+impl Next {
+    pub fn label(self) -> &'static str {
+        match self {
+            Next::Delivered => "delivered",
+            Next::RetryAt(_) => "retry",
+            Next::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub delivery_id: String,
+    pub lease_token: String,
+    pub attempt: AttemptRecord,
+    pub next: Next,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_id: String,
+    pub route: String,
+    pub status: String,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<String>,
+    pub route: Option<String>,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+pub const DELIVERY_STATUSES: &[&str] = &["pending", "delivered", "failed"];
+
+/// The store, one backend chosen at start.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Store {
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        match config {
+            StoreConfig::Sqlite { path } => Ok(Store::Sqlite(sqlite::SqliteStore::open(path)?)),
+            StoreConfig::Postgres { .. } => Err(StoreError::Unsupported(
+                "the PostgreSQL store is not available in this build yet; use sqlite://".into(),
+            )),
+        }
+    }
+
+    /// Stores the event and its deliveries in one transaction unless its dedup key is live.
+    pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ingest(event).await,
+        }
+    }
+
+    pub async fn quarantine(&self, item: NewQuarantined, max_items: u64) -> Result<QuarantineOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.quarantine(item, max_items).await,
+        }
+    }
+
+    /// Leases up to `limit` due deliveries for `lease`.
+    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.claim(limit, lease).await,
+        }
+    }
+
+    /// Records an attempt and the delivery's next state; `false` when the lease was lost.
+    pub async fn settle(&self, settlement: Settlement) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.settle(settlement).await,
+        }
+    }
+
+    /// When the next pending delivery becomes due (Unix ms), if any.
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.next_due().await,
+        }
+    }
+
+    pub async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_deliveries(filter).await,
+        }
+    }
+
+    /// Makes one delivery due now with a fresh schedule; `false` when it does not exist.
+    pub async fn retry_delivery(&self, id: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.retry(Some(id.to_string()), None, None).await.map(|n| n > 0),
+        }
+    }
+
+    /// Makes every delivery with `status` (and `route`, if given) due now; returns how many.
+    pub async fn retry_deliveries(&self, status: &str, route: Option<&str>) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.retry(None, Some(status.to_string()), route.map(str::to_string)).await,
+        }
+    }
+
+    pub async fn queue_depth(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_depth().await,
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The embedded SQLite backend. One writer thread owns the connection and runs every operation
+//! that arrives while it is busy in one transaction (group commit: one fsync for many requests).
+//! Each operation runs in its own savepoint, so one failing operation does not undo the others, and
+//! nobody gets an answer before the transaction holding their write has committed.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    Claimed, DeliveryFilter, DeliveryRow, IngestOutcome, NewEvent, NewQuarantined, Next, QuarantineOutcome,
+    Settlement, StoreError, StoredEvent,
+};
+use crate::event::{now_ms, rfc3339};
+
+/// Most operations folded into one transaction.
+const MAX_BATCH: usize = 1024;
+
+type Finisher = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SqliteStore({})", self.path.display())
+    }
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    event_key   TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX events_received_at ON events(received_at);
+CREATE TABLE dedup_keys (
+    source     TEXT NOT NULL,
+    event_key  TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (source, event_key)
+) WITHOUT ROWID;
+CREATE TABLE deliveries (
+    id              TEXT PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    route           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    tries           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    lease_token     TEXT,
+    lease_until     INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
+CREATE INDEX deliveries_event ON deliveries(event_id);
+CREATE INDEX deliveries_route ON deliveries(route, status);
+CREATE TABLE attempts (
+    id          INTEGER PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status      INTEGER,
+    error       TEXT,
+    outcome     TEXT NOT NULL
+);
+CREATE INDEX attempts_delivery ON attempts(delivery_id);
+CREATE TABLE quarantine (
+    id          INTEGER PRIMARY KEY,
+    source      TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    headers     TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    reason      TEXT NOT NULL
+);
+"#];
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    }
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "the database schema (version {version}) is newer than this lbx-relay understands ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies migrations and starts the writer.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!("could not switch {} to WAL mode", path.display())));
+        }
+        // FULL: an acknowledged event survives power loss, not only a process crash.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("lbx-sqlite-writer".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            jobs,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Runs `f` on the writer thread inside the current group transaction and answers once that
+    /// transaction has committed.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finisher = Box::new(move |commit| {
+                let _ = reply.send(commit.and_then(|()| result.map_err(StoreError::from)));
+            });
+            (ok, finish)
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        answer
+            .await
+            .map_err(|_| StoreError::Commit("the transaction could not start (see logs)".into()))?
+    }
+
+    pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
+        self.call(move |c| {
+            let claimed = c
+                .prepare_cached(
+                    "INSERT INTO dedup_keys (source, event_key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (source, event_key) DO UPDATE
+                        SET event_id = excluded.event_id, expires_at = excluded.expires_at
+                        WHERE dedup_keys.expires_at <= ?5",
+                )?
+                .execute(params![ev.source, ev.key, ev.id, ev.dedup_until, ev.received_at])?;
+            if claimed == 0 {
+                return Ok(IngestOutcome::Duplicate);
+            }
+            let status = if ev.deliveries.is_empty() { "unrouted" } else { "routed" };
+            c.prepare_cached(
+                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![ev.id, ev.source, ev.key, ev.kind, status, ev.payload, ev.received_at])?;
+            let mut insert = c.prepare_cached(
+                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+            )?;
+            for (id, route) in &ev.deliveries {
+                insert.execute(params![id, ev.id, route, ev.received_at])?;
+            }
+            Ok(IngestOutcome::Stored)
+        })
+        .await
+    }
+
+    pub async fn quarantine(&self, item: NewQuarantined, max_items: u64) -> Result<QuarantineOutcome, StoreError> {
+        self.call(move |c| {
+            let count: i64 = c.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+            if count as u64 >= max_items {
+                return Ok(QuarantineOutcome::Full);
+            }
+            c.prepare_cached(
+                "INSERT INTO quarantine (source, received_at, headers, body, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![item.source, item.received_at, item.headers, item.body, item.reason])?;
+            Ok(QuarantineOutcome::Stored)
+        })
+        .await
+    }
+
+    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let token = crate::event::new_id();
+            let until = now + lease.as_millis() as i64;
+            let rows: Vec<(String, String, String, u32, u32)> = c
+                .prepare_cached(
+                    "UPDATE deliveries SET lease_token = ?1, lease_until = ?2
+                     WHERE id IN (
+                        SELECT id FROM deliveries
+                        WHERE status = 'pending' AND next_attempt_at <= ?3
+                          AND (lease_until IS NULL OR lease_until <= ?3)
+                        ORDER BY next_attempt_at, id LIMIT ?4)
+                     RETURNING id, event_id, route, tries, attempts",
+                )?
+                .query_map(params![token, until, now, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut get_event = c.prepare_cached(
+                "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (delivery_id, event_id, route, tries, attempts) in rows {
+                let event = get_event.query_row([&event_id], event_from_row)?;
+                out.push(Claimed {
+                    delivery_id,
+                    route,
+                    lease_token: token.clone(),
+                    tries,
+                    attempts,
+                    event,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn settle(&self, s: Settlement) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let (status, next_at) = match s.next {
+                Next::Delivered => ("delivered", None),
+                Next::RetryAt(at) => ("pending", Some(at)),
+                Next::Failed => ("failed", None),
+            };
+            let changed = c
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, attempts = attempts + 1,
+                        tries = tries + 1, lease_token = NULL, lease_until = NULL,
+                        last_status = ?3, last_error = ?4, updated_at = ?5
+                     WHERE id = ?6 AND lease_token = ?7",
+                )?
+                .execute(params![
+                    status,
+                    next_at,
+                    s.attempt.status,
+                    s.attempt.error,
+                    now,
+                    s.delivery_id,
+                    s.lease_token
+                ])?;
+            let outcome = if changed == 1 { s.next.label() } else { "lease_lost" };
+            c.prepare_cached(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome)
+                 VALUES (?1, (SELECT attempts FROM deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                s.delivery_id,
+                s.attempt.started_at,
+                s.attempt.duration_ms,
+                s.attempt.status,
+                s.attempt.error,
+                outcome
+            ])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.call(|c| {
+            c.query_row(
+                "SELECT MIN(CASE WHEN lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END)
+                 FROM deliveries WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    pub async fn list_deliveries(&self, f: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
+                 FROM deliveries
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR id > ?3)
+                 ORDER BY id LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(params![f.status, f.route, f.after, f.limit], |r| {
+                    Ok(DeliveryRow {
+                        id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        route: r.get(2)?,
+                        status: r.get(3)?,
+                        attempts: r.get(4)?,
+                        last_status: r.get(5)?,
+                        last_error: r.get(6)?,
+                        next_attempt_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn retry(&self, id: Option<String>, status: Option<String>, route: Option<String>) -> Result<u64, StoreError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let n = c
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1
+                     WHERE (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR route = ?4)",
+                )?
+                .execute(params![now, id, status, route])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    pub async fn queue_depth(&self) -> Result<i64, StoreError> {
+        self.call(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0)))
+            .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    /// The stored event with `id` (used by tests and the API).
+    pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
+                [id],
+                event_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        key: r.get(2)?,
+        kind: r.get(3)?,
+        status: r.get(4)?,
+        payload: r.get(5)?,
+        received_at: r.get(6)?,
+    })
+}
+
+/// The writer thread: take what is queued, run it in one transaction, commit, then answer.
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, jobs = batch.len(), "sqlite: cannot begin a transaction");
+            drop(batch); // every caller gets an error: nothing was written
+            continue;
+        }
+        let mut finishers = Vec::with_capacity(batch.len());
+        for job in batch {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                tracing::error!(error = %e, "sqlite: savepoint failed");
+            }
+            let (ok, finish) = job(&conn);
+            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "sqlite: ending a savepoint failed");
+            }
+            finishers.push(finish);
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+            tracing::error!(error = %e, "sqlite: commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Commit(e.to_string())
+        });
+        for finish in finishers {
+            finish(committed.clone());
+        }
+    }
+}

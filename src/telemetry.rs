@@ -1,0 +1,66 @@
+//! Logs and metrics: the tracing subscriber (human or JSON lines) and the Prometheus recorder
+//! behind `/metrics`, with the metric names SPEC.md promises.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+pub const EVENTS_RECEIVED: &str = "lbx_events_received_total";
+pub const DELIVERIES: &str = "lbx_deliveries_total";
+pub const DELIVERY_DURATION: &str = "lbx_delivery_duration_seconds";
+pub const QUEUE_DEPTH: &str = "lbx_queue_depth";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` level.
+pub fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(DELIVERY_DURATION.to_string()),
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            )
+            .expect("static bucket list is not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may exist (a host program); ours still renders what it records.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(EVENTS_RECEIVED, "Webhook requests received, by source and outcome");
+    metrics::describe_counter!(DELIVERIES, "Delivery attempts, by route and outcome");
+    metrics::describe_histogram!(DELIVERY_DURATION, metrics::Unit::Seconds, "Duration of delivery attempts");
+    metrics::describe_gauge!(QUEUE_DEPTH, "Deliveries waiting to be sent");
+}
+
+/// Masks an e-mail address for logs: `ca***@example.fr`.
+pub fn mask_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            let keep: String = local.chars().take(2).collect();
+            format!("{keep}***@{domain}")
+        }
+        None => "***".into(),
+    }
+}
