@@ -78,13 +78,7 @@ impl Application {
         let admin_addr = admin_listener.local_addr()?;
         let public = http::public_server(relay.clone(), public_listener)?;
         let admin = http::admin_server(relay.clone(), admin_listener)?;
-        Ok(Application {
-            relay,
-            public,
-            admin,
-            public_addr,
-            admin_addr,
-        })
+        Ok(Application { relay, public, admin, public_addr, admin_addr })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -101,9 +95,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains gracefully.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Application {
-            relay, public, admin, public_addr, admin_addr,
-        } = self;
+        let Application { relay, public, admin, public_addr, admin_addr } = self;
         tracing::info!(%public_addr, %admin_addr, "lbx-relay listening");
         let public_handle = public.handle();
         let admin_handle = admin.handle();

@@ -51,9 +51,9 @@ impl SecretArg {
     fn get(&self) -> anyhow::Result<SecretString> {
         match (&self.secret, &self.secret_env) {
             (Some(s), _) => Ok(SecretString::from(s.clone())),
-            (None, Some(var)) => std::env::var(var)
-                .map(SecretString::from)
-                .map_err(|_| anyhow!("environment variable {var} is not set")),
+            (None, Some(var)) => {
+                std::env::var(var).map(SecretString::from).map_err(|_| anyhow!("environment variable {var} is not set"))
+            }
             (None, None) => bail!("give the secret with --secret or --secret-env VAR"),
         }
     }
@@ -127,7 +127,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Decrypt { secret, iv, file } => decrypt(&secret, iv.as_deref(), &file),
             Command::Encrypt { secret, envelope, key_form, file } => encrypt(&secret, &envelope, &key_form, &file),
             Command::Render { config, route, json, event_file } => render(&config.config, &route, &event_file, json),
-            Command::SendTest { secret, url, envelope, event_file } => send_test(&secret, &url, &envelope, &event_file).await,
+            Command::SendTest { secret, url, envelope, event_file } => {
+                send_test(&secret, &url, &envelope, &event_file).await
+            }
         }
     });
     match result {
@@ -226,22 +228,32 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let samples = sample_events(&rt.config.dir)?;
     let mut rendered = 0;
-    for route in &rt.config.routes {
-        for (name, sample) in &samples {
+    let mut exercised = std::collections::HashSet::new();
+    let mut render_one = |route: &crate::config::RouteConfig, event: &Event, name: &str, problems: &mut Vec<String>| {
+        let ctx = TemplateContext::new(event, &route.vars, "check");
+        match rt.templates.render(route, &ctx) {
+            Ok(_) => rendered += 1,
+            Err(e) => problems.push(format!("{}: {e} (with {name})", route.template.display())),
+        }
+    };
+    for (name, sample) in &samples {
+        let event = event_from_json(&rt, sample.clone())?;
+        let matched = rt.routes.matching(&rt.config, &rt.templates, &event);
+        for (route, reason) in matched.skipped {
+            problems.push(format!("route {route}: `when` failed: {reason} (with {name})"));
+        }
+        for route_name in matched.routes {
+            let Some(route) = rt.config.route(&route_name) else { continue };
+            exercised.insert(route_name.clone());
+            render_one(route, &event, name, &mut problems);
+        }
+    }
+    // A route no sample reaches is still rendered once, so its template is exercised.
+    for route in rt.config.routes.iter().filter(|r| !exercised.contains(&r.name)) {
+        if let Some((name, sample)) = samples.first() {
+            println!("note: no sample event matches route {}; rendered against {name}", route.name);
             let event = event_from_json(&rt, sample.clone())?;
-            let ctx = TemplateContext::new(&event, &route.vars, "check");
-            match rt.templates.condition_holds(route, &ctx) {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(e) => {
-                    problems.push(format!("{} (with {name})", e));
-                    continue;
-                }
-            }
-            match rt.templates.render(route, &ctx) {
-                Ok(_) => rendered += 1,
-                Err(e) => problems.push(format!("{}: {e} (with {name})", route.template.display())),
-            }
+            render_one(route, &event, name, &mut problems);
         }
     }
     if problems.is_empty() {
@@ -264,25 +276,24 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 fn decrypt(secret: &SecretArg, iv: Option<&str>, file: &str) -> anyhow::Result<ExitCode> {
     let body = read_input(file)?;
     let keys = Keyring::new(&[secret.get()?]);
-    let opts = OpenOptions {
-        mode: crypto::EnvelopeMode::Auto,
-        allow_plaintext: false,
-    };
+    let opts = OpenOptions { mode: crypto::EnvelopeMode::Auto, allow_plaintext: false };
     let opened = crypto::open(&Sealed { body: &body, iv_header: iv }, &keys, &opts, &Hint::default())
         .map_err(|e| anyhow!("could not decrypt: {e}"))?;
-    eprintln!(
-        "envelope: {}  key form: {}",
-        opened.variant.name(),
-        opened.key_form.map(KeyForm::name).unwrap_or("-")
-    );
+    eprintln!("envelope: {}  key form: {}", opened.variant.name(), opened.key_form.map(KeyForm::name).unwrap_or("-"));
     println!("{}", serde_json::to_string_pretty(&opened.plaintext)?);
     Ok(ExitCode::SUCCESS)
 }
 
-fn seal_input(secret: &SecretString, envelope: &str, key_form: &str, plaintext: &[u8]) -> anyhow::Result<crypto::SealedBody> {
+fn seal_input(
+    secret: &SecretString,
+    envelope: &str,
+    key_form: &str,
+    plaintext: &[u8],
+) -> anyhow::Result<crypto::SealedBody> {
     let variant = Variant::from_name(envelope)
         .ok_or_else(|| anyhow!("unknown envelope {envelope:?}; one of {}", Variant::names().join(", ")))?;
-    let form = KeyForm::from_name(key_form).ok_or_else(|| anyhow!("unknown key form {key_form:?}; one of raw, hex64, base64, sha256"))?;
+    let form = KeyForm::from_name(key_form)
+        .ok_or_else(|| anyhow!("unknown key form {key_form:?}; one of raw, hex64, base64, sha256"))?;
     serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(plaintext)
         .context("the input must be a JSON object")?;
     Ok(crypto::seal(plaintext, secret.expose_secret(), variant, form, crypto::random_iv())?)
@@ -317,7 +328,8 @@ fn render(path: &Path, route_name: &str, event_file: &str, json: bool) -> anyhow
         .map(|h| (h.name.clone(), if h.from_env { "***".to_string() } else { h.value.expose_secret().to_string() }))
         .collect();
     if json {
-        let body = serde_json::from_str::<serde_json::Value>(&req.body).unwrap_or(serde_json::Value::String(req.body.clone()));
+        let body =
+            serde_json::from_str::<serde_json::Value>(&req.body).unwrap_or(serde_json::Value::String(req.body.clone()));
         let headers: serde_json::Map<String, serde_json::Value> =
             headers.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
         println!(
@@ -340,10 +352,7 @@ fn render(path: &Path, route_name: &str, event_file: &str, json: bool) -> anyhow
 async fn send_test(secret: &SecretArg, url: &str, envelope: &str, event_file: &str) -> anyhow::Result<ExitCode> {
     let sealed = seal_input(&secret.get()?, envelope, "raw", &read_input(event_file)?)?;
     let client = reqwest::Client::new();
-    let mut req = client
-        .post(url)
-        .header("Content-Type", "application/json")
-        .body(sealed.body);
+    let mut req = client.post(url).header("Content-Type", "application/json").body(sealed.body);
     for (k, v) in &sealed.headers {
         req = req.header(k, v);
     }

@@ -19,10 +19,7 @@ pub const DEFAULT_ID_FIELDS: &[&str] = &["/id", "/event_id", "/uid"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read the config file: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{}", .problems.join("\n"))]
@@ -129,30 +126,21 @@ pub struct HeaderSpec {
 impl Config {
     /// Reads, interpolates and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::from_toml(&text, path, &|name| std::env::var(name).ok())
     }
 
     /// Parses `text` as if read from `path`, looking variables up with `env`.
-    pub fn from_toml(
-        text: &str,
-        path: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_toml(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
         // First pass on the raw text: structure, types and unknown keys, with line numbers.
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: shown.clone(),
-            message: toml_message(&e),
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: shown.clone(), message: toml_message(&e) })?;
         // Second pass: interpolate every string value, then deserialize again.
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: shown.clone(),
-            message: toml_message(&e),
-        })?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: shown.clone(), message: toml_message(&e) })?;
         let mut unset = Vec::new();
         let mut bad = Vec::new();
         for (key, value) in table.iter_mut() {
@@ -162,16 +150,16 @@ impl Config {
             let mut problems: Vec<String> = unset
                 .into_iter()
                 .map(|(var, at)| {
-                    format!("{shown}: {at}: environment variable {var} is not set (use ${{{var}:-default}} for a default)")
+                    format!(
+                        "{shown}: {at}: environment variable {var} is not set (use ${{{var}:-default}} for a default)"
+                    )
                 })
                 .collect();
             problems.extend(bad.into_iter().map(|m| format!("{shown}: {m}")));
             return Err(ConfigError::Invalid { problems });
         }
-        let interpolated = RawConfig::deserialize(table).map_err(|e| ConfigError::Parse {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
+        let interpolated = RawConfig::deserialize(table)
+            .map_err(|e| ConfigError::Parse { path: shown.clone(), message: e.to_string() })?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -310,9 +298,7 @@ struct RawStore {
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore {
-            url: "sqlite://relay.db".into(),
-        }
+        RawStore { url: "sqlite://relay.db".into() }
     }
 }
 
@@ -359,11 +345,7 @@ struct RawDelivery {
 
 impl Default for RawDelivery {
     fn default() -> Self {
-        RawDelivery {
-            workers: 16,
-            lease: "30s".into(),
-            poll_interval: "1s".into(),
-        }
+        RawDelivery { workers: 16, lease: "30s".into(), poll_interval: "1s".into() }
     }
 }
 
@@ -421,26 +403,16 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             problem(key, format!("{addr:?} is not an address like \"0.0.0.0:8080\""));
         }
     }
-    let admin_token = raw
-        .server
-        .admin_token
-        .filter(|t| !t.is_empty())
-        .map(SecretString::from);
+    let admin_token = raw.server.admin_token.filter(|t| !t.is_empty()).map(SecretString::from);
 
     let store = if let Some(rest) = raw.store.url.strip_prefix("sqlite://") {
         let rel = PathBuf::from(rest);
-        StoreConfig::Sqlite {
-            path: if rel.is_absolute() { rel } else { dir.join(rel) },
-        }
+        StoreConfig::Sqlite { path: if rel.is_absolute() { rel } else { dir.join(rel) } }
     } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://") {
-        StoreConfig::Postgres {
-            url: SecretString::from(raw.store.url.clone()),
-        }
+        StoreConfig::Postgres { url: SecretString::from(raw.store.url.clone()) }
     } else {
         problem("store.url", "must start with sqlite:// or postgres://".into());
-        StoreConfig::Sqlite {
-            path: dir.join("relay.db"),
-        }
+        StoreConfig::Sqlite { path: dir.join("relay.db") }
     };
 
     let mut sources = BTreeMap::new();
@@ -466,10 +438,16 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             },
         };
         if s.secret_keys.iter().all(|k| k.is_empty()) && !s.allow_plaintext {
-            problem(&format!("{at}.secret_keys"), "at least one non-empty secret key is needed (or allow_plaintext = true)".into());
+            problem(
+                &format!("{at}.secret_keys"),
+                "at least one non-empty secret key is needed (or allow_plaintext = true)".into(),
+            );
         }
         let dedup_window = duration(&s.dedup_window, &format!("{at}.dedup_window"), &mut problem);
-        let pointers = |given: Option<Vec<String>>, defaults: &[&str], key: &str, problem: &mut dyn FnMut(&str, String)| {
+        let pointers = |given: Option<Vec<String>>,
+                        defaults: &[&str],
+                        key: &str,
+                        problem: &mut dyn FnMut(&str, String)| {
             let list = given.unwrap_or_else(|| defaults.iter().map(|s| s.to_string()).collect());
             for p in &list {
                 if !p.starts_with('/') {
@@ -532,12 +510,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         } else if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
             problem(&format!("{at}.url"), "must start with http:// or https://".into());
         }
-        let raw_headers = uninterpolated
-            .routes
-            .get(i)
-            .map(|u| &u.headers)
-            .cloned()
-            .unwrap_or_default();
+        let raw_headers = uninterpolated.routes.get(i).map(|u| &u.headers).cloned().unwrap_or_default();
         let mut headers = Vec::new();
         for (name, value) in r.headers {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -547,11 +520,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 problem(&format!("{at}.headers.{name}"), "the value is not a valid header value".into());
             }
             let from_env = raw_headers.get(&name).is_some_and(|v| has_var(v));
-            headers.push(HeaderSpec {
-                name,
-                value: SecretString::from(value),
-                from_env,
-            });
+            headers.push(HeaderSpec { name, value: SecretString::from(value), from_env });
         }
         let template = {
             let p = PathBuf::from(&r.template);
@@ -594,18 +563,13 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         sources,
         retry,
         delivery,
-        quarantine: QuarantineConfig {
-            max_items: raw.quarantine.max_items,
-        },
+        quarantine: QuarantineConfig { max_items: raw.quarantine.max_items },
         routes,
     })
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 fn duration(text: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> Duration {
@@ -625,14 +589,12 @@ fn retry_policy(
     problem: &mut dyn FnMut(&str, String),
 ) -> RetryPolicy {
     let schedule = match &raw.schedule {
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, d)| duration(d, &format!("{at}.schedule[{i}]"), problem))
-            .collect(),
-        None => base.map(|b| b.schedule.clone()).unwrap_or_else(|| {
-            [60, 300, 600, 3600].into_iter().map(Duration::from_secs).collect()
-        }),
+        Some(list) => {
+            list.iter().enumerate().map(|(i, d)| duration(d, &format!("{at}.schedule[{i}]"), problem)).collect()
+        }
+        None => base
+            .map(|b| b.schedule.clone())
+            .unwrap_or_else(|| [60, 300, 600, 3600].into_iter().map(Duration::from_secs).collect()),
     };
     let timeout = match &raw.timeout {
         Some(t) => duration(t, &format!("{at}.timeout"), problem),
@@ -650,9 +612,7 @@ impl SourceConfig {
         use subtle::ConstantTimeEq;
         match (&self.path_token, token) {
             (None, None) => true,
-            (Some(expected), Some(given)) => {
-                bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes()))
-            }
+            (Some(expected), Some(given)) => bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes())),
             _ => false,
         }
     }
@@ -704,7 +664,8 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
 
     #[test]
     fn unset_variables_are_each_named() {
-        let text = MINIMAL.replace("${TOKEN}", "${BREVO_API_KEY}") + "\n[server]\nadmin_token = \"${LBX_ADMIN_TOKEN}\"\n";
+        let text =
+            MINIMAL.replace("${TOKEN}", "${BREVO_API_KEY}") + "\n[server]\nadmin_token = \"${LBX_ADMIN_TOKEN}\"\n";
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("BREVO_API_KEY"), "{err}");
         assert!(err.contains("LBX_ADMIN_TOKEN"), "{err}");
@@ -726,8 +687,7 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
 
     #[test]
     fn bad_durations_and_globs_are_reported_together() {
-        let text = MINIMAL
-            .replace("events = [\"*\"]", "events = [\"[oops\"]\nretry = { schedule = [\"soon\"] }");
+        let text = MINIMAL.replace("events = [\"*\"]", "events = [\"[oops\"]\nretry = { schedule = [\"soon\"] }");
         let err = parse(&text).unwrap_err().problems();
         assert_eq!(err.len(), 2, "{err:?}");
     }

@@ -215,12 +215,7 @@ impl Keyring {
                 if bytes != key.as_slice() {
                     mac_keys.push(Zeroizing::new(bytes.to_vec()));
                 }
-                keys.push(DerivedKey {
-                    form,
-                    secret_index,
-                    key: Zeroizing::new(key),
-                    mac_keys,
-                });
+                keys.push(DerivedKey { form, secret_index, key: Zeroizing::new(key), mac_keys });
             }
         }
         Keyring { keys }
@@ -317,7 +312,8 @@ pub fn open(sealed: &Sealed<'_>, keys: &Keyring, opts: &OpenOptions, hint: &Hint
     if let EnvelopeMode::Fixed(v) = opts.mode {
         candidates.retain(|c| c.variant == v);
     }
-    let plaintext_allowed = opts.allow_plaintext && matches!(opts.mode, EnvelopeMode::Auto | EnvelopeMode::Fixed(Variant::Plaintext));
+    let plaintext_allowed =
+        opts.allow_plaintext && matches!(opts.mode, EnvelopeMode::Auto | EnvelopeMode::Fixed(Variant::Plaintext));
 
     if candidates.is_empty() {
         return match envelope {
@@ -351,23 +347,14 @@ pub fn open(sealed: &Sealed<'_>, keys: &Keyring, opts: &OpenOptions, hint: &Hint
         })
         .or_else(|| {
             candidates.iter().find_map(|c| {
-                keys.keys
-                    .iter()
-                    .enumerate()
-                    .find_map(|(ki, k)| try_one(c, k).map(|pt| (pt, c.variant, ki)))
+                keys.keys.iter().enumerate().find_map(|(ki, k)| try_one(c, k).map(|pt| (pt, c.variant, ki)))
             })
         });
     match found {
         Some((plaintext, variant, ki)) => {
             hint.set(variant, ki);
             let k = &keys.keys[ki];
-            Ok(Opened {
-                plaintext,
-                envelope,
-                variant,
-                key_form: Some(k.form),
-                secret_index: Some(k.secret_index),
-            })
+            Ok(Opened { plaintext, envelope, variant, key_form: Some(k.form), secret_index: Some(k.secret_index) })
         }
         None if mac_failed => Err(DecryptError::BadMac),
         None => match envelope {
@@ -379,9 +366,7 @@ pub fn open(sealed: &Sealed<'_>, keys: &Keyring, opts: &OpenOptions, hint: &Hint
                 key_form: None,
                 secret_index: None,
             }),
-            _ => Err(DecryptError::NoKey {
-                candidates: candidates.len(),
-            }),
+            _ => Err(DecryptError::NoKey { candidates: candidates.len() }),
         },
     }
 }
@@ -399,11 +384,8 @@ fn decode_b64(s: &str) -> Option<Vec<u8>> {
 
 fn decode_iv(s: &str) -> Option<[u8; 16]> {
     let s = s.trim();
-    let bytes = if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(s).ok()?
-    } else {
-        decode_b64(s)?
-    };
+    let bytes =
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) { hex::decode(s).ok()? } else { decode_b64(s)? };
     bytes.try_into().ok()
 }
 
@@ -412,10 +394,7 @@ fn is_hex(s: &str) -> bool {
 }
 
 fn object_candidates(map: &Map<String, Value>, iv_header: Option<&str>, out: &mut Vec<Candidate>) {
-    let iv_field = IV_FIELDS
-        .iter()
-        .find_map(|f| map.get(*f).and_then(Value::as_str))
-        .and_then(decode_iv);
+    let iv_field = IV_FIELDS.iter().find_map(|f| map.get(*f).and_then(Value::as_str)).and_then(decode_iv);
     let iv_header = iv_header.and_then(decode_iv);
     for field in CIPHERTEXT_FIELDS {
         let Some(s) = map.get(*field).and_then(Value::as_str) else { continue };
@@ -445,11 +424,8 @@ fn blob_candidates(text: &str, iv_prefixed_variant: Variant, out: &mut Vec<Candi
             let value_b64 = m.get("value").and_then(Value::as_str);
             if let (Some(iv_b64), Some(value_b64)) = (iv_b64, value_b64) {
                 if let (Some(iv), Some(ct)) = (decode_iv(iv_b64), decode_b64(value_b64)) {
-                    let mac = m
-                        .get("mac")
-                        .and_then(Value::as_str)
-                        .filter(|s| !s.is_empty())
-                        .map(|mac_hex| LaravelMac {
+                    let mac =
+                        m.get("mac").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|mac_hex| LaravelMac {
                             iv_b64: iv_b64.to_string(),
                             value_b64: value_b64.to_string(),
                             mac_hex: mac_hex.to_string(),
@@ -462,10 +438,8 @@ fn blob_candidates(text: &str, iv_prefixed_variant: Variant, out: &mut Vec<Candi
     }
     if let Some(pos) = blob.windows(2).position(|w| w == b"::") {
         let (left, right) = (&blob[..pos], &blob[pos + 2..]);
-        let iv: Option<[u8; 16]> = right
-            .try_into()
-            .ok()
-            .or_else(|| std::str::from_utf8(right).ok().and_then(decode_iv));
+        let iv: Option<[u8; 16]> =
+            right.try_into().ok().or_else(|| std::str::from_utf8(right).ok().and_then(decode_iv));
         if let (Some(iv), Some(ct)) = (iv, std::str::from_utf8(left).ok().and_then(decode_b64)) {
             out.push(Candidate { variant: Variant::PhpDoubleColon, ct, iv, mac: None });
         }
@@ -473,12 +447,7 @@ fn blob_candidates(text: &str, iv_prefixed_variant: Variant, out: &mut Vec<Candi
     if blob.len() >= 32 && blob.len() % 16 == 0 {
         let mut iv = [0u8; 16];
         iv.copy_from_slice(&blob[..16]);
-        out.push(Candidate {
-            variant: iv_prefixed_variant,
-            ct: blob[16..].to_vec(),
-            iv,
-            mac: None,
-        });
+        out.push(Candidate { variant: iv_prefixed_variant, ct: blob[16..].to_vec(), iv, mac: None });
     }
 }
 
@@ -496,11 +465,7 @@ fn decrypt_object(ct: &[u8], iv: &[u8; 16], key: &[u8; 32]) -> Option<Map<String
     if ct.is_empty() || ct.len() % 16 != 0 {
         return None;
     }
-    let pt = Zeroizing::new(
-        Aes256CbcDec::new(key.into(), iv.into())
-            .decrypt_padded_vec_mut::<Pkcs7>(ct)
-            .ok()?,
-    );
+    let pt = Zeroizing::new(Aes256CbcDec::new(key.into(), iv.into()).decrypt_padded_vec_mut::<Pkcs7>(ct).ok()?);
     let text = std::str::from_utf8(&pt).ok()?;
     let json_text = php_unserialize_string(text).unwrap_or(text);
     match serde_json::from_str::<Value>(json_text).ok()? {
@@ -535,7 +500,13 @@ pub struct SealedBody {
 }
 
 /// Encrypts `plaintext` under `secret` the way a PHP sender using `variant` would.
-pub fn seal(plaintext: &[u8], secret: &str, variant: Variant, form: KeyForm, iv: [u8; 16]) -> Result<SealedBody, SealError> {
+pub fn seal(
+    plaintext: &[u8],
+    secret: &str,
+    variant: Variant,
+    form: KeyForm,
+    iv: [u8; 16],
+) -> Result<SealedBody, SealError> {
     let key = Zeroizing::new(form.derive(secret.as_bytes()).ok_or(SealError::KeyForm(form.name()))?);
     let ct = Aes256CbcEnc::new((&*key).into(), (&iv).into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
     let iv_ct = || {
@@ -558,7 +529,8 @@ pub fn seal(plaintext: &[u8], secret: &str, variant: Variant, form: KeyForm, iv:
         Variant::Laravel => {
             let iv_b64 = STANDARD.encode(iv);
             let value_b64 = STANDARD.encode(&ct);
-            let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| SealError::KeyForm(form.name()))?;
+            let mut m =
+                Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| SealError::KeyForm(form.name()))?;
             m.update(iv_b64.as_bytes());
             m.update(value_b64.as_bytes());
             let mac = hex::encode(m.finalize().into_bytes());
@@ -589,10 +561,7 @@ mod tests {
         Keyring::new(&[SecretString::from(secret.to_string())])
     }
 
-    const AUTO: OpenOptions = OpenOptions {
-        mode: EnvelopeMode::Auto,
-        allow_plaintext: false,
-    };
+    const AUTO: OpenOptions = OpenOptions { mode: EnvelopeMode::Auto, allow_plaintext: false };
 
     #[test]
     fn every_sealable_variant_round_trips_with_every_key_form() {
@@ -604,10 +573,16 @@ mod tests {
         ];
         for (form, secret) in &secrets {
             for v in ALL_VARIANTS.iter().copied().filter(|v| *v != Variant::Plaintext) {
-                let sealed = seal(br#"{"event":"x","n":1}"#, secret, v, KeyForm::from_name(form).unwrap(), random_iv()).unwrap();
+                let sealed =
+                    seal(br#"{"event":"x","n":1}"#, secret, v, KeyForm::from_name(form).unwrap(), random_iv()).unwrap();
                 let iv_header = sealed.headers.first().map(|(_, v)| v.as_str());
-                let opened = open(&Sealed { body: sealed.body.as_bytes(), iv_header }, &keyring(secret), &AUTO, &Hint::default())
-                    .unwrap_or_else(|e| panic!("{} / {form}: {e}", v.name()));
+                let opened = open(
+                    &Sealed { body: sealed.body.as_bytes(), iv_header },
+                    &keyring(secret),
+                    &AUTO,
+                    &Hint::default(),
+                )
+                .unwrap_or_else(|e| panic!("{} / {form}: {e}", v.name()));
                 assert_eq!(opened.plaintext["n"], 1);
                 assert_eq!(opened.variant, v, "{form}");
             }
@@ -622,7 +597,8 @@ mod tests {
         open(&Sealed { body: a.body.as_bytes(), iv_header: None }, &keyring(secret), &AUTO, &hint).unwrap();
         assert_eq!(hint.get().map(|h| h.0), Some(Variant::PhpDoubleColon));
         let b = seal(br#"{"b":1}"#, secret, Variant::JsonDataIv, KeyForm::Raw, random_iv()).unwrap();
-        let opened = open(&Sealed { body: b.body.as_bytes(), iv_header: None }, &keyring(secret), &AUTO, &hint).unwrap();
+        let opened =
+            open(&Sealed { body: b.body.as_bytes(), iv_header: None }, &keyring(secret), &AUTO, &hint).unwrap();
         assert_eq!(opened.variant, Variant::JsonDataIv);
     }
 
@@ -632,7 +608,8 @@ mod tests {
         let new = "new-secret-new-secret-new-secret";
         let ring = Keyring::new(&[SecretString::from(new.to_string()), SecretString::from(old.to_string())]);
         let body = seal(br#"{"a":1}"#, old, Variant::JsonDataIv, KeyForm::Raw, random_iv()).unwrap();
-        let opened = open(&Sealed { body: body.body.as_bytes(), iv_header: None }, &ring, &AUTO, &Hint::default()).unwrap();
+        let opened =
+            open(&Sealed { body: body.body.as_bytes(), iv_header: None }, &ring, &AUTO, &Hint::default()).unwrap();
         assert_eq!(opened.secret_index, Some(1));
     }
 
@@ -651,7 +628,8 @@ mod tests {
         let secret = "0123456789abcdef0123456789abcdef";
         let body = seal(br#"{"a":1}"#, secret, Variant::JsonDataIv, KeyForm::Raw, random_iv()).unwrap();
         let fixed = OpenOptions { mode: EnvelopeMode::Fixed(Variant::Laravel), allow_plaintext: false };
-        let r = open(&Sealed { body: body.body.as_bytes(), iv_header: None }, &keyring(secret), &fixed, &Hint::default());
+        let r =
+            open(&Sealed { body: body.body.as_bytes(), iv_header: None }, &keyring(secret), &fixed, &Hint::default());
         assert!(r.is_err());
     }
 

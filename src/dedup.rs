@@ -30,9 +30,7 @@ impl std::fmt::Debug for Dedup {
 
 impl Default for Dedup {
     fn default() -> Self {
-        Dedup {
-            seen: Cache::builder().max_capacity(CAPACITY).expire_after(WindowExpiry).build(),
-        }
+        Dedup { seen: Cache::builder().max_capacity(CAPACITY).expire_after(WindowExpiry).build() }
     }
 }
 

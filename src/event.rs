@@ -40,14 +40,7 @@ impl Event {
         };
         let kind = lookup(event_field).unwrap_or_else(|| UNKNOWN_KIND.to_string());
         let key = lookup(id_field).unwrap_or_else(|| content_key(&data));
-        Event {
-            id: new_id(),
-            source: source.to_string(),
-            kind,
-            key,
-            received_at,
-            data,
-        }
+        Event { id: new_id(), source: source.to_string(), kind, key, received_at, data }
     }
 
     /// The canonical JSON text that is stored.
@@ -77,10 +70,7 @@ pub fn new_id() -> String {
 
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Unix milliseconds as RFC 3339 (UTC, milliseconds).

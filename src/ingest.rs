@@ -75,7 +75,12 @@ pub async fn accept(
                 &src_cfg.id_field,
                 received_at,
             );
-            tracing::debug!(source, variant = opened.variant.name(), key_form = opened.key_form.map(|k| k.name()), "decrypted");
+            tracing::debug!(
+                source,
+                variant = opened.variant.name(),
+                key_form = opened.key_form.map(|k| k.name()),
+                "decrypted"
+            );
             accept_event(relay, &rt, event).await
         }
         Err(e) => {
@@ -110,11 +115,7 @@ pub async fn accept(
 
 /// Deduplicates, routes and stores an already-parsed event.
 pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<Outcome, IngestError> {
-    let window = rt
-        .config
-        .source(&event.source)
-        .map(|s| s.dedup_window)
-        .unwrap_or(Duration::from_secs(86_400));
+    let window = rt.config.source(&event.source).map(|s| s.dedup_window).unwrap_or(Duration::from_secs(86_400));
     if relay.dedup.seen(&event.source, &event.key) {
         tracing::info!(source = %event.source, event = %event.kind, key = %event.key, "duplicate (cache)");
         return Ok(Outcome::Duplicate);
@@ -149,10 +150,7 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
         IngestOutcome::Stored => {
             tracing::info!(source = %event.source, event = %event.kind, id = %event.id, deliveries = count, "accepted");
             relay.wake.notify_one();
-            Ok(Outcome::Stored {
-                event_id: event.id,
-                deliveries: count,
-            })
+            Ok(Outcome::Stored { event_id: event.id, deliveries: count })
         }
     }
 }

@@ -19,11 +19,8 @@ pub struct RouteTable {
 }
 
 /// Globs match the whole event type; `*` matches any run of characters, dots included.
-const MATCH: glob::MatchOptions = glob::MatchOptions {
-    case_sensitive: true,
-    require_literal_separator: false,
-    require_literal_leading_dot: false,
-};
+const MATCH: glob::MatchOptions =
+    glob::MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
 
 impl RouteTable {
     /// Compiles the globs of every route (config validation already refused bad ones).

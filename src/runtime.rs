@@ -39,21 +39,10 @@ impl Runtime {
             .sources
             .iter()
             .map(|(name, s)| {
-                (
-                    name.clone(),
-                    SourceRuntime {
-                        keyring: Keyring::new(&s.secret_keys),
-                        hint: Hint::default(),
-                    },
-                )
+                (name.clone(), SourceRuntime { keyring: Keyring::new(&s.secret_keys), hint: Hint::default() })
             })
             .collect();
-        Ok(Runtime {
-            config,
-            templates,
-            routes,
-            sources,
-        })
+        Ok(Runtime { config, templates, routes, sources })
     }
 
     pub fn source(&self, name: &str) -> Option<&SourceRuntime> {
@@ -61,9 +50,6 @@ impl Runtime {
     }
 
     pub fn open_options(&self, source: &str) -> Option<OpenOptions> {
-        self.config.source(source).map(|s| OpenOptions {
-            mode: s.envelope,
-            allow_plaintext: s.allow_plaintext,
-        })
+        self.config.source(source).map(|s| OpenOptions { mode: s.envelope, allow_plaintext: s.allow_plaintext })
     }
 }

@@ -19,14 +19,10 @@ pub enum RenderError {
     Compile { file: String, message: String },
     #[error("route {route}: {what}: {message}")]
     Render { route: String, what: &'static str, message: String },
-    #[error("route {route}: the body rendered from {file} is not valid JSON: {message} (line {line}, column {column})")]
-    NotJson {
-        route: String,
-        file: String,
-        message: String,
-        line: usize,
-        column: usize,
-    },
+    #[error(
+        "route {route}: the body rendered from {file} is not valid JSON: {message} (line {line}, column {column})"
+    )]
+    NotJson { route: String, file: String, message: String, line: usize, column: usize },
     #[error("route {route}: the rendered URL {url:?} is not a valid http(s) URL")]
     BadUrl { route: String, url: String },
     #[error("route {0} is not configured")]
@@ -143,34 +139,25 @@ impl Templates {
 
     fn add_route(&mut self, route: &RouteConfig) -> Result<(), RenderError> {
         let file = route.template.display().to_string();
-        let source = std::fs::read_to_string(&route.template).map_err(|e| RenderError::Compile {
-            file: file.clone(),
-            message: format!("cannot read template: {e}"),
-        })?;
+        let source = std::fs::read_to_string(&route.template)
+            .map_err(|e| RenderError::Compile { file: file.clone(), message: format!("cannot read template: {e}") })?;
         let is_json = file.ends_with(".json.hbs");
         let registry = if is_json { &mut self.json } else { &mut self.plain };
         registry
             .register_template_string(&body_key(&route.name), &source)
-            .map_err(|e| RenderError::Compile {
-                file: file.clone(),
-                message: template_error_message(&e),
-            })?;
+            .map_err(|e| RenderError::Compile { file: file.clone(), message: template_error_message(&e) })?;
         if is_json {
             self.json_routes.insert(route.name.clone(), file.clone());
         }
-        self.url
-            .register_template_string(&url_key(&route.name), &route.url)
-            .map_err(|e| RenderError::Compile {
-                file: format!("{} (route {} url)", file, route.name),
+        self.url.register_template_string(&url_key(&route.name), &route.url).map_err(|e| RenderError::Compile {
+            file: format!("{} (route {} url)", file, route.name),
+            message: template_error_message(&e),
+        })?;
+        if let Some(when) = &route.when {
+            self.plain.register_template_string(&when_key(&route.name), when).map_err(|e| RenderError::Compile {
+                file: format!("route {} when", route.name),
                 message: template_error_message(&e),
             })?;
-        if let Some(when) = &route.when {
-            self.plain
-                .register_template_string(&when_key(&route.name), when)
-                .map_err(|e| RenderError::Compile {
-                    file: format!("route {} when", route.name),
-                    message: template_error_message(&e),
-                })?;
         }
         Ok(())
     }
@@ -181,14 +168,11 @@ impl Templates {
         if route.when.is_none() {
             return Ok(true);
         }
-        let out = self
-            .plain
-            .render(&when_key(&route.name), ctx)
-            .map_err(|e| RenderError::Render {
-                route: route.name.clone(),
-                what: "when",
-                message: template_error_message(&e),
-            })?;
+        let out = self.plain.render(&when_key(&route.name), ctx).map_err(|e| RenderError::Render {
+            route: route.name.clone(),
+            what: "when",
+            message: template_error_message(&e),
+        })?;
         let v = out.trim().to_ascii_lowercase();
         Ok(!matches!(v.as_str(), "" | "false" | "0" | "no" | "null"))
     }
@@ -217,22 +201,14 @@ impl Templates {
                 });
             }
         }
-        let url = self
-            .url
-            .render(&url_key(&route.name), ctx)
-            .map_err(|e| RenderError::Render {
-                route: route.name.clone(),
-                what: "url",
-                message: template_error_message(&e),
-            })?;
+        let url = self.url.render(&url_key(&route.name), ctx).map_err(|e| RenderError::Render {
+            route: route.name.clone(),
+            what: "url",
+            message: template_error_message(&e),
+        })?;
         match reqwest::Url::parse(url.trim()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => {
-                return Err(RenderError::BadUrl {
-                    route: route.name.clone(),
-                    url,
-                })
-            }
+            _ => return Err(RenderError::BadUrl { route: route.name.clone(), url }),
         }
         let mut headers = route.headers.clone();
         if json_file.is_some() && !headers.iter().any(|h| h.name.eq_ignore_ascii_case("content-type")) {
@@ -242,12 +218,7 @@ impl Templates {
                 from_env: false,
             });
         }
-        Ok(RenderedRequest {
-            method: route.method.clone(),
-            url: url.trim().to_string(),
-            headers,
-            body,
-        })
+        Ok(RenderedRequest { method: route.method.clone(), url: url.trim().to_string(), headers, body })
     }
 }
 
@@ -369,7 +340,8 @@ vars = {{ list = "a b" }}
 
     #[test]
     fn hostile_strings_come_out_exact_in_json_templates() {
-        let (_d, c, t) = setup("t.json.hbs", r#"{"name": "{{data.name}}", "n": {{data.n}}, "raw": {{json data.tags}}}"#, "");
+        let (_d, c, t) =
+            setup("t.json.hbs", r#"{"name": "{{data.name}}", "n": {{data.n}}, "raw": {{json data.tags}}}"#, "");
         let hostile = "Jean \"JJ\" O'Connor \\ <script>alert(1)</script>\n\t 李小龍 🎉 & é";
         let e = event(serde_json::json!({"name": hostile, "n": 97, "tags": ["a", "b\"c"], "email": "x@y.z"}));
         let vars = &c.routes[0].vars;
@@ -395,7 +367,9 @@ vars = {{ list = "a b" }}
             "l": "{{lower data.email}}", "u": "{{upper data.prenom}}", "t": "{{trim data.pad}}",
             "m": "{{md5 (lower data.email)}}", "j": "{{join (split data.csv ",") "|"}}", "now": "{{now}}"}"#;
         let (_d, c, t) = setup("t.json.hbs", body, "");
-        let e = event(serde_json::json!({"empty": "", "prenom": "Zoë", "email": "AMELIE@Example.FR", "pad": "  x ", "csv": "a, b,c"}));
+        let e = event(
+            serde_json::json!({"empty": "", "prenom": "Zoë", "email": "AMELIE@Example.FR", "pad": "  x ", "csv": "a, b,c"}),
+        );
         let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
         let v: Value = serde_json::from_str(&req.body).unwrap();
         assert_eq!(v["c"], "Zoë");

@@ -8,9 +8,14 @@ use std::time::Duration;
 pub enum Verdict {
     Delivered,
     /// Worth trying again; `retry_after` is the server's request, if any.
-    Retry { reason: String, retry_after: Option<Duration> },
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// Trying again cannot help (a 4xx other than 408/425/429, a render error, an unknown route).
-    Fail { reason: String },
+    Fail {
+        reason: String,
+    },
 }
 
 /// The answer classes SPEC.md names: 2xx delivered; 408, 425, 429 and 5xx retried; other
@@ -18,13 +23,8 @@ pub enum Verdict {
 pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
-        408 | 425 | 429 | 500..=599 => Verdict::Retry {
-            reason: format!("HTTP {status}"),
-            retry_after,
-        },
-        _ => Verdict::Fail {
-            reason: format!("HTTP {status}"),
-        },
+        408 | 425 | 429 | 500..=599 => Verdict::Retry { reason: format!("HTTP {status}"), retry_after },
+        _ => Verdict::Fail { reason: format!("HTTP {status}") },
     }
 }
 

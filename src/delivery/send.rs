@@ -69,12 +69,7 @@ impl HttpSender {
                         format!("HTTP {status}: {}", snippet.trim())
                     })
                 };
-                AttemptResult {
-                    status: Some(status),
-                    verdict,
-                    duration: started.elapsed(),
-                    error,
-                }
+                AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error }
             }
             Err(e) => {
                 let reason = if e.is_timeout() {
@@ -86,10 +81,7 @@ impl HttpSender {
                 };
                 AttemptResult {
                     status: None,
-                    verdict: Verdict::Retry {
-                        reason: reason.clone(),
-                        retry_after: None,
-                    },
+                    verdict: Verdict::Retry { reason: reason.clone(), retry_after: None },
                     duration: started.elapsed(),
                     error: Some(reason),
                 }

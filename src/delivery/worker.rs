@@ -71,9 +71,7 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
 /// Sleeps until the next due time (at most `poll_interval`), a new event, or the stop signal.
 async fn idle(relay: &Relay, stop: &CancellationToken, next_due: Option<i64>) {
     let poll = relay.runtime().config.delivery.poll_interval;
-    let wait = next_due
-        .map(|at| Duration::from_millis((at - now_ms()).max(0) as u64).min(poll))
-        .unwrap_or(poll);
+    let wait = next_due.map(|at| Duration::from_millis((at - now_ms()).max(0) as u64).min(poll)).unwrap_or(poll);
     tokio::select! {
         _ = tokio::time::sleep(wait) => {}
         _ = relay.wake.notified() => {}
@@ -156,17 +154,16 @@ async fn process(relay: &Relay, c: Claimed) {
     let settlement = Settlement {
         delivery_id: c.delivery_id.clone(),
         lease_token: c.lease_token,
-        attempt: AttemptRecord {
-            started_at,
-            duration_ms: duration.as_millis() as i64,
-            status,
-            error,
-        },
+        attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error },
         next,
     };
     match relay.store.settle(settlement).await {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(delivery = %c.delivery_id, "lease was lost before settling; the newer state stands"),
-        Err(e) => tracing::error!(delivery = %c.delivery_id, error = %e, "could not record the attempt; it will be retried when the lease expires"),
+        Ok(false) => {
+            tracing::warn!(delivery = %c.delivery_id, "lease was lost before settling; the newer state stands")
+        }
+        Err(e) => {
+            tracing::error!(delivery = %c.delivery_id, error = %e, "could not record the attempt; it will be retried when the lease expires")
+        }
     }
 }

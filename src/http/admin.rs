@@ -59,9 +59,7 @@ async fn prometheus(relay: web::Data<Relay>) -> HttpResponse {
     if let Ok(depth) = relay.store.queue_depth().await {
         ::metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
     }
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(metrics().render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics().render())
 }
 
 #[derive(Deserialize)]
@@ -77,27 +75,23 @@ const MAX_PAGE: u32 = 500;
 
 fn check_status(status: Option<&str>) -> Result<(), ApiError> {
     match status {
-        Some(s) if !DELIVERY_STATUSES.contains(&s) => Err(ApiError::BadRequest(format!(
-            "status must be one of {}",
-            DELIVERY_STATUSES.join(", ")
-        ))),
+        Some(s) if !DELIVERY_STATUSES.contains(&s) => {
+            Err(ApiError::BadRequest(format!("status must be one of {}", DELIVERY_STATUSES.join(", "))))
+        }
         _ => Ok(()),
     }
 }
 
-async fn list_deliveries(_: Admin, relay: web::Data<Relay>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+async fn list_deliveries(
+    _: Admin,
+    relay: web::Data<Relay>,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     check_status(q.status.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    let items = relay
-        .store
-        .list_deliveries(DeliveryFilter {
-            status: q.status,
-            route: q.route,
-            after: q.after,
-            limit,
-        })
-        .await?;
+    let items =
+        relay.store.list_deliveries(DeliveryFilter { status: q.status, route: q.route, after: q.after, limit }).await?;
     let next = if items.len() == limit as usize { items.last().map(|d| d.id.clone()) } else { None };
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
 }

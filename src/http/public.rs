@@ -15,7 +15,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/hooks/{source}/{token}", web::post().to(hook_with_token));
 }
 
-async fn hook(relay: web::Data<Relay>, path: web::Path<String>, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn hook(
+    relay: web::Data<Relay>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     receive(&relay, &path.into_inner(), None, &req, body).await
 }
 
@@ -29,7 +34,13 @@ async fn hook_with_token(
     receive(&relay, &source, Some(&token), &req, body).await
 }
 
-async fn receive(relay: &Relay, source: &str, token: Option<&str>, req: &HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn receive(
+    relay: &Relay,
+    source: &str,
+    token: Option<&str>,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let rt = relay.runtime();
     let Some(src) = rt.config.source(source) else { return Err(ApiError::NotFound) };
     if !src.token_matches(token) {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Claimed, DeliveryFilter, DeliveryRow, IngestOutcome, NewEvent, NewQuarantined, Next, QuarantineOutcome,
-    Settlement, StoreError, StoredEvent,
+    Claimed, DeliveryFilter, DeliveryRow, IngestOutcome, NewEvent, NewQuarantined, Next, QuarantineOutcome, Settlement,
+    StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -114,8 +114,8 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let mut conn = Connection::open(path)
-            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        let mut conn =
+            Connection::open(path).map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -130,10 +130,7 @@ impl SqliteStore {
             .name("lbx-sqlite-writer".into())
             .spawn(move || writer(conn, rx))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore {
-            jobs,
-            path: path.to_path_buf(),
-        })
+        Ok(SqliteStore { jobs, path: path.to_path_buf() })
     }
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
@@ -152,9 +149,7 @@ impl SqliteStore {
             (ok, finish)
         });
         self.jobs.send(job).map_err(|_| StoreError::Closed)?;
-        answer
-            .await
-            .map_err(|_| StoreError::Commit("the transaction could not start (see logs)".into()))?
+        answer.await.map_err(|_| StoreError::Commit("the transaction could not start (see logs)".into()))?
     }
 
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
@@ -228,14 +223,7 @@ impl SqliteStore {
             let mut out = Vec::with_capacity(rows.len());
             for (delivery_id, event_id, route, tries, attempts) in rows {
                 let event = get_event.query_row([&event_id], event_from_row)?;
-                out.push(Claimed {
-                    delivery_id,
-                    route,
-                    lease_token: token.clone(),
-                    tries,
-                    attempts,
-                    event,
-                });
+                out.push(Claimed { delivery_id, route, lease_token: token.clone(), tries, attempts, event });
             }
             Ok(out)
         })
@@ -323,7 +311,12 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn retry(&self, id: Option<String>, status: Option<String>, route: Option<String>) -> Result<u64, StoreError> {
+    pub async fn retry(
+        &self,
+        id: Option<String>,
+        status: Option<String>,
+        route: Option<String>,
+    ) -> Result<u64, StoreError> {
         self.call(move |c| {
             let now = now_ms();
             let n = c
@@ -338,8 +331,7 @@ impl SqliteStore {
     }
 
     pub async fn queue_depth(&self) -> Result<i64, StoreError> {
-        self.call(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0)))
-            .await
+        self.call(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))).await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,166 @@
+//! Delivery behaviour against a CRM that fails: retries spaced by the schedule, permanent
+//! failures listed as dead letters and replayed, exhausted schedules, request headers.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_crm_failing_500_then_503_gets_three_attempts_spaced_by_the_schedule() {
+    let app = spawn_app_with(TestConfig { schedule: vec!["200ms", "400ms", "1s"], ..TestConfig::default() }).await;
+    app.crm.respond_with(&[500, 503]);
+    assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
+    wait_until(Duration::from_secs(10), "three attempts", || async { app.crm.count() >= 3 }).await;
+    wait_until(Duration::from_secs(5), "delivered", || async { !app.deliveries("status=delivered").await.is_empty() })
+        .await;
+    let got = app.crm.received();
+    assert_eq!(got.len(), 3);
+    let gap1 = got[1].at - got[0].at;
+    let gap2 = got[2].at - got[1].at;
+    // The schedule with ±10 % jitter: 200 ms then 400 ms.
+    assert!(gap1 >= Duration::from_millis(180), "first retry after {gap1:?}");
+    assert!(gap2 >= Duration::from_millis(360), "second retry after {gap2:?}");
+    assert!(gap2 > gap1);
+    // One idempotency key for every attempt of the delivery, and our user agent.
+    let key = got[0].header("idempotency-key").unwrap().to_string();
+    assert!(got.iter().all(|r| r.header("idempotency-key") == Some(key.as_str())));
+    assert!(got[0].header("user-agent").unwrap().starts_with("lbx-relay/"));
+    assert_eq!(got[0].header("api-key"), Some("crm-secret-key"));
+    assert_eq!(got[0].method, "POST");
+    assert_eq!(got[0].path, "/contacts");
+    let d = &app.deliveries("status=delivered").await[0];
+    assert_eq!(d["id"], key.as_str());
+    assert_eq!(d["attempts"], 3);
+    assert_eq!(d["last_status"], 200);
+    assert_eq!(app.count("SELECT COUNT(*) FROM attempts"), 3);
+}
+
+#[tokio::test]
+async fn a_422_is_not_retried_is_listed_as_failed_and_can_be_replayed() {
+    let app = spawn_app().await;
+    app.crm.respond_with(&[422]);
+    app.post_event(&sample_events()[2]).await;
+    wait_until(Duration::from_secs(5), "a failed delivery", || async {
+        !app.deliveries("status=failed").await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.crm.count(), 1, "a 422 is not retried");
+    let failed = app.deliveries("status=failed&route=crm").await;
+    assert_eq!(failed.len(), 1);
+    let d = &failed[0];
+    for key in ["id", "event_id", "route", "status", "attempts", "last_status", "last_error", "next_attempt_at"] {
+        assert!(d.get(key).is_some(), "{key} missing from {d}");
+    }
+    assert_eq!(d["last_status"], 422);
+    assert!(d["last_error"].as_str().unwrap().contains("422"));
+
+    let id = d["id"].as_str().unwrap();
+    let resp = app.admin_post(&format!("/api/deliveries/{id}/retry")).await;
+    assert_eq!(resp.status(), 200);
+    wait_until(Duration::from_secs(5), "replayed delivery", || async { app.crm.count() == 2 }).await;
+    wait_until(Duration::from_secs(5), "delivered", || async { app.deliveries("status=delivered").await.len() == 1 })
+        .await;
+    assert_eq!(app.crm.received()[1].header("idempotency-key"), Some(id));
+    assert!(app.deliveries("status=failed").await.is_empty());
+    assert_eq!(app.admin_post("/api/deliveries/does-not-exist/retry").await.status(), 404);
+}
+
+#[tokio::test]
+async fn an_exhausted_schedule_leaves_the_delivery_failed_and_bulk_retry_revives_it() {
+    let app = spawn_app().await; // schedule: 50ms, 100ms → three attempts in all
+    app.crm.always(500);
+    app.post_event(&sample_events()[4]).await;
+    app.post_event(&sample_events()[6]).await;
+    wait_until(Duration::from_secs(5), "two failed deliveries", || async {
+        app.deliveries("status=failed").await.len() == 2
+    })
+    .await;
+    assert_eq!(app.crm.count(), 6);
+    let d = &app.deliveries("status=failed").await[0];
+    assert_eq!(d["attempts"], 3);
+    assert_eq!(d["last_status"], 500);
+    assert_eq!(d["next_attempt_at"], Value::Null);
+
+    app.crm.always(200);
+    let resp: Value = app.admin_post("/api/deliveries/retry?status=failed&route=crm").await.json().await.unwrap();
+    assert_eq!(resp["retried"], 2);
+    wait_until(Duration::from_secs(5), "both delivered", || async {
+        app.deliveries("status=delivered").await.len() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_crm_is_retried_like_a_5xx() {
+    let app = spawn_app_with(TestConfig { schedule: vec!["50ms"], ..TestConfig::default() }).await;
+    // Point the route at a closed port by reloading a config whose URL has nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let text =
+        TestConfig { schedule: vec!["50ms"], ..TestConfig::default() }.toml(&dead_url, "127.0.0.1:0", "127.0.0.1:0");
+    let path = app.dir.path().join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    app.relay.replace_runtime(lbx_relay::runtime::Runtime::load(&path).unwrap());
+    app.post_event(&sample_events()[7]).await;
+    wait_until(Duration::from_secs(5), "failed after retries", || async {
+        app.deliveries("status=failed").await.len() == 1
+    })
+    .await;
+    let d = &app.deliveries("status=failed").await[0];
+    assert_eq!(d["attempts"], 2);
+    assert_eq!(d["last_status"], Value::Null);
+    assert!(d["last_error"].as_str().unwrap().contains("connection failed"), "{d}");
+    assert!(!d["last_error"].as_str().unwrap().contains(&dead_url), "no URL in errors");
+}
+
+#[tokio::test]
+async fn a_template_that_renders_invalid_json_fails_at_once_and_a_fixed_template_repairs_it() {
+    let app = spawn_app_with(TestConfig {
+        template: r#"{"amount": {{data.data.transaction.amount}} }"#,
+        ..TestConfig::default()
+    })
+    .await;
+    // A contact event has no transaction: the body is `{"amount":  }`.
+    app.post_event(&sample_events()[12]).await;
+    wait_until(Duration::from_secs(5), "failed", || async { app.deliveries("status=failed").await.len() == 1 }).await;
+    assert_eq!(app.crm.count(), 0, "nothing invalid was sent");
+    let d = &app.deliveries("status=failed").await[0];
+    assert!(d["last_error"].as_str().unwrap().contains("not valid JSON"), "{d}");
+    // Fix the template, reload, replay: the template is rendered at send time.
+    std::fs::write(app.dir.path().join("crm.json.hbs"), r#"{"amount": {{default data.data.transaction.amount 0}} }"#)
+        .unwrap();
+    app.relay.replace_runtime(lbx_relay::runtime::Runtime::load(&app.dir.path().join("routes.toml")).unwrap());
+    app.admin_post("/api/deliveries/retry?status=failed").await;
+    wait_until(Duration::from_secs(5), "delivered after the fix", || async { app.crm.count() == 1 }).await;
+    assert_eq!(app.crm.received()[0].json()["amount"], 0);
+}
+
+#[tokio::test]
+async fn deliveries_are_paged_with_a_cursor() {
+    let app = spawn_app().await;
+    app.crm.always(422);
+    for e in sample_events().iter().take(5) {
+        app.post_event(e).await;
+    }
+    wait_until(Duration::from_secs(5), "five failed", || async { app.deliveries("status=failed").await.len() == 5 })
+        .await;
+    let page1: Value = app.admin_get("/api/deliveries?status=failed&limit=2").await.json().await.unwrap();
+    assert_eq!(page1["items"].as_array().unwrap().len(), 2);
+    let next = page1["next"].as_str().unwrap();
+    let page2: Value =
+        app.admin_get(&format!("/api/deliveries?status=failed&limit=2&after={next}")).await.json().await.unwrap();
+    assert_eq!(page2["items"].as_array().unwrap().len(), 2);
+    assert_ne!(page1["items"][0]["id"], page2["items"][0]["id"]);
+    let page3: Value = app
+        .admin_get(&format!("/api/deliveries?status=failed&limit=2&after={}", page2["next"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page3["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page3["next"], Value::Null);
+}

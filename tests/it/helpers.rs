@@ -1,0 +1,305 @@
+//! `spawn_app()` and the fake CRM shared by the integration tests.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use lbx_relay::app::{Application, Relay};
+use lbx_relay::config::Config;
+use lbx_relay::crypto::{self, KeyForm, Variant};
+
+pub const SECRET: &str = "fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// One request the fake CRM received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("CRM got a body that is not JSON ({e}): {}", self.body))
+    }
+}
+
+#[derive(Default)]
+struct CrmState {
+    /// Statuses to answer, in order; then 200.
+    script: Mutex<VecDeque<u16>>,
+    /// Answer this when the script is empty (default 200).
+    fallback: Mutex<Option<u16>>,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A loopback HTTP server standing in for a CRM.
+#[derive(Clone)]
+pub struct FakeCrm {
+    pub url: String,
+    state: Arc<CrmState>,
+}
+
+impl FakeCrm {
+    pub async fn start() -> FakeCrm {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        FakeCrm::start_on(listener).await
+    }
+
+    pub async fn start_on(listener: std::net::TcpListener) -> FakeCrm {
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(CrmState::default());
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(crm_handler)))
+            .listen(listener)
+            .unwrap()
+            .workers(1)
+            .disable_signals()
+            .run();
+        tokio::spawn(server);
+        FakeCrm { url, state }
+    }
+
+    /// Answer these statuses to the next requests, then 200 (or the fallback).
+    pub fn respond_with(&self, statuses: &[u16]) {
+        self.state.script.lock().unwrap().extend(statuses.iter().copied());
+    }
+
+    pub fn always(&self, status: u16) {
+        *self.state.fallback.lock().unwrap() = Some(status);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+}
+
+async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    state.received.lock().unwrap().push(Received {
+        at: Instant::now(),
+        method: req.method().to_string(),
+        path: req.uri().to_string(),
+        headers: req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
+    let status = state.script.lock().unwrap().pop_front().or(*state.fallback.lock().unwrap()).unwrap_or(200);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .json(serde_json::json!({"status": status}))
+}
+
+/// Knobs of the generated routes.toml.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub schedule: Vec<&'static str>,
+    pub max_body: &'static str,
+    pub quarantine_max: u64,
+    /// Extra sources beyond `learnybox`: (name, secret).
+    pub sources: Vec<(String, String)>,
+    /// The body template of the `crm` route.
+    pub template: &'static str,
+    /// Events the `crm` route takes.
+    pub events: &'static str,
+}
+
+pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
+ "prenom": "{{data.data.contact.prenom}}", "nom": "{{data.data.contact.nom}}", "data": {{json data}}}"#;
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig {
+            schedule: vec!["50ms", "100ms"],
+            max_body: "1MiB",
+            quarantine_max: 1000,
+            sources: vec![],
+            template: FORWARD_TEMPLATE,
+            events: r#"["*"]"#,
+        }
+    }
+}
+
+impl TestConfig {
+    pub fn toml(&self, crm_url: &str, public: &str, admin: &str) -> String {
+        let schedule: Vec<String> = self.schedule.iter().map(|s| format!("{s:?}")).collect();
+        let mut text = format!(
+            r#"
+[server]
+listen = "{public}"
+admin_listen = "{admin}"
+admin_token = "{ADMIN_TOKEN}"
+max_body = "{max_body}"
+
+[store]
+url = "sqlite://relay.db"
+
+[quarantine]
+max_items = {quarantine_max}
+
+[sources.learnybox]
+secret_keys = ["{SECRET}"]
+
+[retry]
+schedule = [{schedule}]
+timeout = "2s"
+
+[delivery]
+workers = 8
+lease = "500ms"
+poll_interval = "20ms"
+
+[[routes]]
+name = "crm"
+events = {events}
+template = "crm.json.hbs"
+url = "{crm_url}/contacts"
+headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
+"#,
+            max_body = self.max_body,
+            quarantine_max = self.quarantine_max,
+            schedule = schedule.join(", "),
+            events = self.events,
+        );
+        for (name, secret) in &self.sources {
+            text.push_str(&format!("\n[sources.{name}]\nsecret_keys = [{secret:?}]\n"));
+        }
+        text
+    }
+}
+
+pub struct TestApp {
+    pub public: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+    pub relay: Arc<Relay>,
+    pub crm: FakeCrm,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestConfig::default()).await
+}
+
+pub async fn spawn_app_with(cfg: TestConfig) -> TestApp {
+    let crm = FakeCrm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    start_in(dir, crm, &cfg).await
+}
+
+/// Starts a relay on the config and database in `dir` (used to restart on the same file).
+pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) -> TestApp {
+    std::fs::write(dir.path().join("crm.json.hbs"), cfg.template).unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, cfg.toml(&crm.url, "127.0.0.1:0", "127.0.0.1:0")).unwrap();
+    let config = Config::load(&path).expect("test config is valid");
+    let app = Application::build(config).await.expect("app builds");
+    let public = format!("http://{}", app.public_addr());
+    let admin = format!("http://{}", app.admin_addr());
+    let relay = app.relay();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp { public, admin, dir, relay, crm, client: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+}
+
+impl TestApp {
+    /// Stops the relay gracefully and hands back its directory and CRM (for a restart).
+    pub async fn stop(mut self) -> (tempfile::TempDir, FakeCrm) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        let TestApp { dir, crm, .. } = self;
+        (dir, crm)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("relay.db")
+    }
+
+    pub async fn post_hook(&self, body: impl Into<String>, headers: &[(String, String)]) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/hooks/learnybox", self.public))
+            .header("Content-Type", "application/json")
+            .body(body.into());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Encrypts `event` with the test secret (fresh IV) and posts it.
+    pub async fn post_event(&self, event: &serde_json::Value) -> reqwest::Response {
+        let sealed = seal(event, SECRET);
+        self.post_hook(sealed.body, &sealed.headers).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
+    }
+
+    pub async fn admin_post(&self, path: &str) -> reqwest::Response {
+        self.client.post(format!("{}{path}", self.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
+    }
+
+    pub async fn deliveries(&self, query: &str) -> Vec<serde_json::Value> {
+        let resp = self.admin_get(&format!("/api/deliveries?{query}")).await;
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        v["items"].as_array().unwrap().clone()
+    }
+
+    /// Reads a number from the SQLite file, as an operator with sqlite3 would.
+    pub fn count(&self, sql: &str) -> i64 {
+        count_in(&self.db_path(), sql)
+    }
+}
+
+pub fn count_in(db: &Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+pub fn seal(event: &serde_json::Value, secret: &str) -> crypto::SealedBody {
+    crypto::seal(event.to_string().as_bytes(), secret, Variant::JsonDataIv, KeyForm::Raw, crypto::random_iv()).unwrap()
+}
+
+/// The sample events shipped with the shared vectors.
+pub fn sample_events() -> Vec<serde_json::Value> {
+    serde_json::from_str(lbx_relay::cli::SAMPLE_EVENTS).unwrap()
+}
+
+/// Polls `check` every 10 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}

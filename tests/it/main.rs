@@ -1,0 +1,9 @@
+//! Integration tests: the real relay on loopback ports with a temporary SQLite file, and a real
+//! HTTP server standing in for the CRM.
+
+mod helpers;
+
+mod crash;
+mod delivery;
+mod ingest;
+mod vectors;
