@@ -114,6 +114,8 @@ pub struct TestConfig {
     pub template: &'static str,
     /// Events the `crm` route takes.
     pub events: &'static str,
+    /// `path_token` of the `learnybox` source.
+    pub path_token: Option<&'static str>,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -128,6 +130,7 @@ impl Default for TestConfig {
             sources: vec![],
             template: FORWARD_TEMPLATE,
             events: r#"["*"]"#,
+            path_token: None,
         }
     }
 }
@@ -151,6 +154,7 @@ max_items = {quarantine_max}
 
 [sources.learnybox]
 secret_keys = ["{SECRET}"]
+{token}
 
 [retry]
 schedule = [{schedule}]
@@ -172,6 +176,7 @@ headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
             quarantine_max = self.quarantine_max,
             schedule = schedule.join(", "),
             events = self.events,
+            token = self.path_token.map(|t| format!("path_token = {t:?}")).unwrap_or_default(),
         );
         for (name, secret) in &self.sources {
             text.push_str(&format!("\n[sources.{name}]\nsecret_keys = [{secret:?}]\n"));

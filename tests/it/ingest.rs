@@ -137,3 +137,34 @@ async fn metrics_expose_the_documented_series() {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_commit_answers_503_and_recovers() {
+    let app = spawn_app().await;
+    // Another process holds the database's write lock longer than the relay waits for it.
+    let blocker = rusqlite::Connection::open(app.db_path()).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let resp = app.post_event(&sample_events()[8]).await;
+    assert_eq!(resp.status(), 503, "never 200 without a commit");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 0);
+    // Learnybox's retry of the same event then succeeds.
+    assert_eq!(app.post_event(&sample_events()[8]).await.status(), 200);
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);
+}
+
+#[tokio::test]
+async fn a_path_token_hides_the_hook_from_senders_who_do_not_know_it() {
+    let app = spawn_app_with(TestConfig { path_token: Some("s3cret-path"), ..TestConfig::default() }).await;
+    let sealed = seal(&sample_events()[9], SECRET);
+    let post = |path: String, body: String| {
+        let client = app.client.clone();
+        async move { client.post(path).body(body).send().await.unwrap().status() }
+    };
+    assert_eq!(post(format!("{}/hooks/learnybox", app.public), "garbage".into()).await, 404);
+    assert_eq!(post(format!("{}/hooks/learnybox/wrong", app.public), "garbage".into()).await, 404);
+    assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 0, "nothing reached the decryptor");
+    assert_eq!(post(format!("{}/hooks/learnybox/s3cret-path", app.public), sealed.body).await, 200);
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);
+}
