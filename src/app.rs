@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::delivery::send::HttpSender;
 use crate::delivery::worker;
+use crate::housekeeping::{self, Silence};
 use crate::http;
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -28,6 +29,7 @@ pub struct Relay {
     /// Wakes idle workers when new deliveries were committed.
     pub wake: Notify,
     pub sender: HttpSender,
+    pub silence: Silence,
 }
 
 impl Relay {
@@ -38,6 +40,7 @@ impl Relay {
             dedup: Dedup::default(),
             wake: Notify::new(),
             sender: HttpSender::new(),
+            silence: Silence::default(),
         }
     }
 
@@ -49,6 +52,25 @@ impl Relay {
     /// Puts a new configuration in force; work already started keeps the old one.
     pub fn replace_runtime(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));
+    }
+
+    /// Re-reads the config file in force (`POST /api/reload`, SIGHUP) and puts it in force, or
+    /// keeps the running one and returns every problem. Returns the number of routes.
+    pub fn reload(&self) -> Result<usize, Vec<String>> {
+        let old = self.runtime();
+        let path = old.config.path.clone();
+        let rt = Runtime::load(&path).inspect_err(|problems| {
+            tracing::error!(config = %path.display(), problems = %problems.join("; "), "reload refused; the running configuration is kept");
+        })?;
+        if rt.config.server.listen != old.config.server.listen
+            || rt.config.server.admin_listen != old.config.server.admin_listen
+        {
+            tracing::warn!("listen addresses changed: they take effect at the next restart");
+        }
+        let routes = rt.config.routes.len();
+        self.replace_runtime(rt);
+        tracing::info!(config = %path.display(), routes, "configuration reloaded");
+        Ok(routes)
     }
 }
 
@@ -103,6 +125,7 @@ impl Application {
         let admin_task = tokio::spawn(admin);
         let stop = CancellationToken::new();
         let workers = tokio::spawn(worker::run(relay.clone(), stop.clone()));
+        let upkeep = tokio::spawn(housekeeping::run(relay.clone(), stop.clone()));
 
         let result = tokio::select! {
             _ = shutdown => Ok(()),
@@ -112,6 +135,7 @@ impl Application {
         public_handle.stop(true).await;
         stop.cancel();
         let _ = workers.await;
+        let _ = upkeep.await;
         admin_handle.stop(true).await;
         let _ = admin_task.await;
         tracing::info!("stopped");

@@ -99,7 +99,7 @@ pub enum Command {
         json: bool,
         event_file: String,
     },
-    /// Encrypt a sample event and POST it like Learnybox would; print the answer.
+    /// Encrypt an event and POST it like Learnybox would; print the answer and timing.
     SendTest {
         #[command(flatten)]
         secret: SecretArg,
@@ -107,7 +107,14 @@ pub enum Command {
         url: String,
         #[arg(long, default_value = "json-data-iv")]
         envelope: String,
-        event_file: String,
+        /// How the secret becomes the key: raw, hex64, base64, sha256.
+        #[arg(long, default_value = "raw")]
+        key_form: String,
+        /// Send one bundled sample of every known event type instead of EVENT_FILE.
+        #[arg(long, conflicts_with = "event_file")]
+        samples: bool,
+        #[arg(required_unless_present = "samples")]
+        event_file: Option<String>,
     },
 }
 
@@ -127,8 +134,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Decrypt { secret, iv, file } => decrypt(&secret, iv.as_deref(), &file),
             Command::Encrypt { secret, envelope, key_form, file } => encrypt(&secret, &envelope, &key_form, &file),
             Command::Render { config, route, json, event_file } => render(&config.config, &route, &event_file, json),
-            Command::SendTest { secret, url, envelope, event_file } => {
-                send_test(&secret, &url, &envelope, &event_file).await
+            Command::SendTest { secret, url, envelope, key_form, samples, event_file } => {
+                send_test(&secret, &url, &envelope, &key_form, samples, event_file.as_deref()).await
             }
         }
     });
@@ -155,19 +162,11 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let app = Application::build(runtime.config).await?;
     let relay = app.relay();
-    let config_path = path.to_path_buf();
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
-            match Runtime::load(&config_path) {
-                Ok(rt) => {
-                    relay.replace_runtime(rt);
-                    tracing::info!(config = %config_path.display(), "configuration reloaded (SIGHUP)");
-                }
-                Err(problems) => {
-                    tracing::error!(problems = %problems.join("; "), "reload refused; the running configuration is kept")
-                }
-            }
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = relay.reload();
         }
     });
     app.run_until_stopped(shutdown_signal()).await?;
@@ -349,18 +348,40 @@ fn render(path: &Path, route_name: &str, event_file: &str, json: bool) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-async fn send_test(secret: &SecretArg, url: &str, envelope: &str, event_file: &str) -> anyhow::Result<ExitCode> {
-    let sealed = seal_input(&secret.get()?, envelope, "raw", &read_input(event_file)?)?;
+async fn send_test(
+    secret: &SecretArg,
+    url: &str,
+    envelope: &str,
+    key_form: &str,
+    samples: bool,
+    event_file: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let secret = secret.get()?;
+    let events: Vec<Vec<u8>> = if samples {
+        let all: Vec<serde_json::Value> = serde_json::from_str(SAMPLE_EVENTS)?;
+        all.iter().map(|v| v.to_string().into_bytes()).collect()
+    } else {
+        vec![read_input(event_file.unwrap_or("-"))?]
+    };
     let client = reqwest::Client::new();
-    let mut req = client.post(url).header("Content-Type", "application/json").body(sealed.body);
-    for (k, v) in &sealed.headers {
-        req = req.header(k, v);
+    let mut all_ok = true;
+    for plaintext in events {
+        let kind = serde_json::from_slice::<serde_json::Value>(&plaintext)
+            .ok()
+            .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "event".into());
+        let sealed = seal_input(&secret, envelope, key_form, &plaintext)?;
+        let mut req = client.post(url).header("Content-Type", "application/json").body(sealed.body);
+        for (k, v) in &sealed.headers {
+            req = req.header(k, v);
+        }
+        let started = Instant::now();
+        let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+        let elapsed = started.elapsed();
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        all_ok &= status.is_success();
+        println!("{kind}: {} in {:.1} ms: {}", status, elapsed.as_secs_f64() * 1000.0, body.trim());
     }
-    let started = Instant::now();
-    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
-    let elapsed = started.elapsed();
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    println!("{} in {:.1} ms: {}", status, elapsed.as_secs_f64() * 1000.0, body.trim());
-    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -58,10 +58,19 @@ pub struct ServerConfig {
     pub admin_listen: String,
     pub admin_token: Option<SecretString>,
     pub max_body: usize,
+    /// Log e-mail addresses in clear (masked by default).
+    pub log_pii: bool,
 }
 
 #[derive(Debug, Clone)]
-pub enum StoreConfig {
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// Fully delivered events older than this are purged.
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
     Sqlite { path: PathBuf },
     Postgres { url: SecretString },
 }
@@ -76,6 +85,8 @@ pub struct SourceConfig {
     pub event_field: Vec<String>,
     pub id_field: Vec<String>,
     pub path_token: Option<SecretString>,
+    /// Warn (log + metric) when no body arrived for this long.
+    pub alert_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +288,7 @@ struct RawServer {
     admin_listen: String,
     admin_token: Option<String>,
     max_body: String,
+    log_pii: bool,
 }
 
 impl Default for RawServer {
@@ -286,6 +298,7 @@ impl Default for RawServer {
             admin_listen: "127.0.0.1:9090".into(),
             admin_token: None,
             max_body: "1MiB".into(),
+            log_pii: false,
         }
     }
 }
@@ -294,11 +307,12 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     url: String,
+    retention: String,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { url: "sqlite://relay.db".into() }
+        RawStore { url: "sqlite://relay.db".into(), retention: "30days".into() }
     }
 }
 
@@ -319,6 +333,8 @@ struct RawSource {
     id_field: Option<Vec<String>>,
     #[serde(default)]
     path_token: Option<String>,
+    #[serde(default)]
+    alert_after: Option<String>,
 }
 
 fn default_envelope() -> String {
@@ -405,15 +421,16 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
     }
     let admin_token = raw.server.admin_token.filter(|t| !t.is_empty()).map(SecretString::from);
 
-    let store = if let Some(rest) = raw.store.url.strip_prefix("sqlite://") {
+    let backend = if let Some(rest) = raw.store.url.strip_prefix("sqlite://") {
         let rel = PathBuf::from(rest);
-        StoreConfig::Sqlite { path: if rel.is_absolute() { rel } else { dir.join(rel) } }
+        StoreBackend::Sqlite { path: if rel.is_absolute() { rel } else { dir.join(rel) } }
     } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://") {
-        StoreConfig::Postgres { url: SecretString::from(raw.store.url.clone()) }
+        StoreBackend::Postgres { url: SecretString::from(raw.store.url.clone()) }
     } else {
         problem("store.url", "must start with sqlite:// or postgres://".into());
-        StoreConfig::Sqlite { path: dir.join("relay.db") }
+        StoreBackend::Sqlite { path: dir.join("relay.db") }
     };
+    let store = StoreConfig { backend, retention: duration(&raw.store.retention, "store.retention", &mut problem) };
 
     let mut sources = BTreeMap::new();
     if raw.sources.is_empty() {
@@ -456,6 +473,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             }
             list
         };
+        let alert_after = s.alert_after.as_deref().map(|a| duration(a, &format!("{at}.alert_after"), &mut problem));
         let event_field = pointers(s.event_field, DEFAULT_EVENT_FIELDS, "event_field", &mut problem);
         let id_field = pointers(s.id_field, DEFAULT_ID_FIELDS, "id_field", &mut problem);
         sources.insert(
@@ -469,6 +487,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 event_field,
                 id_field,
                 path_token: s.path_token.filter(|t| !t.is_empty()).map(SecretString::from),
+                alert_after,
             },
         );
     }
@@ -558,6 +577,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             admin_listen: raw.server.admin_listen,
             admin_token,
             max_body,
+            log_pii: raw.server.log_pii,
         },
         store,
         sources,
@@ -656,7 +676,7 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
         assert_eq!(s.event_field[0], "/event");
         assert_eq!(c.retry.schedule.len(), 4);
         assert_eq!(c.routes[0].template, PathBuf::from("/etc/lbx/t.json.hbs"));
-        assert!(matches!(&c.store, StoreConfig::Sqlite { path } if path == Path::new("/etc/lbx/relay.db")));
+        assert!(matches!(&c.store.backend, StoreBackend::Sqlite { path } if path == Path::new("/etc/lbx/relay.db")));
         let h = &c.routes[0].headers;
         assert!(h.iter().find(|h| h.name == "api-key").unwrap().from_env);
         assert!(!h.iter().find(|h| h.name == "x-static").unwrap().from_env);

@@ -1,15 +1,15 @@
 //! `accept()`: one webhook body from decryption to a committed event — decrypt (or quarantine),
 //! parse, deduplicate, match routes, then store the event and its deliveries in one transaction.
-//! The HTTP handler and the CLI call this same function.
+//! The HTTP handler, quarantine reprocessing and the CLI all go through here.
 
 use std::time::Duration;
 
 use crate::app::Relay;
-use crate::crypto::{self, Sealed};
+use crate::crypto::{self, DecryptError, Sealed};
 use crate::event::{new_id, now_ms, Event};
 use crate::runtime::Runtime;
 use crate::store::{IngestOutcome, NewEvent, NewQuarantined, QuarantineOutcome, StoreError};
-use crate::telemetry::EVENTS_RECEIVED;
+use crate::telemetry::{mask_email, EVENTS_RECEIVED};
 
 /// What happened to an accepted body. The sender sees the same answer for all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,51 @@ pub enum IngestError {
 /// Headers never kept with a quarantined body.
 const DROPPED_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
 
+/// Where a contact's e-mail usually sits, for the (masked) log line.
+const EMAIL_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/data/email", "/email"];
+
+/// The value of an `X-…-Iv` header, if any.
+pub fn iv_header(headers: &[(String, String)]) -> Option<&str> {
+    headers
+        .iter()
+        .find(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            k.starts_with("x-") && k.ends_with("-iv")
+        })
+        .map(|(_, v)| v.as_str())
+}
+
+/// Decrypts and parses a body for `source` with the keys of `rt`.
+pub fn open_event(
+    rt: &Runtime,
+    source: &str,
+    body: &[u8],
+    headers: &[(String, String)],
+    received_at: i64,
+) -> Result<Result<Event, DecryptError>, IngestError> {
+    let (Some(src), Some(cfg), Some(opts)) = (rt.source(source), rt.config.source(source), rt.open_options(source))
+    else {
+        return Err(IngestError::UnknownSource(source.to_string()));
+    };
+    let sealed = Sealed { body, iv_header: iv_header(headers) };
+    Ok(crypto::open(&sealed, &src.keyring, &opts, &src.hint).map(|opened| {
+        tracing::debug!(
+            source,
+            variant = opened.variant.name(),
+            key_form = opened.key_form.map(|k| k.name()),
+            "decrypted"
+        );
+        Event::from_plaintext(
+            source,
+            opened.plaintext,
+            opened.envelope.as_ref(),
+            &cfg.event_field,
+            &cfg.id_field,
+            received_at,
+        )
+    }))
+}
+
 /// Decrypts, parses and stores one body received for `source`.
 pub async fn accept(
     relay: &Relay,
@@ -52,37 +97,9 @@ pub async fn accept(
     headers: &[(String, String)],
 ) -> Result<Outcome, IngestError> {
     let rt = relay.runtime();
-    let (Some(src), Some(src_cfg), Some(opts)) = (rt.source(source), rt.config.source(source), rt.open_options(source))
-    else {
-        return Err(IngestError::UnknownSource(source.to_string()));
-    };
     let received_at = now_ms();
-    let iv_header = headers
-        .iter()
-        .find(|(k, _)| {
-            let k = k.to_ascii_lowercase();
-            k.starts_with("x-") && k.ends_with("-iv")
-        })
-        .map(|(_, v)| v.as_str());
-    let sealed = Sealed { body, iv_header };
-    let result = match crypto::open(&sealed, &src.keyring, &opts, &src.hint) {
-        Ok(opened) => {
-            let event = Event::from_plaintext(
-                source,
-                opened.plaintext,
-                opened.envelope.as_ref(),
-                &src_cfg.event_field,
-                &src_cfg.id_field,
-                received_at,
-            );
-            tracing::debug!(
-                source,
-                variant = opened.variant.name(),
-                key_form = opened.key_form.map(|k| k.name()),
-                "decrypted"
-            );
-            accept_event(relay, &rt, event).await
-        }
+    let result = match open_event(&rt, source, body, headers, received_at)? {
+        Ok(event) => accept_event(relay, &rt, event).await,
         Err(e) => {
             tracing::warn!(source, reason = %e, bytes = body.len(), "body could not be decrypted; quarantined");
             let kept: serde_json::Map<String, serde_json::Value> = headers
@@ -103,6 +120,7 @@ pub async fn accept(
             }
         }
     };
+    relay.silence.heard(source, received_at);
     let label = match &result {
         Ok(o) => o.label(),
         Err(IngestError::QuarantineFull) => "quarantine_full",
@@ -138,19 +156,82 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
     };
     let outcome = relay.store.ingest(new).await?;
     relay.dedup.remember(&event.source, &event.key, window);
+    let contact = EMAIL_POINTERS.iter().find_map(|p| event.data.pointer(p).and_then(|v| v.as_str())).map(|email| {
+        if rt.config.server.log_pii {
+            email.to_string()
+        } else {
+            mask_email(email)
+        }
+    });
     match outcome {
         IngestOutcome::Duplicate => {
             tracing::info!(source = %event.source, event = %event.kind, key = %event.key, "duplicate");
             Ok(Outcome::Duplicate)
         }
         IngestOutcome::Stored if count == 0 => {
-            tracing::info!(source = %event.source, event = %event.kind, id = %event.id, "stored, no route matched");
+            tracing::info!(source = %event.source, event = %event.kind, id = %event.id, contact, "stored, no route matched");
             Ok(Outcome::Unrouted { event_id: event.id })
         }
         IngestOutcome::Stored => {
-            tracing::info!(source = %event.source, event = %event.kind, id = %event.id, deliveries = count, "accepted");
+            tracing::info!(source = %event.source, event = %event.kind, id = %event.id, contact, deliveries = count, "accepted");
             relay.wake.notify_one();
             Ok(Outcome::Stored { event_id: event.id, deliveries: count })
         }
     }
+}
+
+/// What reprocessing the quarantine did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Reprocessed {
+    pub reprocessed: u64,
+    pub duplicates: u64,
+    pub still_quarantined: u64,
+}
+
+/// Tries every quarantined body again with the keys in force now; what opens becomes a normal
+/// event (dedup and routing included) and leaves the quarantine.
+pub async fn reprocess_quarantine(relay: &Relay) -> Result<Reprocessed, IngestError> {
+    let rt = relay.runtime();
+    let mut report = Reprocessed::default();
+    let mut after = None;
+    loop {
+        let page = relay.store.list_quarantine(after, 200).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for item in page {
+            let headers: Vec<(String, String)> =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&item.headers)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+                    .collect();
+            let opened = match open_event(&rt, &item.source, &item.body, &headers, item.received_at) {
+                Ok(r) => r,
+                Err(IngestError::UnknownSource(_)) => Err(DecryptError::NoEnvelope),
+                Err(e) => return Err(e),
+            };
+            match opened {
+                Ok(event) => {
+                    match accept_event(relay, &rt, event).await? {
+                        Outcome::Duplicate => report.duplicates += 1,
+                        _ => report.reprocessed += 1,
+                    }
+                    relay.store.delete_quarantined(item.id).await?;
+                }
+                Err(e) => {
+                    report.still_quarantined += 1;
+                    if e.to_string() != item.reason {
+                        relay.store.update_quarantine_reason(item.id, e.to_string()).await?;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        reprocessed = report.reprocessed,
+        duplicates = report.duplicates,
+        still = report.still_quarantined,
+        "quarantine reprocessed"
+    );
+    Ok(report)
 }

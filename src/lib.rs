@@ -9,7 +9,8 @@
 //! - [`delivery`] workers claim stored deliveries, render them with [`templates`], send them and
 //!   settle the outcome;
 //! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires it all,
-//!   [`cli`] is the command line and [`telemetry`] the logs and metrics.
+//!   [`cli`] is the command line, [`telemetry`] the logs and metrics, and [`housekeeping`] the
+//!   silence alert, gauges and retention purge.
 
 pub mod app;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod crypto;
 pub mod dedup;
 pub mod delivery;
 pub mod event;
+pub mod housekeeping;
 pub mod http;
 pub mod ingest;
 pub mod routing;

@@ -10,6 +10,11 @@ pub const EVENTS_RECEIVED: &str = "lbx_events_received_total";
 pub const DELIVERIES: &str = "lbx_deliveries_total";
 pub const DELIVERY_DURATION: &str = "lbx_delivery_duration_seconds";
 pub const QUEUE_DEPTH: &str = "lbx_queue_depth";
+pub const DELIVERY_ATTEMPTS: &str = "lbx_delivery_attempts_total";
+pub const QUARANTINE_SIZE: &str = "lbx_quarantine_size";
+pub const OLDEST_PENDING_AGE: &str = "lbx_oldest_pending_age_seconds";
+pub const SOURCE_SILENT: &str = "lbx_source_silent";
+pub const SOURCE_LAST_EVENT: &str = "lbx_source_last_event_timestamp_seconds";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
@@ -52,6 +57,14 @@ fn describe() {
     metrics::describe_counter!(DELIVERIES, "Delivery attempts, by route and outcome");
     metrics::describe_histogram!(DELIVERY_DURATION, metrics::Unit::Seconds, "Duration of delivery attempts");
     metrics::describe_gauge!(QUEUE_DEPTH, "Deliveries waiting to be sent");
+    metrics::describe_counter!(
+        DELIVERY_ATTEMPTS,
+        "Delivery attempts by route and answer class (2xx, 4xx, 5xx, network, render)"
+    );
+    metrics::describe_gauge!(QUARANTINE_SIZE, "Bodies in the quarantine");
+    metrics::describe_gauge!(OLDEST_PENDING_AGE, "Age of the oldest pending delivery");
+    metrics::describe_gauge!(SOURCE_SILENT, "1 when a source has been silent longer than its alert_after");
+    metrics::describe_gauge!(SOURCE_LAST_EVENT, "When the last body arrived for a source (Unix seconds)");
 }
 
 /// Masks an e-mail address for logs: `ca***@example.fr`.

@@ -13,7 +13,7 @@ use super::retry::{next_delay, Verdict};
 use crate::app::Relay;
 use crate::event::{now_ms, Event};
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
-use crate::telemetry::{DELIVERIES, DELIVERY_DURATION};
+use crate::telemetry::{DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 use crate::templates::TemplateContext;
 
 /// How long a claim is reserved: the longest route timeout plus the configured margin.
@@ -135,6 +135,15 @@ async fn process(relay: &Relay, c: Claimed) {
     };
     metrics::counter!(DELIVERIES, "route" => c.route.clone(), "outcome" => next.label()).increment(1);
     metrics::histogram!(DELIVERY_DURATION, "route" => c.route.clone()).record(duration.as_secs_f64());
+    let class = match status {
+        Some(s) if (200..300).contains(&s) => "2xx",
+        Some(s) if (400..500).contains(&s) => "4xx",
+        Some(s) if s >= 500 => "5xx",
+        Some(_) => "other",
+        None if duration.is_zero() => "render",
+        None => "network",
+    };
+    metrics::counter!(DELIVERY_ATTEMPTS, "route" => c.route.clone(), "class" => class).increment(1);
     let reason = match &verdict {
         Verdict::Delivered => None,
         Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.as_str()),

@@ -1,24 +1,36 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the bearer-protected `/api/*`
-//! (deliveries listing with filters and cursor paging, single and bulk retry).
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the bearer-protected `/api/*`:
+//! events and deliveries with cursor paging, single and bulk retry, the quarantine and its
+//! reprocessing, config reload and the retention purge.
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use base64::Engine;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
 use crate::app::Relay;
+use crate::event::rfc3339;
+use crate::housekeeping;
+use crate::ingest::{self, IngestError};
 use crate::store::{DeliveryFilter, DELIVERY_STATUSES};
-use crate::telemetry::{metrics, QUEUE_DEPTH};
+use crate::telemetry::metrics;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(super::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(prometheus))
+        .route("/api/events", web::get().to(list_events))
+        .route("/api/events/{id}", web::get().to(get_event))
         .route("/api/deliveries", web::get().to(list_deliveries))
         .route("/api/deliveries/retry", web::post().to(retry_many))
-        .route("/api/deliveries/{id}/retry", web::post().to(retry_one));
+        .route("/api/deliveries/{id}/retry", web::post().to(retry_one))
+        .route("/api/quarantine", web::get().to(list_quarantine))
+        .route("/api/quarantine/reprocess", web::post().to(reprocess))
+        .route("/api/reload", web::post().to(reload))
+        .route("/api/purge", web::post().to(purge));
 }
 
 /// Proof that the request carried the admin bearer token (compared in constant time).
@@ -52,14 +64,62 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
 
 async fn readyz(relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
     relay.store.ping().await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }
 
 async fn prometheus(relay: web::Data<Relay>) -> HttpResponse {
-    if let Ok(depth) = relay.store.queue_depth().await {
-        ::metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
-    }
+    housekeeping::refresh_gauges(&relay).await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics().render())
+}
+
+const MAX_PAGE: u32 = 500;
+
+fn page_size(limit: Option<u32>) -> u32 {
+    limit.unwrap_or(50).clamp(1, MAX_PAGE)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let limit = page_size(q.limit);
+    let events = relay.store.list_events(q.after, limit).await?;
+    let next = if events.len() == limit as usize { events.last().map(|e| e.id.clone()) } else { None };
+    let items: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({"id": e.id, "source": e.source, "event_key": e.key, "event": e.kind,
+                   "status": e.status, "received_at": rfc3339(e.received_at)})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
+}
+
+async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let Some(d) = relay.store.event_detail(&id).await? else { return Err(ApiError::NotFound) };
+    let deliveries: Vec<Value> = d
+        .deliveries
+        .iter()
+        .map(|del| {
+            let mut v = serde_json::to_value(del).unwrap_or(Value::Null);
+            let attempts: Vec<&crate::store::AttemptRow> =
+                d.attempts.iter().filter(|a| a.delivery_id == del.id).collect();
+            v["attempt_log"] = serde_json::to_value(attempts).unwrap_or(Value::Null);
+            v
+        })
+        .collect();
+    let e = &d.event;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": e.id, "source": e.source, "event_key": e.key, "event": e.kind, "status": e.status,
+        "received_at": rfc3339(e.received_at),
+        "data": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
+        "deliveries": deliveries,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -70,8 +130,6 @@ struct ListQuery {
     limit: Option<u32>,
     after: Option<String>,
 }
-
-const MAX_PAGE: u32 = 500;
 
 fn check_status(status: Option<&str>) -> Result<(), ApiError> {
     match status {
@@ -89,11 +147,11 @@ async fn list_deliveries(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     check_status(q.status.as_deref())?;
-    let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let limit = page_size(q.limit);
     let items =
         relay.store.list_deliveries(DeliveryFilter { status: q.status, route: q.route, after: q.after, limit }).await?;
     let next = if items.len() == limit as usize { items.last().map(|d| d.id.clone()) } else { None };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
 }
 
 async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -101,7 +159,7 @@ async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
         return Err(ApiError::NotFound);
     }
     relay.wake.notify_one();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"retried": 1})))
+    Ok(HttpResponse::Ok().json(json!({"retried": 1})))
 }
 
 #[derive(Deserialize)]
@@ -117,5 +175,57 @@ async fn retry_many(_: Admin, relay: web::Data<Relay>, q: web::Query<BulkQuery>)
     check_status(Some(&status))?;
     let n = relay.store.retry_deliveries(&status, q.route.as_deref()).await?;
     relay.wake.notify_one();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"retried": n})))
+    Ok(HttpResponse::Ok().json(json!({"retried": n})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineQuery {
+    limit: Option<u32>,
+    after: Option<i64>,
+}
+
+async fn list_quarantine(
+    _: Admin,
+    relay: web::Data<Relay>,
+    q: web::Query<QuarantineQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_size(q.limit);
+    let rows = relay.store.list_quarantine(q.after, limit).await?;
+    let next = if rows.len() == limit as usize { rows.last().map(|r| r.id) } else { None };
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id, "source": r.source, "received_at": rfc3339(r.received_at), "reason": r.reason,
+                "headers": serde_json::from_str::<Value>(&r.headers).unwrap_or(Value::Null),
+                "size": r.body.len(),
+                "body_base64": base64::engine::general_purpose::STANDARD.encode(&r.body),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
+}
+
+async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
+    match ingest::reprocess_quarantine(&relay).await {
+        Ok(report) => Ok(HttpResponse::Ok().json(report)),
+        Err(IngestError::Unavailable(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::BadRequest(e.to_string())),
+    }
+}
+
+async fn reload(_: Admin, relay: web::Data<Relay>) -> HttpResponse {
+    match relay.reload() {
+        Ok(routes) => HttpResponse::Ok().json(json!({"status": "reloaded", "routes": routes})),
+        Err(problems) => HttpResponse::UnprocessableEntity().json(json!({
+            "error": "the new configuration was refused; the running one is kept",
+            "problems": problems,
+        })),
+    }
+}
+
+async fn purge(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
+    let n = housekeeping::purge(&relay).await?;
+    Ok(HttpResponse::Ok().json(json!({"purged": n})))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::StoreConfig;
+use crate::config::{StoreBackend, StoreConfig};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -142,6 +142,44 @@ pub struct DeliveryFilter {
     pub limit: u32,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub delivery_id: String,
+    pub attempt: u32,
+    pub started_at: String,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventDetail {
+    pub event: StoredEvent,
+    pub deliveries: Vec<DeliveryRow>,
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// A body that could not be turned into an event.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub id: i64,
+    pub source: String,
+    pub received_at: i64,
+    /// JSON object of the request headers (credentials dropped).
+    pub headers: String,
+    pub body: Vec<u8>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub queue_depth: i64,
+    pub quarantined: i64,
+    /// When the oldest pending delivery was created (Unix ms).
+    pub oldest_pending_at: Option<i64>,
+}
+
 pub const DELIVERY_STATUSES: &[&str] = &["pending", "delivered", "failed"];
 
 /// The store, one backend chosen at start.
@@ -150,11 +188,20 @@ pub enum Store {
     Sqlite(sqlite::SqliteStore),
 }
 
+/// Forwards a call to the backend in use.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
+
 impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        match config {
-            StoreConfig::Sqlite { path } => Ok(Store::Sqlite(sqlite::SqliteStore::open(path)?)),
-            StoreConfig::Postgres { .. } => Err(StoreError::Unsupported(
+        match &config.backend {
+            StoreBackend::Sqlite { path } => Ok(Store::Sqlite(sqlite::SqliteStore::open(path)?)),
+            StoreBackend::Postgres { .. } => Err(StoreError::Unsupported(
                 "the PostgreSQL store is not available in this build yet; use sqlite://".into(),
             )),
         }
@@ -162,67 +209,76 @@ impl Store {
 
     /// Stores the event and its deliveries in one transaction unless its dedup key is live.
     pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ingest(event).await,
-        }
+        dispatch!(self, s => s.ingest(event).await)
     }
 
     pub async fn quarantine(&self, item: NewQuarantined, max_items: u64) -> Result<QuarantineOutcome, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.quarantine(item, max_items).await,
-        }
+        dispatch!(self, s => s.quarantine(item, max_items).await)
     }
 
     /// Leases up to `limit` due deliveries for `lease`.
     pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.claim(limit, lease).await,
-        }
+        dispatch!(self, s => s.claim(limit, lease).await)
     }
 
     /// Records an attempt and the delivery's next state; `false` when the lease was lost.
     pub async fn settle(&self, settlement: Settlement) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.settle(settlement).await,
-        }
+        dispatch!(self, s => s.settle(settlement).await)
     }
 
     /// When the next pending delivery becomes due (Unix ms), if any.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.next_due().await,
-        }
+        dispatch!(self, s => s.next_due().await)
     }
 
     pub async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.list_deliveries(filter).await,
-        }
+        dispatch!(self, s => s.list_deliveries(filter).await)
     }
 
     /// Makes one delivery due now with a fresh schedule; `false` when it does not exist.
     pub async fn retry_delivery(&self, id: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.retry(Some(id.to_string()), None, None).await.map(|n| n > 0),
-        }
+        dispatch!(self, s => s.retry(Some(id.to_string()), None, None).await.map(|n| n > 0))
     }
 
     /// Makes every delivery with `status` (and `route`, if given) due now; returns how many.
     pub async fn retry_deliveries(&self, status: &str, route: Option<&str>) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.retry(None, Some(status.to_string()), route.map(str::to_string)).await,
-        }
+        dispatch!(self, s => s.retry(None, Some(status.to_string()), route.map(str::to_string)).await)
     }
 
-    pub async fn queue_depth(&self) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.queue_depth().await,
-        }
+    pub async fn list_events(&self, after: Option<String>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        dispatch!(self, s => s.list_events(after, limit).await)
+    }
+
+    pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
+        dispatch!(self, s => s.event_detail(id).await)
+    }
+
+    pub async fn list_quarantine(&self, after: Option<i64>, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
+        dispatch!(self, s => s.list_quarantine(after, limit).await)
+    }
+
+    pub async fn delete_quarantined(&self, id: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete_quarantined(id).await)
+    }
+
+    pub async fn update_quarantine_reason(&self, id: i64, reason: String) -> Result<(), StoreError> {
+        dispatch!(self, s => s.update_quarantine_reason(id, reason).await)
+    }
+
+    /// Deletes fully delivered events received before `before` (Unix ms); returns how many.
+    pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.purge(before).await)
+    }
+
+    pub async fn gauges(&self) -> Result<Gauges, StoreError> {
+        dispatch!(self, s => s.gauges().await)
+    }
+
+    pub async fn last_event_per_source(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        dispatch!(self, s => s.last_event_per_source().await)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ping().await,
-        }
+        dispatch!(self, s => s.ping().await)
     }
 }

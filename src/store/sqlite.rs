@@ -10,8 +10,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Claimed, DeliveryFilter, DeliveryRow, IngestOutcome, NewEvent, NewQuarantined, Next, QuarantineOutcome, Settlement,
-    StoreError, StoredEvent,
+    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Gauges, IngestOutcome, NewEvent, NewQuarantined,
+    Next, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -293,18 +293,7 @@ impl SqliteStore {
                  ORDER BY id LIMIT ?4",
             )?;
             let rows = stmt
-                .query_map(params![f.status, f.route, f.after, f.limit], |r| {
-                    Ok(DeliveryRow {
-                        id: r.get(0)?,
-                        event_id: r.get(1)?,
-                        route: r.get(2)?,
-                        status: r.get(3)?,
-                        attempts: r.get(4)?,
-                        last_status: r.get(5)?,
-                        last_error: r.get(6)?,
-                        next_attempt_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
-                    })
-                })?
+                .query_map(params![f.status, f.route, f.after, f.limit], delivery_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -351,6 +340,154 @@ impl SqliteStore {
         })
         .await
     }
+    pub async fn list_events(&self, after: Option<String>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT id, source, event_key, kind, status, payload, received_at FROM events
+                 WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, limit], event_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    /// An event with its deliveries and every attempt of each.
+    pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let Some(event) = c
+                .query_row(
+                    "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
+                    [&id],
+                    event_from_row,
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let deliveries: Vec<DeliveryRow> = c
+                .prepare_cached(
+                    "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
+                     FROM deliveries WHERE event_id = ?1 ORDER BY id",
+                )?
+                .query_map([&id], delivery_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut attempts = Vec::new();
+            let mut stmt = c.prepare_cached(
+                "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome
+                 FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+            )?;
+            for d in &deliveries {
+                let rows = stmt.query_map([&d.id], |r| {
+                    Ok(AttemptRow {
+                        delivery_id: r.get(0)?,
+                        attempt: r.get(1)?,
+                        started_at: rfc3339(r.get(2)?),
+                        duration_ms: r.get(3)?,
+                        status: r.get(4)?,
+                        error: r.get(5)?,
+                        outcome: r.get(6)?,
+                    })
+                })?;
+                for a in rows {
+                    attempts.push(a?);
+                }
+            }
+            Ok(Some(EventDetail { event, deliveries, attempts }))
+        })
+        .await
+    }
+
+    pub async fn list_quarantine(&self, after: Option<i64>, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT id, source, received_at, headers, body, reason FROM quarantine
+                 WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, limit], |r| {
+                Ok(Quarantined {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    received_at: r.get(2)?,
+                    headers: r.get(3)?,
+                    body: r.get(4)?,
+                    reason: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn delete_quarantined(&self, id: i64) -> Result<(), StoreError> {
+        self.call(move |c| c.execute("DELETE FROM quarantine WHERE id = ?1", [id]).map(|_| ())).await
+    }
+
+    pub async fn update_quarantine_reason(&self, id: i64, reason: String) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute("UPDATE quarantine SET reason = ?2 WHERE id = ?1", params![id, reason]).map(|_| ())
+        })
+        .await
+    }
+
+    /// Deletes events older than `before` whose deliveries are all delivered (or that had none),
+    /// with their deliveries and attempts, and dedup keys that have expired.
+    pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
+        self.call(move |c| {
+            let now = now_ms();
+            c.execute_batch(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY);
+                 DELETE FROM purge_ids;
+                 INSERT INTO purge_ids SELECT e.id FROM events e WHERE e.received_at < {before}
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered');
+                 DELETE FROM attempts WHERE delivery_id IN
+                   (SELECT d.id FROM deliveries d JOIN purge_ids p ON d.event_id = p.id);
+                 DELETE FROM deliveries WHERE event_id IN (SELECT id FROM purge_ids);
+                 DELETE FROM dedup_keys WHERE expires_at <= {now};"
+            ))?;
+            let n = c.execute("DELETE FROM events WHERE id IN (SELECT id FROM purge_ids)", [])?;
+            c.execute_batch("DELETE FROM purge_ids;")?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    /// Numbers for the gauges: (quarantined bodies, oldest due pending delivery's due time).
+    pub async fn gauges(&self) -> Result<Gauges, StoreError> {
+        self.call(|c| {
+            let queue_depth =
+                c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))?;
+            let quarantined = c.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+            let oldest_pending_at =
+                c.query_row("SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))?;
+            Ok(Gauges { queue_depth, quarantined, oldest_pending_at })
+        })
+        .await
+    }
+
+    /// The newest event time of each source (for the silence alert after a restart).
+    pub async fn last_event_per_source(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(|c| {
+            c.prepare_cached("SELECT source, MAX(received_at) FROM events GROUP BY source")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+}
+
+fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        route: r.get(2)?,
+        status: r.get(3)?,
+        attempts: r.get(4)?,
+        last_status: r.get(5)?,
+        last_error: r.get(6)?,
+        next_attempt_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+    })
 }
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {

@@ -42,6 +42,8 @@ struct CrmState {
     /// Answer this when the script is empty (default 200).
     fallback: Mutex<Option<u16>>,
     received: Mutex<Vec<Received>>,
+    /// How long to wait before answering.
+    delay: Mutex<Duration>,
 }
 
 /// A loopback HTTP server standing in for a CRM.
@@ -80,6 +82,10 @@ impl FakeCrm {
         *self.state.fallback.lock().unwrap() = Some(status);
     }
 
+    pub fn delay(&self, d: Duration) {
+        *self.state.delay.lock().unwrap() = d;
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }
@@ -97,6 +103,10 @@ async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::By
         headers: req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
     });
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let status = state.script.lock().unwrap().pop_front().or(*state.fallback.lock().unwrap()).unwrap_or(200);
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
         .json(serde_json::json!({"status": status}))
@@ -116,6 +126,11 @@ pub struct TestConfig {
     pub events: &'static str,
     /// `path_token` of the `learnybox` source.
     pub path_token: Option<&'static str>,
+    /// Secret of the `learnybox` source.
+    pub secret: &'static str,
+    /// Extra lines for the `learnybox` source table.
+    pub source_extra: &'static str,
+    pub retention: &'static str,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -131,6 +146,9 @@ impl Default for TestConfig {
             template: FORWARD_TEMPLATE,
             events: r#"["*"]"#,
             path_token: None,
+            secret: SECRET,
+            source_extra: "",
+            retention: "30days",
         }
     }
 }
@@ -148,13 +166,15 @@ max_body = "{max_body}"
 
 [store]
 url = "sqlite://relay.db"
+retention = "{retention}"
 
 [quarantine]
 max_items = {quarantine_max}
 
 [sources.learnybox]
-secret_keys = ["{SECRET}"]
+secret_keys = ["{secret}"]
 {token}
+{source_extra}
 
 [retry]
 schedule = [{schedule}]
@@ -177,6 +197,9 @@ headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
             schedule = schedule.join(", "),
             events = self.events,
             token = self.path_token.map(|t| format!("path_token = {t:?}")).unwrap_or_default(),
+            secret = self.secret,
+            source_extra = self.source_extra,
+            retention = self.retention,
         );
         for (name, secret) in &self.sources {
             text.push_str(&format!("\n[sources.{name}]\nsecret_keys = [{secret:?}]\n"));
@@ -307,4 +330,66 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// A port that was free a moment ago (for configs handed to a separate process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes routes.toml and the template for a relay process run from the built binary; returns
+/// (public, admin) addresses.
+pub fn write_process_config(dir: &Path, cfg: &TestConfig, crm_url: &str) -> (String, String) {
+    let (public, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    std::fs::write(dir.join("crm.json.hbs"), cfg.template).unwrap();
+    std::fs::write(dir.join("routes.toml"), cfg.toml(crm_url, &public, &admin)).unwrap();
+    (public, admin)
+}
+
+/// Starts `lbx-relay serve` on the config in `dir`, with `extra` arguments before `serve`.
+pub fn start_process(dir: &Path, extra: &[&str], stderr: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
+        .args(extra)
+        .args(["serve", "-c"])
+        .arg(dir.join("routes.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+pub async fn wait_ready(admin: &str) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{admin}/readyz");
+    wait_until(Duration::from_secs(10), "relay ready", || {
+        let client = client.clone();
+        let url = url.clone();
+        async move { client.get(&url).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+}
+
+/// Runs the built binary with `args`; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"));
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

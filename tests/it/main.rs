@@ -3,7 +3,10 @@
 
 mod helpers;
 
+mod admin;
+mod cli;
 mod crash;
 mod delivery;
 mod ingest;
+mod lifecycle;
 mod vectors;

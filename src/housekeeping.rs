@@ -1,0 +1,124 @@
+//! Background upkeep beside the workers: the silence alert (no body from a source for
+//! `alert_after`), the gauges, and the retention purge of fully delivered events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Relay;
+use crate::event::now_ms;
+use crate::telemetry::{OLDEST_PENDING_AGE, QUARANTINE_SIZE, QUEUE_DEPTH, SOURCE_LAST_EVENT, SOURCE_SILENT};
+
+/// How often the purge runs.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// When each source was last heard from, and which are in alert.
+#[derive(Debug)]
+pub struct Silence {
+    last: Mutex<HashMap<String, i64>>,
+    alerted: Mutex<HashSet<String>>,
+    started_at: i64,
+}
+
+impl Default for Silence {
+    fn default() -> Self {
+        Silence { last: Mutex::default(), alerted: Mutex::default(), started_at: now_ms() }
+    }
+}
+
+impl Silence {
+    /// Records that a body arrived for `source` at `at` (Unix ms).
+    pub fn heard(&self, source: &str, at: i64) {
+        if let Ok(mut last) = self.last.lock() {
+            let e = last.entry(source.to_string()).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+
+    /// Sources silent for longer than their `alert_after`, now.
+    pub fn check(&self, relay: &Relay, now: i64) -> Vec<String> {
+        let rt = relay.runtime();
+        let last = self.last.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut silent = Vec::new();
+        for (name, src) in &rt.config.sources {
+            let heard = last.get(name).copied();
+            if let Some(at) = heard {
+                metrics::gauge!(SOURCE_LAST_EVENT, "source" => name.clone()).set(at as f64 / 1000.0);
+            }
+            let Some(limit) = src.alert_after else { continue };
+            // Before the first event, count from start-up.
+            let since = heard.unwrap_or(self.started_at);
+            let quiet = now - since > limit.as_millis() as i64;
+            metrics::gauge!(SOURCE_SILENT, "source" => name.clone()).set(if quiet { 1.0 } else { 0.0 });
+            let Ok(mut alerted) = self.alerted.lock() else { continue };
+            if quiet {
+                silent.push(name.clone());
+                if alerted.insert(name.clone()) {
+                    tracing::warn!(
+                        source = %name,
+                        silent_for = %humantime::format_duration(Duration::from_secs(((now - since) / 1000).max(0) as u64)),
+                        alert_after = %humantime::format_duration(limit),
+                        "no webhook received for longer than alert_after: check that the Learnybox webhook is still active"
+                    );
+                }
+            } else if alerted.remove(name) {
+                tracing::info!(source = %name, "webhooks are arriving again");
+            }
+        }
+        silent
+    }
+}
+
+/// Refreshes the store-derived gauges.
+pub async fn refresh_gauges(relay: &Relay) {
+    if let Ok(g) = relay.store.gauges().await {
+        metrics::gauge!(QUEUE_DEPTH).set(g.queue_depth as f64);
+        metrics::gauge!(QUARANTINE_SIZE).set(g.quarantined as f64);
+        let age = g.oldest_pending_at.map(|at| ((now_ms() - at).max(0)) as f64 / 1000.0).unwrap_or(0.0);
+        metrics::gauge!(OLDEST_PENDING_AGE).set(age);
+    }
+}
+
+/// Deletes fully delivered events older than `store.retention`.
+pub async fn purge(relay: &Relay) -> Result<u64, crate::store::StoreError> {
+    let retention = relay.runtime().config.store.retention;
+    let n = relay.store.purge(now_ms() - retention.as_millis() as i64).await?;
+    if n > 0 {
+        tracing::info!(purged = n, retention = %humantime::format_duration(retention), "purged delivered events");
+    }
+    Ok(n)
+}
+
+/// Runs until `stop`: silence checks and gauges every tick, the purge every hour.
+pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
+    if let Ok(last) = relay.store.last_event_per_source().await {
+        for (source, at) in last {
+            relay.silence.heard(&source, at);
+        }
+    }
+    let mut last_purge: Option<tokio::time::Instant> = None;
+    loop {
+        let tick = {
+            let rt = relay.runtime();
+            let shortest = rt.config.sources.values().filter_map(|s| s.alert_after).min();
+            shortest
+                .map(|d| d / 4)
+                .unwrap_or(Duration::from_secs(30))
+                .clamp(Duration::from_millis(20), Duration::from_secs(30))
+        };
+        relay.silence.check(&relay, now_ms());
+        refresh_gauges(&relay).await;
+        if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            if let Err(e) = purge(&relay).await {
+                tracing::error!(error = %e, "retention purge failed");
+            }
+            last_purge = Some(tokio::time::Instant::now());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The admin API as an operator uses it: inspecting events, fixing a key and reprocessing the
+//! quarantine, reloading routes (and surviving a bad reload), purging, and the silence alert.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn an_event_is_shown_with_its_deliveries_and_every_attempt() {
+    let app = spawn_app().await;
+    app.crm.respond_with(&[503]);
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(5), "delivered", || async { app.deliveries("status=delivered").await.len() == 1 })
+        .await;
+    let list: Value = app.admin_get("/api/events").await.json().await.unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["event"], "transaction.created");
+    assert_eq!(items[0]["event_key"], "evt_00424242");
+    let id = items[0]["id"].as_str().unwrap();
+    let detail: Value = app.admin_get(&format!("/api/events/{id}")).await.json().await.unwrap();
+    assert_eq!(detail["data"], sample_events()[0]);
+    let d = &detail["deliveries"][0];
+    assert_eq!(d["status"], "delivered");
+    let log = d["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0]["status"], 503);
+    assert_eq!(log[0]["outcome"], "retry");
+    assert_eq!(log[1]["status"], 200);
+    assert_eq!(log[1]["outcome"], "delivered");
+    assert!(log[1]["duration_ms"].is_number());
+    assert_eq!(app.admin_get("/api/events/nope").await.status(), 404);
+}
+
+#[tokio::test]
+async fn a_quarantined_event_is_reprocessed_after_the_key_is_fixed_and_reloaded() {
+    // The relay starts with the wrong key: the event is quarantined, answered 200.
+    let app = spawn_app_with(TestConfig { secret: "the-wrong-key-the-wrong-key-1234", ..TestConfig::default() }).await;
+    let sealed = seal(&sample_events()[11], SECRET);
+    assert_eq!(app.post_hook(sealed.body, &[]).await.status(), 200);
+    let q: Value = app.admin_get("/api/quarantine").await.json().await.unwrap();
+    assert_eq!(q["items"].as_array().unwrap().len(), 1);
+    assert!(q["items"][0]["reason"].as_str().unwrap().contains("no key"), "{q}");
+    assert!(q["items"][0]["body_base64"].is_string());
+
+    // Reprocessing with the same wrong key changes nothing.
+    let r: Value = app.admin_post("/api/quarantine/reprocess").await.json().await.unwrap();
+    assert_eq!(r["still_quarantined"], 1);
+
+    // The operator fixes the key and reloads.
+    let path = app.dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("the-wrong-key-the-wrong-key-1234", SECRET);
+    std::fs::write(&path, text).unwrap();
+    let resp = app.admin_post("/api/reload").await;
+    assert_eq!(resp.status(), 200);
+    let r: Value = app.admin_post("/api/quarantine/reprocess").await.json().await.unwrap();
+    assert_eq!(r["reprocessed"], 1, "{r}");
+    assert_eq!(r["still_quarantined"], 0);
+    wait_until(Duration::from_secs(5), "delivered", || async { app.crm.count() == 1 }).await;
+    assert_eq!(app.crm.received()[0].json()["data"], sample_events()[11]);
+    let q: Value = app.admin_get("/api/quarantine").await.json().await.unwrap();
+    assert!(q["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_reload_keeps_the_running_routes_working() {
+    let app = spawn_app().await;
+    let path = app.dir.path().join("routes.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("events = [\"*\"]", "events = [\"*\"]\nurl_typo = 1")).unwrap();
+    let resp = app.admin_post("/api/reload").await;
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["problems"][0].as_str().unwrap().contains("url_typo"), "{body}");
+    std::fs::write(&path, good.replace("${TEST_CRM_KEY:-crm-secret-key}", "${UNSET_RELOAD_VAR}")).unwrap();
+    let body: Value = app.admin_post("/api/reload").await.json().await.unwrap();
+    assert!(body["problems"][0].as_str().unwrap().contains("UNSET_RELOAD_VAR"), "{body}");
+    // The old routes still deliver.
+    app.post_event(&sample_events()[2]).await;
+    wait_until(Duration::from_secs(5), "delivered with the old config", || async { app.crm.count() == 1 }).await;
+    assert_eq!(app.crm.received()[0].header("api-key"), Some("crm-secret-key"));
+}
+
+#[tokio::test]
+async fn a_reload_changes_routes_without_a_restart() {
+    let app = spawn_app().await;
+    let path = app.dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("events = [\"*\"]", "events = [\"transaction.*\"]");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(app.admin_post("/api/reload").await.status(), 200);
+    app.post_event(&sample_events()[12]).await; // contact.subscribed: no longer routed
+    assert_eq!(app.count("SELECT COUNT(*) FROM events WHERE status = 'unrouted'"), 1);
+}
+
+#[tokio::test]
+async fn purge_removes_delivered_events_past_retention_and_keeps_the_rest() {
+    let app = spawn_app_with(TestConfig { retention: "1ms", ..TestConfig::default() }).await;
+    app.crm.respond_with(&[422]);
+    app.post_event(&sample_events()[0]).await; // will fail: kept
+    wait_until(Duration::from_secs(5), "failed", || async { app.deliveries("status=failed").await.len() == 1 }).await;
+    app.post_event(&sample_events()[1]).await; // delivered: purged
+    wait_until(Duration::from_secs(5), "delivered", || async { app.deliveries("status=delivered").await.len() == 1 })
+        .await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let r: Value = app.admin_post("/api/purge").await.json().await.unwrap();
+    assert_eq!(r["purged"], 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'"), 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'delivered'"), 0);
+}
+
+#[tokio::test]
+async fn a_silent_source_flips_its_metric_until_an_event_arrives() {
+    let app = spawn_app_with(TestConfig { source_extra: "alert_after = \"150ms\"", ..TestConfig::default() }).await;
+    let metrics =
+        || async { app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap() };
+    wait_until(Duration::from_secs(5), "silence alert", || async {
+        metrics().await.contains("lbx_source_silent{source=\"learnybox\"} 1")
+    })
+    .await;
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(5), "alert cleared", || async {
+        metrics().await.contains("lbx_source_silent{source=\"learnybox\"} 0")
+    })
+    .await;
+    let text = metrics().await;
+    for series in [
+        "lbx_quarantine_size",
+        "lbx_oldest_pending_age_seconds",
+        "lbx_delivery_attempts_total",
+        "lbx_source_last_event_timestamp_seconds",
+    ] {
+        assert!(text.contains(series), "missing {series}");
+    }
+}
