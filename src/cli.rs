@@ -99,6 +99,14 @@ pub enum Command {
         json: bool,
         event_file: String,
     },
+    /// Load-test a relay: unique encrypted events, ack latency, delivery latency, memory.
+    Bench(BenchArgs),
+    /// (for bench) A bare actix-web server answering 200: the ceiling any HTTP ingest can reach here.
+    #[command(hide = true)]
+    BaselineServer {
+        #[arg(long)]
+        listen: String,
+    },
     /// Encrypt an event and POST it like Learnybox would; print the answer and timing.
     SendTest {
         #[command(flatten)]
@@ -118,6 +126,39 @@ pub enum Command {
     },
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Target a running relay's hook URL instead of starting one (needs the source's secret).
+    #[arg(long)]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub secret: SecretArg,
+    /// Unique events to send.
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Connections sending at once.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Total requests per second (default: as fast as the concurrency allows).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Approximate encrypted body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// RUST_LOG of the started relay.
+    #[arg(long, default_value = "info")]
+    pub relay_log: String,
+    /// Delivery workers of the started relay.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also measure a bare actix-web handler under the same load, as the ceiling.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
 /// Runs the parsed command; errors are printed here, once.
 pub fn run(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -134,6 +175,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Decrypt { secret, iv, file } => decrypt(&secret, iv.as_deref(), &file),
             Command::Encrypt { secret, envelope, key_form, file } => encrypt(&secret, &envelope, &key_form, &file),
             Command::Render { config, route, json, event_file } => render(&config.config, &route, &event_file, json),
+            Command::Bench(args) => bench(args).await,
+            Command::BaselineServer { listen } => {
+                crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
+            }
             Command::SendTest { secret, url, envelope, key_form, samples, event_file } => {
                 send_test(&secret, &url, &envelope, &key_form, samples, event_file.as_deref()).await
             }
@@ -384,4 +429,27 @@ async fn send_test(
         println!("{kind}: {} in {:.1} ms: {}", status, elapsed.as_secs_f64() * 1000.0, body.trim());
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let secret = if args.url.is_some() { Some(args.secret.get()?.expose_secret().to_string()) } else { None };
+    let opts = crate::bench::BenchOptions {
+        url: args.url,
+        secret,
+        events: args.events,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        size: args.size,
+        relay_log: args.relay_log,
+        workers: args.workers,
+        drain_timeout: std::time::Duration::from_secs(120),
+        baseline: args.baseline,
+    };
+    let report = crate::bench::run(&opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::bench::table(&report));
+    }
+    Ok(if report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -34,9 +34,9 @@ impl Event {
         received_at: i64,
     ) -> Event {
         let data = Value::Object(plaintext);
-        let outer = envelope.map(|m| Value::Object(m.clone()));
+        // The envelope is consulted only when the plaintext lacks the field (no copy otherwise).
         let lookup = |pointers: &[String]| {
-            first_scalar(&data, pointers).or_else(|| outer.as_ref().and_then(|o| first_scalar(o, pointers)))
+            first_scalar(&data, pointers).or_else(|| envelope.and_then(|o| first_scalar_in(o, pointers)))
         };
         let kind = lookup(event_field).unwrap_or_else(|| UNKNOWN_KIND.to_string());
         let key = lookup(id_field).unwrap_or_else(|| content_key(&data));
@@ -51,11 +51,29 @@ impl Event {
 
 /// The first pointer that resolves to a non-empty string or a number.
 fn first_scalar(value: &Value, pointers: &[String]) -> Option<String> {
-    pointers.iter().find_map(|p| match value.pointer(p)? {
+    pointers.iter().find_map(|p| scalar(value.pointer(p)?))
+}
+
+/// The same on an object, without wrapping it in a `Value`.
+fn first_scalar_in(map: &Map<String, Value>, pointers: &[String]) -> Option<String> {
+    pointers.iter().find_map(|p| {
+        let rest = p.strip_prefix('/')?;
+        let (head, tail) = rest.split_once('/').map_or((rest, None), |(h, t)| (h, Some(t)));
+        let head = head.replace("~1", "/").replace("~0", "~");
+        let v = map.get(&head)?;
+        match tail {
+            None => scalar(v),
+            Some(t) => scalar(v.pointer(&format!("/{t}"))?),
+        }
+    })
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
-    })
+    }
 }
 
 /// `sha256:<hex>` of the canonical JSON (object keys sorted: serde_json's map is a BTreeMap).

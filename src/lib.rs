@@ -10,9 +10,10 @@
 //!   settle the outcome;
 //! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires it all,
 //!   [`cli`] is the command line, [`telemetry`] the logs and metrics, and [`housekeeping`] the
-//!   silence alert, gauges and retention purge.
+//!   silence alert, gauges and retention purge; [`bench`] is the load tool.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crypto;

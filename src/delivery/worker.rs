@@ -56,8 +56,10 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
             let relay = relay.clone();
             in_flight.spawn(async move {
-                process(&relay, c).await;
+                // The permit bounds outbound requests; recording the result need not hold it.
+                let settlement = attempt(&relay, c).await;
                 drop(permit);
+                settle(&relay, settlement).await;
             });
         }
     }
@@ -95,6 +97,12 @@ pub async fn run_once(relay: &Arc<Relay>) -> usize {
 
 /// One attempt of one claimed delivery, settled in the store.
 async fn process(relay: &Relay, c: Claimed) {
+    let settlement = attempt(relay, c).await;
+    settle(relay, settlement).await;
+}
+
+/// Renders and sends one claimed delivery; returns what to record.
+async fn attempt(relay: &Relay, c: Claimed) -> Settlement {
     let rt = relay.runtime();
     let started_at = now_ms();
     let (verdict, status, error, duration, schedule) = match rt.config.route(&c.route) {
@@ -160,19 +168,22 @@ async fn process(relay: &Relay, c: Claimed) {
         reason = reason,
         "delivery attempt"
     );
-    let settlement = Settlement {
-        delivery_id: c.delivery_id.clone(),
+    Settlement {
+        delivery_id: c.delivery_id,
         lease_token: c.lease_token,
         attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error },
         next,
-    };
+    }
+}
+
+/// Records an attempt; the lease keeps anyone else off the delivery until this commits.
+async fn settle(relay: &Relay, settlement: Settlement) {
+    let id = settlement.delivery_id.clone();
     match relay.store.settle(settlement).await {
         Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(delivery = %c.delivery_id, "lease was lost before settling; the newer state stands")
-        }
+        Ok(false) => tracing::warn!(delivery = %id, "lease was lost before settling; the newer state stands"),
         Err(e) => {
-            tracing::error!(delivery = %c.delivery_id, error = %e, "could not record the attempt; it will be retried when the lease expires")
+            tracing::error!(delivery = %id, error = %e, "could not record the attempt; it will be retried when the lease expires")
         }
     }
 }

@@ -68,7 +68,6 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
 CREATE INDEX deliveries_event ON deliveries(event_id);
-CREATE INDEX deliveries_route ON deliveries(route, status);
 CREATE TABLE attempts (
     id          INTEGER PRIMARY KEY,
     delivery_id TEXT NOT NULL,
@@ -502,6 +501,11 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
+/// Runs a parameterless statement through the statement cache (the writer runs these per job).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// The writer thread: take what is queued, run it in one transaction, commit, then answer.
 fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
@@ -513,24 +517,28 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
             tracing::error!(error = %e, jobs = batch.len(), "sqlite: cannot begin a transaction");
             drop(batch); // every caller gets an error: nothing was written
             continue;
         }
         let mut finishers = Vec::with_capacity(batch.len());
         for job in batch {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            if let Err(e) = exec_cached(&conn, "SAVEPOINT job") {
                 tracing::error!(error = %e, "sqlite: savepoint failed");
             }
             let (ok, finish) = job(&conn);
-            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-            if let Err(e) = conn.execute_batch(end) {
-                tracing::error!(error = %e, "sqlite: ending a savepoint failed");
+            if !ok {
+                if let Err(e) = exec_cached(&conn, "ROLLBACK TO job") {
+                    tracing::error!(error = %e, "sqlite: rolling back a savepoint failed");
+                }
+            }
+            if let Err(e) = exec_cached(&conn, "RELEASE job") {
+                tracing::error!(error = %e, "sqlite: releasing a savepoint failed");
             }
             finishers.push(finish);
         }
-        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        let committed = exec_cached(&conn, "COMMIT").map_err(|e| {
             tracing::error!(error = %e, "sqlite: commit failed");
             let _ = conn.execute_batch("ROLLBACK");
             StoreError::Commit(e.to_string())

@@ -1,0 +1,485 @@
+//! `lbx-relay bench`: a capacity test to run before a launch. It starts a relay process on a
+//! temporary SQLite store (or targets one with `--url`), runs its own loopback sink as the CRM,
+//! sends N unique encrypted events at a chosen concurrency or rate, and reports accepted/s, ack
+//! latency percentiles, end-to-end delivery latency, errors and the relay's memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::crypto::{self, KeyForm, Variant};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Target an already running relay (no sink, no RSS) instead of starting one.
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub events: usize,
+    pub concurrency: usize,
+    /// Requests per second in total; `None` sends as fast as the concurrency allows.
+    pub rate: Option<u64>,
+    /// Approximate size of the encrypted body in bytes.
+    pub size: usize,
+    /// Log level of the started relay (`RUST_LOG`).
+    pub relay_log: String,
+    /// Delivery workers of the started relay.
+    pub workers: usize,
+    /// How long to wait for the sink to receive everything.
+    pub drain_timeout: Duration,
+    /// Also measure a bare actix-web handler answering 200 under the same load (the ceiling).
+    pub baseline: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    /// The same load against a bare actix-web handler, when asked for.
+    pub baseline: Option<Baseline>,
+    pub events: usize,
+    pub concurrency: usize,
+    pub body_bytes: usize,
+    pub accepted: usize,
+    pub errors: usize,
+    pub ingest_seconds: f64,
+    pub accepted_per_second: f64,
+    pub ack_latency: Latency,
+    /// Events the sink received (self-contained mode).
+    pub delivered: Option<usize>,
+    /// From the first request to the last delivery.
+    pub end_to_end_seconds: Option<f64>,
+    pub delivered_per_second: Option<f64>,
+    pub delivery_latency: Option<Latency>,
+    pub relay_rss_idle_mb: Option<f64>,
+    pub relay_rss_peak_mb: Option<f64>,
+    pub relay_startup_ms: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Baseline {
+    pub requests_per_second: f64,
+    pub ack_latency: Latency,
+}
+
+/// The ceiling: a bare actix-web server answering 200 to any POST after reading the body, with
+/// the same worker count as the relay's public listener. Run in its own process by `bench`.
+pub async fn baseline_server(listen: &str) -> anyhow::Result<()> {
+    async fn ok(_body: web::Bytes) -> HttpResponse {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    }
+    HttpServer::new(|| App::new().default_service(web::to(ok))).bind(listen)?.run().await?;
+    Ok(())
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p90_ms: ms(h.value_at_quantile(0.90)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Events in flight of being delivered: when each was sent and when the sink got it (µs since start).
+struct Timeline {
+    start: Instant,
+    sent: Vec<AtomicU64>,
+    arrived: Vec<AtomicU64>,
+    received: AtomicUsize,
+}
+
+impl Timeline {
+    fn new(n: usize) -> Timeline {
+        Timeline {
+            start: Instant::now(),
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            arrived: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            received: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SinkBody {
+    n: usize,
+}
+
+async fn sink(timeline: web::Data<Timeline>, body: web::Bytes) -> HttpResponse {
+    if let Ok(b) = serde_json::from_slice::<SinkBody>(&body) {
+        if let Some(slot) = timeline.arrived.get(b.n) {
+            if slot.compare_exchange(0, timeline.now_us().max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                timeline.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    HttpResponse::Ok().finish()
+}
+
+/// Resident memory of a process, current and peak, in MiB (Linux).
+fn rss_mb(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+const BENCH_SECRET: &str = "bench-secret-bench-secret-bench!";
+
+fn plaintext(n: usize, size: usize) -> Vec<u8> {
+    let base = plaintext_with(n, String::new()).len();
+    // Base64 grows the ciphertext by 4/3 and the envelope adds ~40 bytes: aim the body at `size`.
+    let pad = "x".repeat((size.saturating_sub(40) * 3 / 4).saturating_sub(base + 16));
+    plaintext_with(n, pad)
+}
+
+fn plaintext_with(n: usize, pad: String) -> Vec<u8> {
+    serde_json::json!({
+        "event": "contact.subscribed",
+        "id": format!("bench-{n}-{}", std::process::id()),
+        "n": n,
+        "data": {"contact": {"email": format!("bench{n}@example.test"), "prenom": "Camille", "nom": "Durand"}},
+        "pad": pad,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+struct RelayProcess {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+fn write_config(dir: &Path, sink_url: &str, public: &str, admin: &str, workers: usize) -> anyhow::Result<PathBuf> {
+    std::fs::write(
+        dir.join("sink.json.hbs"),
+        r#"{"n": {{data.n}}, "event": "{{event}}", "email": "{{data.data.contact.email}}"}"#,
+    )?;
+    let config = format!(
+        r#"[server]
+listen = "{public}"
+admin_listen = "{admin}"
+max_body = "1MiB"
+[store]
+url = "sqlite://relay.db"
+[sources.bench]
+secret_keys = ["{BENCH_SECRET}"]
+[delivery]
+workers = {workers}
+[[routes]]
+name = "sink"
+events = ["*"]
+template = "sink.json.hbs"
+url = "{sink_url}/sink"
+"#
+    );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+async fn wait_ready(client: &reqwest::Client, admin: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if client.get(format!("http://{admin}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    bail!("the relay did not become ready within {limit:?}")
+}
+
+/// Runs the benchmark and returns its report.
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    if opts.events == 0 || opts.concurrency == 0 {
+        bail!("--events and --concurrency must be at least 1");
+    }
+    let timeline = Arc::new(Timeline::new(opts.events));
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(opts.concurrency).timeout(Duration::from_secs(30)).build()?;
+    let mut report = BenchReport { events: opts.events, concurrency: opts.concurrency, ..BenchReport::default() };
+
+    let (target, secret, relay) = match &opts.url {
+        Some(url) => {
+            let secret = opts.secret.clone().context("--url needs --secret or --secret-env")?;
+            (url.clone(), secret, None)
+        }
+        None => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let sink_url = format!("http://{}", listener.local_addr()?);
+            let data = web::Data::from(timeline.clone());
+            let server =
+                HttpServer::new(move || App::new().app_data(data.clone()).route("/sink", web::post().to(sink)))
+                    .listen(listener)?
+                    .workers(1)
+                    .disable_signals()
+                    .run();
+            tokio::spawn(server);
+            let dir = tempfile::tempdir()?;
+            let (public, admin) = (free_addr()?, free_addr()?);
+            let config = write_config(dir.path(), &sink_url, &public, &admin, opts.workers)?;
+            let exe = std::env::current_exe()?;
+            let started = Instant::now();
+            let child = std::process::Command::new(exe)
+                .args(["serve", "-c"])
+                .arg(&config)
+                .env("RUST_LOG", &opts.relay_log)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting the relay")?;
+            let relay = RelayProcess { child, _dir: dir };
+            wait_ready(&client, &admin, Duration::from_secs(10)).await?;
+            report.relay_startup_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            report.relay_rss_idle_mb = rss_mb(relay.child.id()).map(|(rss, _)| rss);
+            (format!("http://{public}/hooks/bench"), BENCH_SECRET.to_string(), Some(relay))
+        }
+    };
+
+    // Encrypt everything up front: the load generator should measure the relay, not itself.
+    let bodies: Arc<Vec<String>> = Arc::new(
+        (0..opts.events)
+            .map(|n| {
+                crypto::seal(&plaintext(n, opts.size), &secret, Variant::JsonDataIv, KeyForm::Raw, crypto::random_iv())
+                    .map(|s| s.body)
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    report.body_bytes = bodies.first().map(String::len).unwrap_or(0);
+    if opts.baseline {
+        report.baseline = Some(measure_baseline(opts, &client, &bodies).await?);
+    }
+
+    let pid = relay.as_ref().map(|r| r.child.id());
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = pid.map(|pid| {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some((_, hwm)) = rss_mb(pid) {
+                    peak.fetch_max((hwm * 1024.0) as u64, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let started = Instant::now();
+    let (ack, errors) = load(opts, &client, &target, &bodies, Some(&timeline)).await?;
+    let ingest = started.elapsed();
+    report.errors = errors;
+    report.accepted = opts.events - report.errors;
+    report.ingest_seconds = ingest.as_secs_f64();
+    report.accepted_per_second = report.accepted as f64 / ingest.as_secs_f64();
+    report.ack_latency = latency(&ack);
+
+    if relay.is_some() {
+        let deadline = Instant::now() + opts.drain_timeout;
+        while timeline.received.load(Ordering::Relaxed) < report.accepted && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut e2e = histogram();
+        let mut last = 0u64;
+        for (sent, arrived) in timeline.sent.iter().zip(&timeline.arrived) {
+            let (s, a) = (sent.load(Ordering::Relaxed), arrived.load(Ordering::Relaxed));
+            if s > 0 && a > 0 {
+                let _ = e2e.record(a.saturating_sub(s).max(1));
+                last = last.max(a);
+            }
+        }
+        let delivered = timeline.received.load(Ordering::Relaxed);
+        report.delivered = Some(delivered);
+        report.end_to_end_seconds = Some(last as f64 / 1e6);
+        report.delivered_per_second = Some(delivered as f64 / (last as f64 / 1e6).max(1e-9));
+        report.delivery_latency = Some(latency(&e2e));
+    }
+    sampling.store(false, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
+    if let Some(pid) = pid {
+        let hwm = rss_mb(pid).map(|(_, h)| h).unwrap_or(0.0);
+        report.relay_rss_peak_mb = Some(hwm.max(peak.load(Ordering::Relaxed) as f64 / 1024.0));
+    }
+    drop(relay);
+    Ok(report)
+}
+
+/// Sends every body once, `concurrency` at a time (paced by `rate`); returns the ack latency
+/// histogram and the number of answers other than 200.
+async fn load(
+    opts: &BenchOptions,
+    client: &reqwest::Client,
+    target: &str,
+    bodies: &Arc<Vec<String>>,
+    timeline: Option<&Arc<Timeline>>,
+) -> anyhow::Result<(Histogram<u64>, usize)> {
+    let progress = indicatif::ProgressBar::new(bodies.len() as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} sent  {per_sec}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let per_task_interval = opts.rate.map(|r| Duration::from_secs_f64(opts.concurrency as f64 / r.max(1) as f64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..opts.concurrency {
+        let (client, bodies, next, errors, timeline, target, progress) = (
+            client.clone(),
+            bodies.clone(),
+            next.clone(),
+            errors.clone(),
+            timeline.cloned(),
+            target.to_string(),
+            progress.clone(),
+        );
+        tasks.spawn(async move {
+            let mut hist = histogram();
+            let mut ticker = per_task_interval.map(tokio::time::interval);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= bodies.len() {
+                    break;
+                }
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let sent = Instant::now();
+                if let Some(t) = &timeline {
+                    t.sent[n].store(t.now_us().max(1), Ordering::Relaxed);
+                }
+                let ok = client
+                    .post(&target)
+                    .header("Content-Type", "application/json")
+                    .body(bodies[n].clone())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                progress.inc(1);
+            }
+            hist
+        });
+    }
+    let mut ack = histogram();
+    while let Some(h) = tasks.join_next().await {
+        ack.add(h?)?;
+    }
+    progress.finish_and_clear();
+    Ok((ack, errors.load(Ordering::Relaxed)))
+}
+
+/// Runs the same load against a bare actix-web process.
+async fn measure_baseline(
+    opts: &BenchOptions,
+    client: &reqwest::Client,
+    bodies: &Arc<Vec<String>>,
+) -> anyhow::Result<Baseline> {
+    let addr = free_addr()?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["baseline-server", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the baseline server")?;
+    let _guard = KillOnDrop(child);
+    let started = Instant::now();
+    while client.post(format!("http://{addr}/")).body("{}").send().await.is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("the baseline server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let (ack, errors) = load(opts, client, &format!("http://{addr}/hooks/bench"), bodies, None).await?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Baseline { requests_per_second: (bodies.len() - errors) as f64 / secs, ack_latency: latency(&ack) })
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The report as a table for people.
+pub fn table(r: &BenchReport) -> String {
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<28} {v}\n"));
+    row("events", format!("{} × {} bytes at concurrency {}", r.events, r.body_bytes, r.concurrency));
+    if let Some(b) = &r.baseline {
+        let l = &b.ack_latency;
+        row("bare actix-web ceiling", format!("{:.0} req/s, p99 {:.2} ms", b.requests_per_second, l.p99_ms));
+    }
+    row("accepted (200)", format!("{} ({} errors)", r.accepted, r.errors));
+    let share = r
+        .baseline
+        .as_ref()
+        .map(|b| format!(" ({:.0} % of the ceiling)", 100.0 * r.accepted_per_second / b.requests_per_second));
+    row(
+        "ingest",
+        format!("{:.0} events/s over {:.2} s{}", r.accepted_per_second, r.ingest_seconds, share.unwrap_or_default()),
+    );
+    let l = &r.ack_latency;
+    row(
+        "ack latency",
+        format!("p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
+    );
+    if let (Some(d), Some(t), Some(rate)) = (r.delivered, r.end_to_end_seconds, r.delivered_per_second) {
+        row("delivered to the sink", format!("{d} in {t:.2} s ({rate:.0} events/s end to end)"));
+    }
+    if let Some(l) = &r.delivery_latency {
+        row(
+            "delivery latency",
+            format!("p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
+        );
+    }
+    if let Some(ms) = r.relay_startup_ms {
+        row("relay start-up to ready", format!("{ms:.0} ms"));
+    }
+    if let (Some(idle), Some(peak)) = (r.relay_rss_idle_mb, r.relay_rss_peak_mb) {
+        row("relay RSS", format!("idle {idle:.1} MB, peak {peak:.1} MB"));
+    }
+    out
+}
