@@ -201,15 +201,21 @@ impl Templates {
                 });
             }
         }
-        let url = self.url.render(&url_key(&route.name), ctx).map_err(|e| RenderError::Render {
-            route: route.name.clone(),
-            what: "url",
-            message: template_error_message(&e),
-        })?;
-        match reqwest::Url::parse(url.trim()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => return Err(RenderError::BadUrl { route: route.name.clone(), url }),
-        }
+        // A URL without placeholders was validated with the config; only templated ones are
+        // rendered and checked per request.
+        let url = if route.url.contains("{{") {
+            let url = self.url.render(&url_key(&route.name), ctx).map_err(|e| RenderError::Render {
+                route: route.name.clone(),
+                what: "url",
+                message: template_error_message(&e),
+            })?;
+            match reqwest::Url::parse(url.trim()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => url,
+                _ => return Err(RenderError::BadUrl { route: route.name.clone(), url }),
+            }
+        } else {
+            route.url.clone()
+        };
         let mut headers = route.headers.clone();
         if json_file.is_some() && !headers.iter().any(|h| h.name.eq_ignore_ascii_case("content-type")) {
             headers.push(HeaderSpec {

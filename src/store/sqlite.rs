@@ -4,7 +4,8 @@
 //! nobody gets an answer before the transaction holding their write has committed.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -25,7 +26,20 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    _checkpointer: Arc<Checkpointer>,
 }
+
+/// Stops the checkpoint thread when the last store handle is dropped.
+struct Checkpointer(Arc<AtomicBool>);
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How often the WAL is copied back into the database, off the writer's path.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,12 +138,21 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
+        // Checkpoints run on their own connection and thread, so commits never wait for one.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let checkpoint_conn = Connection::open(path)?;
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("lbx-sqlite-ckpt".into())
+            .spawn(move || checkpointer(checkpoint_conn, flag))
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("lbx-sqlite-writer".into())
             .spawn(move || writer(conn, rx))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { jobs, path: path.to_path_buf() })
+        Ok(SqliteStore { jobs, path: path.to_path_buf(), _checkpointer: Arc::new(Checkpointer(stop)) })
     }
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
@@ -499,6 +522,18 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         payload: r.get(5)?,
         received_at: r.get(6)?,
     })
+}
+
+/// Copies committed WAL frames into the database file (PASSIVE: never blocks the writer).
+fn checkpointer(conn: Connection, stop: Arc<AtomicBool>) {
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "sqlite: checkpoint skipped");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 /// Runs a parameterless statement through the statement cache (the writer runs these per job).
