@@ -126,6 +126,13 @@ impl Application {
         let stop = CancellationToken::new();
         let workers = tokio::spawn(worker::run(relay.clone(), stop.clone()));
         let upkeep = tokio::spawn(housekeeping::run(relay.clone(), stop.clone()));
+        let watcher = {
+            let (relay, stop) = (relay.clone(), stop.clone());
+            tokio::spawn(async move {
+                let woken = relay.clone();
+                relay.store.watch_for_work(move || woken.wake.notify_one(), stop).await;
+            })
+        };
 
         let result = tokio::select! {
             _ = shutdown => Ok(()),
@@ -136,6 +143,7 @@ impl Application {
         stop.cancel();
         let _ = workers.await;
         let _ = upkeep.await;
+        let _ = watcher.await;
         admin_handle.stop(true).await;
         let _ = admin_task.await;
         tracing::info!("stopped");

@@ -34,6 +34,10 @@ pub struct BenchOptions {
     pub drain_timeout: Duration,
     /// Also measure a bare actix-web handler answering 200 under the same load (the ceiling).
     pub baseline: bool,
+    /// With `url`: also run the sink here (`POST /sink`, JSON with the event's `n`).
+    pub sink_listen: Option<String>,
+    /// With `url`: the process whose memory to report.
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -136,6 +140,19 @@ async fn sink(timeline: web::Data<Timeline>, body: web::Bytes) -> HttpResponse {
     HttpResponse::Ok().finish()
 }
 
+/// Serves `POST /sink` on `listener`, recording arrivals in `timeline`; returns its base URL.
+fn start_sink(listener: std::net::TcpListener, timeline: &Arc<Timeline>) -> anyhow::Result<String> {
+    let url = format!("http://{}", listener.local_addr()?);
+    let data = web::Data::from(timeline.clone());
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).route("/sink", web::post().to(sink)))
+        .listen(listener)?
+        .workers(1)
+        .disable_signals()
+        .run();
+    tokio::spawn(server);
+    Ok(url)
+}
+
 /// Resident memory of a process, current and peak, in MiB (Linux).
 fn rss_mb(pid: u32) -> Option<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -236,19 +253,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (target, secret, relay) = match &opts.url {
         Some(url) => {
             let secret = opts.secret.clone().context("--url needs --secret or --secret-env")?;
+            if let Some(addr) = &opts.sink_listen {
+                start_sink(std::net::TcpListener::bind(addr)?, &timeline)?;
+            }
             (url.clone(), secret, None)
         }
         None => {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let sink_url = format!("http://{}", listener.local_addr()?);
-            let data = web::Data::from(timeline.clone());
-            let server =
-                HttpServer::new(move || App::new().app_data(data.clone()).route("/sink", web::post().to(sink)))
-                    .listen(listener)?
-                    .workers(1)
-                    .disable_signals()
-                    .run();
-            tokio::spawn(server);
+            let sink_url = start_sink(std::net::TcpListener::bind("127.0.0.1:0")?, &timeline)?;
             let dir = tempfile::tempdir()?;
             let (public, admin) = (free_addr()?, free_addr()?);
             let config = write_config(dir.path(), &sink_url, &public, &admin, opts.workers)?;
@@ -285,7 +296,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.baseline = Some(measure_baseline(opts, &client, &bodies).await?);
     }
 
-    let pid = relay.as_ref().map(|r| r.child.id());
+    let pid = relay.as_ref().map(|r| r.child.id()).or(opts.pid);
+    if relay.is_none() {
+        report.relay_rss_idle_mb = pid.and_then(rss_mb).map(|(rss, _)| rss);
+    }
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = pid.map(|pid| {
@@ -308,7 +322,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     report.accepted_per_second = report.accepted as f64 / ingest.as_secs_f64();
     report.ack_latency = latency(&ack);
 
-    if relay.is_some() {
+    if relay.is_some() || opts.sink_listen.is_some() {
         let deadline = Instant::now() + opts.drain_timeout;
         while timeline.received.load(Ordering::Relaxed) < report.accepted && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

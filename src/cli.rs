@@ -157,6 +157,12 @@ pub struct BenchArgs {
     /// Also measure a bare actix-web handler under the same load, as the ceiling.
     #[arg(long)]
     pub baseline: bool,
+    /// With --url: run the sink on this address too (POST /sink with {"n": …}) to measure delivery.
+    #[arg(long, requires = "url")]
+    pub sink_listen: Option<String>,
+    /// With --url: report the memory of this process.
+    #[arg(long, requires = "url")]
+    pub pid: Option<u32>,
 }
 
 /// Runs the parsed command; errors are printed here, once.
@@ -444,6 +450,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         drain_timeout: std::time::Duration::from_secs(120),
         baseline: args.baseline,
+        sink_listen: args.sink_listen,
+        pid: args.pid,
     };
     let report = crate::bench::run(&opts).await?;
     if args.json {

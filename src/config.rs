@@ -67,6 +67,12 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// Fully delivered events older than this are purged.
     pub retention: Duration,
+    /// PostgreSQL: connections per relay process.
+    pub pool_size: usize,
+    /// PostgreSQL: how long to wait for a connection (and for a pooled one to be free).
+    pub connect_timeout: Duration,
+    /// PostgreSQL: longest statement before the server cancels it.
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -308,11 +314,20 @@ impl Default for RawServer {
 struct RawStore {
     url: String,
     retention: String,
+    pool_size: usize,
+    connect_timeout: String,
+    statement_timeout: String,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { url: "sqlite://relay.db".into(), retention: "30days".into() }
+        RawStore {
+            url: "sqlite://relay.db".into(),
+            retention: "30days".into(),
+            pool_size: 16,
+            connect_timeout: "5s".into(),
+            statement_timeout: "10s".into(),
+        }
     }
 }
 
@@ -430,7 +445,13 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         problem("store.url", "must start with sqlite:// or postgres://".into());
         StoreBackend::Sqlite { path: dir.join("relay.db") }
     };
-    let store = StoreConfig { backend, retention: duration(&raw.store.retention, "store.retention", &mut problem) };
+    let store = StoreConfig {
+        backend,
+        retention: duration(&raw.store.retention, "store.retention", &mut problem),
+        pool_size: raw.store.pool_size.max(2),
+        connect_timeout: duration(&raw.store.connect_timeout, "store.connect_timeout", &mut problem),
+        statement_timeout: duration(&raw.store.statement_timeout, "store.statement_timeout", &mut problem),
+    };
 
     let mut sources = BTreeMap::new();
     if raw.sources.is_empty() {

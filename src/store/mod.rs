@@ -2,6 +2,7 @@
 //! `Store` is chosen once from `[store] url`; each backend writes its own SQL behind the same small
 //! set of operations (ingest, claim, settle, list, retry).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -183,9 +184,10 @@ pub struct Gauges {
 pub const DELIVERY_STATUSES: &[&str] = &["pending", "delivered", "failed"];
 
 /// The store, one backend chosen at start.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Forwards a call to the backend in use.
@@ -193,6 +195,7 @@ macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
         }
     };
 }
@@ -201,9 +204,14 @@ impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         match &config.backend {
             StoreBackend::Sqlite { path } => Ok(Store::Sqlite(sqlite::SqliteStore::open(path)?)),
-            StoreBackend::Postgres { .. } => Err(StoreError::Unsupported(
-                "the PostgreSQL store is not available in this build yet; use sqlite://".into(),
-            )),
+            StoreBackend::Postgres { url } => {
+                let opts = postgres::PgOptions {
+                    pool_size: config.pool_size,
+                    connect_timeout: config.connect_timeout,
+                    statement_timeout: config.statement_timeout,
+                };
+                Ok(Store::Postgres(postgres::PgStore::open(url, &opts).await?))
+            }
         }
     }
 
@@ -280,5 +288,14 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping().await)
+    }
+
+    /// Calls `wake` when another process commits work (PostgreSQL LISTEN/NOTIFY), until `stop`.
+    /// A single SQLite process wakes its workers directly, so there it just waits for `stop`.
+    pub async fn watch_for_work(&self, wake: impl Fn() + Send + 'static, stop: tokio_util::sync::CancellationToken) {
+        match self {
+            Store::Sqlite(_) => stop.cancelled().await,
+            Store::Postgres(pg) => pg.listen(wake, stop).await,
+        }
     }
 }

@@ -587,7 +587,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AttemptRecord, NewEvent, Next, Settlement};
+    use crate::store::NewEvent;
 
     fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
         NewEvent {
@@ -600,50 +600,6 @@ mod tests {
             dedup_until: at + 1000,
             deliveries: routes.iter().map(|r| (format!("{id}-{r}"), r.to_string())).collect(),
         }
-    }
-
-    fn attempt() -> AttemptRecord {
-        AttemptRecord { started_at: 0, duration_ms: 1, status: Some(500), error: None }
-    }
-
-    #[tokio::test]
-    async fn dedup_keys_hold_within_their_window_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        assert_eq!(s.ingest(event("e1", "k", 0, &["r"])).await.unwrap(), IngestOutcome::Stored);
-        assert_eq!(s.ingest(event("e2", "k", 999, &["r"])).await.unwrap(), IngestOutcome::Duplicate);
-        assert_eq!(s.ingest(event("e3", "k", 1000, &["r"])).await.unwrap(), IngestOutcome::Stored);
-    }
-
-    #[tokio::test]
-    async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        s.ingest(event("e1", "k1", now_ms() - 10, &["r"])).await.unwrap();
-        let first = s.claim(10, Duration::from_millis(50)).await.unwrap();
-        assert_eq!(first.len(), 1);
-        assert!(s.claim(10, Duration::from_millis(50)).await.unwrap().is_empty(), "leased: not claimable");
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        let second = s.claim(10, Duration::from_secs(30)).await.unwrap();
-        assert_eq!(second.len(), 1, "the expired lease put it back");
-        let stale = Settlement {
-            delivery_id: first[0].delivery_id.clone(),
-            lease_token: first[0].lease_token.clone(),
-            attempt: attempt(),
-            next: Next::Delivered,
-        };
-        assert!(!s.settle(stale).await.unwrap(), "the old holder lost its lease");
-        let current = Settlement {
-            delivery_id: second[0].delivery_id.clone(),
-            lease_token: second[0].lease_token.clone(),
-            attempt: attempt(),
-            next: Next::RetryAt(now_ms() + 60_000),
-        };
-        assert!(s.settle(current).await.unwrap());
-        let rows = s.list_deliveries(DeliveryFilter { limit: 10, ..Default::default() }).await.unwrap();
-        assert_eq!(rows[0].status, "pending");
-        assert_eq!(rows[0].attempts, 1);
-        assert!(s.claim(10, Duration::from_secs(1)).await.unwrap().is_empty(), "not due yet");
     }
 
     #[tokio::test]

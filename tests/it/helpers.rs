@@ -22,6 +22,8 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// What the fake CRM answered.
+    pub status: u16,
 }
 
 impl Received {
@@ -44,6 +46,8 @@ struct CrmState {
     received: Mutex<Vec<Received>>,
     /// How long to wait before answering.
     delay: Mutex<Duration>,
+    /// Answer 500 to every n-th request (0: never).
+    fail_every: std::sync::atomic::AtomicUsize,
 }
 
 /// A loopback HTTP server standing in for a CRM.
@@ -82,6 +86,10 @@ impl FakeCrm {
         *self.state.fallback.lock().unwrap() = Some(status);
     }
 
+    pub fn fail_every(&self, n: usize) {
+        self.state.fail_every.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn delay(&self, d: Duration) {
         *self.state.delay.lock().unwrap() = d;
     }
@@ -96,18 +104,28 @@ impl FakeCrm {
 }
 
 async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    state.received.lock().unwrap().push(Received {
-        at: Instant::now(),
-        method: req.method().to_string(),
-        path: req.uri().to_string(),
-        headers: req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
-        body: String::from_utf8_lossy(&body).into_owned(),
-    });
+    let status = {
+        let mut received = state.received.lock().unwrap();
+        let every = state.fail_every.load(std::sync::atomic::Ordering::Relaxed);
+        let scripted = state.script.lock().unwrap().pop_front();
+        let status = scripted
+            .or_else(|| (every > 0 && (received.len() + 1) % every == 0).then_some(500))
+            .or(*state.fallback.lock().unwrap())
+            .unwrap_or(200);
+        received.push(Received {
+            at: Instant::now(),
+            method: req.method().to_string(),
+            path: req.uri().to_string(),
+            headers: req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status,
+        });
+        status
+    };
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = state.script.lock().unwrap().pop_front().or(*state.fallback.lock().unwrap()).unwrap_or(200);
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
         .json(serde_json::json!({"status": status}))
 }
@@ -131,6 +149,8 @@ pub struct TestConfig {
     /// Extra lines for the `learnybox` source table.
     pub source_extra: &'static str,
     pub retention: &'static str,
+    /// `[store] url`; SQLite in the test directory when `None`.
+    pub store_url: Option<String>,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -149,6 +169,7 @@ impl Default for TestConfig {
             secret: SECRET,
             source_extra: "",
             retention: "30days",
+            store_url: None,
         }
     }
 }
@@ -165,7 +186,7 @@ admin_token = "{ADMIN_TOKEN}"
 max_body = "{max_body}"
 
 [store]
-url = "sqlite://relay.db"
+url = "{store_url}"
 retention = "{retention}"
 
 [quarantine]
@@ -200,6 +221,7 @@ headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
             secret = self.secret,
             source_extra = self.source_extra,
             retention = self.retention,
+            store_url = self.store_url.as_deref().unwrap_or("sqlite://relay.db"),
         );
         for (name, secret) in &self.sources {
             text.push_str(&format!("\n[sources.{name}]\nsecret_keys = [{secret:?}]\n"));
@@ -392,4 +414,47 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i3
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A fresh schema on the test PostgreSQL (`LBX_TEST_POSTGRES_URL`), or `None` (and a note that
+/// the test was skipped) when the variable is not set.
+pub async fn pg_schema(test: &str) -> Option<PgSchema> {
+    let Ok(base) = std::env::var("LBX_TEST_POSTGRES_URL") else {
+        // Written past the test harness's capture so the skip is visible in the run's output.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped {test}: LBX_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let name = format!("lbx_test_{}", uuid_simple());
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("test postgres reachable");
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
+    Some(PgSchema { base, name, client })
+}
+
+pub struct PgSchema {
+    pub base: String,
+    pub name: String,
+    pub client: tokio_postgres::Client,
+}
+
+impl PgSchema {
+    /// The store URL whose connections use this schema.
+    pub fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.base, self.name)
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let sql = sql.replace("FROM ", &format!("FROM {}.", self.name));
+        self.client.query_one(&sql, &[]).await.unwrap().get(0)
+    }
+
+    pub async fn drop(self) {
+        let _ = self.client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name)).await;
+    }
+}
+
+fn uuid_simple() -> String {
+    lbx_relay::event::new_id().replace('-', "")
 }

@@ -9,4 +9,5 @@ mod crash;
 mod delivery;
 mod ingest;
 mod lifecycle;
+mod store_contract;
 mod vectors;

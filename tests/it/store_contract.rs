@@ -1,0 +1,232 @@
+//! The store contract, run against both backends: the embedded SQLite file and PostgreSQL
+//! (when `LBX_TEST_POSTGRES_URL` is set; each test in its own schema).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lbx_relay::config::{StoreBackend, StoreConfig};
+use lbx_relay::event::now_ms;
+use lbx_relay::store::{
+    AttemptRecord, DeliveryFilter, IngestOutcome, NewEvent, NewQuarantined, Next, QuarantineOutcome, Settlement, Store,
+};
+use secrecy::SecretString;
+
+use crate::helpers::*;
+
+fn store_config(backend: StoreBackend) -> StoreConfig {
+    StoreConfig {
+        backend,
+        retention: Duration::from_secs(3600),
+        pool_size: 8,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(10),
+    }
+}
+
+fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        source: "s".into(),
+        key: key.into(),
+        kind: "contact.created".into(),
+        payload: r#"{"a":1}"#.into(),
+        received_at: at,
+        dedup_until: at + 1000,
+        deliveries: routes.iter().map(|r| (format!("{id}-{r}"), r.to_string())).collect(),
+    }
+}
+
+fn attempt(status: u16) -> AttemptRecord {
+    AttemptRecord { started_at: now_ms(), duration_ms: 3, status: Some(status), error: None }
+}
+
+/// Generates one test per backend for each contract function.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = Store::open(&store_config(StoreBackend::Sqlite { path: dir.path().join("c.db") })).await.unwrap();
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(schema) = pg_schema(stringify!($name)).await else { return };
+                    let store = Store::open(&store_config(StoreBackend::Postgres { url: SecretString::from(schema.url()) })).await.unwrap();
+                    super::$name(store).await;
+                    schema.drop().await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    dedup_keys_hold_within_their_window_only,
+    an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle,
+    concurrent_claimers_never_get_the_same_delivery,
+    retries_make_deliveries_due_again,
+    the_quarantine_is_bounded,
+    purge_keeps_what_is_not_delivered,
+    an_event_is_listed_with_its_deliveries_and_attempts,
+);
+
+async fn dedup_keys_hold_within_their_window_only(s: Store) {
+    assert_eq!(s.ingest(event("e1", "k", 0, &["r"])).await.unwrap(), IngestOutcome::Stored);
+    assert_eq!(s.ingest(event("e2", "k", 999, &["r"])).await.unwrap(), IngestOutcome::Duplicate);
+    assert_eq!(s.ingest(event("e3", "k", 1000, &["r"])).await.unwrap(), IngestOutcome::Stored);
+    assert_eq!(s.list_events(None, 10).await.unwrap().len(), 2);
+}
+
+async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(s: Store) {
+    s.ingest(event("e1", "k1", now_ms() - 10, &["r"])).await.unwrap();
+    let first = s.claim(10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].event.payload, r#"{"a":1}"#);
+    assert!(s.claim(10, Duration::from_millis(100)).await.unwrap().is_empty(), "leased: not claimable");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = s.claim(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(second.len(), 1, "the expired lease put it back");
+    let stale = Settlement {
+        delivery_id: first[0].delivery_id.clone(),
+        lease_token: first[0].lease_token.clone(),
+        attempt: attempt(200),
+        next: Next::Delivered,
+    };
+    assert!(!s.settle(stale).await.unwrap(), "the old holder lost its lease");
+    let current = Settlement {
+        delivery_id: second[0].delivery_id.clone(),
+        lease_token: second[0].lease_token.clone(),
+        attempt: attempt(503),
+        next: Next::RetryAt(now_ms() + 60_000),
+    };
+    assert!(s.settle(current).await.unwrap());
+    let rows = s.list_deliveries(DeliveryFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(rows[0].status, "pending");
+    assert_eq!(rows[0].attempts, 1);
+    assert_eq!(rows[0].last_status, Some(503));
+    assert!(s.claim(10, Duration::from_secs(1)).await.unwrap().is_empty(), "not due yet");
+    assert!(s.next_due().await.unwrap().unwrap() > now_ms() + 50_000);
+}
+
+async fn concurrent_claimers_never_get_the_same_delivery(s: Store) {
+    let at = now_ms() - 10;
+    for i in 0..200 {
+        s.ingest(event(&format!("e{i:03}"), &format!("k{i}"), at, &["a", "b"])).await.unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = s.claim(7, Duration::from_secs(60)).await.unwrap();
+                if batch.is_empty() {
+                    break mine;
+                }
+                mine.extend(batch.into_iter().map(|c| c.delivery_id));
+            }
+        });
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    while let Some(mine) = tasks.join_next().await {
+        for id in mine.unwrap() {
+            total += 1;
+            assert!(seen.insert(id.clone()), "{id} claimed twice");
+        }
+    }
+    assert_eq!(total, 400);
+}
+
+async fn retries_make_deliveries_due_again(s: Store) {
+    s.ingest(event("e1", "k1", now_ms() - 10, &["a", "b"])).await.unwrap();
+    for c in s.claim(10, Duration::from_secs(60)).await.unwrap() {
+        let next = Next::Failed;
+        s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(422), next })
+            .await
+            .unwrap();
+    }
+    let failed = DeliveryFilter { status: Some("failed".into()), limit: 10, ..Default::default() };
+    assert_eq!(s.list_deliveries(failed.clone()).await.unwrap().len(), 2);
+    assert!(s.retry_delivery("e1-a").await.unwrap());
+    assert!(!s.retry_delivery("nope").await.unwrap());
+    assert_eq!(s.retry_deliveries("failed", Some("b")).await.unwrap(), 1);
+    assert!(s.list_deliveries(failed).await.unwrap().is_empty());
+    let claimed = s.claim(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|c| c.tries == 0 && c.attempts == 1), "fresh schedule, history kept");
+    assert_eq!(s.gauges().await.unwrap().queue_depth, 2);
+}
+
+async fn the_quarantine_is_bounded(s: Store) {
+    let item = |n: u8| NewQuarantined {
+        source: "s".into(),
+        received_at: now_ms(),
+        headers: "{}".into(),
+        body: vec![n, 0, 255],
+        reason: "no key".into(),
+    };
+    assert_eq!(s.quarantine(item(1), 2).await.unwrap(), QuarantineOutcome::Stored);
+    assert_eq!(s.quarantine(item(2), 2).await.unwrap(), QuarantineOutcome::Stored);
+    assert_eq!(s.quarantine(item(3), 2).await.unwrap(), QuarantineOutcome::Full);
+    let listed = s.list_quarantine(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].body, vec![1, 0, 255]);
+    s.delete_quarantined(listed[0].id).await.unwrap();
+    s.update_quarantine_reason(listed[1].id, "bad mac".into()).await.unwrap();
+    let listed = s.list_quarantine(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].reason, "bad mac");
+    assert_eq!(s.gauges().await.unwrap().quarantined, 1);
+}
+
+async fn purge_keeps_what_is_not_delivered(s: Store) {
+    let old = now_ms() - 10_000;
+    s.ingest(event("done", "k1", old, &["a"])).await.unwrap();
+    s.ingest(event("open", "k2", old, &["a"])).await.unwrap();
+    s.ingest(event("none", "k3", old, &[])).await.unwrap();
+    for c in s.claim(10, Duration::from_secs(60)).await.unwrap() {
+        let next = if c.event.id == "done" { Next::Delivered } else { Next::RetryAt(now_ms() + 60_000) };
+        s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(200), next })
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.purge(now_ms() - 5_000).await.unwrap(), 2, "the delivered one and the unrouted one");
+    let left: Vec<String> = s.list_events(None, 10).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(left, vec!["open".to_string()]);
+    assert!(s.event_detail("done").await.unwrap().is_none());
+}
+
+async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
+    s.ingest(event("e1", "k1", now_ms() - 10, &["a"])).await.unwrap();
+    s.ingest(event("e2", "k2", now_ms() - 10, &[])).await.unwrap();
+    let c = s.claim(1, Duration::from_secs(60)).await.unwrap().remove(0);
+    s.settle(Settlement {
+        delivery_id: c.delivery_id,
+        lease_token: c.lease_token,
+        attempt: attempt(201),
+        next: Next::Delivered,
+    })
+    .await
+    .unwrap();
+    let d = s.event_detail("e1").await.unwrap().unwrap();
+    assert_eq!(d.event.status, "routed");
+    assert_eq!(d.deliveries[0].status, "delivered");
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].status, Some(201));
+    assert_eq!(d.attempts[0].outcome, "delivered");
+    assert_eq!(s.event_detail("e2").await.unwrap().unwrap().event.status, "unrouted");
+    let page = s.list_events(Some("e1".into()), 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(s.last_event_per_source().await.unwrap().len(), 1);
+    s.ping().await.unwrap();
+}
