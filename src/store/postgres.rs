@@ -90,7 +90,7 @@ pub struct PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
-    config: tokio_postgres::Config,
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -150,7 +150,7 @@ impl PgStore {
             .recycle_timeout(Some(opts.connect_timeout))
             .build()
             .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
-        let store = PgStore { pool, config };
+        let store = PgStore { pool, config: std::sync::Arc::new(config) };
         store.migrate().await?;
         Ok(store)
     }

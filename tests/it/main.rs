@@ -9,5 +9,6 @@ mod crash;
 mod delivery;
 mod ingest;
 mod lifecycle;
+mod scale_out;
 mod store_contract;
 mod vectors;
