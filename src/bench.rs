@@ -38,6 +38,10 @@ pub struct BenchOptions {
     pub sink_listen: Option<String>,
     /// With `url`: the process whose memory to report.
     pub pid: Option<u32>,
+    /// Relay processes to start on one shared store (needs `store_url`).
+    pub replicas: usize,
+    /// The store of the started relays (default: SQLite in a temporary directory).
+    pub store_url: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -54,6 +58,7 @@ pub struct BenchReport {
     pub baseline: Option<Baseline>,
     pub events: usize,
     pub concurrency: usize,
+    pub replicas: usize,
     pub body_bytes: usize,
     pub accepted: usize,
     pub errors: usize,
@@ -201,7 +206,14 @@ fn free_addr() -> anyhow::Result<String> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
-fn write_config(dir: &Path, sink_url: &str, public: &str, admin: &str, workers: usize) -> anyhow::Result<PathBuf> {
+fn write_config(
+    dir: &Path,
+    sink_url: &str,
+    public: &str,
+    admin: &str,
+    workers: usize,
+    store_url: &str,
+) -> anyhow::Result<PathBuf> {
     std::fs::write(
         dir.join("sink.json.hbs"),
         r#"{"n": {{data.n}}, "event": "{{event}}", "email": "{{data.data.contact.email}}"}"#,
@@ -212,7 +224,7 @@ listen = "{public}"
 admin_listen = "{admin}"
 max_body = "1MiB"
 [store]
-url = "sqlite://relay.db"
+url = "{store_url}"
 [sources.bench]
 secret_keys = ["{BENCH_SECRET}"]
 [delivery]
@@ -250,38 +262,47 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         reqwest::Client::builder().pool_max_idle_per_host(opts.concurrency).timeout(Duration::from_secs(30)).build()?;
     let mut report = BenchReport { events: opts.events, concurrency: opts.concurrency, ..BenchReport::default() };
 
-    let (target, secret, relay) = match &opts.url {
+    let (targets, secret, relays) = match &opts.url {
         Some(url) => {
             let secret = opts.secret.clone().context("--url needs --secret or --secret-env")?;
             if let Some(addr) = &opts.sink_listen {
                 start_sink(std::net::TcpListener::bind(addr)?, &timeline)?;
             }
-            (url.clone(), secret, None)
+            (vec![url.clone()], secret, Vec::new())
         }
         None => {
+            if opts.replicas > 1 && opts.store_url.is_none() {
+                bail!("--replicas above 1 need a shared --store-url postgres://…");
+            }
             let sink_url = start_sink(std::net::TcpListener::bind("127.0.0.1:0")?, &timeline)?;
-            let dir = tempfile::tempdir()?;
-            let (public, admin) = (free_addr()?, free_addr()?);
-            let config = write_config(dir.path(), &sink_url, &public, &admin, opts.workers)?;
-            let exe = std::env::current_exe()?;
-            let started = Instant::now();
-            let child = std::process::Command::new(exe)
-                .args(["serve", "-c"])
-                .arg(&config)
-                .env("RUST_LOG", &opts.relay_log)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .context("starting the relay")?;
-            let relay = RelayProcess { child, _dir: dir };
-            wait_ready(&client, &admin, Duration::from_secs(10)).await?;
-            report.relay_startup_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            let store_url = opts.store_url.clone().unwrap_or_else(|| "sqlite://relay.db".into());
+            let mut targets = Vec::new();
+            let mut relays = Vec::new();
+            for _ in 0..opts.replicas.max(1) {
+                let dir = tempfile::tempdir()?;
+                let (public, admin) = (free_addr()?, free_addr()?);
+                let config = write_config(dir.path(), &sink_url, &public, &admin, opts.workers, &store_url)?;
+                let started = Instant::now();
+                let child = std::process::Command::new(std::env::current_exe()?)
+                    .args(["serve", "-c"])
+                    .arg(&config)
+                    .env("RUST_LOG", &opts.relay_log)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .context("starting the relay")?;
+                let relay = RelayProcess { child, _dir: dir };
+                wait_ready(&client, &admin, Duration::from_secs(10)).await?;
+                report.relay_startup_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
+                targets.push(format!("http://{public}/hooks/bench"));
+                relays.push(relay);
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            report.relay_rss_idle_mb = rss_mb(relay.child.id()).map(|(rss, _)| rss);
-            (format!("http://{public}/hooks/bench"), BENCH_SECRET.to_string(), Some(relay))
+            report.relay_rss_idle_mb = rss_mb(relays[0].child.id()).map(|(rss, _)| rss);
+            (targets, BENCH_SECRET.to_string(), relays)
         }
     };
-
+    report.replicas = targets.len();
     // Encrypt everything up front: the load generator should measure the relay, not itself.
     let bodies: Arc<Vec<String>> = Arc::new(
         (0..opts.events)
@@ -296,8 +317,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.baseline = Some(measure_baseline(opts, &client, &bodies).await?);
     }
 
-    let pid = relay.as_ref().map(|r| r.child.id()).or(opts.pid);
-    if relay.is_none() {
+    let pid = relays.first().map(|r| r.child.id()).or(opts.pid);
+    if relays.is_empty() {
         report.relay_rss_idle_mb = pid.and_then(rss_mb).map(|(rss, _)| rss);
     }
     let peak = Arc::new(AtomicU64::new(0));
@@ -314,7 +335,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         })
     });
     let started = Instant::now();
-    let (ack, errors) = load(opts, &client, &target, &bodies, Some(&timeline)).await?;
+    let (ack, errors) = load(opts, &client, &targets, &bodies, Some(&timeline)).await?;
     let ingest = started.elapsed();
     report.errors = errors;
     report.accepted = opts.events - report.errors;
@@ -322,7 +343,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     report.accepted_per_second = report.accepted as f64 / ingest.as_secs_f64();
     report.ack_latency = latency(&ack);
 
-    if relay.is_some() || opts.sink_listen.is_some() {
+    if !relays.is_empty() || opts.sink_listen.is_some() {
         let deadline = Instant::now() + opts.drain_timeout;
         while timeline.received.load(Ordering::Relaxed) < report.accepted && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -350,7 +371,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         let hwm = rss_mb(pid).map(|(_, h)| h).unwrap_or(0.0);
         report.relay_rss_peak_mb = Some(hwm.max(peak.load(Ordering::Relaxed) as f64 / 1024.0));
     }
-    drop(relay);
+    drop(relays);
     Ok(report)
 }
 
@@ -359,7 +380,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 async fn load(
     opts: &BenchOptions,
     client: &reqwest::Client,
-    target: &str,
+    targets: &[String],
     bodies: &Arc<Vec<String>>,
     timeline: Option<&Arc<Timeline>>,
 ) -> anyhow::Result<(Histogram<u64>, usize)> {
@@ -373,13 +394,13 @@ async fn load(
     let per_task_interval = opts.rate.map(|r| Duration::from_secs_f64(opts.concurrency as f64 / r.max(1) as f64));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.concurrency {
-        let (client, bodies, next, errors, timeline, target, progress) = (
+        let (client, bodies, next, errors, timeline, targets, progress) = (
             client.clone(),
             bodies.clone(),
             next.clone(),
             errors.clone(),
             timeline.cloned(),
-            target.to_string(),
+            targets.to_vec(),
             progress.clone(),
         );
         tasks.spawn(async move {
@@ -398,7 +419,7 @@ async fn load(
                     t.sent[n].store(t.now_us().max(1), Ordering::Relaxed);
                 }
                 let ok = client
-                    .post(&target)
+                    .post(&targets[n % targets.len()])
                     .header("Content-Type", "application/json")
                     .body(bodies[n].clone())
                     .send()
@@ -443,7 +464,7 @@ async fn measure_baseline(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started = Instant::now();
-    let (ack, errors) = load(opts, client, &format!("http://{addr}/hooks/bench"), bodies, None).await?;
+    let (ack, errors) = load(opts, client, &[format!("http://{addr}/hooks/bench")], bodies, None).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(Baseline { requests_per_second: (bodies.len() - errors) as f64 / secs, ack_latency: latency(&ack) })
 }
@@ -462,6 +483,9 @@ pub fn table(r: &BenchReport) -> String {
     let mut out = String::new();
     let mut row = |k: &str, v: String| out.push_str(&format!("{k:<28} {v}\n"));
     row("events", format!("{} × {} bytes at concurrency {}", r.events, r.body_bytes, r.concurrency));
+    if r.replicas > 1 {
+        row("relay replicas", format!("{} (requests spread round-robin)", r.replicas));
+    }
     if let Some(b) = &r.baseline {
         let l = &b.ack_latency;
         row("bare actix-web ceiling", format!("{:.0} req/s, p99 {:.2} ms", b.requests_per_second, l.p99_ms));

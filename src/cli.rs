@@ -163,6 +163,15 @@ pub struct BenchArgs {
     /// With --url: report the memory of this process.
     #[arg(long, requires = "url")]
     pub pid: Option<u32>,
+    /// Start this many relays on one shared store (needs --store-url postgres://…).
+    #[arg(long, default_value_t = 1, conflicts_with = "url")]
+    pub replicas: usize,
+    /// Store of the started relays (default: SQLite in a temporary directory).
+    #[arg(long, conflicts_with = "url")]
+    pub store_url: Option<String>,
+    /// How long to wait for the sink to receive every accepted event.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Runs the parsed command; errors are printed here, once.
@@ -448,10 +457,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         size: args.size,
         relay_log: args.relay_log,
         workers: args.workers,
-        drain_timeout: std::time::Duration::from_secs(120),
+        drain_timeout: args.drain_timeout,
         baseline: args.baseline,
         sink_listen: args.sink_listen,
         pid: args.pid,
+        replicas: args.replicas,
+        store_url: args.store_url,
     };
     let report = crate::bench::run(&opts).await?;
     if args.json {

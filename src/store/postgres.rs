@@ -3,6 +3,7 @@
 //! primary key, migrations serialized by an advisory lock, and `LISTEN`/`NOTIFY` to wake idle
 //! workers on every replica when new deliveries are committed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -90,6 +91,10 @@ pub struct PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Set when work was committed that other replicas have not been told about yet.
+    announce: std::sync::Arc<tokio::sync::Notify>,
+    /// Ingests and settlements waiting to share a transaction.
+    batches: tokio::sync::mpsc::UnboundedSender<Job>,
     config: std::sync::Arc<tokio_postgres::Config>,
 }
 
@@ -150,8 +155,14 @@ impl PgStore {
             .recycle_timeout(Some(opts.connect_timeout))
             .build()
             .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
-        let store = PgStore { pool, config: std::sync::Arc::new(config) };
+        let (batches, rx) = tokio::sync::mpsc::unbounded_channel();
+        let store = PgStore { pool, config: std::sync::Arc::new(config), announce: Default::default(), batches };
         store.migrate().await?;
+        tokio::spawn(announcer(store.pool.clone(), store.announce.clone()));
+        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..BATCHERS {
+            tokio::spawn(batcher(store.pool.clone(), rx.clone(), store.announce.clone()));
+        }
         Ok(store)
     }
 
@@ -181,43 +192,11 @@ impl PgStore {
         Ok(())
     }
 
+    /// Queued for the next group transaction; answered once it has committed.
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let claimed = tx
-            .query_opt(
-                "INSERT INTO dedup_keys (source, event_key, event_id, expires_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (source, event_key) DO UPDATE
-                    SET event_id = excluded.event_id, expires_at = excluded.expires_at
-                    WHERE dedup_keys.expires_at <= $5
-                 RETURNING 1",
-                &[&ev.source, &ev.key, &ev.id, &ev.dedup_until, &ev.received_at],
-            )
-            .await?;
-        if claimed.is_none() {
-            tx.rollback().await?;
-            return Ok(IngestOutcome::Duplicate);
-        }
-        let status = if ev.deliveries.is_empty() { "unrouted" } else { "routed" };
-        tx.execute(
-            "INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&ev.id, &ev.source, &ev.key, &ev.kind, &status, &ev.payload, &ev.received_at],
-        )
-        .await?;
-        if !ev.deliveries.is_empty() {
-            let ids: Vec<&str> = ev.deliveries.iter().map(|(id, _)| id.as_str()).collect();
-            let routes: Vec<&str> = ev.deliveries.iter().map(|(_, r)| r.as_str()).collect();
-            tx.execute(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at)
-                 SELECT d.id, $2, d.route, 'pending', $3, $3, $3 FROM unnest($1::text[], $4::text[]) AS d(id, route)",
-                &[&ids, &ev.id, &ev.received_at, &routes],
-            )
-            .await?;
-            tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
-        }
-        tx.commit().await?;
-        Ok(IngestOutcome::Stored)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batches.send(Job::Ingest(ev, reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     pub async fn quarantine(&self, item: NewQuarantined, max_items: u64) -> Result<QuarantineOutcome, StoreError> {
@@ -278,48 +257,11 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn settle(&self, s: Settlement) -> Result<bool, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let now = now_ms();
-        let (status, next_at) = match s.next {
-            Next::Delivered => ("delivered", None),
-            Next::RetryAt(at) => ("pending", Some(at)),
-            Next::Failed => ("failed", None),
-        };
-        let changed = tx
-            .execute(
-                "UPDATE deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1,
-                    tries = tries + 1, lease_token = NULL, lease_until = NULL,
-                    last_status = $3, last_error = $4, updated_at = $5
-                 WHERE id = $6 AND lease_token = $7",
-                &[
-                    &status,
-                    &next_at,
-                    &opt_i32(s.attempt.status),
-                    &s.attempt.error,
-                    &now,
-                    &s.delivery_id,
-                    &s.lease_token,
-                ],
-            )
-            .await?;
-        let outcome = if changed == 1 { s.next.label() } else { "lease_lost" };
-        tx.execute(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome)
-             VALUES ($1, COALESCE((SELECT attempts FROM deliveries WHERE id = $1), 0), $2, $3, $4, $5, $6)",
-            &[
-                &s.delivery_id,
-                &s.attempt.started_at,
-                &s.attempt.duration_ms,
-                &opt_i32(s.attempt.status),
-                &s.attempt.error,
-                &outcome,
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(changed == 1)
+    /// Queued for the next group transaction; `false` when the lease was lost.
+    pub async fn settle(&self, settlement: Settlement) -> Result<bool, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batches.send(Job::Settle(settlement, reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -365,7 +307,7 @@ impl PgStore {
             )
             .await?;
         if n > 0 {
-            client.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+            self.announce.notify_one();
         }
         Ok(n)
     }
@@ -551,6 +493,230 @@ impl PgStore {
                 _ = stop.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Group-commit tasks per process: while one commits, the next batch gathers.
+const BATCHERS: usize = 2;
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+
+enum Job {
+    Ingest(NewEvent, Reply<IngestOutcome>),
+    Settle(Settlement, Reply<bool>),
+}
+
+/// Takes whatever ingests and settlements are queued and writes them in one transaction with a
+/// handful of set-based statements; everybody is answered after the commit.
+async fn batcher(
+    pool: Pool,
+    rx: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
+    announce: std::sync::Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            jobs.push(first);
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut ingests = Vec::new();
+        let mut settles = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Ingest(ev, reply) => ingests.push((ev, reply)),
+                Job::Settle(s, reply) => settles.push((s, reply)),
+            }
+        }
+        let evs: Vec<&NewEvent> = ingests.iter().map(|(e, _)| e).collect();
+        let sts: Vec<&Settlement> = settles.iter().map(|(s, _)| s).collect();
+        match write_batch(&pool, &evs, &sts).await {
+            Ok((ingested, settled)) => {
+                if ingested.iter().zip(&evs).any(|(o, e)| *o == IngestOutcome::Stored && !e.deliveries.is_empty()) {
+                    announce.notify_one();
+                }
+                for ((_, reply), outcome) in ingests.into_iter().zip(ingested) {
+                    let _ = reply.send(Ok(outcome));
+                }
+                for ((_, reply), kept) in settles.into_iter().zip(settled) {
+                    let _ = reply.send(Ok(kept));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ingests = evs.len(), settles = sts.len(), "postgres: batch not committed");
+                for (_, reply) in ingests {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, reply) in settles {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for a batch; returns each ingest's outcome and whether each settlement held
+/// its lease, in input order.
+async fn write_batch(
+    pool: &Pool,
+    evs: &[&NewEvent],
+    sts: &[&Settlement],
+) -> Result<(Vec<IngestOutcome>, Vec<bool>), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let now = now_ms();
+
+    // Ingest. Keys are taken in a fixed order so concurrent batches cannot deadlock, and a key
+    // repeated within the batch counts once.
+    let mut outcomes = vec![IngestOutcome::Duplicate; evs.len()];
+    let mut order: Vec<usize> = (0..evs.len()).collect();
+    order.sort_by(|&a, &b| (&evs[a].source, &evs[a].key).cmp(&(&evs[b].source, &evs[b].key)));
+    order.dedup_by(|a, b| evs[*a].source == evs[*b].source && evs[*a].key == evs[*b].key);
+    if !order.is_empty() {
+        let col = |f: fn(&NewEvent) -> &str| order.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
+        let (sources, keys, ids) = (col(|e| &e.source), col(|e| &e.key), col(|e| &e.id));
+        let expires: Vec<i64> = order.iter().map(|&i| evs[i].dedup_until).collect();
+        let received: Vec<i64> = order.iter().map(|&i| evs[i].received_at).collect();
+        // A live key is a duplicate; an expired one (as of the event's arrival) is taken over.
+        let claimed: std::collections::HashSet<String> = tx
+            .query(
+                "WITH input AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                        AS t(source, event_key, event_id, expires_at, received_at))
+                 INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
+                 SELECT source, event_key, event_id, expires_at FROM input
+                 ON CONFLICT (source, event_key) DO UPDATE
+                    SET event_id = excluded.event_id, expires_at = excluded.expires_at
+                    WHERE dedup_keys.expires_at <= (SELECT i.received_at FROM input i
+                        WHERE i.source = excluded.source AND i.event_key = excluded.event_key)
+                 RETURNING event_id",
+                &[&sources, &keys, &ids, &expires, &received],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let stored: Vec<usize> = order.iter().copied().filter(|&i| claimed.contains(&evs[i].id)).collect();
+        let col = |f: fn(&NewEvent) -> &str| stored.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
+        let statuses: Vec<&str> =
+            stored.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
+        let received: Vec<i64> = stored.iter().map(|&i| evs[i].received_at).collect();
+        tx.execute(
+            "INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])",
+            &[
+                &col(|e| &e.id),
+                &col(|e| &e.source),
+                &col(|e| &e.key),
+                &col(|e| &e.kind),
+                &statuses,
+                &col(|e| &e.payload),
+                &received,
+            ],
+        )
+        .await?;
+        let (mut d_ids, mut d_events, mut d_routes, mut d_at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &i in &stored {
+            outcomes[i] = IngestOutcome::Stored;
+            for (id, route) in &evs[i].deliveries {
+                d_ids.push(id.as_str());
+                d_events.push(evs[i].id.as_str());
+                d_routes.push(route.as_str());
+                d_at.push(evs[i].received_at);
+            }
+        }
+        if !d_ids.is_empty() {
+            tx.execute(
+                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at)
+                 SELECT id, event_id, route, 'pending', at, at, at
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS d(id, event_id, route, at)",
+                &[&d_ids, &d_events, &d_routes, &d_at],
+            )
+            .await?;
+        }
+    }
+
+    // Settle.
+    let mut kept = vec![false; sts.len()];
+    if !sts.is_empty() {
+        let ids: Vec<&str> = sts.iter().map(|s| s.delivery_id.as_str()).collect();
+        let tokens: Vec<&str> = sts.iter().map(|s| s.lease_token.as_str()).collect();
+        let statuses: Vec<&str> = sts
+            .iter()
+            .map(|s| match s.next {
+                Next::Delivered => "delivered",
+                Next::RetryAt(_) => "pending",
+                Next::Failed => "failed",
+            })
+            .collect();
+        let next_at: Vec<Option<i64>> =
+            sts.iter().map(|s| if let Next::RetryAt(at) = s.next { Some(at) } else { None }).collect();
+        let last_status: Vec<Option<i32>> = sts.iter().map(|s| opt_i32(s.attempt.status)).collect();
+        let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
+        let updated: HashMap<String, i32> = tx
+            .query(
+                "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
+                    tries = d.tries + 1, lease_token = NULL, lease_until = NULL,
+                    last_status = u.last_status, last_error = u.last_error, updated_at = $7
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[])
+                    AS u(id, token, status, next_at, last_status, last_error)
+                 WHERE d.id = u.id AND d.lease_token = u.token
+                 RETURNING d.id, d.attempts",
+                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let attempt_no: Vec<i32> = sts.iter().map(|s| updated.get(&s.delivery_id).copied().unwrap_or(0)).collect();
+        let labels: Vec<&str> = sts
+            .iter()
+            .map(|s| if updated.contains_key(&s.delivery_id) { s.next.label() } else { "lease_lost" })
+            .collect();
+        let started: Vec<i64> = sts.iter().map(|s| s.attempt.started_at).collect();
+        let durations: Vec<i64> = sts.iter().map(|s| s.attempt.duration_ms).collect();
+        tx.execute(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[])",
+            &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels],
+        )
+        .await?;
+        for (k, s) in kept.iter_mut().zip(sts) {
+            *k = updated.contains_key(&s.delivery_id);
+        }
+    }
+    tx.commit().await?;
+    Ok((outcomes, kept))
+}
+
+/// Tells the other replicas about new work with one NOTIFY per burst. NOTIFY inside the ingest
+/// transaction would serialize every commit on PostgreSQL's notification-queue lock; here commits
+/// stay parallel and a burst of ingests costs one notification. Stops with the pool.
+async fn announcer(pool: Pool, announce: std::sync::Arc<tokio::sync::Notify>) {
+    /// Bursts closer than this share one notification.
+    const COALESCE: Duration = Duration::from_millis(5);
+    loop {
+        announce.notified().await;
+        if pool.is_closed() {
+            return;
+        }
+        tokio::time::sleep(COALESCE).await;
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(e) = client.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await {
+                    tracing::debug!(error = %StoreError::from(e), "postgres: NOTIFY failed; replicas fall back to polling");
+                }
+            }
+            Err(e) => tracing::debug!(error = %StoreError::from(e), "postgres: NOTIFY skipped"),
         }
     }
 }

@@ -109,6 +109,11 @@ async fn three_replicas_deliver_every_event_with_cross_replica_duplicates_once_t
     })
     .await;
     let elapsed = started.elapsed();
+    // Deliveries the killed replica had in flight are settled by the others once their lease ends.
+    wait_until(Duration::from_secs(30), "every delivery settled", || async {
+        schema.count("SELECT COUNT(*) FROM deliveries WHERE status <> 'delivered'").await == 0
+    })
+    .await;
     let mut per_event: HashMap<String, usize> = HashMap::new();
     for r in crm.received().iter().filter(|r| r.status == 200) {
         *per_event.entry(r.json()["id"].as_str().unwrap().to_string()).or_default() += 1;
@@ -127,7 +132,6 @@ async fn three_replicas_deliver_every_event_with_cross_replica_duplicates_once_t
     assert_eq!(per_event.len(), total, "every event delivered at least once");
     assert!(doubles <= 8, "only deliveries in flight at the kill may be doubled, got {doubles}");
     assert_eq!(schema.count("SELECT COUNT(*) FROM events").await, total as i64, "cross-replica duplicates stored once");
-    assert_eq!(schema.count("SELECT COUNT(*) FROM deliveries WHERE status <> 'delivered'").await, 0);
     drop(replicas);
     schema.drop().await;
 }
