@@ -8,7 +8,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 
 /// Entries kept at most; older ones fall back to the store's check.
-const CAPACITY: u64 = 200_000;
+const CAPACITY: u64 = 50_000;
 
 struct WindowExpiry;
 

@@ -93,7 +93,13 @@ pub async fn purge(relay: &Relay) -> Result<u64, crate::store::StoreError> {
 
 /// Runs until `stop`: silence checks and gauges every tick, the purge every hour.
 pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
-    if let Ok(last) = relay.store.last_event_per_source().await {
+    // Scanning a large store is not worth delaying readiness for.
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        _ = stop.cancelled() => return,
+    }
+    let sources: Vec<String> = relay.runtime().config.sources.keys().cloned().collect();
+    if let Ok(last) = relay.store.last_event_per_source(sources).await {
         for (source, at) in last {
             relay.silence.heard(&source, at);
         }

@@ -282,8 +282,9 @@ impl Store {
         dispatch!(self, s => s.gauges().await)
     }
 
-    pub async fn last_event_per_source(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        dispatch!(self, s => s.last_event_per_source().await)
+    /// The newest event time of each of `sources`, for those that have one.
+    pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
+        dispatch!(self, s => s.last_event_per_source(sources).await)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

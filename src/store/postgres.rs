@@ -438,10 +438,15 @@ impl PgStore {
         Ok(Gauges { queue_depth: row.get(0), quarantined: row.get(1), oldest_pending_at: row.get(2) })
     }
 
-    pub async fn last_event_per_source(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client.query("SELECT source, MAX(received_at) FROM events GROUP BY source", &[]).await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let rows = client
+            .query(
+                "SELECT s, (SELECT MAX(received_at) FROM events WHERE source = s) FROM unnest($1::text[]) AS s",
+                &[&sources],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(|r| Some((r.get(0), r.get::<_, Option<i64>>(1)?))).collect())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -4,8 +4,7 @@
 //! nobody gets an answer before the transaction holding their write has committed.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -26,20 +25,7 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
-    _checkpointer: Arc<Checkpointer>,
 }
-
-/// Stops the checkpoint thread when the last store handle is dropped.
-struct Checkpointer(Arc<AtomicBool>);
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// How often the WAL is copied back into the database, off the writer's path.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,21 +124,14 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
-        // Checkpoints run on their own connection and thread, so commits never wait for one.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let checkpoint_conn = Connection::open(path)?;
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("lbx-sqlite-ckpt".into())
-            .spawn(move || checkpointer(checkpoint_conn, flag))
-            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
+        // Checkpoints stay on the writer (SQLite's autocheckpoint, after a commit): a checkpoint
+        // running beside a busy writer never catches up, and the WAL would then grow without end.
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("lbx-sqlite-writer".into())
             .spawn(move || writer(conn, rx))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { jobs, path: path.to_path_buf(), _checkpointer: Arc::new(Checkpointer(stop)) })
+        Ok(SqliteStore { jobs, path: path.to_path_buf() })
     }
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
@@ -488,12 +467,18 @@ impl SqliteStore {
         .await
     }
 
-    /// The newest event time of each source (for the silence alert after a restart).
-    pub async fn last_event_per_source(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.call(|c| {
-            c.prepare_cached("SELECT source, MAX(received_at) FROM events GROUP BY source")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
+    /// The newest event time of each of `sources` (for the silence alert after a restart). One
+    /// streaming aggregate per source: a GROUP BY would build a temporary tree over every event.
+    pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT MAX(received_at) FROM events WHERE source = ?1")?;
+            let mut out = Vec::new();
+            for source in sources {
+                if let Some(at) = stmt.query_row([&source], |r| r.get::<_, Option<i64>>(0))? {
+                    out.push((source, at));
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -522,18 +507,6 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         payload: r.get(5)?,
         received_at: r.get(6)?,
     })
-}
-
-/// Copies committed WAL frames into the database file (PASSIVE: never blocks the writer).
-fn checkpointer(conn: Connection, stop: Arc<AtomicBool>) {
-    let _ = conn.busy_timeout(Duration::from_millis(100));
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "sqlite: checkpoint skipped");
-        }
-    }
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 /// Runs a parameterless statement through the statement cache (the writer runs these per job).
@@ -581,6 +554,10 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
         for finish in finishers {
             finish(committed.clone());
         }
+    }
+    // Every handle is gone: leave a small database behind.
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "sqlite: final checkpoint failed");
     }
 }
 
