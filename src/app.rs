@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dedup::Dedup;
+use crate::delivery::limits::Gates;
 use crate::delivery::send::HttpSender;
 use crate::delivery::worker;
 use crate::housekeeping::{self, Silence};
@@ -30,6 +31,8 @@ pub struct Relay {
     pub wake: Notify,
     pub sender: HttpSender,
     pub silence: Silence,
+    /// Per-route rate limits, concurrency and pauses.
+    pub gates: Gates,
 }
 
 impl Relay {
@@ -41,6 +44,7 @@ impl Relay {
             wake: Notify::new(),
             sender: HttpSender::new(),
             silence: Silence::default(),
+            gates: Gates::default(),
         }
     }
 

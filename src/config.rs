@@ -130,6 +130,44 @@ pub struct RouteConfig {
     pub headers: Vec<HeaderSpec>,
     pub vars: BTreeMap<String, String>,
     pub retry: RetryPolicy,
+    /// At most this many requests per window (`rate_limit = "100/10s"`).
+    pub rate_limit: Option<RateLimit>,
+    /// At most this many requests in flight at once.
+    pub concurrency: Option<usize>,
+    /// Deliveries sharing the rendered key go out one at a time, in arrival order.
+    pub order_by: Option<String>,
+}
+
+/// `rate_limit = "COUNT/WINDOW"`: at most `count` requests in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    pub fn parse(text: &str) -> Result<RateLimit, String> {
+        let (count, window) =
+            text.split_once('/').ok_or_else(|| format!("{text:?} is not a rate like \"100/10s\" (COUNT/WINDOW)"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("{text:?}: the count must be a whole number above zero"))?;
+        let window = window.trim();
+        // "5/s" reads as "5/1s".
+        let window = if window.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            window.to_string()
+        } else {
+            format!("1{window}")
+        };
+        let window = humantime::parse_duration(&window)
+            .ok()
+            .filter(|w| !w.is_zero())
+            .ok_or_else(|| format!("{text:?}: the window must be a duration like \"10s\", \"1m\" or \"s\""))?;
+        Ok(RateLimit { count, window })
+    }
 }
 
 /// One outbound header. Values that came from `${VAR}` are masked by `render`.
@@ -409,6 +447,23 @@ struct RawRoute {
     vars: BTreeMap<String, String>,
     #[serde(default)]
     retry: Option<RawRetry>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    rate_limit: Option<String>,
+    #[serde(default)]
+    concurrency: Option<usize>,
+    #[serde(default)]
+    order_by: Option<String>,
+}
+
+/// `auth = { type = "basic", username = "…", password = "…" }` or `{ type = "bearer", token = "…" }`:
+/// turned into an `Authorization` header that `render` always masks.
+#[derive(Deserialize, Clone)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum RawAuth {
+    Basic { username: String, password: String },
+    Bearer { token: String },
 }
 
 fn default_method() -> String {
@@ -562,6 +617,30 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             let from_env = raw_headers.get(&name).is_some_and(|v| has_var(v));
             headers.push(HeaderSpec { name, value: SecretString::from(value), from_env });
         }
+        if let Some(auth) = &r.auth {
+            if headers.iter().any(|h| h.name.eq_ignore_ascii_case("authorization")) {
+                problem(&format!("{at}.auth"), "set either auth or an Authorization header, not both".into());
+            }
+            let value = match auth {
+                RawAuth::Basic { username, password } => {
+                    use base64::Engine;
+                    let pair = zeroize::Zeroizing::new(format!("{username}:{password}"));
+                    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()))
+                }
+                RawAuth::Bearer { token } => format!("Bearer {token}"),
+            };
+            if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                problem(&format!("{at}.auth"), "the credentials do not make a valid header value".into());
+            }
+            headers.push(HeaderSpec { name: "Authorization".into(), value: SecretString::from(value), from_env: true });
+        }
+        let rate_limit = r
+            .rate_limit
+            .as_deref()
+            .and_then(|t| RateLimit::parse(t).map_err(|m| problem(&format!("{at}.rate_limit"), m)).ok());
+        if r.concurrency == Some(0) {
+            problem(&format!("{at}.concurrency"), "must be at least 1".into());
+        }
         let template = {
             let p = PathBuf::from(&r.template);
             if p.is_absolute() {
@@ -584,6 +663,9 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             headers,
             vars: r.vars,
             retry: route_retry,
+            rate_limit,
+            concurrency: r.concurrency,
+            order_by: r.order_by.filter(|o| !o.trim().is_empty()),
         });
     }
 
@@ -739,6 +821,31 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
         let c = parse(&text).unwrap();
         assert_eq!(c.routes[0].retry.schedule, vec![Duration::from_secs(1), Duration::from_secs(5)]);
         assert_eq!(c.routes[0].retry.timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn rates_read_count_and_window() {
+        assert_eq!(RateLimit::parse("100/10s"), Ok(RateLimit { count: 100, window: Duration::from_secs(10) }));
+        assert_eq!(RateLimit::parse("5/s"), Ok(RateLimit { count: 5, window: Duration::from_secs(1) }));
+        assert_eq!(RateLimit::parse("1/1m"), Ok(RateLimit { count: 1, window: Duration::from_secs(60) }));
+        for bad in ["100", "0/1s", "x/1s", "5/soon", "5/0s"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auth_becomes_a_masked_authorization_header() {
+        let text = MINIMAL.replace(
+            "events = [\"*\"]",
+            "events = [\"*\"]\nauth = { type = \"basic\", username = \"any\", password = \"${TOKEN}\" }\nrate_limit = \"5/s\"\nconcurrency = 2",
+        );
+        let c = parse(&text).unwrap();
+        let h = c.routes[0].headers.iter().find(|h| h.name == "Authorization").unwrap();
+        assert_eq!(h.value.expose_secret(), "Basic YW55OnRvaw==");
+        assert!(h.from_env);
+        assert_eq!(c.routes[0].concurrency, Some(2));
+        let bad = MINIMAL.replace("events = [\"*\"]", "events = [\"*\"]\nauth = { type = \"digest\" }");
+        assert!(parse(&bad).is_err());
     }
 
     #[test]

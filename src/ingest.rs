@@ -8,8 +8,9 @@ use crate::app::Relay;
 use crate::crypto::{self, DecryptError, Sealed};
 use crate::event::{new_id, now_ms, Event};
 use crate::runtime::Runtime;
-use crate::store::{IngestOutcome, NewEvent, NewQuarantined, QuarantineOutcome, StoreError};
+use crate::store::{IngestOutcome, NewDelivery, NewEvent, NewQuarantined, QuarantineOutcome, StoreError};
 use crate::telemetry::{mask_email, EVENTS_RECEIVED};
+use crate::templates::TemplateContext;
 
 /// What happened to an accepted body. The sender sees the same answer for all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +143,23 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
     for (route, reason) in &matched.skipped {
         tracing::warn!(route = %route, event = %event.kind, %reason, "`when` condition failed; route skipped");
     }
-    let deliveries: Vec<(String, String)> = matched.routes.into_iter().map(|r| (new_id(), r)).collect();
+    let deliveries: Vec<NewDelivery> = matched
+        .routes
+        .into_iter()
+        .map(|route| {
+            let order_key = rt.config.route(&route).and_then(|r| {
+                let ctx = TemplateContext::new(&event, &r.vars, "");
+                rt.templates
+                    .ordering_key(r, &ctx)
+                    .inspect_err(
+                        |e| tracing::warn!(route = %route, error = %e, "order_by failed to render; sent unordered"),
+                    )
+                    .ok()
+                    .flatten()
+            });
+            NewDelivery { id: new_id(), route, order_key }
+        })
+        .collect();
     let count = deliveries.len();
     let new = NewEvent {
         id: event.id.clone(),

@@ -114,6 +114,9 @@ fn when_key(route: &str) -> String {
 fn url_key(route: &str) -> String {
     format!("{route}#url")
 }
+fn order_key(route: &str) -> String {
+    format!("{route}#order")
+}
 
 impl Templates {
     /// Compiles every route's body, URL and condition; collects every problem.
@@ -153,6 +156,14 @@ impl Templates {
             file: format!("{} (route {} url)", file, route.name),
             message: template_error_message(&e),
         })?;
+        if let Some(order_by) = &route.order_by {
+            self.plain.register_template_string(&order_key(&route.name), order_by).map_err(|e| {
+                RenderError::Compile {
+                    file: format!("route {} order_by", route.name),
+                    message: template_error_message(&e),
+                }
+            })?;
+        }
         if let Some(when) = &route.when {
             self.plain.register_template_string(&when_key(&route.name), when).map_err(|e| RenderError::Compile {
                 file: format!("route {} when", route.name),
@@ -175,6 +186,21 @@ impl Templates {
         })?;
         let v = out.trim().to_ascii_lowercase();
         Ok(!matches!(v.as_str(), "" | "false" | "0" | "no" | "null"))
+    }
+
+    /// The ordering key of `route` for the event in `ctx` (`order_by`), trimmed; `None` when the
+    /// route has none or it renders empty.
+    pub fn ordering_key(&self, route: &RouteConfig, ctx: &TemplateContext<'_>) -> Result<Option<String>, RenderError> {
+        if route.order_by.is_none() {
+            return Ok(None);
+        }
+        let out = self.plain.render(&order_key(&route.name), ctx).map_err(|e| RenderError::Render {
+            route: route.name.clone(),
+            what: "order_by",
+            message: template_error_message(&e),
+        })?;
+        let key = out.trim();
+        Ok((!key.is_empty()).then(|| key.to_string()))
     }
 
     /// The request `route` sends for the event in `ctx`.

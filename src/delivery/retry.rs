@@ -43,6 +43,47 @@ pub fn next_delay(schedule: &[Duration], tries: u32, retry_after: Option<Duratio
     })
 }
 
+/// The delay after a 429: what the CRM asked for, or else the schedule step the delivery is at
+/// (its last step once exhausted; 60 s without a schedule), with jitter. Throttling does not use up
+/// a step, so it never makes a delivery fail.
+pub fn throttle_delay(schedule: &[Duration], tries: u32, retry_after: Option<Duration>) -> Duration {
+    let base = schedule.get(tries as usize).or(schedule.last()).copied().unwrap_or(Duration::from_secs(60));
+    let jittered = base.mul_f64(1.0 + rand::random::<f64>() * 0.2 - 0.1);
+    match retry_after {
+        Some(ra) => ra.min(MAX_RETRY_AFTER),
+        None => jittered,
+    }
+}
+
+/// How long the CRM asks us to wait, from its answer's headers: `Retry-After` (seconds or an HTTP
+/// date), else a rate-limit reset header (`RateLimit-Reset`, `X-RateLimit-Reset`: seconds to wait,
+/// or a Unix time in seconds when it is that large).
+pub fn requested_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(d) = get("retry-after").and_then(parse_retry_after) {
+        return Some(d);
+    }
+    ["ratelimit-reset", "x-ratelimit-reset"].iter().find_map(|n| get(n).and_then(parse_reset))
+}
+
+/// Whether the answer says the quota is used up (`X-RateLimit-Remaining: 0` or `RateLimit-Remaining: 0`).
+pub fn quota_exhausted(headers: &reqwest::header::HeaderMap) -> bool {
+    ["ratelimit-remaining", "x-ratelimit-remaining"]
+        .iter()
+        .any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
+}
+
+fn parse_reset(value: &str) -> Option<Duration> {
+    let n: f64 = value.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    // Values past ~2001 in Unix seconds are a point in time, not a delay.
+    if n > 1e9 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+        Some(Duration::from_secs_f64((n - now).max(0.0)))
+    } else {
+        Some(Duration::from_secs_f64(n))
+    }
+}
+
 /// Parses `Retry-After` as seconds or an HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let v = value.trim();
@@ -87,6 +128,23 @@ mod tests {
         assert_eq!(next_delay(&schedule, 1, Some(Duration::from_secs(600))), Some(Duration::from_secs(600)));
         assert!(next_delay(&schedule, 1, Some(Duration::from_secs(1))).unwrap() >= Duration::from_secs(54));
         assert_eq!(next_delay(&schedule, 1, Some(Duration::from_secs(999_999))), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn reset_headers_read_as_delays_or_unix_times() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(requested_wait(&h), None);
+        h.insert("x-ratelimit-reset", "7".parse().unwrap());
+        assert_eq!(requested_wait(&h), Some(Duration::from_secs(7)));
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 30;
+        h.insert("x-ratelimit-reset", at.to_string().parse().unwrap());
+        let d = requested_wait(&h).unwrap();
+        assert!(d > Duration::from_secs(28) && d <= Duration::from_secs(30), "{d:?}");
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(requested_wait(&h), Some(Duration::from_secs(3)), "Retry-After wins");
+        assert!(!quota_exhausted(&h));
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        assert!(quota_exhausted(&h));
     }
 
     #[test]

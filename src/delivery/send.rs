@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 
-use super::retry::{classify_status, parse_retry_after, Verdict};
+use super::retry::{classify_status, quota_exhausted, requested_wait, Verdict};
 use crate::templates::RenderedRequest;
 
 pub const USER_AGENT: &str = concat!("lbx-relay/", env!("CARGO_PKG_VERSION"));
@@ -20,6 +20,8 @@ pub struct AttemptResult {
     pub duration: Duration,
     /// What went wrong, for `last_error` (the URL is never included: it may hold a token).
     pub error: Option<String>,
+    /// The CRM said its quota is used up: nothing more on this route for this long.
+    pub pause: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -52,11 +54,8 @@ impl HttpSender {
         match builder.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
+                let retry_after = requested_wait(resp.headers());
+                let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
                 let verdict = classify_status(status, retry_after);
                 let error = if matches!(verdict, Verdict::Delivered) {
                     None
@@ -69,7 +68,7 @@ impl HttpSender {
                         format!("HTTP {status}: {}", snippet.trim())
                     })
                 };
-                AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error }
+                AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error, pause }
             }
             Err(e) => {
                 let reason = if e.is_timeout() {
@@ -84,6 +83,7 @@ impl HttpSender {
                     verdict: Verdict::Retry { reason: reason.clone(), retry_after: None },
                     duration: started.elapsed(),
                     error: Some(reason),
+                    pause: None,
                 }
             }
         }

@@ -9,7 +9,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{next_delay, Verdict};
+use super::limits::Admission;
+use super::retry::{next_delay, throttle_delay, Verdict};
 use crate::app::Relay;
 use crate::event::{now_ms, Event};
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
@@ -39,7 +40,7 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
             }
             continue;
         }
-        let claimed = match relay.store.claim(free, lease_for(&relay)).await {
+        let claimed = match relay.store.claim(free, lease_for(&relay), relay.gates.closed_routes()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "claiming deliveries failed; retrying shortly");
@@ -57,9 +58,9 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
             let relay = relay.clone();
             in_flight.spawn(async move {
                 // The permit bounds outbound requests; recording the result need not hold it.
-                let settlement = attempt(&relay, c).await;
+                let outcome = attempt(&relay, c).await;
                 drop(permit);
-                settle(&relay, settlement).await;
+                finish(&relay, outcome).await;
             });
         }
     }
@@ -84,7 +85,9 @@ async fn idle(relay: &Relay, stop: &CancellationToken, next_due: Option<i64>) {
 /// Claims and processes every delivery due now, concurrently; returns how many were attempted.
 pub async fn run_once(relay: &Arc<Relay>) -> usize {
     let workers = relay.runtime().config.delivery.workers;
-    let Ok(claimed) = relay.store.claim(workers, lease_for(relay)).await else { return 0 };
+    let Ok(claimed) = relay.store.claim(workers, lease_for(relay), relay.gates.closed_routes()).await else {
+        return 0;
+    };
     let n = claimed.len();
     let mut set = JoinSet::new();
     for c in claimed {
@@ -97,13 +100,43 @@ pub async fn run_once(relay: &Arc<Relay>) -> usize {
 
 /// One attempt of one claimed delivery, settled in the store.
 async fn process(relay: &Relay, c: Claimed) {
-    let settlement = attempt(relay, c).await;
-    settle(relay, settlement).await;
+    let outcome = attempt(relay, c).await;
+    finish(relay, outcome).await;
 }
 
-/// Renders and sends one claimed delivery; returns what to record.
-async fn attempt(relay: &Relay, c: Claimed) -> Settlement {
+/// What became of a claimed delivery.
+enum Outcome {
+    /// It was attempted: record the attempt.
+    Attempted(Settlement),
+    /// Its route had no room (rate limit, concurrency, pause): back to the queue, no attempt.
+    Deferred { delivery_id: String, lease_token: String, at: i64 },
+}
+
+async fn finish(relay: &Relay, outcome: Outcome) {
+    match outcome {
+        Outcome::Attempted(s) => settle(relay, s).await,
+        Outcome::Deferred { delivery_id, lease_token, at } => {
+            if let Err(e) = relay.store.defer(delivery_id.clone(), lease_token, at).await {
+                tracing::warn!(delivery = %delivery_id, error = %e, "could not hand a paced delivery back; its lease will expire");
+            }
+        }
+    }
+}
+
+/// Waits for the route's turn, renders and sends one claimed delivery; returns what to record.
+async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
     let rt = relay.runtime();
+    let gate = rt.config.route(&c.route).map(|route| relay.gates.gate(route));
+    let _permit = match &gate {
+        None => None,
+        Some(gate) => match gate.admit().await {
+            Admission::Go(permit) => permit,
+            Admission::Later(at) => {
+                tracing::debug!(delivery = %c.delivery_id, route = %c.route, "route paced; handed back to the queue");
+                return Outcome::Deferred { delivery_id: c.delivery_id, lease_token: c.lease_token, at };
+            }
+        },
+    };
     let started_at = now_ms();
     let (verdict, status, error, duration, schedule) = match rt.config.route(&c.route) {
         None => {
@@ -128,6 +161,9 @@ async fn attempt(relay: &Relay, c: Claimed) -> Settlement {
                 }
                 Ok(req) => {
                     let r = relay.sender.send(&req, route.retry.timeout, &c.delivery_id).await;
+                    if let (Some(pause), Some(gate)) = (r.pause, &gate) {
+                        gate.pause_until(now_ms() + pause.as_millis() as i64);
+                    }
                     (r.verdict, r.status, r.error, r.duration, route.retry.schedule.clone())
                 }
             }
@@ -136,6 +172,14 @@ async fn attempt(relay: &Relay, c: Claimed) -> Settlement {
     let next = match &verdict {
         Verdict::Delivered => Next::Delivered,
         Verdict::Fail { .. } => Next::Failed,
+        // Rate limited: wait as asked, but never give up because of it.
+        Verdict::Retry { retry_after, .. } if status == Some(429) => {
+            let at = now_ms() + throttle_delay(&schedule, c.tries, *retry_after).as_millis() as i64;
+            if let Some(gate) = &gate {
+                gate.pause_until(at);
+            }
+            Next::ThrottledUntil(at)
+        }
         Verdict::Retry { retry_after, .. } => match next_delay(&schedule, c.tries + 1, *retry_after) {
             Some(d) => Next::RetryAt(now_ms() + d.as_millis() as i64),
             None => Next::Failed,
@@ -168,12 +212,12 @@ async fn attempt(relay: &Relay, c: Claimed) -> Settlement {
         reason = reason,
         "delivery attempt"
     );
-    Settlement {
+    Outcome::Attempted(Settlement {
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
         attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error },
         next,
-    }
+    })
 }
 
 /// Records an attempt; the lease keeps anyone else off the delivery until this commits.

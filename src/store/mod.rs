@@ -40,8 +40,16 @@ pub struct NewEvent {
     pub received_at: i64,
     /// The dedup key is honoured until then (Unix ms).
     pub dedup_until: i64,
-    /// (delivery id, route name) per matched route; empty → the event is stored as `unrouted`.
-    pub deliveries: Vec<(String, String)>,
+    /// One per matched route; empty → the event is stored as `unrouted`.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub route: String,
+    /// Deliveries of one route sharing this key go out one at a time, in arrival order.
+    pub order_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +109,11 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     Delivered,
+    /// Try again at this time (Unix ms); the attempt used a step of the schedule.
     RetryAt(i64),
+    /// The CRM asked to slow down (429): try again at this time without using a step of the
+    /// schedule, so rate limiting never turns into a permanent failure.
+    ThrottledUntil(i64),
     Failed,
 }
 
@@ -110,7 +122,18 @@ impl Next {
         match self {
             Next::Delivered => "delivered",
             Next::RetryAt(_) => "retry",
+            Next::ThrottledUntil(_) => "throttled",
             Next::Failed => "failed",
+        }
+    }
+
+    /// (status, next_attempt_at, schedule steps used) as the stores record them.
+    pub fn columns(self) -> (&'static str, Option<i64>, i32) {
+        match self {
+            Next::Delivered => ("delivered", None, 1),
+            Next::RetryAt(at) => ("pending", Some(at), 1),
+            Next::ThrottledUntil(at) => ("pending", Some(at), 0),
+            Next::Failed => ("failed", None, 1),
         }
     }
 }
@@ -224,9 +247,20 @@ impl Store {
         dispatch!(self, s => s.quarantine(item, max_items).await)
     }
 
-    /// Leases up to `limit` due deliveries for `lease`.
-    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
-        dispatch!(self, s => s.claim(limit, lease).await)
+    /// Leases up to `limit` due deliveries for `lease`, none of `skip_routes` (paused by their
+    /// rate limit or concurrency), and of ordered routes only the oldest pending delivery per key.
+    pub async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        skip_routes: Vec<String>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        dispatch!(self, s => s.claim(limit, lease, skip_routes).await)
+    }
+
+    /// Gives a claimed delivery back, due at `at` (Unix ms), without counting an attempt.
+    pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.defer(delivery_id, lease_token, at).await)
     }
 
     /// Records an attempt and the delivery's next state; `false` when the lease was lost.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Gauges, IngestOutcome, NewEvent, NewQuarantined,
-    Next, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -23,7 +23,8 @@ const CHANNEL: &str = "lbx_relay_work";
 /// Serializes migrations of replicas starting at once.
 const MIGRATION_LOCK: i64 = 0x6c62_7872_656c_6179; // "lbxrelay"
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id          TEXT PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -78,7 +79,12 @@ CREATE TABLE quarantine (
     body        BYTEA NOT NULL,
     reason      TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE deliveries ADD COLUMN order_key TEXT, ADD COLUMN seq BIGSERIAL;
+CREATE INDEX deliveries_order ON deliveries(route, order_key, seq) WHERE order_key IS NOT NULL AND status = 'pending';
+"#,
+];
 
 /// Pool and timeout settings from `[store]`.
 #[derive(Debug, Clone)]
@@ -211,7 +217,12 @@ impl PgStore {
         Ok(if n == 1 { QuarantineOutcome::Stored } else { QuarantineOutcome::Full })
     }
 
-    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+    pub async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        skip_routes: Vec<String>,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let client = self.pool.get().await?;
         let now = now_ms();
         let token = crate::event::new_id();
@@ -220,13 +231,18 @@ impl PgStore {
             .query(
                 "UPDATE deliveries SET lease_token = $1, lease_until = $2
                  WHERE id IN (
-                    SELECT id FROM deliveries
+                    SELECT id FROM deliveries d
                     WHERE status = 'pending' AND next_attempt_at <= $3
                       AND (lease_until IS NULL OR lease_until <= $3)
+                      AND route <> ALL($5)
+                      AND (order_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM deliveries h
+                            WHERE h.route = d.route AND h.order_key = d.order_key
+                              AND h.status = 'pending' AND h.seq < d.seq))
                     ORDER BY next_attempt_at, id LIMIT $4
                     FOR UPDATE SKIP LOCKED)
                  RETURNING id, event_id, route, tries, attempts",
-                &[&token, &until, &now, &(limit as i64)],
+                &[&token, &until, &now, &(limit as i64), &skip_routes],
             )
             .await?;
         if rows.is_empty() {
@@ -262,6 +278,18 @@ impl PgStore {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.batches.send(Job::Settle(settlement, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE deliveries SET next_attempt_at = $1, lease_token = NULL, lease_until = NULL
+                 WHERE id = $2 AND lease_token = $3",
+                &[&at, &delivery_id, &lease_token],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -629,22 +657,27 @@ async fn write_batch(
             ],
         )
         .await?;
-        let (mut d_ids, mut d_events, mut d_routes, mut d_at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut d_ids, mut d_events, mut d_routes, mut d_at, mut d_keys) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for &i in &stored {
             outcomes[i] = IngestOutcome::Stored;
-            for (id, route) in &evs[i].deliveries {
-                d_ids.push(id.as_str());
+            for d in &evs[i].deliveries {
+                d_ids.push(d.id.as_str());
                 d_events.push(evs[i].id.as_str());
-                d_routes.push(route.as_str());
+                d_routes.push(d.route.as_str());
                 d_at.push(evs[i].received_at);
+                d_keys.push(d.order_key.as_deref());
             }
         }
         if !d_ids.is_empty() {
+            // WITH ORDINALITY keeps arrival order in `seq`, which per-key ordering relies on.
             tx.execute(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at)
-                 SELECT id, event_id, route, 'pending', at, at, at
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS d(id, event_id, route, at)",
-                &[&d_ids, &d_events, &d_routes, &d_at],
+                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key)
+                 SELECT id, event_id, route, 'pending', at, at, at, order_key
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                    WITH ORDINALITY AS d(id, event_id, route, at, order_key, n)
+                 ORDER BY n",
+                &[&d_ids, &d_events, &d_routes, &d_at, &d_keys],
             )
             .await?;
         }
@@ -655,28 +688,21 @@ async fn write_batch(
     if !sts.is_empty() {
         let ids: Vec<&str> = sts.iter().map(|s| s.delivery_id.as_str()).collect();
         let tokens: Vec<&str> = sts.iter().map(|s| s.lease_token.as_str()).collect();
-        let statuses: Vec<&str> = sts
-            .iter()
-            .map(|s| match s.next {
-                Next::Delivered => "delivered",
-                Next::RetryAt(_) => "pending",
-                Next::Failed => "failed",
-            })
-            .collect();
-        let next_at: Vec<Option<i64>> =
-            sts.iter().map(|s| if let Next::RetryAt(at) = s.next { Some(at) } else { None }).collect();
+        let statuses: Vec<&str> = sts.iter().map(|s| s.next.columns().0).collect();
+        let next_at: Vec<Option<i64>> = sts.iter().map(|s| s.next.columns().1).collect();
+        let steps_used: Vec<i32> = sts.iter().map(|s| s.next.columns().2).collect();
         let last_status: Vec<Option<i32>> = sts.iter().map(|s| opt_i32(s.attempt.status)).collect();
         let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
         let updated: HashMap<String, i32> = tx
             .query(
                 "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
-                    tries = d.tries + 1, lease_token = NULL, lease_until = NULL,
+                    tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
                     last_status = u.last_status, last_error = u.last_error, updated_at = $7
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[])
-                    AS u(id, token, status, next_at, last_status, last_error)
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[])
+                    AS u(id, token, status, next_at, last_status, last_error, used)
                  WHERE d.id = u.id AND d.lease_token = u.token
                  RETURNING d.id, d.attempts",
-                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now],
+                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now, &steps_used],
             )
             .await?
             .iter()

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Gauges, IngestOutcome, NewEvent, NewQuarantined,
-    Next, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -33,7 +33,8 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id          TEXT PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -87,7 +88,12 @@ CREATE TABLE quarantine (
     body        BLOB NOT NULL,
     reason      TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE deliveries ADD COLUMN order_key TEXT;
+CREATE INDEX deliveries_order ON deliveries(route, order_key) WHERE order_key IS NOT NULL AND status = 'pending';
+"#,
+];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -173,11 +179,11 @@ impl SqliteStore {
             )?
             .execute(params![ev.id, ev.source, ev.key, ev.kind, status, ev.payload, ev.received_at])?;
             let mut insert = c.prepare_cached(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4, ?5)",
             )?;
-            for (id, route) in &ev.deliveries {
-                insert.execute(params![id, ev.id, route, ev.received_at])?;
+            for d in &ev.deliveries {
+                insert.execute(params![d.id, ev.id, d.route, ev.received_at, d.order_key])?;
             }
             Ok(IngestOutcome::Stored)
         })
@@ -199,8 +205,14 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+    pub async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        skip_routes: Vec<String>,
+    ) -> Result<Vec<Claimed>, StoreError> {
         self.call(move |c| {
+            let skip = serde_json::to_string(&skip_routes).unwrap_or_else(|_| "[]".into());
             let now = now_ms();
             let token = crate::event::new_id();
             let until = now + lease.as_millis() as i64;
@@ -208,13 +220,18 @@ impl SqliteStore {
                 .prepare_cached(
                     "UPDATE deliveries SET lease_token = ?1, lease_until = ?2
                      WHERE id IN (
-                        SELECT id FROM deliveries
+                        SELECT id FROM deliveries d
                         WHERE status = 'pending' AND next_attempt_at <= ?3
                           AND (lease_until IS NULL OR lease_until <= ?3)
+                          AND route NOT IN (SELECT value FROM json_each(?5))
+                          AND (order_key IS NULL OR NOT EXISTS (
+                                SELECT 1 FROM deliveries h
+                                WHERE h.route = d.route AND h.order_key = d.order_key
+                                  AND h.status = 'pending' AND h.rowid < d.rowid))
                         ORDER BY next_attempt_at, id LIMIT ?4)
                      RETURNING id, event_id, route, tries, attempts",
                 )?
-                .query_map(params![token, until, now, limit as i64], |r| {
+                .query_map(params![token, until, now, limit as i64, skip], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -234,15 +251,11 @@ impl SqliteStore {
     pub async fn settle(&self, s: Settlement) -> Result<bool, StoreError> {
         self.call(move |c| {
             let now = now_ms();
-            let (status, next_at) = match s.next {
-                Next::Delivered => ("delivered", None),
-                Next::RetryAt(at) => ("pending", Some(at)),
-                Next::Failed => ("failed", None),
-            };
+            let (status, next_at, try_used) = s.next.columns();
             let changed = c
                 .prepare_cached(
                     "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, attempts = attempts + 1,
-                        tries = tries + 1, lease_token = NULL, lease_until = NULL,
+                        tries = tries + ?8, lease_token = NULL, lease_until = NULL,
                         last_status = ?3, last_error = ?4, updated_at = ?5
                      WHERE id = ?6 AND lease_token = ?7",
                 )?
@@ -253,7 +266,8 @@ impl SqliteStore {
                     s.attempt.error,
                     now,
                     s.delivery_id,
-                    s.lease_token
+                    s.lease_token,
+                    try_used
                 ])?;
             let outcome = if changed == 1 { s.next.label() } else { "lease_lost" };
             c.prepare_cached(
@@ -268,6 +282,21 @@ impl SqliteStore {
                 s.attempt.error,
                 outcome
             ])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    /// Gives a claimed delivery back, due at `at`, without counting an attempt (a route's rate
+    /// limit or concurrency is full). `false` when the lease was lost.
+    pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE deliveries SET next_attempt_at = ?1, lease_token = NULL, lease_until = NULL
+                     WHERE id = ?2 AND lease_token = ?3",
+                )?
+                .execute(params![at, delivery_id, lease_token])?;
             Ok(changed == 1)
         })
         .await
@@ -575,7 +604,10 @@ mod tests {
             payload: "{}".into(),
             received_at: at,
             dedup_until: at + 1000,
-            deliveries: routes.iter().map(|r| (format!("{id}-{r}"), r.to_string())).collect(),
+            deliveries: routes
+                .iter()
+                .map(|r| crate::store::NewDelivery { id: format!("{id}-{r}"), route: r.to_string(), order_key: None })
+                .collect(),
         }
     }
 

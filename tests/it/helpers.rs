@@ -48,6 +48,12 @@ struct CrmState {
     delay: Mutex<Duration>,
     /// Answer 500 to every n-th request (0: never).
     fail_every: std::sync::atomic::AtomicUsize,
+    /// `Retry-After` value sent with 429 answers.
+    retry_after: Mutex<Option<String>>,
+    /// Wait a random time up to `delay` instead of exactly `delay`.
+    jitter: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// A loopback HTTP server standing in for a CRM.
@@ -94,6 +100,22 @@ impl FakeCrm {
         *self.state.delay.lock().unwrap() = d;
     }
 
+    /// Waits a random time up to `d` before each answer.
+    pub fn jitter(&self, d: Duration) {
+        self.delay(d);
+        self.state.jitter.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sends `Retry-After: value` with every 429.
+    pub fn retry_after(&self, value: &str) {
+        *self.state.retry_after.lock().unwrap() = Some(value.to_string());
+    }
+
+    /// Most requests it was answering at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }
@@ -122,12 +144,24 @@ async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::By
         });
         status
     };
-    let delay = *state.delay.lock().unwrap();
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = state.in_flight.fetch_add(1, SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, SeqCst);
+    let mut delay = *state.delay.lock().unwrap();
+    if state.jitter.load(SeqCst) {
+        delay = delay.mul_f64(rand::random::<f64>());
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-        .json(serde_json::json!({"status": status}))
+    state.in_flight.fetch_sub(1, SeqCst);
+    let mut answer = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+    if status == 429 {
+        if let Some(ra) = state.retry_after.lock().unwrap().clone() {
+            answer.insert_header(("Retry-After", ra));
+        }
+    }
+    answer.json(serde_json::json!({"status": status}))
 }
 
 /// Knobs of the generated routes.toml.
@@ -151,6 +185,8 @@ pub struct TestConfig {
     pub retention: &'static str,
     /// `[store] url`; SQLite in the test directory when `None`.
     pub store_url: Option<String>,
+    /// Extra lines for the `crm` route (rate_limit, concurrency, order_by, …).
+    pub route_extra: &'static str,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -170,6 +206,7 @@ impl Default for TestConfig {
             source_extra: "",
             retention: "30days",
             store_url: None,
+            route_extra: "",
         }
     }
 }
@@ -212,7 +249,9 @@ events = {events}
 template = "crm.json.hbs"
 url = "{crm_url}/contacts"
 headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
+{route_extra}
 "#,
+            route_extra = self.route_extra,
             max_body = self.max_body,
             quarantine_max = self.quarantine_max,
             schedule = schedule.join(", "),

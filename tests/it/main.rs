@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod ingest;
 mod lifecycle;
+mod pacing;
 mod scale_out;
 mod store_contract;
 mod vectors;

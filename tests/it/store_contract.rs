@@ -7,7 +7,8 @@ use std::time::Duration;
 use lbx_relay::config::{StoreBackend, StoreConfig};
 use lbx_relay::event::now_ms;
 use lbx_relay::store::{
-    AttemptRecord, DeliveryFilter, IngestOutcome, NewEvent, NewQuarantined, Next, QuarantineOutcome, Settlement, Store,
+    AttemptRecord, DeliveryFilter, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next, QuarantineOutcome,
+    Settlement, Store,
 };
 use secrecy::SecretString;
 
@@ -32,8 +33,17 @@ fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
         payload: r#"{"a":1}"#.into(),
         received_at: at,
         dedup_until: at + 1000,
-        deliveries: routes.iter().map(|r| (format!("{id}-{r}"), r.to_string())).collect(),
+        deliveries: routes
+            .iter()
+            .map(|r| NewDelivery { id: format!("{id}-{r}"), route: r.to_string(), order_key: None })
+            .collect(),
     }
+}
+
+fn keyed(id: &str, route: &str, key: &str) -> NewEvent {
+    let mut e = event(id, id, now_ms() - 10, &[]);
+    e.deliveries = vec![NewDelivery { id: format!("{id}-{route}"), route: route.into(), order_key: Some(key.into()) }];
+    e
 }
 
 fn attempt(status: u16) -> AttemptRecord {
@@ -77,6 +87,8 @@ contract!(
     the_quarantine_is_bounded,
     purge_keeps_what_is_not_delivered,
     an_event_is_listed_with_its_deliveries_and_attempts,
+    only_the_oldest_pending_delivery_of_a_key_is_claimable,
+    paced_routes_are_skipped_and_deferrals_cost_no_attempt,
 );
 
 async fn dedup_keys_hold_within_their_window_only(s: Store) {
@@ -88,12 +100,12 @@ async fn dedup_keys_hold_within_their_window_only(s: Store) {
 
 async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["r"])).await.unwrap();
-    let first = s.claim(10, Duration::from_millis(100)).await.unwrap();
+    let first = s.claim(10, Duration::from_millis(100), vec![]).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].event.payload, r#"{"a":1}"#);
-    assert!(s.claim(10, Duration::from_millis(100)).await.unwrap().is_empty(), "leased: not claimable");
+    assert!(s.claim(10, Duration::from_millis(100), vec![]).await.unwrap().is_empty(), "leased: not claimable");
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let second = s.claim(10, Duration::from_secs(30)).await.unwrap();
+    let second = s.claim(10, Duration::from_secs(30), vec![]).await.unwrap();
     assert_eq!(second.len(), 1, "the expired lease put it back");
     let stale = Settlement {
         delivery_id: first[0].delivery_id.clone(),
@@ -113,7 +125,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
     assert_eq!(rows[0].status, "pending");
     assert_eq!(rows[0].attempts, 1);
     assert_eq!(rows[0].last_status, Some(503));
-    assert!(s.claim(10, Duration::from_secs(1)).await.unwrap().is_empty(), "not due yet");
+    assert!(s.claim(10, Duration::from_secs(1), vec![]).await.unwrap().is_empty(), "not due yet");
     assert!(s.next_due().await.unwrap().unwrap() > now_ms() + 50_000);
 }
 
@@ -128,7 +140,7 @@ async fn concurrent_claimers_never_get_the_same_delivery(s: Store) {
         tasks.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let batch = s.claim(7, Duration::from_secs(60)).await.unwrap();
+                let batch = s.claim(7, Duration::from_secs(60), vec![]).await.unwrap();
                 if batch.is_empty() {
                     break mine;
                 }
@@ -149,7 +161,7 @@ async fn concurrent_claimers_never_get_the_same_delivery(s: Store) {
 
 async fn retries_make_deliveries_due_again(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a", "b"])).await.unwrap();
-    for c in s.claim(10, Duration::from_secs(60)).await.unwrap() {
+    for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = Next::Failed;
         s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(422), next })
             .await
@@ -161,7 +173,7 @@ async fn retries_make_deliveries_due_again(s: Store) {
     assert!(!s.retry_delivery("nope").await.unwrap());
     assert_eq!(s.retry_deliveries("failed", Some("b")).await.unwrap(), 1);
     assert!(s.list_deliveries(failed).await.unwrap().is_empty());
-    let claimed = s.claim(10, Duration::from_secs(60)).await.unwrap();
+    let claimed = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|c| c.tries == 0 && c.attempts == 1), "fresh schedule, history kept");
     assert_eq!(s.gauges().await.unwrap().queue_depth, 2);
@@ -194,7 +206,7 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
     s.ingest(event("done", "k1", old, &["a"])).await.unwrap();
     s.ingest(event("open", "k2", old, &["a"])).await.unwrap();
     s.ingest(event("none", "k3", old, &[])).await.unwrap();
-    for c in s.claim(10, Duration::from_secs(60)).await.unwrap() {
+    for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = if c.event.id == "done" { Next::Delivered } else { Next::RetryAt(now_ms() + 60_000) };
         s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(200), next })
             .await
@@ -206,10 +218,68 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
     assert!(s.event_detail("done").await.unwrap().is_none());
 }
 
+async fn only_the_oldest_pending_delivery_of_a_key_is_claimable(s: Store) {
+    for (id, key) in [("a1", "alice"), ("b1", "bob"), ("a2", "alice"), ("a3", "alice"), ("b2", "bob")] {
+        s.ingest(keyed(id, "crm", key)).await.unwrap();
+    }
+    s.ingest(event("free", "free", now_ms() - 10, &["crm"])).await.unwrap();
+    let ids = |v: &[lbx_relay::store::Claimed]| v.iter().map(|c| c.event.id.clone()).collect::<HashSet<_>>();
+    let first = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    assert_eq!(ids(&first), ["a1", "b1", "free"].map(String::from).into(), "one head per key, unkeyed free");
+    assert!(s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().is_empty(), "heads in flight block their keys");
+    // a1 delivered → a2 is next; b1 retried later → bob stays blocked; nothing else moves.
+    for c in first {
+        let next = match c.event.id.as_str() {
+            "b1" => Next::RetryAt(now_ms() + 60_000),
+            _ => Next::Delivered,
+        };
+        s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(200), next })
+            .await
+            .unwrap();
+    }
+    let second = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    assert_eq!(ids(&second), ["a2"].map(String::from).into(), "a failing head blocks only its own key");
+    // A dead-lettered head no longer blocks: a3 follows once a2 failed for good.
+    let c = second.into_iter().next().unwrap();
+    s.settle(Settlement {
+        delivery_id: c.delivery_id,
+        lease_token: c.lease_token,
+        attempt: attempt(422),
+        next: Next::Failed,
+    })
+    .await
+    .unwrap();
+    let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    assert_eq!(ids(&third), ["a3"].map(String::from).into());
+}
+
+async fn paced_routes_are_skipped_and_deferrals_cost_no_attempt(s: Store) {
+    s.ingest(event("e1", "k1", now_ms() - 10, &["slow", "fast"])).await.unwrap();
+    let claimed = s.claim(10, Duration::from_secs(60), vec!["slow".into()]).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.route.as_str()).collect::<Vec<_>>(), vec!["fast"]);
+    let c = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    assert_eq!(c.route, "slow");
+    assert!(s.defer(c.delivery_id.clone(), c.lease_token.clone(), now_ms() - 1).await.unwrap());
+    assert!(!s.defer(c.delivery_id.clone(), c.lease_token, now_ms()).await.unwrap(), "the lease is gone");
+    let again = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    assert_eq!((again.attempts, again.tries), (0, 0), "a deferral is not an attempt");
+    // A throttled attempt is recorded but keeps the schedule position.
+    s.settle(Settlement {
+        delivery_id: again.delivery_id,
+        lease_token: again.lease_token,
+        attempt: attempt(429),
+        next: Next::ThrottledUntil(now_ms() - 1),
+    })
+    .await
+    .unwrap();
+    let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    assert_eq!((third.attempts, third.tries), (1, 0));
+}
+
 async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a"])).await.unwrap();
     s.ingest(event("e2", "k2", now_ms() - 10, &[])).await.unwrap();
-    let c = s.claim(1, Duration::from_secs(60)).await.unwrap().remove(0);
+    let c = s.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     s.settle(Settlement {
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
