@@ -94,9 +94,13 @@ pub enum Command {
         config: ConfigArg,
         #[arg(long)]
         route: String,
-        /// Print {"method","url","headers","body"} as JSON.
+        /// Print {"method","url","headers","body"} as JSON (for a multi-step route, {"steps": [...]}).
         #[arg(long)]
         json: bool,
+        /// Multi-step routes: a JSON file of earlier steps' answers, e.g.
+        /// {"search": {"status": 200, "body": {...}}}, to see which branch is taken.
+        #[arg(long)]
+        answers: Option<String>,
         event_file: String,
     },
     /// Load-test a relay: unique encrypted events, ack latency, delivery latency, memory.
@@ -189,7 +193,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Check(c) => check(&c.config),
             Command::Decrypt { secret, iv, file } => decrypt(&secret, iv.as_deref(), &file),
             Command::Encrypt { secret, envelope, key_form, file } => encrypt(&secret, &envelope, &key_form, &file),
-            Command::Render { config, route, json, event_file } => render(&config.config, &route, &event_file, json),
+            Command::Render { config, route, json, answers, event_file } => {
+                render(&config.config, &route, &event_file, answers.as_deref(), json)
+            }
             Command::Bench(args) => bench(args).await,
             Command::BaselineServer { listen } => {
                 crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
@@ -288,11 +294,17 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let samples = sample_events(&rt.config.dir)?;
     let mut rendered = 0;
     let mut exercised = std::collections::HashSet::new();
+    // Every step is rendered (earlier answers unknown: `steps.*` reads as empty), so each
+    // template and URL is exercised whatever branch a real delivery takes.
     let mut render_one = |route: &crate::config::RouteConfig, event: &Event, name: &str, problems: &mut Vec<String>| {
         let ctx = TemplateContext::new(event, &route.vars, "check");
-        match rt.templates.render(route, &ctx) {
-            Ok(_) => rendered += 1,
-            Err(e) => problems.push(format!("{}: {e} (with {name})", route.template.display())),
+        for (i, step) in route.steps.iter().enumerate() {
+            let file = step.template.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| route.name.clone());
+            let what = if route.is_multi_step() { format!(" step {}", step.name) } else { String::new() };
+            match rt.templates.render_step(route, i, &ctx) {
+                Ok(_) => rendered += 1,
+                Err(e) => problems.push(format!("{file}: {e}{what} (with {name})")),
+            }
         }
     };
     for (name, sample) in &samples {
@@ -367,7 +379,13 @@ fn encrypt(secret: &SecretArg, envelope: &str, key_form: &str, file: &str) -> an
     Ok(ExitCode::SUCCESS)
 }
 
-fn render(path: &Path, route_name: &str, event_file: &str, json: bool) -> anyhow::Result<ExitCode> {
+fn render(
+    path: &Path,
+    route_name: &str,
+    event_file: &str,
+    answers: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let route = rt.config.route(route_name).ok_or_else(|| {
         let names: Vec<&str> = rt.config.routes.iter().map(|r| r.name.as_str()).collect();
@@ -376,34 +394,59 @@ fn render(path: &Path, route_name: &str, event_file: &str, json: bool) -> anyhow
     let value: serde_json::Value =
         serde_json::from_slice(&read_input(event_file)?).with_context(|| format!("{event_file}: not valid JSON"))?;
     let event = event_from_json(&rt, value)?;
-    let ctx = TemplateContext::new(&event, &route.vars, "render-preview");
+    let answers: serde_json::Value = match answers {
+        Some(file) => serde_json::from_slice(&std::fs::read(file).with_context(|| format!("reading {file}"))?)
+            .with_context(|| format!("{file}: not valid JSON"))?,
+        None => serde_json::json!({}),
+    };
+    let ctx = TemplateContext::new(&event, &route.vars, "render-preview").with_steps(&answers);
     if !rt.templates.condition_holds(route, &ctx)? {
         eprintln!("note: the route's `when` condition is false for this event; it would not be sent");
     }
-    let req = rt.templates.render(route, &ctx)?;
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| (h.name.clone(), if h.from_env { "***".to_string() } else { h.value.expose_secret().to_string() }))
-        .collect();
-    if json {
-        let body =
-            serde_json::from_str::<serde_json::Value>(&req.body).unwrap_or(serde_json::Value::String(req.body.clone()));
-        let headers: serde_json::Map<String, serde_json::Value> =
-            headers.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "method": req.method.as_str(), "url": req.url, "headers": headers, "body": body
-            }))?
-        );
-    } else {
+    let mut shown = Vec::new();
+    for (i, step) in route.steps.iter().enumerate() {
+        let applies = rt.templates.step_applies(route, i, &ctx)?;
+        let req = rt.templates.render_step(route, i, &ctx)?;
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers
+            .iter()
+            .map(|h| {
+                let v = if h.from_env { "***".to_string() } else { h.value.expose_secret().to_string() };
+                (h.name.clone(), serde_json::Value::String(v))
+            })
+            .collect();
+        let body = if req.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str::<serde_json::Value>(&req.body).unwrap_or(serde_json::Value::String(req.body.clone()))
+        };
+        let mut one =
+            serde_json::json!({"method": req.method.as_str(), "url": req.url, "headers": headers, "body": body});
+        if route.is_multi_step() {
+            one["step"] = step.name.clone().into();
+            one["sent"] = applies.into();
+        }
+        if json {
+            shown.push(one);
+            continue;
+        }
+        if route.is_multi_step() {
+            let note = if applies { "" } else { "  (skipped: its `when` is false with these answers)" };
+            println!("# step {}{note}", step.name);
+        }
         println!("{} {}", req.method, req.url);
-        for (k, v) in headers {
-            println!("{k}: {v}");
+        for (k, v) in &headers {
+            println!("{k}: {}", v.as_str().unwrap_or_default());
         }
         println!();
         println!("{}", req.body);
+        if route.is_multi_step() {
+            println!();
+        }
+    }
+    if json {
+        let out = if route.is_multi_step() { serde_json::json!({ "steps": shown }) } else { shown.remove(0) };
+        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)
 }

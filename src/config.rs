@@ -124,10 +124,6 @@ pub struct RouteConfig {
     pub name: String,
     pub events: Vec<String>,
     pub when: Option<String>,
-    pub template: PathBuf,
-    pub url: String,
-    pub method: reqwest::Method,
-    pub headers: Vec<HeaderSpec>,
     pub vars: BTreeMap<String, String>,
     pub retry: RetryPolicy,
     /// At most this many requests per window (`rate_limit = "100/10s"`).
@@ -136,6 +132,36 @@ pub struct RouteConfig {
     pub concurrency: Option<usize>,
     /// Deliveries sharing the rendered key go out one at a time, in arrival order.
     pub order_by: Option<String>,
+    /// The requests one delivery makes, in order: one for a plain route (`url` + `template`), or
+    /// the route's `[[routes.steps]]`.
+    pub steps: Vec<StepConfig>,
+}
+
+/// One request of a route. A plain route has one, named `request`.
+#[derive(Debug, Clone)]
+pub struct StepConfig {
+    pub name: String,
+    /// Sent only when this renders true (steps of a multi-step route).
+    pub when: Option<String>,
+    /// The body template; no body without one.
+    pub template: Option<PathBuf>,
+    pub url: String,
+    pub method: reqwest::Method,
+    /// The route's headers, then the step's own (a step's header replaces the route's).
+    pub headers: Vec<HeaderSpec>,
+    /// Non-2xx statuses that are an answer to branch on (`steps.NAME.status`), not a failure.
+    pub accept: Vec<u16>,
+}
+
+impl RouteConfig {
+    /// The first step: the whole request of a plain route.
+    pub fn first(&self) -> &StepConfig {
+        &self.steps[0]
+    }
+
+    pub fn is_multi_step(&self) -> bool {
+        self.steps.len() > 1 || self.steps.first().is_some_and(|s| s.when.is_some())
+    }
 }
 
 /// `rate_limit = "COUNT/WINDOW"`: at most `count` requests in any `window`.
@@ -437,10 +463,12 @@ struct RawRoute {
     events: Vec<String>,
     #[serde(default)]
     when: Option<String>,
-    template: String,
-    url: String,
-    #[serde(default = "default_method")]
-    method: String,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
@@ -455,6 +483,25 @@ struct RawRoute {
     concurrency: Option<usize>,
     #[serde(default)]
     order_by: Option<String>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    url: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    accept: Vec<u16>,
 }
 
 /// `auth = { type = "basic", username = "…", password = "…" }` or `{ type = "bearer", token = "…" }`:
@@ -464,10 +511,6 @@ struct RawRoute {
 enum RawAuth {
     Basic { username: String, password: String },
     Bearer { token: String },
-}
-
-fn default_method() -> String {
-    "POST".into()
 }
 
 // ---- validation --------------------------------------------------------------------------------
@@ -593,30 +636,9 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 problem(&format!("{at}.events"), format!("{g:?} is not a valid glob: {e}"));
             }
         }
-        let method = match reqwest::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()) {
-            Ok(m) => m,
-            Err(_) => {
-                problem(&format!("{at}.method"), format!("{:?} is not an HTTP method", r.method));
-                reqwest::Method::POST
-            }
-        };
-        if !r.url.contains("{{") && reqwest::Url::parse(&r.url).is_err() {
-            problem(&format!("{at}.url"), format!("{:?} is not an absolute http(s) URL", r.url));
-        } else if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-            problem(&format!("{at}.url"), "must start with http:// or https://".into());
-        }
-        let raw_headers = uninterpolated.routes.get(i).map(|u| &u.headers).cloned().unwrap_or_default();
-        let mut headers = Vec::new();
-        for (name, value) in r.headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                problem(&format!("{at}.headers"), format!("{name:?} is not a valid header name"));
-            }
-            if reqwest::header::HeaderValue::from_str(&value).is_err() {
-                problem(&format!("{at}.headers.{name}"), "the value is not a valid header value".into());
-            }
-            let from_env = raw_headers.get(&name).is_some_and(|v| has_var(v));
-            headers.push(HeaderSpec { name, value: SecretString::from(value), from_env });
-        }
+        let uninterpolated_route = uninterpolated.routes.get(i);
+        let raw_headers = uninterpolated_route.map(|u| &u.headers).cloned().unwrap_or_default();
+        let mut headers = header_specs(&r.headers, &raw_headers, &at, &mut problem);
         if let Some(auth) = &r.auth {
             if headers.iter().any(|h| h.name.eq_ignore_ascii_case("authorization")) {
                 problem(&format!("{at}.auth"), "set either auth or an Authorization header, not both".into());
@@ -641,14 +663,70 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         if r.concurrency == Some(0) {
             problem(&format!("{at}.concurrency"), "must be at least 1".into());
         }
-        let template = {
-            let p = PathBuf::from(&r.template);
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
             if p.is_absolute() {
                 p
             } else {
                 dir.join(p)
             }
         };
+        let mut steps = Vec::new();
+        if r.steps.is_empty() {
+            let (Some(url), Some(template)) = (&r.url, &r.template) else {
+                problem(&at, "a route needs `url` and `template`, or `[[routes.steps]]`".into());
+                continue;
+            };
+            steps.push(StepConfig {
+                name: "request".into(),
+                when: None,
+                template: Some(resolve(template)),
+                url: check_url(url, &format!("{at}.url"), &mut problem),
+                method: method(r.method.as_deref(), &format!("{at}.method"), &mut problem),
+                headers: headers.clone(),
+                accept: Vec::new(),
+            });
+        } else {
+            for key in [("url", r.url.is_some()), ("template", r.template.is_some()), ("method", r.method.is_some())] {
+                if key.1 {
+                    problem(&format!("{at}.{}", key.0), "set it on each of the route's steps instead".into());
+                }
+            }
+            let mut names = std::collections::HashSet::new();
+            for (j, st) in r.steps.iter().enumerate() {
+                let sat = format!("{at}.steps[{j}] ({})", st.name);
+                if !valid_name(&st.name) || st.name.contains('.') || st.name.contains('-') {
+                    problem(
+                        &sat,
+                        "step names may use letters, digits and '_' only (they are used as steps.NAME)".into(),
+                    );
+                }
+                if !names.insert(st.name.clone()) {
+                    problem(&sat, "a step with this name already exists in the route".into());
+                }
+                if let Some(bad) = st.accept.iter().find(|s| !(100..=599).contains(*s)) {
+                    problem(&format!("{sat}.accept"), format!("{bad} is not an HTTP status"));
+                }
+                let raw_step_headers =
+                    uninterpolated_route.and_then(|u| u.steps.get(j)).map(|u| u.headers.clone()).unwrap_or_default();
+                let own = header_specs(&st.headers, &raw_step_headers, &sat, &mut problem);
+                let mut merged: Vec<HeaderSpec> = headers
+                    .iter()
+                    .filter(|h| !own.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)))
+                    .cloned()
+                    .collect();
+                merged.extend(own);
+                steps.push(StepConfig {
+                    name: st.name.clone(),
+                    when: st.when.clone().filter(|w| !w.trim().is_empty()),
+                    template: st.template.as_deref().map(resolve),
+                    url: check_url(&st.url, &format!("{sat}.url"), &mut problem),
+                    method: method(st.method.as_deref(), &format!("{sat}.method"), &mut problem),
+                    headers: merged,
+                    accept: st.accept.clone(),
+                });
+            }
+        }
         let route_retry = match &r.retry {
             Some(o) => retry_policy(o, Some(&retry), &format!("{at}.retry"), &mut problem),
             None => retry.clone(),
@@ -657,10 +735,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             name: r.name,
             events: r.events,
             when: r.when.filter(|w| !w.trim().is_empty()),
-            template,
-            url: r.url,
-            method,
-            headers,
+            steps,
             vars: r.vars,
             retry: route_retry,
             rate_limit,
@@ -689,6 +764,44 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         quarantine: QuarantineConfig { max_items: raw.quarantine.max_items },
         routes,
     })
+}
+
+fn method(text: Option<&str>, at: &str, problem: &mut dyn FnMut(&str, String)) -> reqwest::Method {
+    let text = text.unwrap_or("POST");
+    reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes()).unwrap_or_else(|_| {
+        problem(at, format!("{text:?} is not an HTTP method"));
+        reqwest::Method::POST
+    })
+}
+
+fn check_url(url: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> String {
+    if !url.contains("{{") && reqwest::Url::parse(url).is_err() {
+        problem(at, format!("{url:?} is not an absolute http(s) URL"));
+    } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+        problem(at, "must start with http:// or https://".into());
+    }
+    url.to_string()
+}
+
+/// Header specs from a table; values that came from `${VAR}` (per `uninterpolated`) are masked.
+fn header_specs(
+    given: &BTreeMap<String, String>,
+    uninterpolated: &BTreeMap<String, String>,
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<HeaderSpec> {
+    let mut out = Vec::new();
+    for (name, value) in given {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problem(&format!("{at}.headers"), format!("{name:?} is not a valid header name"));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            problem(&format!("{at}.headers.{name}"), "the value is not a valid header value".into());
+        }
+        let from_env = uninterpolated.get(name).is_some_and(|v| has_var(v));
+        out.push(HeaderSpec { name: name.clone(), value: SecretString::from(value.clone()), from_env });
+    }
+    out
 }
 
 fn valid_name(name: &str) -> bool {
@@ -778,9 +891,9 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
         assert_eq!(s.dedup_window, Duration::from_secs(86_400));
         assert_eq!(s.event_field[0], "/event");
         assert_eq!(c.retry.schedule.len(), 4);
-        assert_eq!(c.routes[0].template, PathBuf::from("/etc/lbx/t.json.hbs"));
+        assert_eq!(c.routes[0].first().template, Some(PathBuf::from("/etc/lbx/t.json.hbs")));
         assert!(matches!(&c.store.backend, StoreBackend::Sqlite { path } if path == Path::new("/etc/lbx/relay.db")));
-        let h = &c.routes[0].headers;
+        let h = &c.routes[0].first().headers;
         assert!(h.iter().find(|h| h.name == "api-key").unwrap().from_env);
         assert!(!h.iter().find(|h| h.name == "x-static").unwrap().from_env);
     }
@@ -797,7 +910,7 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
     #[test]
     fn defaults_fill_unset_variables() {
         let text = MINIMAL.replace("https://example.test/hook", "${HOOK_URL:-https://fallback.test/x}");
-        assert_eq!(parse(&text).unwrap().routes[0].url, "https://fallback.test/x");
+        assert_eq!(parse(&text).unwrap().routes[0].first().url, "https://fallback.test/x");
     }
 
     #[test]
@@ -840,7 +953,7 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
             "events = [\"*\"]\nauth = { type = \"basic\", username = \"any\", password = \"${TOKEN}\" }\nrate_limit = \"5/s\"\nconcurrency = 2",
         );
         let c = parse(&text).unwrap();
-        let h = c.routes[0].headers.iter().find(|h| h.name == "Authorization").unwrap();
+        let h = c.routes[0].first().headers.iter().find(|h| h.name == "Authorization").unwrap();
         assert_eq!(h.value.expose_secret(), "Basic YW55OnRvaw==");
         assert!(h.from_env);
         assert_eq!(c.routes[0].concurrency, Some(2));

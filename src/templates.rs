@@ -40,7 +40,11 @@ pub struct TemplateContext<'a> {
     pub vars: &'a BTreeMap<String, String>,
     /// The delivery being rendered (empty outside a delivery, e.g. in `when`).
     pub delivery_id: &'a str,
+    /// Earlier steps' answers of a multi-step route: `steps.NAME.status`, `steps.NAME.body`.
+    pub steps: &'a Value,
 }
+
+static NO_STEPS: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| Value::Object(Default::default()));
 
 impl<'a> TemplateContext<'a> {
     pub fn new(event: &'a Event, vars: &'a BTreeMap<String, String>, delivery_id: &'a str) -> Self {
@@ -52,7 +56,14 @@ impl<'a> TemplateContext<'a> {
             data: &event.data,
             vars,
             delivery_id,
+            steps: &NO_STEPS,
         }
+    }
+
+    /// The same context with earlier steps' answers.
+    pub fn with_steps(mut self, steps: &'a Value) -> Self {
+        self.steps = steps;
+        self
     }
 }
 
@@ -73,12 +84,13 @@ pub struct Templates {
     plain: Handlebars<'static>,
     /// URLs: values percent-encoded.
     url: Handlebars<'static>,
-    json_routes: BTreeMap<String, String>,
+    /// Body keys of `.json.hbs` templates → their file, for messages.
+    json_bodies: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("routes", &self.json_routes.len()).finish()
+        f.debug_struct("Templates").field("json_bodies", &self.json_bodies.len()).finish()
     }
 }
 
@@ -105,14 +117,17 @@ pub fn url_escape(s: &str) -> String {
         .replace("%7E", "~")
 }
 
-fn body_key(route: &str) -> String {
-    format!("{route}#body")
+fn body_key(route: &str, step: usize) -> String {
+    format!("{route}#{step}#body")
+}
+fn step_when_key(route: &str, step: usize) -> String {
+    format!("{route}#{step}#when")
+}
+fn url_key(route: &str, step: usize) -> String {
+    format!("{route}#{step}#url")
 }
 fn when_key(route: &str) -> String {
     format!("{route}#when")
-}
-fn url_key(route: &str) -> String {
-    format!("{route}#url")
 }
 fn order_key(route: &str) -> String {
     format!("{route}#order")
@@ -125,7 +140,7 @@ impl Templates {
             json: registry(json_escape),
             plain: registry(handlebars::no_escape),
             url: registry(url_escape),
-            json_routes: BTreeMap::new(),
+            json_bodies: BTreeMap::new(),
         };
         let mut errors = Vec::new();
         for route in &config.routes {
@@ -141,21 +156,36 @@ impl Templates {
     }
 
     fn add_route(&mut self, route: &RouteConfig) -> Result<(), RenderError> {
-        let file = route.template.display().to_string();
-        let source = std::fs::read_to_string(&route.template)
-            .map_err(|e| RenderError::Compile { file: file.clone(), message: format!("cannot read template: {e}") })?;
-        let is_json = file.ends_with(".json.hbs");
-        let registry = if is_json { &mut self.json } else { &mut self.plain };
-        registry
-            .register_template_string(&body_key(&route.name), &source)
-            .map_err(|e| RenderError::Compile { file: file.clone(), message: template_error_message(&e) })?;
-        if is_json {
-            self.json_routes.insert(route.name.clone(), file.clone());
+        for (i, step) in route.steps.iter().enumerate() {
+            let what = if route.is_multi_step() {
+                format!("route {} step {}", route.name, step.name)
+            } else {
+                format!("route {}", route.name)
+            };
+            if let Some(template) = &step.template {
+                let file = template.display().to_string();
+                let source = std::fs::read_to_string(template).map_err(|e| RenderError::Compile {
+                    file: file.clone(),
+                    message: format!("cannot read template: {e}"),
+                })?;
+                let is_json = file.ends_with(".json.hbs");
+                let registry = if is_json { &mut self.json } else { &mut self.plain };
+                registry
+                    .register_template_string(&body_key(&route.name, i), &source)
+                    .map_err(|e| RenderError::Compile { file: file.clone(), message: template_error_message(&e) })?;
+                if is_json {
+                    self.json_bodies.insert(body_key(&route.name, i), file);
+                }
+            }
+            self.url.register_template_string(&url_key(&route.name, i), &step.url).map_err(|e| {
+                RenderError::Compile { file: format!("{what} url"), message: template_error_message(&e) }
+            })?;
+            if let Some(when) = &step.when {
+                self.plain.register_template_string(&step_when_key(&route.name, i), when).map_err(|e| {
+                    RenderError::Compile { file: format!("{what} when"), message: template_error_message(&e) }
+                })?;
+            }
         }
-        self.url.register_template_string(&url_key(&route.name), &route.url).map_err(|e| RenderError::Compile {
-            file: format!("{} (route {} url)", file, route.name),
-            message: template_error_message(&e),
-        })?;
         if let Some(order_by) = &route.order_by {
             self.plain.register_template_string(&order_key(&route.name), order_by).map_err(|e| {
                 RenderError::Compile {
@@ -184,8 +214,7 @@ impl Templates {
             what: "when",
             message: template_error_message(&e),
         })?;
-        let v = out.trim().to_ascii_lowercase();
-        Ok(!matches!(v.as_str(), "" | "false" | "0" | "no" | "null"))
+        Ok(truthy(&out))
     }
 
     /// The ordering key of `route` for the event in `ctx` (`order_by`), trimmed; `None` when the
@@ -203,34 +232,64 @@ impl Templates {
         Ok((!key.is_empty()).then(|| key.to_string()))
     }
 
-    /// The request `route` sends for the event in `ctx`.
-    pub fn render(&self, route: &RouteConfig, ctx: &TemplateContext<'_>) -> Result<RenderedRequest, RenderError> {
-        let json_file = self.json_routes.get(&route.name);
-        let registry = if json_file.is_some() { &self.json } else { &self.plain };
-        let key = body_key(&route.name);
-        if !registry.has_template(&key) {
-            return Err(RenderError::UnknownRoute(route.name.clone()));
+    /// Whether step `i` of `route` is to be sent (true when it has no `when`), with the same
+    /// reading of the output as [`Templates::condition_holds`].
+    pub fn step_applies(&self, route: &RouteConfig, i: usize, ctx: &TemplateContext<'_>) -> Result<bool, RenderError> {
+        if route.steps.get(i).is_none_or(|s| s.when.is_none()) {
+            return Ok(true);
         }
-        let body = registry.render(&key, ctx).map_err(|e| RenderError::Render {
+        let out = self.plain.render(&step_when_key(&route.name, i), ctx).map_err(|e| RenderError::Render {
             route: route.name.clone(),
-            what: "body",
+            what: "step when",
             message: template_error_message(&e),
         })?;
-        if let Some(file) = json_file {
-            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
-                return Err(RenderError::NotJson {
-                    route: route.name.clone(),
-                    file: file.clone(),
-                    message: e.to_string(),
-                    line: e.line(),
-                    column: e.column(),
-                });
-            }
+        Ok(truthy(&out))
+    }
+
+    /// The request of a plain route (the first step of a multi-step one) for the event in `ctx`.
+    pub fn render(&self, route: &RouteConfig, ctx: &TemplateContext<'_>) -> Result<RenderedRequest, RenderError> {
+        self.render_step(route, 0, ctx)
+    }
+
+    /// The request step `i` of `route` sends for the event (and earlier answers) in `ctx`.
+    pub fn render_step(
+        &self,
+        route: &RouteConfig,
+        i: usize,
+        ctx: &TemplateContext<'_>,
+    ) -> Result<RenderedRequest, RenderError> {
+        let step = route.steps.get(i).ok_or_else(|| RenderError::UnknownRoute(route.name.clone()))?;
+        if !self.url.has_template(&url_key(&route.name, i)) {
+            return Err(RenderError::UnknownRoute(route.name.clone()));
         }
+        let key = body_key(&route.name, i);
+        let json_file = self.json_bodies.get(&key);
+        let body = if step.template.is_none() {
+            String::new()
+        } else {
+            let registry = if json_file.is_some() { &self.json } else { &self.plain };
+            let body = registry.render(&key, ctx).map_err(|e| RenderError::Render {
+                route: route.name.clone(),
+                what: "body",
+                message: template_error_message(&e),
+            })?;
+            if let Some(file) = json_file {
+                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
+                    return Err(RenderError::NotJson {
+                        route: route.name.clone(),
+                        file: file.clone(),
+                        message: e.to_string(),
+                        line: e.line(),
+                        column: e.column(),
+                    });
+                }
+            }
+            body
+        };
         // A URL without placeholders was validated with the config; only templated ones are
         // rendered and checked per request.
-        let url = if route.url.contains("{{") {
-            let url = self.url.render(&url_key(&route.name), ctx).map_err(|e| RenderError::Render {
+        let url = if step.url.contains("{{") {
+            let url = self.url.render(&url_key(&route.name, i), ctx).map_err(|e| RenderError::Render {
                 route: route.name.clone(),
                 what: "url",
                 message: template_error_message(&e),
@@ -240,9 +299,9 @@ impl Templates {
                 _ => return Err(RenderError::BadUrl { route: route.name.clone(), url }),
             }
         } else {
-            route.url.clone()
+            step.url.clone()
         };
-        let mut headers = route.headers.clone();
+        let mut headers = step.headers.clone();
         if json_file.is_some() && !headers.iter().any(|h| h.name.eq_ignore_ascii_case("content-type")) {
             headers.push(HeaderSpec {
                 name: "Content-Type".into(),
@@ -250,8 +309,14 @@ impl Templates {
                 from_env: false,
             });
         }
-        Ok(RenderedRequest { method: route.method.clone(), url: url.trim().to_string(), headers, body })
+        Ok(RenderedRequest { method: step.method.clone(), url: url.trim().to_string(), headers, body })
     }
+}
+
+/// Empty, `false`, `0`, `no` and `null` (trimmed, any case) are false; anything else is true.
+fn truthy(out: &str) -> bool {
+    let v = out.trim().to_ascii_lowercase();
+    !matches!(v.as_str(), "" | "false" | "0" | "no" | "null")
 }
 
 fn template_error_message(e: &dyn std::fmt::Display) -> String {

@@ -1,7 +1,8 @@
-//! Getting stored deliveries to the CRMs: `worker` claims and settles, `send` performs one HTTP
-//! request, `retry` decides what an answer means for the delivery, `limits` paces each route.
+//! Getting stored deliveries to the CRMs: `worker` claims and settles, `steps` runs a route's
+//! requests in order, `send` performs one HTTP request, `retry` decides what an answer means for the delivery, `limits` paces each route.
 
 pub mod limits;
 pub mod retry;
 pub mod send;
+pub mod steps;
 pub mod worker;

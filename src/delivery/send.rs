@@ -22,6 +22,8 @@ pub struct AttemptResult {
     pub error: Option<String>,
     /// The CRM said its quota is used up: nothing more on this route for this long.
     pub pause: Option<Duration>,
+    /// The answer's body, when it was asked for (multi-step routes branch on it).
+    pub body: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -40,7 +42,14 @@ impl HttpSender {
         HttpSender { client }
     }
 
-    pub async fn send(&self, req: &RenderedRequest, timeout: Duration, idempotency_key: &str) -> AttemptResult {
+    /// Sends `req`; with `keep_body` the answer's body is returned whatever the status.
+    pub async fn send(
+        &self,
+        req: &RenderedRequest,
+        timeout: Duration,
+        idempotency_key: &str,
+        keep_body: bool,
+    ) -> AttemptResult {
         let started = Instant::now();
         let mut builder = self
             .client
@@ -57,18 +66,20 @@ impl HttpSender {
                 let retry_after = requested_wait(resp.headers());
                 let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
                 let verdict = classify_status(status, retry_after);
-                let error = if matches!(verdict, Verdict::Delivered) {
+                let delivered = matches!(verdict, Verdict::Delivered);
+                let body = if keep_body || !delivered { Some(resp.text().await.unwrap_or_default()) } else { None };
+                let error = if delivered {
                     None
                 } else {
-                    let body = resp.text().await.unwrap_or_default();
-                    let snippet: String = body.chars().take(ERROR_BODY_LIMIT).collect();
+                    let snippet: String = body.as_deref().unwrap_or_default().chars().take(ERROR_BODY_LIMIT).collect();
                     Some(if snippet.trim().is_empty() {
                         format!("HTTP {status}")
                     } else {
                         format!("HTTP {status}: {}", snippet.trim())
                     })
                 };
-                AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error, pause }
+                let body = if keep_body { body } else { None };
+                AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error, pause, body }
             }
             Err(e) => {
                 let reason = if e.is_timeout() {
@@ -84,6 +95,7 @@ impl HttpSender {
                     duration: started.elapsed(),
                     error: Some(reason),
                     pause: None,
+                    body: None,
                 }
             }
         }

@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::limits::Admission;
 use super::retry::{next_delay, throttle_delay, Verdict};
+use super::steps;
 use crate::app::Relay;
 use crate::event::{now_ms, Event};
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
 use crate::telemetry::{DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
-use crate::templates::TemplateContext;
 
 /// How long a claim is reserved: the longest route timeout plus the configured margin.
 fn lease_for(relay: &Relay) -> Duration {
@@ -138,10 +138,10 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
         },
     };
     let started_at = now_ms();
-    let (verdict, status, error, duration, schedule) = match rt.config.route(&c.route) {
+    let (verdict, status, error, duration, schedule, steps_state) = match rt.config.route(&c.route) {
         None => {
             let reason = format!("route {} is no longer configured", c.route);
-            (Verdict::Fail { reason: reason.clone() }, None, Some(reason), Duration::ZERO, Vec::new())
+            (Verdict::Fail { reason: reason.clone() }, None, Some(reason), Duration::ZERO, Vec::new(), c.steps_state)
         }
         Some(route) => {
             let data = serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null);
@@ -153,20 +153,13 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
                 received_at: c.event.received_at,
                 data,
             };
-            let ctx = TemplateContext::new(&event, &route.vars, &c.delivery_id);
-            match rt.templates.render(route, &ctx) {
-                Err(e) => {
-                    let reason = format!("render error: {e}");
-                    (Verdict::Fail { reason: reason.clone() }, None, Some(reason), Duration::ZERO, Vec::new())
-                }
-                Ok(req) => {
-                    let r = relay.sender.send(&req, route.retry.timeout, &c.delivery_id).await;
-                    if let (Some(pause), Some(gate)) = (r.pause, &gate) {
-                        gate.pause_until(now_ms() + pause.as_millis() as i64);
-                    }
-                    (r.verdict, r.status, r.error, r.duration, route.retry.schedule.clone())
-                }
+            let out =
+                steps::run(&relay.sender, &rt.templates, route, &event, &c.delivery_id, c.steps_state.as_deref()).await;
+            let r = out.result;
+            if let (Some(pause), Some(gate)) = (r.pause, &gate) {
+                gate.pause_until(now_ms() + pause.as_millis() as i64);
             }
+            (r.verdict, r.status, r.error, r.duration, route.retry.schedule.clone(), out.state)
         }
     };
     let next = match &verdict {
@@ -217,6 +210,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
         lease_token: c.lease_token,
         attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error },
         next,
+        steps_state,
     })
 }
 

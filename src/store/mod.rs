@@ -96,6 +96,8 @@ pub struct Claimed {
     pub tries: u32,
     pub attempts: u32,
     pub event: StoredEvent,
+    /// Answers of the steps already done (multi-step routes), as JSON.
+    pub steps_state: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +146,8 @@ pub struct Settlement {
     pub lease_token: String,
     pub attempt: AttemptRecord,
     pub next: Next,
+    /// Answers of the steps done so far, kept so a retry resumes after them.
+    pub steps_state: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

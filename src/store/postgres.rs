@@ -81,7 +81,7 @@ CREATE TABLE quarantine (
 );
 "#,
     r#"
-ALTER TABLE deliveries ADD COLUMN order_key TEXT, ADD COLUMN seq BIGSERIAL;
+ALTER TABLE deliveries ADD COLUMN order_key TEXT, ADD COLUMN seq BIGSERIAL, ADD COLUMN steps_state TEXT;
 CREATE INDEX deliveries_order ON deliveries(route, order_key, seq) WHERE order_key IS NOT NULL AND status = 'pending';
 "#,
 ];
@@ -241,7 +241,7 @@ impl PgStore {
                               AND h.status = 'pending' AND h.seq < d.seq))
                     ORDER BY next_attempt_at, id LIMIT $4
                     FOR UPDATE SKIP LOCKED)
-                 RETURNING id, event_id, route, tries, attempts",
+                 RETURNING id, event_id, route, tries, attempts, steps_state",
                 &[&token, &until, &now, &(limit as i64), &skip_routes],
             )
             .await?;
@@ -268,6 +268,7 @@ impl PgStore {
                     tries: r.get::<_, i32>(3) as u32,
                     attempts: r.get::<_, i32>(4) as u32,
                     event,
+                    steps_state: r.get(5),
                 })
             })
             .collect())
@@ -691,18 +692,19 @@ async fn write_batch(
         let statuses: Vec<&str> = sts.iter().map(|s| s.next.columns().0).collect();
         let next_at: Vec<Option<i64>> = sts.iter().map(|s| s.next.columns().1).collect();
         let steps_used: Vec<i32> = sts.iter().map(|s| s.next.columns().2).collect();
+        let states: Vec<Option<&str>> = sts.iter().map(|s| s.steps_state.as_deref()).collect();
         let last_status: Vec<Option<i32>> = sts.iter().map(|s| opt_i32(s.attempt.status)).collect();
         let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
         let updated: HashMap<String, i32> = tx
             .query(
                 "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
                     tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
-                    last_status = u.last_status, last_error = u.last_error, updated_at = $7
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[])
-                    AS u(id, token, status, next_at, last_status, last_error, used)
+                    last_status = u.last_status, last_error = u.last_error, updated_at = $7, steps_state = u.state
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[])
+                    AS u(id, token, status, next_at, last_status, last_error, used, state)
                  WHERE d.id = u.id AND d.lease_token = u.token
                  RETURNING d.id, d.attempts",
-                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now, &steps_used],
+                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now, &steps_used, &states],
             )
             .await?
             .iter()

@@ -91,6 +91,7 @@ CREATE TABLE quarantine (
 "#,
     r#"
 ALTER TABLE deliveries ADD COLUMN order_key TEXT;
+ALTER TABLE deliveries ADD COLUMN steps_state TEXT;
 CREATE INDEX deliveries_order ON deliveries(route, order_key) WHERE order_key IS NOT NULL AND status = 'pending';
 "#,
 ];
@@ -216,7 +217,7 @@ impl SqliteStore {
             let now = now_ms();
             let token = crate::event::new_id();
             let until = now + lease.as_millis() as i64;
-            let rows: Vec<(String, String, String, u32, u32)> = c
+            let rows: Vec<(String, String, String, u32, u32, Option<String>)> = c
                 .prepare_cached(
                     "UPDATE deliveries SET lease_token = ?1, lease_until = ?2
                      WHERE id IN (
@@ -229,19 +230,27 @@ impl SqliteStore {
                                 WHERE h.route = d.route AND h.order_key = d.order_key
                                   AND h.status = 'pending' AND h.rowid < d.rowid))
                         ORDER BY next_attempt_at, id LIMIT ?4)
-                     RETURNING id, event_id, route, tries, attempts",
+                     RETURNING id, event_id, route, tries, attempts, steps_state",
                 )?
                 .query_map(params![token, until, now, limit as i64, skip], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut get_event = c.prepare_cached(
                 "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
             )?;
             let mut out = Vec::with_capacity(rows.len());
-            for (delivery_id, event_id, route, tries, attempts) in rows {
+            for (delivery_id, event_id, route, tries, attempts, steps_state) in rows {
                 let event = get_event.query_row([&event_id], event_from_row)?;
-                out.push(Claimed { delivery_id, route, lease_token: token.clone(), tries, attempts, event });
+                out.push(Claimed {
+                    delivery_id,
+                    route,
+                    lease_token: token.clone(),
+                    tries,
+                    attempts,
+                    event,
+                    steps_state,
+                });
             }
             Ok(out)
         })
@@ -256,7 +265,7 @@ impl SqliteStore {
                 .prepare_cached(
                     "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, attempts = attempts + 1,
                         tries = tries + ?8, lease_token = NULL, lease_until = NULL,
-                        last_status = ?3, last_error = ?4, updated_at = ?5
+                        last_status = ?3, last_error = ?4, updated_at = ?5, steps_state = ?9
                      WHERE id = ?6 AND lease_token = ?7",
                 )?
                 .execute(params![
@@ -267,7 +276,8 @@ impl SqliteStore {
                     now,
                     s.delivery_id,
                     s.lease_token,
-                    try_used
+                    try_used,
+                    s.steps_state
                 ])?;
             let outcome = if changed == 1 { s.next.label() } else { "lease_lost" };
             c.prepare_cached(

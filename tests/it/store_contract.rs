@@ -108,6 +108,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
     let second = s.claim(10, Duration::from_secs(30), vec![]).await.unwrap();
     assert_eq!(second.len(), 1, "the expired lease put it back");
     let stale = Settlement {
+        steps_state: None,
         delivery_id: first[0].delivery_id.clone(),
         lease_token: first[0].lease_token.clone(),
         attempt: attempt(200),
@@ -115,6 +116,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
     };
     assert!(!s.settle(stale).await.unwrap(), "the old holder lost its lease");
     let current = Settlement {
+        steps_state: None,
         delivery_id: second[0].delivery_id.clone(),
         lease_token: second[0].lease_token.clone(),
         attempt: attempt(503),
@@ -163,9 +165,15 @@ async fn retries_make_deliveries_due_again(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a", "b"])).await.unwrap();
     for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = Next::Failed;
-        s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(422), next })
-            .await
-            .unwrap();
+        s.settle(Settlement {
+            steps_state: None,
+            delivery_id: c.delivery_id,
+            lease_token: c.lease_token,
+            attempt: attempt(422),
+            next,
+        })
+        .await
+        .unwrap();
     }
     let failed = DeliveryFilter { status: Some("failed".into()), limit: 10, ..Default::default() };
     assert_eq!(s.list_deliveries(failed.clone()).await.unwrap().len(), 2);
@@ -208,9 +216,15 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
     s.ingest(event("none", "k3", old, &[])).await.unwrap();
     for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = if c.event.id == "done" { Next::Delivered } else { Next::RetryAt(now_ms() + 60_000) };
-        s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(200), next })
-            .await
-            .unwrap();
+        s.settle(Settlement {
+            steps_state: None,
+            delivery_id: c.delivery_id,
+            lease_token: c.lease_token,
+            attempt: attempt(200),
+            next,
+        })
+        .await
+        .unwrap();
     }
     assert_eq!(s.purge(now_ms() - 5_000).await.unwrap(), 2, "the delivered one and the unrouted one");
     let left: Vec<String> = s.list_events(None, 10).await.unwrap().into_iter().map(|e| e.id).collect();
@@ -233,15 +247,22 @@ async fn only_the_oldest_pending_delivery_of_a_key_is_claimable(s: Store) {
             "b1" => Next::RetryAt(now_ms() + 60_000),
             _ => Next::Delivered,
         };
-        s.settle(Settlement { delivery_id: c.delivery_id, lease_token: c.lease_token, attempt: attempt(200), next })
-            .await
-            .unwrap();
+        s.settle(Settlement {
+            steps_state: None,
+            delivery_id: c.delivery_id,
+            lease_token: c.lease_token,
+            attempt: attempt(200),
+            next,
+        })
+        .await
+        .unwrap();
     }
     let second = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
     assert_eq!(ids(&second), ["a2"].map(String::from).into(), "a failing head blocks only its own key");
     // A dead-lettered head no longer blocks: a3 follows once a2 failed for good.
     let c = second.into_iter().next().unwrap();
     s.settle(Settlement {
+        steps_state: None,
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
         attempt: attempt(422),
@@ -265,6 +286,7 @@ async fn paced_routes_are_skipped_and_deferrals_cost_no_attempt(s: Store) {
     assert_eq!((again.attempts, again.tries), (0, 0), "a deferral is not an attempt");
     // A throttled attempt is recorded but keeps the schedule position.
     s.settle(Settlement {
+        steps_state: None,
         delivery_id: again.delivery_id,
         lease_token: again.lease_token,
         attempt: attempt(429),
@@ -281,6 +303,7 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     s.ingest(event("e2", "k2", now_ms() - 10, &[])).await.unwrap();
     let c = s.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     s.settle(Settlement {
+        steps_state: None,
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
         attempt: attempt(201),

@@ -1,0 +1,130 @@
+//! Running a route's requests for one delivery: a plain route sends one; a multi-step route sends
+//! its steps in order, each seeing earlier answers as `steps.NAME.status` / `steps.NAME.body`,
+//! skipping those whose `when` is false, and resuming after the steps a previous attempt finished.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::retry::Verdict;
+use super::send::{AttemptResult, HttpSender};
+use crate::config::RouteConfig;
+use crate::event::Event;
+use crate::templates::{TemplateContext, Templates};
+
+/// Answers bigger than this are not kept for later steps (the step still counts as done).
+const MAX_KEPT_BODY: usize = 256 * 1024;
+
+/// The result of one attempt at a delivery: the last request's result, and every answer so far.
+#[derive(Debug)]
+pub struct StepsResult {
+    pub result: AttemptResult,
+    /// `None` for a plain route; the answers of finished steps otherwise.
+    pub state: Option<String>,
+}
+
+/// Sends what `route` sends for `event`, starting after the steps recorded in `state`.
+pub async fn run(
+    sender: &HttpSender,
+    templates: &Templates,
+    route: &RouteConfig,
+    event: &Event,
+    delivery_id: &str,
+    state: Option<&str>,
+) -> StepsResult {
+    if !route.is_multi_step() {
+        let ctx = TemplateContext::new(event, &route.vars, delivery_id);
+        let result = match templates.render(route, &ctx) {
+            Err(e) => render_failure(e.to_string(), Duration::ZERO),
+            Ok(req) => sender.send(&req, route.retry.timeout, delivery_id, false).await,
+        };
+        return StepsResult { result, state: None };
+    }
+    let mut done: Value = state.and_then(|s| serde_json::from_str(s).ok()).unwrap_or_else(|| json!({}));
+    if !done.is_object() {
+        done = json!({});
+    }
+    let mut total = Duration::ZERO;
+    let mut last: Option<AttemptResult> = None;
+    for (i, step) in route.steps.iter().enumerate() {
+        if done.get(&step.name).is_some() {
+            continue;
+        }
+        let ctx = TemplateContext::new(event, &route.vars, delivery_id).with_steps(&done);
+        let applies = match templates.step_applies(route, i, &ctx) {
+            Ok(a) => a,
+            Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done),
+        };
+        if !applies {
+            set(&mut done, &step.name, json!({ "skipped": true }));
+            continue;
+        }
+        let req = match templates.render_step(route, i, &ctx) {
+            Ok(r) => r,
+            Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done),
+        };
+        // One key per step, stable across retries of the delivery.
+        let key = format!("{delivery_id}.{}", step.name);
+        let mut r = sender.send(&req, route.retry.timeout, &key, true).await;
+        total += r.duration;
+        r.duration = total;
+        let accepted = r.status.is_some_and(|s| step.accept.contains(&s));
+        if !matches!(r.verdict, Verdict::Delivered) && !accepted {
+            return failed_step(&step.name, r, done);
+        }
+        let body = r.body.take().unwrap_or_default();
+        let body = if body.len() > MAX_KEPT_BODY {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        };
+        set(&mut done, &step.name, json!({ "status": r.status, "body": body }));
+        r.verdict = Verdict::Delivered;
+        r.error = None;
+        last = Some(r);
+    }
+    let result = last.unwrap_or(AttemptResult {
+        status: None,
+        verdict: Verdict::Delivered,
+        duration: total,
+        error: Some("no step applied to this event".into()),
+        pause: None,
+        body: None,
+    });
+    StepsResult { result, state: Some(done.to_string()) }
+}
+
+fn set(done: &mut Value, name: &str, answer: Value) {
+    if let Some(map) = done.as_object_mut() {
+        map.insert(name.to_string(), answer);
+    } else {
+        let mut map = Map::new();
+        map.insert(name.to_string(), answer);
+        *done = Value::Object(map);
+    }
+}
+
+fn render_failure(message: String, duration: Duration) -> AttemptResult {
+    let reason = format!("render error: {message}");
+    AttemptResult {
+        status: None,
+        verdict: Verdict::Fail { reason: reason.clone() },
+        duration,
+        error: Some(reason),
+        pause: None,
+        body: None,
+    }
+}
+
+/// The attempt stops at `step`; what finished before it is kept for the retry.
+fn failed_step(step: &str, mut r: AttemptResult, done: Value) -> StepsResult {
+    r.error = r.error.map(|e| format!("step {step}: {e}"));
+    r.verdict = match r.verdict {
+        Verdict::Retry { reason, retry_after } => {
+            Verdict::Retry { reason: format!("step {step}: {reason}"), retry_after }
+        }
+        Verdict::Fail { reason } => Verdict::Fail { reason: format!("step {step}: {reason}") },
+        Verdict::Delivered => Verdict::Delivered,
+    };
+    StepsResult { result: r, state: Some(done.to_string()) }
+}
