@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::delivery::limits::Gates;
+use crate::delivery::oauth::Tokens;
 use crate::delivery::send::HttpSender;
 use crate::delivery::worker;
 use crate::housekeeping::{self, Silence};
@@ -33,6 +34,8 @@ pub struct Relay {
     pub silence: Silence,
     /// Per-route rate limits, concurrency and pauses.
     pub gates: Gates,
+    /// OAuth access tokens of the routes that use them.
+    pub tokens: Tokens,
 }
 
 impl Relay {
@@ -45,6 +48,7 @@ impl Relay {
             sender: HttpSender::new(),
             silence: Silence::default(),
             gates: Gates::default(),
+            tokens: Tokens::default(),
         }
     }
 

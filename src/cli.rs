@@ -406,7 +406,14 @@ fn render(
     let mut shown = Vec::new();
     for (i, step) in route.steps.iter().enumerate() {
         let applies = rt.templates.step_applies(route, i, &ctx)?;
-        let req = rt.templates.render_step(route, i, &ctx)?;
+        let mut req = rt.templates.render_step(route, i, &ctx)?;
+        if route.oauth.is_some() {
+            req.headers.push(crate::config::HeaderSpec {
+                name: "Authorization".into(),
+                value: "Bearer (OAuth token, fetched at send time)".to_string().into(),
+                from_env: true,
+            });
+        }
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers
             .iter()

@@ -135,6 +135,26 @@ pub struct RouteConfig {
     /// The requests one delivery makes, in order: one for a plain route (`url` + `template`), or
     /// the route's `[[routes.steps]]`.
     pub steps: Vec<StepConfig>,
+    /// `auth = { type = "oauth2", … }`: a bearer token fetched and refreshed by the relay.
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// OAuth 2.0 for a route: client credentials, or a refresh token when one is given.
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// The first refresh token; a rotated one is kept in the store and wins over this.
+    pub refresh_token: Option<SecretString>,
+    pub scope: Option<String>,
+}
+
+impl OAuthConfig {
+    /// Routes using the same app at the same server share one token.
+    pub fn cache_key(&self) -> String {
+        format!("{} {}", self.token_url, self.client_id)
+    }
 }
 
 /// One request of a route. A plain route has one, named `request`.
@@ -485,6 +505,8 @@ struct RawRoute {
     order_by: Option<String>,
     #[serde(default)]
     steps: Vec<RawStep>,
+    #[serde(default)]
+    accept: Vec<u16>,
 }
 
 #[derive(Deserialize)]
@@ -509,8 +531,22 @@ struct RawStep {
 #[derive(Deserialize, Clone)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum RawAuth {
-    Basic { username: String, password: String },
-    Bearer { token: String },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default)]
+        refresh_token: Option<String>,
+        #[serde(default)]
+        scope: Option<String>,
+    },
 }
 
 // ---- validation --------------------------------------------------------------------------------
@@ -639,6 +675,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         let uninterpolated_route = uninterpolated.routes.get(i);
         let raw_headers = uninterpolated_route.map(|u| &u.headers).cloned().unwrap_or_default();
         let mut headers = header_specs(&r.headers, &raw_headers, &at, &mut problem);
+        let mut oauth = None;
         if let Some(auth) = &r.auth {
             if headers.iter().any(|h| h.name.eq_ignore_ascii_case("authorization")) {
                 problem(&format!("{at}.auth"), "set either auth or an Authorization header, not both".into());
@@ -647,14 +684,33 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 RawAuth::Basic { username, password } => {
                     use base64::Engine;
                     let pair = zeroize::Zeroizing::new(format!("{username}:{password}"));
-                    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()))
+                    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())))
                 }
-                RawAuth::Bearer { token } => format!("Bearer {token}"),
+                RawAuth::Bearer { token } => Some(format!("Bearer {token}")),
+                RawAuth::Oauth2 { token_url, client_id, client_secret, refresh_token, scope } => {
+                    if reqwest::Url::parse(token_url).map(|u| u.scheme().starts_with("http")) != Ok(true) {
+                        problem(&format!("{at}.auth.token_url"), format!("{token_url:?} is not an http(s) URL"));
+                    }
+                    oauth = Some(OAuthConfig {
+                        token_url: token_url.clone(),
+                        client_id: client_id.clone(),
+                        client_secret: SecretString::from(client_secret.clone()),
+                        refresh_token: refresh_token.clone().filter(|t| !t.is_empty()).map(SecretString::from),
+                        scope: scope.clone().filter(|s| !s.is_empty()),
+                    });
+                    None
+                }
             };
-            if reqwest::header::HeaderValue::from_str(&value).is_err() {
-                problem(&format!("{at}.auth"), "the credentials do not make a valid header value".into());
+            if let Some(value) = value {
+                if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                    problem(&format!("{at}.auth"), "the credentials do not make a valid header value".into());
+                }
+                headers.push(HeaderSpec {
+                    name: "Authorization".into(),
+                    value: SecretString::from(value),
+                    from_env: true,
+                });
             }
-            headers.push(HeaderSpec { name: "Authorization".into(), value: SecretString::from(value), from_env: true });
         }
         let rate_limit = r
             .rate_limit
@@ -673,6 +729,9 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         };
         let mut steps = Vec::new();
         if r.steps.is_empty() {
+            if let Some(bad) = r.accept.iter().find(|s| !(100..=599).contains(*s)) {
+                problem(&format!("{at}.accept"), format!("{bad} is not an HTTP status"));
+            }
             let (Some(url), Some(template)) = (&r.url, &r.template) else {
                 problem(&at, "a route needs `url` and `template`, or `[[routes.steps]]`".into());
                 continue;
@@ -684,10 +743,15 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 url: check_url(url, &format!("{at}.url"), &mut problem),
                 method: method(r.method.as_deref(), &format!("{at}.method"), &mut problem),
                 headers: headers.clone(),
-                accept: Vec::new(),
+                accept: r.accept.clone(),
             });
         } else {
-            for key in [("url", r.url.is_some()), ("template", r.template.is_some()), ("method", r.method.is_some())] {
+            for key in [
+                ("url", r.url.is_some()),
+                ("template", r.template.is_some()),
+                ("method", r.method.is_some()),
+                ("accept", !r.accept.is_empty()),
+            ] {
                 if key.1 {
                     problem(&format!("{at}.{}", key.0), "set it on each of the route's steps instead".into());
                 }
@@ -741,6 +805,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             rate_limit,
             concurrency: r.concurrency,
             order_by: r.order_by.filter(|o| !o.trim().is_empty()),
+            oauth,
         });
     }
 

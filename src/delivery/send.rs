@@ -42,6 +42,11 @@ impl HttpSender {
         HttpSender { client }
     }
 
+    /// The HTTP client, for requests that are not deliveries (OAuth token requests).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Sends `req`; with `keep_body` the answer's body is returned whatever the status.
     pub async fn send(
         &self,

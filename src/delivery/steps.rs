@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::retry::Verdict;
-use super::send::{AttemptResult, HttpSender};
-use crate::config::RouteConfig;
+use super::send::AttemptResult;
+use crate::app::Relay;
+use crate::config::{HeaderSpec, RouteConfig};
 use crate::event::Event;
-use crate::templates::{TemplateContext, Templates};
+use crate::templates::{RenderedRequest, TemplateContext, Templates};
 
 /// Answers bigger than this are not kept for later steps (the step still counts as done).
 const MAX_KEPT_BODY: usize = 256 * 1024;
@@ -25,7 +26,7 @@ pub struct StepsResult {
 
 /// Sends what `route` sends for `event`, starting after the steps recorded in `state`.
 pub async fn run(
-    sender: &HttpSender,
+    relay: &Relay,
     templates: &Templates,
     route: &RouteConfig,
     event: &Event,
@@ -34,10 +35,14 @@ pub async fn run(
 ) -> StepsResult {
     if !route.is_multi_step() {
         let ctx = TemplateContext::new(event, &route.vars, delivery_id);
-        let result = match templates.render(route, &ctx) {
+        let mut result = match templates.render(route, &ctx) {
             Err(e) => render_failure(e.to_string(), Duration::ZERO),
-            Ok(req) => sender.send(&req, route.retry.timeout, delivery_id, false).await,
+            Ok(req) => send(relay, route, req, delivery_id, false).await,
         };
+        if result.status.is_some_and(|s| route.first().accept.contains(&s)) {
+            result.verdict = Verdict::Delivered;
+            result.error = None;
+        }
         return StepsResult { result, state: None };
     }
     let mut done: Value = state.and_then(|s| serde_json::from_str(s).ok()).unwrap_or_else(|| json!({}));
@@ -65,7 +70,7 @@ pub async fn run(
         };
         // One key per step, stable across retries of the delivery.
         let key = format!("{delivery_id}.{}", step.name);
-        let mut r = sender.send(&req, route.retry.timeout, &key, true).await;
+        let mut r = send(relay, route, req, &key, true).await;
         total += r.duration;
         r.duration = total;
         let accepted = r.status.is_some_and(|s| step.accept.contains(&s));
@@ -92,6 +97,54 @@ pub async fn run(
         body: None,
     });
     StepsResult { result, state: Some(done.to_string()) }
+}
+
+/// Sends one request, with the route's OAuth token when it has one; a 401 gets one retry with a
+/// fresh token.
+async fn send(
+    relay: &Relay,
+    route: &RouteConfig,
+    mut req: RenderedRequest,
+    key: &str,
+    keep_body: bool,
+) -> AttemptResult {
+    let timeout = route.retry.timeout;
+    let Some(oauth) = &route.oauth else { return relay.sender.send(&req, timeout, key, keep_body).await };
+    let client = relay.sender.client();
+    let mut rejected = None;
+    let mut spent = Duration::ZERO;
+    loop {
+        let token = match relay.tokens.bearer(oauth, &relay.store, client, rejected.as_ref()).await {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = format!("oauth: {e}");
+                return AttemptResult {
+                    status: None,
+                    verdict: Verdict::Retry { reason: reason.clone(), retry_after: None },
+                    duration: spent,
+                    error: Some(reason),
+                    pause: None,
+                    body: None,
+                };
+            }
+        };
+        req.headers.retain(|h| !h.name.eq_ignore_ascii_case("authorization"));
+        use secrecy::ExposeSecret;
+        req.headers.push(HeaderSpec {
+            name: "Authorization".into(),
+            value: format!("Bearer {}", token.expose_secret()).into(),
+            from_env: true,
+        });
+        let mut r = relay.sender.send(&req, timeout, key, keep_body).await;
+        spent += r.duration;
+        r.duration = spent;
+        if r.status == Some(401) && rejected.is_none() {
+            tracing::info!(route = %route.name, "401 from the CRM: refreshing the OAuth token once");
+            rejected = Some(token);
+            continue;
+        }
+        return r;
+    }
 }
 
 fn set(done: &mut Value, name: &str, answer: Value) {

@@ -277,6 +277,16 @@ impl Store {
         dispatch!(self, s => s.next_due().await)
     }
 
+    /// The newest refresh token stored for an OAuth app (`OAuthConfig::cache_key`).
+    pub async fn oauth_refresh_token(&self, key: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.oauth_refresh_token(key.to_string()).await)
+    }
+
+    /// Keeps a rotated refresh token, so a restart does not fall back to a revoked one.
+    pub async fn save_oauth_refresh_token(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_oauth_refresh_token(key.to_string(), token.to_string()).await)
+    }
+
     pub async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         dispatch!(self, s => s.list_deliveries(filter).await)
     }

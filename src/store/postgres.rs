@@ -83,6 +83,11 @@ CREATE TABLE quarantine (
     r#"
 ALTER TABLE deliveries ADD COLUMN order_key TEXT, ADD COLUMN seq BIGSERIAL, ADD COLUMN steps_state TEXT;
 CREATE INDEX deliveries_order ON deliveries(route, order_key, seq) WHERE order_key IS NOT NULL AND status = 'pending';
+CREATE TABLE oauth_tokens (
+    key           TEXT PRIMARY KEY,
+    refresh_token TEXT NOT NULL,
+    updated_at    BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -291,6 +296,24 @@ impl PgStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt("SELECT refresh_token FROM oauth_tokens WHERE key = $1", &[&key]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn save_oauth_refresh_token(&self, key: String, token: String) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at",
+                &[&key, &token, &now_ms()],
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {

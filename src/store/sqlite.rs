@@ -92,6 +92,11 @@ CREATE TABLE quarantine (
     r#"
 ALTER TABLE deliveries ADD COLUMN order_key TEXT;
 ALTER TABLE deliveries ADD COLUMN steps_state TEXT;
+CREATE TABLE oauth_tokens (
+    key           TEXT PRIMARY KEY,
+    refresh_token TEXT NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
 CREATE INDEX deliveries_order ON deliveries(route, order_key) WHERE order_key IS NOT NULL AND status = 'pending';
 "#,
 ];
@@ -308,6 +313,27 @@ impl SqliteStore {
                 )?
                 .execute(params![at, delivery_id, lease_token])?;
             Ok(changed == 1)
+        })
+        .await
+    }
+
+    pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
+        self.call(move |c| {
+            c.prepare_cached("SELECT refresh_token FROM oauth_tokens WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    pub async fn save_oauth_refresh_token(&self, key: String, token: String) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at",
+            )?
+            .execute(params![key, token, now_ms()])?;
+            Ok(())
         })
         .await
     }

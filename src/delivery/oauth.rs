@@ -1,0 +1,140 @@
+//! OAuth 2.0 access tokens for routes with `auth = { type = "oauth2", … }`: fetched from the token
+//! endpoint (client credentials, or the refresh-token grant when a refresh token is configured),
+//! cached per app, refreshed a minute before they expire and once when the CRM answers 401. A
+//! rotated refresh token is written to the store, so a restart uses the newest one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::OAuthConfig;
+use crate::store::Store;
+
+/// Token endpoint answers longer than this are cut in error messages.
+const ERROR_BODY_LIMIT: usize = 200;
+/// Refresh this long before the announced expiry.
+const EARLY: Duration = Duration::from_secs(60);
+/// How long to trust a token whose answer gave no `expires_in` (a 401 refreshes it sooner).
+const UNKNOWN_LIFETIME: Duration = Duration::from_secs(30 * 60);
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Tokens of every OAuth app in use, one slot per app; a slot's lock makes refreshes single-flight.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    access: Option<(SecretString, Instant)>,
+    /// The newest refresh token known to this process.
+    refresh: Option<SecretString>,
+    /// How many tokens were fetched (for tests and logs).
+    fetched: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+impl Tokens {
+    /// A valid access token for `cfg`. `rejected` is a token the CRM just refused (401): unless
+    /// another request already replaced it, a new one is fetched.
+    pub async fn bearer(
+        &self,
+        cfg: &OAuthConfig,
+        store: &Store,
+        client: &reqwest::Client,
+        rejected: Option<&SecretString>,
+    ) -> Result<SecretString, String> {
+        let key = cfg.cache_key();
+        let slot = self.slots.lock().await.entry(key.clone()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some((token, refresh_at)) = &slot.access {
+            let refused = rejected.is_some_and(|r| r.expose_secret() == token.expose_secret());
+            if !refused && Instant::now() < *refresh_at {
+                return Ok(token.clone());
+            }
+        }
+        if cfg.refresh_token.is_some() && slot.refresh.is_none() {
+            slot.refresh = match store.oauth_refresh_token(&key).await {
+                Ok(Some(stored)) => Some(SecretString::from(stored)),
+                Ok(None) => cfg.refresh_token.clone(),
+                Err(e) => return Err(format!("reading the stored refresh token: {e}")),
+            };
+        }
+        let mut form: Vec<(&str, &str)> =
+            vec![("client_id", cfg.client_id.as_str()), ("client_secret", cfg.client_secret.expose_secret())];
+        match &slot.refresh {
+            Some(rt) => form.extend([("grant_type", "refresh_token"), ("refresh_token", rt.expose_secret())]),
+            None => form.push(("grant_type", "client_credentials")),
+        }
+        if let Some(scope) = &cfg.scope {
+            form.push(("scope", scope));
+        }
+        let body = serde_urlencoded::to_string(&form).map_err(|e| format!("token request: {e}"))?;
+        let resp = client
+            .post(&cfg.token_url)
+            .timeout(TOKEN_TIMEOUT)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint unreachable: {}", e.without_url()))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let snippet: String = text.chars().take(ERROR_BODY_LIMIT).collect();
+            return Err(format!("token endpoint answered {}: {}", status.as_u16(), snippet.trim()));
+        }
+        let answer: TokenAnswer =
+            serde_json::from_str(&text).map_err(|_| "the token endpoint's answer has no access_token".to_string())?;
+        let lifetime = answer
+            .expires_in
+            .as_ref()
+            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .map(Duration::from_secs);
+        let refresh_at = Instant::now()
+            + match lifetime {
+                Some(l) if l > EARLY * 2 => l - EARLY,
+                Some(l) => l / 2,
+                None => UNKNOWN_LIFETIME,
+            };
+        if let Some(new) = answer.refresh_token.filter(|t| !t.is_empty()) {
+            let rotated = slot.refresh.as_ref().is_none_or(|old| old.expose_secret() != new);
+            if rotated && slot.refresh.is_some() {
+                if let Err(e) = store.save_oauth_refresh_token(&key, &new).await {
+                    tracing::error!(token_url = %cfg.token_url, error = %e, "could not store the rotated refresh token; it is kept in memory only");
+                }
+                tracing::info!(token_url = %cfg.token_url, "refresh token rotated and stored");
+            }
+            if slot.refresh.is_some() {
+                slot.refresh = Some(SecretString::from(new));
+            }
+        }
+        slot.fetched += 1;
+        tracing::info!(token_url = %cfg.token_url, lifetime_s = lifetime.map(|l| l.as_secs()), "access token fetched");
+        let token = SecretString::from(answer.access_token);
+        slot.access = Some((token.clone(), refresh_at));
+        Ok(token)
+    }
+
+    /// How many tokens were fetched for `cfg` by this process.
+    pub async fn fetched(&self, cfg: &OAuthConfig) -> u64 {
+        let slot = self.slots.lock().await.get(&cfg.cache_key()).cloned();
+        match slot {
+            Some(s) => s.lock().await.fetched,
+            None => 0,
+        }
+    }
+}
