@@ -1,7 +1,8 @@
 //! OAuth 2.0 access tokens for routes with `auth = { type = "oauth2", … }`: fetched from the token
 //! endpoint (client credentials, or the refresh-token grant when a refresh token is configured),
 //! cached per app, refreshed a minute before they expire and once when the CRM answers 401. A
-//! rotated refresh token is written to the store, so a restart uses the newest one.
+//! rotated refresh token is written to the store and read back before each refresh, so a restart
+//! or another replica uses the newest one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,12 +66,14 @@ impl Tokens {
                 return Ok(token.clone());
             }
         }
-        if cfg.refresh_token.is_some() && slot.refresh.is_none() {
-            slot.refresh = match store.oauth_refresh_token(&key).await {
-                Ok(Some(stored)) => Some(SecretString::from(stored)),
-                Ok(None) => cfg.refresh_token.clone(),
+        // Read the store every time: another replica may have rotated the token since.
+        if cfg.refresh_token.is_some() {
+            match store.oauth_refresh_token(&key).await {
+                Ok(Some(stored)) => slot.refresh = Some(SecretString::from(stored)),
+                Ok(None) if slot.refresh.is_none() => slot.refresh = cfg.refresh_token.clone(),
+                Ok(None) => {}
                 Err(e) => return Err(format!("reading the stored refresh token: {e}")),
-            };
+            }
         }
         let mut form: Vec<(&str, &str)> =
             vec![("client_id", cfg.client_id.as_str()), ("client_secret", cfg.client_secret.expose_secret())];

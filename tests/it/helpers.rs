@@ -186,7 +186,7 @@ pub struct TestConfig {
     /// `[store] url`; SQLite in the test directory when `None`.
     pub store_url: Option<String>,
     /// Extra lines for the `crm` route (rate_limit, concurrency, order_by, …).
-    pub route_extra: &'static str,
+    pub route_extra: String,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -206,7 +206,7 @@ impl Default for TestConfig {
             source_extra: "",
             retention: "30days",
             store_url: None,
-            route_extra: "",
+            route_extra: String::new(),
         }
     }
 }

@@ -10,6 +10,8 @@ mod crash;
 mod delivery;
 mod ingest;
 mod lifecycle;
+mod multistep;
+mod oauth;
 mod pacing;
 mod scale_out;
 mod store_contract;

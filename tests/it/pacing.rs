@@ -14,7 +14,7 @@ fn contact_event(id: &str, email: &str) -> Value {
 
 #[tokio::test]
 async fn a_rate_limited_route_never_exceeds_its_rate() {
-    let app = spawn_app_with(TestConfig { route_extra: "rate_limit = \"3/1s\"", ..TestConfig::default() }).await;
+    let app = spawn_app_with(TestConfig { route_extra: "rate_limit = \"3/1s\"".into(), ..TestConfig::default() }).await;
     for i in 0..10 {
         assert_eq!(app.post_event(&contact_event(&format!("r{i}"), "a@example.com")).await.status(), 200);
     }
@@ -34,7 +34,7 @@ async fn a_rate_limited_route_never_exceeds_its_rate() {
 
 #[tokio::test]
 async fn concurrency_bounds_requests_in_flight() {
-    let app = spawn_app_with(TestConfig { route_extra: "concurrency = 2", ..TestConfig::default() }).await;
+    let app = spawn_app_with(TestConfig { route_extra: "concurrency = 2".into(), ..TestConfig::default() }).await;
     app.crm.delay(Duration::from_millis(150));
     for i in 0..8 {
         app.post_event(&contact_event(&format!("c{i}"), "a@example.com")).await;
@@ -68,7 +68,7 @@ async fn a_429_with_retry_after_pushes_the_next_attempt_out_and_never_fails_the_
 #[tokio::test]
 async fn order_by_keeps_arrival_order_per_key_while_keys_proceed_in_parallel() {
     let app = spawn_app_with(TestConfig {
-        route_extra: "order_by = \"{{lower data.data.contact.email}}\"",
+        route_extra: "order_by = \"{{lower data.data.contact.email}}\"".into(),
         ..TestConfig::default()
     })
     .await;

@@ -1,0 +1,159 @@
+//! OAuth 2.0 routes against a loopback token server that rotates refresh tokens: the access token
+//! is cached, fetched again once it expires and once after a 401, and the rotated refresh token
+//! survives a restart of the relay.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[derive(Default)]
+struct TokenServer {
+    /// The refresh token that is valid now; each refresh replaces it.
+    refresh: Mutex<String>,
+    /// Every token request's form, in order.
+    requests: Mutex<Vec<Vec<(String, String)>>>,
+    issued: Mutex<u32>,
+    expires_in: Mutex<u64>,
+}
+
+async fn token(state: web::Data<TokenServer>, form: web::Form<Vec<(String, String)>>) -> HttpResponse {
+    let form = form.into_inner();
+    state.requests.lock().unwrap().push(form.clone());
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    if get("client_id") != "relay-app" || get("client_secret") != "app-secret" {
+        return HttpResponse::Unauthorized().json(json!({"error": "invalid_client"}));
+    }
+    let mut valid = state.refresh.lock().unwrap();
+    if get("grant_type") != "refresh_token" || get("refresh_token") != *valid {
+        return HttpResponse::BadRequest().json(json!({"error": "invalid_grant"}));
+    }
+    let mut issued = state.issued.lock().unwrap();
+    *issued += 1;
+    *valid = format!("rt-{}", *issued + 1);
+    HttpResponse::Ok().json(json!({
+        "access_token": format!("at-{}", *issued),
+        "token_type": "Bearer",
+        "expires_in": *state.expires_in.lock().unwrap(),
+        "refresh_token": *valid,
+    }))
+}
+
+async fn start_token_server(expires_in: u64) -> (String, Arc<TokenServer>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/oauth/token", listener.local_addr().unwrap());
+    let state = Arc::new(TokenServer {
+        refresh: Mutex::new("rt-1".into()),
+        expires_in: Mutex::new(expires_in),
+        ..Default::default()
+    });
+    let data = web::Data::from(state.clone());
+    let server =
+        HttpServer::new(move || App::new().app_data(data.clone()).route("/oauth/token", web::post().to(token)))
+            .listen(listener)
+            .unwrap()
+            .workers(1)
+            .disable_signals()
+            .run();
+    tokio::spawn(server);
+    (url, state)
+}
+
+fn oauth_config(token_url: &str) -> TestConfig {
+    TestConfig {
+        route_extra: format!(
+            r#"auth = {{ type = "oauth2", token_url = "{token_url}", client_id = "relay-app", client_secret = "app-secret", refresh_token = "rt-1" }}"#
+        ),
+        ..TestConfig::default()
+    }
+}
+
+fn bearer(r: &Received) -> String {
+    r.header("authorization").unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn the_token_is_cached_refreshed_on_expiry_and_once_after_a_401() {
+    // expires_in = 2 s: refreshed after half of it (lifetimes this short get no minute of margin).
+    let (token_url, server) = start_token_server(2).await;
+    let app = spawn_app_with(oauth_config(&token_url)).await;
+    let events = sample_events();
+    for e in &events[..3] {
+        app.post_event(e).await;
+    }
+    wait_until(Duration::from_secs(10), "three delivered", || async { app.crm.count() == 3 }).await;
+    assert!(app.crm.received().iter().all(|r| bearer(r) == "Bearer at-1"), "one token for all three");
+    assert_eq!(server.requests.lock().unwrap().len(), 1, "fetched once, then cached");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.post_event(&events[3]).await;
+    wait_until(Duration::from_secs(10), "fourth delivered", || async { app.crm.count() == 4 }).await;
+    assert_eq!(bearer(&app.crm.received()[3]), "Bearer at-2", "expired → a new token");
+
+    // The CRM refuses the token: one new token, the same request sent again, delivered.
+    app.crm.respond_with(&[401]);
+    app.post_event(&events[4]).await;
+    wait_until(Duration::from_secs(10), "fifth delivered", || async {
+        app.deliveries("status=delivered").await.len() == 5
+    })
+    .await;
+    let got = app.crm.received();
+    assert_eq!((got[4].status, bearer(&got[4]).as_str()), (401, "Bearer at-2"));
+    assert_eq!((got[5].status, bearer(&got[5]).as_str()), (200, "Bearer at-3"));
+    assert_eq!(got[4].header("idempotency-key"), got[5].header("idempotency-key"));
+    let grants: Vec<String> = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f.iter().find(|(k, _)| k == "refresh_token").unwrap().1.clone())
+        .collect();
+    assert_eq!(grants, vec!["rt-1", "rt-2", "rt-3"], "each refresh used the newest rotated token");
+    let stored: String = rusqlite::Connection::open(app.db_path())
+        .unwrap()
+        .query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, "rt-4", "the rotated refresh token is in the store");
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_survives_a_restart() {
+    let (token_url, server) = start_token_server(3600).await;
+    let cfg = oauth_config(&token_url);
+    let app = spawn_app_with(cfg.clone()).await;
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(10), "delivered", || async { app.crm.count() == 1 }).await;
+    let (dir, crm) = app.stop().await;
+    // rt-1 (still in routes.toml) is now revoked by the server; only rt-2 works.
+    let app = start_in(dir, crm, &cfg).await;
+    app.post_event(&sample_events()[1]).await;
+    wait_until(Duration::from_secs(10), "delivered after the restart", || async {
+        app.deliveries("status=delivered").await.len() == 2
+    })
+    .await;
+    let last = server.requests.lock().unwrap().last().cloned().unwrap();
+    assert!(last.contains(&("refresh_token".into(), "rt-2".into())), "{last:?}");
+    assert_eq!(bearer(&app.crm.received()[1]), "Bearer at-2");
+}
+
+#[tokio::test]
+async fn a_refused_token_request_is_retried_with_its_reason_and_no_secret() {
+    let (token_url, _server) = start_token_server(3600).await;
+    let mut cfg = oauth_config(&token_url);
+    cfg.route_extra = cfg.route_extra.replace("app-secret", "wrong-secret");
+    let app = spawn_app_with(cfg).await;
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(10), "failed after the schedule", || async {
+        !app.deliveries("status=failed").await.is_empty()
+    })
+    .await;
+    assert_eq!(app.crm.count(), 0, "nothing sent without a token");
+    let d = &app.deliveries("status=failed").await[0];
+    assert_eq!(d["attempts"], 3, "retried on the schedule like a CRM outage");
+    let error = d["last_error"].as_str().unwrap();
+    assert!(error.contains("token endpoint answered 401"), "{error}");
+    assert!(!error.contains("wrong-secret"));
+}
