@@ -9,13 +9,35 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 
 use crate::config::{RateLimit, RouteConfig};
 use crate::event::now_ms;
+use crate::store::Store;
 
 /// Longest a claimed delivery waits in a worker for its route's turn.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
+const MAX_WAIT_MS: i64 = MAX_WAIT.as_millis() as i64;
+
+/// The sliding window with reservations, shared by the in-process gate and the PostgreSQL store:
+/// `sent` holds the send times (Unix ms) handed out so far, oldest first, at most `rate.count`.
+/// Returns the earliest time at which one more request keeps every window of `rate.window` at
+/// `rate.count` or fewer, and records it — or, when that is more than `max_wait` away, records
+/// nothing and returns it as `Err`.
+pub fn reserve(sent: &mut VecDeque<i64>, rate: RateLimit, now: i64, max_wait: i64) -> Result<i64, i64> {
+    let full = sent.len() >= rate.count as usize;
+    let slot = match sent.front() {
+        Some(oldest) if full => (*oldest + rate.window.as_millis() as i64).max(now),
+        _ => now,
+    };
+    if slot - now > max_wait {
+        return Err(slot);
+    }
+    if full {
+        sent.pop_front();
+    }
+    sent.push_back(slot);
+    Ok(slot)
+}
 
 /// The gates of every route that has a limit, or was paused, by route name.
 #[derive(Debug, Default)]
@@ -25,9 +47,11 @@ pub struct Gates {
 
 #[derive(Debug)]
 pub struct Gate {
+    route: String,
     spec: (Option<RateLimit>, Option<usize>),
-    /// Send times handed out (past and reserved), at most `count` of them, oldest first.
-    window: Option<(RateLimit, Mutex<VecDeque<Instant>>)>,
+    /// Send times handed out (past and reserved, Unix ms), at most `count` of them, oldest first.
+    /// With a store shared by replicas, the store keeps the window instead.
+    window: Option<(RateLimit, Mutex<VecDeque<i64>>)>,
     slots: Option<Arc<Semaphore>>,
     /// Unix ms before which nothing is sent on this route (a CRM asked for it).
     paused_until: AtomicI64,
@@ -52,6 +76,7 @@ impl Gates {
         }
         let paused = map.get(&route.name).map(|g| g.paused_until.load(Ordering::Relaxed)).unwrap_or(0);
         let gate = Arc::new(Gate {
+            route: route.name.clone(),
             spec,
             window: route.rate_limit.map(|r| (r, Mutex::new(VecDeque::with_capacity(r.count as usize)))),
             slots: route.concurrency.map(|n| Arc::new(Semaphore::new(n))),
@@ -76,8 +101,9 @@ impl Gates {
 }
 
 impl Gate {
-    /// Waits (at most [`MAX_WAIT`]) for this route's turn.
-    pub async fn admit(&self) -> Admission {
+    /// Waits (at most [`MAX_WAIT`]) for this route's turn. On a store shared by replicas the rate
+    /// window lives in the store, so the limit holds for all of them together.
+    pub async fn admit(&self, store: &Store) -> Admission {
         let paused = self.paused_until.load(Ordering::Relaxed);
         let now = now_ms();
         if paused > now + MAX_WAIT.as_millis() as i64 {
@@ -94,41 +120,28 @@ impl Gate {
             },
         };
         if let Some((rate, sent)) = &self.window {
-            let now = Instant::now();
-            let slot = {
-                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
-                let slot = match sent.front() {
-                    Some(oldest) if sent.len() >= rate.count as usize => (*oldest + rate.window).max(now),
-                    _ => now,
-                };
-                if slot.duration_since(now) > MAX_WAIT {
-                    None
-                } else {
-                    if sent.len() >= rate.count as usize {
-                        sent.pop_front();
+            let now = now_ms();
+            let reserved = if store.shares_rate_limits() {
+                match store.reserve_rate_slot(&self.route, *rate, now, MAX_WAIT_MS).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(route = %self.route, error = %e, "shared rate window unavailable; trying again shortly");
+                        return Admission::Later(now + 1000);
                     }
-                    sent.push_back(slot);
-                    Some(slot)
                 }
+            } else {
+                reserve(&mut sent.lock().unwrap_or_else(|p| p.into_inner()), *rate, now, MAX_WAIT_MS)
             };
-            match slot {
-                Some(slot) => tokio::time::sleep_until(slot).await,
-                None => {
+            match reserved {
+                Ok(slot) => tokio::time::sleep(Duration::from_millis((slot - now).max(0) as u64)).await,
+                Err(free_at) => {
                     // Due when the window has room again; meanwhile nobody claims for this route.
-                    let wait = self.next_free_in(*rate);
-                    let at = now_ms() + wait.as_millis() as i64;
-                    self.pause_until(at - MAX_WAIT.as_millis() as i64);
-                    return Admission::Later(at);
+                    self.pause_until(free_at - MAX_WAIT_MS);
+                    return Admission::Later(free_at);
                 }
             }
         }
         Admission::Go(permit)
-    }
-
-    fn next_free_in(&self, rate: RateLimit) -> Duration {
-        let Some((_, sent)) = &self.window else { return Duration::ZERO };
-        let sent = sent.lock().unwrap_or_else(|p| p.into_inner());
-        sent.front().map(|oldest| (*oldest + rate.window).saturating_duration_since(Instant::now())).unwrap_or_default()
     }
 
     /// Nothing is sent on this route before `at` (Unix ms); a later pause wins.
@@ -153,16 +166,37 @@ mod tests {
             .remove(0)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn never_more_than_count_in_any_window() {
+    #[test]
+    fn the_window_never_holds_more_than_count_and_reservations_stay_within_max_wait() {
+        let rate = RateLimit { count: 3, window: Duration::from_secs(1) };
+        let mut sent = VecDeque::new();
+        let got: Vec<Result<i64, i64>> = (0..8).map(|_| reserve(&mut sent, rate, 10_000, 1000)).collect();
+        assert_eq!(got[..3], [Ok(10_000), Ok(10_000), Ok(10_000)]);
+        assert_eq!(got[3..6], [Ok(11_000), Ok(11_000), Ok(11_000)], "the next window, reserved");
+        assert_eq!(got[6..], [Err(12_000), Err(12_000)], "two windows away: handed back");
+        assert_eq!(sent.len(), 3);
+        // Later, the window has room again.
+        assert_eq!(reserve(&mut sent, rate, 12_500, 1000), Ok(12_500));
+    }
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        (dir, Store::Sqlite(s))
+    }
+
+    #[tokio::test]
+    async fn admitted_requests_keep_to_the_rate_and_the_rest_is_handed_back() {
+        let (_dir, store) = store().await;
+        let store = Arc::new(store);
         let gates = Gates::default();
-        let gate = gates.gate(&route(Some("3/1s"), None));
-        let start = Instant::now();
+        let gate = gates.gate(&route(Some("2/400ms"), None));
+        let start = std::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let gate = gate.clone();
+        for _ in 0..12 {
+            let (gate, store) = (gate.clone(), store.clone());
             set.spawn(async move {
-                match gate.admit().await {
+                match gate.admit(&store).await {
                     Admission::Go(_) => Some(start.elapsed()),
                     Admission::Later(_) => None,
                 }
@@ -177,20 +211,19 @@ mod tests {
             }
         }
         sent.sort();
-        // 3 at once, then each waits for room in the window; what would wait over MAX_WAIT is handed back.
-        assert!(sent[..3].iter().all(|d| *d < Duration::from_millis(10)), "{sent:?}");
-        for w in sent.windows(4) {
-            assert!(w[3] - w[0] >= Duration::from_secs(1), "4 sends within one window: {sent:?}");
+        for w in sent.windows(3) {
+            assert!(w[2] - w[0] >= Duration::from_millis(390), "3 sends within one window: {sent:?}");
         }
-        assert!(sent.iter().all(|d| *d <= Duration::from_secs(2)), "nobody waited over MAX_WAIT: {sent:?}");
-        assert!(later >= 1 && sent.len() + later == 8, "{sent:?} {later}");
+        assert!(sent.iter().all(|d| *d < Duration::from_millis(1300)), "nobody waited over MAX_WAIT: {sent:?}");
+        assert!(later >= 4 && sent.len() + later == 12, "{sent:?} {later}");
     }
 
     #[tokio::test]
     async fn a_full_route_is_closed_to_claims_until_a_slot_frees() {
         let gates = Gates::default();
+        let (_dir, store) = store().await;
         let gate = gates.gate(&route(None, Some(1)));
-        let Admission::Go(permit) = gate.admit().await else { panic!("first one goes") };
+        let Admission::Go(permit) = gate.admit(&store).await else { panic!("first one goes") };
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
         drop(permit);
         assert!(gates.closed_routes().is_empty());
@@ -199,13 +232,14 @@ mod tests {
     #[tokio::test]
     async fn a_pause_hands_deliveries_back_until_it_ends() {
         let gates = Gates::default();
+        let (_dir, store) = store().await;
         let gate = gates.gate(&route(None, None));
         let until = now_ms() + 60_000;
         gate.pause_until(until);
-        assert!(matches!(gate.admit().await, Admission::Later(at) if at == until));
+        assert!(matches!(gate.admit(&store).await, Admission::Later(at) if at == until));
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
         // Changing the limits keeps the pause.
         let gate = gates.gate(&route(Some("1/s"), None));
-        assert!(matches!(gate.admit().await, Admission::Later(at) if at == until));
+        assert!(matches!(gate.admit(&store).await, Admission::Later(at) if at == until));
     }
 }

@@ -129,7 +129,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
     let gate = rt.config.route(&c.route).map(|route| relay.gates.gate(route));
     let _permit = match &gate {
         None => None,
-        Some(gate) => match gate.admit().await {
+        Some(gate) => match gate.admit(&relay.store).await {
             Admission::Go(permit) => permit,
             Admission::Later(at) => {
                 tracing::debug!(delivery = %c.delivery_id, route = %c.route, "route paced; handed back to the queue");

@@ -335,6 +335,28 @@ impl Store {
         dispatch!(self, s => s.last_event_per_source(sources).await)
     }
 
+    /// Whether rate windows must live in the store (replicas share it: PostgreSQL).
+    pub fn shares_rate_limits(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Reserves a send time for `route` in the window kept in the store (see
+    /// `delivery::limits::reserve`); only for stores that share rate limits.
+    pub async fn reserve_rate_slot(
+        &self,
+        route: &str,
+        rate: crate::config::RateLimit,
+        now: i64,
+        max_wait: i64,
+    ) -> Result<Result<i64, i64>, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.reserve_rate_slot(route, rate, now, max_wait).await,
+            Store::Sqlite(_) => {
+                Err(StoreError::Unsupported("the SQLite store keeps rate windows in the process".into()))
+            }
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping().await)
     }

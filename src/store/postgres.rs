@@ -83,6 +83,10 @@ CREATE TABLE quarantine (
     r#"
 ALTER TABLE deliveries ADD COLUMN order_key TEXT, ADD COLUMN seq BIGSERIAL, ADD COLUMN steps_state TEXT;
 CREATE INDEX deliveries_order ON deliveries(route, order_key, seq) WHERE order_key IS NOT NULL AND status = 'pending';
+CREATE TABLE rate_windows (
+    route TEXT PRIMARY KEY,
+    slots BIGINT[] NOT NULL
+);
 CREATE TABLE oauth_tokens (
     key           TEXT PRIMARY KEY,
     refresh_token TEXT NOT NULL,
@@ -296,6 +300,34 @@ impl PgStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// The shared sliding window of `route`, reserved under a row lock so replicas never hand out
+    /// more than the rate between them.
+    pub async fn reserve_rate_slot(
+        &self,
+        route: &str,
+        rate: crate::config::RateLimit,
+        now: i64,
+        max_wait: i64,
+    ) -> Result<Result<i64, i64>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("INSERT INTO rate_windows (route, slots) VALUES ($1, '{}') ON CONFLICT DO NOTHING", &[&route])
+            .await?;
+        let row = tx.query_one("SELECT slots FROM rate_windows WHERE route = $1 FOR UPDATE", &[&route]).await?;
+        let mut sent: std::collections::VecDeque<i64> = row.get::<_, Vec<i64>>(0).into();
+        // A window kept under a larger count than the route has now keeps only its newest slots.
+        while sent.len() > rate.count as usize {
+            sent.pop_front();
+        }
+        let reserved = crate::delivery::limits::reserve(&mut sent, rate, now, max_wait);
+        if reserved.is_ok() {
+            let slots: Vec<i64> = sent.into();
+            tx.execute("UPDATE rate_windows SET slots = $2 WHERE route = $1", &[&route, &slots]).await?;
+        }
+        tx.commit().await?;
+        Ok(reserved)
     }
 
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {

@@ -325,3 +325,36 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     assert_eq!(last[0].0, "s");
     s.ping().await.unwrap();
 }
+
+/// Two PostgreSQL store handles stand for two replicas: the rate window they reserve from is one.
+#[tokio::test]
+async fn replicas_share_one_rate_window_on_postgres() {
+    let Some(schema) = pg_schema("replicas_share_one_rate_window_on_postgres").await else { return };
+    let cfg = store_config(StoreBackend::Postgres { url: SecretString::from(schema.url()) });
+    let (a, b) = (Store::open(&cfg).await.unwrap(), Store::open(&cfg).await.unwrap());
+    assert!(a.shares_rate_limits());
+    let rate = lbx_relay::config::RateLimit { count: 3, window: Duration::from_secs(1) };
+    let now = 1_000_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move { s.reserve_rate_slot("hubspot", rate, now, 1000).await.unwrap() });
+    }
+    let mut slots = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(at) => slots.push(at),
+            Err(free_at) => {
+                assert_eq!(free_at, now + 2000);
+                refused += 1;
+            }
+        }
+    }
+    slots.sort();
+    assert_eq!(slots, vec![now, now, now, now + 1000, now + 1000, now + 1000], "3 per second between both");
+    assert_eq!(refused, 4);
+    // Another route has its own window.
+    assert_eq!(b.reserve_rate_slot("slack", rate, now, 1000).await.unwrap(), Ok(now));
+    schema.drop().await;
+}
