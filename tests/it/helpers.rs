@@ -70,16 +70,8 @@ impl FakeCrm {
     }
 
     pub async fn start_on(listener: std::net::TcpListener) -> FakeCrm {
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(CrmState::default());
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(crm_handler)))
-            .listen(listener)
-            .unwrap()
-            .workers(1)
-            .disable_signals()
-            .run();
-        tokio::spawn(server);
+        let url = serve_loopback(listener, state.clone(), crm_handler);
         FakeCrm { url, state }
     }
 
@@ -123,6 +115,27 @@ impl FakeCrm {
     pub fn count(&self) -> usize {
         self.state.received.lock().unwrap().len()
     }
+}
+
+/// Serves `handler` (for every path) with `state` on `listener`, in the background; returns the base
+/// URL. The stand-ins for CRMs, vendor APIs and token servers are built on it.
+pub fn serve_loopback<T, F, Args>(listener: std::net::TcpListener, state: Arc<T>, handler: F) -> String
+where
+    T: Send + Sync + 'static,
+    F: actix_web::Handler<Args> + Clone + Send + 'static,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(handler.clone())))
+        .listen(listener)
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .run();
+    tokio::spawn(server);
+    url
 }
 
 async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {

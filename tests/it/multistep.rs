@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -34,17 +34,8 @@ struct FakeApi {
 
 impl FakeApi {
     async fn start() -> FakeApi {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(FakeState::default());
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(fake_api)))
-            .listen(listener)
-            .unwrap()
-            .workers(1)
-            .disable_signals()
-            .run();
-        tokio::spawn(server);
+        let url = serve_loopback(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), state.clone(), fake_api);
         FakeApi { url, state }
     }
 

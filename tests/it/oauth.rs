@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -43,23 +43,13 @@ async fn token(state: web::Data<TokenServer>, form: web::Form<Vec<(String, Strin
 }
 
 async fn start_token_server(expires_in: u64) -> (String, Arc<TokenServer>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/oauth/token", listener.local_addr().unwrap());
     let state = Arc::new(TokenServer {
         refresh: Mutex::new("rt-1".into()),
         expires_in: Mutex::new(expires_in),
         ..Default::default()
     });
-    let data = web::Data::from(state.clone());
-    let server =
-        HttpServer::new(move || App::new().app_data(data.clone()).route("/oauth/token", web::post().to(token)))
-            .listen(listener)
-            .unwrap()
-            .workers(1)
-            .disable_signals()
-            .run();
-    tokio::spawn(server);
-    (url, state)
+    let base = serve_loopback(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), state.clone(), token);
+    (format!("{base}/oauth/token"), state)
 }
 
 fn oauth_config(token_url: &str) -> TestConfig {
