@@ -1,4 +1,5 @@
-# lbx-relay: multi-stage build, non-root runtime with the binary, the example config and templates.
+# lbx-relay: multi-stage build, non-root runtime with the binary, the example configs and templates.
+# A connector: docker run -e LBX_CONFIG=/etc/lbx-relay/examples/brevo.toml -e BREVO_API_KEY=… …
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
@@ -12,6 +13,7 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/lbx-relay --create-home lbx
 COPY --from=build /src/target/release/lbx-relay /usr/local/bin/lbx-relay
 COPY routes.toml /etc/lbx-relay/routes.toml
 COPY templates /etc/lbx-relay/templates
+COPY examples /etc/lbx-relay/examples
 USER 10001
 WORKDIR /var/lib/lbx-relay
 ENV LBX_CONFIG=/etc/lbx-relay/routes.toml \
