@@ -15,6 +15,8 @@ pub const QUARANTINE_SIZE: &str = "lbx_quarantine_size";
 pub const OLDEST_PENDING_AGE: &str = "lbx_oldest_pending_age_seconds";
 pub const SOURCE_SILENT: &str = "lbx_source_silent";
 pub const SOURCE_LAST_EVENT: &str = "lbx_source_last_event_timestamp_seconds";
+pub const DEAD_LETTERS: &str = "lbx_dead_letters";
+pub const DEFERRED: &str = "lbx_deliveries_deferred_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
@@ -65,6 +67,11 @@ fn describe() {
     metrics::describe_gauge!(OLDEST_PENDING_AGE, "Age of the oldest pending delivery");
     metrics::describe_gauge!(SOURCE_SILENT, "1 when a source has been silent longer than its alert_after");
     metrics::describe_gauge!(SOURCE_LAST_EVENT, "When the last body arrived for a source (Unix seconds)");
+    metrics::describe_gauge!(DEAD_LETTERS, "Deliveries that failed for good, waiting for a replay");
+    metrics::describe_counter!(
+        DEFERRED,
+        "Deliveries handed back to the queue by their route's rate limit, concurrency or pause"
+    );
 }
 
 /// Masks an e-mail address for logs: `ca***@example.fr`.

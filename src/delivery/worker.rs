@@ -15,7 +15,7 @@ use super::steps;
 use crate::app::Relay;
 use crate::event::{now_ms, Event};
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
-use crate::telemetry::{DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
+use crate::telemetry::{DEFERRED, DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 
 /// How long a claim is reserved: the longest route timeout plus the configured margin.
 fn lease_for(relay: &Relay) -> Duration {
@@ -133,6 +133,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
             Admission::Go(permit) => permit,
             Admission::Later(at) => {
                 tracing::debug!(delivery = %c.delivery_id, route = %c.route, "route paced; handed back to the queue");
+                metrics::counter!(DEFERRED, "route" => c.route.clone()).increment(1);
                 return Outcome::Deferred { delivery_id: c.delivery_id, lease_token: c.lease_token, at };
             }
         },

@@ -1,6 +1,7 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the bearer-protected `/api/*`:
-//! events and deliveries with cursor paging, single and bulk retry, the quarantine and its
-//! reprocessing, config reload and the retention purge.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, the dashboard (`/`, a static page that
+//! works through the API), and the bearer-protected `/api/*`: stats, events and deliveries with
+//! cursor paging, single and bulk retry, the quarantine and its reprocessing, config reload and the
+//! retention purge.
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
@@ -22,6 +23,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(super::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(prometheus))
+        .route("/", web::get().to(dashboard_page))
+        .route("/dashboard.js", web::get().to(dashboard_script))
+        .route("/dashboard.css", web::get().to(dashboard_style))
+        .route("/api/stats", web::get().to(stats))
         .route("/api/events", web::get().to(list_events))
         .route("/api/events/{id}", web::get().to(get_event))
         .route("/api/deliveries", web::get().to(list_deliveries))
@@ -70,6 +75,44 @@ async fn readyz(relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
 async fn prometheus(relay: web::Data<Relay>) -> HttpResponse {
     housekeeping::refresh_gauges(&relay).await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics().render())
+}
+
+/// The dashboard loads only its own script and style, and talks only to this listener.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn static_file(content_type: &str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("Content-Security-Policy", DASHBOARD_CSP))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(body)
+}
+
+async fn dashboard_page() -> HttpResponse {
+    static_file("text/html; charset=utf-8", include_str!("../../assets/dashboard/index.html"))
+}
+
+async fn dashboard_script() -> HttpResponse {
+    static_file("text/javascript; charset=utf-8", include_str!("../../assets/dashboard/dashboard.js"))
+}
+
+async fn dashboard_style() -> HttpResponse {
+    static_file("text/css; charset=utf-8", include_str!("../../assets/dashboard/dashboard.css"))
+}
+
+async fn stats(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
+    let g = relay.store.gauges().await?;
+    let rt = relay.runtime();
+    Ok(HttpResponse::Ok().json(json!({
+        "queue_depth": g.queue_depth,
+        "failed": g.failed,
+        "quarantined": g.quarantined,
+        "oldest_pending_at": g.oldest_pending_at.map(rfc3339),
+        "routes": rt.config.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        "sources": rt.config.sources.keys().collect::<Vec<_>>(),
+    })))
 }
 
 const MAX_PAGE: u32 = 500;

@@ -204,6 +204,8 @@ pub struct Quarantined {
 pub struct Gauges {
     pub queue_depth: i64,
     pub quarantined: i64,
+    /// Deliveries in `failed` (dead letters).
+    pub failed: i64,
     /// When the oldest pending delivery was created (Unix ms).
     pub oldest_pending_at: Option<i64>,
 }

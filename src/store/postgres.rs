@@ -515,11 +515,17 @@ impl PgStore {
             .query_one(
                 "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
                         (SELECT COUNT(*) FROM quarantine),
-                        (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending')",
+                        (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'),
+                        (SELECT COUNT(*) FROM deliveries WHERE status = 'failed')",
                 &[],
             )
             .await?;
-        Ok(Gauges { queue_depth: row.get(0), quarantined: row.get(1), oldest_pending_at: row.get(2) })
+        Ok(Gauges {
+            queue_depth: row.get(0),
+            quarantined: row.get(1),
+            oldest_pending_at: row.get(2),
+            failed: row.get(3),
+        })
     }
 
     pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {

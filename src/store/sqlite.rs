@@ -525,9 +525,10 @@ impl SqliteStore {
             let queue_depth =
                 c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))?;
             let quarantined = c.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+            let failed = c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'", [], |r| r.get(0))?;
             let oldest_pending_at =
                 c.query_row("SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))?;
-            Ok(Gauges { queue_depth, quarantined, oldest_pending_at })
+            Ok(Gauges { queue_depth, quarantined, failed, oldest_pending_at })
         })
         .await
     }

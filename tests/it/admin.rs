@@ -135,3 +135,39 @@ async fn a_silent_source_flips_its_metric_until_an_event_arrives() {
         assert!(text.contains(series), "missing {series}");
     }
 }
+
+#[tokio::test]
+async fn the_dashboard_is_a_static_page_and_its_data_needs_the_token() {
+    let app = spawn_app().await;
+    app.crm.respond_with(&[422]);
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(5), "a dead letter", || async { app.deliveries("status=failed").await.len() == 1 })
+        .await;
+    let client = reqwest::Client::new();
+    // The page and its assets carry no data and no token: they are served to anyone who can reach
+    // the admin listener, locked to this origin by their CSP.
+    for (path, kind) in [("/", "text/html"), ("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")] {
+        let resp = client.get(format!("{}{path}", app.admin)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains(ADMIN_TOKEN));
+        if path == "/dashboard.js" {
+            assert!(!body.contains("innerHTML"), "API values are written as text, never as HTML");
+            for used in ["/api/stats", "/api/deliveries?status=failed", "/api/quarantine/reprocess", "/api/reload"] {
+                assert!(body.contains(used), "{used}");
+            }
+        }
+    }
+    let anonymous = client.get(format!("{}/api/stats", app.admin)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let stats: Value = app.admin_get("/api/stats").await.json().await.unwrap();
+    assert_eq!(stats["failed"], 1);
+    assert_eq!(stats["queue_depth"], 0);
+    assert_eq!(stats["quarantined"], 0);
+    assert_eq!(stats["routes"], serde_json::json!(["crm"]));
+    let metrics = app.admin_get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("lbx_dead_letters 1"), "{metrics}");
+}
