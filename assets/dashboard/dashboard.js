@@ -59,9 +59,9 @@ async function refresh() {
       b.onclick = () => act("/api/deliveries/" + encodeURIComponent(d.id) + "/retry");
       row.insertCell().append(b);
     });
-    fill($("pending"), pending.items, [["id"], ["route"], ["attempts"], ["last_status"], ["next_attempt_at"]]);
+    fill($("pending"), pending.items, [["id"], ["route"], ["attempts"], ["last_status"], ["last_error", "error"], ["next_attempt_at"]]);
     fill($("quarantine"), quarantine.items, [["id"], ["source"], ["received_at"], ["size"], ["reason", "error"]]);
-    fill($("events"), events.items.slice().reverse(), [["received_at"], ["source"], ["event"], ["status"], ["id"]]);
+    fill($("events"), events.items, [["received_at"], ["source"], ["event"], ["status"], ["id"]]);
   } catch (e) {
     $("status").textContent = e.message;
   }
