@@ -31,6 +31,7 @@ pub async fn run(
     route: &RouteConfig,
     event: &Event,
     delivery_id: &str,
+    lease_token: &str,
     state: Option<&str>,
 ) -> StepsResult {
     if !route.is_multi_step() {
@@ -84,6 +85,13 @@ pub async fn run(
             serde_json::from_str(&body).unwrap_or(Value::String(body))
         };
         set(&mut done, &step.name, json!({ "status": r.status, "body": body }));
+        // Kept at once (not only when the attempt settles): a crash before the next steps finish
+        // must not repeat this one.
+        if i + 1 < route.steps.len() {
+            if let Err(e) = relay.store.save_steps_state(delivery_id, lease_token, done.to_string()).await {
+                tracing::warn!(delivery = %delivery_id, step = %step.name, error = %e, "could not record the step's answer yet");
+            }
+        }
         r.verdict = Verdict::Delivered;
         r.error = None;
         last = Some(r);

@@ -154,7 +154,16 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
                 received_at: c.event.received_at,
                 data,
             };
-            let out = steps::run(relay, &rt.templates, route, &event, &c.delivery_id, c.steps_state.as_deref()).await;
+            let out = steps::run(
+                relay,
+                &rt.templates,
+                route,
+                &event,
+                &c.delivery_id,
+                &c.lease_token,
+                c.steps_state.as_deref(),
+            )
+            .await;
             let r = out.result;
             if let (Some(pause), Some(gate)) = (r.pause, &gate) {
                 gate.pause_until(now_ms() + pause.as_millis() as i64);

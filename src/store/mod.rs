@@ -264,6 +264,17 @@ impl Store {
         dispatch!(self, s => s.claim(limit, lease, skip_routes).await)
     }
 
+    /// Keeps the answers of a multi-step delivery's finished steps as soon as each step is done,
+    /// so a crash mid-attempt does not repeat them. `false` when the lease was lost.
+    pub async fn save_steps_state(
+        &self,
+        delivery_id: &str,
+        lease_token: &str,
+        state: String,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.save_steps_state(delivery_id.to_string(), lease_token.to_string(), state).await)
+    }
+
     /// Gives a claimed delivery back, due at `at` (Unix ms), without counting an attempt.
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.defer(delivery_id, lease_token, at).await)

@@ -290,6 +290,22 @@ impl PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    pub async fn save_steps_state(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        state: String,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE deliveries SET steps_state = $1 WHERE id = $2 AND lease_token = $3",
+                &[&state, &delivery_id, &lease_token],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let n = client

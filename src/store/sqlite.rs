@@ -302,6 +302,22 @@ impl SqliteStore {
         .await
     }
 
+    /// Records the answers of a multi-step delivery's finished steps while it is still leased.
+    pub async fn save_steps_state(
+        &self,
+        delivery_id: String,
+        lease_token: String,
+        state: String,
+    ) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let changed = c
+                .prepare_cached("UPDATE deliveries SET steps_state = ?1 WHERE id = ?2 AND lease_token = ?3")?
+                .execute(params![state, delivery_id, lease_token])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     /// Gives a claimed delivery back, due at `at`, without counting an attempt (a route's rate
     /// limit or concurrency is full). `false` when the lease was lost.
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {

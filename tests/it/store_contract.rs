@@ -89,6 +89,7 @@ contract!(
     an_event_is_listed_with_its_deliveries_and_attempts,
     only_the_oldest_pending_delivery_of_a_key_is_claimable,
     paced_routes_are_skipped_and_deferrals_cost_no_attempt,
+    finished_steps_survive_a_lost_lease,
 );
 
 async fn dedup_keys_hold_within_their_window_only(s: Store) {
@@ -296,6 +297,22 @@ async fn paced_routes_are_skipped_and_deferrals_cost_no_attempt(s: Store) {
     .unwrap();
     let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     assert_eq!((third.attempts, third.tries), (1, 0));
+}
+
+async fn finished_steps_survive_a_lost_lease(s: Store) {
+    s.ingest(event("e1", "k1", now_ms() - 10, &["pipedrive"])).await.unwrap();
+    let first = s.claim(1, Duration::from_millis(50), vec![]).await.unwrap().remove(0);
+    assert_eq!(first.steps_state, None);
+    let state = r#"{"search":{"status":200,"body":{"data":{"items":[]}}}}"#.to_string();
+    assert!(s.save_steps_state(&first.delivery_id, &first.lease_token, state.clone()).await.unwrap());
+    // The worker dies; once the lease ends another one resumes with the recorded answers.
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let second = s.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    assert_eq!(second.steps_state.as_deref(), Some(state.as_str()));
+    assert!(
+        !s.save_steps_state(&first.delivery_id, &first.lease_token, "{}".into()).await.unwrap(),
+        "the old holder cannot overwrite them"
+    );
 }
 
 async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
