@@ -147,3 +147,47 @@ async fn a_refused_token_request_is_retried_with_its_reason_and_no_secret() {
     assert!(error.contains("token endpoint answered 401"), "{error}");
     assert!(!error.contains("wrong-secret"));
 }
+
+/// Two replicas on one PostgreSQL database: when one rotates the refresh token, the other refreshes
+/// with the new one (the old one is revoked by the server).
+#[tokio::test]
+async fn replicas_follow_each_others_rotations_on_postgres() {
+    let Some(schema) = pg_schema("replicas_follow_each_others_rotations_on_postgres").await else { return };
+    let (token_url, server) = start_token_server(3600).await;
+    let store_cfg = lbx_relay::config::StoreConfig {
+        backend: lbx_relay::config::StoreBackend::Postgres { url: schema.url().into() },
+        retention: Duration::from_secs(3600),
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(10),
+    };
+    let (store_a, store_b) = (
+        lbx_relay::store::Store::open(&store_cfg).await.unwrap(),
+        lbx_relay::store::Store::open(&store_cfg).await.unwrap(),
+    );
+    let app = lbx_relay::config::OAuthConfig {
+        token_url,
+        client_id: "relay-app".into(),
+        client_secret: "app-secret".to_string().into(),
+        refresh_token: Some("rt-1".to_string().into()),
+        scope: None,
+    };
+    let client = reqwest::Client::new();
+    let (a, b) = (lbx_relay::delivery::oauth::Tokens::default(), lbx_relay::delivery::oauth::Tokens::default());
+    use secrecy::ExposeSecret;
+    assert_eq!(a.bearer(&app, &store_a, &client, None).await.unwrap().expose_secret(), "at-1");
+    // Replica B starts later with rt-1 in its config; the server only accepts rt-2 now.
+    assert_eq!(b.bearer(&app, &store_b, &client, None).await.unwrap().expose_secret(), "at-2");
+    // And A, refused by the CRM, follows B's rotation in turn.
+    let stale = a.bearer(&app, &store_a, &client, None).await.unwrap();
+    assert_eq!(a.bearer(&app, &store_a, &client, Some(&stale)).await.unwrap().expose_secret(), "at-3");
+    let used: Vec<String> = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f.iter().find(|(k, _)| k == "refresh_token").unwrap().1.clone())
+        .collect();
+    assert_eq!(used, vec!["rt-1", "rt-2", "rt-3"]);
+    schema.drop().await;
+}
