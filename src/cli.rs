@@ -403,6 +403,9 @@ fn render(
     if !rt.templates.condition_holds(route, &ctx)? {
         eprintln!("note: the route's `when` condition is false for this event; it would not be sent");
     }
+    if let Some(key) = rt.templates.ordering_key(route, &ctx)? {
+        eprintln!("order key: {key} (deliveries with this key go out one at a time, in arrival order)");
+    }
     let mut shown = Vec::new();
     for (i, step) in route.steps.iter().enumerate() {
         let applies = rt.templates.step_applies(route, i, &ctx)?;

@@ -639,6 +639,59 @@ mod tests {
         assert_eq!(php_unserialize_string(r#"s:9:"{"a":1}";"#), None);
     }
 
+    /// Mutated and random bodies (bit flips, truncations, splices of valid envelopes, random bytes
+    /// and random JSON shapes) are refused or opened, never a panic. Seeded: the same inputs each run.
+    #[test]
+    fn mangled_bodies_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6c62_7872);
+        let secret = "fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY";
+        let keys = keyring(secret);
+        let lenient = OpenOptions { mode: EnvelopeMode::Auto, allow_plaintext: true };
+        let valid: Vec<String> = ALL_VARIANTS
+            .iter()
+            .copied()
+            .filter(|v| *v != Variant::Plaintext)
+            .map(|v| seal(br#"{"event":"x","id":"1"}"#, secret, v, KeyForm::Raw, random_iv()).unwrap().body)
+            .collect();
+        let shapes = [
+            r#"{"data":"%","iv":"%"}"#,
+            r#"{"payload":"%","IV":"%"}"#,
+            r#"{"iv":"%","value":"%","mac":"%"}"#,
+            r#""%""#,
+            "%::%",
+            r#"{"data":{"iv":"%"},"iv":[1,2]}"#,
+        ];
+        for round in 0..4000 {
+            let body: Vec<u8> = match round % 4 {
+                0 => {
+                    let mut b = valid[rng.gen_range(0..valid.len())].clone().into_bytes();
+                    for _ in 0..rng.gen_range(1..4) {
+                        let i = rng.gen_range(0..b.len());
+                        b[i] ^= 1 << rng.gen_range(0..8);
+                    }
+                    b
+                }
+                1 => {
+                    let b = valid[rng.gen_range(0..valid.len())].as_bytes();
+                    b[..rng.gen_range(0..b.len())].to_vec()
+                }
+                2 => (0..rng.gen_range(0..300)).map(|_| rng.gen::<u8>()).collect(),
+                _ => {
+                    let shape = shapes[rng.gen_range(0..shapes.len())];
+                    let fill: String = (0..rng.gen_range(0..64))
+                        .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+                        .collect();
+                    shape.replace('%', &fill).into_bytes()
+                }
+            };
+            let iv: Option<String> = (round % 7 == 0).then(|| "A".repeat(rng.gen_range(0..40)));
+            for opts in [&AUTO, &lenient] {
+                let _ = open(&Sealed { body: &body, iv_header: iv.as_deref() }, &keys, opts, &Hint::default());
+            }
+        }
+    }
+
     #[test]
     fn keyring_debug_shows_no_key_material() {
         assert_eq!(format!("{:?}", keyring("s3cr3t")), "Keyring(2 keys)");
