@@ -45,7 +45,7 @@ async function refresh() {
       api("/api/deliveries?status=failed&limit=100"),
       api("/api/deliveries?status=pending&limit=100"),
       api("/api/quarantine?limit=50"),
-      api("/api/events?limit=50"),
+      api("/api/events?order=desc&limit=50"),
     ]);
     $("main").hidden = false;
     $("status").textContent = "updated " + new Date().toLocaleTimeString();

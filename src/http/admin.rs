@@ -123,15 +123,22 @@ fn page_size(limit: Option<u32>) -> u32 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
+struct EventsQuery {
     limit: Option<u32>,
     after: Option<String>,
+    /// `asc` (default: oldest first) or `desc` (newest first).
+    order: Option<String>,
 }
 
-async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<EventsQuery>) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let limit = page_size(q.limit);
-    let events = relay.store.list_events(q.after, limit).await?;
+    let newest_first = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(ApiError::BadRequest("order must be asc or desc".into())),
+    };
+    let events = relay.store.list_events(q.after, limit, newest_first).await?;
     let next = if events.len() == limit as usize { events.last().map(|e| e.id.clone()) } else { None };
     let items: Vec<Value> = events
         .iter()

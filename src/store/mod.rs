@@ -314,8 +314,14 @@ impl Store {
         dispatch!(self, s => s.retry(None, Some(status.to_string()), route.map(str::to_string)).await)
     }
 
-    pub async fn list_events(&self, after: Option<String>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        dispatch!(self, s => s.list_events(after, limit).await)
+    /// Stored events, oldest first (or newest first), after the cursor `after` in that order.
+    pub async fn list_events(
+        &self,
+        after: Option<String>,
+        limit: u32,
+        newest_first: bool,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        dispatch!(self, s => s.list_events(after, limit, newest_first).await)
     }
 
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {

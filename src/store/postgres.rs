@@ -412,15 +412,21 @@ impl PgStore {
         Ok(n)
     }
 
-    pub async fn list_events(&self, after: Option<String>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn list_events(
+        &self,
+        after: Option<String>,
+        limit: u32,
+        newest_first: bool,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT id, source, event_key, kind, status, payload, received_at FROM events
-                 WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
-                &[&after, &(limit as i64)],
-            )
-            .await?;
+        let sql = if newest_first {
+            "SELECT id, source, event_key, kind, status, payload, received_at FROM events
+             WHERE ($1::text IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"
+        } else {
+            "SELECT id, source, event_key, kind, status, payload, received_at FROM events
+             WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        };
+        let rows = client.query(sql, &[&after, &(limit as i64)]).await?;
         Ok(rows.iter().map(event_from_row).collect())
     }
 

@@ -422,12 +422,20 @@ impl SqliteStore {
         })
         .await
     }
-    pub async fn list_events(&self, after: Option<String>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn list_events(
+        &self,
+        after: Option<String>,
+        limit: u32,
+        newest_first: bool,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         self.call(move |c| {
-            c.prepare_cached(
+            c.prepare_cached(if newest_first {
                 "SELECT id, source, event_key, kind, status, payload, received_at FROM events
-                 WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2",
-            )?
+                 WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
+            } else {
+                "SELECT id, source, event_key, kind, status, payload, received_at FROM events
+                 WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+            })?
             .query_map(params![after, limit], event_from_row)?
             .collect()
         })

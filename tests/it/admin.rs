@@ -171,3 +171,23 @@ async fn the_dashboard_is_a_static_page_and_its_data_needs_the_token() {
     let metrics = app.admin_get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("lbx_dead_letters 1"), "{metrics}");
 }
+
+#[tokio::test]
+async fn events_list_newest_first_on_request() {
+    let app = spawn_app().await;
+    for e in &sample_events()[..3] {
+        assert_eq!(app.post_event(e).await.status(), 200);
+    }
+    let keys = |v: Value| -> Vec<String> {
+        v["items"].as_array().unwrap().iter().map(|e| e["event_key"].as_str().unwrap().to_string()).collect()
+    };
+    let oldest = keys(app.admin_get("/api/events").await.json().await.unwrap());
+    let newest = keys(app.admin_get("/api/events?order=desc").await.json().await.unwrap());
+    assert_eq!(oldest, vec!["evt_00424242", "evt_00424243", "evt_00424244"]);
+    assert_eq!(newest, vec!["evt_00424244", "evt_00424243", "evt_00424242"]);
+    let page: Value = app.admin_get("/api/events?order=desc&limit=2").await.json().await.unwrap();
+    let next = page["next"].as_str().unwrap().to_string();
+    let rest = keys(app.admin_get(&format!("/api/events?order=desc&after={next}")).await.json().await.unwrap());
+    assert_eq!(rest, vec!["evt_00424242"]);
+    assert_eq!(app.admin_get("/api/events?order=sideways").await.status(), 400);
+}

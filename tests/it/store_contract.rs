@@ -96,7 +96,7 @@ async fn dedup_keys_hold_within_their_window_only(s: Store) {
     assert_eq!(s.ingest(event("e1", "k", 0, &["r"])).await.unwrap(), IngestOutcome::Stored);
     assert_eq!(s.ingest(event("e2", "k", 999, &["r"])).await.unwrap(), IngestOutcome::Duplicate);
     assert_eq!(s.ingest(event("e3", "k", 1000, &["r"])).await.unwrap(), IngestOutcome::Stored);
-    assert_eq!(s.list_events(None, 10).await.unwrap().len(), 2);
+    assert_eq!(s.list_events(None, 10, false).await.unwrap().len(), 2);
 }
 
 async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(s: Store) {
@@ -228,7 +228,7 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
         .unwrap();
     }
     assert_eq!(s.purge(now_ms() - 5_000).await.unwrap(), 2, "the delivered one and the unrouted one");
-    let left: Vec<String> = s.list_events(None, 10).await.unwrap().into_iter().map(|e| e.id).collect();
+    let left: Vec<String> = s.list_events(None, 10, false).await.unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(left, vec!["open".to_string()]);
     assert!(s.event_detail("done").await.unwrap().is_none());
 }
@@ -335,8 +335,13 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     assert_eq!(d.attempts[0].status, Some(201));
     assert_eq!(d.attempts[0].outcome, "delivered");
     assert_eq!(s.event_detail("e2").await.unwrap().unwrap().event.status, "unrouted");
-    let page = s.list_events(Some("e1".into()), 10).await.unwrap();
+    let page = s.list_events(Some("e1".into()), 10, false).await.unwrap();
     assert_eq!(page.len(), 1);
+    let newest: Vec<String> = s.list_events(None, 10, true).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(newest, vec!["e2".to_string(), "e1".to_string()]);
+    let older: Vec<String> =
+        s.list_events(Some("e2".into()), 10, true).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(older, vec!["e1".to_string()]);
     let last = s.last_event_per_source(vec!["s".into(), "other".into()]).await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].0, "s");
