@@ -17,6 +17,9 @@ use crate::event::{now_ms, Event};
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
 use crate::telemetry::{DEFERRED, DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 
+/// How often held-back deliveries are looked at again when nothing else wakes the workers.
+const HELD_BACK_RECHECK: Duration = Duration::from_millis(200);
+
 /// How long a claim is reserved: the longest route timeout plus the configured margin.
 fn lease_for(relay: &Relay) -> Duration {
     let rt = relay.runtime();
@@ -50,7 +53,17 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
         };
         if claimed.is_empty() {
             let next = relay.store.next_due().await.ok().flatten();
-            idle(&relay, &stop, next).await;
+            if next.is_some_and(|at| at <= now_ms()) {
+                // Due deliveries that cannot be claimed now (their key's head is in flight, their
+                // route is paced): look again when a delivery finishes or shortly, never in a spin.
+                tokio::select! {
+                    _ = tokio::time::sleep(HELD_BACK_RECHECK) => {}
+                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    _ = stop.cancelled() => {}
+                }
+            } else {
+                idle(&relay, &stop, next).await;
+            }
             continue;
         }
         for c in claimed {

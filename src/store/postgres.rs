@@ -406,6 +406,18 @@ impl PgStore {
                 &[&now, &id, &status, &route],
             )
             .await?;
+        if id.is_some() && n > 0 {
+            // Retrying a keyed head now releases what was parked behind its old retry time.
+            client
+                .execute(
+                    "UPDATE deliveries SET next_attempt_at = $1
+                     WHERE route = (SELECT route FROM deliveries WHERE id = $2)
+                       AND order_key = (SELECT order_key FROM deliveries WHERE id = $2)
+                       AND status = 'pending' AND next_attempt_at > $1",
+                    &[&now, &id],
+                )
+                .await?;
+        }
         if n > 0 {
             self.announce.notify_one();
         }
@@ -757,7 +769,11 @@ async fn write_batch(
             // WITH ORDINALITY keeps arrival order in `seq`, which per-key ordering relies on.
             tx.execute(
                 "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key)
-                 SELECT id, event_id, route, 'pending', at, at, at, order_key
+                 SELECT id, event_id, route, 'pending',
+                    GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
+                        WHERE h.route = d.route AND h.order_key = d.order_key AND h.status = 'pending'
+                        ORDER BY h.seq LIMIT 1), at)),
+                    at, at, order_key
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
                     WITH ORDINALITY AS d(id, event_id, route, at, order_key, n)
                  ORDER BY n",
@@ -793,6 +809,24 @@ async fn write_batch(
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        // A keyed head that waits for a retry parks the deliveries queued behind it until then, so
+        // claims do not scan a blocked backlog (see the SQLite store).
+        let waiting: Vec<&str> = sts
+            .iter()
+            .filter(|s| updated.contains_key(&s.delivery_id) && s.next.columns().0 == "pending")
+            .map(|s| s.delivery_id.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            tx.execute(
+                "UPDATE deliveries f SET next_attempt_at = h.next_attempt_at
+                 FROM deliveries h
+                 WHERE h.id = ANY($1) AND h.order_key IS NOT NULL
+                   AND f.route = h.route AND f.order_key = h.order_key AND f.status = 'pending'
+                   AND f.seq > h.seq AND f.next_attempt_at < h.next_attempt_at",
+                &[&waiting],
+            )
+            .await?;
+        }
         let attempt_no: Vec<i32> = sts.iter().map(|s| updated.get(&s.delivery_id).copied().unwrap_or(0)).collect();
         let labels: Vec<&str> = sts
             .iter()

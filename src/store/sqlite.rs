@@ -186,10 +186,22 @@ impl SqliteStore {
             .execute(params![ev.id, ev.source, ev.key, ev.kind, status, ev.payload, ev.received_at])?;
             let mut insert = c.prepare_cached(
                 "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4, ?5)",
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?6, ?6, ?5)",
+            )?;
+            let mut head_due = c.prepare_cached(
+                "SELECT next_attempt_at FROM deliveries
+                 WHERE route = ?1 AND order_key = ?2 AND status = 'pending' ORDER BY rowid LIMIT 1",
             )?;
             for d in &ev.deliveries {
-                insert.execute(params![d.id, ev.id, d.route, ev.received_at, d.order_key])?;
+                // Queued behind a keyed head that waits for a retry: due no earlier than it.
+                let due = match &d.order_key {
+                    Some(key) => head_due
+                        .query_row(params![d.route, key], |r| r.get::<_, i64>(0))
+                        .optional()?
+                        .map_or(ev.received_at, |at| at.max(ev.received_at)),
+                    None => ev.received_at,
+                };
+                insert.execute(params![d.id, ev.id, d.route, due, d.order_key, ev.received_at])?;
             }
             Ok(IngestOutcome::Stored)
         })
@@ -284,6 +296,22 @@ impl SqliteStore {
                     try_used,
                     s.steps_state
                 ])?;
+            // A keyed head that waits for a retry parks the deliveries queued behind it until then:
+            // claims then skip them through the due index instead of scanning a blocked backlog.
+            if let (1, Some(at)) = (changed, next_at.filter(|_| status == "pending")) {
+                let key: Option<(String, Option<String>, i64)> = c
+                    .prepare_cached("SELECT route, order_key, rowid FROM deliveries WHERE id = ?1")?
+                    .query_row([&s.delivery_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                if let Some((route, Some(order_key), rowid)) = key {
+                    c.prepare_cached(
+                        "UPDATE deliveries SET next_attempt_at = ?1
+                         WHERE route = ?2 AND order_key = ?3 AND status = 'pending' AND rowid > ?4
+                           AND next_attempt_at < ?1",
+                    )?
+                    .execute(params![at, route, order_key, rowid])?;
+                }
+            }
             let outcome = if changed == 1 { s.next.label() } else { "lease_lost" };
             c.prepare_cached(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome)
@@ -396,6 +424,16 @@ impl SqliteStore {
                      WHERE (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR route = ?4)",
                 )?
                 .execute(params![now, id, status, route])?;
+            if id.is_some() && n > 0 {
+                // Retrying a keyed head now releases what was parked behind its old retry time.
+                c.prepare_cached(
+                    "UPDATE deliveries SET next_attempt_at = ?1
+                     WHERE route = (SELECT route FROM deliveries WHERE id = ?2)
+                       AND order_key = (SELECT order_key FROM deliveries WHERE id = ?2)
+                       AND status = 'pending' AND next_attempt_at > ?1",
+                )?
+                .execute(params![now, id])?;
+            }
             Ok(n as u64)
         })
         .await

@@ -90,6 +90,7 @@ contract!(
     only_the_oldest_pending_delivery_of_a_key_is_claimable,
     paced_routes_are_skipped_and_deferrals_cost_no_attempt,
     finished_steps_survive_a_lost_lease,
+    a_waiting_head_parks_its_key_until_its_retry,
 );
 
 async fn dedup_keys_hold_within_their_window_only(s: Store) {
@@ -297,6 +298,45 @@ async fn paced_routes_are_skipped_and_deferrals_cost_no_attempt(s: Store) {
     .unwrap();
     let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     assert_eq!((third.attempts, third.tries), (1, 0));
+}
+
+async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
+    s.ingest(keyed("a1", "crm", "alice")).await.unwrap();
+    s.ingest(keyed("a2", "crm", "alice")).await.unwrap();
+    let head = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    assert_eq!(head.event.id, "a1");
+    let retry_at = now_ms() + 60_000;
+    s.settle(Settlement {
+        steps_state: None,
+        delivery_id: head.delivery_id.clone(),
+        lease_token: head.lease_token,
+        attempt: attempt(503),
+        next: Next::RetryAt(retry_at),
+    })
+    .await
+    .unwrap();
+    // Nothing of alice's is due before the head's retry: no claim has a blocked backlog to scan.
+    assert_eq!(s.next_due().await.unwrap(), Some(retry_at), "a2 parked behind a1");
+    s.ingest(keyed("a3", "crm", "alice")).await.unwrap();
+    assert_eq!(s.next_due().await.unwrap(), Some(retry_at), "a3, arriving meanwhile, parked too");
+    s.ingest(keyed("b1", "crm", "bob")).await.unwrap();
+    let other = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    assert_eq!(other.iter().map(|c| c.event.id.as_str()).collect::<Vec<_>>(), vec!["b1"]);
+    // Replaying the head now releases its key: a1 goes, then a2 once a1 is delivered.
+    assert!(s.retry_delivery(&head.delivery_id).await.unwrap());
+    let again = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    assert_eq!(again.event.id, "a1");
+    s.settle(Settlement {
+        steps_state: None,
+        delivery_id: again.delivery_id,
+        lease_token: again.lease_token,
+        attempt: attempt(200),
+        next: Next::Delivered,
+    })
+    .await
+    .unwrap();
+    let next = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    assert_eq!(next.iter().map(|c| c.event.id.as_str()).collect::<Vec<_>>(), vec!["a2"]);
 }
 
 async fn finished_steps_survive_a_lost_lease(s: Store) {
