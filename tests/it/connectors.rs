@@ -104,9 +104,15 @@ fn every_example_passes_check_once_its_variables_are_set() {
         assert!(out.contains("OK"), "{name}: {out}");
         assert!(std::path::Path::new(&format!("{}/docs/connectors/{name}.md", env!("CARGO_MANIFEST_DIR"))).exists());
     }
-    // Unset, the vendor's credentials are named.
-    let (code, out, _) = run_cli(&["check", "-c", &example("hubspot")], None, &[("LEARNYBOX_SECRET_KEY", SECRET)]);
-    assert_eq!(code, 1);
+    // Unset, the vendor's credentials are named (whatever the calling shell exports).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
+        .args(["check", "-c", &example("hubspot")])
+        .env_clear()
+        .env("LEARNYBOX_SECRET_KEY", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("HUBSPOT_ACCESS_TOKEN"), "{out}");
 }
 
