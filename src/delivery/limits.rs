@@ -119,29 +119,41 @@ impl Gate {
                 _ => return Admission::Later(now_ms() + 250 + rand::random::<u64>() as i64 % 250),
             },
         };
-        if let Some((rate, sent)) = &self.window {
-            let now = now_ms();
-            let reserved = if store.shares_rate_limits() {
-                match store.reserve_rate_slot(&self.route, *rate, now, MAX_WAIT_MS).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(route = %self.route, error = %e, "shared rate window unavailable; trying again shortly");
-                        return Admission::Later(now + 1000);
-                    }
-                }
-            } else {
-                reserve(&mut sent.lock().unwrap_or_else(|p| p.into_inner()), *rate, now, MAX_WAIT_MS)
-            };
-            match reserved {
-                Ok(slot) => tokio::time::sleep(Duration::from_millis((slot - now).max(0) as u64)).await,
-                Err(free_at) => {
-                    // Due when the window has room again; meanwhile nobody claims for this route.
-                    self.pause_until(free_at - MAX_WAIT_MS);
-                    return Admission::Later(free_at);
-                }
-            }
+        if let Err(at) = self.rate_turn(store).await {
+            return Admission::Later(at);
         }
         Admission::Go(permit)
+    }
+
+    /// Waits (at most [`MAX_WAIT`]) for a place in the route's rate window; `Err(at)` when the next
+    /// place is further away than that (the route is then closed to claims until shortly before).
+    /// [`Gate::admit`] takes one for a delivery's first request; a multi-step route takes one more
+    /// for each further request, so the window counts requests, as the CRM does.
+    pub async fn rate_turn(&self, store: &Store) -> Result<(), i64> {
+        let Some((rate, sent)) = &self.window else { return Ok(()) };
+        let now = now_ms();
+        let reserved = if store.shares_rate_limits() {
+            match store.reserve_rate_slot(&self.route, *rate, now, MAX_WAIT_MS).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(route = %self.route, error = %e, "shared rate window unavailable; trying again shortly");
+                    return Err(now + 1000);
+                }
+            }
+        } else {
+            reserve(&mut sent.lock().unwrap_or_else(|p| p.into_inner()), *rate, now, MAX_WAIT_MS)
+        };
+        match reserved {
+            Ok(slot) => {
+                tokio::time::sleep(Duration::from_millis((slot - now).max(0) as u64)).await;
+                Ok(())
+            }
+            Err(free_at) => {
+                // Due when the window has room again; meanwhile nobody claims for this route.
+                self.pause_until(free_at - MAX_WAIT_MS);
+                Err(free_at)
+            }
+        }
     }
 
     /// Nothing is sent on this route before `at` (Unix ms); a later pause wins.

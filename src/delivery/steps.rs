@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::limits::Gate;
 use super::retry::Verdict;
 use super::send::AttemptResult;
 use crate::app::Relay;
@@ -22,18 +23,26 @@ pub struct StepsResult {
     pub result: AttemptResult,
     /// `None` for a plain route; the answers of finished steps otherwise.
     pub state: Option<String>,
+    /// The route's rate window had no room for a further step: hand the delivery back until then
+    /// (the finished steps are stored; no attempt is counted).
+    pub deferred: Option<i64>,
 }
 
-/// Sends what `route` sends for `event`, starting after the steps recorded in `state`.
-pub async fn run(
-    relay: &Relay,
-    templates: &Templates,
-    route: &RouteConfig,
-    event: &Event,
-    delivery_id: &str,
-    lease_token: &str,
-    state: Option<&str>,
-) -> StepsResult {
+/// One claimed delivery, as the step runner needs it.
+pub struct Job<'a> {
+    pub route: &'a RouteConfig,
+    pub event: &'a Event,
+    pub delivery_id: &'a str,
+    pub lease_token: &'a str,
+    /// Answers of the steps finished by earlier attempts.
+    pub state: Option<&'a str>,
+    /// The route's pacing (a further rate place is taken before each step after the first).
+    pub gate: Option<&'a Gate>,
+}
+
+/// Sends what the job's route sends for its event, starting after the steps already recorded.
+pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsResult {
+    let Job { route, event, delivery_id, lease_token, state, gate } = job;
     if !route.is_multi_step() {
         let ctx = TemplateContext::new(event, &route.vars, delivery_id);
         let mut result = match templates.render(route, &ctx) {
@@ -44,7 +53,7 @@ pub async fn run(
             result.verdict = Verdict::Delivered;
             result.error = None;
         }
-        return StepsResult { result, state: None };
+        return StepsResult { result, state: None, deferred: None };
     }
     let mut done: Value = state.and_then(|s| serde_json::from_str(s).ok()).unwrap_or_else(|| json!({}));
     if !done.is_object() {
@@ -52,6 +61,8 @@ pub async fn run(
     }
     let mut total = Duration::ZERO;
     let mut last: Option<AttemptResult> = None;
+    // The delivery's admission took the rate place of its first request.
+    let mut first_request = true;
     for (i, step) in route.steps.iter().enumerate() {
         if done.get(&step.name).is_some() {
             continue;
@@ -69,6 +80,16 @@ pub async fn run(
             Ok(r) => r,
             Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done),
         };
+        if !first_request {
+            if let Some(Err(at)) = match gate {
+                Some(g) => Some(g.rate_turn(&relay.store).await),
+                None => None,
+            } {
+                let result = last.unwrap_or_else(|| render_failure("deferred".into(), total));
+                return StepsResult { result, state: Some(done.to_string()), deferred: Some(at) };
+            }
+        }
+        first_request = false;
         // One key per step, stable across retries of the delivery.
         let key = format!("{delivery_id}.{}", step.name);
         let mut r = send(relay, route, req, &key, true).await;
@@ -104,7 +125,7 @@ pub async fn run(
         pause: None,
         body: None,
     });
-    StepsResult { result, state: Some(done.to_string()) }
+    StepsResult { result, state: Some(done.to_string()), deferred: None }
 }
 
 /// Sends one request, with the route's OAuth token when it has one; a 401 gets one retry with a
@@ -187,5 +208,5 @@ fn failed_step(step: &str, mut r: AttemptResult, done: Value) -> StepsResult {
         Verdict::Fail { reason } => Verdict::Fail { reason: format!("step {step}: {reason}") },
         Verdict::Delivered => Verdict::Delivered,
     };
-    StepsResult { result: r, state: Some(done.to_string()) }
+    StepsResult { result: r, state: Some(done.to_string()), deferred: None }
 }

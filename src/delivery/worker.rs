@@ -20,10 +20,17 @@ use crate::telemetry::{DEFERRED, DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATIO
 /// How often held-back deliveries are looked at again when nothing else wakes the workers.
 const HELD_BACK_RECHECK: Duration = Duration::from_millis(200);
 
-/// How long a claim is reserved: the longest route timeout plus the configured margin.
+/// How long a claim is reserved: the longest attempt a route can make (each request's timeout and
+/// its wait for the rate window, for every step) plus the configured margin.
 fn lease_for(relay: &Relay) -> Duration {
     let rt = relay.runtime();
-    let longest = rt.config.routes.iter().map(|r| r.retry.timeout).max().unwrap_or(Duration::from_secs(15));
+    let longest = rt
+        .config
+        .routes
+        .iter()
+        .map(|r| (r.retry.timeout + super::limits::MAX_WAIT) * r.steps.len().max(1) as u32)
+        .max()
+        .unwrap_or(Duration::from_secs(15));
     longest + rt.config.delivery.lease
 }
 
@@ -167,16 +174,20 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
                 received_at: c.event.received_at,
                 data,
             };
-            let out = steps::run(
-                relay,
-                &rt.templates,
+            let job = steps::Job {
                 route,
-                &event,
-                &c.delivery_id,
-                &c.lease_token,
-                c.steps_state.as_deref(),
-            )
-            .await;
+                event: &event,
+                delivery_id: &c.delivery_id,
+                lease_token: &c.lease_token,
+                state: c.steps_state.as_deref(),
+                gate: gate.as_deref(),
+            };
+            let out = steps::run(relay, &rt.templates, job).await;
+            if let Some(at) = out.deferred {
+                tracing::debug!(delivery = %c.delivery_id, route = %c.route, "rate window full between steps; handed back");
+                metrics::counter!(DEFERRED, "route" => c.route.clone()).increment(1);
+                return Outcome::Deferred { delivery_id: c.delivery_id, lease_token: c.lease_token, at };
+            }
             let r = out.result;
             if let (Some(pause), Some(gate)) = (r.pause, &gate) {
                 gate.pause_until(now_ms() + pause.as_millis() as i64);

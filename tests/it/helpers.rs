@@ -200,6 +200,8 @@ pub struct TestConfig {
     pub store_url: Option<String>,
     /// Extra lines for the `crm` route (rate_limit, concurrency, order_by, …).
     pub route_extra: String,
+    /// `[[routes.steps]]` tables making `crm` a multi-step route (`{crm}` stands for the CRM's URL).
+    pub steps: Option<String>,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -220,6 +222,7 @@ impl Default for TestConfig {
             retention: "30days",
             store_url: None,
             route_extra: String::new(),
+            steps: None,
         }
     }
 }
@@ -259,11 +262,17 @@ poll_interval = "20ms"
 [[routes]]
 name = "crm"
 events = {events}
-template = "crm.json.hbs"
-url = "{crm_url}/contacts"
+{request}
 headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
 {route_extra}
+{steps}
 "#,
+            request = if self.steps.is_some() {
+                String::new()
+            } else {
+                format!("template = \"crm.json.hbs\"\nurl = \"{crm_url}/contacts\"")
+            },
+            steps = self.steps.as_deref().unwrap_or("").replace("{crm}", crm_url),
             route_extra = self.route_extra,
             max_body = self.max_body,
             quarantine_max = self.quarantine_max,

@@ -96,3 +96,30 @@ async fn order_by_keeps_arrival_order_per_key_while_keys_proceed_in_parallel() {
     assert_eq!(seen, sent, "each key's events reached the CRM in the order they arrived");
     assert!(app.crm.max_in_flight() > 1, "different keys went out in parallel");
 }
+
+#[tokio::test]
+async fn a_multi_step_route_counts_every_request_against_its_rate() {
+    let steps = ["one", "two", "three"]
+        .iter()
+        .map(|n| format!("[[routes.steps]]\nname = \"{n}\"\nurl = \"{{crm}}/{n}\"\ntemplate = \"crm.json.hbs\"\n"))
+        .collect::<String>();
+    let app = spawn_app_with(TestConfig {
+        route_extra: "rate_limit = \"2/1s\"".into(),
+        steps: Some(steps),
+        ..TestConfig::default()
+    })
+    .await;
+    for i in 0..3 {
+        app.post_event(&contact_event(&format!("m{i}"), "a@example.com")).await;
+    }
+    wait_until(Duration::from_secs(20), "three deliveries of three steps", || async {
+        app.deliveries("status=delivered").await.len() == 3
+    })
+    .await;
+    let got = app.crm.received();
+    assert_eq!(got.len(), 9, "each step once");
+    for w in got.windows(3) {
+        assert!(w[2].at - w[0].at >= Duration::from_millis(950), "3 requests within {:?}", w[2].at - w[0].at);
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM attempts"), 3, "handing back between steps is not an attempt");
+}

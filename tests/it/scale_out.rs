@@ -130,7 +130,9 @@ async fn three_replicas_deliver_every_event_with_cross_replica_duplicates_once_t
         crm.count()
     );
     assert_eq!(per_event.len(), total, "every event delivered at least once");
-    assert!(doubles <= 8, "only deliveries in flight at the kill may be doubled, got {doubles}");
+    // At the kill, the replica can have `workers` (8) requests in flight and as many answered ones
+    // whose settle was waiting for the next group commit: at most 16 can be sent again.
+    assert!(doubles <= 16, "only deliveries in flight at the kill may be doubled, got {doubles}");
     assert_eq!(schema.count("SELECT COUNT(*) FROM events").await, total as i64, "cross-replica duplicates stored once");
     drop(replicas);
     schema.drop().await;
