@@ -244,6 +244,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
         attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error },
         next,
         steps_state,
+        keyed: c.keyed,
     })
 }
 

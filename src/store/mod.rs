@@ -98,6 +98,8 @@ pub struct Claimed {
     pub event: StoredEvent,
     /// Answers of the steps already done (multi-step routes), as JSON.
     pub steps_state: Option<String>,
+    /// It has an ordering key (`order_by`).
+    pub keyed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,8 @@ pub struct Settlement {
     pub next: Next,
     /// Answers of the steps done so far, kept so a retry resumes after them.
     pub steps_state: Option<String>,
+    /// The delivery has an ordering key: a retry parks the deliveries queued behind it.
+    pub keyed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

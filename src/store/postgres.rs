@@ -250,7 +250,7 @@ impl PgStore {
                               AND h.status = 'pending' AND h.seq < d.seq))
                     ORDER BY next_attempt_at, id LIMIT $4
                     FOR UPDATE SKIP LOCKED)
-                 RETURNING id, event_id, route, tries, attempts, steps_state",
+                 RETURNING id, event_id, route, tries, attempts, steps_state, order_key IS NOT NULL",
                 &[&token, &until, &now, &(limit as i64), &skip_routes],
             )
             .await?;
@@ -278,6 +278,7 @@ impl PgStore {
                     attempts: r.get::<_, i32>(4) as u32,
                     event,
                     steps_state: r.get(5),
+                    keyed: r.get(6),
                 })
             })
             .collect())
@@ -813,7 +814,7 @@ async fn write_batch(
         // claims do not scan a blocked backlog (see the SQLite store).
         let waiting: Vec<&str> = sts
             .iter()
-            .filter(|s| updated.contains_key(&s.delivery_id) && s.next.columns().0 == "pending")
+            .filter(|s| s.keyed && updated.contains_key(&s.delivery_id) && s.next.columns().0 == "pending")
             .map(|s| s.delivery_id.as_str())
             .collect();
         if !waiting.is_empty() {

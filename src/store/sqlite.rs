@@ -234,7 +234,8 @@ impl SqliteStore {
             let now = now_ms();
             let token = crate::event::new_id();
             let until = now + lease.as_millis() as i64;
-            let rows: Vec<(String, String, String, u32, u32, Option<String>)> = c
+            #[allow(clippy::type_complexity)]
+            let rows: Vec<(String, String, String, u32, u32, Option<String>, bool)> = c
                 .prepare_cached(
                     "UPDATE deliveries SET lease_token = ?1, lease_until = ?2
                      WHERE id IN (
@@ -247,17 +248,17 @@ impl SqliteStore {
                                 WHERE h.route = d.route AND h.order_key = d.order_key
                                   AND h.status = 'pending' AND h.rowid < d.rowid))
                         ORDER BY next_attempt_at, id LIMIT ?4)
-                     RETURNING id, event_id, route, tries, attempts, steps_state",
+                     RETURNING id, event_id, route, tries, attempts, steps_state, order_key IS NOT NULL",
                 )?
                 .query_map(params![token, until, now, limit as i64, skip], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut get_event = c.prepare_cached(
                 "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
             )?;
             let mut out = Vec::with_capacity(rows.len());
-            for (delivery_id, event_id, route, tries, attempts, steps_state) in rows {
+            for (delivery_id, event_id, route, tries, attempts, steps_state, keyed) in rows {
                 let event = get_event.query_row([&event_id], event_from_row)?;
                 out.push(Claimed {
                     delivery_id,
@@ -267,6 +268,7 @@ impl SqliteStore {
                     attempts,
                     event,
                     steps_state,
+                    keyed,
                 });
             }
             Ok(out)
@@ -298,7 +300,7 @@ impl SqliteStore {
                 ])?;
             // A keyed head that waits for a retry parks the deliveries queued behind it until then:
             // claims then skip them through the due index instead of scanning a blocked backlog.
-            if let (1, Some(at)) = (changed, next_at.filter(|_| status == "pending")) {
+            if let (1, Some(at), true) = (changed, next_at.filter(|_| status == "pending"), s.keyed) {
                 let key: Option<(String, Option<String>, i64)> = c
                     .prepare_cached("SELECT route, order_key, rowid FROM deliveries WHERE id = ?1")?
                     .query_row([&s.delivery_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))

@@ -110,6 +110,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
     let second = s.claim(10, Duration::from_secs(30), vec![]).await.unwrap();
     assert_eq!(second.len(), 1, "the expired lease put it back");
     let stale = Settlement {
+        keyed: false,
         steps_state: None,
         delivery_id: first[0].delivery_id.clone(),
         lease_token: first[0].lease_token.clone(),
@@ -118,6 +119,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
     };
     assert!(!s.settle(stale).await.unwrap(), "the old holder lost its lease");
     let current = Settlement {
+        keyed: false,
         steps_state: None,
         delivery_id: second[0].delivery_id.clone(),
         lease_token: second[0].lease_token.clone(),
@@ -168,6 +170,7 @@ async fn retries_make_deliveries_due_again(s: Store) {
     for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = Next::Failed;
         s.settle(Settlement {
+            keyed: false,
             steps_state: None,
             delivery_id: c.delivery_id,
             lease_token: c.lease_token,
@@ -219,6 +222,7 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
     for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = if c.event.id == "done" { Next::Delivered } else { Next::RetryAt(now_ms() + 60_000) };
         s.settle(Settlement {
+            keyed: false,
             steps_state: None,
             delivery_id: c.delivery_id,
             lease_token: c.lease_token,
@@ -250,6 +254,7 @@ async fn only_the_oldest_pending_delivery_of_a_key_is_claimable(s: Store) {
             _ => Next::Delivered,
         };
         s.settle(Settlement {
+            keyed: false,
             steps_state: None,
             delivery_id: c.delivery_id,
             lease_token: c.lease_token,
@@ -264,6 +269,7 @@ async fn only_the_oldest_pending_delivery_of_a_key_is_claimable(s: Store) {
     // A dead-lettered head no longer blocks: a3 follows once a2 failed for good.
     let c = second.into_iter().next().unwrap();
     s.settle(Settlement {
+        keyed: false,
         steps_state: None,
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
@@ -288,6 +294,7 @@ async fn paced_routes_are_skipped_and_deferrals_cost_no_attempt(s: Store) {
     assert_eq!((again.attempts, again.tries), (0, 0), "a deferral is not an attempt");
     // A throttled attempt is recorded but keeps the schedule position.
     s.settle(Settlement {
+        keyed: false,
         steps_state: None,
         delivery_id: again.delivery_id,
         lease_token: again.lease_token,
@@ -305,8 +312,10 @@ async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
     s.ingest(keyed("a2", "crm", "alice")).await.unwrap();
     let head = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     assert_eq!(head.event.id, "a1");
+    assert!(head.keyed, "a claim says the delivery has an ordering key");
     let retry_at = now_ms() + 60_000;
     s.settle(Settlement {
+        keyed: head.keyed,
         steps_state: None,
         delivery_id: head.delivery_id.clone(),
         lease_token: head.lease_token,
@@ -327,6 +336,7 @@ async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
     let again = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     assert_eq!(again.event.id, "a1");
     s.settle(Settlement {
+        keyed: false,
         steps_state: None,
         delivery_id: again.delivery_id,
         lease_token: again.lease_token,
@@ -360,6 +370,7 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     s.ingest(event("e2", "k2", now_ms() - 10, &[])).await.unwrap();
     let c = s.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     s.settle(Settlement {
+        keyed: false,
         steps_state: None,
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
