@@ -20,6 +20,14 @@ struct TokenServer {
     expires_in: Mutex<u64>,
 }
 
+impl TokenServer {
+    /// The refresh token each token request presented, in order.
+    fn refresh_tokens_used(&self) -> Vec<String> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().map(|f| f.iter().find(|(k, _)| k == "refresh_token").unwrap().1.clone()).collect()
+    }
+}
+
 async fn token(state: web::Data<TokenServer>, form: web::Form<Vec<(String, String)>>) -> HttpResponse {
     let form = form.into_inner();
     state.requests.lock().unwrap().push(form.clone());
@@ -94,14 +102,11 @@ async fn the_token_is_cached_refreshed_on_expiry_and_once_after_a_401() {
     assert_eq!((got[4].status, bearer(&got[4]).as_str()), (401, "Bearer at-2"));
     assert_eq!((got[5].status, bearer(&got[5]).as_str()), (200, "Bearer at-3"));
     assert_eq!(got[4].header("idempotency-key"), got[5].header("idempotency-key"));
-    let grants: Vec<String> = server
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|f| f.iter().find(|(k, _)| k == "refresh_token").unwrap().1.clone())
-        .collect();
-    assert_eq!(grants, vec!["rt-1", "rt-2", "rt-3"], "each refresh used the newest rotated token");
+    assert_eq!(
+        server.refresh_tokens_used(),
+        vec!["rt-1", "rt-2", "rt-3"],
+        "each refresh used the newest rotated token"
+    );
     let stored: String = rusqlite::Connection::open(app.db_path())
         .unwrap()
         .query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0))
@@ -181,13 +186,6 @@ async fn replicas_follow_each_others_rotations_on_postgres() {
     // And A, refused by the CRM, follows B's rotation in turn.
     let stale = a.bearer(&app, &store_a, &client, None).await.unwrap();
     assert_eq!(a.bearer(&app, &store_a, &client, Some(&stale)).await.unwrap().expose_secret(), "at-3");
-    let used: Vec<String> = server
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|f| f.iter().find(|(k, _)| k == "refresh_token").unwrap().1.clone())
-        .collect();
-    assert_eq!(used, vec!["rt-1", "rt-2", "rt-3"]);
+    assert_eq!(server.refresh_tokens_used(), vec!["rt-1", "rt-2", "rt-3"]);
     schema.drop().await;
 }

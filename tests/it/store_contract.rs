@@ -7,8 +7,8 @@ use std::time::Duration;
 use lbx_relay::config::{StoreBackend, StoreConfig};
 use lbx_relay::event::now_ms;
 use lbx_relay::store::{
-    AttemptRecord, DeliveryFilter, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next, QuarantineOutcome,
-    Settlement, Store,
+    AttemptRecord, Claimed, DeliveryFilter, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
+    QuarantineOutcome, Settlement, Store,
 };
 use secrecy::SecretString;
 
@@ -44,6 +44,19 @@ fn keyed(id: &str, route: &str, key: &str) -> NewEvent {
     let mut e = event(id, id, now_ms() - 10, &[]);
     e.deliveries = vec![NewDelivery { id: format!("{id}-{route}"), route: route.into(), order_key: Some(key.into()) }];
     e
+}
+
+/// Settles a claimed delivery with one attempt answered `status`.
+async fn finish(s: &Store, c: Claimed, status: u16, next: Next) -> bool {
+    let settlement = Settlement {
+        keyed: c.keyed,
+        steps_state: None,
+        delivery_id: c.delivery_id,
+        lease_token: c.lease_token,
+        attempt: attempt(status),
+        next,
+    };
+    s.settle(settlement).await.unwrap()
 }
 
 fn attempt(status: u16) -> AttemptRecord {
@@ -169,16 +182,7 @@ async fn retries_make_deliveries_due_again(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a", "b"])).await.unwrap();
     for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = Next::Failed;
-        s.settle(Settlement {
-            keyed: false,
-            steps_state: None,
-            delivery_id: c.delivery_id,
-            lease_token: c.lease_token,
-            attempt: attempt(422),
-            next,
-        })
-        .await
-        .unwrap();
+        finish(&s, c, 422, next).await;
     }
     let failed = DeliveryFilter { status: Some("failed".into()), limit: 10, ..Default::default() };
     assert_eq!(s.list_deliveries(failed.clone()).await.unwrap().len(), 2);
@@ -221,16 +225,7 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
     s.ingest(event("none", "k3", old, &[])).await.unwrap();
     for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
         let next = if c.event.id == "done" { Next::Delivered } else { Next::RetryAt(now_ms() + 60_000) };
-        s.settle(Settlement {
-            keyed: false,
-            steps_state: None,
-            delivery_id: c.delivery_id,
-            lease_token: c.lease_token,
-            attempt: attempt(200),
-            next,
-        })
-        .await
-        .unwrap();
+        finish(&s, c, 200, next).await;
     }
     assert_eq!(s.purge(now_ms() - 5_000).await.unwrap(), 2, "the delivered one and the unrouted one");
     let left: Vec<String> = s.list_events(None, 10, false).await.unwrap().into_iter().map(|e| e.id).collect();
@@ -253,31 +248,13 @@ async fn only_the_oldest_pending_delivery_of_a_key_is_claimable(s: Store) {
             "b1" => Next::RetryAt(now_ms() + 60_000),
             _ => Next::Delivered,
         };
-        s.settle(Settlement {
-            keyed: false,
-            steps_state: None,
-            delivery_id: c.delivery_id,
-            lease_token: c.lease_token,
-            attempt: attempt(200),
-            next,
-        })
-        .await
-        .unwrap();
+        finish(&s, c, 200, next).await;
     }
     let second = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
     assert_eq!(ids(&second), ["a2"].map(String::from).into(), "a failing head blocks only its own key");
     // A dead-lettered head no longer blocks: a3 follows once a2 failed for good.
     let c = second.into_iter().next().unwrap();
-    s.settle(Settlement {
-        keyed: false,
-        steps_state: None,
-        delivery_id: c.delivery_id,
-        lease_token: c.lease_token,
-        attempt: attempt(422),
-        next: Next::Failed,
-    })
-    .await
-    .unwrap();
+    finish(&s, c, 422, Next::Failed).await;
     let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
     assert_eq!(ids(&third), ["a3"].map(String::from).into());
 }
@@ -293,16 +270,7 @@ async fn paced_routes_are_skipped_and_deferrals_cost_no_attempt(s: Store) {
     let again = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     assert_eq!((again.attempts, again.tries), (0, 0), "a deferral is not an attempt");
     // A throttled attempt is recorded but keeps the schedule position.
-    s.settle(Settlement {
-        keyed: false,
-        steps_state: None,
-        delivery_id: again.delivery_id,
-        lease_token: again.lease_token,
-        attempt: attempt(429),
-        next: Next::ThrottledUntil(now_ms() - 1),
-    })
-    .await
-    .unwrap();
+    finish(&s, again, 429, Next::ThrottledUntil(now_ms() - 1)).await;
     let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     assert_eq!((third.attempts, third.tries), (1, 0));
 }
@@ -314,16 +282,8 @@ async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
     assert_eq!(head.event.id, "a1");
     assert!(head.keyed, "a claim says the delivery has an ordering key");
     let retry_at = now_ms() + 60_000;
-    s.settle(Settlement {
-        keyed: head.keyed,
-        steps_state: None,
-        delivery_id: head.delivery_id.clone(),
-        lease_token: head.lease_token,
-        attempt: attempt(503),
-        next: Next::RetryAt(retry_at),
-    })
-    .await
-    .unwrap();
+    let head_id = head.delivery_id.clone();
+    finish(&s, head, 503, Next::RetryAt(retry_at)).await;
     // Nothing of alice's is due before the head's retry: no claim has a blocked backlog to scan.
     assert_eq!(s.next_due().await.unwrap(), Some(retry_at), "a2 parked behind a1");
     s.ingest(keyed("a3", "crm", "alice")).await.unwrap();
@@ -332,19 +292,10 @@ async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
     let other = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
     assert_eq!(other.iter().map(|c| c.event.id.as_str()).collect::<Vec<_>>(), vec!["b1"]);
     // Replaying the head now releases its key: a1 goes, then a2 once a1 is delivered.
-    assert!(s.retry_delivery(&head.delivery_id).await.unwrap());
+    assert!(s.retry_delivery(&head_id).await.unwrap());
     let again = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
     assert_eq!(again.event.id, "a1");
-    s.settle(Settlement {
-        keyed: false,
-        steps_state: None,
-        delivery_id: again.delivery_id,
-        lease_token: again.lease_token,
-        attempt: attempt(200),
-        next: Next::Delivered,
-    })
-    .await
-    .unwrap();
+    finish(&s, again, 200, Next::Delivered).await;
     let next = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
     assert_eq!(next.iter().map(|c| c.event.id.as_str()).collect::<Vec<_>>(), vec!["a2"]);
 }
@@ -369,16 +320,7 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a"])).await.unwrap();
     s.ingest(event("e2", "k2", now_ms() - 10, &[])).await.unwrap();
     let c = s.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
-    s.settle(Settlement {
-        keyed: false,
-        steps_state: None,
-        delivery_id: c.delivery_id,
-        lease_token: c.lease_token,
-        attempt: attempt(201),
-        next: Next::Delivered,
-    })
-    .await
-    .unwrap();
+    finish(&s, c, 201, Next::Delivered).await;
     let d = s.event_detail("e1").await.unwrap().unwrap();
     assert_eq!(d.event.status, "routed");
     assert_eq!(d.deliveries[0].status, "delivered");
