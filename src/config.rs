@@ -528,7 +528,7 @@ struct RawStep {
 
 /// `auth = { type = "basic", username = "…", password = "…" }` or `{ type = "bearer", token = "…" }`:
 /// turned into an `Authorization` header that `render` always masks.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum RawAuth {
     Basic {
@@ -729,9 +729,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         };
         let mut steps = Vec::new();
         if r.steps.is_empty() {
-            if let Some(bad) = r.accept.iter().find(|s| !(100..=599).contains(*s)) {
-                problem(&format!("{at}.accept"), format!("{bad} is not an HTTP status"));
-            }
+            check_statuses(&r.accept, &format!("{at}.accept"), &mut problem);
             let (Some(url), Some(template)) = (&r.url, &r.template) else {
                 problem(&at, "a route needs `url` and `template`, or `[[routes.steps]]`".into());
                 continue;
@@ -768,9 +766,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 if !names.insert(st.name.clone()) {
                     problem(&sat, "a step with this name already exists in the route".into());
                 }
-                if let Some(bad) = st.accept.iter().find(|s| !(100..=599).contains(*s)) {
-                    problem(&format!("{sat}.accept"), format!("{bad} is not an HTTP status"));
-                }
+                check_statuses(&st.accept, &format!("{sat}.accept"), &mut problem);
                 let raw_step_headers =
                     uninterpolated_route.and_then(|u| u.steps.get(j)).map(|u| u.headers.clone()).unwrap_or_default();
                 let own = header_specs(&st.headers, &raw_step_headers, &sat, &mut problem);
@@ -837,6 +833,12 @@ fn method(text: Option<&str>, at: &str, problem: &mut dyn FnMut(&str, String)) -
         problem(at, format!("{text:?} is not an HTTP method"));
         reqwest::Method::POST
     })
+}
+
+fn check_statuses(statuses: &[u16], at: &str, problem: &mut dyn FnMut(&str, String)) {
+    if let Some(bad) = statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        problem(at, format!("{bad} is not an HTTP status"));
+    }
 }
 
 fn check_url(url: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> String {

@@ -147,7 +147,7 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
         .routes
         .into_iter()
         .map(|route| {
-            let order_key = rt.config.route(&route).and_then(|r| {
+            let order_key = rt.config.route(&route).filter(|r| r.order_by.is_some()).and_then(|r| {
                 let ctx = TemplateContext::new(&event, &r.vars, "");
                 rt.templates
                     .ordering_key(r, &ctx)

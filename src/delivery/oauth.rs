@@ -34,8 +34,6 @@ struct Slot {
     access: Option<(SecretString, Instant)>,
     /// The newest refresh token known to this process.
     refresh: Option<SecretString>,
-    /// How many tokens were fetched (for tests and logs).
-    fetched: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -125,19 +123,9 @@ impl Tokens {
                 slot.refresh = Some(SecretString::from(new));
             }
         }
-        slot.fetched += 1;
         tracing::info!(token_url = %cfg.token_url, lifetime_s = lifetime.map(|l| l.as_secs()), "access token fetched");
         let token = SecretString::from(answer.access_token);
         slot.access = Some((token.clone(), refresh_at));
         Ok(token)
-    }
-
-    /// How many tokens were fetched for `cfg` by this process.
-    pub async fn fetched(&self, cfg: &OAuthConfig) -> u64 {
-        let slot = self.slots.lock().await.get(&cfg.cache_key()).cloned();
-        match slot {
-            Some(s) => s.lock().await.fetched,
-            None => 0,
-        }
     }
 }

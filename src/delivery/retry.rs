@@ -47,12 +47,11 @@ pub fn next_delay(schedule: &[Duration], tries: u32, retry_after: Option<Duratio
 /// (its last step once exhausted; 60 s without a schedule), with jitter. Throttling does not use up
 /// a step, so it never makes a delivery fail.
 pub fn throttle_delay(schedule: &[Duration], tries: u32, retry_after: Option<Duration>) -> Duration {
-    let base = schedule.get(tries as usize).or(schedule.last()).copied().unwrap_or(Duration::from_secs(60));
-    let jittered = base.mul_f64(1.0 + rand::random::<f64>() * 0.2 - 0.1);
-    match retry_after {
-        Some(ra) => ra.min(MAX_RETRY_AFTER),
-        None => jittered,
+    if let Some(ra) = retry_after {
+        return ra.min(MAX_RETRY_AFTER);
     }
+    let base = schedule.get(tries as usize).or(schedule.last()).copied().unwrap_or(Duration::from_secs(60));
+    base.mul_f64(1.0 + rand::random::<f64>() * 0.2 - 0.1)
 }
 
 /// How long the CRM asks us to wait, from its answer's headers: `Retry-After` (seconds or an HTTP

@@ -26,6 +26,18 @@ pub struct AttemptResult {
     pub body: Option<String>,
 }
 
+impl AttemptResult {
+    /// A result with no answer from the CRM (network error, render error, token failure, …): the
+    /// verdict's reason is the error.
+    pub fn without_answer(verdict: Verdict, duration: Duration) -> AttemptResult {
+        let error = match &verdict {
+            Verdict::Delivered => None,
+            Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.clone()),
+        };
+        AttemptResult { status: None, verdict, duration, error, pause: None, body: None }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct HttpSender {
     client: reqwest::Client,
@@ -94,14 +106,7 @@ impl HttpSender {
                 } else {
                     format!("request failed: {}", error_chain(&e.without_url()))
                 };
-                AttemptResult {
-                    status: None,
-                    verdict: Verdict::Retry { reason: reason.clone(), retry_after: None },
-                    duration: started.elapsed(),
-                    error: Some(reason),
-                    pause: None,
-                    body: None,
-                }
+                AttemptResult::without_answer(Verdict::Retry { reason, retry_after: None }, started.elapsed())
             }
         }
     }

@@ -55,10 +55,8 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         }
         return StepsResult { result, state: None, deferred: None };
     }
-    let mut done: Value = state.and_then(|s| serde_json::from_str(s).ok()).unwrap_or_else(|| json!({}));
-    if !done.is_object() {
-        done = json!({});
-    }
+    let mut done =
+        Value::Object(state.and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok()).unwrap_or_default());
     let mut total = Duration::ZERO;
     let mut last: Option<AttemptResult> = None;
     // The delivery's admission took the rate place of its first request.
@@ -117,13 +115,10 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         r.error = None;
         last = Some(r);
     }
-    let result = last.unwrap_or(AttemptResult {
-        status: None,
-        verdict: Verdict::Delivered,
-        duration: total,
-        error: Some("no step applied to this event".into()),
-        pause: None,
-        body: None,
+    let result = last.unwrap_or_else(|| {
+        let mut nothing = AttemptResult::without_answer(Verdict::Delivered, total);
+        nothing.error = Some("no step applied to this event".into());
+        nothing
     });
     StepsResult { result, state: Some(done.to_string()), deferred: None }
 }
@@ -146,15 +141,8 @@ async fn send(
         let token = match relay.tokens.bearer(oauth, &relay.store, client, rejected.as_ref()).await {
             Ok(t) => t,
             Err(e) => {
-                let reason = format!("oauth: {e}");
-                return AttemptResult {
-                    status: None,
-                    verdict: Verdict::Retry { reason: reason.clone(), retry_after: None },
-                    duration: spent,
-                    error: Some(reason),
-                    pause: None,
-                    body: None,
-                };
+                let verdict = Verdict::Retry { reason: format!("oauth: {e}"), retry_after: None };
+                return AttemptResult::without_answer(verdict, spent);
             }
         };
         req.headers.retain(|h| !h.name.eq_ignore_ascii_case("authorization"));
@@ -176,26 +164,15 @@ async fn send(
     }
 }
 
+/// Records a step's answer; `done` is always an object (built so in `run`).
 fn set(done: &mut Value, name: &str, answer: Value) {
-    if let Some(map) = done.as_object_mut() {
+    if let Value::Object(map) = done {
         map.insert(name.to_string(), answer);
-    } else {
-        let mut map = Map::new();
-        map.insert(name.to_string(), answer);
-        *done = Value::Object(map);
     }
 }
 
 fn render_failure(message: String, duration: Duration) -> AttemptResult {
-    let reason = format!("render error: {message}");
-    AttemptResult {
-        status: None,
-        verdict: Verdict::Fail { reason: reason.clone() },
-        duration,
-        error: Some(reason),
-        pause: None,
-        body: None,
-    }
+    AttemptResult::without_answer(Verdict::Fail { reason: format!("render error: {message}") }, duration)
 }
 
 /// The attempt stops at `step`; what finished before it is kept for the retry.
