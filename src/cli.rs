@@ -295,13 +295,16 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let mut rendered = 0;
     let mut exercised = std::collections::HashSet::new();
     // Every step is rendered (earlier answers unknown: `steps.*` reads as empty), so each
-    // template and URL is exercised whatever branch a real delivery takes.
+    // template and URL is exercised whatever branch a real delivery takes. A step's `schema` is
+    // checked where the sample alone decides the body: the step applies and reads no answers.
     let mut render_one = |route: &crate::config::RouteConfig, event: &Event, name: &str, problems: &mut Vec<String>| {
         let ctx = TemplateContext::new(event, &route.vars, "check");
         for (i, step) in route.steps.iter().enumerate() {
             let file = step.template.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| route.name.clone());
             let what = if route.is_multi_step() { format!(" step {}", step.name) } else { String::new() };
-            match rt.templates.render_step(route, i, &ctx) {
+            let validate =
+                !rt.templates.reads_answers(route, i) && rt.templates.step_applies(route, i, &ctx).unwrap_or(true);
+            match rt.templates.render_step_with(route, i, &ctx, validate) {
                 Ok(_) => rendered += 1,
                 Err(e) => problems.push(format!("{file}: {e}{what} (with {name})")),
             }
@@ -409,7 +412,7 @@ fn render(
     let mut shown = Vec::new();
     for (i, step) in route.steps.iter().enumerate() {
         let applies = rt.templates.step_applies(route, i, &ctx)?;
-        let mut req = rt.templates.render_step(route, i, &ctx)?;
+        let mut req = rt.templates.render_step_with(route, i, &ctx, applies)?;
         if route.oauth.is_some() {
             req.headers.push(crate::config::HeaderSpec {
                 name: "Authorization".into(),

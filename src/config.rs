@@ -124,7 +124,8 @@ pub struct RouteConfig {
     pub name: String,
     pub events: Vec<String>,
     pub when: Option<String>,
-    pub vars: BTreeMap<String, String>,
+    /// `vars = { … }`: strings, numbers or tables (e.g. a tag-name → id map), as `{{vars.NAME}}`.
+    pub vars: BTreeMap<String, serde_json::Value>,
     pub retry: RetryPolicy,
     /// At most this many requests per window (`rate_limit = "100/10s"`).
     pub rate_limit: Option<RateLimit>,
@@ -171,6 +172,20 @@ pub struct StepConfig {
     pub headers: Vec<HeaderSpec>,
     /// Non-2xx statuses that are an answer to branch on (`steps.NAME.status`), not a failure.
     pub accept: Vec<u16>,
+    /// Answers that would fail the delivery at once but are worth retrying (`retry_on`).
+    pub retry_on: Vec<RetryOn>,
+    /// Leave null and blank values out of the JSON body, so an update never clears stored data.
+    pub omit_empty: bool,
+    /// A JSON Schema the rendered body must satisfy (checked by `check` and before sending).
+    pub schema: Option<PathBuf>,
+}
+
+/// `retry_on = [403, { status = 403, body = "REQUEST_LIMIT_EXCEEDED" }]`: an answer with this status
+/// (and, when given, this text in its body) is retried on the schedule instead of failing at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    pub status: u16,
+    pub body: Option<String>,
 }
 
 impl RouteConfig {
@@ -492,7 +507,7 @@ struct RawRoute {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
-    vars: BTreeMap<String, String>,
+    vars: BTreeMap<String, toml::Value>,
     #[serde(default)]
     retry: Option<RawRetry>,
     #[serde(default)]
@@ -507,6 +522,12 @@ struct RawRoute {
     steps: Vec<RawStep>,
     #[serde(default)]
     accept: Vec<u16>,
+    #[serde(default)]
+    retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    omit_empty: Option<bool>,
+    #[serde(default)]
+    schema: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -524,6 +545,35 @@ struct RawStep {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     accept: Vec<u16>,
+    #[serde(default)]
+    retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    omit_empty: Option<bool>,
+    #[serde(default)]
+    schema: Option<String>,
+}
+
+/// One `retry_on` entry: a bare status, or `{ status, body }`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawRetryOn {
+    Status(u16),
+    Match {
+        status: u16,
+        #[serde(default)]
+        body: Option<String>,
+    },
+}
+
+impl RawRetryOn {
+    fn resolve(&self) -> RetryOn {
+        match self {
+            RawRetryOn::Status(status) => RetryOn { status: *status, body: None },
+            RawRetryOn::Match { status, body } => {
+                RetryOn { status: *status, body: body.clone().filter(|b| !b.is_empty()) }
+            }
+        }
+    }
 }
 
 /// `auth = { type = "basic", username = "…", password = "…" }` or `{ type = "bearer", token = "…" }`:
@@ -742,6 +792,9 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 method: method(r.method.as_deref(), &format!("{at}.method"), &mut problem),
                 headers: headers.clone(),
                 accept: r.accept.clone(),
+                retry_on: retry_on(&r.retry_on, &[], &format!("{at}.retry_on"), &mut problem),
+                omit_empty: r.omit_empty.unwrap_or(false),
+                schema: r.schema.as_deref().map(resolve),
             });
         } else {
             for key in [
@@ -749,6 +802,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 ("template", r.template.is_some()),
                 ("method", r.method.is_some()),
                 ("accept", !r.accept.is_empty()),
+                ("schema", r.schema.is_some()),
             ] {
                 if key.1 {
                     problem(&format!("{at}.{}", key.0), "set it on each of the route's steps instead".into());
@@ -784,7 +838,13 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                     method: method(st.method.as_deref(), &format!("{sat}.method"), &mut problem),
                     headers: merged,
                     accept: st.accept.clone(),
+                    retry_on: retry_on(&r.retry_on, &st.retry_on, &format!("{sat}.retry_on"), &mut problem),
+                    omit_empty: st.omit_empty.or(r.omit_empty).unwrap_or(false),
+                    schema: st.schema.as_deref().map(resolve),
                 });
+                if st.schema.is_some() && st.template.is_none() {
+                    problem(&format!("{sat}.schema"), "a schema checks the body: the step needs a `template`".into());
+                }
             }
         }
         let route_retry = match &r.retry {
@@ -796,7 +856,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             events: r.events,
             when: r.when.filter(|w| !w.trim().is_empty()),
             steps,
-            vars: r.vars,
+            vars: r.vars.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect(),
             retry: route_retry,
             rate_limit,
             concurrency: r.concurrency,
@@ -833,6 +893,35 @@ fn method(text: Option<&str>, at: &str, problem: &mut dyn FnMut(&str, String)) -
         problem(at, format!("{text:?} is not an HTTP method"));
         reqwest::Method::POST
     })
+}
+
+/// The route's `retry_on` entries followed by the step's own.
+fn retry_on(
+    route: &[RawRetryOn],
+    step: &[RawRetryOn],
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<RetryOn> {
+    let rules: Vec<RetryOn> = route.iter().chain(step).map(RawRetryOn::resolve).collect();
+    check_statuses(&rules.iter().map(|r| r.status).collect::<Vec<_>>(), at, problem);
+    if let Some(ok) = rules.iter().find(|r| (200..300).contains(&r.status)) {
+        problem(at, format!("{} is a success: only failing answers can be retried", ok.status));
+    }
+    rules
+}
+
+/// A `vars` value as the template sees it: TOML strings, numbers, booleans, arrays and tables map
+/// to their JSON counterparts (dates become strings).
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s),
+        toml::Value::Integer(i) => i.into(),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map(serde_json::Value::Number).unwrap_or_default(),
+        toml::Value::Boolean(b) => b.into(),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => a.into_iter().map(toml_to_json).collect(),
+        toml::Value::Table(t) => t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect(),
+    }
 }
 
 fn check_statuses(statuses: &[u16], at: &str, problem: &mut dyn FnMut(&str, String)) {

@@ -1,6 +1,7 @@
 //! Handlebars rendering of route requests: every route's body, URL and `when` condition compiled
 //! once per config load; `.json.hbs` bodies escape values as JSON strings (never HTML) and must
-//! parse as JSON; URL templates percent-encode what they insert; the helper set users rely on.
+//! parse as JSON; URL templates percent-encode what they insert; `omit_empty` pruning and `schema`
+//! validation of rendered bodies; the helper set users rely on.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,8 @@ pub enum RenderError {
         "route {route}: the body rendered from {file} is not valid JSON: {message} (line {line}, column {column})"
     )]
     NotJson { route: String, file: String, message: String, line: usize, column: usize },
+    #[error("route {route}: the body does not match the schema {file}: {problems}")]
+    Schema { route: String, file: String, problems: String },
     #[error("route {route}: the rendered URL {url:?} is not a valid http(s) URL")]
     BadUrl { route: String, url: String },
     #[error("route {0} is not configured")]
@@ -37,7 +40,7 @@ pub struct TemplateContext<'a> {
     pub source: &'a str,
     pub received_at: String,
     pub data: &'a Value,
-    pub vars: &'a BTreeMap<String, String>,
+    pub vars: &'a BTreeMap<String, Value>,
     /// The delivery being rendered (empty outside a delivery, e.g. in `when`).
     pub delivery_id: &'a str,
     /// Earlier steps' answers of a multi-step route: `steps.NAME.status`, `steps.NAME.body`.
@@ -47,7 +50,7 @@ pub struct TemplateContext<'a> {
 static NO_STEPS: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| Value::Object(Default::default()));
 
 impl<'a> TemplateContext<'a> {
-    pub fn new(event: &'a Event, vars: &'a BTreeMap<String, String>, delivery_id: &'a str) -> Self {
+    pub fn new(event: &'a Event, vars: &'a BTreeMap<String, Value>, delivery_id: &'a str) -> Self {
         TemplateContext {
             event: &event.kind,
             id: &event.key,
@@ -86,6 +89,10 @@ pub struct Templates {
     url: Handlebars<'static>,
     /// Body keys of `.json.hbs` templates → their file, for messages.
     json_bodies: BTreeMap<String, String>,
+    /// Body keys → the compiled `schema` the body must satisfy, and its file.
+    schemas: BTreeMap<String, (jsonschema::Validator, String)>,
+    /// Body keys of steps whose URL or body reads earlier answers (`steps.…`).
+    reads_answers: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -141,6 +148,8 @@ impl Templates {
             plain: registry(handlebars::no_escape),
             url: registry(url_escape),
             json_bodies: BTreeMap::new(),
+            schemas: BTreeMap::new(),
+            reads_answers: Default::default(),
         };
         let mut errors = Vec::new();
         for route in &config.routes {
@@ -176,6 +185,15 @@ impl Templates {
                 if is_json {
                     self.json_bodies.insert(body_key(&route.name, i), file);
                 }
+                if source.contains("steps.") || step.url.contains("steps.") {
+                    self.reads_answers.insert(body_key(&route.name, i));
+                }
+            }
+            if let Some(schema) = &step.schema {
+                let file = schema.display().to_string();
+                let validator =
+                    load_schema(schema).map_err(|message| RenderError::Compile { file: file.clone(), message })?;
+                self.schemas.insert(body_key(&route.name, i), (validator, file));
             }
             self.url.register_template_string(&url_key(&route.name, i), &step.url).map_err(|e| {
                 RenderError::Compile { file: format!("{what} url"), message: template_error_message(&e) }
@@ -246,17 +264,37 @@ impl Templates {
         Ok(truthy(&out))
     }
 
+    /// Whether step `i` of `route` reads earlier answers (`steps.…`) in its URL or body: `check`,
+    /// which has no answers, renders it but leaves its schema to send time and `render --answers`.
+    pub fn reads_answers(&self, route: &RouteConfig, i: usize) -> bool {
+        self.reads_answers.contains(&body_key(&route.name, i))
+    }
+
     /// The request of a plain route (the first step of a multi-step one) for the event in `ctx`.
     pub fn render(&self, route: &RouteConfig, ctx: &TemplateContext<'_>) -> Result<RenderedRequest, RenderError> {
         self.render_step(route, 0, ctx)
     }
 
-    /// The request step `i` of `route` sends for the event (and earlier answers) in `ctx`.
+    /// The request step `i` of `route` sends for the event (and earlier answers) in `ctx`, its body
+    /// checked against the step's `schema`.
     pub fn render_step(
         &self,
         route: &RouteConfig,
         i: usize,
         ctx: &TemplateContext<'_>,
+    ) -> Result<RenderedRequest, RenderError> {
+        self.render_step_with(route, i, ctx, true)
+    }
+
+    /// [`Templates::render_step`]; without `validate`, the body is shown as rendered, neither parsed
+    /// nor checked against its schema (previews of a step that would be skipped, or whose earlier
+    /// answers are unknown).
+    pub fn render_step_with(
+        &self,
+        route: &RouteConfig,
+        i: usize,
+        ctx: &TemplateContext<'_>,
+        validate: bool,
     ) -> Result<RenderedRequest, RenderError> {
         let step = route.steps.get(i).ok_or_else(|| RenderError::UnknownRoute(route.name.clone()))?;
         if !self.url.has_template(&url_key(&route.name, i)) {
@@ -273,18 +311,41 @@ impl Templates {
                 what: "body",
                 message: template_error_message(&e),
             })?;
-            if let Some(file) = json_file {
-                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
-                    return Err(RenderError::NotJson {
-                        route: route.name.clone(),
-                        file: file.clone(),
-                        message: e.to_string(),
-                        line: e.line(),
-                        column: e.column(),
-                    });
+            let schema = self.schemas.get(&key).filter(|_| validate);
+            match json_file {
+                // A preview of a step that would be skipped, or whose answers are unknown, may
+                // well not be JSON yet: shown as rendered.
+                Some(_) if !validate => body,
+                Some(file) if step.omit_empty || schema.is_some() => {
+                    let mut value = serde_json::from_str::<Value>(&body).map_err(|e| not_json(route, file, &e))?;
+                    if step.omit_empty {
+                        prune_empty(&mut value);
+                    }
+                    if let Some((validator, schema_file)) = schema {
+                        check_schema(route, step, validator, schema_file, &value)?;
+                    }
+                    if step.omit_empty {
+                        value.to_string()
+                    } else {
+                        body
+                    }
+                }
+                Some(file) => {
+                    serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| not_json(route, file, &e))?;
+                    body
+                }
+                None => {
+                    if let Some((validator, schema_file)) = schema {
+                        let value = serde_json::from_str::<Value>(&body).map_err(|e| RenderError::Schema {
+                            route: route.name.clone(),
+                            file: schema_file.clone(),
+                            problems: format!("the body is not JSON: {e}"),
+                        })?;
+                        check_schema(route, step, validator, schema_file, &value)?;
+                    }
+                    body
                 }
             }
-            body
         };
         // A URL without placeholders was validated with the config; only templated ones are
         // rendered and checked per request.
@@ -311,6 +372,79 @@ impl Templates {
         }
         Ok(RenderedRequest { method: step.method.clone(), url: url.trim().to_string(), headers, body })
     }
+}
+
+fn not_json(route: &RouteConfig, file: &str, e: &serde_json::Error) -> RenderError {
+    RenderError::NotJson {
+        route: route.name.clone(),
+        file: file.to_string(),
+        message: e.to_string(),
+        line: e.line(),
+        column: e.column(),
+    }
+}
+
+/// Reads and compiles a JSON Schema file (its `$schema`, else draft 2020-12; formats are
+/// annotations, as the draft says). References to other files or URLs are not fetched.
+fn load_schema(path: &std::path::Path) -> Result<jsonschema::Validator, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the schema: {e}"))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| format!("the schema is not JSON: {e}"))?;
+    jsonschema::validator_for(&value).map_err(|e| format!("not a valid JSON Schema: {e}"))
+}
+
+/// At most this many violations are named in one message.
+const SCHEMA_PROBLEMS_SHOWN: usize = 3;
+
+fn check_schema(
+    route: &RouteConfig,
+    step: &crate::config::StepConfig,
+    validator: &jsonschema::Validator,
+    file: &str,
+    body: &Value,
+) -> Result<(), RenderError> {
+    let mut problems: Vec<String> = validator
+        .iter_errors(body)
+        .take(SCHEMA_PROBLEMS_SHOWN + 1)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "the body".to_string() } else { at };
+            format!("{at}: {e}")
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if problems.len() > SCHEMA_PROBLEMS_SHOWN {
+        problems.truncate(SCHEMA_PROBLEMS_SHOWN);
+        problems.push("…".into());
+    }
+    let route = if route.is_multi_step() { format!("{} step {}", route.name, step.name) } else { route.name.clone() };
+    Err(RenderError::Schema { route, file: file.to_string(), problems: problems.join("; ") })
+}
+
+/// `omit_empty`: removes every object member whose value is null or a blank string, and every such
+/// array element, at any depth, so a sparse event never sends a value that would clear the CRM's.
+/// An array left empty by that is removed too; arrays and objects empty as rendered stay (they can
+/// be required, e.g. HubSpot's `associations: []`).
+pub fn prune_empty(value: &mut Value) {
+    /// Prunes below `v`; true when `v` itself is to go.
+    fn prune(v: &mut Value) -> bool {
+        match v {
+            Value::Null => true,
+            Value::String(s) => s.trim().is_empty(),
+            Value::Array(items) => {
+                let before = items.len();
+                items.retain_mut(|i| !prune(i));
+                before > 0 && items.is_empty()
+            }
+            Value::Object(map) => {
+                map.retain(|_, v| !prune(v));
+                false
+            }
+            _ => false,
+        }
+    }
+    prune(value);
 }
 
 /// Empty, `false`, `0`, `no` and `null` (trimmed, any case) are false; anything else is true.
@@ -370,6 +504,38 @@ handlebars_helper!(join: |v: Json, sep: str| {
     }
 });
 handlebars_helper!(now: | | humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+// `{{words a b c}}`: the non-empty arguments, trimmed, joined by single spaces (a full name that is
+// empty, not " ", when both parts are missing).
+handlebars_helper!(words: |*args| {
+    args.iter().map(|v| as_text(v).trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+});
+// `{{date value}}`: the `YYYY-MM-DD` at the start of an RFC 3339 / ISO 8601 date, else empty.
+handlebars_helper!(date: |v: Json| {
+    let text = as_text(v);
+    let day = text.trim().get(..10).unwrap_or_default();
+    let b = day.as_bytes();
+    let ok = b.len() == 10 && b[4] == b'-' && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if ok { day.to_string() } else { String::new() }
+});
+// `{{pluck items "name"}}`: the `name` of every object in `items`, as an array (missing ones left out).
+handlebars_helper!(pluck: |items: Json, field: str| {
+    match items {
+        Value::Array(list) => Value::Array(list.iter().filter_map(|i| i.get(field)).filter(|v| !v.is_null()).cloned().collect()),
+        _ => Value::Array(vec![]),
+    }
+});
+// `{{slack_escape s}}`: Slack's control characters `&`, `<`, `>` as entities, so contact data is
+// shown as typed and never read as a link, mention or command.
+handlebars_helper!(slack_escape: |v: Json| {
+    as_text(v).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+});
+// `{{sheet_safe s}}`: a value a spreadsheet shows as text, never runs as a formula: one starting
+// with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'` (OWASP's CSV-injection rule).
+handlebars_helper!(sheet_safe: |v: Json| {
+    let text = as_text(v);
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}") } else { text }
+});
 
 /// `{{json value}}` writes the value as JSON, unescaped, so it can stand as a JSON value.
 fn json_helper(
@@ -396,6 +562,11 @@ fn register_helpers(h: &mut Handlebars<'static>) {
     h.register_helper("split", Box::new(split));
     h.register_helper("join", Box::new(join));
     h.register_helper("now", Box::new(now));
+    h.register_helper("words", Box::new(words));
+    h.register_helper("date", Box::new(date));
+    h.register_helper("pluck", Box::new(pluck));
+    h.register_helper("slack_escape", Box::new(slack_escape));
+    h.register_helper("sheet_safe", Box::new(sheet_safe));
 }
 
 #[cfg(test)]
@@ -495,6 +666,70 @@ vars = {{ list = "a b" }}
         let vars = &c.routes[0].vars;
         assert!(t.condition_holds(&c.routes[0], &TemplateContext::new(&with, vars, "")).unwrap());
         assert!(!t.condition_holds(&c.routes[0], &TemplateContext::new(&without, vars, "")).unwrap());
+    }
+
+    #[test]
+    fn omit_empty_leaves_out_blank_values_at_any_depth() {
+        let mut v = serde_json::json!({
+            "a": "", "b": " ", "c": null, "d": "x", "n": 0, "f": false,
+            "o": {"p": "", "q": [null, "", {"r": null, "s": "t"}]},
+            "emptied": [null, ""], "kept": [], "obj": {}
+        });
+        prune_empty(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"d": "x", "n": 0, "f": false, "o": {"q": [{"s": "t"}]}, "kept": [], "obj": {}})
+        );
+    }
+
+    #[test]
+    fn escaping_helpers_guard_slack_markup_and_spreadsheet_formulas() {
+        let body = r#"{"s": "{{slack_escape data.name}}", "f": "{{sheet_safe data.formula}}", "p": "{{sheet_safe data.plain}}",
+            "w": "{{words data.none data.first " " data.last}}", "e": "{{words data.none}}", "d": "{{date data.at}}",
+            "x": "{{date data.plain}}", "names": {{json (pluck data.items "name")}}}"#;
+        let (_d, c, t) = setup("t.json.hbs", body, "");
+        let e = event(serde_json::json!({"name": "A&B <!channel> <mailto:x|y>", "formula": "=HYPERLINK(\"x\")",
+            "plain": "Zoë", "first": " Jean ", "last": "O'Connor", "at": "2026-11-27T09:00:13+01:00",
+            "items": [{"name": "a"}, {"id": 2}, {"name": "b"}]}));
+        let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
+        let v: Value = serde_json::from_str(&req.body).unwrap();
+        assert_eq!(v["s"], "A&amp;B &lt;!channel&gt; &lt;mailto:x|y&gt;");
+        assert_eq!(v["f"], "'=HYPERLINK(\"x\")");
+        assert_eq!(v["p"], "Zoë");
+        assert_eq!((v["w"].as_str(), v["e"].as_str()), (Some("Jean O'Connor"), Some("")));
+        assert_eq!((v["d"].as_str(), v["x"].as_str()), (Some("2026-11-27"), Some("")));
+        assert_eq!(v["names"], serde_json::json!(["a", "b"]));
+        for risky in ["+1", "-1", "@SUM(A1)", "\tx"] {
+            let e = event(serde_json::json!({"formula": risky}));
+            let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
+            let v: Value = serde_json::from_str(&req.body).unwrap();
+            assert!(v["f"].as_str().unwrap().starts_with('\''), "{risky}: {}", v["f"]);
+        }
+    }
+
+    #[test]
+    fn a_body_that_breaks_its_schema_names_the_field_and_omit_empty_runs_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t.json.hbs"),
+            r#"{"email": "{{data.email}}", "amount": {{json data.amount}}, "phone": "{{data.phone}}"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("s.json"),
+            r#"{"type": "object", "required": ["email"], "properties": {"amount": {"type": "string"}, "phone": {"type": "string", "minLength": 3}}}"#,
+        )
+        .unwrap();
+        let text = "[sources.lbx]\nsecret_keys=[\"x\"]\n[[routes]]\nname=\"r\"\nevents=[\"*\"]\ntemplate=\"t.json.hbs\"\nschema=\"s.json\"\nomit_empty=true\nurl=\"https://x.test\"\n";
+        let c = Config::from_toml(text, &dir.path().join("routes.toml"), &|_| None).unwrap();
+        let t = Templates::compile(&c).unwrap();
+        let e = event(serde_json::json!({"email": "a@b.c", "amount": 97.5, "phone": ""}));
+        let err = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap_err().to_string();
+        assert!(err.contains("/amount") && err.contains("s.json"), "{err}");
+        assert!(!err.contains("/phone"), "the empty phone was left out before the check: {err}");
+        let e = event(serde_json::json!({"email": "a@b.c", "amount": "97.5"}));
+        let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
+        assert_eq!(req.body, r#"{"amount":"97.5","email":"a@b.c"}"#);
     }
 
     #[test]

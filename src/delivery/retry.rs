@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::config::RetryOn;
+
 /// What one attempt's result means for its delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -25,6 +27,20 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Verdict {
         200..=299 => Verdict::Delivered,
         408 | 425 | 429 | 500..=599 => Verdict::Retry { reason: format!("HTTP {status}"), retry_after },
         _ => Verdict::Fail { reason: format!("HTTP {status}") },
+    }
+}
+
+/// `retry_on`: turns a failing answer that matches one of the route's rules (status, and body text
+/// when the rule names one) into a retry on the schedule. Other verdicts are left as they are.
+pub fn apply_retry_on(rules: &[RetryOn], status: Option<u16>, body: Option<&str>, verdict: Verdict) -> Verdict {
+    let (Verdict::Fail { reason }, Some(status)) = (&verdict, status) else { return verdict };
+    let hit = rules
+        .iter()
+        .any(|r| r.status == status && r.body.as_deref().is_none_or(|needle| body.is_some_and(|b| b.contains(needle))));
+    if hit {
+        Verdict::Retry { reason: format!("{reason} (retry_on)"), retry_after: None }
+    } else {
+        verdict
     }
 }
 
@@ -54,20 +70,24 @@ pub fn throttle_delay(schedule: &[Duration], tries: u32, retry_after: Option<Dur
     base.mul_f64(1.0 + rand::random::<f64>() * 0.2 - 0.1)
 }
 
+/// Reset headers read after `Retry-After`: the IETF draft's, the common `X-` one, Brevo's
+/// (`x-sib-ratelimit-reset`, seconds) and Systeme.io's (`X-RateLimit-Refill`, seconds).
+const RESET_HEADERS: &[&str] = &["ratelimit-reset", "x-ratelimit-reset", "x-sib-ratelimit-reset", "x-ratelimit-refill"];
+
 /// How long the CRM asks us to wait, from its answer's headers: `Retry-After` (seconds or an HTTP
-/// date), else a rate-limit reset header (`RateLimit-Reset`, `X-RateLimit-Reset`: seconds to wait,
-/// or a Unix time in seconds when it is that large).
+/// date), else a rate-limit reset header ([`RESET_HEADERS`]: seconds to wait, or a Unix time in
+/// seconds when it is that large).
 pub fn requested_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(d) = get("retry-after").and_then(parse_retry_after) {
         return Some(d);
     }
-    ["ratelimit-reset", "x-ratelimit-reset"].iter().find_map(|n| get(n).and_then(parse_reset))
+    RESET_HEADERS.iter().find_map(|n| get(n).and_then(parse_reset))
 }
 
 /// Whether the answer says the quota is used up (`X-RateLimit-Remaining: 0` or `RateLimit-Remaining: 0`).
 pub fn quota_exhausted(headers: &reqwest::header::HeaderMap) -> bool {
-    ["ratelimit-remaining", "x-ratelimit-remaining"]
+    ["ratelimit-remaining", "x-ratelimit-remaining", "x-sib-ratelimit-remaining"]
         .iter()
         .any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
 }
@@ -144,6 +164,32 @@ mod tests {
         assert!(!quota_exhausted(&h));
         h.insert("x-ratelimit-remaining", "0".parse().unwrap());
         assert!(quota_exhausted(&h));
+    }
+
+    #[test]
+    fn vendor_reset_headers_say_when_to_come_back() {
+        for name in ["x-sib-ratelimit-reset", "X-RateLimit-Refill"] {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(), "12".parse().unwrap());
+            assert_eq!(requested_wait(&h), Some(Duration::from_secs(12)), "{name}");
+        }
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-sib-ratelimit-remaining", "0".parse().unwrap());
+        assert!(quota_exhausted(&h));
+    }
+
+    #[test]
+    fn retry_on_turns_matching_failures_into_retries_and_leaves_the_rest() {
+        let fail = || Verdict::Fail { reason: "HTTP 403".into() };
+        let rules =
+            [RetryOn { status: 404, body: None }, RetryOn { status: 403, body: Some("REQUEST_LIMIT_EXCEEDED".into()) }];
+        let limit = r#"[{"errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#;
+        assert!(matches!(apply_retry_on(&rules, Some(403), Some(limit), fail()), Verdict::Retry { .. }));
+        assert_eq!(apply_retry_on(&rules, Some(403), Some("INSUFFICIENT_ACCESS"), fail()), fail());
+        assert_eq!(apply_retry_on(&rules, Some(403), None, fail()), fail());
+        assert!(matches!(apply_retry_on(&rules, Some(404), None, fail()), Verdict::Retry { .. }));
+        assert_eq!(apply_retry_on(&rules, Some(400), None, fail()), fail());
+        assert_eq!(apply_retry_on(&rules, Some(404), None, Verdict::Delivered), Verdict::Delivered);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub const USER_AGENT: &str = concat!("lbx-relay/", env!("CARGO_PKG_VERSION"));
 
 /// How much of a CRM's error answer is kept in `last_error`.
 const ERROR_BODY_LIMIT: usize = 300;
+/// How much of a failing answer's body is kept for `retry_on` body rules.
+pub const FAILED_BODY_KEPT: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
@@ -22,7 +24,8 @@ pub struct AttemptResult {
     pub error: Option<String>,
     /// The CRM said its quota is used up: nothing more on this route for this long.
     pub pause: Option<Duration>,
-    /// The answer's body, when it was asked for (multi-step routes branch on it).
+    /// The answer's body, when it was asked for (multi-step routes branch on it), and the first
+    /// [`FAILED_BODY_KEPT`] bytes of any answer that is not a success (`retry_on` matches on it).
     pub body: Option<String>,
 }
 
@@ -95,7 +98,16 @@ impl HttpSender {
                         format!("HTTP {status}: {}", snippet.trim())
                     })
                 };
-                let body = if keep_body { body } else { None };
+                let body = match body {
+                    Some(b) if !keep_body && b.len() > FAILED_BODY_KEPT => {
+                        let mut end = FAILED_BODY_KEPT;
+                        while !b.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        Some(b[..end].to_string())
+                    }
+                    other => other,
+                };
                 AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error, pause, body }
             }
             Err(e) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::limits::Gate;
-use super::retry::Verdict;
+use super::retry::{apply_retry_on, Verdict};
 use super::send::AttemptResult;
 use crate::app::Relay;
 use crate::config::{HeaderSpec, RouteConfig};
@@ -53,6 +53,8 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
             result.verdict = Verdict::Delivered;
             result.error = None;
         }
+        result.verdict = apply_retry_on(&route.first().retry_on, result.status, result.body.as_deref(), result.verdict);
+        result.body = None;
         return StepsResult { result, state: None, deferred: None };
     }
     let mut done =
@@ -95,6 +97,8 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         r.duration = total;
         let accepted = r.status.is_some_and(|s| step.accept.contains(&s));
         if !matches!(r.verdict, Verdict::Delivered) && !accepted {
+            r.verdict = apply_retry_on(&step.retry_on, r.status, r.body.as_deref(), r.verdict);
+            r.body = None;
             return failed_step(&step.name, r, done);
         }
         let body = r.body.take().unwrap_or_default();

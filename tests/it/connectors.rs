@@ -6,12 +6,13 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 /// Every variable the examples name, with a plausible value.
-const ENV: &[(&str, &str)] = &[
+pub const ENV: &[(&str, &str)] = &[
     ("LEARNYBOX_SECRET_KEY", SECRET),
     ("HUBSPOT_ACCESS_TOKEN", "pat-eu1-hubspot-secret"),
     ("BREVO_API_KEY", "xkeysib-brevo-secret"),
     ("ACTIVECAMPAIGN_BASE_URL", "https://acme.api-us1.com"),
     ("ACTIVECAMPAIGN_API_TOKEN", "ac-secret"),
+    ("ACTIVECAMPAIGN_LIST_ID", "3"),
     ("MAILCHIMP_BASE_URL", "https://us21.api.mailchimp.com"),
     ("MAILCHIMP_API_KEY", "mc-secret-us21"),
     ("MAILCHIMP_LIST_ID", "a1b2c3"),
@@ -19,7 +20,9 @@ const ENV: &[(&str, &str)] = &[
     ("SALESFORCE_CLIENT_ID", "sf-client"),
     ("SALESFORCE_CLIENT_SECRET", "sf-secret"),
     ("PIPEDRIVE_API_TOKEN", "pd-secret"),
+    ("PIPEDRIVE_TRANSACTION_FIELD", "8f4e1c2b9a7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"),
     ("SYSTEMEIO_API_KEY", "sy-secret"),
+    ("SYSTEMEIO_UNSUBSCRIBED_TAG_ID", "99"),
     ("ZAPIER_WEBHOOK_URL", "https://hooks.zapier.com/hooks/catch/123/abc/"),
     ("MAKE_WEBHOOK_URL", "https://hook.eu1.make.com/xyz"),
     ("N8N_WEBHOOK_URL", "https://n8n.example.com/webhook/learnybox"),
@@ -42,7 +45,7 @@ const CONNECTORS: &[&str] = &[
     "google-sheets",
 ];
 
-fn example(name: &str) -> String {
+pub fn example(name: &str) -> String {
     format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
