@@ -178,6 +178,9 @@ pub struct StepConfig {
     pub omit_empty: bool,
     /// A JSON Schema the rendered body must satisfy (checked by `check` and before sending).
     pub schema: Option<PathBuf>,
+    /// When this step fails, its retry starts again at this earlier step (a search before a create:
+    /// a create whose answer was lost must be searched for again, not sent twice).
+    pub retry_from: Option<String>,
 }
 
 /// `retry_on = [403, { status = 403, body = "REQUEST_LIMIT_EXCEEDED" }]`: an answer with this status
@@ -551,6 +554,8 @@ struct RawStep {
     omit_empty: Option<bool>,
     #[serde(default)]
     schema: Option<String>,
+    #[serde(default)]
+    retry_from: Option<String>,
 }
 
 /// One `retry_on` entry: a bare status, or `{ status, body }`.
@@ -795,6 +800,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 retry_on: retry_on(&r.retry_on, &[], &format!("{at}.retry_on"), &mut problem),
                 omit_empty: r.omit_empty.unwrap_or(false),
                 schema: r.schema.as_deref().map(resolve),
+                retry_from: None,
             });
         } else {
             for key in [
@@ -841,7 +847,13 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                     retry_on: retry_on(&r.retry_on, &st.retry_on, &format!("{sat}.retry_on"), &mut problem),
                     omit_empty: st.omit_empty.or(r.omit_empty).unwrap_or(false),
                     schema: st.schema.as_deref().map(resolve),
+                    retry_from: st.retry_from.clone(),
                 });
+                if let Some(from) = &st.retry_from {
+                    if !r.steps[..j].iter().any(|earlier| &earlier.name == from) {
+                        problem(&format!("{sat}.retry_from"), format!("{from:?} is not an earlier step of this route"));
+                    }
+                }
                 if st.schema.is_some() && st.template.is_none() {
                     problem(&format!("{sat}.schema"), "a schema checks the body: the step needs a `template`".into());
                 }

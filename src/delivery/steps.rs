@@ -99,6 +99,9 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         if !matches!(r.verdict, Verdict::Delivered) && !accepted {
             r.verdict = apply_retry_on(&step.retry_on, r.status, r.body.as_deref(), r.verdict);
             r.body = None;
+            if let Some(from) = &step.retry_from {
+                forget_from(&mut done, route, from);
+            }
             return failed_step(&step.name, r, done);
         }
         let body = r.body.take().unwrap_or_default();
@@ -165,6 +168,17 @@ async fn send(
             continue;
         }
         return r;
+    }
+}
+
+/// `retry_from`: drops the answers of step `from` and every later one, so the retry asks again
+/// (a lost answer to a create is then found by the search instead of creating twice).
+fn forget_from(done: &mut Value, route: &RouteConfig, from: &str) {
+    let Some(start) = route.steps.iter().position(|s| s.name == from) else { return };
+    if let Value::Object(map) = done {
+        for step in &route.steps[start..] {
+            map.remove(&step.name);
+        }
     }
 }
 

