@@ -14,6 +14,7 @@ COPY --from=build /src/target/release/lbx-relay /usr/local/bin/lbx-relay
 COPY routes.toml /etc/lbx-relay/routes.toml
 COPY templates /etc/lbx-relay/templates
 COPY examples /etc/lbx-relay/examples
+COPY contracts /etc/lbx-relay/contracts
 USER 10001
 WORKDIR /var/lib/lbx-relay
 ENV LBX_CONFIG=/etc/lbx-relay/routes.toml \

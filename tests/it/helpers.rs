@@ -452,11 +452,13 @@ pub async fn wait_ready(admin: &str) {
     .await;
 }
 
-/// Runs the built binary with `args`; returns (exit code, stdout, stderr).
+/// Runs the built binary with `args` and exactly the variables `envs` (none from the calling
+/// shell, which may export the examples' variables); returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i32, String, String) {
     use std::io::Write;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"));
-    cmd.args(args)
+    cmd.env_clear()
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
