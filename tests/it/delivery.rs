@@ -164,3 +164,39 @@ async fn deliveries_are_paged_with_a_cursor() {
     assert_eq!(page3["items"].as_array().unwrap().len(), 1);
     assert_eq!(page3["next"], Value::Null);
 }
+
+#[tokio::test]
+async fn a_body_that_breaks_its_schema_fails_before_the_crm_is_called_naming_the_field() {
+    let schema = format!("{}/contracts/hubspot/contacts.batch_upsert.json", env!("CARGO_MANIFEST_DIR"));
+    let app = spawn_app_with(TestConfig { route_extra: format!("schema = {schema:?}"), ..TestConfig::default() }).await;
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(5), "a failed delivery", || async {
+        !app.deliveries("status=failed").await.is_empty()
+    })
+    .await;
+    let d = &app.deliveries("status=failed").await[0];
+    let error = d["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("does not match the schema") && error.contains("\"inputs\" is a required property"),
+        "{error}"
+    );
+    assert_eq!(d["attempts"], 1);
+    assert_eq!(app.crm.count(), 0, "the failure is decided before sending: the CRM never saw the body");
+}
+
+#[tokio::test]
+async fn retry_on_keeps_an_answer_the_route_names_on_the_retry_schedule() {
+    let app = spawn_app_with(TestConfig {
+        schedule: vec!["100ms", "100ms"],
+        route_extra: "retry_on = [403]".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    app.crm.respond_with(&[403, 403]);
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(5), "delivered after two 403s", || async {
+        !app.deliveries("status=delivered").await.is_empty()
+    })
+    .await;
+    assert_eq!(app.crm.received().iter().map(|r| r.status).collect::<Vec<_>>(), vec![403, 403, 200]);
+}
