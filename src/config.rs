@@ -510,7 +510,7 @@ struct RawRoute {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
-    vars: BTreeMap<String, toml::Value>,
+    vars: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     retry: Option<RawRetry>,
     #[serde(default)]
@@ -868,7 +868,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             events: r.events,
             when: r.when.filter(|w| !w.trim().is_empty()),
             steps,
-            vars: r.vars.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect(),
+            vars: r.vars,
             retry: route_retry,
             rate_limit,
             concurrency: r.concurrency,
@@ -920,20 +920,6 @@ fn retry_on(
         problem(at, format!("{} is a success: only failing answers can be retried", ok.status));
     }
     rules
-}
-
-/// A `vars` value as the template sees it: TOML strings, numbers, booleans, arrays and tables map
-/// to their JSON counterparts (dates become strings).
-fn toml_to_json(v: toml::Value) -> serde_json::Value {
-    match v {
-        toml::Value::String(s) => serde_json::Value::String(s),
-        toml::Value::Integer(i) => i.into(),
-        toml::Value::Float(f) => serde_json::Number::from_f64(f).map(serde_json::Value::Number).unwrap_or_default(),
-        toml::Value::Boolean(b) => b.into(),
-        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
-        toml::Value::Array(a) => a.into_iter().map(toml_to_json).collect(),
-        toml::Value::Table(t) => t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect(),
-    }
 }
 
 fn check_statuses(statuses: &[u16], at: &str, problem: &mut dyn FnMut(&str, String)) {
@@ -1127,6 +1113,17 @@ headers = { "api-key" = "${TOKEN}", "x-static" = "plain" }
         assert_eq!(c.routes[0].concurrency, Some(2));
         let bad = MINIMAL.replace("events = [\"*\"]", "events = [\"*\"]\nauth = { type = \"digest\" }");
         assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn vars_keep_tables_and_numbers_for_templates() {
+        let text = MINIMAL.replace(
+            "events = [\"*\"]",
+            "events = [\"*\"]\nvars = { list = \"${TOKEN}\", tag_ids = { \"VIP client\" = 7 } }",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.routes[0].vars["list"], "tok");
+        assert_eq!(c.routes[0].vars["tag_ids"]["VIP client"], 7);
     }
 
     #[test]
