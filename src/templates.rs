@@ -91,7 +91,7 @@ pub struct Templates {
     json_bodies: BTreeMap<String, String>,
     /// Body keys → the compiled `schema` the body must satisfy, and its file.
     schemas: BTreeMap<String, (jsonschema::Validator, String)>,
-    /// Body keys of steps whose URL or body reads earlier answers (`steps.…`).
+    /// Body keys of steps whose body reads earlier answers (`steps.…`).
     reads_answers: std::collections::BTreeSet<String>,
 }
 
@@ -185,7 +185,7 @@ impl Templates {
                 if is_json {
                     self.json_bodies.insert(body_key(&route.name, i), file);
                 }
-                if source.contains("steps.") || step.url.contains("steps.") {
+                if source.contains("steps.") {
                     self.reads_answers.insert(body_key(&route.name, i));
                 }
             }
@@ -264,8 +264,8 @@ impl Templates {
         Ok(truthy(&out))
     }
 
-    /// Whether step `i` of `route` reads earlier answers (`steps.…`) in its URL or body: `check`,
-    /// which has no answers, renders it but leaves its schema to send time and `render --answers`.
+    /// Whether the body of step `i` of `route` reads earlier answers (`steps.…`): `check`, which has
+    /// no answers, renders it but leaves its JSON and schema checks to send time and `render --answers`.
     pub fn reads_answers(&self, route: &RouteConfig, i: usize) -> bool {
         self.reads_answers.contains(&body_key(&route.name, i))
     }
