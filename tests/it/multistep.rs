@@ -79,6 +79,15 @@ impl Relay {
         self.deliveries(status).await
     }
 
+    /// Waits until a delivery has failed one attempt and waits for its retry; the pending ones.
+    async fn failed_once(&self) -> Vec<Value> {
+        wait_until(Duration::from_secs(15), "a delivery to fail once", || async {
+            self.deliveries("pending").await.first().is_some_and(|d| d["attempts"] == 1)
+        })
+        .await;
+        self.deliveries("pending").await
+    }
+
     async fn retry(&self, id: &str) {
         let resp = reqwest::Client::new()
             .post(format!("http://{}/api/deliveries/{id}/retry", self.admin))
@@ -142,11 +151,7 @@ async fn pipedrive_sale_sent_twice_and_retried_after_a_lost_answer_leaves_one_de
     let relay = pipedrive(&api).await;
     relay.send(&sale_event("s1", "buyer@example.com", "TX-9")).await;
     // The deal was created, but its answer was lost: the delivery waits for its retry…
-    wait_until(Duration::from_secs(15), "the deal step to fail once", || async {
-        relay.deliveries("pending").await.first().is_some_and(|d| d["attempts"] == 1)
-    })
-    .await;
-    let pending = relay.deliveries("pending").await;
+    let pending = relay.failed_once().await;
     assert!(pending[0]["last_error"].as_str().unwrap().contains("step deal_create"), "{}", pending[0]);
     // …and, retried, resumes at the deal: found by its transaction field and updated.
     relay.retry(pending[0]["id"].as_str().unwrap()).await;
@@ -227,11 +232,7 @@ async fn systemeio_update_failing_is_retried_from_the_update_alone() {
     relay.wait_for("delivered", 1).await;
     api.lose_answers("contacts.update", 503, 1);
     relay.send(&contact_event("y4", "taken@example.com")).await;
-    wait_until(Duration::from_secs(15), "the update to fail once", || async {
-        relay.deliveries("pending").await.first().is_some_and(|d| d["attempts"] == 1)
-    })
-    .await;
-    relay.retry(relay.deliveries("pending").await[0]["id"].as_str().unwrap()).await;
+    relay.retry(relay.failed_once().await[0]["id"].as_str().unwrap()).await;
     relay.wait_for("delivered", 2).await;
     assert_eq!(
         api.calls(),

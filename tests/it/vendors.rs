@@ -393,16 +393,7 @@ impl Vendor {
                 w.contacts.insert(key, record.clone());
                 (200, json!({"success": true, "data": record}))
             }
-            ("pipedrive", "persons.update") => {
-                let id: u64 = req.segment(4).parse().unwrap_or(0);
-                match w.contacts.values_mut().find(|p| p["id"] == id) {
-                    Some(p) => {
-                        merge(p, &body);
-                        (200, json!({"success": true, "data": p.clone()}))
-                    }
-                    None => (404, json!({"success": false, "error": "Person not found"})),
-                }
-            }
+            ("pipedrive", "persons.update") => pipedrive_patch(&mut w.contacts, req, &body, "Person"),
             ("pipedrive", "deals.search") => {
                 let term = req.q("term");
                 let items: Vec<Value> = w
@@ -427,16 +418,7 @@ impl Vendor {
                 w.deals.insert(key, record.clone());
                 (200, json!({"success": true, "data": record}))
             }
-            ("pipedrive", "deals.update") => {
-                let id: u64 = req.segment(4).parse().unwrap_or(0);
-                match w.deals.values_mut().find(|d| d["id"] == id) {
-                    Some(d) => {
-                        merge(d, &body);
-                        (200, json!({"success": true, "data": d.clone()}))
-                    }
-                    None => (404, json!({"success": false, "error": "Deal not found"})),
-                }
-            }
+            ("pipedrive", "deals.update") => pipedrive_patch(&mut w.deals, req, &body, "Deal"),
             ("pipedrive", _) => (200, json!({"success": true, "data": {}})),
             ("systemeio", "contacts.create") => {
                 let email = body["email"].as_str().unwrap_or_default().to_lowercase();
@@ -533,6 +515,18 @@ impl Vendor {
 
     pub fn calls(&self) -> Vec<String> {
         self.world.lock().unwrap().calls.iter().map(|(id, _)| id.split('@').next().unwrap().to_string()).collect()
+    }
+}
+
+/// Pipedrive `PATCH /api/v2/{persons|deals}/{id}`: the record with that id updated, or a 404.
+fn pipedrive_patch(records: &mut BTreeMap<String, Value>, req: &Request, body: &Value, what: &str) -> (u16, Value) {
+    let id: u64 = req.segment(4).parse().unwrap_or(0);
+    match records.values_mut().find(|r| r["id"] == id) {
+        Some(r) => {
+            merge(r, body);
+            (200, json!({"success": true, "data": r.clone()}))
+        }
+        None => (404, json!({"success": false, "error": format!("{what} not found")})),
     }
 }
 
