@@ -430,8 +430,11 @@ pub fn write_process_config(dir: &Path, cfg: &TestConfig, crm_url: &str) -> (Str
 }
 
 /// Starts `lbx-relay serve` on the config in `dir`, with `extra` arguments before `serve`.
+/// `lbx-relay serve` on the config in `dir`, with no variable from the calling shell (`RUST_LOG`,
+/// `LBX_CONFIG`, … would change what it does).
 pub fn start_process(dir: &Path, extra: &[&str], stderr: std::process::Stdio) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
+        .env_clear()
         .args(extra)
         .args(["serve", "-c"])
         .arg(dir.join("routes.toml"))
