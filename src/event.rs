@@ -146,4 +146,17 @@ mod tests {
         assert_eq!(a.kind, UNKNOWN_KIND);
         assert_ne!(a.id, b.id);
     }
+
+    #[test]
+    fn numeric_ids_beyond_2_pow_53_and_amounts_keep_every_digit() {
+        let parse = |text: &str| {
+            let data: Map<String, Value> = serde_json::from_str(text).unwrap();
+            Event::from_plaintext("s", data, None, &[], &fields(&["/id"]), 0)
+        };
+        let a = parse(r#"{"id": 12345678901234567890123, "amount": 19.999999999999999999}"#);
+        let b = parse(r#"{"id": 12345678901234567890124, "amount": 19.999999999999999999}"#);
+        assert_eq!(a.key, "12345678901234567890123");
+        assert_eq!(b.key, "12345678901234567890124");
+        assert!(a.payload().contains("19.999999999999999999"), "{}", a.payload());
+    }
 }
