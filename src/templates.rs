@@ -28,6 +28,11 @@ pub enum RenderError {
     Schema { route: String, file: String, problems: String },
     #[error("route {route}: the rendered URL {url:?} is not a valid http(s) URL")]
     BadUrl { route: String, url: String },
+    #[error(
+        "route {route}: a value inserted in the URL path is \".\" or \"..\", which would remove a path \
+         segment and send the request to another resource; not sent"
+    )]
+    DotSegment { route: String },
     #[error("route {0} is not configured")]
     UnknownRoute(String),
 }
@@ -122,6 +127,19 @@ pub fn url_escape(s: &str) -> String {
         .replace("%2E", ".")
         .replace("%5F", "_")
         .replace("%7E", "~")
+}
+
+/// Whether the path of `url` has a `.` or `..` segment, written plainly or percent-encoded: URL
+/// parsers (WHATWG, reqwest's) resolve both away, so `/contacts/{{email}}/sub` with an e-mail of
+/// `..` would go out as `/sub`.
+pub fn has_dot_segment(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let Some((_, path)) = after_scheme.split_once('/') else { return false };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 fn body_key(route: &str, step: usize) -> String {
@@ -356,6 +374,9 @@ impl Templates {
                 message: template_error_message(&e),
             })?;
             match reqwest::Url::parse(url.trim()) {
+                Ok(_) if has_dot_segment(url.trim()) => {
+                    return Err(RenderError::DotSegment { route: route.name.clone() })
+                }
                 Ok(u) if matches!(u.scheme(), "http" | "https") => url,
                 _ => return Err(RenderError::BadUrl { route: route.name.clone(), url }),
             }
@@ -627,6 +648,20 @@ vars = {{ list = "a b" }}
         let e = event(serde_json::json!({"email": "a+b@x.fr/../"}));
         let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
         assert_eq!(req.url, "https://crm.test/lists/a%20b/a%2Bb%40x.fr%2F..%2F");
+    }
+
+    #[test]
+    fn a_dot_or_dot_dot_value_in_the_path_is_refused_not_resolved_away() {
+        for value in [".", ".."] {
+            let (_d, c, t) = setup("t.json.hbs", "{}", "");
+            let e = event(serde_json::json!({"email": value}));
+            let err = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap_err();
+            assert!(matches!(err, RenderError::DotSegment { .. }), "{value}: {err}");
+        }
+        assert!(!has_dot_segment("https://crm.test/a/b?x=..&y=."));
+        assert!(!has_dot_segment("https://crm.test/a/..b/c."));
+        assert!(has_dot_segment("https://crm.test/a/../b"));
+        assert!(has_dot_segment("https://crm.test/a/%2E%2e/b"));
     }
 
     #[test]
