@@ -14,6 +14,8 @@ pub const USER_AGENT: &str = concat!("lbx-relay/", env!("CARGO_PKG_VERSION"));
 const ERROR_BODY_LIMIT: usize = 300;
 /// How much of a failing answer's body is kept for `retry_on` body rules.
 pub const FAILED_BODY_KEPT: usize = 64 * 1024;
+/// The most of an answer body read for a step that branches on it; the rest is never read.
+pub const ANSWER_BODY_LIMIT: usize = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
@@ -87,7 +89,12 @@ impl HttpSender {
                 let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
                 let verdict = classify_status(status, retry_after);
                 let delivered = matches!(verdict, Verdict::Delivered);
-                let body = if keep_body || !delivered { Some(resp.text().await.unwrap_or_default()) } else { None };
+                let body = if keep_body || !delivered {
+                    let limit = if keep_body { ANSWER_BODY_LIMIT } else { FAILED_BODY_KEPT };
+                    Some(read_prefix(resp, limit).await)
+                } else {
+                    None
+                };
                 let error = if delivered {
                     None
                 } else {
@@ -97,16 +104,6 @@ impl HttpSender {
                     } else {
                         format!("HTTP {status}: {}", snippet.trim())
                     })
-                };
-                let body = match body {
-                    Some(b) if !keep_body && b.len() > FAILED_BODY_KEPT => {
-                        let mut end = FAILED_BODY_KEPT;
-                        while !b.is_char_boundary(end) {
-                            end -= 1;
-                        }
-                        Some(b[..end].to_string())
-                    }
-                    other => other,
                 };
                 AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error, pause, body }
             }
@@ -128,6 +125,22 @@ impl Default for HttpSender {
     fn default() -> Self {
         HttpSender::new()
     }
+}
+
+/// Reads at most `limit` bytes of an answer's body, chunk by chunk, and drops the rest unread (a
+/// CRM answering 400 MiB costs no more memory than `limit`). Invalid UTF-8 is replaced.
+async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
