@@ -36,6 +36,8 @@ pub struct Relay {
     pub gates: Gates,
     /// OAuth access tokens of the routes that use them.
     pub tokens: Tokens,
+    /// Slows down repeated wrong admin tokens.
+    pub auth_failures: http::AuthThrottle,
 }
 
 impl Relay {
@@ -49,6 +51,7 @@ impl Relay {
             silence: Silence::default(),
             gates: Gates::default(),
             tokens: Tokens::default(),
+            auth_failures: http::AuthThrottle::default(),
         }
     }
 
@@ -63,23 +66,42 @@ impl Relay {
     }
 
     /// Re-reads the config file in force (`POST /api/reload`, SIGHUP) and puts it in force, or
-    /// keeps the running one and returns every problem. Returns the number of routes.
-    pub fn reload(&self) -> Result<usize, Vec<String>> {
+    /// keeps the running one and returns every problem. A config `check` would reject is refused.
+    pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
         let old = self.runtime();
         let path = old.config.path.clone();
-        let rt = Runtime::load(&path).inspect_err(|problems| {
+        let rt = crate::preflight::load(&path).inspect_err(|problems| {
             tracing::error!(config = %path.display(), problems = %problems.join("; "), "reload refused; the running configuration is kept");
         })?;
-        if rt.config.server.listen != old.config.server.listen
-            || rt.config.server.admin_listen != old.config.server.admin_listen
-        {
-            tracing::warn!("listen addresses changed: they take effect at the next restart");
+        let mut needs_restart = Vec::new();
+        if rt.config.server.listen != old.config.server.listen {
+            needs_restart.push("server.listen");
+        }
+        if rt.config.server.admin_listen != old.config.server.admin_listen {
+            needs_restart.push("server.admin_listen");
+        }
+        if rt.config.store.backend != old.config.store.backend {
+            needs_restart.push("store.url");
+        }
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                settings = %needs_restart.join(", "),
+                "changed settings take effect at the next restart; the running ones are kept until then"
+            );
         }
         let routes = rt.config.routes.len();
         self.replace_runtime(rt);
         tracing::info!(config = %path.display(), routes, "configuration reloaded");
-        Ok(routes)
+        Ok(Reloaded { routes, needs_restart })
     }
+}
+
+/// What a reload put in force.
+#[derive(Debug, serde::Serialize)]
+pub struct Reloaded {
+    pub routes: usize,
+    /// Changed settings that only a restart applies (listen addresses, the store).
+    pub needs_restart: Vec<&'static str>,
 }
 
 pub struct Application {

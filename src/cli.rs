@@ -12,13 +12,13 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::app::Application;
 use crate::crypto::{self, Hint, KeyForm, Keyring, OpenOptions, Sealed, Variant};
-use crate::event::{now_ms, Event};
+
 use crate::runtime::Runtime;
 use crate::telemetry::LogFormat;
 use crate::templates::TemplateContext;
 
-/// The sample events bundled with the binary (one per known Learnybox event kind).
-pub const SAMPLE_EVENTS: &str = include_str!("../assets/learnybox-events.json");
+pub use crate::preflight::SAMPLE_EVENTS;
+use crate::preflight::{self, event_from_json};
 
 #[derive(Parser, Debug)]
 #[command(name = "lbx-relay", version, about = "Relay encrypted Learnybox webhooks to CRMs, durably")]
@@ -225,7 +225,10 @@ fn read_input(file: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let runtime = preflight::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    for w in preflight::warnings(&runtime.config) {
+        tracing::warn!("{w}");
+    }
     let app = Application::build(runtime.config).await?;
     let relay = app.relay();
     tokio::spawn(async move {
@@ -255,31 +258,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Sample events: the bundled ones plus every `*.json` in `samples/` beside the config.
-fn sample_events(config_dir: &Path) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
-    let bundled: Vec<serde_json::Value> = serde_json::from_str(SAMPLE_EVENTS).context("bundled samples")?;
-    let mut out: Vec<(String, serde_json::Value)> =
-        bundled.into_iter().enumerate().map(|(i, v)| (format!("bundled sample #{i}"), v)).collect();
-    let dir = config_dir.join("samples");
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
-            out.push((p.display().to_string(), v));
-        }
-    }
-    Ok(out)
-}
-
-fn event_from_json(rt: &Runtime, value: serde_json::Value) -> anyhow::Result<Event> {
-    let serde_json::Value::Object(map) = value else { bail!("an event must be a JSON object") };
-    let (name, src) = rt.config.sources.iter().next().ok_or_else(|| anyhow!("the config has no source"))?;
-    Ok(Event::from_plaintext(name, map, None, &src.event_field, &src.id_field, now_ms()))
-}
-
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let rt = match Runtime::load(path) {
         Ok(rt) => rt,
@@ -290,46 +268,14 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut problems = Vec::new();
-    let samples = sample_events(&rt.config.dir)?;
-    let mut rendered = 0;
-    let mut exercised = std::collections::HashSet::new();
-    // Every step is rendered (earlier answers unknown: `steps.*` reads as empty), so each
-    // template and URL is exercised whatever branch a real delivery takes. A step's `schema` is
-    // checked where the sample alone decides the body: the step applies and reads no answers.
-    let mut render_one = |route: &crate::config::RouteConfig, event: &Event, name: &str, problems: &mut Vec<String>| {
-        let ctx = TemplateContext::new(event, &route.vars, "check");
-        for (i, step) in route.steps.iter().enumerate() {
-            let file = step.template.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| route.name.clone());
-            let what = if route.is_multi_step() { format!(" step {}", step.name) } else { String::new() };
-            let validate =
-                !rt.templates.reads_answers(route, i) && rt.templates.step_applies(route, i, &ctx).unwrap_or(true);
-            match rt.templates.render_step_with(route, i, &ctx, validate) {
-                Ok(_) => rendered += 1,
-                Err(e) => problems.push(format!("{file}: {e}{what} (with {name})")),
-            }
-        }
-    };
-    for (name, sample) in &samples {
-        let event = event_from_json(&rt, sample.clone())?;
-        let matched = rt.routes.matching(&rt.config, &rt.templates, &event);
-        for (route, reason) in matched.skipped {
-            problems.push(format!("route {route}: `when` failed: {reason} (with {name})"));
-        }
-        for route_name in matched.routes {
-            let Some(route) = rt.config.route(&route_name) else { continue };
-            exercised.insert(route_name.clone());
-            render_one(route, &event, name, &mut problems);
-        }
+    for w in preflight::warnings(&rt.config) {
+        println!("warning: {w}");
     }
-    // A route no sample reaches is still rendered once, so its template is exercised.
-    for route in rt.config.routes.iter().filter(|r| !exercised.contains(&r.name)) {
-        if let Some((name, sample)) = samples.first() {
-            println!("note: no sample event matches route {}; rendered against {name}", route.name);
-            let event = event_from_json(&rt, sample.clone())?;
-            render_one(route, &event, name, &mut problems);
-        }
+    let report = preflight::render_samples(&rt)?;
+    for note in &report.notes {
+        println!("note: {note}");
     }
+    let (problems, rendered) = (report.problems, report.rendered);
     if problems.is_empty() {
         println!(
             "{}: OK — {} source(s), {} route(s), {} sample render(s)",

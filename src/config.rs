@@ -81,6 +81,18 @@ pub enum StoreBackend {
     Postgres { url: SecretString },
 }
 
+impl PartialEq for StoreBackend {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (StoreBackend::Sqlite { path: a }, StoreBackend::Sqlite { path: b }) => a == b,
+            (StoreBackend::Postgres { url: a }, StoreBackend::Postgres { url: b }) => {
+                a.expose_secret() == b.expose_secret()
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub name: String,
@@ -623,7 +635,19 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             problem(key, format!("{addr:?} is not an address like \"0.0.0.0:8080\""));
         }
     }
+    if same_listener(&raw.server.listen, &raw.server.admin_listen) {
+        problem(
+            "server.admin_listen",
+            format!("{:?} is also server.listen: the two listeners need different addresses", raw.server.admin_listen),
+        );
+    }
     let admin_token = raw.server.admin_token.filter(|t| !t.is_empty()).map(SecretString::from);
+    if admin_token.as_ref().is_some_and(|t| t.expose_secret().chars().count() < MIN_ADMIN_TOKEN) {
+        problem(
+            "server.admin_token",
+            format!("is shorter than {MIN_ADMIN_TOKEN} characters; use a long random value (openssl rand -hex 24)"),
+        );
+    }
 
     let backend = if let Some(rest) = raw.store.url.strip_prefix("sqlite://") {
         let rel = PathBuf::from(rest);
@@ -704,7 +728,12 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
 
     let retry = retry_policy(&raw.retry, None, "retry", &mut problem);
     let delivery = DeliveryConfig {
-        workers: raw.delivery.workers.max(1),
+        workers: if raw.delivery.workers == 0 {
+            problem("delivery.workers", "is 0: nothing would ever be delivered; use 1 or more".into());
+            1
+        } else {
+            raw.delivery.workers
+        },
         lease: duration(&raw.delivery.lease, "delivery.lease", &mut problem),
         poll_interval: duration(&raw.delivery.poll_interval, "delivery.poll_interval", &mut problem),
     };
@@ -897,6 +926,22 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         quarantine: QuarantineConfig { max_items: raw.quarantine.max_items },
         routes,
     })
+}
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Whether two listen addresses take the same port on a shared interface (`0.0.0.0:8080` and
+/// `127.0.0.1:8080` cannot both be bound). Port 0 (any free port) never clashes.
+fn same_listener(a: &str, b: &str) -> bool {
+    match (a.parse::<std::net::SocketAddr>(), b.parse::<std::net::SocketAddr>()) {
+        (Ok(a), Ok(b)) => {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        _ => false,
+    }
 }
 
 fn method(text: Option<&str>, at: &str, problem: &mut dyn FnMut(&str, String)) -> reqwest::Method {

@@ -9,7 +9,7 @@
 //! - [`delivery`] workers claim stored deliveries, render them with [`templates`], send them and
 //!   settle the outcome;
 //! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires it all,
-//!   [`cli`] is the command line, [`telemetry`] the logs and metrics, and [`housekeeping`] the
+//!   [`cli`] is the command line, [`preflight`] what `check` reports and `serve` refuses, [`telemetry`] the logs and metrics, and [`housekeeping`] the
 //!   silence alert, gauges and retention purge; [`bench`] is the load tool.
 
 pub mod app;
@@ -23,6 +23,7 @@ pub mod event;
 pub mod housekeeping;
 pub mod http;
 pub mod ingest;
+pub mod preflight;
 pub mod routing;
 pub mod runtime;
 pub mod store;

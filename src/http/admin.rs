@@ -43,10 +43,21 @@ pub struct Admin;
 
 impl FromRequest for Admin {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<Admin, ApiError>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Admin, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(authorize(req))
+        let result = authorize(req);
+        let delay = match (&result, req.app_data::<web::Data<Relay>>()) {
+            (Err(ApiError::Unauthorized), Some(relay)) => relay.auth_failures.failed(std::time::Instant::now()),
+            _ => std::time::Duration::ZERO,
+        };
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tracing::warn!(delay_ms = delay.as_millis() as u64, "repeated wrong admin tokens; answering slowly");
+                tokio::time::sleep(delay).await;
+            }
+            result
+        })
     }
 }
 
@@ -267,7 +278,11 @@ async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, Ap
 
 async fn reload(_: Admin, relay: web::Data<Relay>) -> HttpResponse {
     match relay.reload() {
-        Ok(routes) => HttpResponse::Ok().json(json!({"status": "reloaded", "routes": routes})),
+        Ok(done) => HttpResponse::Ok().json(json!({
+            "status": "reloaded",
+            "routes": done.routes,
+            "needs_restart": done.needs_restart,
+        })),
         Err(problems) => HttpResponse::UnprocessableEntity().json(json!({
             "error": "the new configuration was refused; the running one is kept",
             "problems": problems,

@@ -4,6 +4,7 @@
 mod admin;
 mod error;
 mod public;
+mod throttle;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpServer};
 
 pub use error::ApiError;
+pub use throttle::AuthThrottle;
 
 use crate::app::Relay;
 

@@ -48,3 +48,119 @@ async fn a_crm_answering_an_endless_body_costs_a_bounded_prefix_and_the_status_i
     assert!(error.starts_with("HTTP 500: xxx"), "{error}");
     assert!(error.len() < 1000, "the error keeps a short prefix: {} bytes", error.len());
 }
+
+/// Writes the default test config (CRM on a closed port) into a fresh directory, edited by `edit`.
+fn config_dir(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (_public, _admin) = write_process_config(dir.path(), &TestConfig::default(), "http://127.0.0.1:9");
+    let path = dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+    dir
+}
+
+fn check_in(dir: &tempfile::TempDir) -> (i32, String) {
+    let path = dir.path().join("routes.toml");
+    let (code, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], None, &[]);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn check_refuses_zero_workers_one_address_for_both_listeners_and_a_short_admin_token() {
+    let dir = config_dir(|t| t.replace("workers = 8", "workers = 0"));
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("delivery.workers: is 0"), "{out}");
+
+    let dir = config_dir(|t| {
+        let public =
+            t.lines().find(|l| l.starts_with("listen = ")).unwrap().trim_start_matches("listen = ").to_string();
+        let port = public.trim_matches('"').rsplit(':').next().unwrap().to_string();
+        t.lines()
+            .map(
+                |l| if l.starts_with("admin_listen") { format!("admin_listen = \"0.0.0.0:{port}\"") } else { l.into() },
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the two listeners need different addresses"), "{out}");
+
+    let dir = config_dir(|t| t.replace(ADMIN_TOKEN, "short-token"));
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("server.admin_token: is shorter than 16 characters"), "{out}");
+    assert!(!out.contains("short-token"), "the token itself is never printed: {out}");
+}
+
+#[test]
+fn an_admin_listener_open_to_the_network_without_a_token_is_warned_about() {
+    let dir = config_dir(|t| {
+        t.lines()
+            .map(|l| match l {
+                l if l.starts_with("admin_listen") => format!("admin_listen = \"0.0.0.0:{}\"", free_port()),
+                l if l.starts_with("admin_token") => String::new(),
+                l => l.into(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: server.admin_listen 0.0.0.0:") && out.contains("LBX_ADMIN_TOKEN"), "{out}");
+}
+
+#[tokio::test]
+async fn serve_refuses_a_config_whose_templates_check_rejects() {
+    let dir = config_dir(|t| t);
+    std::fs::write(dir.path().join("crm.json.hbs"), r#"{"email": {{data.data.contact.email}}}"#).unwrap();
+    let mut child = start_process(dir.path(), &[], std::process::Stdio::piped());
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("serve exits instead of serving");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("crm.json.hbs") && err.contains("not valid JSON") && err.contains("refused"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_store_says_it_needs_a_restart() {
+    let app = spawn_app().await;
+    let path = app.dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("sqlite://relay.db", "sqlite://other.db");
+    std::fs::write(&path, text).unwrap();
+    let resp = app.admin_post("/api/reload").await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["needs_restart"], serde_json::json!(["store.url"]), "{body}");
+}
+
+#[tokio::test]
+async fn repeated_wrong_admin_tokens_are_answered_slowly_and_a_right_one_is_not() {
+    let app = spawn_app().await;
+    let wrong = |n: u32| {
+        let client = app.client.clone();
+        let url = format!("{}/api/stats", app.admin);
+        async move {
+            let started = std::time::Instant::now();
+            let resp = client.get(url).bearer_auth(format!("wrong-token-{n}")).send().await.unwrap();
+            assert_eq!(resp.status(), 401);
+            started.elapsed()
+        }
+    };
+    for n in 0..3 {
+        wrong(n).await;
+    }
+    assert!(wrong(3).await >= Duration::from_millis(250));
+    assert!(wrong(4).await >= Duration::from_millis(500));
+    assert_eq!(app.admin_get("/api/stats").await.status(), 200);
+}
