@@ -38,6 +38,8 @@ pub struct Relay {
     pub tokens: Tokens,
     /// Slows down repeated wrong admin tokens.
     pub auth_failures: http::AuthThrottle,
+    /// Says "the quarantine is full" once a minute at most.
+    pub quarantine_full_log: crate::telemetry::LogLimiter,
 }
 
 impl Relay {
@@ -52,6 +54,7 @@ impl Relay {
             gates: Gates::default(),
             tokens: Tokens::default(),
             auth_failures: http::AuthThrottle::default(),
+            quarantine_full_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
         }
     }
 

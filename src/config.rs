@@ -129,6 +129,8 @@ pub struct DeliveryConfig {
 #[derive(Debug, Clone)]
 pub struct QuarantineConfig {
     pub max_items: u64,
+    /// Bodies and headers kept, in bytes (both bounds apply).
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -498,11 +500,12 @@ impl Default for RawDelivery {
 #[serde(deny_unknown_fields, default)]
 struct RawQuarantine {
     max_items: u64,
+    max_bytes: String,
 }
 
 impl Default for RawQuarantine {
     fn default() -> Self {
-        RawQuarantine { max_items: 10_000 }
+        RawQuarantine { max_items: 10_000, max_bytes: "100MiB".into() }
     }
 }
 
@@ -726,6 +729,19 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         );
     }
 
+    let quarantine = QuarantineConfig {
+        max_items: raw.quarantine.max_items,
+        max_bytes: match raw.quarantine.max_bytes.parse::<bytesize::ByteSize>() {
+            Ok(b) => b.as_u64(),
+            Err(_) => {
+                problem(
+                    "quarantine.max_bytes",
+                    format!("{:?} is not a size like \"100MiB\"", raw.quarantine.max_bytes),
+                );
+                0
+            }
+        },
+    };
     let retry = retry_policy(&raw.retry, None, "retry", &mut problem);
     let delivery = DeliveryConfig {
         workers: if raw.delivery.workers == 0 {
@@ -923,7 +939,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         sources,
         retry,
         delivery,
-        quarantine: QuarantineConfig { max_items: raw.quarantine.max_items },
+        quarantine,
         routes,
     })
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Relay;
 use crate::event::now_ms;
 use crate::telemetry::{
-    DEAD_LETTERS, OLDEST_PENDING_AGE, QUARANTINE_SIZE, QUEUE_DEPTH, SOURCE_LAST_EVENT, SOURCE_SILENT,
+    DEAD_LETTERS, OLDEST_PENDING_AGE, QUARANTINE_BYTES, QUARANTINE_SIZE, QUEUE_DEPTH, SOURCE_LAST_EVENT, SOURCE_SILENT,
 };
 
 /// How often the purge runs.
@@ -78,6 +78,7 @@ pub async fn refresh_gauges(relay: &Relay) {
     if let Ok(g) = relay.store.gauges().await {
         metrics::gauge!(QUEUE_DEPTH).set(g.queue_depth as f64);
         metrics::gauge!(QUARANTINE_SIZE).set(g.quarantined as f64);
+        metrics::gauge!(QUARANTINE_BYTES).set(g.quarantined_bytes as f64);
         metrics::gauge!(DEAD_LETTERS).set(g.failed as f64);
         let age = g.oldest_pending_at.map(|at| ((now_ms() - at).max(0)) as f64 / 1000.0).unwrap_or(0.0);
         metrics::gauge!(OLDEST_PENDING_AGE).set(age);

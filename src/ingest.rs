@@ -8,17 +8,26 @@ use crate::app::Relay;
 use crate::crypto::{self, DecryptError, Sealed};
 use crate::event::{new_id, now_ms, Event};
 use crate::runtime::Runtime;
-use crate::store::{IngestOutcome, NewDelivery, NewEvent, NewQuarantined, QuarantineOutcome, StoreError};
+use crate::store::{
+    IngestOutcome, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, StoreError,
+};
 use crate::telemetry::{mask_email, EVENTS_RECEIVED};
 use crate::templates::TemplateContext;
 
 /// What happened to an accepted body. The sender sees the same answer for all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Stored { event_id: String, deliveries: usize },
-    Unrouted { event_id: String },
+    Stored {
+        event_id: String,
+        deliveries: usize,
+    },
+    Unrouted {
+        event_id: String,
+    },
     Duplicate,
     Quarantined,
+    /// Undecryptable, and the quarantine is at a bound: not kept (answered alike, counted, logged).
+    QuarantineDropped,
 }
 
 impl Outcome {
@@ -28,6 +37,7 @@ impl Outcome {
             Outcome::Unrouted { .. } => "unrouted",
             Outcome::Duplicate => "duplicate",
             Outcome::Quarantined => "quarantined",
+            Outcome::QuarantineDropped => "quarantine_full",
         }
     }
 }
@@ -36,14 +46,19 @@ impl Outcome {
 pub enum IngestError {
     #[error("unknown source {0:?}")]
     UnknownSource(String),
-    #[error("the quarantine is full")]
-    QuarantineFull,
     #[error("the store could not commit: {0}")]
     Unavailable(#[from] StoreError),
 }
 
-/// Headers never kept with a quarantined body.
-const DROPPED_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+/// Whether a request header may carry a credential, so it is never kept with a quarantined body:
+/// the standard ones and anything named like a key, token, secret, password or session.
+pub fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(name.as_str(), "authorization" | "cookie" | "proxy-authorization" | "set-cookie")
+        || ["key", "token", "secret", "password", "passwd", "auth", "session", "credential"]
+            .iter()
+            .any(|word| name.contains(word))
+}
 
 /// Where a contact's e-mail usually sits, for the (masked) log line.
 const EMAIL_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/data/email", "/email"];
@@ -105,7 +120,7 @@ pub async fn accept(
             tracing::warn!(source, reason = %e, bytes = body.len(), "body could not be decrypted; quarantined");
             let kept: serde_json::Map<String, serde_json::Value> = headers
                 .iter()
-                .filter(|(k, _)| !DROPPED_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
+                .filter(|(k, _)| !is_credential_header(k))
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
             let item = NewQuarantined {
@@ -115,16 +130,32 @@ pub async fn accept(
                 body: body.to_vec(),
                 reason: e.to_string(),
             };
-            match relay.store.quarantine(item, rt.config.quarantine.max_items).await? {
+            let limits = QuarantineLimits {
+                max_items: rt.config.quarantine.max_items,
+                max_bytes: rt.config.quarantine.max_bytes,
+            };
+            match relay.store.quarantine(item, limits).await? {
                 QuarantineOutcome::Stored => Ok(Outcome::Quarantined),
-                QuarantineOutcome::Full => Err(IngestError::QuarantineFull),
+                QuarantineOutcome::Full => {
+                    // Answered like every other body: a different status would tell a sender which
+                    // bodies decrypt. Counted in lbx_events_received_total{outcome="quarantine_full"}.
+                    if relay.quarantine_full_log.should_log(received_at) {
+                        tracing::error!(
+                            source,
+                            max_items = limits.max_items,
+                            max_bytes = limits.max_bytes,
+                            "the quarantine is full: undecryptable bodies are dropped (answered 200 like every \
+                             body); fix the source's secret, then reprocess or purge the quarantine"
+                        );
+                    }
+                    Ok(Outcome::QuarantineDropped)
+                }
             }
         }
     };
     relay.silence.heard(source, received_at);
     let label = match &result {
         Ok(o) => o.label(),
-        Err(IngestError::QuarantineFull) => "quarantine_full",
         Err(IngestError::Unavailable(_)) => "store_unavailable",
         Err(IngestError::UnknownSource(_)) => "unknown_source",
     };

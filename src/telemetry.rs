@@ -12,6 +12,7 @@ pub const DELIVERY_DURATION: &str = "lbx_delivery_duration_seconds";
 pub const QUEUE_DEPTH: &str = "lbx_queue_depth";
 pub const DELIVERY_ATTEMPTS: &str = "lbx_delivery_attempts_total";
 pub const QUARANTINE_SIZE: &str = "lbx_quarantine_size";
+pub const QUARANTINE_BYTES: &str = "lbx_quarantine_bytes";
 pub const OLDEST_PENDING_AGE: &str = "lbx_oldest_pending_age_seconds";
 pub const SOURCE_SILENT: &str = "lbx_source_silent";
 pub const SOURCE_LAST_EVENT: &str = "lbx_source_last_event_timestamp_seconds";
@@ -66,6 +67,7 @@ fn describe() {
         "Delivery attempts by route and answer class (2xx, 4xx, 5xx, network, render)"
     );
     metrics::describe_gauge!(QUARANTINE_SIZE, "Bodies in the quarantine");
+    metrics::describe_gauge!(QUARANTINE_BYTES, metrics::Unit::Bytes, "Bytes the quarantine holds");
     metrics::describe_gauge!(OLDEST_PENDING_AGE, "Age of the oldest pending delivery");
     metrics::describe_gauge!(SOURCE_SILENT, "1 when a source has been silent longer than its alert_after");
     metrics::describe_gauge!(SOURCE_LAST_EVENT, "When the last body arrived for a source (Unix seconds)");
@@ -74,6 +76,27 @@ fn describe() {
         DEFERRED,
         "Deliveries handed back to the queue by their route's rate limit, concurrency or pause"
     );
+}
+
+/// Lets one log line through per interval, so a condition that repeats on every request (a full
+/// quarantine during a flood) is said without flooding the log.
+#[derive(Debug)]
+pub struct LogLimiter {
+    interval_ms: i64,
+    next_at: std::sync::atomic::AtomicI64,
+}
+
+impl LogLimiter {
+    pub const fn every(interval: std::time::Duration) -> LogLimiter {
+        LogLimiter { interval_ms: interval.as_millis() as i64, next_at: std::sync::atomic::AtomicI64::new(i64::MIN) }
+    }
+
+    /// True at most once per interval (times in Unix ms).
+    pub fn should_log(&self, now: i64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let next = self.next_at.load(Relaxed);
+        now >= next && self.next_at.compare_exchange(next, now + self.interval_ms, Relaxed, Relaxed).is_ok()
+    }
 }
 
 /// Masks an e-mail address for logs: `ca***@example.fr`.

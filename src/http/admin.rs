@@ -120,6 +120,7 @@ async fn stats(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiErr
         "queue_depth": g.queue_depth,
         "failed": g.failed,
         "quarantined": g.quarantined,
+        "quarantined_bytes": g.quarantined_bytes,
         "oldest_pending_at": g.oldest_pending_at.map(rfc3339),
         "routes": rt.config.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         "sources": rt.config.sources.keys().collect::<Vec<_>>(),

@@ -10,8 +10,6 @@ pub enum ApiError {
     NotFound,
     #[error("the body exceeds server.max_body ({0} bytes)")]
     PayloadTooLarge(usize),
-    #[error("the quarantine is full; fix the source's secret and reprocess or purge it")]
-    QuarantineFull,
     #[error("the store is unavailable; retry later")]
     Unavailable,
     #[error("missing or wrong bearer token")]
@@ -27,7 +25,6 @@ impl ResponseError for ApiError {
         match self {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QuarantineFull => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,

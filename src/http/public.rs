@@ -57,7 +57,6 @@ async fn receive(
     match ingest::accept(relay, source, &body, &headers).await {
         Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))),
         Err(IngestError::UnknownSource(_)) => Err(ApiError::NotFound),
-        Err(IngestError::QuarantineFull) => Err(ApiError::QuarantineFull),
         Err(IngestError::Unavailable(e)) => {
             tracing::error!(source, error = %e, "event not stored; answered 503 so the sender retries");
             Err(ApiError::Unavailable)

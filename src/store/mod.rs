@@ -67,6 +67,20 @@ pub struct NewQuarantined {
     pub reason: String,
 }
 
+impl NewQuarantined {
+    /// The bytes it takes against `quarantine.max_bytes` (body and headers).
+    pub fn size(&self) -> usize {
+        self.body.len() + self.headers.len()
+    }
+}
+
+/// Both bounds of the quarantine; a body that would cross either is not kept.
+#[derive(Debug, Clone, Copy)]
+pub struct QuarantineLimits {
+    pub max_items: u64,
+    pub max_bytes: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuarantineOutcome {
     Stored,
@@ -208,6 +222,8 @@ pub struct Quarantined {
 pub struct Gauges {
     pub queue_depth: i64,
     pub quarantined: i64,
+    /// Bytes the quarantine holds (bodies and headers).
+    pub quarantined_bytes: i64,
     /// Deliveries in `failed` (dead letters).
     pub failed: i64,
     /// When the oldest pending delivery was created (Unix ms).
@@ -253,8 +269,13 @@ impl Store {
         dispatch!(self, s => s.ingest(event).await)
     }
 
-    pub async fn quarantine(&self, item: NewQuarantined, max_items: u64) -> Result<QuarantineOutcome, StoreError> {
-        dispatch!(self, s => s.quarantine(item, max_items).await)
+    /// Keeps an undecryptable body unless that would cross a bound (then `Full`, nothing written).
+    pub async fn quarantine(
+        &self,
+        item: NewQuarantined,
+        limits: QuarantineLimits,
+    ) -> Result<QuarantineOutcome, StoreError> {
+        dispatch!(self, s => s.quarantine(item, limits).await)
     }
 
     /// Leases up to `limit` due deliveries for `lease`, none of `skip_routes` (paused by their

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Gauges, IngestOutcome, NewEvent, NewQuarantined,
-    QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -92,6 +92,32 @@ CREATE TABLE oauth_tokens (
     refresh_token TEXT NOT NULL,
     updated_at    BIGINT NOT NULL
 );
+"#,
+    // The quarantine's size, kept by a trigger so a bounded insert costs O(1), not a COUNT(*).
+    r#"
+CREATE TABLE quarantine_totals (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    items BIGINT NOT NULL,
+    bytes BIGINT NOT NULL
+);
+INSERT INTO quarantine_totals
+    SELECT 1, COUNT(*), COALESCE(SUM(octet_length(body) + octet_length(headers)), 0) FROM quarantine;
+CREATE FUNCTION lbx_quarantine_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE quarantine_totals SET items = items + 1,
+            bytes = bytes + octet_length(NEW.body) + octet_length(NEW.headers) WHERE id = 1;
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE quarantine_totals SET items = items - 1,
+            bytes = bytes - octet_length(OLD.body) - octet_length(OLD.headers) WHERE id = 1;
+    ELSE
+        UPDATE quarantine_totals SET bytes = bytes - octet_length(OLD.body) - octet_length(OLD.headers)
+            + octet_length(NEW.body) + octet_length(NEW.headers) WHERE id = 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER quarantine_totals AFTER INSERT OR DELETE OR UPDATE OF body, headers ON quarantine
+    FOR EACH ROW EXECUTE FUNCTION lbx_quarantine_totals();
 "#,
 ];
 
@@ -214,13 +240,27 @@ impl PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub async fn quarantine(&self, item: NewQuarantined, max_items: u64) -> Result<QuarantineOutcome, StoreError> {
+    pub async fn quarantine(
+        &self,
+        item: NewQuarantined,
+        limits: QuarantineLimits,
+    ) -> Result<QuarantineOutcome, StoreError> {
         let client = self.pool.get().await?;
         let n = client
             .execute(
                 "INSERT INTO quarantine (source, received_at, headers, body, reason)
-                 SELECT $1, $2, $3, $4, $5 WHERE (SELECT COUNT(*) FROM quarantine) < $6",
-                &[&item.source, &item.received_at, &item.headers, &item.body, &item.reason, &(max_items as i64)],
+                 SELECT $1, $2, $3, $4, $5 FROM quarantine_totals
+                 WHERE id = 1 AND items < $6 AND bytes + $7 <= $8",
+                &[
+                    &item.source,
+                    &item.received_at,
+                    &item.headers,
+                    &item.body,
+                    &item.reason,
+                    &(limits.max_items as i64),
+                    &(item.size() as i64),
+                    &(limits.max_bytes as i64),
+                ],
             )
             .await?;
         Ok(if n == 1 { QuarantineOutcome::Stored } else { QuarantineOutcome::Full })
@@ -549,7 +589,8 @@ impl PgStore {
         let row = client
             .query_one(
                 "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
-                        (SELECT COUNT(*) FROM quarantine),
+                        (SELECT items FROM quarantine_totals WHERE id = 1),
+                        (SELECT bytes FROM quarantine_totals WHERE id = 1),
                         (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'),
                         (SELECT COUNT(*) FROM deliveries WHERE status = 'failed')",
                 &[],
@@ -558,8 +599,9 @@ impl PgStore {
         Ok(Gauges {
             queue_depth: row.get(0),
             quarantined: row.get(1),
-            oldest_pending_at: row.get(2),
-            failed: row.get(3),
+            quarantined_bytes: row.get(2),
+            oldest_pending_at: row.get(3),
+            failed: row.get(4),
         })
     }
 

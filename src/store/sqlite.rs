@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Gauges, IngestOutcome, NewEvent, NewQuarantined,
-    QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -98,6 +98,28 @@ CREATE TABLE oauth_tokens (
     updated_at    INTEGER NOT NULL
 );
 CREATE INDEX deliveries_order ON deliveries(route, order_key) WHERE order_key IS NOT NULL AND status = 'pending';
+"#,
+    // The quarantine's size, kept by triggers so a bounded insert costs O(1), not a COUNT(*).
+    r#"
+CREATE TABLE quarantine_totals (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    items INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT INTO quarantine_totals
+    SELECT 1, COUNT(*), COALESCE(SUM(length(body) + length(CAST(headers AS BLOB))), 0) FROM quarantine;
+CREATE TRIGGER quarantine_added AFTER INSERT ON quarantine BEGIN
+    UPDATE quarantine_totals SET items = items + 1,
+        bytes = bytes + length(NEW.body) + length(CAST(NEW.headers AS BLOB)) WHERE id = 1;
+END;
+CREATE TRIGGER quarantine_removed AFTER DELETE ON quarantine BEGIN
+    UPDATE quarantine_totals SET items = items - 1,
+        bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB)) WHERE id = 1;
+END;
+CREATE TRIGGER quarantine_changed AFTER UPDATE OF body, headers ON quarantine BEGIN
+    UPDATE quarantine_totals SET bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB))
+        + length(NEW.body) + length(CAST(NEW.headers AS BLOB)) WHERE id = 1;
+END;
 "#,
 ];
 
@@ -208,17 +230,30 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn quarantine(&self, item: NewQuarantined, max_items: u64) -> Result<QuarantineOutcome, StoreError> {
+    pub async fn quarantine(
+        &self,
+        item: NewQuarantined,
+        limits: QuarantineLimits,
+    ) -> Result<QuarantineOutcome, StoreError> {
         self.call(move |c| {
-            let count: i64 = c.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
-            if count as u64 >= max_items {
-                return Ok(QuarantineOutcome::Full);
-            }
-            c.prepare_cached(
-                "INSERT INTO quarantine (source, received_at, headers, body, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![item.source, item.received_at, item.headers, item.body, item.reason])?;
-            Ok(QuarantineOutcome::Stored)
+            let size = item.size() as i64;
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO quarantine (source, received_at, headers, body, reason)
+                     SELECT ?1, ?2, ?3, ?4, ?5 FROM quarantine_totals
+                     WHERE id = 1 AND items < ?6 AND bytes + ?7 <= ?8",
+                )?
+                .execute(params![
+                    item.source,
+                    item.received_at,
+                    item.headers,
+                    item.body,
+                    item.reason,
+                    limits.max_items as i64,
+                    size,
+                    limits.max_bytes as i64
+                ])?;
+            Ok(if n == 1 { QuarantineOutcome::Stored } else { QuarantineOutcome::Full })
         })
         .await
     }
@@ -588,11 +623,14 @@ impl SqliteStore {
         self.call(|c| {
             let queue_depth =
                 c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))?;
-            let quarantined = c.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+            let (quarantined, quarantined_bytes) =
+                c.query_row("SELECT items, bytes FROM quarantine_totals WHERE id = 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             let failed = c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'", [], |r| r.get(0))?;
             let oldest_pending_at =
                 c.query_row("SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))?;
-            Ok(Gauges { queue_depth, quarantined, failed, oldest_pending_at })
+            Ok(Gauges { queue_depth, quarantined, quarantined_bytes, failed, oldest_pending_at })
         })
         .await
     }

@@ -164,3 +164,30 @@ async fn repeated_wrong_admin_tokens_are_answered_slowly_and_a_right_one_is_not(
     assert!(wrong(4).await >= Duration::from_millis(500));
     assert_eq!(app.admin_get("/api/stats").await.status(), 200);
 }
+
+#[tokio::test]
+async fn the_quarantine_is_bounded_by_bytes_and_answers_every_body_alike_once_full() {
+    let app = spawn_app_with(TestConfig { max_body: "2MiB", ..TestConfig::default() }).await;
+    let path = app.dir.path().join("routes.toml");
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("max_items = 1000", "max_items = 1000\nmax_bytes = \"2MiB\"");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(app.admin_post("/api/reload").await.status(), 200);
+    let junk = "j".repeat(900 * 1024);
+    for _ in 0..4 {
+        assert_eq!(app.post_hook(junk.clone(), &[]).await.status(), 200);
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 2, "two bodies of 900 KiB fit in 2 MiB, not three");
+    let held = app.count("SELECT SUM(length(body)) FROM quarantine");
+    assert!(held <= 2 * 1024 * 1024, "{held}");
+    // A valid event is answered the same way and still goes through; a small junk body too.
+    assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
+    assert_eq!(app.post_hook("small junk", &[]).await.status(), 200);
+    wait_until(Duration::from_secs(5), "delivered", || async { app.crm.count() == 1 }).await;
+    let stats: serde_json::Value = app.admin_get("/api/stats").await.json().await.unwrap();
+    assert_eq!(stats["quarantined"], 3, "{stats}");
+    assert_eq!(
+        stats["quarantined_bytes"].as_i64(),
+        Some(app.count("SELECT SUM(length(body) + length(headers)) FROM quarantine"))
+    );
+}

@@ -74,12 +74,20 @@ async fn an_event_no_route_matches_is_stored_as_unrouted() {
 }
 
 #[tokio::test]
-async fn a_full_quarantine_answers_422_and_keeps_what_it_holds() {
+async fn a_full_quarantine_answers_like_any_body_keeps_what_it_holds_and_counts_the_drop() {
     let app = spawn_app_with(TestConfig { quarantine_max: 2, ..TestConfig::default() }).await;
     assert_eq!(app.post_hook("garbage 1", &[]).await.status(), 200);
     assert_eq!(app.post_hook("garbage 2", &[]).await.status(), 200);
-    assert_eq!(app.post_hook("garbage 3", &[]).await.status(), 422);
+    // No status oracle: a sender cannot tell a dropped body from a decrypted one.
+    assert_eq!(app.post_hook("garbage 3", &[]).await.status(), 200);
     assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 2);
+    let metrics = app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("lbx_events_received_total")
+            && l.contains(r#"outcome="quarantine_full""#)
+            && l.contains("learnybox")),
+        "{metrics}"
+    );
     // Good events still go through.
     assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
 }
@@ -90,6 +98,9 @@ async fn quarantined_bodies_keep_their_headers_but_not_credentials() {
     let headers = vec![
         ("X-Learnybox-Signature".to_string(), "abc".to_string()),
         ("Authorization".to_string(), "Bearer leaked".to_string()),
+        ("X-Api-Key".to_string(), "leaked-api-key".to_string()),
+        ("X-Auth-Token".to_string(), "leaked-token".to_string()),
+        ("Cookie".to_string(), "session=leaked".to_string()),
     ];
     app.post_hook("not encrypted at all", &headers).await;
     let conn = rusqlite::Connection::open(app.db_path()).unwrap();

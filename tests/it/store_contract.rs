@@ -8,7 +8,7 @@ use lbx_relay::config::{StoreBackend, StoreConfig};
 use lbx_relay::event::now_ms;
 use lbx_relay::store::{
     AttemptRecord, Claimed, DeliveryFilter, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
-    QuarantineOutcome, Settlement, Store,
+    QuarantineLimits, QuarantineOutcome, Settlement, Store,
 };
 use secrecy::SecretString;
 
@@ -204,9 +204,14 @@ async fn the_quarantine_is_bounded(s: Store) {
         body: vec![n, 0, 255],
         reason: "no key".into(),
     };
-    assert_eq!(s.quarantine(item(1), 2).await.unwrap(), QuarantineOutcome::Stored);
-    assert_eq!(s.quarantine(item(2), 2).await.unwrap(), QuarantineOutcome::Stored);
-    assert_eq!(s.quarantine(item(3), 2).await.unwrap(), QuarantineOutcome::Full);
+    let two = QuarantineLimits { max_items: 2, max_bytes: 1 << 20 };
+    assert_eq!(s.quarantine(item(1), two).await.unwrap(), QuarantineOutcome::Stored);
+    assert_eq!(s.quarantine(item(2), two).await.unwrap(), QuarantineOutcome::Stored);
+    assert_eq!(s.quarantine(item(3), two).await.unwrap(), QuarantineOutcome::Full);
+    // Each item is 3 body bytes + 2 header bytes: 10 held, an 11-byte bound takes no third.
+    assert_eq!(s.gauges().await.unwrap().quarantined_bytes, 10);
+    let bytes = QuarantineLimits { max_items: 100, max_bytes: 11 };
+    assert_eq!(s.quarantine(item(3), bytes).await.unwrap(), QuarantineOutcome::Full);
     let listed = s.list_quarantine(None, 10).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].body, vec![1, 0, 255]);
@@ -216,6 +221,8 @@ async fn the_quarantine_is_bounded(s: Store) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].reason, "bad mac");
     assert_eq!(s.gauges().await.unwrap().quarantined, 1);
+    assert_eq!(s.gauges().await.unwrap().quarantined_bytes, 5, "deletes give their bytes back");
+    assert_eq!(s.quarantine(item(3), bytes).await.unwrap(), QuarantineOutcome::Stored);
 }
 
 async fn purge_keeps_what_is_not_delivered(s: Store) {
