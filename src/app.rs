@@ -40,6 +40,8 @@ pub struct Relay {
     pub auth_failures: http::AuthThrottle,
     /// Says "the quarantine is full" once a minute at most.
     pub quarantine_full_log: crate::telemetry::LogLimiter,
+    /// Whether event writes fail now (disk full), for `/readyz`.
+    pub write_health: crate::store::WriteHealth,
 }
 
 impl Relay {
@@ -55,6 +57,7 @@ impl Relay {
             tokens: Tokens::default(),
             auth_failures: http::AuthThrottle::default(),
             quarantine_full_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
+            write_health: crate::store::WriteHealth::default(),
         }
     }
 

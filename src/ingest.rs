@@ -154,6 +154,11 @@ pub async fn accept(
         }
     };
     relay.silence.heard(source, received_at);
+    match &result {
+        Err(IngestError::Unavailable(e)) => relay.write_health.failed(received_at, e),
+        Ok(_) => relay.write_health.succeeded(),
+        Err(IngestError::UnknownSource(_)) => {}
+    }
     let label = match &result {
         Ok(o) => o.label(),
         Err(IngestError::Unavailable(_)) => "store_unavailable",

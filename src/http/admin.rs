@@ -78,9 +78,22 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
     }
 }
 
-async fn readyz(relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
-    relay.store.ping().await?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+/// Ready when the store commits a write now: not while the disk is full or the file is gone.
+async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
+    let failing = relay.write_health.failing(crate::event::now_ms());
+    let check = match failing {
+        Some(e) => Err(format!("events cannot be stored: {e}")),
+        None => relay.store.ping().await.map_err(|e| e.to_string()),
+    };
+    match check {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Err(e) => {
+            tracing::error!(error = %e, "not ready: the store cannot commit");
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "5"))
+                .json(json!({"status": "not ready", "error": e}))
+        }
+    }
 }
 
 async fn prometheus(relay: web::Data<Relay>) -> HttpResponse {

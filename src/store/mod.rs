@@ -21,11 +21,44 @@ pub enum StoreError {
     Commit(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The store can no longer keep what it acknowledges (its file was deleted): not ready.
+    #[error("{0}")]
+    Lost(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Database(e.to_string())
+    }
+}
+
+/// Whether events could be written lately: a store can answer a one-row heartbeat while a full
+/// disk refuses every event, so `/readyz` also looks at the last event write.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    last_failure: std::sync::Mutex<Option<(i64, String)>>,
+}
+
+impl WriteHealth {
+    /// How long a failed event write keeps the relay not ready when no write succeeds after it.
+    pub const HOLD_MS: i64 = 60_000;
+
+    pub fn failed(&self, now: i64, error: &StoreError) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, error.to_string()));
+    }
+
+    pub fn succeeded(&self) {
+        let mut last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some() {
+            *last = None;
+        }
+    }
+
+    /// The error of an event write that failed within [`Self::HOLD_MS`] and was not followed by
+    /// a successful one.
+    pub fn failing(&self, now: i64) -> Option<String> {
+        let last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().filter(|(at, _)| now - at < Self::HOLD_MS).map(|(_, e)| e.clone())
     }
 }
 

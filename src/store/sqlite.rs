@@ -116,6 +116,10 @@ CREATE TRIGGER quarantine_removed AFTER DELETE ON quarantine BEGIN
     UPDATE quarantine_totals SET items = items - 1,
         bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB)) WHERE id = 1;
 END;
+CREATE TABLE heartbeat (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
 CREATE TRIGGER quarantine_changed AFTER UPDATE OF body, headers ON quarantine BEGIN
     UPDATE quarantine_totals SET bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB))
         + length(NEW.body) + length(CAST(NEW.headers AS BLOB)) WHERE id = 1;
@@ -150,7 +154,23 @@ impl SqliteStore {
         let mut conn =
             Connection::open(path).map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        let corrupt = |detail: String| {
+            StoreError::Database(format!(
+                "{} is damaged ({detail}); the relay will not serve from it. Restore it from a backup, or move \
+                 it aside (with its -wal file) to start on a new one",
+                path.display()
+            ))
+        };
+        let mode: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| corrupt(e.to_string()))?;
+        // A damaged file would otherwise start and fail every claim with "malformed" forever.
+        let problems: Vec<String> = conn
+            .prepare("PRAGMA quick_check(5)")
+            .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+            .map_err(|e| corrupt(e.to_string()))?;
+        if problems.first().is_none_or(|p| p != "ok") {
+            return Err(corrupt(format!("integrity check: {}", problems.join("; "))));
+        }
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Database(format!("could not switch {} to WAL mode", path.display())));
         }
@@ -161,9 +181,10 @@ impl SqliteStore {
         // Checkpoints stay on the writer (SQLite's autocheckpoint, after a commit): a checkpoint
         // running beside a busy writer never catches up, and the WAL would then grow without end.
         let (jobs, rx) = mpsc::channel::<Job>();
+        let file = FileIdentity::of(path)?;
         std::thread::Builder::new()
             .name("lbx-sqlite-writer".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, file))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore { jobs, path: path.to_path_buf() })
     }
@@ -480,8 +501,17 @@ impl SqliteStore {
         self.call(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))).await
     }
 
+    /// Commits a one-row write: fails while writes fail (disk full, file deleted), not only when
+    /// the file cannot be read.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.call(|c| {
+            c.prepare_cached(
+                "INSERT INTO heartbeat (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )?
+            .execute([now_ms()])
+            .map(|_| ())
+        })
+        .await
     }
 
     /// The stored event with `id` (used by tests and the API).
@@ -682,8 +712,43 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// Which file the database is (device and inode), to notice it being deleted or replaced under a
+/// running relay: SQLite would go on writing to the unlinked file, and everything acknowledged
+/// from then on would be gone at the next start.
+struct FileIdentity {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Result<FileIdentity, StoreError> {
+        let id = Self::read(path).map_err(|e| StoreError::Database(format!("cannot read {}: {e}", path.display())))?;
+        Ok(FileIdentity { path: path.to_path_buf(), id })
+    }
+
+    fn read(path: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok((m.dev(), m.ino()))
+    }
+
+    /// `Err` with the reason once the file at the path is no longer the one opened.
+    fn check(&self) -> Result<(), StoreError> {
+        match Self::read(&self.path) {
+            Ok(id) if id == self.id => Ok(()),
+            found => Err(StoreError::Lost(format!(
+                "the database file {} was {} while the relay ran; nothing more is acknowledged. Restart \
+                 the relay (it opens the file at that path)",
+                self.path.display(),
+                if found.is_ok() { "replaced" } else { "deleted" }
+            ))),
+        }
+    }
+}
+
 /// The writer thread: take what is queued, run it in one transaction, commit, then answer.
-fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>, file: FileIdentity) {
+    let mut lost: Option<StoreError> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
@@ -714,11 +779,24 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
             finishers.push(finish);
         }
-        let committed = exec_cached(&conn, "COMMIT").map_err(|e| {
-            tracing::error!(error = %e, "sqlite: commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            StoreError::Commit(e.to_string())
-        });
+        // Checked before every commit (one stat): once the file is gone, no write is acknowledged.
+        if lost.is_none() {
+            if let Err(e) = file.check() {
+                tracing::error!(error = %e, "sqlite: the database file is gone");
+                lost = Some(e);
+            }
+        }
+        let committed = match &lost {
+            Some(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e.clone())
+            }
+            None => exec_cached(&conn, "COMMIT").map_err(|e| {
+                tracing::error!(error = %e, "sqlite: commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                StoreError::Commit(e.to_string())
+            }),
+        };
         for finish in finishers {
             finish(committed.clone());
         }

@@ -191,3 +191,101 @@ async fn the_quarantine_is_bounded_by_bytes_and_answers_every_body_alike_once_fu
         Some(app.count("SELECT SUM(length(body) + length(headers)) FROM quarantine"))
     );
 }
+
+#[tokio::test]
+async fn a_database_file_deleted_under_the_relay_stops_acknowledging_and_readyz_says_why() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
+    assert_eq!(app.client.get(format!("{}/readyz", app.admin)).send().await.unwrap().status(), 200);
+    std::fs::remove_file(app.db_path()).unwrap();
+    for event in &sample_events()[1..4] {
+        assert_eq!(app.post_event(event).await.status(), 503, "never 200 for an event that cannot be kept");
+    }
+    let resp = app.client.get(format!("{}/readyz", app.admin)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("was deleted while the relay ran"), "{body}");
+}
+
+#[tokio::test]
+async fn a_damaged_database_is_refused_at_start_with_a_clear_error() {
+    let app = spawn_app().await;
+    for event in sample_events() {
+        app.post_event(&event).await;
+    }
+    wait_until(Duration::from_secs(10), "deliveries", || async { app.crm.count() >= 10 }).await;
+    let (dir, crm) = app.stop().await;
+    let db = dir.path().join("relay.db");
+    rusqlite::Connection::open(&db).unwrap().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    let len = std::fs::metadata(&db).unwrap().len();
+    assert!(len > 8192, "{len}");
+    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len / 2).unwrap();
+    let config = lbx_relay::config::Config::load(&dir.path().join("routes.toml")).unwrap();
+    let err = match lbx_relay::app::Application::build(config).await {
+        Ok(_) => panic!("a damaged database must not be served"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("relay.db is damaged") && err.contains("backup"), "{err}");
+    drop(crm);
+}
+
+/// Runs `lbx-relay serve` in its own mount namespace where `data/` (the store's directory) is a
+/// tmpfs of `size`; `None` when this machine does not allow unprivileged mount namespaces.
+fn serve_on_small_disk(dir: &std::path::Path, size: &str) -> Option<std::process::Child> {
+    let probe = std::process::Command::new("unshare").args(["-rm", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: unshare -rm is not available here");
+        return None;
+    }
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={size} tmpfs '{data}' && exec '{bin}' serve -c '{config}'",
+        data = dir.join("data").display(),
+        bin = env!("CARGO_BIN_EXE_lbx-relay"),
+        config = dir.join("routes.toml").display(),
+    );
+    Some(
+        std::process::Command::new("unshare")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(["-rm", "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_503_and_makes_readyz_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TestConfig { store_url: Some("sqlite://data/relay.db".into()), ..TestConfig::default() };
+    let (public, admin) = write_process_config(dir.path(), &cfg, "http://127.0.0.1:9");
+    let Some(mut child) = serve_on_small_disk(dir.path(), "400k") else { return };
+    wait_ready(&admin).await;
+    let client = reqwest::Client::new();
+    let padding = "p".repeat(8 * 1024);
+    let mut statuses = Vec::new();
+    for i in 0..200 {
+        let event = serde_json::json!({"event": "contact.created", "id": format!("disk-{i}"), "padding": padding});
+        let sealed = seal(&event, SECRET);
+        let mut req = client.post(format!("http://{public}/hooks/learnybox")).body(sealed.body);
+        for (k, v) in &sealed.headers {
+            req = req.header(k, v);
+        }
+        let status = req.send().await.unwrap().status().as_u16();
+        statuses.push(status);
+        if status == 503 {
+            break;
+        }
+    }
+    let ready = client.get(format!("http://{admin}/readyz")).send().await.unwrap();
+    let ready_status = ready.status().as_u16();
+    let body = ready.text().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(statuses.last(), Some(&503), "the disk filled up: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert_eq!(ready_status, 503, "{body}");
+    assert!(body.contains("full"), "{body}");
+}
