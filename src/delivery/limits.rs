@@ -67,9 +67,10 @@ pub enum Admission {
 }
 
 impl Gates {
-    /// The gate of `route`, made anew when its limits changed (after a reload).
-    pub fn gate(&self, route: &RouteConfig) -> Arc<Gate> {
-        let spec = (route.rate_limit, route.concurrency);
+    /// The gate of `route`, made anew when its limits changed (after a reload). A route without
+    /// `concurrency` gets `budget` slots, so one slow CRM cannot hold every worker.
+    pub fn gate(&self, route: &RouteConfig, budget: Option<usize>) -> Arc<Gate> {
+        let spec = (route.rate_limit, route.concurrency.or(budget));
         let mut map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(g) = map.get(&route.name).filter(|g| g.spec == spec) {
             return g.clone();
@@ -79,7 +80,7 @@ impl Gates {
             route: route.name.clone(),
             spec,
             window: route.rate_limit.map(|r| (r, Mutex::new(VecDeque::with_capacity(r.count as usize)))),
-            slots: route.concurrency.map(|n| Arc::new(Semaphore::new(n))),
+            slots: spec.1.map(|n| Arc::new(Semaphore::new(n))),
             paused_until: AtomicI64::new(paused),
         });
         map.insert(route.name.clone(), gate.clone());
@@ -202,7 +203,7 @@ mod tests {
         let (_dir, store) = store().await;
         let store = Arc::new(store);
         let gates = Gates::default();
-        let gate = gates.gate(&route(Some("2/400ms"), None));
+        let gate = gates.gate(&route(Some("2/400ms"), None), None);
         let start = std::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..12 {
@@ -237,7 +238,7 @@ mod tests {
     async fn a_full_route_is_closed_to_claims_until_a_slot_frees() {
         let gates = Gates::default();
         let (_dir, store) = store().await;
-        let gate = gates.gate(&route(None, Some(1)));
+        let gate = gates.gate(&route(None, Some(1)), None);
         let Admission::Go(permit) = gate.admit(&store).await else { panic!("first one goes") };
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
         drop(permit);
@@ -248,13 +249,13 @@ mod tests {
     async fn a_pause_hands_deliveries_back_until_it_ends() {
         let gates = Gates::default();
         let (_dir, store) = store().await;
-        let gate = gates.gate(&route(None, None));
+        let gate = gates.gate(&route(None, None), None);
         let until = now_ms() + 60_000;
         gate.pause_until(until);
         assert!(matches!(gate.admit(&store).await, Admission::Later(at) if at == until));
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
         // Changing the limits keeps the pause.
-        let gate = gates.gate(&route(Some("1/s"), None));
+        let gate = gates.gate(&route(Some("1/s"), None), None);
         assert!(matches!(gate.admit(&store).await, Admission::Later(at) if at == until));
     }
 }

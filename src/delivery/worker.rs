@@ -34,6 +34,12 @@ fn lease_for(relay: &Relay) -> Duration {
     longest + rt.config.delivery.lease
 }
 
+/// Most workers one route may hold when it sets no `concurrency`: half of them when there are
+/// other routes, so a CRM that hangs until the timeout slows only its own route.
+pub fn route_budget(config: &crate::config::Config) -> Option<usize> {
+    (config.routes.len() > 1).then(|| (config.delivery.workers / 2).max(1))
+}
+
 /// Runs until `stop` is cancelled, then lets in-flight deliveries finish (each is bounded by its
 /// route's timeout) before returning.
 pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
@@ -146,7 +152,7 @@ async fn finish(relay: &Relay, outcome: Outcome) {
 /// Waits for the route's turn, renders and sends one claimed delivery; returns what to record.
 async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
     let rt = relay.runtime();
-    let gate = rt.config.route(&c.route).map(|route| relay.gates.gate(route));
+    let gate = rt.config.route(&c.route).map(|route| relay.gates.gate(route, route_budget(&rt.config)));
     let _permit = match &gate {
         None => None,
         Some(gate) => match gate.admit(&relay.store).await {

@@ -289,3 +289,40 @@ async fn a_full_disk_answers_503_and_makes_readyz_not_ready() {
     assert_eq!(ready_status, 503, "{body}");
     assert!(body.contains("full"), "{body}");
 }
+
+/// A CRM that accepts connections and never answers; returns its base URL.
+async fn hanging_crm() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_crm_that_never_answers_slows_only_its_own_route() {
+    let hung = hanging_crm().await;
+    let app = spawn_app_with(TestConfig {
+        route_extra: format!(
+            "\n[[routes]]\nname = \"hung\"\nevents = [\"*\"]\ntemplate = \"crm.json.hbs\"\nurl = \"{hung}/never\"\n\
+             retry = {{ schedule = [\"1h\"], timeout = \"60s\" }}\n"
+        ),
+        ..TestConfig::default()
+    })
+    .await;
+    for i in 0..40 {
+        let event = serde_json::json!({"event": "contact.created", "id": format!("iso-{i}"), "data": {}});
+        assert_eq!(app.post_event(&event).await.status(), 200);
+    }
+    // With 8 workers all held by the hanging route, nothing more would go out for 60 s.
+    wait_until(Duration::from_secs(20), "the healthy route delivered all forty", || async {
+        app.deliveries("status=delivered&route=crm&limit=100").await.len() == 40
+    })
+    .await;
+    let hung_pending = app.deliveries("status=pending&route=hung&limit=100").await;
+    assert_eq!(hung_pending.len(), 40, "the hanging route's deliveries are all still waiting");
+}
