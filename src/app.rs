@@ -151,38 +151,127 @@ impl Application {
         self.relay.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains gracefully.
+    /// Serves until `shutdown` resolves, then drains gracefully. If a listener or a background
+    /// task (delivery workers, housekeeping, the work watcher) ends or panics before that, the
+    /// relay drains the rest and returns the error: a relay that accepts but never delivers must
+    /// not keep running, so the process exits non-zero and its supervisor restarts it.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application { relay, public, admin, public_addr, admin_addr } = self;
         tracing::info!(%public_addr, %admin_addr, "lbx-relay listening");
         let public_handle = public.handle();
         let admin_handle = admin.handle();
-        let mut public_task = tokio::spawn(public);
-        let admin_task = tokio::spawn(admin);
         let stop = CancellationToken::new();
-        let workers = tokio::spawn(worker::run(relay.clone(), stop.clone()));
-        let upkeep = tokio::spawn(housekeeping::run(relay.clone(), stop.clone()));
-        let watcher = {
-            let (relay, stop) = (relay.clone(), stop.clone());
-            tokio::spawn(async move {
+        let mut tasks = Supervised::default();
+        tasks.spawn("the public listener", async move {
+            public.await.map_err(|e| anyhow::anyhow!(e))?;
+            anyhow::bail!("it stopped")
+        });
+        tasks.spawn("the admin listener", async move {
+            admin.await.map_err(|e| anyhow::anyhow!(e))?;
+            anyhow::bail!("it stopped")
+        });
+        tasks.spawn_until("the delivery workers", &stop, worker::run(relay.clone(), stop.clone()));
+        tasks.spawn_until("housekeeping", &stop, housekeeping::run(relay.clone(), stop.clone()));
+        {
+            let (relay, stop2) = (relay.clone(), stop.clone());
+            tasks.spawn_until("the work watcher", &stop, async move {
                 let woken = relay.clone();
-                relay.store.watch_for_work(move || woken.wake.notify_one(), stop).await;
-            })
-        };
+                relay.store.watch_for_work(move || woken.wake.notify_one(), stop2).await;
+            });
+        }
 
         let result = tokio::select! {
             _ = shutdown => Ok(()),
-            r = &mut public_task => Err(anyhow::anyhow!("the public listener stopped: {:?}", r)),
+            died = tasks.first_death() => {
+                tracing::error!(error = %died, "a part of the relay stopped; shutting down so a supervisor restarts it");
+                Err(died)
+            }
         };
         tracing::info!("shutting down: no new requests, finishing in-flight deliveries");
         public_handle.stop(true).await;
         stop.cancel();
-        let _ = workers.await;
-        let _ = upkeep.await;
-        let _ = watcher.await;
         admin_handle.stop(true).await;
-        let _ = admin_task.await;
+        tasks.drain().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// The relay's long-running tasks, each named, so the first one to end early is reported.
+#[derive(Default)]
+pub struct Supervised {
+    set: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervised {
+    /// Runs `task`; it is expected to run until the relay stops, so any end is a death.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+        let handle = self.set.spawn(async move { (name, task.await) });
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Runs `task`, which returns when `stop` is cancelled; returning before that is a death.
+    pub fn spawn_until(
+        &mut self,
+        name: &'static str,
+        stop: &CancellationToken,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let stop = stop.clone();
+        self.spawn(name, async move {
+            task.await;
+            if stop.is_cancelled() {
+                Ok(())
+            } else {
+                anyhow::bail!("it returned")
+            }
+        });
+    }
+
+    /// Resolves with the first task that ends with an error or panics (never, if none does).
+    pub async fn first_death(&mut self) -> anyhow::Error {
+        loop {
+            match self.set.join_next_with_id().await {
+                Some(Ok((_, (_, Ok(()))))) => continue,
+                Some(Ok((_, (name, Err(e))))) => return anyhow::anyhow!("{name} stopped: {e:#}"),
+                Some(Err(e)) => {
+                    let name = self.names.get(&e.id()).copied().unwrap_or("a task");
+                    let how = if e.is_panic() { "panicked" } else { "was cancelled" };
+                    return anyhow::anyhow!("{name} {how}");
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Waits for every task still running to end.
+    pub async fn drain(&mut self) {
+        while self.set.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_background_task_that_panics_or_returns_early_is_reported_by_name() {
+        let stop = CancellationToken::new();
+        let mut tasks = Supervised::default();
+        tasks.spawn_until("the delivery workers", &stop, async { panic!("boom") });
+        let died = tasks.first_death().await;
+        assert_eq!(died.to_string(), "the delivery workers panicked");
+
+        let mut tasks = Supervised::default();
+        tasks.spawn_until("housekeeping", &stop, async {});
+        assert_eq!(tasks.first_death().await.to_string(), "housekeeping stopped: it returned");
+
+        // A task that ends because the relay is stopping is not a death.
+        let mut tasks = Supervised::default();
+        stop.cancel();
+        tasks.spawn_until("housekeeping", &stop, async {});
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), tasks.first_death()).await;
+        assert!(waited.is_err(), "no death reported");
     }
 }

@@ -155,7 +155,7 @@ pub async fn accept(
     };
     relay.silence.heard(source, received_at);
     match &result {
-        Err(IngestError::Unavailable(e)) => relay.write_health.failed(received_at, e),
+        Err(IngestError::Unavailable(e)) => relay.write_health.failed(e),
         Ok(_) => relay.write_health.succeeded(),
         Err(IngestError::UnknownSource(_)) => {}
     }

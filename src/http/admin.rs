@@ -80,10 +80,15 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
 
 /// Ready when the store commits a write now: not while the disk is full or the file is gone.
 async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
-    let failing = relay.write_health.failing(crate::event::now_ms());
-    let check = match failing {
-        Some(e) => Err(format!("events cannot be stored: {e}")),
-        None => relay.store.ping().await.map_err(|e| e.to_string()),
+    let check = match relay.write_health.failing() {
+        Some(last) => match relay.store.ping(crate::store::WriteHealth::PROBE_BYTES).await {
+            Ok(()) => {
+                relay.write_health.succeeded();
+                Ok(())
+            }
+            Err(e) => Err(format!("events cannot be stored: {e} (last event write: {last})")),
+        },
+        None => relay.store.ping(0).await.map_err(|e| e.to_string()),
     };
     match check {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),

@@ -32,19 +32,20 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Whether events could be written lately: a store can answer a one-row heartbeat while a full
-/// disk refuses every event, so `/readyz` also looks at the last event write.
+/// Whether the last event write failed: a store can commit a one-row heartbeat while a full disk
+/// refuses every event, so after a failure `/readyz` probes with an event-sized write until one
+/// succeeds (or an event is stored again).
 #[derive(Debug, Default)]
 pub struct WriteHealth {
-    last_failure: std::sync::Mutex<Option<(i64, String)>>,
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl WriteHealth {
-    /// How long a failed event write keeps the relay not ready when no write succeeds after it.
-    pub const HOLD_MS: i64 = 60_000;
+    /// The size of the write `/readyz` probes with after a failed event write.
+    pub const PROBE_BYTES: usize = 64 * 1024;
 
-    pub fn failed(&self, now: i64, error: &StoreError) {
-        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, error.to_string()));
+    pub fn failed(&self, error: &StoreError) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
     }
 
     pub fn succeeded(&self) {
@@ -54,11 +55,9 @@ impl WriteHealth {
         }
     }
 
-    /// The error of an event write that failed within [`Self::HOLD_MS`] and was not followed by
-    /// a successful one.
-    pub fn failing(&self, now: i64) -> Option<String> {
-        let last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
-        last.as_ref().filter(|(at, _)| now - at < Self::HOLD_MS).map(|(_, e)| e.clone())
+    /// The error of the last event write, when no write succeeded after it.
+    pub fn failing(&self) -> Option<String> {
+        self.last_failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -434,8 +433,10 @@ impl Store {
         }
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping().await)
+    /// Checks that the store commits now; SQLite writes `probe_bytes` to do so (a full disk
+    /// refuses an event-sized write before a tiny one).
+    pub async fn ping(&self, probe_bytes: usize) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping(probe_bytes).await)
     }
 
     /// Calls `wake` when another process commits work (PostgreSQL LISTEN/NOTIFY), until `stop`.

@@ -213,7 +213,7 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS lbx_schema_version (version INTEGER NOT NULL)").await?;
         let version: i32 = match tx.query_opt("SELECT version FROM lbx_schema_version", &[]).await? {
-            Some(row) => row.get(0),
+            Some(row) => row.try_get(0)?,
             None => {
                 tx.execute("INSERT INTO lbx_schema_version (version) VALUES (0)", &[]).await?;
                 0
@@ -297,7 +297,7 @@ impl PgStore {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let event_ids: Vec<String> = rows.iter().map(|r| r.get::<_, String>(1)).collect();
+        let event_ids: Vec<String> = rows.iter().map(|r| r.try_get::<_, String>(1)).collect::<Result<_, _>>()?;
         let events = client
             .query(
                 "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ANY($1)",
@@ -305,23 +305,22 @@ impl PgStore {
             )
             .await?;
         let events: std::collections::HashMap<String, StoredEvent> =
-            events.iter().map(event_from_row).map(|e| (e.id.clone(), e)).collect();
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let event = events.get(&r.get::<_, String>(1))?.clone();
-                Some(Claimed {
-                    delivery_id: r.get(0),
-                    route: r.get(2),
-                    lease_token: token.clone(),
-                    tries: r.get::<_, i32>(3) as u32,
-                    attempts: r.get::<_, i32>(4) as u32,
-                    event,
-                    steps_state: r.get(5),
-                    keyed: r.get(6),
-                })
-            })
-            .collect())
+            events.iter().map(event_from_row).map(|e| e.map(|e| (e.id.clone(), e))).collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(event) = events.get(&r.try_get::<_, String>(1)?).cloned() else { continue };
+            out.push(Claimed {
+                delivery_id: r.try_get(0)?,
+                route: r.try_get(2)?,
+                lease_token: token.clone(),
+                tries: r.try_get::<_, i32>(3)? as u32,
+                attempts: r.try_get::<_, i32>(4)? as u32,
+                event,
+                steps_state: r.try_get(5)?,
+                keyed: r.try_get(6)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Queued for the next group transaction; `false` when the lease was lost.
@@ -373,7 +372,7 @@ impl PgStore {
         tx.execute("INSERT INTO rate_windows (route, slots) VALUES ($1, '{}') ON CONFLICT DO NOTHING", &[&route])
             .await?;
         let row = tx.query_one("SELECT slots FROM rate_windows WHERE route = $1 FOR UPDATE", &[&route]).await?;
-        let mut sent: std::collections::VecDeque<i64> = row.get::<_, Vec<i64>>(0).into();
+        let mut sent: std::collections::VecDeque<i64> = row.try_get::<_, Vec<i64>>(0)?.into();
         // A window kept under a larger count than the route has now keeps only its newest slots.
         while sent.len() > rate.count as usize {
             sent.pop_front();
@@ -390,7 +389,7 @@ impl PgStore {
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
         let client = self.pool.get().await?;
         let row = client.query_opt("SELECT refresh_token FROM oauth_tokens WHERE key = $1", &[&key]).await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     pub async fn save_oauth_refresh_token(&self, key: String, token: String) -> Result<(), StoreError> {
@@ -413,7 +412,7 @@ impl PgStore {
                 &[],
             )
             .await?;
-        Ok(row.get(0))
+        Ok(row.try_get(0)?)
     }
 
     pub async fn list_deliveries(&self, f: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
@@ -428,7 +427,7 @@ impl PgStore {
                 &[&f.status, &f.route, &f.after, &(f.limit as i64)],
             )
             .await?;
-        Ok(rows.iter().map(delivery_from_row).collect())
+        rows.iter().map(delivery_from_row).collect()
     }
 
     pub async fn retry(
@@ -480,7 +479,7 @@ impl PgStore {
              WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2"
         };
         let rows = client.query(sql, &[&after, &(limit as i64)]).await?;
-        Ok(rows.iter().map(event_from_row).collect())
+        rows.iter().map(event_from_row).collect()
     }
 
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
@@ -503,7 +502,7 @@ impl PgStore {
             .await?
             .iter()
             .map(delivery_from_row)
-            .collect();
+            .collect::<Result<_, _>>()?;
         let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
         let attempts = client
             .query(
@@ -513,17 +512,19 @@ impl PgStore {
             )
             .await?
             .iter()
-            .map(|r| AttemptRow {
-                delivery_id: r.get(0),
-                attempt: r.get::<_, i32>(1) as u32,
-                started_at: rfc3339(r.get(2)),
-                duration_ms: r.get(3),
-                status: status_of(r.get(4)),
-                error: r.get(5),
-                outcome: r.get(6),
+            .map(|r| {
+                Ok(AttemptRow {
+                    delivery_id: r.try_get(0)?,
+                    attempt: r.try_get::<_, i32>(1)? as u32,
+                    started_at: rfc3339(r.try_get(2)?),
+                    duration_ms: r.try_get(3)?,
+                    status: status_of(r.try_get(4)?),
+                    error: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                })
             })
-            .collect();
-        Ok(Some(EventDetail { event: event_from_row(&row), deliveries, attempts }))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(EventDetail { event: event_from_row(&row)?, deliveries, attempts }))
     }
 
     pub async fn list_quarantine(&self, after: Option<i64>, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
@@ -535,17 +536,18 @@ impl PgStore {
                 &[&after, &(limit as i64)],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Quarantined {
-                id: r.get(0),
-                source: r.get(1),
-                received_at: r.get(2),
-                headers: r.get(3),
-                body: r.get(4),
-                reason: r.get(5),
+        rows.iter()
+            .map(|r| {
+                Ok(Quarantined {
+                    id: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    received_at: r.try_get(2)?,
+                    headers: r.try_get(3)?,
+                    body: r.try_get(4)?,
+                    reason: r.try_get(5)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn delete_quarantined(&self, id: i64) -> Result<(), StoreError> {
@@ -570,8 +572,8 @@ impl PgStore {
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         tx.execute(
             "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1))",
             &[&ids],
@@ -597,11 +599,11 @@ impl PgStore {
             )
             .await?;
         Ok(Gauges {
-            queue_depth: row.get(0),
-            quarantined: row.get(1),
-            quarantined_bytes: row.get(2),
-            oldest_pending_at: row.get(3),
-            failed: row.get(4),
+            queue_depth: row.try_get(0)?,
+            quarantined: row.try_get(1)?,
+            quarantined_bytes: row.try_get(2)?,
+            oldest_pending_at: row.try_get(3)?,
+            failed: row.try_get(4)?,
         })
     }
 
@@ -613,10 +615,16 @@ impl PgStore {
                 &[&sources],
             )
             .await?;
-        Ok(rows.iter().filter_map(|r| Some((r.get(0), r.get::<_, Option<i64>>(1)?))).collect())
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(at) = r.try_get::<_, Option<i64>>(1)? {
+                out.push((r.try_get(0)?, at));
+            }
+        }
+        Ok(out)
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub async fn ping(&self, _probe_bytes: usize) -> Result<(), StoreError> {
         self.pool.get().await?.query_one("SELECT 1", &[]).await?;
         Ok(())
     }
@@ -775,8 +783,8 @@ async fn write_batch(
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         let stored: Vec<usize> = order.iter().copied().filter(|&i| claimed.contains(&evs[i].id)).collect();
         let col = |f: fn(&NewEvent) -> &str| stored.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
         let statuses: Vec<&str> =
@@ -850,8 +858,8 @@ async fn write_batch(
             )
             .await?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()?;
         // A keyed head that waits for a retry parks the deliveries queued behind it until then, so
         // claims do not scan a blocked backlog (see the SQLite store).
         let waiting: Vec<&str> = sts
@@ -914,27 +922,27 @@ async fn announcer(pool: Pool, announce: std::sync::Arc<tokio::sync::Notify>) {
     }
 }
 
-fn event_from_row(r: &Row) -> StoredEvent {
-    StoredEvent {
-        id: r.get(0),
-        source: r.get(1),
-        key: r.get(2),
-        kind: r.get(3),
-        status: r.get(4),
-        payload: r.get(5),
-        received_at: r.get(6),
-    }
+fn event_from_row(r: &Row) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        id: r.try_get(0)?,
+        source: r.try_get(1)?,
+        key: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        status: r.try_get(4)?,
+        payload: r.try_get(5)?,
+        received_at: r.try_get(6)?,
+    })
 }
 
-fn delivery_from_row(r: &Row) -> DeliveryRow {
-    DeliveryRow {
-        id: r.get(0),
-        event_id: r.get(1),
-        route: r.get(2),
-        status: r.get(3),
-        attempts: r.get::<_, i32>(4) as u32,
-        last_status: status_of(r.get(5)),
-        last_error: r.get(6),
-        next_attempt_at: r.get::<_, Option<i64>>(7).map(rfc3339),
-    }
+fn delivery_from_row(r: &Row) -> Result<DeliveryRow, StoreError> {
+    Ok(DeliveryRow {
+        id: r.try_get(0)?,
+        event_id: r.try_get(1)?,
+        route: r.try_get(2)?,
+        status: r.try_get(3)?,
+        attempts: r.try_get::<_, i32>(4)? as u32,
+        last_status: status_of(r.try_get(5)?),
+        last_error: r.try_get(6)?,
+        next_attempt_at: r.try_get::<_, Option<i64>>(7)?.map(rfc3339),
+    })
 }

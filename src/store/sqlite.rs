@@ -117,8 +117,9 @@ CREATE TRIGGER quarantine_removed AFTER DELETE ON quarantine BEGIN
         bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB)) WHERE id = 1;
 END;
 CREATE TABLE heartbeat (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    at INTEGER NOT NULL
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    at    INTEGER NOT NULL,
+    probe BLOB
 );
 CREATE TRIGGER quarantine_changed AFTER UPDATE OF body, headers ON quarantine BEGIN
     UPDATE quarantine_totals SET bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB))
@@ -503,12 +504,13 @@ impl SqliteStore {
 
     /// Commits a one-row write: fails while writes fail (disk full, file deleted), not only when
     /// the file cannot be read.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.call(|c| {
+    pub async fn ping(&self, probe_bytes: usize) -> Result<(), StoreError> {
+        self.call(move |c| {
             c.prepare_cached(
-                "INSERT INTO heartbeat (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                "INSERT INTO heartbeat (id, at, probe) VALUES (1, ?1, zeroblob(?2))
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at, probe = excluded.probe",
             )?
-            .execute([now_ms()])
+            .execute(params![now_ms(), probe_bytes as i64])
             .map(|_| ())
         })
         .await

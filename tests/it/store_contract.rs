@@ -345,7 +345,7 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     let last = s.last_event_per_source(vec!["s".into(), "other".into()]).await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].0, "s");
-    s.ping().await.unwrap();
+    s.ping(0).await.unwrap();
 }
 
 /// Two PostgreSQL store handles stand for two replicas: the rate window they reserve from is one.
