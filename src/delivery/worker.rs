@@ -188,7 +188,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
                 state: c.steps_state.as_deref(),
                 gate: gate.as_deref(),
             };
-            let out = steps::run(relay, &rt.templates, job).await;
+            let out = holding_lease(relay, &c.delivery_id, &c.lease_token, steps::run(relay, &rt.templates, job)).await;
             if let Some(at) = out.deferred {
                 tracing::debug!(delivery = %c.delivery_id, route = %c.route, "rate window full between steps; handed back");
                 metrics::counter!(DEFERRED, "route" => c.route.clone()).increment(1);
@@ -252,6 +252,33 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
         steps_state,
         keyed: c.keyed,
     })
+}
+
+/// Runs `attempt` while renewing the delivery's lease every third of its length, so an attempt
+/// longer than the lease (a slow token fetch, a 401 re-send, many steps) is never taken over and
+/// sent again by another worker or replica.
+async fn holding_lease<F: std::future::Future>(
+    relay: &Relay,
+    delivery_id: &str,
+    lease_token: &str,
+    attempt: F,
+) -> F::Output {
+    let lease = lease_for(relay);
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    tokio::pin!(attempt);
+    loop {
+        tokio::select! {
+            out = &mut attempt => return out,
+            _ = renew.tick() => {
+                let until = now_ms() + lease.as_millis() as i64;
+                match relay.store.extend_lease(delivery_id, lease_token, until).await {
+                    Ok(true) => tracing::debug!(delivery = %delivery_id, "lease renewed while the attempt runs"),
+                    Ok(false) => tracing::warn!(delivery = %delivery_id, "the lease was lost while the attempt ran"),
+                    Err(e) => tracing::warn!(delivery = %delivery_id, error = %e, "could not renew the lease"),
+                }
+            }
+        }
+    }
 }
 
 /// Records an attempt; the lease keeps anyone else off the delivery until this commits.

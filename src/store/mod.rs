@@ -332,6 +332,12 @@ impl Store {
         dispatch!(self, s => s.save_steps_state(delivery_id.to_string(), lease_token.to_string(), state).await)
     }
 
+    /// Keeps a claimed delivery reserved until `until` (Unix ms) while its attempt runs; `false`
+    /// when the lease was lost.
+    pub async fn extend_lease(&self, delivery_id: &str, lease_token: &str, until: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.extend_lease(delivery_id.to_string(), lease_token.to_string(), until).await)
+    }
+
     /// Gives a claimed delivery back, due at `at` (Unix ms), without counting an attempt.
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.defer(delivery_id, lease_token, at).await)

@@ -346,6 +346,17 @@ impl PgStore {
         Ok(n == 1)
     }
 
+    pub async fn extend_lease(&self, delivery_id: String, lease_token: String, until: i64) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND lease_token = $3",
+                &[&until, &delivery_id, &lease_token],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let n = client

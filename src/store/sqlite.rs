@@ -405,6 +405,16 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn extend_lease(&self, delivery_id: String, lease_token: String, until: i64) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let changed = c
+                .prepare_cached("UPDATE deliveries SET lease_until = ?1 WHERE id = ?2 AND lease_token = ?3")?
+                .execute(params![until, delivery_id, lease_token])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     /// Gives a claimed delivery back, due at `at`, without counting an attempt (a route's rate
     /// limit or concurrency is full). `false` when the lease was lost.
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {

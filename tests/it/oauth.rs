@@ -189,3 +189,21 @@ async fn replicas_follow_each_others_rotations_on_postgres() {
     assert_eq!(server.refresh_tokens_used(), vec!["rt-1", "rt-2", "rt-3"]);
     schema.drop().await;
 }
+
+#[tokio::test]
+async fn an_attempt_longer_than_its_lease_is_never_sent_twice() {
+    // The lease is 4 s (timeout) + 1 s (pacing) + 500 ms. The attempt: a 401 after 3 s, a token
+    // fetch, then the re-send answered after 3 s more. Without renewal the lease runs out at
+    // 5.5 s and a second worker sends the delivery again (at 5.5 s, before the first ends).
+    let (token_url, server) = start_token_server(3600).await;
+    let mut cfg = oauth_config(&token_url);
+    cfg.route_extra.push_str("\nretry = { schedule = [\"1h\"], timeout = \"4s\" }");
+    let app = spawn_app_with(cfg).await;
+    app.crm.delay(Duration::from_millis(3000));
+    app.crm.respond_with(&[401]);
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(20), "delivered", || async { !app.deliveries("status=delivered").await.is_empty() })
+        .await;
+    assert_eq!(app.crm.count(), 2, "the 401 and its re-send, nothing more");
+    assert_eq!(server.requests.lock().unwrap().len(), 2, "the first token and the one after the 401");
+}
