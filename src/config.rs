@@ -60,6 +60,12 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// Log e-mail addresses in clear (masked by default).
     pub log_pii: bool,
+    /// Longest a sender may take to send a request's body once its headers are in (else 408).
+    pub body_timeout: Duration,
+    /// Longest a new connection may take to send its request headers.
+    pub header_timeout: Duration,
+    /// Open connections the public listener keeps at most; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +417,9 @@ struct RawServer {
     admin_token: Option<String>,
     max_body: String,
     log_pii: bool,
+    body_timeout: String,
+    header_timeout: String,
+    max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -421,6 +430,9 @@ impl Default for RawServer {
             admin_token: None,
             max_body: "1MiB".into(),
             log_pii: false,
+            body_timeout: "10s".into(),
+            header_timeout: "5s".into(),
+            max_connections: 512,
         }
     }
 }
@@ -643,6 +655,11 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             "server.admin_listen",
             format!("{:?} is also server.listen: the two listeners need different addresses", raw.server.admin_listen),
         );
+    }
+    let body_timeout = duration(&raw.server.body_timeout, "server.body_timeout", &mut problem);
+    let header_timeout = duration(&raw.server.header_timeout, "server.header_timeout", &mut problem);
+    if raw.server.max_connections == 0 {
+        problem("server.max_connections", "is 0: nothing could connect; use 1 or more".into());
     }
     let admin_token = raw.server.admin_token.filter(|t| !t.is_empty()).map(SecretString::from);
     if admin_token.as_ref().is_some_and(|t| t.expose_secret().chars().count() < MIN_ADMIN_TOKEN) {
@@ -934,6 +951,9 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             admin_token,
             max_body,
             log_pii: raw.server.log_pii,
+            body_timeout,
+            header_timeout,
+            max_connections: raw.server.max_connections,
         },
         store,
         sources,

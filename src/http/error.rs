@@ -18,6 +18,8 @@ pub enum ApiError {
     AdminDisabled,
     #[error("{0}")]
     BadRequest(String),
+    #[error("the body was not received within server.body_timeout ({})", humantime::format_duration(*.0))]
+    BodyTimeout(std::time::Duration),
 }
 
 impl ResponseError for ApiError {
@@ -29,6 +31,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -36,6 +39,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if matches!(self, ApiError::BodyTimeout(_)) {
+            resp.force_close();
         }
         if matches!(self, ApiError::Unavailable) {
             resp.insert_header(("Retry-After", "5"));

@@ -46,9 +46,11 @@ async fn receive(
     if !src.token_matches(token) {
         return Err(ApiError::NotFound);
     }
-    let limit = rt.config.server.max_body;
+    let (limit, body_timeout) = (rt.config.server.max_body, rt.config.server.body_timeout);
     drop(rt);
-    let body = read_limited(req, body, limit).await?;
+    let body = tokio::time::timeout(body_timeout, read_limited(req, body, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(body_timeout))??;
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()

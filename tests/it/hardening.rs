@@ -326,3 +326,47 @@ async fn a_crm_that_never_answers_slows_only_its_own_route() {
     let hung_pending = app.deliveries("status=pending&route=hung&limit=100").await;
     assert_eq!(hung_pending.len(), 40, "the hanging route's deliveries are all still waiting");
 }
+
+/// Opens a connection that sends request headers promising `length` bytes, then one byte.
+async fn slow_sender(public: &str, length: usize) -> tokio::net::TcpStream {
+    let mut sock = tokio::net::TcpStream::connect(public.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "POST /hooks/learnybox HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock
+}
+
+#[tokio::test]
+async fn slow_bodies_are_cut_off_after_body_timeout_and_real_senders_still_get_through() {
+    let app = spawn_app_with(TestConfig {
+        server_extra: "body_timeout = \"1s\"\nmax_connections = 64".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        slow.push(slow_sender(&app.public, 100_000).await);
+    }
+    // A real sender is answered while the slow ones hold their connections.
+    assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
+    // Each slow connection is answered 408 and closed, instead of being held open for ever.
+    for mut sock in slow {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "the connection is still open: {text}");
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 0, "nothing half-received is kept");
+}
+
+#[test]
+fn the_systemd_unit_raises_the_file_descriptor_limit_above_the_connection_cap() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/lbx-relay.service")).unwrap();
+    let limit: usize =
+        unit.lines().find_map(|l| l.strip_prefix("LimitNOFILE=")).expect("LimitNOFILE is set").trim().parse().unwrap();
+    assert!(limit >= 4 * 512, "LimitNOFILE={limit} leaves too little room beyond 512 connections");
+}

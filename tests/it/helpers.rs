@@ -202,6 +202,8 @@ pub struct TestConfig {
     pub route_extra: String,
     /// `[[routes.steps]]` tables making `crm` a multi-step route (`{crm}` stands for the CRM's URL).
     pub steps: Option<String>,
+    /// Extra lines for the `[server]` table.
+    pub server_extra: String,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -223,6 +225,7 @@ impl Default for TestConfig {
             store_url: None,
             route_extra: String::new(),
             steps: None,
+            server_extra: String::new(),
         }
     }
 }
@@ -237,6 +240,7 @@ listen = "{public}"
 admin_listen = "{admin}"
 admin_token = "{ADMIN_TOKEN}"
 max_body = "{max_body}"
+{server_extra}
 
 [store]
 url = "{store_url}"
@@ -275,6 +279,7 @@ headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
             steps = self.steps.as_deref().unwrap_or("").replace("{crm}", crm_url),
             route_extra = self.route_extra,
             max_body = self.max_body,
+            server_extra = self.server_extra,
             quarantine_max = self.quarantine_max,
             schedule = schedule.join(", "),
             events = self.events,
