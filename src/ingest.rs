@@ -11,7 +11,7 @@ use crate::runtime::Runtime;
 use crate::store::{
     IngestOutcome, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, StoreError,
 };
-use crate::telemetry::{mask_email, EVENTS_RECEIVED};
+use crate::telemetry::{capped, mask_email, EVENTS_RECEIVED};
 use crate::templates::TemplateContext;
 
 /// What happened to an accepted body. The sender sees the same answer for all of them.
@@ -172,12 +172,12 @@ pub async fn accept(
 pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<Outcome, IngestError> {
     let window = rt.config.source(&event.source).map(|s| s.dedup_window).unwrap_or(Duration::from_secs(86_400));
     if relay.dedup.seen(&event.source, &event.key) {
-        tracing::info!(source = %event.source, event = %event.kind, key = %event.key, "duplicate (cache)");
+        tracing::info!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate (cache)");
         return Ok(Outcome::Duplicate);
     }
     let matched = rt.routes.matching(&rt.config, &rt.templates, &event);
     for (route, reason) in &matched.skipped {
-        tracing::warn!(route = %route, event = %event.kind, %reason, "`when` condition failed; route skipped");
+        tracing::warn!(route = %route, event = capped(&event.kind), %reason, "`when` condition failed; route skipped");
     }
     let deliveries: Vec<NewDelivery> = matched
         .routes
@@ -218,15 +218,15 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
     });
     match outcome {
         IngestOutcome::Duplicate => {
-            tracing::info!(source = %event.source, event = %event.kind, key = %event.key, "duplicate");
+            tracing::info!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate");
             Ok(Outcome::Duplicate)
         }
         IngestOutcome::Stored if count == 0 => {
-            tracing::info!(source = %event.source, event = %event.kind, id = %event.id, contact, "stored, no route matched");
+            tracing::info!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, "stored, no route matched");
             Ok(Outcome::Unrouted { event_id: event.id })
         }
         IngestOutcome::Stored => {
-            tracing::info!(source = %event.source, event = %event.kind, id = %event.id, contact, deliveries = count, "accepted");
+            tracing::info!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, deliveries = count, "accepted");
             relay.wake.notify_one();
             Ok(Outcome::Stored { event_id: event.id, deliveries: count })
         }

@@ -26,16 +26,71 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` level.
+use tracing_subscriber::field::MakeExt;
+
+/// Longest a logged field value is; longer ones are cut and marked.
+pub const MAX_LOGGED_FIELD: usize = 512;
+
+/// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` level. The
+/// template engine's own logs stay at `warn` whatever `RUST_LOG` says: at debug it prints the data
+/// it renders (e-mails, names).
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"))
+        .add_directive("handlebars=warn".parse().expect("a static directive parses"));
     // Colours only on a terminal: journald, files and log shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
-        LogFormat::Pretty => builder.compact().try_init(),
+        // Values from senders and CRMs (event types, errors) may hold newlines or escape codes: the
+        // text format escapes them so they cannot forge a log line or drive a terminal.
+        LogFormat::Pretty => builder
+            .compact()
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                    let text = log_safe(&format!("{value:?}"));
+                    if field.name() == "message" {
+                        write!(w, "{text}")
+                    } else {
+                        write!(w, "{}={text}", field.name())
+                    }
+                })
+                .delimited(" "),
+            )
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// At most [`MAX_LOGGED_FIELD`] bytes of a sender's value (an event type, an id), cut on a
+/// character boundary, for fields logged in every format.
+pub fn capped(value: &str) -> &str {
+    if value.len() <= MAX_LOGGED_FIELD {
+        return value;
+    }
+    let mut end = MAX_LOGGED_FIELD;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
+/// A value as one log line can hold it: control characters escaped (`\n`, `\u{1b}`), at most
+/// [`MAX_LOGGED_FIELD`] characters.
+pub fn log_safe(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(MAX_LOGGED_FIELD + 16));
+    for (i, c) in value.chars().enumerate() {
+        if i == MAX_LOGGED_FIELD {
+            out.push_str("…(cut)");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -235,7 +235,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
     tracing::info!(
         delivery = %c.delivery_id,
         event_id = %c.event.id,
-        event = %c.event.kind,
+        event = crate::telemetry::capped(&c.event.kind),
         route = %c.route,
         attempt = c.attempts + 1,
         status = status,

@@ -370,3 +370,45 @@ fn the_systemd_unit_raises_the_file_descriptor_limit_above_the_connection_cap() 
         unit.lines().find_map(|l| l.strip_prefix("LimitNOFILE=")).expect("LimitNOFILE is set").trim().parse().unwrap();
     assert!(limit >= 4 * 512, "LimitNOFILE={limit} leaves too little room beyond 512 connections");
 }
+
+#[tokio::test]
+async fn logs_escape_forged_lines_and_keep_contacts_out_even_at_debug() {
+    let crm = FakeCrm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (public, admin) = write_process_config(dir.path(), &TestConfig::default(), &crm.url);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
+        .env_clear()
+        .env("RUST_LOG", "debug")
+        .args(["serve", "-c"])
+        .arg(dir.path().join("routes.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&admin).await;
+    let client = reqwest::Client::new();
+    let post = |event: serde_json::Value| {
+        let sealed = seal(&event, SECRET);
+        let mut req = client.post(format!("http://{public}/hooks/learnybox")).body(sealed.body);
+        for (k, v) in &sealed.headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let forged = "contact.created\n2026-11-29T00:00:00Z  INFO lbx_relay: FORGED admin token accepted\u{1b}[2J";
+    assert_eq!(post(serde_json::json!({"event": forged, "id": "forge-1"})).await.unwrap().status(), 200);
+    let contact = serde_json::json!({"event": "contact.created", "id": "pii-1",
+        "data": {"contact": {"email": "zebulon.secret@example.org", "prenom": "Zébulonnette", "nom": "Confidentielle"}}});
+    assert_eq!(post(contact).await.unwrap().status(), 200);
+    wait_until(Duration::from_secs(10), "both delivered", || async { crm.count() == 2 }).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("DEBUG"), "RUST_LOG=debug was in force: {log}");
+    assert!(!log.lines().any(|l| l.contains("FORGED") && !l.contains("contact.created")), "a forged line: {log}");
+    assert!(log.contains(r"contact.created\n2026"), "the newline is shown escaped: {log}");
+    assert!(!log.contains('\u{1b}'), "no terminal escape code reaches the log");
+    for pii in ["zebulon.secret@example.org", "Zébulonnette", "Confidentielle"] {
+        assert!(!log.contains(pii), "{pii} in the log: {log}");
+    }
+}
