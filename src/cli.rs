@@ -356,9 +356,14 @@ fn render(
         eprintln!("order key: {key} (deliveries with this key go out one at a time, in arrival order)");
     }
     let mut shown = Vec::new();
+    // Secrets from the environment never reach the terminal, in the request or in an error.
+    let mask = |text: &str| rt.config.secrets.mask(text);
     for (i, step) in route.steps.iter().enumerate() {
         let applies = rt.templates.step_applies(route, i, &ctx)?;
-        let mut req = rt.templates.render_step_with(route, i, &ctx, applies)?;
+        let mut req =
+            rt.templates.render_step_with(route, i, &ctx, applies).map_err(|e| anyhow!(mask(&e.to_string())))?;
+        req.url = mask(&req.url);
+        req.body = mask(&req.body);
         if route.oauth.is_some() {
             req.headers.push(crate::config::HeaderSpec {
                 name: "Authorization".into(),

@@ -50,6 +50,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub quarantine: QuarantineConfig,
     pub routes: Vec<RouteConfig>,
+    /// Every secret value of this configuration, to mask in errors, logs and stored rows.
+    pub secrets: crate::secrets::Masker,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +160,12 @@ pub struct RouteConfig {
     pub steps: Vec<StepConfig>,
     /// `auth = { type = "oauth2", … }`: a bearer token fetched and refreshed by the relay.
     pub oauth: Option<OAuthConfig>,
+    /// `allow_templated_host = true`: a URL may take its host or port from the event. Its requests
+    /// then never go to a loopback, private or link-local address unless listed below.
+    pub allow_templated_host: bool,
+    /// Hosts (names or addresses, as written in the URL) a templated URL may reach even though
+    /// they are not public.
+    pub allow_private_hosts: Vec<String>,
 }
 
 /// OAuth 2.0 for a route: client credentials, or a refresh token when one is given.
@@ -282,8 +290,9 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: shown.clone(), message: toml_message(&e) })?;
         let mut unset = Vec::new();
         let mut bad = Vec::new();
+        let mut substituted = Vec::new();
         for (key, value) in table.iter_mut() {
-            interpolate_value(value, key, env, &mut unset, &mut bad);
+            interpolate_value(value, key, env, &mut unset, &mut bad, &mut substituted);
         }
         if !unset.is_empty() || !bad.is_empty() {
             let mut problems: Vec<String> = unset
@@ -304,7 +313,16 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        validate(interpolated, &raw, path.to_path_buf(), dir)
+        let mut config = validate(interpolated, &raw, path.to_path_buf(), dir).map_err(|e| match e {
+            // A problem may quote a value that came from a secret variable (a URL with a key).
+            ConfigError::Invalid { problems } => {
+                let masker = crate::secrets::Masker::new(substituted.clone());
+                ConfigError::Invalid { problems: problems.iter().map(|p| masker.mask(p)).collect() }
+            }
+            other => other,
+        })?;
+        config.secrets = crate::secrets::Masker::for_config(&config, substituted);
+        Ok(config)
     }
 
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
@@ -328,9 +346,10 @@ fn interpolate_value(
     env: &dyn Fn(&str) -> Option<String>,
     unset: &mut Vec<(String, String)>,
     bad: &mut Vec<String>,
+    substituted: &mut Vec<String>,
 ) {
     match value {
-        toml::Value::String(s) => match interpolate(s, env) {
+        toml::Value::String(s) => match interpolate(s, env, substituted) {
             Ok(out) => *s = out,
             Err(Interp::Unset(vars)) => {
                 unset.extend(vars.into_iter().map(|v| (v, at.to_string())));
@@ -339,12 +358,12 @@ fn interpolate_value(
         },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate_value(item, &format!("{at}[{i}]"), env, unset, bad);
+                interpolate_value(item, &format!("{at}[{i}]"), env, unset, bad, substituted);
             }
         }
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                interpolate_value(v, &format!("{at}.{k}"), env, unset, bad);
+                interpolate_value(v, &format!("{at}.{k}"), env, unset, bad, substituted);
             }
         }
         _ => {}
@@ -356,7 +375,7 @@ enum Interp {
     Malformed,
 }
 
-fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Interp> {
+fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>, substituted: &mut Vec<String>) -> Result<String, Interp> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     let mut unset = Vec::new();
@@ -370,8 +389,18 @@ fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, 
             None => (expr, None),
         };
         match (env(name), default) {
-            (Some(v), _) => out.push_str(&v),
-            (None, Some(d)) => out.push_str(d),
+            (Some(v), _) => {
+                out.push_str(&v);
+                if crate::secrets::is_secret_name(name) {
+                    substituted.push(v);
+                }
+            }
+            (None, Some(d)) => {
+                out.push_str(d);
+                if crate::secrets::is_secret_name(name) {
+                    substituted.push(d.to_string());
+                }
+            }
             (None, None) => unset.push(name.to_string()),
         }
         rest = &after[end + 1..];
@@ -558,6 +587,10 @@ struct RawRoute {
     omit_empty: Option<bool>,
     #[serde(default)]
     schema: Option<String>,
+    #[serde(default)]
+    allow_templated_host: bool,
+    #[serde(default)]
+    allow_private_hosts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -921,6 +954,20 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 }
             }
         }
+        for step in &steps {
+            if templated_authority(&step.url) && !r.allow_templated_host {
+                problem(
+                    &at,
+                    format!(
+                        "step {}: the URL takes its host or port from the event ({}), so a sender could aim \
+                         requests at any server; template the path or query instead, or set \
+                         allow_templated_host = true (private addresses stay refused unless listed in \
+                         allow_private_hosts)",
+                        step.name, step.url
+                    ),
+                );
+            }
+        }
         let route_retry = match &r.retry {
             Some(o) => retry_policy(o, Some(&retry), &format!("{at}.retry"), &mut problem),
             None => retry.clone(),
@@ -936,6 +983,8 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             concurrency: r.concurrency,
             order_by: r.order_by.filter(|o| !o.trim().is_empty()),
             oauth,
+            allow_templated_host: r.allow_templated_host,
+            allow_private_hosts: r.allow_private_hosts,
         });
     }
 
@@ -961,6 +1010,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         delivery,
         quarantine,
         routes,
+        secrets: crate::secrets::Masker::default(),
     })
 }
 
@@ -1007,6 +1057,46 @@ fn check_statuses(statuses: &[u16], at: &str, problem: &mut dyn FnMut(&str, Stri
     if let Some(bad) = statuses.iter().find(|s| !(100..=599).contains(*s)) {
         problem(at, format!("{bad} is not an HTTP status"));
     }
+}
+
+/// Whether the host or port of a URL template can come from the event: a placeholder before the
+/// path that reads anything but `vars` (which the config sets).
+pub fn templated_authority(url: &str) -> bool {
+    let after = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let mut rest = &after[..authority_end];
+    while let Some(start) = rest.find("{{") {
+        let inner = &rest[start + 2..];
+        let end = inner.find("}}").unwrap_or(inner.len());
+        if reads_event(&inner[..end]) {
+            return true;
+        }
+        rest = &inner[end.min(inner.len())..];
+    }
+    // An unclosed block opened before the path (`{{#if …}}/a{{else}}/b{{/if}}`) is checked above.
+    false
+}
+
+/// Whether a placeholder's expression reads event data (anything but `vars.…` and literals).
+fn reads_event(expr: &str) -> bool {
+    // Quoted literals say nothing about where a value comes from.
+    let mut unquoted = String::new();
+    let mut quoted = false;
+    for c in expr.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted {
+            unquoted.push(c);
+        }
+    }
+    unquoted
+        .split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '@' | '[' | ']')))
+        .filter(|w| !w.is_empty())
+        .any(|w| {
+            let root = w.split(['.', '[']).next().unwrap_or_default();
+            matches!(root, "data" | "steps" | "event" | "id" | "source" | "received_at" | "this" | "@root" | "lookup")
+                || w.starts_with("..")
+        })
 }
 
 fn check_url(url: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> String {

@@ -50,16 +50,6 @@ pub enum IngestError {
     Unavailable(#[from] StoreError),
 }
 
-/// Whether a request header may carry a credential, so it is never kept with a quarantined body:
-/// the standard ones and anything named like a key, token, secret, password or session.
-pub fn is_credential_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    matches!(name.as_str(), "authorization" | "cookie" | "proxy-authorization" | "set-cookie")
-        || ["key", "token", "secret", "password", "passwd", "auth", "session", "credential"]
-            .iter()
-            .any(|word| name.contains(word))
-}
-
 /// Where a contact's e-mail usually sits, for the (masked) log line.
 const EMAIL_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/data/email", "/email"];
 
@@ -120,7 +110,7 @@ pub async fn accept(
             tracing::warn!(source, reason = %e, bytes = body.len(), "body could not be decrypted; quarantined");
             let kept: serde_json::Map<String, serde_json::Value> = headers
                 .iter()
-                .filter(|(k, _)| !is_credential_header(k))
+                .filter(|(k, _)| !crate::secrets::is_credential_header(k))
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
             let item = NewQuarantined {

@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod preflight;
 pub mod routing;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod templates;

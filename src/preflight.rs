@@ -69,7 +69,7 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
                 !rt.templates.reads_answers(route, i) && rt.templates.step_applies(route, i, &ctx).unwrap_or(true);
             match rt.templates.render_step_with(route, i, &ctx, validate) {
                 Ok(_) => report.rendered += 1,
-                Err(e) => report.problems.push(format!("{file}: {e}{what} (with {name})")),
+                Err(e) => report.problems.push(rt.config.secrets.mask(&format!("{file}: {e}{what} (with {name})"))),
             }
         }
     };

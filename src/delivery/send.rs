@@ -46,17 +46,24 @@ impl AttemptResult {
 #[derive(Clone, Debug)]
 pub struct HttpSender {
     client: reqwest::Client,
+    /// For routes whose URL takes its host from the event: resolves to public addresses only.
+    public_only: reqwest::Client,
 }
 
 impl HttpSender {
     pub fn new() -> HttpSender {
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(64)
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(64)
+        };
+        let client = builder().build().expect("a reqwest client with static settings always builds");
+        let public_only = builder()
+            .dns_resolver(std::sync::Arc::new(super::guard::PublicOnly))
             .build()
             .expect("a reqwest client with static settings always builds");
-        HttpSender { client }
+        HttpSender { client, public_only }
     }
 
     /// The HTTP client, for requests that are not deliveries (OAuth token requests).
@@ -72,9 +79,24 @@ impl HttpSender {
         idempotency_key: &str,
         keep_body: bool,
     ) -> AttemptResult {
+        self.send_via(req, timeout, idempotency_key, keep_body, super::guard::Reach::Listed).await
+    }
+
+    /// [`HttpSender::send`] through the client `reach` calls for.
+    pub async fn send_via(
+        &self,
+        req: &RenderedRequest,
+        timeout: Duration,
+        idempotency_key: &str,
+        keep_body: bool,
+        reach: super::guard::Reach,
+    ) -> AttemptResult {
         let started = Instant::now();
-        let mut builder = self
-            .client
+        let client = match reach {
+            super::guard::Reach::Listed => &self.client,
+            super::guard::Reach::PublicOnly => &self.public_only,
+        };
+        let mut builder = client
             .request(req.method.clone(), &req.url)
             .timeout(timeout)
             .header("Idempotency-Key", idempotency_key)
@@ -110,6 +132,10 @@ impl HttpSender {
             Err(e) => {
                 let reason = if e.is_timeout() {
                     format!("timed out after {}", humantime::format_duration(timeout))
+                } else if e.is_connect() && error_chain(&e).contains(super::guard::REFUSED) {
+                    // The resolver refused a non-public address: no retry will change that.
+                    let reason = format!("connection refused by the relay: {}", error_chain(&e.without_url()));
+                    return AttemptResult::without_answer(Verdict::Fail { reason }, started.elapsed());
                 } else if e.is_connect() {
                     format!("connection failed: {}", error_chain(&e.without_url()))
                 } else {

@@ -140,7 +140,17 @@ async fn send(
     keep_body: bool,
 ) -> AttemptResult {
     let timeout = route.retry.timeout;
-    let Some(oauth) = &route.oauth else { return relay.sender.send(&req, timeout, key, keep_body).await };
+    let reach = if route.allow_templated_host {
+        match super::guard::check(&req.url, &route.allow_private_hosts) {
+            Ok(reach) => reach,
+            Err(reason) => return AttemptResult::without_answer(Verdict::Fail { reason }, Duration::ZERO),
+        }
+    } else {
+        super::guard::Reach::Listed
+    };
+    let Some(oauth) = &route.oauth else {
+        return relay.sender.send_via(&req, timeout, key, keep_body, reach).await;
+    };
     let client = relay.sender.client();
     let mut rejected = None;
     let mut spent = Duration::ZERO;
@@ -159,7 +169,7 @@ async fn send(
             value: format!("Bearer {}", token.expose_secret()).into(),
             from_env: true,
         });
-        let mut r = relay.sender.send(&req, timeout, key, keep_body).await;
+        let mut r = relay.sender.send_via(&req, timeout, key, keep_body, reach).await;
         spent += r.duration;
         r.duration = spent;
         if r.status == Some(401) && rejected.is_none() {

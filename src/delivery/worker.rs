@@ -228,9 +228,12 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
         None => "network",
     };
     metrics::counter!(DELIVERY_ATTEMPTS, "route" => c.route.clone(), "class" => class).increment(1);
+    // A CRM or token server may echo what it was sent: no known secret is logged or stored.
+    let secrets = &rt.config.secrets;
+    let error = error.map(|e| secrets.mask(&e));
     let reason = match &verdict {
         Verdict::Delivered => None,
-        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.as_str()),
+        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(secrets.mask(reason)),
     };
     tracing::info!(
         delivery = %c.delivery_id,

@@ -412,3 +412,139 @@ async fn logs_escape_forged_lines_and_keep_contacts_out_even_at_debug() {
         assert!(!log.contains(pii), "{pii} in the log: {log}");
     }
 }
+
+/// A token endpoint that refuses every request and echoes the form it was sent.
+async fn echoing_token_server() -> String {
+    async fn echo(form: actix_web::web::Form<Vec<(String, String)>>) -> actix_web::HttpResponse {
+        actix_web::HttpResponse::BadRequest().json(serde_json::json!({"error": "invalid_client", "you_sent": form.0}))
+    }
+    let base = serve_loopback(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::sync::Arc::new(()), echo);
+    format!("{base}/oauth/token")
+}
+
+#[tokio::test]
+async fn a_secret_echoed_by_a_token_endpoint_is_masked_in_the_api_and_the_stored_attempts() {
+    let token_url = echoing_token_server().await;
+    let app = spawn_app_with(TestConfig {
+        route_extra: format!(
+            r#"auth = {{ type = "oauth2", token_url = "{token_url}", client_id = "relay-app", client_secret = "super-secret-client-value", refresh_token = "refresh-secret-value" }}"#
+        ),
+        ..TestConfig::default()
+    })
+    .await;
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(10), "an attempt recorded", || async {
+        app.deliveries("").await.iter().any(|d| d["attempts"].as_u64() >= Some(1))
+    })
+    .await;
+    let listed = app.admin_get("/api/deliveries").await.text().await.unwrap();
+    assert!(listed.contains("invalid_client"), "the error is kept: {listed}");
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    let stored: String =
+        conn.query_row("SELECT group_concat(coalesce(error, ''), ' | ') FROM attempts", [], |r| r.get(0)).unwrap();
+    let detail_id = app.deliveries("").await[0]["event_id"].as_str().unwrap().to_string();
+    let detail = app.admin_get(&format!("/api/events/{detail_id}")).await.text().await.unwrap();
+    for place in [&listed, &stored, &detail] {
+        assert!(!place.contains("super-secret-client-value"), "{place}");
+        assert!(!place.contains("refresh-secret-value"), "{place}");
+        assert!(place.contains("***") || place.is_empty(), "{place}");
+    }
+}
+
+#[test]
+fn an_api_key_in_a_url_is_masked_in_render_output_and_render_errors() {
+    let dir = config_dir(|t| {
+        t.replace(
+            "url = \"http://127.0.0.1:9/contacts\"",
+            "url = \"http://127.0.0.1:9/contacts?api_key=${CRM_API_KEY}\"",
+        )
+    });
+    let path = dir.path().join("routes.toml");
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, r#"{"event": "contact.created", "id": "1"}"#).unwrap();
+    let envs = [("CRM_API_KEY", "url-embedded-key-123")];
+    let args = ["render", "-c", path.to_str().unwrap(), "--route", "crm", event.to_str().unwrap()];
+    let (code, out, err) = run_cli(&args, None, &envs);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("api_key=***") && !out.contains("url-embedded-key-123"), "{out}");
+    // The same key in a URL that fails to render: the error names the route, not the key.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("http://127.0.0.1:9/contacts?", "http://{{{data.host}}}/x?")
+        .replace("name = \"crm\"", "name = \"crm\"\nallow_templated_host = true");
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(&event, r#"{"event": "contact.created", "id": "1", "host": "not a host"}"#).unwrap();
+    let (code, out, err) = run_cli(&args, None, &envs);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("not a valid http(s) URL") && !err.contains("url-embedded-key-123"), "{err}");
+    // And a config error quoting that URL does not print the key either.
+    let text = std::fs::read_to_string(&path).unwrap().replace("allow_templated_host = true", "");
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) = run_cli(&args, None, &envs);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("allow_templated_host") && !err.contains("url-embedded-key-123"), "{err}");
+}
+
+#[test]
+fn check_refuses_a_url_whose_host_comes_from_the_event_unless_the_route_allows_it() {
+    let dir =
+        config_dir(|t| t.replace("url = \"http://127.0.0.1:9/contacts\"", "url = \"http://{{data.host}}/contacts\""));
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("takes its host or port from the event") && out.contains("allow_templated_host"), "{out}");
+    let dir = config_dir(|t| {
+        t.replace("url = \"http://127.0.0.1:9/contacts\"", "url = \"http://127.0.0.1:{{data.port}}/contacts\"")
+    });
+    assert_eq!(check_in(&dir).0, 1, "a templated port is a templated host too");
+    let dir = config_dir(|t| {
+        t.replace("url = \"http://127.0.0.1:9/contacts\"", "url = \"http://127.0.0.1:9/{{data.path}}?q={{data.q}}\"")
+    });
+    assert_eq!(check_in(&dir).0, 0, "paths and queries may be templated freely");
+}
+
+#[tokio::test]
+async fn a_templated_host_never_reaches_a_private_address_unless_listed() {
+    let crm_port = reqwest::Url::parse(&FakeCrm::start().await.url).unwrap().port().unwrap();
+    let app = spawn_app_with(TestConfig {
+        steps: Some(
+            "[[routes.steps]]\nname = \"send\"\nurl = \"http://{{{data.host}}}/contacts\"\ntemplate = \"crm.json.hbs\"\n"
+                .into(),
+        ),
+        route_extra: "allow_templated_host = true\nretry = { schedule = [\"1h\"] }".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let crm_host = reqwest::Url::parse(&app.crm.url).unwrap();
+    let own = format!("127.0.0.1:{}", crm_host.port().unwrap());
+    for (i, host) in [
+        own.clone(),
+        format!("localhost:{}", crm_host.port().unwrap()),
+        "169.254.169.254".into(),
+        format!("127.0.0.1:{crm_port}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let event = serde_json::json!({"event": "contact.created", "id": format!("ssrf-{i}"), "host": host});
+        assert_eq!(app.post_event(&event).await.status(), 200);
+    }
+    wait_until(Duration::from_secs(10), "all four failed", || async {
+        app.deliveries("status=failed").await.len() == 4
+    })
+    .await;
+    assert_eq!(app.crm.count(), 0, "nothing reached the loopback CRM");
+    for d in app.deliveries("status=failed").await {
+        assert!(d["last_error"].as_str().unwrap().contains("refused"), "{d}");
+    }
+    // Listed, the same host is reached.
+    let path = app.dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "allow_templated_host = true",
+        &format!("allow_templated_host = true\nallow_private_hosts = [\"{own}\"]"),
+    );
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(app.admin_post("/api/reload").await.status(), 200);
+    let event = serde_json::json!({"event": "contact.created", "id": "ssrf-listed", "host": own});
+    app.post_event(&event).await;
+    wait_until(Duration::from_secs(10), "the listed host reached", || async { app.crm.count() == 1 }).await;
+}
