@@ -111,6 +111,14 @@ pub enum Command {
         #[arg(long)]
         listen: String,
     },
+    /// Erase a contact (GDPR art. 17): every stored event, delivery, attempt and quarantined body
+    /// naming this e-mail address. Prints what was removed.
+    Forget {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The contact's e-mail address (case does not matter).
+        email: String,
+    },
     /// Encrypt an event and POST it like Learnybox would; print the answer and timing.
     SendTest {
         #[command(flatten)]
@@ -197,6 +205,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 render(&config.config, &route, &event_file, answers.as_deref(), json)
             }
             Command::Bench(args) => bench(args).await,
+            Command::Forget { config, email } => forget(&config.config, &email).await,
             Command::BaselineServer { listen } => {
                 crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
             }
@@ -291,6 +300,19 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The same erasure as `DELETE /api/contacts/{email}`, on the store the config names (SQLite can
+/// be open in a running relay at the same time).
+async fn forget(path: &Path, email: &str) -> anyhow::Result<ExitCode> {
+    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
+    let report = crate::erasure::forget(&store, &rt, email).await?;
+    println!(
+        "erased {email}: {} event(s), {} delivery(ies), {} attempt(s), {} quarantined body(ies)",
+        report.events, report.deliveries, report.attempts, report.quarantined
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn decrypt(secret: &SecretArg, iv: Option<&str>, file: &str) -> anyhow::Result<ExitCode> {

@@ -53,6 +53,11 @@ pub enum IngestError {
 /// Where a contact's e-mail usually sits, for the (masked) log line.
 const EMAIL_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/data/email", "/email"];
 
+/// The contact's e-mail address, where Learnybox events usually carry it.
+pub fn contact_email(event: &Event) -> Option<&str> {
+    EMAIL_POINTERS.iter().find_map(|p| event.data.pointer(p).and_then(|v| v.as_str())).filter(|e| e.contains('@'))
+}
+
 /// The value of an `X-…-Iv` header, if any.
 pub fn iv_header(headers: &[(String, String)]) -> Option<&str> {
     headers
@@ -187,6 +192,7 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
         })
         .collect();
     let count = deliveries.len();
+    let email = contact_email(&event).map(str::to_lowercase);
     let new = NewEvent {
         id: event.id.clone(),
         source: event.source.clone(),
@@ -194,18 +200,14 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
         kind: event.kind.clone(),
         payload: event.payload(),
         received_at: event.received_at,
+        email,
         dedup_until: event.received_at + window.as_millis() as i64,
         deliveries,
     };
     let outcome = relay.store.ingest(new).await?;
     relay.dedup.remember(&event.source, &event.key, window);
-    let contact = EMAIL_POINTERS.iter().find_map(|p| event.data.pointer(p).and_then(|v| v.as_str())).map(|email| {
-        if rt.config.server.log_pii {
-            email.to_string()
-        } else {
-            mask_email(email)
-        }
-    });
+    let contact =
+        contact_email(&event).map(|email| if rt.config.server.log_pii { email.to_string() } else { mask_email(email) });
     match outcome {
         IngestOutcome::Duplicate => {
             tracing::info!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate");

@@ -19,6 +19,7 @@ pub mod config;
 pub mod crypto;
 pub mod dedup;
 pub mod delivery;
+pub mod erasure;
 pub mod event;
 pub mod housekeeping;
 pub mod http;

@@ -35,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/quarantine", web::get().to(list_quarantine))
         .route("/api/quarantine/reprocess", web::post().to(reprocess))
         .route("/api/reload", web::post().to(reload))
+        .route("/api/contacts/{email}", web::delete().to(forget_contact))
         .route("/api/purge", web::post().to(purge));
 }
 
@@ -292,6 +293,18 @@ async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, Ap
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(IngestError::Unavailable(e)) => Err(e.into()),
         Err(e) => Err(ApiError::BadRequest(e.to_string())),
+    }
+}
+
+/// Erases a contact: every stored event, delivery, attempt and quarantined body naming it.
+async fn forget_contact(_: Admin, relay: web::Data<Relay>, email: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let rt = relay.runtime();
+    match crate::erasure::forget(&relay.store, &rt, &email).await {
+        Ok(report) => Ok(HttpResponse::Ok().json(json!({"status": "erased", "removed": report}))),
+        Err(crate::erasure::ForgetError::NotAnEmail(e)) => {
+            Err(ApiError::BadRequest(format!("{e:?} is not an e-mail address")))
+        }
+        Err(crate::erasure::ForgetError::Store(e)) => Err(e.into()),
     }
 }
 

@@ -70,6 +70,8 @@ pub struct NewEvent {
     pub kind: String,
     pub payload: String,
     pub received_at: i64,
+    /// The contact's e-mail, lower-cased, when the event names one (indexed, for `forget`).
+    pub email: Option<String>,
     /// The dedup key is honoured until then (Unix ms).
     pub dedup_until: i64,
     /// One per matched route; empty → the event is stored as `unrouted`.
@@ -238,6 +240,15 @@ pub struct EventDetail {
     pub attempts: Vec<AttemptRow>,
 }
 
+/// What erasing a contact removed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Forgotten {
+    pub events: u64,
+    pub deliveries: u64,
+    pub attempts: u64,
+    pub quarantined: u64,
+}
+
 /// A body that could not be turned into an event.
 #[derive(Debug, Clone)]
 pub struct Quarantined {
@@ -404,6 +415,12 @@ impl Store {
     }
 
     /// Deletes fully delivered events received before `before` (Unix ms); returns how many.
+    /// Deletes every event of the contact `email` (lower-cased) — by the indexed e-mail or
+    /// anywhere in the payload — with its deliveries and attempts.
+    pub async fn forget_contact(&self, email: &str) -> Result<Forgotten, StoreError> {
+        dispatch!(self, s => s.forget_contact(email.to_lowercase()).await)
+    }
+
     pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.purge(before).await)
     }

@@ -13,8 +13,8 @@ use tokio_postgres::{NoTls, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Gauges, IngestOutcome, NewEvent, NewQuarantined,
-    QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Forgotten, Gauges, IngestOutcome, NewEvent,
+    NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -118,6 +118,8 @@ BEGIN
 END $$;
 CREATE TRIGGER quarantine_totals AFTER INSERT OR DELETE OR UPDATE OF body, headers ON quarantine
     FOR EACH ROW EXECUTE FUNCTION lbx_quarantine_totals();
+ALTER TABLE events ADD COLUMN email TEXT;
+CREATE INDEX events_email ON events(email) WHERE email IS NOT NULL;
 "#,
 ];
 
@@ -597,6 +599,27 @@ impl PgStore {
         Ok(n)
     }
 
+    pub async fn forget_contact(&self, email: String) -> Result<Forgotten, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let ids: Vec<String> = tx
+            .query("SELECT id FROM events WHERE email = $1 OR strpos(lower(payload), $1) > 0", &[&email])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let attempts = tx
+            .execute(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1))",
+                &[&ids],
+            )
+            .await?;
+        let deliveries = tx.execute("DELETE FROM deliveries WHERE event_id = ANY($1)", &[&ids]).await?;
+        let events = tx.execute("DELETE FROM events WHERE id = ANY($1)", &[&ids]).await?;
+        tx.commit().await?;
+        Ok(Forgotten { events, deliveries, attempts, quarantined: 0 })
+    }
+
     pub async fn gauges(&self) -> Result<Gauges, StoreError> {
         let client = self.pool.get().await?;
         let row = client
@@ -802,8 +825,8 @@ async fn write_batch(
             stored.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
         let received: Vec<i64> = stored.iter().map(|&i| evs[i].received_at).collect();
         tx.execute(
-            "INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])",
+            "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[])",
             &[
                 &col(|e| &e.id),
                 &col(|e| &e.source),
@@ -812,6 +835,7 @@ async fn write_batch(
                 &statuses,
                 &col(|e| &e.payload),
                 &received,
+                &stored.iter().map(|&i| evs[i].email.as_deref()).collect::<Vec<Option<&str>>>(),
             ],
         )
         .await?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Gauges, IngestOutcome, NewEvent, NewQuarantined,
-    QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Forgotten, Gauges, IngestOutcome, NewEvent,
+    NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -116,6 +116,8 @@ CREATE TRIGGER quarantine_removed AFTER DELETE ON quarantine BEGIN
     UPDATE quarantine_totals SET items = items - 1,
         bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB)) WHERE id = 1;
 END;
+ALTER TABLE events ADD COLUMN email TEXT;
+CREATE INDEX events_email ON events(email) WHERE email IS NOT NULL;
 CREATE TABLE heartbeat (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     at    INTEGER NOT NULL,
@@ -224,10 +226,10 @@ impl SqliteStore {
             }
             let status = if ev.deliveries.is_empty() { "unrouted" } else { "routed" };
             c.prepare_cached(
-                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![ev.id, ev.source, ev.key, ev.kind, status, ev.payload, ev.received_at])?;
+            .execute(params![ev.id, ev.source, ev.key, ev.kind, status, ev.payload, ev.received_at, ev.email])?;
             let mut insert = c.prepare_cached(
                 "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key)
                  VALUES (?1, ?2, ?3, 'pending', ?4, ?6, ?6, ?5)",
@@ -660,6 +662,31 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn forget_contact(&self, email: String) -> Result<Forgotten, StoreError> {
+        self.call(move |c| {
+            // The indexed e-mail, or the address anywhere in the payload (events stored before the
+            // index, or naming the contact elsewhere): a scan, but erasure is rare.
+            c.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS forget_ids (id TEXT PRIMARY KEY); DELETE FROM forget_ids;",
+            )?;
+            c.execute(
+                "INSERT INTO forget_ids SELECT id FROM events WHERE email = ?1 OR instr(lower(payload), ?1) > 0",
+                [&email],
+            )?;
+            let attempts = c.execute(
+                "DELETE FROM attempts WHERE delivery_id IN
+                    (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids))",
+                [],
+            )? as u64;
+            let deliveries =
+                c.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids)", [])? as u64;
+            let events = c.execute("DELETE FROM events WHERE id IN (SELECT id FROM forget_ids)", [])? as u64;
+            c.execute_batch("DELETE FROM forget_ids;")?;
+            Ok(Forgotten { events, deliveries, attempts, quarantined: 0 })
+        })
+        .await
+    }
+
     /// Numbers for the gauges: (quarantined bodies, oldest due pending delivery's due time).
     pub async fn gauges(&self) -> Result<Gauges, StoreError> {
         self.call(|c| {
@@ -832,6 +859,7 @@ mod tests {
             kind: "k".into(),
             payload: "{}".into(),
             received_at: at,
+            email: None,
             dedup_until: at + 1000,
             deliveries: routes
                 .iter()

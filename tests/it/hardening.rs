@@ -548,3 +548,55 @@ async fn a_templated_host_never_reaches_a_private_address_unless_listed() {
     app.post_event(&event).await;
     wait_until(Duration::from_secs(10), "the listed host reached", || async { app.crm.count() == 1 }).await;
 }
+
+#[tokio::test]
+async fn a_contact_is_erased_from_events_attempts_and_the_quarantine_through_the_api_and_the_cli() {
+    let app = spawn_app_with(TestConfig { schedule: vec!["1h"], ..TestConfig::default() }).await;
+    app.crm.always(500);
+    let contact = |id: &str, email: &str| serde_json::json!({"event": "contact.created", "id": id, "data": {"contact": {"email": email, "prenom": "Ada"}}});
+    app.post_event(&contact("e1", "Ada.Lovelace@example.org")).await;
+    app.post_event(&contact("e2", "someone.else@example.org")).await;
+    // A body sealed with another key lands in the quarantine; so does a plaintext one naming her.
+    let sealed = seal(&contact("e3", "ada.lovelace@example.org"), "ThisIsNotTheSecretKeyOfTheRelay!");
+    app.post_hook(sealed.body, &sealed.headers).await;
+    app.post_hook(r#"{"note": "ada.lovelace@example.org", "broken": "#, &[]).await;
+    app.post_hook("unrelated junk", &[]).await;
+    wait_until(Duration::from_secs(10), "two failed attempts", || async {
+        app.count("SELECT COUNT(*) FROM attempts") >= 2
+    })
+    .await;
+
+    let resp = app
+        .client
+        .delete(format!("{}/api/contacts/ada.lovelace@example.org", app.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["removed"]["events"], 1, "{body}");
+    assert_eq!(body["removed"]["quarantined"], 1, "the plaintext one; the other cannot be read: {body}");
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events WHERE instr(lower(payload), 'ada.lovelace') > 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1, "the other contact stays");
+    assert_eq!(app.count("SELECT COUNT(*) FROM deliveries"), 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 2);
+
+    // Once the right key is added, the CLI finds her in the body it can now open.
+    let path = app.dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("secret_keys = [\"{SECRET}\"]"),
+        &format!("secret_keys = [\"{SECRET}\", \"ThisIsNotTheSecretKeyOfTheRelay!\"]"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) = run_cli(&["forget", "-c", path.to_str().unwrap(), "ada.lovelace@example.org"], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 event(s)") && out.contains("1 quarantined body(ies)"), "{out}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 1, "only the unrelated junk is left");
+    let bad = app.client.delete(format!("{}/api/contacts/nobody", app.admin)).bearer_auth(ADMIN_TOKEN).send().await;
+    assert_eq!(bad.unwrap().status(), 400);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lbx_relay::config::{StoreBackend, StoreConfig};
 use lbx_relay::event::now_ms;
 use lbx_relay::store::{
-    AttemptRecord, Claimed, DeliveryFilter, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
+    AttemptRecord, Claimed, DeliveryFilter, Forgotten, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
     QuarantineLimits, QuarantineOutcome, Settlement, Store,
 };
 use secrecy::SecretString;
@@ -32,6 +32,7 @@ fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
         kind: "contact.created".into(),
         payload: r#"{"a":1}"#.into(),
         received_at: at,
+        email: None,
         dedup_until: at + 1000,
         deliveries: routes
             .iter()
@@ -104,7 +105,28 @@ contract!(
     paced_routes_are_skipped_and_deferrals_cost_no_attempt,
     finished_steps_survive_a_lost_lease,
     a_waiting_head_parks_its_key_until_its_retry,
+    forgetting_a_contact_removes_its_events_deliveries_and_attempts,
 );
+
+async fn forgetting_a_contact_removes_its_events_deliveries_and_attempts(s: Store) {
+    let mut indexed = event("indexed", "k1", now_ms(), &["a", "b"]);
+    indexed.email = Some("ada@example.org".into());
+    let mut in_payload = event("in-payload", "k2", now_ms(), &["a"]);
+    in_payload.payload = r#"{"data":{"buyer":{"mail":"Ada@Example.org"}}}"#.into();
+    let other = event("other", "k3", now_ms(), &["a"]);
+    for e in [indexed, in_payload, other] {
+        s.ingest(e).await.unwrap();
+    }
+    for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
+        finish(&s, c, 500, Next::RetryAt(now_ms() + 60_000)).await;
+    }
+    let gone = s.forget_contact("ADA@example.org").await.unwrap();
+    assert_eq!(gone, Forgotten { events: 2, deliveries: 3, attempts: 3, quarantined: 0 });
+    assert!(s.event_detail("indexed").await.unwrap().is_none());
+    assert!(s.event_detail("in-payload").await.unwrap().is_none());
+    assert_eq!(s.event_detail("other").await.unwrap().unwrap().deliveries.len(), 1);
+    assert_eq!(s.forget_contact("ada@example.org").await.unwrap(), Forgotten::default(), "nothing twice");
+}
 
 async fn dedup_keys_hold_within_their_window_only(s: Store) {
     assert_eq!(s.ingest(event("e1", "k", 0, &["r"])).await.unwrap(), IngestOutcome::Stored);
