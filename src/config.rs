@@ -13,6 +13,8 @@ use crate::crypto::{EnvelopeMode, Variant};
 
 /// Event-type pointers tried when a source does not set `event_field`.
 pub const DEFAULT_EVENT_FIELDS: &[&str] = &["/event", "/type", "/event_type", "/event_name"];
+/// Event-timestamp pointers tried when a source does not set `timestamp_field` (for `max_age`).
+pub const DEFAULT_TIMESTAMP_FIELDS: &[&str] = &["/created_at", "/timestamp", "/date", "/time"];
 /// Event-id pointers tried when a source does not set `id_field`.
 pub const DEFAULT_ID_FIELDS: &[&str] = &["/id", "/event_id", "/uid"];
 
@@ -113,6 +115,11 @@ pub struct SourceConfig {
     pub path_token: Option<SecretString>,
     /// Warn (log + metric) when no body arrived for this long.
     pub alert_after: Option<Duration>,
+    /// Events whose own timestamp is further than this from their arrival are dropped (a
+    /// captured body replayed after the dedup window).
+    pub max_age: Option<Duration>,
+    /// Where the event's own timestamp is looked for.
+    pub timestamp_field: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -507,6 +514,10 @@ struct RawSource {
     path_token: Option<String>,
     #[serde(default)]
     alert_after: Option<String>,
+    #[serde(default)]
+    max_age: Option<String>,
+    #[serde(default)]
+    timestamp_field: Option<Vec<String>>,
 }
 
 fn default_envelope() -> String {
@@ -763,6 +774,8 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         let alert_after = s.alert_after.as_deref().map(|a| duration(a, &format!("{at}.alert_after"), &mut problem));
         let event_field = pointers(s.event_field, DEFAULT_EVENT_FIELDS, "event_field", &mut problem);
         let id_field = pointers(s.id_field, DEFAULT_ID_FIELDS, "id_field", &mut problem);
+        let timestamp_field = pointers(s.timestamp_field, DEFAULT_TIMESTAMP_FIELDS, "timestamp_field", &mut problem);
+        let max_age = s.max_age.as_deref().map(|a| duration(a, &format!("{at}.max_age"), &mut problem));
         sources.insert(
             name.clone(),
             SourceConfig {
@@ -775,6 +788,8 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
                 id_field,
                 path_token: s.path_token.filter(|t| !t.is_empty()).map(SecretString::from),
                 alert_after,
+                max_age,
+                timestamp_field,
             },
         );
     }

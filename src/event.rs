@@ -81,6 +81,28 @@ pub fn content_key(data: &Value) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data.to_string().as_bytes())))
 }
 
+/// The event's own time (Unix ms) from the first of `pointers` that holds one: RFC 3339
+/// (`2026-11-27T09:00:13+01:00`), `YYYY-MM-DD HH:MM:SS` (UTC), or Unix seconds or milliseconds.
+pub fn timestamp_ms(data: &Value, pointers: &[String]) -> Option<i64> {
+    pointers.iter().find_map(|p| match data.pointer(p)? {
+        Value::String(s) => parse_time(s.trim()),
+        Value::Number(n) => {
+            let n = n.as_f64()?;
+            Some(if n > 1e12 { n as i64 } else { (n * 1000.0) as i64 })
+        }
+        _ => None,
+    })
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let at = time::OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
+        let plain = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+        time::PrimitiveDateTime::parse(s, &plain).ok().map(|t| t.assume_utc())
+    })?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// A new time-ordered id for events and deliveries.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -145,6 +167,19 @@ mod tests {
         assert!(a.key.starts_with("sha256:"));
         assert_eq!(a.kind, UNKNOWN_KIND);
         assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn event_timestamps_are_read_in_the_forms_senders_use() {
+        let p = fields(&["/created_at", "/timestamp"]);
+        let at = |v: Value| timestamp_ms(&v, &p);
+        assert_eq!(at(serde_json::json!({"created_at": "2026-11-27T09:00:13+01:00"})), Some(1_795_766_413_000));
+        assert_eq!(at(serde_json::json!({"created_at": "2026-11-27T08:00:13Z"})), Some(1_795_766_413_000));
+        assert_eq!(at(serde_json::json!({"created_at": "2026-11-27 08:00:13"})), Some(1_795_766_413_000));
+        assert_eq!(at(serde_json::json!({"timestamp": 1_795_766_413})), Some(1_795_766_413_000));
+        assert_eq!(at(serde_json::json!({"timestamp": 1_795_766_413_000_i64})), Some(1_795_766_413_000));
+        assert_eq!(at(serde_json::json!({"created_at": "yesterday"})), None);
+        assert_eq!(at(serde_json::json!({})), None);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Outcome {
     Quarantined,
     /// Undecryptable, and the quarantine is at a bound: not kept (answered alike, counted, logged).
     QuarantineDropped,
+    /// Its own timestamp is further than the source's `max_age` from now: a replayed capture.
+    Stale,
 }
 
 impl Outcome {
@@ -38,6 +40,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Quarantined => "quarantined",
             Outcome::QuarantineDropped => "quarantine_full",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -110,7 +113,19 @@ pub async fn accept(
     let rt = relay.runtime();
     let received_at = now_ms();
     let result = match open_event(&rt, source, body, headers, received_at)? {
-        Ok(event) => accept_event(relay, &rt, event).await,
+        Ok(event) => match stale_by(&rt, &event) {
+            Some(off) => {
+                tracing::warn!(
+                    source,
+                    event = capped(&event.kind),
+                    key = capped(&event.key),
+                    off_by_s = off / 1000,
+                    "event timestamp outside max_age (a replayed body?); dropped"
+                );
+                Ok(Outcome::Stale)
+            }
+            None => accept_event(relay, &rt, event).await,
+        },
         Err(e) => {
             tracing::warn!(source, reason = %e, bytes = body.len(), "body could not be decrypted; quarantined");
             let kept: serde_json::Map<String, serde_json::Value> = headers
@@ -161,6 +176,16 @@ pub async fn accept(
     };
     metrics::counter!(EVENTS_RECEIVED, "source" => source.to_string(), "outcome" => label).increment(1);
     result
+}
+
+/// How far (ms) the event's own timestamp is from its arrival, when that is beyond the source's
+/// `max_age`. An event without a readable timestamp is never stale.
+fn stale_by(rt: &Runtime, event: &Event) -> Option<i64> {
+    let src = rt.config.source(&event.source)?;
+    let max_age = src.max_age?.as_millis() as i64;
+    let at = crate::event::timestamp_ms(&event.data, &src.timestamp_field)?;
+    let off = (event.received_at - at).abs();
+    (off > max_age).then_some(off)
 }
 
 /// Deduplicates, routes and stores an already-parsed event.

@@ -600,3 +600,23 @@ async fn a_contact_is_erased_from_events_attempts_and_the_quarantine_through_the
     let bad = app.client.delete(format!("{}/api/contacts/nobody", app.admin)).bearer_auth(ADMIN_TOKEN).send().await;
     assert_eq!(bad.unwrap().status(), 400);
 }
+
+#[tokio::test]
+async fn with_max_age_a_captured_body_replayed_later_is_dropped_yet_answered_alike() {
+    let app = spawn_app_with(TestConfig { source_extra: "max_age = \"10m\"", ..TestConfig::default() }).await;
+    let at = |minutes_ago: i64| {
+        let t = std::time::SystemTime::now() - Duration::from_secs(60 * minutes_ago as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let fresh = serde_json::json!({"event": "contact.created", "created_at": at(1), "data": {"n": 1}});
+    let replayed = serde_json::json!({"event": "contact.created", "created_at": at(90), "data": {"n": 2}});
+    let undated = serde_json::json!({"event": "contact.created", "data": {"n": 3}});
+    for e in [&fresh, &replayed, &undated] {
+        assert_eq!(app.post_event(e).await.status(), 200, "every body is answered alike");
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 2, "the fresh one and the undated one");
+    let stored: i64 = app.count("SELECT COUNT(*) FROM events WHERE instr(payload, '\"n\":2') > 0");
+    assert_eq!(stored, 0, "the replayed capture is not stored");
+    let metrics = app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.contains(r#"outcome="stale""#)), "{metrics}");
+}
