@@ -2,6 +2,7 @@
 //! `Store` is chosen once from `[store] url`; each backend writes its own SQL behind the same small
 //! set of operations (ingest, claim, settle, list, retry).
 
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

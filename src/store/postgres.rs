@@ -9,7 +9,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -139,6 +139,8 @@ pub struct PgStore {
     /// Ingests and settlements waiting to share a transaction.
     batches: tokio::sync::mpsc::UnboundedSender<Job>,
     config: std::sync::Arc<tokio_postgres::Config>,
+    /// The TLS connector the URL's `sslmode` asks for (also used by the LISTEN connection).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -152,7 +154,17 @@ impl From<tokio_postgres::Error> for StoreError {
         // The Display of a db error carries its message; never the connection string.
         match e.as_db_error() {
             Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
-            None => StoreError::Database(e.to_string()),
+            None => {
+                // "error performing TLS handshake" alone does not say that the certificate was refused.
+                let mut text = e.to_string();
+                let mut cur = std::error::Error::source(&e);
+                while let Some(inner) = cur {
+                    text.push_str(": ");
+                    text.push_str(&inner.to_string());
+                    cur = inner.source();
+                }
+                StoreError::Database(text)
+            }
         }
     }
 }
@@ -177,10 +189,7 @@ fn status_of(v: Option<i32>) -> Option<u16> {
 impl PgStore {
     /// Connects, applies migrations (under an advisory lock) and returns the store.
     pub async fn open(url: &SecretString, opts: &PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .expose_secret()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Database(format!("invalid postgres URL: {e}")))?;
+        let (mut config, tls) = super::pg_tls::connect_settings(url.expose_secret())?;
         config.connect_timeout(opts.connect_timeout);
         if config.get_application_name().is_none() {
             config.application_name("lbx-relay");
@@ -188,8 +197,11 @@ impl PgStore {
         let statement_timeout = opts.statement_timeout.as_millis();
         let existing = config.get_options().unwrap_or("").to_string();
         config.options(format!("{existing} -c statement_timeout={statement_timeout}").trim());
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(opts.pool_size.max(2))
             .runtime(Runtime::Tokio1)
@@ -199,7 +211,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
         let (batches, rx) = tokio::sync::mpsc::unbounded_channel();
-        let store = PgStore { pool, config: std::sync::Arc::new(config), announce: Default::default(), batches };
+        let store = PgStore { pool, config: std::sync::Arc::new(config), tls, announce: Default::default(), batches };
         store.migrate().await?;
         tokio::spawn(announcer(store.pool.clone(), store.announce.clone()));
         let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
@@ -668,7 +680,7 @@ impl PgStore {
     pub async fn listen(&self, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
-            match self.config.connect(NoTls).await {
+            match self.config.connect(self.tls.clone()).await {
                 Ok((client, mut connection)) => {
                     backoff = Duration::from_millis(100);
                     let mut messages =
@@ -690,8 +702,9 @@ impl PgStore {
                             }
                             m = messages.next() => match m {
                                 Some(Some(tokio_postgres::AsyncMessage::Notification(_))) => wake(),
-                                Some(_) => {}
-                                None => break,
+                                Some(Some(_)) => {}
+                                // An error ends the connection: polling it again would only repeat it.
+                                Some(None) | None => break,
                             },
                             _ = stop.cancelled() => return,
                         }

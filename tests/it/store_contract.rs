@@ -402,3 +402,97 @@ async fn replicas_share_one_rate_window_on_postgres() {
     assert_eq!(b.reserve_rate_slot("slack", rate, now, 1000).await.unwrap(), Ok(now));
     schema.drop().await;
 }
+
+/// A certificate authority and a server certificate for `localhost` signed by it.
+fn test_pki() -> (String, rustls::ServerConfig) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let server =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+    (ca.pem(), server)
+}
+
+/// A PostgreSQL front that, like a managed database, speaks only TLS: it answers the client's
+/// SSLRequest, terminates TLS and forwards to the test server; plaintext clients are cut off.
+/// Returns its port and how many TLS sessions it carried.
+async fn tls_only_postgres(
+    server: rustls::ServerConfig,
+    upstream: String,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sessions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let counted = sessions.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (acceptor, counted, upstream) = (acceptor.clone(), counted.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let mut head = [0u8; 8];
+                if sock.read_exact(&mut head).await.is_err() || head != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f] {
+                    return; // not an SSLRequest: refused
+                }
+                sock.write_all(b"S").await.unwrap();
+                let Ok(mut tls) = acceptor.accept(sock).await else { return };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut pg = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut pg).await;
+            });
+        }
+    });
+    (port, sessions)
+}
+
+#[tokio::test]
+async fn postgres_over_tls_verifies_the_server_with_verify_full_and_encrypts_with_require() {
+    let Some(schema) = pg_schema("postgres_over_tls").await else { return };
+    let base = reqwest::Url::parse(&schema.url()).unwrap();
+    let upstream = format!("{}:{}", base.host_str().unwrap(), base.port().unwrap_or(5432));
+    let (ca_pem, server) = test_pki();
+    let (port, sessions) = tls_only_postgres(server, upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let (other_ca, _) = test_pki();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, other_ca).unwrap();
+    let url = |params: &str| {
+        let mut u = base.clone();
+        u.set_host(Some("localhost")).unwrap();
+        u.set_port(Some(port)).unwrap();
+        format!("{u}&{params}")
+    };
+    let open = |u: String| async move {
+        Store::open(&store_config(StoreBackend::Postgres { url: SecretString::from(u) })).await
+    };
+
+    let store = open(url(&format!("sslmode=verify-full&sslrootcert={}", ca_file.display()))).await.unwrap();
+    store.ingest(event("over-tls", "k1", now_ms(), &["a"])).await.unwrap();
+    assert_eq!(schema.count("SELECT COUNT(*) FROM events").await, 1);
+    assert!(sessions.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the connections went through TLS");
+
+    let wrong = open(url(&format!("sslmode=verify-full&sslrootcert={}", other_file.display()))).await;
+    let err = wrong.expect_err("a server certificate from another CA is refused").to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    let encrypted_only = open(url("sslmode=require")).await.unwrap();
+    encrypted_only.ping(0).await.unwrap();
+
+    assert!(open(url("sslmode=disable")).await.is_err(), "plaintext is refused by a TLS-only server");
+    assert!(open(url("sslmode=sometimes")).await.unwrap_err().to_string().contains("unknown sslmode"));
+    schema.drop().await;
+}
