@@ -15,6 +15,7 @@ mod lifecycle;
 mod multistep;
 mod oauth;
 mod pacing;
+mod properties;
 mod scale_out;
 mod store_contract;
 mod vectors;
