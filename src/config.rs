@@ -83,6 +83,10 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// PostgreSQL: longest statement before the server cancels it.
     pub statement_timeout: Duration,
+    /// Seals payloads, answers, errors, quarantined bodies and refresh tokens (AES-256-GCM).
+    pub encryption_key: Option<SecretString>,
+    /// Keys that still open values written before a rotation.
+    pub previous_encryption_keys: Vec<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -481,6 +485,8 @@ struct RawStore {
     pool_size: usize,
     connect_timeout: String,
     statement_timeout: String,
+    encryption_key: Option<String>,
+    previous_encryption_keys: Vec<String>,
 }
 
 impl Default for RawStore {
@@ -491,6 +497,8 @@ impl Default for RawStore {
             pool_size: 16,
             connect_timeout: "5s".into(),
             statement_timeout: "10s".into(),
+            encryption_key: None,
+            previous_encryption_keys: Vec::new(),
         }
     }
 }
@@ -728,7 +736,28 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         pool_size: raw.store.pool_size.max(2),
         connect_timeout: duration(&raw.store.connect_timeout, "store.connect_timeout", &mut problem),
         statement_timeout: duration(&raw.store.statement_timeout, "store.statement_timeout", &mut problem),
+        encryption_key: raw.store.encryption_key.filter(|k| !k.trim().is_empty()).map(SecretString::from),
+        previous_encryption_keys: raw
+            .store
+            .previous_encryption_keys
+            .into_iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(SecretString::from)
+            .collect(),
     };
+    for (i, key) in store.encryption_key.iter().chain(&store.previous_encryption_keys).enumerate() {
+        if let Err(e) = crate::store::cipher::parse_key(key.expose_secret()) {
+            let at = if i == 0 && store.encryption_key.is_some() {
+                "store.encryption_key".to_string()
+            } else {
+                "store.previous_encryption_keys".to_string()
+            };
+            problem(&at, e);
+        }
+    }
+    if store.encryption_key.is_none() && !store.previous_encryption_keys.is_empty() {
+        problem("store.previous_encryption_keys", "needs store.encryption_key (the key new values use)".into());
+    }
 
     let mut sources = BTreeMap::new();
     if raw.sources.is_empty() {

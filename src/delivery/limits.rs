@@ -195,7 +195,7 @@ mod tests {
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let s = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        (dir, Store::Sqlite(s))
+        (dir, Store::from_backend(crate::store::Backend::Sqlite(s)))
     }
 
     #[tokio::test]

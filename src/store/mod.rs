@@ -2,6 +2,7 @@
 //! `Store` is chosen once from `[store] url`; each backend writes its own SQL behind the same small
 //! set of operations (ingest, claim, settle, list, retry).
 
+pub mod cipher;
 pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
@@ -276,49 +277,103 @@ pub struct Gauges {
 
 pub const DELIVERY_STATUSES: &[&str] = &["pending", "delivered", "failed"];
 
-/// The store, one backend chosen at start.
+/// The backend chosen at start.
 #[derive(Clone, Debug)]
-pub enum Store {
+pub enum Backend {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
+}
+
+/// The store: a backend, and the cipher that seals personal data at rest when a key is set.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+    cipher: Option<std::sync::Arc<cipher::Cipher>>,
 }
 
 /// Forwards a call to the backend in use.
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($s) => $call,
-            Store::Postgres($s) => $call,
+        match &$self.backend {
+            Backend::Sqlite($s) => $call,
+            Backend::Postgres($s) => $call,
         }
     };
 }
 
+/// Column names, bound into each sealed value.
+const PAYLOAD: &str = "events.payload";
+const STEPS: &str = "deliveries.steps_state";
+const ERROR: &str = "attempts.error";
+const QBODY: &str = "quarantine.body";
+const QHEADERS: &str = "quarantine.headers";
+const REFRESH: &str = "oauth_tokens.refresh_token";
+
 impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        match &config.backend {
-            StoreBackend::Sqlite { path } => Ok(Store::Sqlite(sqlite::SqliteStore::open(path)?)),
+        let cipher = match &config.encryption_key {
+            Some(key) => Some(std::sync::Arc::new(
+                cipher::Cipher::new(key, &config.previous_encryption_keys)
+                    .map_err(|e| StoreError::Database(format!("store.encryption_key: {e}")))?,
+            )),
+            None => None,
+        };
+        let backend = match &config.backend {
+            StoreBackend::Sqlite { path } => Backend::Sqlite(sqlite::SqliteStore::open(path)?),
             StoreBackend::Postgres { url } => {
                 let opts = postgres::PgOptions {
                     pool_size: config.pool_size,
                     connect_timeout: config.connect_timeout,
                     statement_timeout: config.statement_timeout,
                 };
-                Ok(Store::Postgres(postgres::PgStore::open(url, &opts).await?))
+                Backend::Postgres(postgres::PgStore::open(url, &opts).await?)
             }
+        };
+        Ok(Store { backend, cipher })
+    }
+
+    /// A store over an already open backend, without encryption (tests and tools).
+    pub fn from_backend(backend: Backend) -> Store {
+        Store { backend, cipher: None }
+    }
+
+    fn seal(&self, column: &str, value: String) -> String {
+        match &self.cipher {
+            Some(c) => c.seal_text(column, &value),
+            None => value,
         }
     }
 
+    fn open_text(&self, column: &str, value: String) -> Result<String, StoreError> {
+        match &self.cipher {
+            Some(c) => c.open_text(column, value),
+            None => Ok(value),
+        }
+    }
+
+    fn open_opt(&self, column: &str, value: Option<String>) -> Result<Option<String>, StoreError> {
+        value.map(|v| self.open_text(column, v)).transpose()
+    }
+
     /// Stores the event and its deliveries in one transaction unless its dedup key is live.
-    pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
+    pub async fn ingest(&self, mut event: NewEvent) -> Result<IngestOutcome, StoreError> {
+        if let Some(c) = &self.cipher {
+            event.payload = c.seal_text(PAYLOAD, &event.payload);
+            event.email = event.email.and_then(|e| c.index_values(&e).into_iter().next());
+        }
         dispatch!(self, s => s.ingest(event).await)
     }
 
     /// Keeps an undecryptable body unless that would cross a bound (then `Full`, nothing written).
     pub async fn quarantine(
         &self,
-        item: NewQuarantined,
+        mut item: NewQuarantined,
         limits: QuarantineLimits,
     ) -> Result<QuarantineOutcome, StoreError> {
+        if let Some(c) = &self.cipher {
+            item.body = c.seal(QBODY, &item.body).into_bytes();
+            item.headers = c.seal_text(QHEADERS, &item.headers);
+        }
         dispatch!(self, s => s.quarantine(item, limits).await)
     }
 
@@ -330,7 +385,14 @@ impl Store {
         lease: Duration,
         skip_routes: Vec<String>,
     ) -> Result<Vec<Claimed>, StoreError> {
-        dispatch!(self, s => s.claim(limit, lease, skip_routes).await)
+        let mut claimed = dispatch!(self, s => s.claim(limit, lease, skip_routes).await)?;
+        if self.cipher.is_some() {
+            for c in &mut claimed {
+                c.event.payload = self.open_text(PAYLOAD, std::mem::take(&mut c.event.payload))?;
+                c.steps_state = self.open_opt(STEPS, c.steps_state.take())?;
+            }
+        }
+        Ok(claimed)
     }
 
     /// Keeps the answers of a multi-step delivery's finished steps as soon as each step is done,
@@ -341,6 +403,7 @@ impl Store {
         lease_token: &str,
         state: String,
     ) -> Result<bool, StoreError> {
+        let state = self.seal(STEPS, state);
         dispatch!(self, s => s.save_steps_state(delivery_id.to_string(), lease_token.to_string(), state).await)
     }
 
@@ -356,7 +419,12 @@ impl Store {
     }
 
     /// Records an attempt and the delivery's next state; `false` when the lease was lost.
-    pub async fn settle(&self, settlement: Settlement) -> Result<bool, StoreError> {
+    pub async fn settle(&self, mut settlement: Settlement) -> Result<bool, StoreError> {
+        if let Some(c) = &self.cipher {
+            settlement.steps_state = settlement.steps_state.map(|v| c.seal_text(STEPS, &v));
+            // A CRM's error text can quote the contact.
+            settlement.attempt.error = settlement.attempt.error.map(|v| c.seal_text(ERROR, &v));
+        }
         dispatch!(self, s => s.settle(settlement).await)
     }
 
@@ -367,16 +435,22 @@ impl Store {
 
     /// The newest refresh token stored for an OAuth app (`OAuthConfig::cache_key`).
     pub async fn oauth_refresh_token(&self, key: &str) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.oauth_refresh_token(key.to_string()).await)
+        let token = dispatch!(self, s => s.oauth_refresh_token(key.to_string()).await)?;
+        self.open_opt(REFRESH, token)
     }
 
     /// Keeps a rotated refresh token, so a restart does not fall back to a revoked one.
     pub async fn save_oauth_refresh_token(&self, key: &str, token: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.save_oauth_refresh_token(key.to_string(), token.to_string()).await)
+        let token = self.seal(REFRESH, token.to_string());
+        dispatch!(self, s => s.save_oauth_refresh_token(key.to_string(), token).await)
     }
 
     pub async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-        dispatch!(self, s => s.list_deliveries(filter).await)
+        let mut rows = dispatch!(self, s => s.list_deliveries(filter).await)?;
+        for r in &mut rows {
+            r.last_error = self.open_opt(ERROR, r.last_error.take())?;
+        }
+        Ok(rows)
     }
 
     /// Makes one delivery due now with a fresh schedule; `false` when it does not exist.
@@ -396,15 +470,34 @@ impl Store {
         limit: u32,
         newest_first: bool,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        dispatch!(self, s => s.list_events(after, limit, newest_first).await)
+        let mut events = dispatch!(self, s => s.list_events(after, limit, newest_first).await)?;
+        for e in &mut events {
+            e.payload = self.open_text(PAYLOAD, std::mem::take(&mut e.payload))?;
+        }
+        Ok(events)
     }
 
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
-        dispatch!(self, s => s.event_detail(id).await)
+        let Some(mut d) = dispatch!(self, s => s.event_detail(id).await)? else { return Ok(None) };
+        d.event.payload = self.open_text(PAYLOAD, std::mem::take(&mut d.event.payload))?;
+        for r in &mut d.deliveries {
+            r.last_error = self.open_opt(ERROR, r.last_error.take())?;
+        }
+        for a in &mut d.attempts {
+            a.error = self.open_opt(ERROR, a.error.take())?;
+        }
+        Ok(Some(d))
     }
 
     pub async fn list_quarantine(&self, after: Option<i64>, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
-        dispatch!(self, s => s.list_quarantine(after, limit).await)
+        let mut items = dispatch!(self, s => s.list_quarantine(after, limit).await)?;
+        if let Some(c) = &self.cipher {
+            for q in &mut items {
+                q.body = c.open(QBODY, &q.body)?;
+                q.headers = c.open_text(QHEADERS, std::mem::take(&mut q.headers))?;
+            }
+        }
+        Ok(items)
     }
 
     pub async fn delete_quarantined(&self, id: i64) -> Result<(), StoreError> {
@@ -415,13 +508,19 @@ impl Store {
         dispatch!(self, s => s.update_quarantine_reason(id, reason).await)
     }
 
-    /// Deletes fully delivered events received before `before` (Unix ms); returns how many.
-    /// Deletes every event of the contact `email` (lower-cased) — by the indexed e-mail or
-    /// anywhere in the payload — with its deliveries and attempts.
+    /// Deletes every event of the contact `email` — by the contact index (a keyed hash under
+    /// every configured key when encrypted) or, unencrypted, anywhere in the payload — with its
+    /// deliveries and attempts.
     pub async fn forget_contact(&self, email: &str) -> Result<Forgotten, StoreError> {
-        dispatch!(self, s => s.forget_contact(email.to_lowercase()).await)
+        let email = email.to_lowercase();
+        let index = match &self.cipher {
+            Some(c) => c.index_values(&email),
+            None => vec![email.clone()],
+        };
+        dispatch!(self, s => s.forget_contact(email.clone(), index).await)
     }
 
+    /// Deletes fully delivered events received before `before` (Unix ms); returns how many.
     pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.purge(before).await)
     }
@@ -437,7 +536,7 @@ impl Store {
 
     /// Whether rate windows must live in the store (replicas share it: PostgreSQL).
     pub fn shares_rate_limits(&self) -> bool {
-        matches!(self, Store::Postgres(_))
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Reserves a send time for `route` in the window kept in the store (see
@@ -449,9 +548,9 @@ impl Store {
         now: i64,
         max_wait: i64,
     ) -> Result<Result<i64, i64>, StoreError> {
-        match self {
-            Store::Postgres(pg) => pg.reserve_rate_slot(route, rate, now, max_wait).await,
-            Store::Sqlite(_) => {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.reserve_rate_slot(route, rate, now, max_wait).await,
+            Backend::Sqlite(_) => {
                 Err(StoreError::Unsupported("the SQLite store keeps rate windows in the process".into()))
             }
         }
@@ -466,9 +565,9 @@ impl Store {
     /// Calls `wake` when another process commits work (PostgreSQL LISTEN/NOTIFY), until `stop`.
     /// A single SQLite process wakes its workers directly, so there it just waits for `stop`.
     pub async fn watch_for_work(&self, wake: impl Fn() + Send + 'static, stop: tokio_util::sync::CancellationToken) {
-        match self {
-            Store::Sqlite(_) => stop.cancelled().await,
-            Store::Postgres(pg) => pg.listen(wake, stop).await,
+        match &self.backend {
+            Backend::Sqlite(_) => stop.cancelled().await,
+            Backend::Postgres(pg) => pg.listen(wake, stop).await,
         }
     }
 }

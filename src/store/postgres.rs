@@ -611,11 +611,11 @@ impl PgStore {
         Ok(n)
     }
 
-    pub async fn forget_contact(&self, email: String) -> Result<Forgotten, StoreError> {
+    pub async fn forget_contact(&self, email: String, index: Vec<String>) -> Result<Forgotten, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let ids: Vec<String> = tx
-            .query("SELECT id FROM events WHERE email = $1 OR strpos(lower(payload), $1) > 0", &[&email])
+            .query("SELECT id FROM events WHERE email = ANY($2) OR strpos(lower(payload), $1) > 0", &[&email, &index])
             .await?
             .iter()
             .map(|r| r.try_get(0))

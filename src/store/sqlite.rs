@@ -662,7 +662,8 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn forget_contact(&self, email: String) -> Result<Forgotten, StoreError> {
+    pub async fn forget_contact(&self, email: String, index: Vec<String>) -> Result<Forgotten, StoreError> {
+        let index = serde_json::to_string(&index).unwrap_or_else(|_| "[]".into());
         self.call(move |c| {
             // The indexed e-mail, or the address anywhere in the payload (events stored before the
             // index, or naming the contact elsewhere): a scan, but erasure is rare.
@@ -670,8 +671,9 @@ impl SqliteStore {
                 "CREATE TEMP TABLE IF NOT EXISTS forget_ids (id TEXT PRIMARY KEY); DELETE FROM forget_ids;",
             )?;
             c.execute(
-                "INSERT INTO forget_ids SELECT id FROM events WHERE email = ?1 OR instr(lower(payload), ?1) > 0",
-                [&email],
+                "INSERT INTO forget_ids SELECT id FROM events
+                 WHERE email IN (SELECT value FROM json_each(?2)) OR instr(lower(payload), ?1) > 0",
+                [&email, &index],
             )?;
             let attempts = c.execute(
                 "DELETE FROM attempts WHERE delivery_id IN

@@ -620,3 +620,25 @@ async fn with_max_age_a_captured_body_replayed_later_is_dropped_yet_answered_ali
     let metrics = app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.contains(r#"outcome="stale""#)), "{metrics}");
 }
+
+#[tokio::test]
+async fn with_an_encryption_key_the_relay_delivers_while_the_database_file_holds_no_contact_data() {
+    let app = spawn_app_with(TestConfig {
+        store_extra: "encryption_key = \"QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\"".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    app.crm.respond_with(&[500]);
+    let event = serde_json::json!({"event": "contact.created", "id": "enc-1",
+        "data": {"contact": {"email": "margaret.hamilton@example.org", "prenom": "Margaret"}}});
+    assert_eq!(app.post_event(&event).await.status(), 200);
+    wait_until(Duration::from_secs(10), "delivered after one retry", || async { app.crm.count() == 2 }).await;
+    let sent = app.crm.received()[1].json();
+    assert_eq!(sent["data"]["data"]["contact"]["email"], "margaret.hamilton@example.org", "the CRM gets clear data");
+    let (dir, _crm) = app.stop().await;
+    let db = std::fs::read(dir.path().join("relay.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("relay.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(9).any(|w| w == b"margaret."), "the address is in the database file in clear");
+    }
+}

@@ -204,6 +204,8 @@ pub struct TestConfig {
     pub steps: Option<String>,
     /// Extra lines for the `[server]` table.
     pub server_extra: String,
+    /// Extra lines for the `[store]` table.
+    pub store_extra: String,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -226,6 +228,7 @@ impl Default for TestConfig {
             route_extra: String::new(),
             steps: None,
             server_extra: String::new(),
+            store_extra: String::new(),
         }
     }
 }
@@ -245,6 +248,7 @@ max_body = "{max_body}"
 [store]
 url = "{store_url}"
 retention = "{retention}"
+{store_extra}
 
 [quarantine]
 max_items = {quarantine_max}
@@ -280,6 +284,7 @@ headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
             route_extra = self.route_extra,
             max_body = self.max_body,
             server_extra = self.server_extra,
+            store_extra = self.store_extra,
             quarantine_max = self.quarantine_max,
             schedule = schedule.join(", "),
             events = self.events,

@@ -165,6 +165,8 @@ async fn replicas_follow_each_others_rotations_on_postgres() {
         pool_size: 4,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(10),
+        encryption_key: None,
+        previous_encryption_keys: Vec::new(),
     };
     let (store_a, store_b) = (
         lbx_relay::store::Store::open(&store_cfg).await.unwrap(),
