@@ -18,6 +18,19 @@ use crate::telemetry::LogFormat;
 use crate::templates::TemplateContext;
 
 pub use crate::preflight::SAMPLE_EVENTS;
+
+/// Prints a line on stdout; when the reader has gone (`lbx-relay decrypt … | head`) the command
+/// ends quietly with success instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
 use crate::preflight::{self, event_from_json};
 
 #[derive(Parser, Debug)]
@@ -272,21 +285,21 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(rt) => rt,
         Err(problems) => {
             for p in problems {
-                println!("{p}");
+                out!("{p}");
             }
             return Ok(ExitCode::FAILURE);
         }
     };
     for w in preflight::warnings(&rt.config) {
-        println!("warning: {w}");
+        out!("warning: {w}");
     }
     let report = preflight::render_samples(&rt)?;
     for note in &report.notes {
-        println!("note: {note}");
+        out!("note: {note}");
     }
     let (problems, rendered) = (report.problems, report.rendered);
     if problems.is_empty() {
-        println!(
+        out!(
             "{}: OK — {} source(s), {} route(s), {} sample render(s)",
             path.display(),
             rt.config.sources.len(),
@@ -296,7 +309,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         for p in problems {
-            println!("{p}");
+            out!("{p}");
         }
         Ok(ExitCode::FAILURE)
     }
@@ -308,9 +321,12 @@ async fn forget(path: &Path, email: &str) -> anyhow::Result<ExitCode> {
     let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
     let report = crate::erasure::forget(&store, &rt, email).await?;
-    println!(
+    out!(
         "erased {email}: {} event(s), {} delivery(ies), {} attempt(s), {} quarantined body(ies)",
-        report.events, report.deliveries, report.attempts, report.quarantined
+        report.events,
+        report.deliveries,
+        report.attempts,
+        report.quarantined
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -322,7 +338,7 @@ fn decrypt(secret: &SecretArg, iv: Option<&str>, file: &str) -> anyhow::Result<E
     let opened = crypto::open(&Sealed { body: &body, iv_header: iv }, &keys, &opts, &Hint::default())
         .map_err(|e| anyhow!("could not decrypt: {e}"))?;
     eprintln!("envelope: {}  key form: {}", opened.variant.name(), opened.key_form.map(KeyForm::name).unwrap_or("-"));
-    println!("{}", serde_json::to_string_pretty(&opened.plaintext)?);
+    out!("{}", serde_json::to_string_pretty(&opened.plaintext)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -346,7 +362,7 @@ fn encrypt(secret: &SecretArg, envelope: &str, key_form: &str, file: &str) -> an
     for (k, v) in &sealed.headers {
         eprintln!("header: {k}: {v}");
     }
-    println!("{}", sealed.body);
+    out!("{}", sealed.body);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -370,6 +386,12 @@ fn render(
             .with_context(|| format!("{file}: not valid JSON"))?,
         None => serde_json::json!({}),
     };
+    if !crate::routing::matches_any(&route.events, &event.kind) {
+        eprintln!(
+            "note: route {} takes events {:?}; this event is {:?}, so it would not be sent to it",
+            route.name, route.events, event.kind
+        );
+    }
     let ctx = TemplateContext::new(&event, &route.vars, "render-preview").with_steps(&answers);
     if !rt.templates.condition_holds(route, &ctx)? {
         eprintln!("note: the route's `when` condition is false for this event; it would not be sent");
@@ -418,21 +440,21 @@ fn render(
         }
         if route.is_multi_step() {
             let note = if applies { "" } else { "  (skipped: its `when` is false with these answers)" };
-            println!("# step {}{note}", step.name);
+            out!("# step {}{note}", step.name);
         }
-        println!("{} {}", req.method, req.url);
+        out!("{} {}", req.method, req.url);
         for (k, v) in &headers {
-            println!("{k}: {}", v.as_str().unwrap_or_default());
+            out!("{k}: {}", v.as_str().unwrap_or_default());
         }
-        println!();
-        println!("{}", req.body);
+        out!();
+        out!("{}", req.body);
         if route.is_multi_step() {
-            println!();
+            out!();
         }
     }
     if json {
         let out = if route.is_multi_step() { serde_json::json!({ "steps": shown }) } else { shown.remove(0) };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -470,7 +492,7 @@ async fn send_test(
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         all_ok &= status.is_success();
-        println!("{kind}: {} in {:.1} ms: {}", status, elapsed.as_secs_f64() * 1000.0, body.trim());
+        out!("{kind}: {} in {:.1} ms: {}", status, elapsed.as_secs_f64() * 1000.0, body.trim());
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -495,7 +517,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let report = crate::bench::run(&opts).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", crate::bench::table(&report));
     }

@@ -308,10 +308,11 @@ impl Config {
         if !unset.is_empty() || !bad.is_empty() {
             let mut problems: Vec<String> = unset
                 .into_iter()
-                .map(|(var, at)| {
-                    format!(
+                .map(|(var, at)| match var.strip_prefix("file:") {
+                    Some(file) => format!("{shown}: {at}: cannot read the secret file {file}"),
+                    None => format!(
                         "{shown}: {at}: environment variable {var} is not set (use ${{{var}:-default}} for a default)"
-                    )
+                    ),
                 })
                 .collect();
             problems.extend(bad.into_iter().map(|m| format!("{shown}: {m}")));
@@ -399,6 +400,19 @@ fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>, substituted: &mut 
             Some((n, d)) => (n, Some(d)),
             None => (expr, None),
         };
+        if let Some(file) = name.strip_prefix("file:") {
+            // A secret mounted as a file (Docker, Kubernetes), read again at every reload.
+            match std::fs::read_to_string(file) {
+                Ok(v) => {
+                    let v = v.trim_end_matches(['\n', '\r']).to_string();
+                    out.push_str(&v);
+                    substituted.push(v);
+                }
+                Err(e) => unset.push(format!("file:{file} ({e})")),
+            }
+            rest = &after[end + 1..];
+            continue;
+        }
         match (env(name), default) {
             (Some(v), _) => {
                 out.push_str(&v);

@@ -22,6 +22,11 @@ pub struct RouteTable {
 const MATCH: glob::MatchOptions =
     glob::MatchOptions { case_sensitive: true, require_literal_separator: false, require_literal_leading_dot: false };
 
+/// Whether an event type matches any of a route's globs (for `render`'s note).
+pub fn matches_any(globs: &[String], kind: &str) -> bool {
+    globs.iter().filter_map(|g| glob::Pattern::new(g).ok()).any(|p| p.matches_with(kind, MATCH))
+}
+
 impl RouteTable {
     /// Compiles the globs of every route (config validation already refused bad ones).
     pub fn new(config: &Config) -> RouteTable {

@@ -12,7 +12,17 @@ use crate::ingest::{self, IngestError};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(super::healthz))
         .route("/hooks/{source}", web::post().to(hook))
-        .route("/hooks/{source}/{token}", web::post().to(hook_with_token));
+        .route("/hooks/{source}/{token}", web::post().to(hook_with_token))
+        .route("/hooks/{source}", web::route().to(not_post))
+        .route("/hooks/{source}/{token}", web::route().to(not_post));
+}
+
+/// Any other method on a hook URL (someone opening it in a browser): 405 with what to do instead.
+async fn not_post() -> HttpResponse {
+    HttpResponse::MethodNotAllowed().insert_header(("Allow", "POST")).json(serde_json::json!({
+        "error": "this is a webhook URL: Learnybox sends events here with POST. To test it, run \
+                  `lbx-relay send-test` (see the README's go-live step)",
+    }))
 }
 
 async fn hook(

@@ -9,6 +9,7 @@ mod connectors;
 mod contracts;
 mod crash;
 mod delivery;
+mod first_hour;
 mod hardening;
 mod ingest;
 mod lifecycle;

@@ -1,0 +1,90 @@
+//! The operator's first hour: a hook URL opened in a browser, secrets mounted as files, `render`
+//! on an event its route does not take, `decrypt … | head`.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_hook_url_opened_in_a_browser_answers_405_with_what_to_do() {
+    let app = spawn_app().await;
+    let resp = app.client.get(format!("{}/hooks/learnybox", app.public)).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("send-test"), "{body}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 0, "nothing is stored");
+}
+
+#[tokio::test]
+async fn a_secret_read_from_a_file_is_read_again_on_reload() {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("learnybox_key");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let app = spawn_app_with(TestConfig {
+        secret: Box::leak(format!("${{file:{}}}", file.display()).into_boxed_str()),
+        ..TestConfig::default()
+    })
+    .await;
+    assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1, "the key from the file decrypts");
+
+    // The secret is rotated where it is mounted: a reload picks it up, no restart.
+    let rotated = "RotatedKeyRotatedKeyRotatedKey12";
+    std::fs::write(&file, rotated).unwrap();
+    assert_eq!(app.admin_post("/api/reload").await.status(), 200);
+    let event = serde_json::json!({"event": "contact.created", "id": "after-rotation"});
+    let sealed = seal(&event, rotated);
+    assert_eq!(app.post_hook(sealed.body, &sealed.headers).await.status(), 200);
+    wait_until(Duration::from_secs(5), "stored with the rotated key", || async {
+        app.count("SELECT COUNT(*) FROM events") == 2
+    })
+    .await;
+
+    std::fs::remove_file(&file).unwrap();
+    let resp = app.admin_post("/api/reload").await;
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("cannot read the secret file") && !body.contains(rotated), "{body}");
+}
+
+#[test]
+fn render_says_when_the_event_is_not_one_its_route_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TestConfig { events: r#"["transaction.*"]"#, ..TestConfig::default() };
+    write_process_config(dir.path(), &cfg, "http://127.0.0.1:9");
+    let event = dir.path().join("e.json");
+    std::fs::write(&event, r#"{"event": "contact.created", "id": "1"}"#).unwrap();
+    let path = dir.path().join("routes.toml");
+    let (code, _out, err) =
+        run_cli(&["render", "-c", path.to_str().unwrap(), "--route", "crm", event.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(r#"takes events ["transaction.*"]; this event is "contact.created""#), "{err}");
+}
+
+#[test]
+fn decrypt_piped_into_head_ends_quietly() {
+    let mut big = serde_json::Map::new();
+    for i in 0..20_000 {
+        big.insert(format!("field_{i}"), serde_json::json!("x".repeat(20)));
+    }
+    let sealed = seal(&serde_json::Value::Object(big), SECRET);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
+        .env_clear()
+        .env("K", SECRET)
+        .args(["decrypt", "--secret-env", "K", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), sealed.body.as_bytes()).unwrap();
+    // Read the first line, then go away like `head -1` does.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "{");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(out.status.success(), "{err}");
+}
