@@ -453,7 +453,8 @@ impl Store {
         Ok(rows)
     }
 
-    /// Makes one delivery due now with a fresh schedule; `false` when it does not exist.
+    /// Makes one delivery due now with a fresh schedule, whatever its status: failed (replay),
+    /// pending (send now) or delivered (send again, every step anew); `false` when it does not exist.
     pub async fn retry_delivery(&self, id: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.retry(Some(id.to_string()), None, None).await.map(|n| n > 0))
     }

@@ -465,7 +465,8 @@ impl PgStore {
         let now = now_ms();
         let n = client
             .execute(
-                "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1
+                "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
+                    steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
                  WHERE ($2::text IS NULL OR id = $2) AND ($3::text IS NULL OR status = $3)
                    AND ($4::text IS NULL OR route = $4)",
                 &[&now, &id, &status, &route],

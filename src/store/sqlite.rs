@@ -491,7 +491,8 @@ impl SqliteStore {
             let now = now_ms();
             let n = c
                 .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1
+                    "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
+                        steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
                      WHERE (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR route = ?4)",
                 )?
                 .execute(params![now, id, status, route])?;

@@ -88,3 +88,35 @@ fn decrypt_piped_into_head_ends_quietly() {
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
     assert!(out.status.success(), "{err}");
 }
+
+#[tokio::test]
+async fn a_delivered_multi_step_delivery_sent_again_repeats_every_step_and_a_pending_one_goes_now() {
+    let steps = ["one", "two"]
+        .iter()
+        .map(|n| format!("[[routes.steps]]\nname = \"{n}\"\nurl = \"{{crm}}/{n}\"\ntemplate = \"crm.json.hbs\"\n"))
+        .collect::<String>();
+    let app = spawn_app_with(TestConfig { steps: Some(steps), schedule: vec!["1h"], ..TestConfig::default() }).await;
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(10), "delivered", || async { app.deliveries("status=delivered").await.len() == 1 })
+        .await;
+    assert_eq!(app.crm.count(), 2);
+    let id = app.deliveries("status=delivered").await[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(app.admin_post(&format!("/api/deliveries/{id}/retry")).await.status(), 200);
+    wait_until(Duration::from_secs(10), "both steps sent again", || async { app.crm.count() == 4 }).await;
+    let paths: Vec<String> = app.crm.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/one", "/two", "/one", "/two"]);
+
+    // A pending delivery waiting an hour for its retry goes out now.
+    app.crm.respond_with(&[500]);
+    app.post_event(&sample_events()[1]).await;
+    wait_until(Duration::from_secs(10), "the first attempt failed", || async {
+        app.deliveries("status=pending").await.iter().any(|d| d["attempts"] == 1)
+    })
+    .await;
+    let pending = app.deliveries("status=pending").await[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(app.admin_post(&format!("/api/deliveries/{pending}/retry")).await.status(), 200);
+    wait_until(Duration::from_secs(10), "sent now, not in an hour", || async {
+        app.deliveries("status=delivered").await.len() == 2
+    })
+    .await;
+}
