@@ -248,6 +248,9 @@ fn read_input(file: &str) -> anyhow::Result<Vec<u8>> {
 
 async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let runtime = preflight::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    for line in preflight::summary(&runtime.config) {
+        tracing::info!("{line}");
+    }
     for w in preflight::warnings(&runtime.config) {
         tracing::warn!("{w}");
     }

@@ -109,9 +109,75 @@ pub fn load(path: &Path) -> Result<Runtime, Vec<String>> {
     }
 }
 
+/// What the relay will do, one line per source and route, logged at start: where each source
+/// listens and which events each route sends to which host.
+pub fn summary(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, source) in &config.sources {
+        let token = if source.path_token.is_some() { "/<path_token>" } else { "" };
+        out.push(format!("source {name}: POST /hooks/{name}{token}, {} key(s)", source.secret_keys.len()));
+    }
+    for route in &config.routes {
+        let mut hosts: Vec<String> = route
+            .steps
+            .iter()
+            .map(|s| {
+                if crate::config::templated_authority(&s.url) {
+                    "(a host from the event)".to_string()
+                } else {
+                    let base: String = s.url.split("{{").next().unwrap_or_default().to_string();
+                    reqwest::Url::parse(&base)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_string))
+                        .unwrap_or_else(|| "(templated)".to_string())
+                }
+            })
+            .collect();
+        hosts.dedup();
+        out.push(format!("route {}: {} → {}", route.name, route.events.join(", "), hosts.join(", ")));
+    }
+    out
+}
+
+/// Values that look like a placeholder left in a config rather than a real credential.
+const PLACEHOLDERS: &[&str] = &["changeme", "change-me", "change_me", "xxx", "todo", "your-", "your_", "replace", "<"];
+
 /// Risky but valid settings, said by `check` and logged at start.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if config.server.admin_token.is_none() {
+        out.push(
+            "server.admin_token is not set: the admin API and the dashboard's data are disabled; set \
+             LBX_ADMIN_TOKEN (16+ characters) and admin_token = \"${LBX_ADMIN_TOKEN}\""
+                .to_string(),
+        );
+    }
+    for route in &config.routes {
+        let mut seen = std::collections::BTreeSet::new();
+        for step in &route.steps {
+            for h in step.headers.iter().filter(|h| crate::secrets::is_credential_header(&h.name)) {
+                use secrecy::ExposeSecret;
+                let value = h.value.expose_secret();
+                let credential = value.rsplit(' ').next().unwrap_or(value).trim().to_ascii_lowercase();
+                let problem = if credential.is_empty() {
+                    "is empty (its variable is not set?)"
+                } else if PLACEHOLDERS
+                    .iter()
+                    .any(|p| credential.starts_with(p) || credential == p.trim_end_matches(['-', '_']))
+                {
+                    "looks like a placeholder"
+                } else {
+                    continue;
+                };
+                if seen.insert(h.name.to_ascii_lowercase()) {
+                    out.push(format!(
+                        "route {}: header {} {problem}: the CRM will refuse every request",
+                        route.name, h.name
+                    ));
+                }
+            }
+        }
+    }
     let admin_public = config.server.admin_listen.parse::<std::net::SocketAddr>().is_ok_and(|a| !a.ip().is_loopback());
     if admin_public && config.server.admin_token.is_none() {
         out.push(format!(

@@ -120,3 +120,36 @@ async fn a_delivered_multi_step_delivery_sent_again_repeats_every_step_and_a_pen
     })
     .await;
 }
+
+#[tokio::test]
+async fn at_start_one_summary_says_where_events_come_in_and_go_and_what_looks_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_public, admin) = write_process_config(dir.path(), &TestConfig::default(), "http://crm.example.test:8443");
+    let path = dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(&format!("admin_token = \"{ADMIN_TOKEN}\""), "");
+    std::fs::write(&path, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
+        .env_clear()
+        .env("TEST_CRM_KEY", "changeme")
+        .args(["serve", "-c"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    wait_until(Duration::from_secs(10), "listening", || {
+        let client = client.clone();
+        let url = format!("http://{admin}/healthz");
+        async move { client.get(url).send().await.is_ok() }
+    })
+    .await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("source learnybox: POST /hooks/learnybox"), "{log}");
+    assert!(log.contains("route crm: * → crm.example.test"), "{log}");
+    assert!(log.contains("server.admin_token is not set") && log.contains("LBX_ADMIN_TOKEN"), "{log}");
+    assert!(log.contains("route crm: header api-key looks like a placeholder"), "{log}");
+    assert!(!log.contains("changeme"), "the value itself is not logged: {log}");
+}

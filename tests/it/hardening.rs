@@ -216,7 +216,13 @@ async fn a_damaged_database_is_refused_at_start_with_a_clear_error() {
     wait_until(Duration::from_secs(10), "deliveries", || async { app.crm.count() >= 10 }).await;
     let (dir, crm) = app.stop().await;
     let db = dir.path().join("relay.db");
-    rusqlite::Connection::open(&db).unwrap().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    // A self-contained copy (WAL included), cut in half, put where the store's file was.
+    let snapshot = dir.path().join("snapshot.db");
+    rusqlite::Connection::open(&db).unwrap().execute("VACUUM INTO ?1", [snapshot.to_str().unwrap()]).unwrap();
+    for f in ["relay.db", "relay.db-wal", "relay.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    std::fs::rename(&snapshot, &db).unwrap();
     let len = std::fs::metadata(&db).unwrap().len();
     assert!(len > 8192, "{len}");
     std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len / 2).unwrap();
