@@ -58,7 +58,12 @@ const EMAIL_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/dat
 
 /// The contact's e-mail address, where Learnybox events usually carry it.
 pub fn contact_email(event: &Event) -> Option<&str> {
-    EMAIL_POINTERS.iter().find_map(|p| event.data.pointer(p).and_then(|v| v.as_str())).filter(|e| e.contains('@'))
+    contact_email_in(&event.data)
+}
+
+/// The same in an event's data.
+pub fn contact_email_in(data: &serde_json::Value) -> Option<&str> {
+    EMAIL_POINTERS.iter().find_map(|p| data.pointer(p).and_then(|v| v.as_str())).filter(|e| e.contains('@'))
 }
 
 /// The value of an `X-…-Iv` header, if any.

@@ -159,6 +159,30 @@ struct EventsQuery {
     after: Option<String>,
     /// `asc` (default: oldest first) or `desc` (newest first).
     order: Option<String>,
+    /// A glob on the event type.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// The derived status: delivered, failed, pending, unrouted.
+    status: Option<String>,
+    route: Option<String>,
+    /// The contact's e-mail (case does not matter).
+    email: Option<String>,
+    /// The Learnybox event id.
+    id: Option<String>,
+    /// RFC 3339 times or Unix milliseconds.
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// A time given as RFC 3339 (`2026-11-29T10:00:00Z`) or Unix milliseconds.
+fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(v) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    if let Ok(ms) = v.trim().parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    crate::event::timestamp_ms(&json!({ "t": v }), &["/t".to_string()])
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest(format!("{name} must be an RFC 3339 time or Unix milliseconds")))
 }
 
 async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<EventsQuery>) -> Result<HttpResponse, ApiError> {
@@ -169,16 +193,39 @@ async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<EventsQuer
         Some("desc") => true,
         Some(_) => return Err(ApiError::BadRequest("order must be asc or desc".into())),
     };
-    let events = relay.store.list_events(q.after, limit, newest_first).await?;
+    if let Some(s) = q.status.as_deref().filter(|s| !crate::store::EVENT_STATUSES.contains(s)) {
+        return Err(ApiError::BadRequest(format!(
+            "status {s:?}: use one of {}",
+            crate::store::EVENT_STATUSES.join(", ")
+        )));
+    }
+    let nonempty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    let filter = crate::store::EventFilter {
+        kind: nonempty(q.kind),
+        status: nonempty(q.status),
+        route: nonempty(q.route),
+        email: nonempty(q.email).map(|e| e.trim().to_lowercase()),
+        key: nonempty(q.id),
+        since: time_param("since", q.since)?,
+        until: time_param("until", q.until)?,
+        after: q.after,
+        limit,
+        newest_first,
+    };
+    let (events, matching) = relay.store.find_events(filter).await?;
     let next = if events.len() == limit as usize { events.last().map(|e| e.id.clone()) } else { None };
     let items: Vec<Value> = events
         .iter()
         .map(|e| {
-            json!({"id": e.id, "source": e.source, "event_key": e.key, "event": e.kind,
-                   "status": e.status, "received_at": rfc3339(e.received_at)})
+            let data: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
+            let email = crate::ingest::contact_email_in(&data);
+            json!({"id": e.id, "source": e.source, "learnybox_id": e.key, "event_key": e.key, "type": e.kind,
+                   "event": e.kind, "email": email, "status": e.status, "received_at": rfc3339(e.received_at)})
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
+    Ok(HttpResponse::Ok().json(json!({
+        "items": items, "next": next, "total": matching.total, "total_exact": matching.exact,
+    })))
 }
 
 async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

@@ -242,6 +242,46 @@ pub struct EventDetail {
     pub attempts: Vec<AttemptRow>,
 }
 
+/// Which stored events to list (`GET /api/events`); every field narrows, none is required.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// A glob on the event type (`transaction.*`).
+    pub kind: Option<String>,
+    /// The derived status: `delivered`, `failed`, `pending` or `unrouted`.
+    pub status: Option<String>,
+    /// Events with a delivery to this route.
+    pub route: Option<String>,
+    /// The contact's e-mail (any case), matched through the contact index.
+    pub email: Option<String>,
+    /// The sender's event id (Learnybox's).
+    pub key: Option<String>,
+    /// Received at or after / before (Unix ms).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Cursor: the relay id of the last item of the previous page.
+    pub after: Option<String>,
+    pub limit: u32,
+    pub newest_first: bool,
+}
+
+/// How many events match a filter: exact up to [`COUNT_CAP`], else "at least".
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Matching {
+    pub total: u64,
+    pub exact: bool,
+}
+
+/// Counting stops here (a count over millions of rows is not worth its time on a console).
+pub const COUNT_CAP: u64 = 10_000;
+
+/// The derived status of an event from its deliveries, as SQL on the `events e` row.
+pub(crate) const DERIVED_STATUS: &str = "CASE WHEN e.status = 'unrouted' THEN 'unrouted' \
+     WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'failed') THEN 'failed' \
+     WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending') THEN 'pending' \
+     ELSE 'delivered' END";
+
+pub const EVENT_STATUSES: &[&str] = &["delivered", "failed", "pending", "unrouted"];
+
 /// What erasing a contact removed.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Forgotten {
@@ -462,6 +502,19 @@ impl Store {
     /// Makes every delivery with `status` (and `route`, if given) due now; returns how many.
     pub async fn retry_deliveries(&self, status: &str, route: Option<&str>) -> Result<u64, StoreError> {
         dispatch!(self, s => s.retry(None, Some(status.to_string()), route.map(str::to_string)).await)
+    }
+
+    /// Stored events matching `filter`, each with its derived status, and how many match.
+    pub async fn find_events(&self, mut filter: EventFilter) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
+        let emails = filter.email.take().map(|e| match &self.cipher {
+            Some(c) => c.index_values(&e),
+            None => vec![e.to_lowercase()],
+        });
+        let (mut events, matching) = dispatch!(self, s => s.find_events(filter.clone(), emails.clone()).await)?;
+        for e in &mut events {
+            e.payload = self.open_text(PAYLOAD, std::mem::take(&mut e.payload))?;
+        }
+        Ok((events, matching))
     }
 
     /// Stored events, oldest first (or newest first), after the cursor `after` in that order.

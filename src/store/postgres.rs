@@ -13,9 +13,11 @@ use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Forgotten, Gauges, IngestOutcome, NewEvent,
-    NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
+    Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
+    StoredEvent,
 };
+use super::{COUNT_CAP, DERIVED_STATUS};
 use crate::event::{now_ms, rfc3339};
 
 /// The channel new deliveries are announced on.
@@ -120,6 +122,7 @@ CREATE TRIGGER quarantine_totals AFTER INSERT OR DELETE OR UPDATE OF body, heade
     FOR EACH ROW EXECUTE FUNCTION lbx_quarantine_totals();
 ALTER TABLE events ADD COLUMN email TEXT;
 CREATE INDEX events_email ON events(email) WHERE email IS NOT NULL;
+CREATE INDEX events_key ON events(event_key);
 "#,
 ];
 
@@ -506,6 +509,43 @@ impl PgStore {
         };
         let rows = client.query(sql, &[&after, &(limit as i64)]).await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    pub async fn find_events(
+        &self,
+        f: EventFilter,
+        emails: Option<Vec<String>>,
+    ) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
+        let client = self.pool.get().await?;
+        let like = f.kind.as_deref().map(glob_to_like);
+        let filter = format!(
+            "($1::text IS NULL OR e.kind LIKE $1 ESCAPE '\\') AND ($2::text IS NULL OR ({DERIVED_STATUS}) = $2)
+             AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = $3))
+             AND ($4::text[] IS NULL OR e.email = ANY($4))
+             AND ($5::text IS NULL OR e.event_key = $5)
+             AND ($6::bigint IS NULL OR e.received_at >= $6) AND ($7::bigint IS NULL OR e.received_at < $7)"
+        );
+        let counted: i64 = client
+            .query_one(
+                &format!("SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {filter} LIMIT {}) AS m", COUNT_CAP + 1),
+                &[&like, &f.status, &f.route, &emails, &f.key, &f.since, &f.until],
+            )
+            .await?
+            .try_get(0)?;
+        let (cmp, order) = if f.newest_first { ("<", "DESC") } else { (">", "ASC") };
+        let sql = format!(
+            "SELECT e.id, e.source, e.event_key, e.kind, {DERIVED_STATUS}, e.payload, e.received_at FROM events e
+             WHERE {filter} AND ($8::text IS NULL OR e.id {cmp} $8) ORDER BY e.id {order} LIMIT $9"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[&like, &f.status, &f.route, &emails, &f.key, &f.since, &f.until, &f.after, &(f.limit as i64)],
+            )
+            .await?;
+        let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
+        let counted = counted as u64;
+        Ok((events, Matching { total: counted.min(COUNT_CAP), exact: counted <= COUNT_CAP }))
     }
 
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
@@ -969,6 +1009,23 @@ async fn announcer(pool: Pool, announce: std::sync::Arc<tokio::sync::Notify>) {
             Err(e) => tracing::debug!(error = %StoreError::from(e), "postgres: NOTIFY skipped"),
         }
     }
+}
+
+/// A shell-style glob (`*`, `?`) as a LIKE pattern with `\` as the escape.
+fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn event_from_row(r: &Row) -> Result<StoredEvent, StoreError> {

@@ -10,9 +10,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, Forgotten, Gauges, IngestOutcome, NewEvent,
-    NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError, StoredEvent,
+    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
+    Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
+    StoredEvent,
 };
+use super::{COUNT_CAP, DERIVED_STATUS};
 use crate::event::{now_ms, rfc3339};
 
 /// Most operations folded into one transaction.
@@ -118,6 +120,7 @@ CREATE TRIGGER quarantine_removed AFTER DELETE ON quarantine BEGIN
 END;
 ALTER TABLE events ADD COLUMN email TEXT;
 CREATE INDEX events_email ON events(email) WHERE email IS NOT NULL;
+CREATE INDEX events_key ON events(event_key);
 CREATE TABLE heartbeat (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     at    INTEGER NOT NULL,
@@ -558,6 +561,44 @@ impl SqliteStore {
             })?
             .query_map(params![after, limit], event_from_row)?
             .collect()
+        })
+        .await
+    }
+
+    pub async fn find_events(
+        &self,
+        f: EventFilter,
+        emails: Option<Vec<String>>,
+    ) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
+        self.call(move |c| {
+            let emails = emails.map(|e| serde_json::to_string(&e).unwrap_or_else(|_| "[]".into()));
+            let filter = format!(
+                "(?1 IS NULL OR e.kind GLOB ?1) AND (?2 IS NULL OR ({DERIVED_STATUS}) = ?2)
+                 AND (?3 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = ?3))
+                 AND (?4 IS NULL OR e.email IN (SELECT value FROM json_each(?4)))
+                 AND (?5 IS NULL OR e.event_key = ?5)
+                 AND (?6 IS NULL OR e.received_at >= ?6) AND (?7 IS NULL OR e.received_at < ?7)"
+            );
+            let counted: i64 = c
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {filter} LIMIT {})",
+                    COUNT_CAP + 1
+                ))?
+                .query_row(params![f.kind, f.status, f.route, emails, f.key, f.since, f.until], |r| r.get(0))?;
+            let (cmp, order) = if f.newest_first { ("<", "DESC") } else { (">", "ASC") };
+            let sql = format!(
+                "SELECT e.id, e.source, e.event_key, e.kind, {DERIVED_STATUS}, e.payload, e.received_at FROM events e
+                 WHERE {filter} AND (?8 IS NULL OR e.id {cmp} ?8) ORDER BY e.id {order} LIMIT ?9"
+            );
+            let events = c
+                .prepare_cached(&sql)?
+                .query_map(
+                    params![f.kind, f.status, f.route, emails, f.key, f.since, f.until, f.after, f.limit],
+                    event_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let counted = counted as u64;
+            Ok((events, Matching { total: counted.min(COUNT_CAP), exact: counted <= COUNT_CAP }))
         })
         .await
     }

@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod cli;
 mod connectors;
+mod console;
 mod contracts;
 mod crash;
 mod delivery;
