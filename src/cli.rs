@@ -146,6 +146,23 @@ pub enum Command {
         /// Send one bundled sample of every known event type instead of EVENT_FILE.
         #[arg(long, conflicts_with = "event_file")]
         samples: bool,
+        /// Then report what became of each event (through the admin API): delivered or failed
+        /// per route with the CRM's answer, duplicate, no route, or quarantined. Exit 0 only when
+        /// every matched route delivered.
+        #[arg(long)]
+        follow: bool,
+        /// The relay's admin listener, for --follow.
+        #[arg(long, env = "LBX_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+        admin_url: String,
+        /// The admin token, for --follow (prefer the LBX_ADMIN_TOKEN variable).
+        #[arg(long, env = "LBX_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// How long --follow waits for the deliveries to settle.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Give each event a new id, so a repeated test is not dropped as a duplicate.
+        #[arg(long)]
+        fresh_id: bool,
         #[arg(required_unless_present = "samples")]
         event_file: Option<String>,
     },
@@ -222,8 +239,28 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::BaselineServer { listen } => {
                 crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::SendTest { secret, url, envelope, key_form, samples, event_file } => {
-                send_test(&secret, &url, &envelope, &key_form, samples, event_file.as_deref()).await
+            Command::SendTest {
+                secret,
+                url,
+                envelope,
+                key_form,
+                samples,
+                follow,
+                admin_url,
+                admin_token,
+                timeout,
+                fresh_id,
+                event_file,
+            } => {
+                let follow = match (follow, admin_token) {
+                    (false, _) => None,
+                    (true, Some(token)) => {
+                        Some(crate::follow::Follow { admin_url, token: SecretString::from(token), timeout })
+                    }
+                    (true, None) => Err(anyhow!("--follow needs the admin token: --admin-token or LBX_ADMIN_TOKEN"))?,
+                };
+                let input = SendInput { samples, event_file: event_file.as_deref(), fresh_id };
+                send_test(&secret, &url, &envelope, &key_form, input, follow.as_ref()).await
             }
         }
     });
@@ -462,24 +499,40 @@ fn render(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `send-test` sends.
+struct SendInput<'a> {
+    samples: bool,
+    event_file: Option<&'a str>,
+    fresh_id: bool,
+}
+
 async fn send_test(
     secret: &SecretArg,
     url: &str,
     envelope: &str,
     key_form: &str,
-    samples: bool,
-    event_file: Option<&str>,
+    input: SendInput<'_>,
+    follow: Option<&crate::follow::Follow>,
 ) -> anyhow::Result<ExitCode> {
     let secret = secret.get()?;
-    let events: Vec<Vec<u8>> = if samples {
+    let mut events: Vec<Vec<u8>> = if input.samples {
         let all: Vec<serde_json::Value> = serde_json::from_str(SAMPLE_EVENTS)?;
         all.iter().map(|v| v.to_string().into_bytes()).collect()
     } else {
-        vec![read_input(event_file.unwrap_or("-"))?]
+        vec![read_input(input.event_file.unwrap_or("-"))?]
     };
+    if input.fresh_id {
+        events = events.iter().map(|e| crate::follow::fresh_id(e)).collect::<anyhow::Result<_>>()?;
+    }
     let client = reqwest::Client::new();
     let mut all_ok = true;
     for plaintext in events {
+        let id = crate::follow::learnybox_id(&plaintext);
+        let before = match (follow, &id) {
+            (Some(f), Some(id)) => f.newest(&client, id).await?,
+            _ => None,
+        };
+        let sent_at = crate::follow::sent_now();
         let kind = serde_json::from_slice::<serde_json::Value>(&plaintext)
             .ok()
             .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
@@ -496,6 +549,14 @@ async fn send_test(
         let body = resp.text().await.unwrap_or_default();
         all_ok &= status.is_success();
         out!("{kind}: {} in {:.1} ms: {}", status, elapsed.as_secs_f64() * 1000.0, body.trim());
+        if let (Some(follow), true) = (follow, status.is_success()) {
+            let id = id.as_deref().ok_or_else(|| anyhow!("the event is not a JSON object"))?;
+            let fate = follow.fate(&client, id, before.as_deref(), sent_at).await?;
+            for line in &fate.lines {
+                out!("  {line}");
+            }
+            all_ok &= fate.delivered;
+        }
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -21,6 +21,7 @@ pub mod dedup;
 pub mod delivery;
 pub mod erasure;
 pub mod event;
+pub mod follow;
 pub mod housekeeping;
 pub mod http;
 pub mod ingest;

@@ -153,3 +153,44 @@ async fn at_start_one_summary_says_where_events_come_in_and_go_and_what_looks_wr
     assert!(log.contains("route crm: header api-key looks like a placeholder"), "{log}");
     assert!(!log.contains("changeme"), "the value itself is not logged: {log}");
 }
+
+/// Runs `lbx-relay send-test --follow` against `app` off the test's runtime (the relay runs on it).
+async fn send_test_follow(app: &TestApp, file: &std::path::Path, key: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args: Vec<String> = ["send-test", "--secret-env", "K", "--url"].iter().map(|s| s.to_string()).collect();
+    args.push(format!("{}/hooks/learnybox", app.public));
+    args.extend(["--follow", "--timeout", "10s", "--admin-url"].iter().map(|s| s.to_string()));
+    args.push(app.admin.clone());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(file.display().to_string());
+    let key = key.to_string();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&args, None, &[("K", key.as_str()), ("LBX_ADMIN_TOKEN", ADMIN_TOKEN)])
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn send_test_follow_reports_delivery_failure_duplicates_and_the_quarantine() {
+    let app = spawn_app().await;
+    let file = app.dir.path().join("event.json");
+    std::fs::write(&file, sample_events()[0].to_string()).unwrap();
+
+    let (code, out, err) = send_test_follow(&app, &file, SECRET, &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("200 OK") && out.contains("crm: delivered (HTTP 200) after 1 attempt(s)"), "{out}");
+
+    let (code, out, _) = send_test_follow(&app, &file, SECRET, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("duplicate") && out.contains("--fresh-id"), "{out}");
+
+    app.crm.always(422);
+    let (code, out, err) = send_test_follow(&app, &file, SECRET, &["--fresh-id"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("crm: FAILED after 1 attempt(s): HTTP 422"), "{out}");
+
+    let (code, out, err) = send_test_follow(&app, &file, "ThisIsNotTheRightKeyForTheRelay!", &["--fresh-id"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("200 OK") && out.contains("quarantined:"), "the hook answers 200, --follow tells: {out}");
+}
