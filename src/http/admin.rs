@@ -290,18 +290,49 @@ async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
     Ok(HttpResponse::Ok().json(json!({"retried": 1})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct BulkQuery {
+    /// `failed` (default), `pending`, `delivered` or `any`.
     status: Option<String>,
     route: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    /// Only count what would be retried.
+    dry_run: Option<bool>,
 }
 
-async fn retry_many(_: Admin, relay: web::Data<Relay>, q: web::Query<BulkQuery>) -> Result<HttpResponse, ApiError> {
+/// `POST /api/deliveries/retry`: the filter as query parameters or a JSON body (the body wins).
+async fn retry_many(
+    _: Admin,
+    relay: web::Data<Relay>,
+    q: web::Query<BulkQuery>,
+    body: Option<web::Json<BulkQuery>>,
+) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let status = q.status.unwrap_or_else(|| "failed".into());
-    check_status(Some(&status))?;
-    let n = relay.store.retry_deliveries(&status, q.route.as_deref()).await?;
+    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    let status = b.status.or(q.status).unwrap_or_else(|| "failed".into());
+    let status = match status.as_str() {
+        "any" => None,
+        s => {
+            check_status(Some(s))?;
+            Some(status)
+        }
+    };
+    let filter = crate::store::RetryFilter {
+        status,
+        route: b.route.or(q.route).filter(|r| !r.is_empty()),
+        kind: b.kind.or(q.kind).filter(|k| !k.is_empty()),
+        since: time_param("since", b.since.or(q.since))?,
+        until: time_param("until", b.until.or(q.until))?,
+    };
+    let dry_run = b.dry_run.or(q.dry_run).unwrap_or(false);
+    let n = relay.store.retry_matching(filter, dry_run).await?;
+    if dry_run {
+        return Ok(HttpResponse::Ok().json(json!({"dry_run": true, "would_retry": n})));
+    }
     relay.wake.notify_one();
     Ok(HttpResponse::Ok().json(json!({"retried": n})))
 }

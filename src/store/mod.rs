@@ -264,6 +264,18 @@ pub struct EventFilter {
     pub newest_first: bool,
 }
 
+/// Which deliveries a bulk retry takes; every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct RetryFilter {
+    pub status: Option<String>,
+    pub route: Option<String>,
+    /// A glob on the event type.
+    pub kind: Option<String>,
+    /// Events received at or after / before (Unix ms).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
 /// How many events match a filter: exact up to [`COUNT_CAP`], else "at least".
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Matching {
@@ -501,7 +513,15 @@ impl Store {
 
     /// Makes every delivery with `status` (and `route`, if given) due now; returns how many.
     pub async fn retry_deliveries(&self, status: &str, route: Option<&str>) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.retry(None, Some(status.to_string()), route.map(str::to_string)).await)
+        let filter =
+            RetryFilter { status: Some(status.to_string()), route: route.map(str::to_string), ..Default::default() };
+        self.retry_matching(filter, false).await
+    }
+
+    /// Makes every delivery `filter` matches due now with a fresh schedule (delivered ones send
+    /// every step again); with `dry_run` only counts them. Returns how many.
+    pub async fn retry_matching(&self, filter: RetryFilter, dry_run: bool) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.retry_matching(filter, dry_run).await)
     }
 
     /// Stored events matching `filter`, each with its derived status, and how many match.

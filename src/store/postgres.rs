@@ -17,7 +17,7 @@ use super::{
     Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
     StoredEvent,
 };
-use super::{COUNT_CAP, DERIVED_STATUS};
+use super::{RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use crate::event::{now_ms, rfc3339};
 
 /// The channel new deliveries are announced on.
@@ -546,6 +546,40 @@ impl PgStore {
         let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
         let counted = counted as u64;
         Ok((events, Matching { total: counted.min(COUNT_CAP), exact: counted <= COUNT_CAP }))
+    }
+
+    pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let like = f.kind.as_deref().map(glob_to_like);
+        let filter = "($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR route = $3)
+             AND (($4::text IS NULL AND $5::bigint IS NULL AND $6::bigint IS NULL) OR event_id IN (SELECT e.id FROM events e
+                  WHERE ($4::text IS NULL OR e.kind LIKE $4 ESCAPE '\\') AND ($5::bigint IS NULL OR e.received_at >= $5)
+                    AND ($6::bigint IS NULL OR e.received_at < $6)))";
+        let now = now_ms();
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&now, &f.status, &f.route, &like, &f.since, &f.until];
+        let n = if dry_run {
+            let row = client
+                .query_one(&format!("SELECT COUNT(*) FROM deliveries WHERE $1::bigint IS NOT NULL AND {filter}"), &args)
+                .await?;
+            row.try_get::<_, i64>(0)? as u64
+        } else {
+            let n = client
+                .execute(
+                    &format!(
+                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
+                            steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
+                         WHERE {filter}"
+                    ),
+                    &args,
+                )
+                .await?;
+            if n > 0 {
+                self.announce.notify_one();
+            }
+            n
+        };
+        Ok(n)
     }
 
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {

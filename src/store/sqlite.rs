@@ -14,7 +14,7 @@ use super::{
     Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
     StoredEvent,
 };
-use super::{COUNT_CAP, DERIVED_STATUS};
+use super::{RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use crate::event::{now_ms, rfc3339};
 
 /// Most operations folded into one transaction.
@@ -509,6 +509,30 @@ impl SqliteStore {
                 )?
                 .execute(params![now, id])?;
             }
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool) -> Result<u64, StoreError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let filter = "(?2 IS NULL OR status = ?2) AND (?3 IS NULL OR route = ?3)
+                 AND ((?4 IS NULL AND ?5 IS NULL AND ?6 IS NULL) OR event_id IN (SELECT e.id FROM events e
+                      WHERE (?4 IS NULL OR e.kind GLOB ?4) AND (?5 IS NULL OR e.received_at >= ?5)
+                        AND (?6 IS NULL OR e.received_at < ?6)))";
+            let n = if dry_run {
+                c.prepare_cached(&format!("SELECT COUNT(*) FROM deliveries WHERE ?1 IS NOT NULL AND {filter}"))?
+                    .query_row(params![now, f.status, f.route, f.kind, f.since, f.until], |r| r.get::<_, i64>(0))?
+                    as usize
+            } else {
+                c.prepare_cached(&format!(
+                    "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
+                        steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
+                     WHERE {filter}"
+                ))?
+                .execute(params![now, f.status, f.route, f.kind, f.since, f.until])?
+            };
             Ok(n as u64)
         })
         .await

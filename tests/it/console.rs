@@ -65,6 +65,26 @@ async fn events_are_found_by_every_filter(cfg: TestConfig) {
 
     assert_eq!(app.admin_get("/api/events?status=lost").await.status(), 400);
     assert_eq!(app.admin_get("/api/events?since=yesterday").await.status(), 400);
+
+    // Bulk replay by filter: the count first, then the replay, which goes out now.
+    let retry = |body: Value| {
+        let req = app.client.post(format!("{}/api/deliveries/retry", app.admin)).bearer_auth(ADMIN_TOKEN).json(&body);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(retry(json!({"status": "any", "type": "transaction.*", "dry_run": true})).await["would_retry"], 2);
+    assert_eq!(
+        retry(json!({"status": "any", "type": "contact.*", "until": "2000-01-01T00:00:00Z", "dry_run": true})).await
+            ["would_retry"],
+        0
+    );
+    assert_eq!(retry(json!({"status": "failed", "dry_run": true})).await["would_retry"], 1);
+    assert_eq!(events(&app, "status=failed").await["total"], 1, "a dry run changes nothing");
+    app.crm.always(200);
+    assert_eq!(retry(json!({"status": "any", "type": "transaction.*"})).await["retried"], 2);
+    wait_until(Duration::from_secs(10), "both transactions delivered", || async {
+        events(&app, "status=delivered&type=transaction.*").await["total"] == 2
+    })
+    .await;
 }
 
 #[tokio::test]
