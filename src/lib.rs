@@ -16,6 +16,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod dedup;
 pub mod delivery;

@@ -35,6 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/quarantine", web::get().to(list_quarantine))
         .route("/api/quarantine/reprocess", web::post().to(reprocess))
         .route("/api/reload", web::post().to(reload))
+        .route("/api/routes", web::get().to(routes_health))
+        .route("/api/stats/series", web::get().to(stats_series))
         .route("/api/contacts/{email}", web::delete().to(forget_contact))
         .route("/api/purge", web::post().to(purge));
 }
@@ -372,6 +374,49 @@ async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, Ap
         Err(IngestError::Unavailable(e)) => Err(e.into()),
         Err(e) => Err(ApiError::BadRequest(e.to_string())),
     }
+}
+
+/// Each route's success rate over 1 h and 24 h, last success, last failure and its error, queue.
+async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
+    let names: Vec<String> = relay.runtime().config.routes.iter().map(|r| r.name.clone()).collect();
+    let health = crate::console::route_health(&relay.store, &names, crate::event::now_ms()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "routes": health })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    /// RFC 3339, Unix ms, or a duration before now (`24h`, the default).
+    since: Option<String>,
+    /// Bucket length (`1h` by default; at least `1m`).
+    step: Option<String>,
+}
+
+/// Per route and time bucket: delivered, failed and retried attempts, latency p50/p95.
+async fn stats_series(_: Admin, relay: web::Data<Relay>, q: web::Query<SeriesQuery>) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let now = crate::event::now_ms();
+    let since = match q.since.as_deref() {
+        None => now - 24 * 3_600_000,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(ago) => now - ago.as_millis() as i64,
+            Err(_) => time_param("since", Some(text.to_string()))?.unwrap_or(now),
+        },
+    };
+    let step = match q.step.as_deref() {
+        None => 3_600_000,
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|_| ApiError::BadRequest("step must be a duration like 5m or 1h".into()))?
+            .as_millis() as i64,
+    };
+    if step < 60_000 || (now - since) / step > 2_000 {
+        return Err(ApiError::BadRequest("step must be at least 1m and give at most 2,000 buckets".into()));
+    }
+    let names: Vec<String> = relay.runtime().config.routes.iter().map(|r| r.name.clone()).collect();
+    let series = crate::console::series(&relay.store, &names, since, step, now).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "since": rfc3339(since), "step_ms": step, "routes": series,
+    })))
 }
 
 /// Erases a contact: every stored event, delivery, attempt and quarantined body naming it.

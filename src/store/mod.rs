@@ -264,6 +264,20 @@ pub struct EventFilter {
     pub newest_first: bool,
 }
 
+/// One attempt as the console's numbers need it.
+#[derive(Debug, Clone)]
+pub struct AttemptFact {
+    pub route: String,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// delivered, retry, throttled, failed, lease_lost.
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    /// When the attempt's event was received (for end-to-end latency).
+    pub received_at: i64,
+}
+
 /// Which deliveries a bulk retry takes; every field narrows.
 #[derive(Debug, Clone, Default)]
 pub struct RetryFilter {
@@ -516,6 +530,20 @@ impl Store {
         let filter =
             RetryFilter { status: Some(status.to_string()), route: route.map(str::to_string), ..Default::default() };
         self.retry_matching(filter, false).await
+    }
+
+    /// Attempts started at or after `since` (Unix ms), newest first, at most `limit`.
+    pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
+        let mut facts = dispatch!(self, s => s.attempt_facts(since, limit).await)?;
+        for f in &mut facts {
+            f.error = self.open_opt(ERROR, f.error.take())?;
+        }
+        Ok(facts)
+    }
+
+    /// Pending deliveries per route.
+    pub async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        dispatch!(self, s => s.pending_per_route().await)
     }
 
     /// Makes every delivery `filter` matches due now with a fresh schedule (delivered ones send

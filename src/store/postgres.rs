@@ -12,12 +12,12 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
+use super::{AttemptFact, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
     Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
     StoredEvent,
 };
-use super::{RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use crate::event::{now_ms, rfc3339};
 
 /// The channel new deliveries are announced on.
@@ -546,6 +546,38 @@ impl PgStore {
         let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
         let counted = counted as u64;
         Ok((events, Matching { total: counted.min(COUNT_CAP), exact: counted <= COUNT_CAP }))
+    }
+
+    pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
+                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
+                 WHERE a.started_at >= $1 ORDER BY a.id DESC LIMIT $2",
+                &[&since, &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptFact {
+                    route: r.try_get(0)?,
+                    started_at: r.try_get(1)?,
+                    duration_ms: r.try_get(2)?,
+                    outcome: r.try_get(3)?,
+                    status: status_of(r.try_get(4)?),
+                    error: r.try_get(5)?,
+                    received_at: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows =
+            client.query("SELECT route, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY route", &[]).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool) -> Result<u64, StoreError> {

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::{AttemptFact, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
     Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
     StoredEvent,
 };
-use super::{RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use crate::event::{now_ms, rfc3339};
 
 /// Most operations folded into one transaction.
@@ -534,6 +534,38 @@ impl SqliteStore {
                 .execute(params![now, f.status, f.route, f.kind, f.since, f.until])?
             };
             Ok(n as u64)
+        })
+        .await
+    }
+
+    pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
+        self.call(move |c| {
+            c.prepare_cached(
+                "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
+                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
+                 WHERE a.started_at >= ?1 ORDER BY a.id DESC LIMIT ?2",
+            )?
+            .query_map(params![since, limit], |r| {
+                Ok(AttemptFact {
+                    route: r.get(0)?,
+                    started_at: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    outcome: r.get(3)?,
+                    status: r.get::<_, Option<i64>>(4)?.and_then(|s| u16::try_from(s).ok()),
+                    error: r.get(5)?,
+                    received_at: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(|c| {
+            c.prepare_cached("SELECT route, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY route")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
         })
         .await
     }

@@ -112,3 +112,48 @@ async fn with_encryption_at_rest_events_are_still_found_by_contact() {
     assert_eq!(ids(&found), ["enc-lb"]);
     assert_eq!(found["items"][0]["email"], "Hedy@Example.org", "shown from the decrypted payload");
 }
+
+/// Three deliveries of which one fails before succeeding and one fails for good, then the health
+/// and the series of the route.
+async fn route_health_and_series_follow_the_attempts(cfg: TestConfig) {
+    let app = spawn_app_with(TestConfig { schedule: vec!["50ms"], ..cfg }).await;
+    app.crm.respond_with(&[503]);
+    app.post_event(&json!({"event": "contact.created", "id": "h-1"})).await;
+    wait_until(Duration::from_secs(10), "h-1 delivered on its retry", || async { app.crm.count() == 2 }).await;
+    app.post_event(&json!({"event": "contact.created", "id": "h-2"})).await;
+    wait_until(Duration::from_secs(10), "h-2 delivered", || async { app.crm.count() == 3 }).await;
+    app.crm.respond_with(&[422]);
+    app.post_event(&json!({"event": "contact.created", "id": "h-3"})).await;
+    wait_until(Duration::from_secs(10), "h-3 failed", || async { events(&app, "status=failed").await["total"] == 1 })
+        .await;
+
+    let health: Value = app.admin_get("/api/routes").await.json().await.unwrap();
+    let crm = &health["routes"][0];
+    assert_eq!(crm["route"], "crm");
+    assert_eq!(crm["attempts_24h"], 4);
+    assert_eq!(crm["success_rate_1h"], 0.5, "2 of 4 attempts delivered: {crm}");
+    assert_eq!(crm["queue_depth"], 0);
+    assert!(crm["last_success"].as_str().unwrap().ends_with('Z'));
+    assert!(crm["last_failure_error"].as_str().unwrap().contains("HTTP 422"), "{crm}");
+
+    let series: Value = app.admin_get("/api/stats/series?since=1h&step=10m").await.json().await.unwrap();
+    let buckets = series["routes"]["crm"].as_array().unwrap();
+    let total = |k: &str| buckets.iter().map(|b| b[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((total("delivered"), total("failed"), total("retried")), (2, 1, 1), "{series}");
+    let last = buckets.iter().rev().find(|b| b["delivered"].as_u64() > Some(0)).unwrap();
+    assert!(last["latency_p95_ms"].as_i64().unwrap() >= last["latency_p50_ms"].as_i64().unwrap());
+    assert_eq!(app.admin_get("/api/stats/series?step=1s").await.status(), 400);
+}
+
+#[tokio::test]
+async fn route_health_and_series_follow_the_attempts_on_sqlite() {
+    route_health_and_series_follow_the_attempts(TestConfig::default()).await;
+}
+
+#[tokio::test]
+async fn route_health_and_series_follow_the_attempts_on_postgres() {
+    let Some(schema) = pg_schema("route_health_and_series").await else { return };
+    route_health_and_series_follow_the_attempts(TestConfig { store_url: Some(schema.url()), ..TestConfig::default() })
+        .await;
+    schema.drop().await;
+}
