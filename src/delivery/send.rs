@@ -29,6 +29,55 @@ pub struct AttemptResult {
     /// The answer's body, when it was asked for (multi-step routes branch on it), and the first
     /// [`FAILED_BODY_KEPT`] bytes of any answer that is not a success (`retry_on` matches on it).
     pub body: Option<String>,
+    /// Each request as sent and its answer, for the attempt's record (see [`exchange`]).
+    pub exchanges: Vec<serde_json::Value>,
+}
+
+/// How much of a request's and an answer's body an attempt's record keeps.
+pub const RECORDED_BODY: usize = 8 * 1024;
+
+/// One request as sent (credentials masked, body cut at [`RECORDED_BODY`]) and its answer.
+pub fn exchange(
+    req: &RenderedRequest,
+    idempotency_key: &str,
+    answer: Option<(u16, &reqwest::header::HeaderMap, &str)>,
+    error: Option<&str>,
+) -> serde_json::Value {
+    let mut headers = serde_json::Map::new();
+    headers.insert("Idempotency-Key".into(), idempotency_key.into());
+    for h in &req.headers {
+        let shown = if h.from_env || crate::secrets::is_credential_header(&h.name) {
+            "***".to_string()
+        } else {
+            h.value.expose_secret().to_string()
+        };
+        headers.insert(h.name.clone(), shown.into());
+    }
+    let response = answer.map(|(status, answer_headers, body)| {
+        let answer_headers: serde_json::Map<String, serde_json::Value> = answer_headers
+            .iter()
+            .filter(|(k, _)| !crate::secrets::is_credential_header(k.as_str()))
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
+            .collect();
+        serde_json::json!({"status": status, "headers": answer_headers, "body": cut(body, RECORDED_BODY)})
+    });
+    serde_json::json!({
+        "request": {"method": req.method.as_str(), "url": req.url, "headers": headers, "body": cut(&req.body, RECORDED_BODY)},
+        "response": response,
+        "error": error,
+    })
+}
+
+/// At most `limit` bytes of `s`, cut on a character boundary.
+fn cut(s: &str, limit: usize) -> &str {
+    if s.len() <= limit {
+        return s;
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl AttemptResult {
@@ -39,7 +88,7 @@ impl AttemptResult {
             Verdict::Delivered => None,
             Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.clone()),
         };
-        AttemptResult { status: None, verdict, duration, error, pause: None, body: None }
+        AttemptResult { status: None, verdict, duration, error, pause: None, body: None, exchanges: Vec::new() }
     }
 }
 
@@ -111,12 +160,15 @@ impl HttpSender {
                 let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
                 let verdict = classify_status(status, retry_after);
                 let delivered = matches!(verdict, Verdict::Delivered);
-                let body = if keep_body || !delivered {
-                    let limit = if keep_body { ANSWER_BODY_LIMIT } else { FAILED_BODY_KEPT };
-                    Some(read_prefix(resp, limit).await)
-                } else {
-                    None
+                let answer_headers = resp.headers().clone();
+                let limit = match (keep_body, delivered) {
+                    (true, _) => ANSWER_BODY_LIMIT,
+                    (false, false) => FAILED_BODY_KEPT,
+                    (false, true) => RECORDED_BODY,
                 };
+                let read = read_prefix(resp, limit).await;
+                let recorded = exchange(req, idempotency_key, Some((status, &answer_headers, &read)), None);
+                let body = if keep_body || !delivered { Some(read) } else { None };
                 let error = if delivered {
                     None
                 } else {
@@ -127,7 +179,15 @@ impl HttpSender {
                         format!("HTTP {status}: {}", snippet.trim())
                     })
                 };
-                AttemptResult { status: Some(status), verdict, duration: started.elapsed(), error, pause, body }
+                AttemptResult {
+                    status: Some(status),
+                    verdict,
+                    duration: started.elapsed(),
+                    error,
+                    pause,
+                    body,
+                    exchanges: vec![recorded],
+                }
             }
             Err(e) => {
                 let reason = if e.is_timeout() {
@@ -135,13 +195,20 @@ impl HttpSender {
                 } else if e.is_connect() && error_chain(&e).contains(super::guard::REFUSED) {
                     // The resolver refused a non-public address: no retry will change that.
                     let reason = format!("connection refused by the relay: {}", error_chain(&e.without_url()));
-                    return AttemptResult::without_answer(Verdict::Fail { reason }, started.elapsed());
+                    let mut r =
+                        AttemptResult::without_answer(Verdict::Fail { reason: reason.clone() }, started.elapsed());
+                    r.exchanges.push(exchange(req, idempotency_key, None, Some(&reason)));
+                    return r;
                 } else if e.is_connect() {
                     format!("connection failed: {}", error_chain(&e.without_url()))
                 } else {
                     format!("request failed: {}", error_chain(&e.without_url()))
                 };
-                AttemptResult::without_answer(Verdict::Retry { reason, retry_after: None }, started.elapsed())
+                let recorded = exchange(req, idempotency_key, None, Some(&reason));
+                let mut r =
+                    AttemptResult::without_answer(Verdict::Retry { reason, retry_after: None }, started.elapsed());
+                r.exchanges.push(recorded);
+                r
             }
         }
     }

@@ -61,6 +61,8 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         Value::Object(state.and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok()).unwrap_or_default());
     let mut total = Duration::ZERO;
     let mut last: Option<AttemptResult> = None;
+    // Every request this attempt makes, in order, for its record.
+    let mut log: Vec<Value> = Vec::new();
     // The delivery's admission took the rate place of its first request.
     let mut first_request = true;
     for (i, step) in route.steps.iter().enumerate() {
@@ -70,7 +72,7 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         let ctx = TemplateContext::new(event, &route.vars, delivery_id).with_steps(&done);
         let applies = match templates.step_applies(route, i, &ctx) {
             Ok(a) => a,
-            Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done),
+            Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done, log),
         };
         if !applies {
             set(&mut done, &step.name, json!({ "skipped": true }));
@@ -78,7 +80,7 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         }
         let req = match templates.render_step(route, i, &ctx) {
             Ok(r) => r,
-            Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done),
+            Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done, log),
         };
         if !first_request {
             if let Some(Err(at)) = match gate {
@@ -93,6 +95,10 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         // One key per step, stable across retries of the delivery.
         let key = format!("{delivery_id}.{}", step.name);
         let mut r = send(relay, route, req, &key, true).await;
+        for mut x in r.exchanges.drain(..) {
+            x["step"] = step.name.clone().into();
+            log.push(x);
+        }
         total += r.duration;
         r.duration = total;
         let accepted = r.status.is_some_and(|s| step.accept.contains(&s));
@@ -102,7 +108,7 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
             if let Some(from) = &step.retry_from {
                 forget_from(&mut done, route, from);
             }
-            return failed_step(&step.name, r, done);
+            return failed_step(&step.name, r, done, log);
         }
         let body = r.body.take().unwrap_or_default();
         let body = if body.len() > MAX_KEPT_BODY {
@@ -127,6 +133,8 @@ pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsRes
         nothing.error = Some("no step applied to this event".into());
         nothing
     });
+    let mut result = result;
+    result.exchanges = log;
     StepsResult { result, state: Some(done.to_string()), deferred: None }
 }
 
@@ -153,6 +161,8 @@ async fn send(
     };
     let client = relay.sender.client();
     let mut rejected = None;
+    // The 401's exchange, kept for the attempt's record when the request is sent again.
+    let mut earlier: Vec<Value> = Vec::new();
     let mut spent = Duration::ZERO;
     loop {
         let token = match relay.tokens.bearer(oauth, &relay.store, client, rejected.as_ref()).await {
@@ -170,10 +180,12 @@ async fn send(
             from_env: true,
         });
         let mut r = relay.sender.send_via(&req, timeout, key, keep_body, reach).await;
+        r.exchanges.splice(0..0, earlier.drain(..));
         spent += r.duration;
         r.duration = spent;
         if r.status == Some(401) && rejected.is_none() {
             tracing::info!(route = %route.name, "401 from the CRM: refreshing the OAuth token once");
+            earlier = std::mem::take(&mut r.exchanges);
             rejected = Some(token);
             continue;
         }
@@ -204,7 +216,8 @@ fn render_failure(message: String, duration: Duration) -> AttemptResult {
 }
 
 /// The attempt stops at `step`; what finished before it is kept for the retry.
-fn failed_step(step: &str, mut r: AttemptResult, done: Value) -> StepsResult {
+fn failed_step(step: &str, mut r: AttemptResult, done: Value, log: Vec<Value>) -> StepsResult {
+    r.exchanges = log;
     r.error = r.error.map(|e| format!("step {step}: {e}"));
     r.verdict = match r.verdict {
         Verdict::Retry { reason, retry_after } => {

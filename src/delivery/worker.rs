@@ -165,10 +165,11 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
         },
     };
     let started_at = now_ms();
-    let (verdict, status, error, duration, schedule, steps_state) = match rt.config.route(&c.route) {
+    let (verdict, status, error, duration, schedule, steps_state, exchanges) = match rt.config.route(&c.route) {
         None => {
             let reason = format!("route {} is no longer configured", c.route);
-            (Verdict::Fail { reason: reason.clone() }, None, Some(reason), Duration::ZERO, Vec::new(), c.steps_state)
+            let fail = Verdict::Fail { reason: reason.clone() };
+            (fail, None, Some(reason), Duration::ZERO, Vec::new(), c.steps_state, Vec::new())
         }
         Some(route) => {
             let data = serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null);
@@ -198,7 +199,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
             if let (Some(pause), Some(gate)) = (r.pause, &gate) {
                 gate.pause_until(now_ms() + pause.as_millis() as i64);
             }
-            (r.verdict, r.status, r.error, r.duration, route.retry.schedule.clone(), out.state)
+            (r.verdict, r.status, r.error, r.duration, route.retry.schedule.clone(), out.state, r.exchanges)
         }
     };
     let next = match &verdict {
@@ -231,6 +232,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
     // A CRM or token server may echo what it was sent: no known secret is logged or stored.
     let secrets = &rt.config.secrets;
     let error = error.map(|e| secrets.mask(&e));
+    let detail = (!exchanges.is_empty()).then(|| secrets.mask(&serde_json::Value::Array(exchanges).to_string()));
     let reason = match &verdict {
         Verdict::Delivered => None,
         Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(secrets.mask(reason)),
@@ -250,7 +252,7 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
     Outcome::Attempted(Settlement {
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
-        attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error },
+        attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error, detail },
         next,
         steps_state,
         keyed: c.keyed,

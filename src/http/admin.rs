@@ -237,9 +237,22 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
         .iter()
         .map(|del| {
             let mut v = serde_json::to_value(del).unwrap_or(Value::Null);
-            let attempts: Vec<&crate::store::AttemptRow> =
-                d.attempts.iter().filter(|a| a.delivery_id == del.id).collect();
-            v["attempt_log"] = serde_json::to_value(attempts).unwrap_or(Value::Null);
+            let attempts: Vec<Value> = d
+                .attempts
+                .iter()
+                .filter(|a| a.delivery_id == del.id)
+                .map(|a| {
+                    let mut row = serde_json::to_value(a).unwrap_or(Value::Null);
+                    // Each request as sent (credentials masked) and the CRM's answer (first 8 KiB).
+                    row["exchanges"] = a
+                        .detail
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str(t).ok())
+                        .unwrap_or(Value::Array(Vec::new()));
+                    row
+                })
+                .collect();
+            v["attempt_log"] = Value::Array(attempts);
             v
         })
         .collect();

@@ -158,6 +158,8 @@ pub struct AttemptRecord {
     pub duration_ms: i64,
     pub status: Option<u16>,
     pub error: Option<String>,
+    /// The requests as sent and the answers as received (JSON, secrets masked, bodies capped).
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +235,9 @@ pub struct AttemptRow {
     pub status: Option<u16>,
     pub error: Option<String>,
     pub outcome: String,
+    /// The attempt's requests and answers (JSON), when recorded.
+    #[serde(skip)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -374,6 +379,7 @@ const ERROR: &str = "attempts.error";
 const QBODY: &str = "quarantine.body";
 const QHEADERS: &str = "quarantine.headers";
 const REFRESH: &str = "oauth_tokens.refresh_token";
+const DETAIL: &str = "attempts.detail";
 
 impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -490,6 +496,7 @@ impl Store {
             settlement.steps_state = settlement.steps_state.map(|v| c.seal_text(STEPS, &v));
             // A CRM's error text can quote the contact.
             settlement.attempt.error = settlement.attempt.error.map(|v| c.seal_text(ERROR, &v));
+            settlement.attempt.detail = settlement.attempt.detail.map(|v| c.seal_text(DETAIL, &v));
         }
         dispatch!(self, s => s.settle(settlement).await)
     }
@@ -587,6 +594,7 @@ impl Store {
         }
         for a in &mut d.attempts {
             a.error = self.open_opt(ERROR, a.error.take())?;
+            a.detail = self.open_opt(DETAIL, a.detail.take())?;
         }
         Ok(Some(d))
     }

@@ -123,6 +123,7 @@ CREATE TRIGGER quarantine_totals AFTER INSERT OR DELETE OR UPDATE OF body, heade
 ALTER TABLE events ADD COLUMN email TEXT;
 CREATE INDEX events_email ON events(email) WHERE email IS NOT NULL;
 CREATE INDEX events_key ON events(event_key);
+ALTER TABLE attempts ADD COLUMN detail TEXT;
 "#,
 ];
 
@@ -638,7 +639,7 @@ impl PgStore {
         let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
         let attempts = client
             .query(
-                "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome
+                "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail
                  FROM attempts WHERE delivery_id = ANY($1) ORDER BY id",
                 &[&ids],
             )
@@ -653,6 +654,7 @@ impl PgStore {
                     status: status_of(r.try_get(4)?),
                     error: r.try_get(5)?,
                     outcome: r.try_get(6)?,
+                    detail: r.try_get(7)?,
                 })
             })
             .collect::<Result<_, StoreError>>()?;
@@ -1039,11 +1041,13 @@ async fn write_batch(
             .map(|s| if updated.contains_key(&s.delivery_id) { s.next.label() } else { "lease_lost" })
             .collect();
         let started: Vec<i64> = sts.iter().map(|s| s.attempt.started_at).collect();
+        let details: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.detail.as_deref()).collect();
         let durations: Vec<i64> = sts.iter().map(|s| s.attempt.duration_ms).collect();
         tx.execute(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome)
-             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[])",
-            &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels],
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[],
+                                  $8::text[])",
+            &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels, &details],
         )
         .await?;
         for (k, s) in kept.iter_mut().zip(sts) {

@@ -121,6 +121,7 @@ END;
 ALTER TABLE events ADD COLUMN email TEXT;
 CREATE INDEX events_email ON events(email) WHERE email IS NOT NULL;
 CREATE INDEX events_key ON events(event_key);
+ALTER TABLE attempts ADD COLUMN detail TEXT;
 CREATE TABLE heartbeat (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     at    INTEGER NOT NULL,
@@ -378,8 +379,8 @@ impl SqliteStore {
             }
             let outcome = if changed == 1 { s.next.label() } else { "lease_lost" };
             c.prepare_cached(
-                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome)
-                 VALUES (?1, (SELECT attempts FROM deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
+                 VALUES (?1, (SELECT attempts FROM deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 s.delivery_id,
@@ -387,7 +388,8 @@ impl SqliteStore {
                 s.attempt.duration_ms,
                 s.attempt.status,
                 s.attempt.error,
-                outcome
+                outcome,
+                s.attempt.detail
             ])?;
             Ok(changed == 1)
         })
@@ -682,7 +684,7 @@ impl SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let mut attempts = Vec::new();
             let mut stmt = c.prepare_cached(
-                "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome
+                "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail
                  FROM attempts WHERE delivery_id = ?1 ORDER BY id",
             )?;
             for d in &deliveries {
@@ -695,6 +697,7 @@ impl SqliteStore {
                         status: r.get(4)?,
                         error: r.get(5)?,
                         outcome: r.get(6)?,
+                        detail: r.get(7)?,
                     })
                 })?;
                 for a in rows {

@@ -157,3 +157,33 @@ async fn route_health_and_series_follow_the_attempts_on_postgres() {
         .await;
     schema.drop().await;
 }
+
+#[tokio::test]
+async fn an_event_shows_each_attempt_with_the_request_as_sent_and_the_crm_answer() {
+    let app = spawn_app_with(TestConfig { schedule: vec!["50ms"], ..TestConfig::default() }).await;
+    app.crm.respond_with(&[503]);
+    let e = json!({"event": "contact.created", "id": "detail-1", "data": {"contact": {"email": "ida@example.org"}}});
+    app.post_event(&e).await;
+    wait_until(Duration::from_secs(10), "delivered on the retry", || async {
+        events(&app, "status=delivered").await["total"] == 1
+    })
+    .await;
+    let id = events(&app, "id=detail-1").await["items"][0]["id"].as_str().unwrap().to_string();
+    let detail: Value = app.admin_get(&format!("/api/events/{id}")).await.json().await.unwrap();
+    assert_eq!(detail["data"]["data"]["contact"]["email"], "ida@example.org");
+    let log = detail["deliveries"][0]["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 2);
+    let first = &log[0]["exchanges"][0];
+    assert_eq!(first["request"]["method"], "POST");
+    assert!(first["request"]["url"].as_str().unwrap().ends_with("/contacts"), "{first}");
+    assert_eq!(first["request"]["headers"]["api-key"], "***", "the credential is masked: {first}");
+    assert!(first["request"]["body"].as_str().unwrap().contains("ida@example.org"));
+    assert_eq!(first["response"]["status"], 503);
+    assert_eq!(first["response"]["body"], r#"{"status":503}"#);
+    assert_eq!(first["response"]["headers"]["content-type"], "application/json");
+    assert_eq!(log[1]["exchanges"][0]["response"]["status"], 200);
+    assert_eq!(log[0]["outcome"], "retry");
+    assert!(log[0]["started_at"].as_str().unwrap().ends_with('Z') && log[0]["duration_ms"].is_number());
+    let stored = app.count("SELECT MAX(length(detail)) FROM attempts");
+    assert!(stored < 4 * 8 * 1024, "bounded: {stored}");
+}

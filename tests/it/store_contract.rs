@@ -63,7 +63,7 @@ async fn finish(s: &Store, c: Claimed, status: u16, next: Next) -> bool {
 }
 
 fn attempt(status: u16) -> AttemptRecord {
-    AttemptRecord { started_at: now_ms(), duration_ms: 3, status: Some(status), error: None }
+    AttemptRecord { started_at: now_ms(), duration_ms: 3, status: Some(status), error: None, detail: None }
 }
 
 /// Generates one test per backend for each contract function.
