@@ -42,6 +42,8 @@ pub struct Relay {
     pub quarantine_full_log: crate::telemetry::LogLimiter,
     /// Whether event writes fail now (disk full), for `/readyz`.
     pub write_health: crate::store::WriteHealth,
+    /// Signals for `[alerts]`.
+    pub alerts: crate::alerts::Alerts,
 }
 
 impl Relay {
@@ -58,6 +60,7 @@ impl Relay {
             auth_failures: http::AuthThrottle::default(),
             quarantine_full_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
             write_health: crate::store::WriteHealth::default(),
+            alerts: crate::alerts::Alerts::default(),
         }
     }
 
@@ -172,6 +175,7 @@ impl Application {
         });
         tasks.spawn_until("the delivery workers", &stop, worker::run(relay.clone(), stop.clone()));
         tasks.spawn_until("housekeeping", &stop, housekeeping::run(relay.clone(), stop.clone()));
+        tasks.spawn_until("alerts", &stop, crate::alerts::run(relay.clone(), stop.clone()));
         {
             let (relay, stop2) = (relay.clone(), stop.clone());
             tasks.spawn_until("the work watcher", &stop, async move {

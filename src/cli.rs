@@ -124,6 +124,11 @@ pub enum Command {
         #[arg(long)]
         listen: String,
     },
+    /// Send one test notification through `[alerts]`, to see it arrive.
+    AlertTest {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Erase a contact (GDPR art. 17): every stored event, delivery, attempt and quarantined body
     /// naming this e-mail address. Prints what was removed.
     Forget {
@@ -236,6 +241,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Command::Bench(args) => bench(args).await,
             Command::Forget { config, email } => forget(&config.config, &email).await,
+            Command::AlertTest { config } => alert_test(&config.config).await,
             Command::BaselineServer { listen } => {
                 crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
             }
@@ -353,6 +359,22 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+async fn alert_test(path: &Path) -> anyhow::Result<ExitCode> {
+    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let Some(cfg) = &rt.config.alerts else { bail!("{}: no [alerts] section: nothing to test", path.display()) };
+    let notice = crate::alerts::Notice {
+        kind: "test",
+        key: "test".into(),
+        state: "firing",
+        text: "a test notification (lbx-relay alert-test): alerts reach this channel".into(),
+    };
+    crate::alerts::send(&reqwest::Client::new(), cfg, &notice)
+        .await
+        .map_err(|e| anyhow!(rt.config.secrets.mask(&e)))?;
+    out!("test alert sent");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The same erasure as `DELETE /api/contacts/{email}`, on the store the config names (SQLite can

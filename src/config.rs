@@ -51,6 +51,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub delivery: DeliveryConfig,
     pub quarantine: QuarantineConfig,
+    /// `[alerts]`, when set.
+    pub alerts: Option<AlertsConfig>,
     pub routes: Vec<RouteConfig>,
     /// Every secret value of this configuration, to mask in errors, logs and stored rows.
     pub secrets: crate::secrets::Masker,
@@ -143,6 +145,29 @@ pub struct DeliveryConfig {
     pub lease: Duration,
     /// Longest sleep of an idle worker; new events wake it at once.
     pub poll_interval: Duration,
+}
+
+/// Where and when alerts are sent (`[alerts]`).
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub url: SecretString,
+    pub format: AlertFormat,
+    /// A route's share of failed attempts over `window` that raises an alert (`None`: off).
+    pub failure_rate: Option<f64>,
+    pub window: Duration,
+    /// Fewer attempts than this in the window never raise the failure-rate alert.
+    pub min_attempts: u64,
+    /// One alert key is said at most once per this.
+    pub repeat_after: Duration,
+    pub check_every: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertFormat {
+    /// `{"text": "…"}` (Slack, Mattermost, Rocket.Chat, Google Chat, Discord's /slack).
+    Slack,
+    /// `{"source","kind","key","state","text","at"}`.
+    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -460,7 +485,46 @@ struct RawConfig {
     #[serde(default)]
     quarantine: RawQuarantine,
     #[serde(default)]
+    alerts: Option<RawAlerts>,
+    #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    url: String,
+    #[serde(default = "default_alert_format")]
+    format: String,
+    #[serde(default = "default_failure_rate")]
+    failure_rate: Option<f64>,
+    #[serde(default = "default_alert_window")]
+    window: String,
+    #[serde(default = "default_min_attempts")]
+    min_attempts: u64,
+    #[serde(default = "default_repeat_after")]
+    repeat_after: String,
+    #[serde(default = "default_check_every")]
+    check_every: String,
+}
+
+fn default_alert_format() -> String {
+    "slack".into()
+}
+fn default_failure_rate() -> Option<f64> {
+    Some(0.5)
+}
+fn default_alert_window() -> String {
+    "15m".into()
+}
+fn default_min_attempts() -> u64 {
+    5
+}
+fn default_repeat_after() -> String {
+    "1h".into()
+}
+fn default_check_every() -> String {
+    "30s".into()
 }
 
 #[derive(Deserialize)]
@@ -850,6 +914,31 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
             }
         },
     };
+    let alerts = raw.alerts.clone().map(|a| {
+        if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
+            problem("alerts.url", "must be an http(s) URL (a Slack incoming webhook, or any JSON endpoint)".into());
+        }
+        let format = match a.format.as_str() {
+            "slack" => AlertFormat::Slack,
+            "json" => AlertFormat::Json,
+            other => {
+                problem("alerts.format", format!("{other:?}: use \"slack\" or \"json\""));
+                AlertFormat::Slack
+            }
+        };
+        if a.failure_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            problem("alerts.failure_rate", "must be a share between 0 (off) and 1, like 0.5".into());
+        }
+        AlertsConfig {
+            url: SecretString::from(a.url),
+            format,
+            failure_rate: a.failure_rate.filter(|r| *r > 0.0),
+            window: duration(&a.window, "alerts.window", &mut problem),
+            min_attempts: a.min_attempts.max(1),
+            repeat_after: duration(&a.repeat_after, "alerts.repeat_after", &mut problem),
+            check_every: duration(&a.check_every, "alerts.check_every", &mut problem),
+        }
+    });
     let retry = retry_policy(&raw.retry, None, "retry", &mut problem);
     let delivery = DeliveryConfig {
         workers: if raw.delivery.workers == 0 {
@@ -1067,6 +1156,7 @@ fn validate(raw: RawConfig, uninterpolated: &RawConfig, path: PathBuf, dir: Path
         retry,
         delivery,
         quarantine,
+        alerts,
         routes,
         secrets: crate::secrets::Masker::default(),
     })

@@ -138,6 +138,9 @@ pub async fn accept(
                 .filter(|(k, _)| !crate::secrets::is_credential_header(k))
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
+            relay
+                .alerts
+                .signal(crate::alerts::Signal::Quarantined { source: source.to_string(), reason: e.to_string() });
             let item = NewQuarantined {
                 source: source.to_string(),
                 received_at,

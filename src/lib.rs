@@ -12,6 +12,7 @@
 //!   [`cli`] is the command line, [`preflight`] what `check` reports and `serve` refuses, [`telemetry`] the logs and metrics, and [`housekeeping`] the
 //!   silence alert, gauges and retention purge; [`bench`] is the load tool.
 
+pub mod alerts;
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -232,6 +232,9 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
     // A CRM or token server may echo what it was sent: no known secret is logged or stored.
     let secrets = &rt.config.secrets;
     let error = error.map(|e| secrets.mask(&e));
+    if next == Next::Failed {
+        relay.alerts.signal(crate::alerts::Signal::DeadLetter { route: c.route.clone(), error: error.clone() });
+    }
     let detail = (!exchanges.is_empty()).then(|| secrets.mask(&serde_json::Value::Array(exchanges).to_string()));
     let reason = match &verdict {
         Verdict::Delivered => None,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod alerts;
 mod cli;
 mod connectors;
 mod console;

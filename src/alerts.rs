@@ -1,0 +1,256 @@
+//! `[alerts]`: notifications to a webhook (Slack-compatible `{"text"}` or generic JSON) when a
+//! delivery becomes a dead letter, a route's failure rate over a window crosses a threshold, a
+//! source is silent past its `alert_after`, or the quarantine receives bodies. Signals are grouped
+//! per check interval and each alert key is said at most once per `repeat_after` (no flood during
+//! an outage); conditions that clear (failure rate, silence) send a recovery message.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Relay;
+use crate::config::{AlertFormat, AlertsConfig};
+use crate::event::now_ms;
+
+/// Notifications suppressed by `repeat_after` (counted, then said with the next message).
+pub const ALERTS_SUPPRESSED: &str = "lbx_alerts_suppressed_total";
+/// Notifications sent, by kind and state.
+pub const ALERTS_SENT: &str = "lbx_alerts_sent_total";
+
+/// Something that happened, for the next check.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    DeadLetter { route: String, error: Option<String> },
+    Quarantined { source: String, reason: String },
+}
+
+/// Signals waiting for the next check, and what each alert key last said.
+#[derive(Debug, Default)]
+pub struct Alerts {
+    pending: Mutex<Vec<Signal>>,
+    state: Mutex<HashMap<String, KeyState>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct KeyState {
+    /// When it last sent a "firing" message (Unix ms).
+    last_sent: Option<i64>,
+    /// Occurrences not said yet because of `repeat_after`.
+    suppressed: u64,
+    /// A condition (failure rate, silence) is in alert.
+    firing: bool,
+}
+
+/// One message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub kind: &'static str,
+    pub key: String,
+    /// `firing` or `resolved`.
+    pub state: &'static str,
+    pub text: String,
+}
+
+impl Alerts {
+    pub fn signal(&self, s: Signal) {
+        if let Ok(mut p) = self.pending.lock() {
+            if p.len() < 10_000 {
+                p.push(s);
+            }
+        }
+    }
+
+    /// Whether `key` may fire now; counts a suppression when not.
+    fn may_fire(&self, key: &str, now: i64, repeat_after: Duration, occurrences: u64) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = state.entry(key.to_string()).or_default();
+        let due = st.last_sent.is_none_or(|at| now - at >= repeat_after.as_millis() as i64);
+        if due {
+            let earlier = std::mem::take(&mut st.suppressed);
+            st.last_sent = Some(now);
+            Some(earlier)
+        } else {
+            st.suppressed += occurrences;
+            metrics::counter!(ALERTS_SUPPRESSED, "key" => key.to_string()).increment(occurrences);
+            None
+        }
+    }
+
+    /// A condition's state: `Some(notice state)` when it changed (firing or resolved).
+    fn condition(&self, key: &str, firing: bool, now: i64, repeat_after: Duration) -> Option<&'static str> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = state.entry(key.to_string()).or_default();
+        match (st.firing, firing) {
+            (false, true) => {
+                st.firing = true;
+                st.last_sent = Some(now);
+                Some("firing")
+            }
+            (true, true) if st.last_sent.is_none_or(|at| now - at >= repeat_after.as_millis() as i64) => {
+                st.last_sent = Some(now);
+                Some("firing")
+            }
+            (true, false) => {
+                st.firing = false;
+                Some("resolved")
+            }
+            _ => None,
+        }
+    }
+
+    /// What to say now: grouped signals, failure rates and silent sources.
+    pub async fn evaluate(&self, relay: &Relay, cfg: &AlertsConfig, now: i64) -> Vec<Notice> {
+        let signals = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut notices = Vec::new();
+        let mut dead: BTreeMap<String, (u64, Option<String>)> = BTreeMap::new();
+        let mut quarantined: BTreeMap<String, (u64, String)> = BTreeMap::new();
+        for s in signals {
+            match s {
+                Signal::DeadLetter { route, error } => {
+                    let e = dead.entry(route).or_default();
+                    e.0 += 1;
+                    e.1 = error.or(e.1.take());
+                }
+                Signal::Quarantined { source, reason } => {
+                    let e = quarantined.entry(source).or_default();
+                    e.0 += 1;
+                    e.1 = reason;
+                }
+            }
+        }
+        for (route, (n, error)) in dead {
+            let key = format!("dead_letter:{route}");
+            if let Some(earlier) = self.may_fire(&key, now, cfg.repeat_after, n) {
+                let last = error.map(|e| format!(" Last error: {e}")).unwrap_or_default();
+                let more = if earlier > 0 { format!(" ({earlier} more since the last alert)") } else { String::new() };
+                notices.push(Notice {
+                    kind: "dead_letter",
+                    key,
+                    state: "firing",
+                    text: format!(
+                        "{n} delivery(ies) to route {route} failed for good{more}.{last} Fix the cause, then replay: \
+                         POST /api/deliveries/retry?route={route}"
+                    ),
+                });
+            }
+        }
+        for (source, (n, reason)) in quarantined {
+            let key = format!("quarantine:{source}");
+            if let Some(earlier) = self.may_fire(&key, now, cfg.repeat_after, n) {
+                let more = if earlier > 0 { format!(" ({earlier} more since the last alert)") } else { String::new() };
+                notices.push(Notice {
+                    kind: "quarantine",
+                    key,
+                    state: "firing",
+                    text: format!(
+                        "{n} body(ies) from source {source} could not be decrypted and were quarantined{more}: \
+                         {reason}. A wrong or rotated secret key? Fix it, reload, then POST /api/quarantine/reprocess"
+                    ),
+                });
+            }
+        }
+        if let Some(threshold) = cfg.failure_rate {
+            if let Ok(facts) = relay.store.attempt_facts(now - cfg.window.as_millis() as i64, 100_000).await {
+                for route in relay.runtime().config.routes.iter().map(|r| r.name.clone()) {
+                    let settled: Vec<_> = facts
+                        .iter()
+                        .filter(|f| f.route == route && matches!(f.outcome.as_str(), "delivered" | "retry" | "failed"))
+                        .collect();
+                    let failed = settled.iter().filter(|f| f.outcome != "delivered").count();
+                    let rate = if settled.is_empty() { 0.0 } else { failed as f64 / settled.len() as f64 };
+                    let firing = settled.len() as u64 >= cfg.min_attempts && rate >= threshold;
+                    let key = format!("failure_rate:{route}");
+                    if let Some(state) = self.condition(&key, firing, now, cfg.repeat_after) {
+                        let window = humantime::format_duration(cfg.window);
+                        let text = if state == "firing" {
+                            let last = settled.iter().find(|f| f.outcome != "delivered").and_then(|f| f.error.clone());
+                            format!(
+                                "route {route}: {failed} of {} attempts failed over the last {window} ({:.0} %, \
+                                 alert at {:.0} %).{}",
+                                settled.len(),
+                                rate * 100.0,
+                                threshold * 100.0,
+                                last.map(|e| format!(" Last error: {e}")).unwrap_or_default()
+                            )
+                        } else {
+                            format!(
+                                "route {route} recovered: {:.0} % of attempts failed over the last {window}",
+                                rate * 100.0
+                            )
+                        };
+                        notices.push(Notice { kind: "failure_rate", key, state, text });
+                    }
+                }
+            }
+        }
+        let silent = relay.silence.check(relay, now);
+        for source in relay.runtime().config.sources.keys() {
+            let key = format!("silent:{source}");
+            let firing = silent.contains(source);
+            if let Some(state) = self.condition(&key, firing, now, cfg.repeat_after) {
+                let text = if state == "firing" {
+                    format!(
+                        "no webhook from source {source} for longer than its alert_after: check that the Learnybox \
+                         webhook is still active (Learnybox turns off webhooks that keep failing)"
+                    )
+                } else {
+                    format!("source {source}: webhooks are arriving again")
+                };
+                notices.push(Notice { kind: "silent_source", key, state, text });
+            }
+        }
+        notices
+    }
+}
+
+/// Posts one notice; the error says why it was not delivered.
+pub async fn send(client: &reqwest::Client, cfg: &AlertsConfig, notice: &Notice) -> Result<(), String> {
+    let text = if notice.state == "resolved" {
+        format!("✅ lbx-relay: {}", notice.text)
+    } else {
+        format!("⚠️ lbx-relay: {}", notice.text)
+    };
+    let body = match cfg.format {
+        AlertFormat::Slack => json!({ "text": text }),
+        AlertFormat::Json => json!({
+            "source": "lbx-relay", "kind": notice.kind, "key": notice.key, "state": notice.state,
+            "text": notice.text, "at": crate::event::rfc3339(now_ms()),
+        }),
+    };
+    let resp = client
+        .post(cfg.url.expose_secret())
+        .timeout(Duration::from_secs(10))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("the alert URL does not answer: {}", e.without_url()))?;
+    if resp.status().is_success() {
+        metrics::counter!(ALERTS_SENT, "kind" => notice.kind, "state" => notice.state).increment(1);
+        Ok(())
+    } else {
+        Err(format!("the alert URL answered {}", resp.status()))
+    }
+}
+
+/// Checks every `check_every` and sends what there is to say, until `stop`.
+pub async fn run(relay: std::sync::Arc<Relay>, stop: CancellationToken) {
+    let client = relay.sender.client().clone();
+    loop {
+        let cfg = relay.runtime().config.alerts.clone();
+        let every = cfg.as_ref().map(|c| c.check_every).unwrap_or(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(cfg) = cfg else { continue };
+        for notice in relay.alerts.evaluate(&relay, &cfg, now_ms()).await {
+            if let Err(e) = send(&client, &cfg, &notice).await {
+                tracing::warn!(kind = notice.kind, error = %relay.runtime().config.secrets.mask(&e), "alert not sent");
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `[alerts]` against a loopback receiver: dead letters grouped and rate-limited, a route's
+//! failure rate and its recovery, a silent source and its return, the quarantine, `alert-test`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[derive(Default)]
+struct Receiver {
+    got: Mutex<Vec<Value>>,
+}
+
+async fn receive(state: web::Data<Receiver>, body: web::Json<Value>) -> HttpResponse {
+    state.got.lock().unwrap().push(body.into_inner());
+    HttpResponse::Ok().finish()
+}
+
+fn receiver() -> (String, Arc<Receiver>) {
+    let state = Arc::new(Receiver::default());
+    let url = serve_loopback(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), state.clone(), receive);
+    (url, state)
+}
+
+fn texts(r: &Receiver) -> Vec<String> {
+    r.got.lock().unwrap().iter().map(|v| v["text"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+fn alerts_table(url: &str, extra: &str) -> String {
+    format!("\n[alerts]\nurl = \"{url}/hook\"\ncheck_every = \"100ms\"\nrepeat_after = \"1h\"\n{extra}\n")
+}
+
+/// `[alerts]` goes after the routes table, where TOML puts a new table.
+fn with_alerts(url: &str, extra: &str) -> TestConfig {
+    TestConfig { steps: None, route_extra: alerts_table(url, extra), ..TestConfig::default() }
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[tokio::test]
+async fn dead_letters_are_grouped_into_one_alert_and_not_repeated_within_repeat_after() {
+    let (url, got) = receiver();
+    let app = spawn_app_with(TestConfig { schedule: vec![], ..with_alerts(&url, "failure_rate = 0") }).await;
+    app.crm.always(422);
+    for i in 0..3 {
+        app.post_event(&json!({"event": "contact.created", "id": format!("dl-{i}")})).await;
+    }
+    wait_until(Duration::from_secs(10), "an alert", || async { !got.got.lock().unwrap().is_empty() }).await;
+    wait_until(Duration::from_secs(10), "three dead letters", || async {
+        app.deliveries("status=failed").await.len() == 3
+    })
+    .await;
+    // More failures while the alert is fresh: counted as suppressed, not sent.
+    for i in 3..5 {
+        app.post_event(&json!({"event": "contact.created", "id": format!("dl-{i}")})).await;
+    }
+    wait_until(Duration::from_secs(10), "the later ones suppressed", || async {
+        metric(&app, "lbx_alerts_suppressed_total").await >= 1.0
+    })
+    .await;
+    let all = texts(&got);
+    let dead: Vec<&String> = all.iter().filter(|t| t.contains("failed for good")).collect();
+    assert_eq!(dead.len(), 1, "one grouped alert, no flood: {all:?}");
+    assert!(dead[0].contains("route crm") && dead[0].contains("HTTP 422"), "{}", dead[0]);
+}
+
+#[tokio::test]
+async fn a_failing_route_alerts_once_and_says_when_it_recovered() {
+    let (url, got) = receiver();
+    let app = spawn_app_with(TestConfig {
+        schedule: vec!["50ms", "50ms", "50ms"],
+        ..with_alerts(&url, "failure_rate = 0.5\nmin_attempts = 3\nwindow = \"2s\"\nformat = \"json\"")
+    })
+    .await;
+    app.crm.always(503);
+    app.post_event(&json!({"event": "contact.created", "id": "fr-1"})).await;
+    wait_until(Duration::from_secs(10), "firing", || async {
+        got.got.lock().unwrap().iter().any(|v| v["kind"] == "failure_rate" && v["state"] == "firing")
+    })
+    .await;
+    app.crm.always(200);
+    for i in 0..4 {
+        app.post_event(&json!({"event": "contact.created", "id": format!("ok-{i}")})).await;
+    }
+    wait_until(Duration::from_secs(15), "resolved", || async {
+        got.got.lock().unwrap().iter().any(|v| v["kind"] == "failure_rate" && v["state"] == "resolved")
+    })
+    .await;
+    let firing =
+        got.got.lock().unwrap().iter().filter(|v| v["kind"] == "failure_rate" && v["state"] == "firing").count();
+    assert_eq!(firing, 1);
+    let first = got.got.lock().unwrap()[0].clone();
+    assert_eq!(first["source"], "lbx-relay");
+    assert!(first["text"].as_str().unwrap().contains("route crm"), "{first}");
+}
+
+#[tokio::test]
+async fn a_silent_source_and_the_quarantine_raise_alerts_and_the_source_recovers() {
+    let (url, got) = receiver();
+    let app =
+        spawn_app_with(TestConfig { source_extra: "alert_after = \"300ms\"", ..with_alerts(&url, "failure_rate = 0") })
+            .await;
+    wait_until(Duration::from_secs(10), "silent", || async {
+        texts(&got).iter().any(|t| t.contains("no webhook from source learnybox"))
+    })
+    .await;
+    app.post_hook("junk that does not decrypt", &[]).await;
+    wait_until(Duration::from_secs(10), "quarantine and recovery", || async {
+        let t = texts(&got);
+        t.iter().any(|t| t.contains("quarantined")) && t.iter().any(|t| t.contains("webhooks are arriving again"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn alert_test_sends_one_notification() {
+    let (url, got) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    write_process_config(dir.path(), &with_alerts(&url, ""), "http://127.0.0.1:9");
+    let path = dir.path().join("routes.toml").display().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["alert-test", "-c", &path], None, &[])).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("test alert sent"));
+    assert!(texts(&got)[0].contains("alert-test"));
+}
