@@ -2,7 +2,10 @@
 # A connector: docker run -e LBX_CONFIG=/etc/lbx-relay/examples/brevo.toml -e BREVO_API_KEY=… …
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY Cargo.toml Cargo.lock rustfmt.toml build.rs routes.toml ./
+COPY examples ./examples
+COPY templates ./templates
+COPY contracts ./contracts
 COPY src ./src
 COPY assets ./assets
 COPY benches ./benches

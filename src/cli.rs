@@ -124,6 +124,15 @@ pub enum Command {
         #[arg(long)]
         listen: String,
     },
+    /// Write a working routes.toml (and the templates and contracts it names) into DIR, then
+    /// print the variables to set.
+    Init {
+        /// One of the shipped connectors (brevo, hubspot, pipedrive, …); the default setup if absent.
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Send one test notification through `[alerts]`, to see it arrive.
     AlertTest {
         #[command(flatten)]
@@ -242,6 +251,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench(args) => bench(args).await,
             Command::Forget { config, email } => forget(&config.config, &email).await,
             Command::AlertTest { config } => alert_test(&config.config).await,
+            Command::Init { connector, dir } => init(&dir, connector.as_deref()),
             Command::BaselineServer { listen } => {
                 crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
             }
@@ -359,6 +369,26 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn init(dir: &Path, connector: Option<&str>) -> anyhow::Result<ExitCode> {
+    let written = crate::init::init(dir, connector)?;
+    for f in &written.files {
+        out!("wrote {}", f.display());
+    }
+    out!();
+    out!("Set these variables (in the environment, or a file read with ${{file:/path}}):");
+    for (name, default) in &written.variables {
+        match default {
+            None => out!("  {name}   (required)"),
+            Some(d) if d.is_empty() => out!("  {name}   (optional)"),
+            Some(d) => out!("  {name}   (optional, default {d})"),
+        }
+    }
+    let config = written.files[0].display();
+    out!();
+    out!("Then: lbx-relay check -c {config} && lbx-relay serve -c {config}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn alert_test(path: &Path) -> anyhow::Result<ExitCode> {

@@ -27,6 +27,7 @@ pub mod follow;
 pub mod housekeeping;
 pub mod http;
 pub mod ingest;
+pub mod init;
 pub mod preflight;
 pub mod routing;
 pub mod runtime;

@@ -194,3 +194,53 @@ async fn send_test_follow_reports_delivery_failure_duplicates_and_the_quarantine
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("200 OK") && out.contains("quarantined:"), "the hook answers 200, --follow tells: {out}");
 }
+
+#[test]
+fn init_writes_a_setup_that_passes_check_where_it_is_written_for_every_connector() {
+    let mut connectors: Vec<Option<String>> = vec![None];
+    connectors.extend(lbx_relay::init::connectors().into_iter().map(|c| Some(c.to_string())));
+    assert!(connectors.len() >= 12, "{connectors:?}");
+    for connector in connectors {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("relay-config");
+        let mut args = vec!["init".to_string()];
+        if let Some(c) = &connector {
+            args.extend(["--connector".to_string(), c.clone()]);
+        }
+        args.push(target.display().to_string());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run_cli(&argv, None, &[]);
+        assert_eq!(code, 0, "{connector:?}: {err}");
+        // The variables it says are required, given plausible values.
+        let required: Vec<String> = out
+            .lines()
+            .filter(|l| l.ends_with("(required)"))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect();
+        assert!(required.contains(&"LEARNYBOX_SECRET_KEY".to_string()), "{out}");
+        let values: Vec<(String, String)> = required
+            .iter()
+            .map(|v| {
+                let value = match v.as_str() {
+                    "LEARNYBOX_SECRET_KEY" => SECRET.to_string(),
+                    v if v.ends_with("_URL") => "https://example.test/hook/abc".to_string(),
+                    _ => "test-value-0123456789".to_string(),
+                };
+                (v.clone(), value)
+            })
+            .collect();
+        let envs: Vec<(&str, &str)> = values.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // Checked from another directory: the paths hold where the files were written.
+        let config = target.join("routes.toml");
+        let (code, out, err) = run_cli(&["check", "-c", config.to_str().unwrap()], None, &envs);
+        assert_eq!(code, 0, "{connector:?}: {out}{err}");
+        assert!(out.contains("OK"), "{out}");
+        // A second init does not overwrite.
+        let (code, _, err) = run_cli(&argv, None, &[]);
+        assert_eq!(code, 1);
+        assert!(err.contains("exists already"), "{err}");
+    }
+    let (code, _, err) = run_cli(&["init", "--connector", "nope", "/tmp/never-written"], None, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("brevo") && err.contains("hubspot"), "lists the connectors: {err}");
+}
