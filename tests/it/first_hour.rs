@@ -244,3 +244,23 @@ fn init_writes_a_setup_that_passes_check_where_it_is_written_for_every_connector
     assert_eq!(code, 1);
     assert!(err.contains("brevo") && err.contains("hubspot"), "lists the connectors: {err}");
 }
+
+#[test]
+fn the_readme_lists_every_variable_the_shipped_configs_read() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut configs = vec![root.join("routes.toml")];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        configs.push(entry.unwrap().path());
+    }
+    for config in configs {
+        let text = std::fs::read_to_string(&config).unwrap();
+        for var in lbx_relay::init::variables(&text).keys() {
+            assert!(
+                readme.contains(&format!("| `{var}` |")),
+                "{var} (read by {}) is not in the README",
+                config.display()
+            );
+        }
+    }
+}
