@@ -69,7 +69,12 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
                 !rt.templates.reads_answers(route, i) && rt.templates.step_applies(route, i, &ctx).unwrap_or(true);
             match rt.templates.render_step_with(route, i, &ctx, validate) {
                 Ok(_) => report.rendered += 1,
-                Err(e) => report.problems.push(rt.config.secrets.mask(&format!("{file}: {e}{what} (with {name})"))),
+                Err(e) => {
+                    // The first line says what is wrong; the rest shows where (in this sample's render).
+                    let text = rt.config.secrets.mask(&e.to_string());
+                    let (head, rest) = text.split_once('\n').map_or((text.as_str(), ""), |(h, r)| (h, r));
+                    report.problems.push(format!("{file}: {head}{what} (with {name})\n{rest}"));
+                }
             }
         }
     };
@@ -85,6 +90,7 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
             render_one(route, &event, name, &mut report);
         }
     }
+    report.problems = merge_by_sample(std::mem::take(&mut report.problems));
     // A route no sample reaches is still rendered once, so its template is exercised.
     for route in rt.config.routes.iter().filter(|r| !exercised.contains(&r.name)) {
         if let Some((name, sample)) = samples.first() {
@@ -94,6 +100,40 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// One problem repeated over several samples is said once, naming them: `… (with bundled sample
+/// #0, #3 and 7 more)`.
+fn merge_by_sample(problems: Vec<String>) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut samples: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    let mut excerpts: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for p in problems {
+        let (first, excerpt) = p.split_once('\n').map_or((p.as_str(), ""), |(f, e)| (f, e));
+        let (what, sample) = match first.rsplit_once(" (with ") {
+            Some((what, rest)) => (what.to_string(), rest.trim_end_matches(')').to_string()),
+            None => (first.to_string(), String::new()),
+        };
+        if !samples.contains_key(&what) {
+            order.push(what.clone());
+            excerpts.insert(what.clone(), excerpt.to_string());
+        }
+        samples.entry(what).or_default().push(sample);
+    }
+    order
+        .into_iter()
+        .map(|what| {
+            let list: Vec<String> =
+                samples.remove(&what).unwrap_or_default().into_iter().filter(|s| !s.is_empty()).collect();
+            let excerpt = excerpts.remove(&what).filter(|e| !e.trim().is_empty()).map(|e| format!("\n{e}"));
+            let head = match list.len() {
+                0 => what,
+                1..=3 => format!("{what} (with {})", list.join(", ")),
+                n => format!("{what} (with {} and {} more)", list[..3].join(", "), n - 3),
+            };
+            format!("{head}{}", excerpt.unwrap_or_default())
+        })
+        .collect()
 }
 
 /// A loaded configuration that also renders every sample: what `serve` and reload accept.

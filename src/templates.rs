@@ -20,10 +20,8 @@ pub enum RenderError {
     Compile { file: String, message: String },
     #[error("route {route}: {what}: {message}")]
     Render { route: String, what: &'static str, message: String },
-    #[error(
-        "route {route}: the body rendered from {file} is not valid JSON: {message} (line {line}, column {column})"
-    )]
-    NotJson { route: String, file: String, message: String, line: usize, column: usize },
+    #[error("route {route}: the body rendered from {file} is not valid JSON: {message}\n{excerpt}")]
+    NotJson { route: String, file: String, message: String, line: usize, column: usize, excerpt: String },
     #[error("route {route}: the body does not match the schema {file}: {problems}")]
     Schema { route: String, file: String, problems: String },
     #[error("route {route}: the rendered URL {url:?} is not a valid http(s) URL")]
@@ -197,9 +195,9 @@ impl Templates {
                 })?;
                 let is_json = file.ends_with(".json.hbs");
                 let registry = if is_json { &mut self.json } else { &mut self.plain };
-                registry
-                    .register_template_string(&body_key(&route.name, i), &source)
-                    .map_err(|e| RenderError::Compile { file: file.clone(), message: template_error_message(&e) })?;
+                registry.register_template_string(&body_key(&route.name, i), &source).map_err(|e| {
+                    RenderError::Compile { file: file.clone(), message: compile_error_message(&e, &source) }
+                })?;
                 if is_json {
                     self.json_bodies.insert(body_key(&route.name, i), file);
                 }
@@ -335,7 +333,8 @@ impl Templates {
                 // well not be JSON yet: shown as rendered.
                 Some(_) if !validate => body,
                 Some(file) if step.omit_empty || schema.is_some() => {
-                    let mut value = serde_json::from_str::<Value>(&body).map_err(|e| not_json(route, file, &e))?;
+                    let mut value =
+                        serde_json::from_str::<Value>(&body).map_err(|e| not_json(route, file, &e, &body))?;
                     if step.omit_empty {
                         prune_empty(&mut value);
                     }
@@ -349,7 +348,8 @@ impl Templates {
                     }
                 }
                 Some(file) => {
-                    serde_json::from_str::<serde::de::IgnoredAny>(&body).map_err(|e| not_json(route, file, &e))?;
+                    serde_json::from_str::<serde::de::IgnoredAny>(&body)
+                        .map_err(|e| not_json(route, file, &e, &body))?;
                     body
                 }
                 None => {
@@ -395,13 +395,17 @@ impl Templates {
     }
 }
 
-fn not_json(route: &RouteConfig, file: &str, e: &serde_json::Error) -> RenderError {
+fn not_json(route: &RouteConfig, file: &str, e: &serde_json::Error, body: &str) -> RenderError {
+    let (line, column) = (e.line(), e.column());
+    let text: String = body.lines().nth(line.saturating_sub(1)).unwrap_or_default().chars().take(160).collect();
+    let gutter = line.to_string().len();
     RenderError::NotJson {
         route: route.name.clone(),
         file: file.to_string(),
         message: e.to_string(),
-        line: e.line(),
-        column: e.column(),
+        line,
+        column,
+        excerpt: format!("  {line} | {text}\n  {:gutter$} | {}^", "", " ".repeat(column.saturating_sub(1).min(160))),
     }
 }
 
@@ -472,6 +476,22 @@ pub fn prune_empty(value: &mut Value) {
 fn truthy(out: &str) -> bool {
     let v = out.trim().to_ascii_lowercase();
     !matches!(v.as_str(), "" | "false" | "0" | "no" | "null")
+}
+
+/// A template that does not compile, as a reader wants it: where, why in a few words, and the
+/// line with a caret under the spot, on lines of their own.
+fn compile_error_message(e: &handlebars::TemplateError, source: &str) -> String {
+    let reason = e.reason().to_string();
+    // The parser's reason ends with every token it would have accepted: not worth reading.
+    let reason = reason.split(": expected ").next().unwrap_or(&reason).trim().to_string();
+    let Some((line, column)) = e.pos() else { return reason };
+    let text = source.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+    let gutter = line.to_string().len();
+    format!(
+        "line {line}, column {column}: {reason}\n  {line} | {text}\n  {:gutter$} | {}^",
+        "",
+        " ".repeat(column.saturating_sub(1))
+    )
 }
 
 fn template_error_message(e: &dyn std::fmt::Display) -> String {

@@ -264,3 +264,27 @@ fn the_readme_lists_every_variable_the_shipped_configs_read() {
         }
     }
 }
+
+#[test]
+fn check_shows_where_a_template_breaks_with_a_caret_and_says_a_repeated_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_process_config(dir.path(), &TestConfig::default(), "http://127.0.0.1:9");
+    let path = dir.path().join("routes.toml");
+    let template = dir.path().join("crm.json.hbs");
+    std::fs::write(&template, "{\n  \"id\": \"{{id}}\",\n  \"bad\": {{#each}}\n}\n").unwrap();
+    let (code, out, _) = run_cli(&["check", "-c", path.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines.iter().position(|l| l.contains("crm.json.hbs: line")).unwrap_or_else(|| panic!("{out}"));
+    assert!(lines[at].contains("invalid handlebars syntax") && !lines[at].contains("expected escape"), "{out}");
+    assert!(lines[at + 1].contains(" | ") && lines[at + 2].trim_end().ends_with('^'), "caret on its own line: {out}");
+
+    // Valid Handlebars, invalid JSON for every sample: one problem naming the samples.
+    std::fs::write(&template, "{\"email\": {{data.data.contact.email}} }").unwrap();
+    let (code, out, _) = run_cli(&["check", "-c", path.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 1, "{out}");
+    let problems: Vec<&str> = out.lines().filter(|l| l.contains("is not valid JSON")).collect();
+    assert_eq!(problems.len(), 1, "said once: {out}");
+    assert!(problems[0].contains("(with bundled sample #") && problems[0].contains("more)"), "{out}");
+    assert!(out.lines().any(|l| l.trim_end().ends_with('^')), "{out}");
+}
