@@ -3,33 +3,43 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
 let token = sessionStorage.getItem("lbx-admin-token") || "";
+// What the operator is looking at, kept across refreshes.
+const view = { filter: {}, cursors: [null], page: 0, selected: null, bulk: null };
 
-async function api(path, method = "GET") {
-  const resp = await fetch(path, { method, headers: { Authorization: "Bearer " + token } });
-  if (resp.status === 401 || resp.status === 403) {
-    throw new Error(resp.status === 401 ? "wrong admin token" : "the admin API is disabled (no admin_token)");
-  }
-  const body = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error(body.error || "HTTP " + resp.status);
-  return body;
+class ApiError extends Error {
+  constructor(message, kind) { super(message); this.kind = kind; }
 }
 
-function cell(row, text, cls) {
-  const td = row.insertCell();
-  td.textContent = text === null || text === undefined ? "" : String(text);
-  if (cls) td.className = cls;
-  return td;
+async function api(path, method = "GET", body) {
+  let resp;
+  try {
+    const headers = { Authorization: "Bearer " + token };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError("The relay does not answer at this address: is it running? (" + e.message + ")", "down");
+  }
+  if (resp.status === 401) throw new ApiError("Wrong admin token: type the relay's LBX_ADMIN_TOKEN.", "token");
+  if (resp.status === 403) {
+    throw new ApiError("The admin API is disabled on this relay: set LBX_ADMIN_TOKEN (16+ characters) and " +
+      "admin_token = \"${LBX_ADMIN_TOKEN}\" in routes.toml, then restart it.", "disabled");
+  }
+  const answer = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new ApiError(answer.error || "HTTP " + resp.status, "api");
+  return answer;
 }
 
-function fill(tbody, items, columns, extra) {
-  tbody.replaceChildren();
-  for (const item of items) {
-    const row = tbody.insertRow();
-    for (const [key, cls] of columns) cell(row, item[key], cls);
-    if (extra) extra(row, item);
-  }
-  if (items.length === 0) cell(tbody.insertRow(), "none").colSpan = columns.length + (extra ? 1 : 0);
+function text(el, value) { el.textContent = value === null || value === undefined ? "" : String(value); return el; }
+function el(tag, value, cls) { const e = document.createElement(tag); if (cls) e.className = cls; return text(e, value); }
+
+/// A time as the operator reads it (local), with UTC on hover.
+function when(iso, cell) {
+  if (!iso) return text(cell, "–");
+  const d = new Date(iso);
+  cell.title = d.toISOString();
+  return text(cell, d.toLocaleString());
 }
 
 function age(iso) {
@@ -38,53 +48,274 @@ function age(iso) {
   return s < 120 ? s + " s" : s < 7200 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h";
 }
 
-async function refresh() {
-  try {
-    const [stats, failed, pending, quarantine, events] = await Promise.all([
-      api("/api/stats"),
-      api("/api/deliveries?status=failed&limit=100"),
-      api("/api/deliveries?status=pending&limit=100"),
-      api("/api/quarantine?limit=50"),
-      api("/api/events?order=desc&limit=50"),
-    ]);
-    $("main").hidden = false;
-    $("status").textContent = "updated " + new Date().toLocaleTimeString();
-    $("queue_depth").textContent = stats.queue_depth;
-    $("oldest").textContent = age(stats.oldest_pending_at);
-    $("quarantined").textContent = stats.quarantined;
-    $("failed_count").textContent = stats.failed;
-    fill($("failed"), failed.items, [["id"], ["route"], ["attempts"], ["last_status"], ["last_error", "error"]], (row, d) => {
-      const b = document.createElement("button");
-      b.textContent = "Retry";
-      b.onclick = () => act("/api/deliveries/" + encodeURIComponent(d.id) + "/retry");
-      row.insertCell().append(b);
+function pct(x) { return x === null || x === undefined ? "–" : Math.round(x * 100) + " %"; }
+
+function showState(message, kind) {
+  const s = $("state");
+  s.hidden = !message;
+  s.className = kind === "ok" ? "" : "error";
+  text(s, message);
+}
+
+function emptyRow(tbody, span) { const td = tbody.insertRow().insertCell(); td.colSpan = span; text(td, "none"); }
+
+async function refreshStats() {
+  const s = await api("/api/stats");
+  text($("queue_depth"), s.queue_depth);
+  text($("failed_count"), s.failed);
+  text($("quarantined"), s.quarantined);
+  text($("oldest"), age(s.oldest_pending_at));
+  for (const id of ["f_route", "b_route"]) {
+    const select = $(id);
+    if (select.options.length === 1) for (const r of s.routes) select.add(new Option(r, r));
+  }
+}
+
+async function refreshRoutes() {
+  const { routes } = await api("/api/routes");
+  const tbody = $("routes");
+  tbody.replaceChildren();
+  for (const r of routes) {
+    const row = tbody.insertRow();
+    text(row.insertCell(), r.route);
+    text(row.insertCell(), pct(r.success_rate_1h));
+    text(row.insertCell(), pct(r.success_rate_24h));
+    text(row.insertCell(), r.attempts_24h);
+    text(row.insertCell(), r.queue_depth);
+    when(r.last_success, row.insertCell());
+    const fail = row.insertCell();
+    fail.className = "error";
+    if (r.last_failure) { when(r.last_failure, fail); fail.append(el("div", r.last_failure_error)); } else text(fail, "–");
+  }
+  if (routes.length === 0) emptyRow(tbody, 7);
+  const series = await api("/api/stats/series?since=24h&step=1h");
+  drawChart(series.routes);
+}
+
+/// Bars of delivered and failed attempts per hour (all routes), and the p95 latency as a line.
+function drawChart(routes) {
+  const svg = $("chart");
+  svg.replaceChildren();
+  const names = Object.keys(routes);
+  const n = names.length ? routes[names[0]].length : 0;
+  const ok = new Array(n).fill(0), ko = new Array(n).fill(0), lat = new Array(n).fill(null);
+  for (const name of names) {
+    routes[name].forEach((b, i) => {
+      ok[i] += b.delivered; ko[i] += b.failed + b.retried;
+      if (b.latency_p95_ms !== null) lat[i] = Math.max(lat[i] || 0, b.latency_p95_ms);
     });
-    fill($("pending"), pending.items, [["id"], ["route"], ["attempts"], ["last_status"], ["last_error", "error"], ["next_attempt_at"]]);
-    fill($("quarantine"), quarantine.items, [["id"], ["source"], ["received_at"], ["size"], ["reason", "error"]]);
-    fill($("events"), events.items, [["received_at"], ["source"], ["event"], ["status"], ["id"]]);
-  } catch (e) {
-    $("status").textContent = e.message;
+  }
+  const top = Math.max(1, ...ok.map((v, i) => v + ko[i]));
+  const topLat = Math.max(1, ...lat.filter((v) => v !== null));
+  const w = 720 / Math.max(1, n), h = 140;
+  const rect = (x, y, width, height, fill) => {
+    const r = document.createElementNS(SVG, "rect");
+    for (const [k, v] of Object.entries({ x, y, width, height, fill })) r.setAttribute(k, v);
+    svg.append(r);
+  };
+  ok.forEach((v, i) => {
+    const hOk = (v / top) * h, hKo = (ko[i] / top) * h;
+    rect(i * w + 1, h - hOk, Math.max(1, w - 2), hOk, "#4c9f70");
+    rect(i * w + 1, h - hOk - hKo, Math.max(1, w - 2), hKo, "#d66");
+  });
+  const points = lat.map((v, i) => v === null ? null : `${i * w + w / 2},${h - (v / topLat) * h}`).filter(Boolean);
+  if (points.length) {
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("points", points.join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", "#3461c1");
+    line.setAttribute("stroke-width", "2");
+    svg.append(line);
+  }
+  const axis = document.createElementNS(SVG, "text");
+  axis.setAttribute("x", 4); axis.setAttribute("y", 155); axis.setAttribute("font-size", 11);
+  axis.textContent = `max ${top} attempts/h · p95 up to ${topLat} ms`;
+  svg.append(axis);
+  text($("chart_note"), `${ok.reduce((a, b) => a + b, 0)} delivered, ${ko.reduce((a, b) => a + b, 0)} failed or retried in 24 h`);
+}
+
+function eventQuery() {
+  const p = new URLSearchParams({ order: "desc", limit: "25" });
+  for (const [k, v] of Object.entries(view.filter)) if (v) p.set(k, v);
+  const cursor = view.cursors[view.page];
+  if (cursor) p.set("after", cursor);
+  return p.toString();
+}
+
+async function refreshEvents() {
+  const page = await api("/api/events?" + eventQuery());
+  const tbody = $("events");
+  tbody.replaceChildren();
+  for (const e of page.items) {
+    const row = tbody.insertRow();
+    row.className = "clickable" + (e.id === view.selected ? " selected" : "");
+    row.dataset.id = e.id;
+    when(e.received_at, row.insertCell());
+    text(row.insertCell(), e.type);
+    text(row.insertCell(), e.email || "–");
+    text(row.insertCell(), e.status).className = "status-" + e.status;
+    text(row.insertCell(), e.learnybox_id);
+    row.addEventListener("click", () => select(e.id));
+  }
+  if (page.items.length === 0) emptyRow(tbody, 5);
+  const first = view.page * 25 + (page.items.length ? 1 : 0), last = view.page * 25 + page.items.length;
+  text($("count"), `${first}–${last} of ${page.total_exact ? "" : "at least "}${page.total}`);
+  view.cursors[view.page + 1] = page.next;
+  $("next").disabled = !page.next;
+  $("prev").disabled = view.page === 0;
+}
+
+async function select(id) {
+  view.selected = id;
+  for (const row of $("events").rows) row.classList.toggle("selected", row.dataset.id === id);
+  await refreshDetail();
+  $("detail").scrollIntoView({ block: "nearest" });
+}
+
+function exchangeBlock(x) {
+  const box = el("details", null);
+  const req = x.request || {};
+  const res = x.response;
+  box.append(el("summary", `${x.step ? x.step + ": " : ""}${req.method} ${req.url} → ${res ? "HTTP " + res.status : x.error || "no answer"}`));
+  box.append(el("div", "Request headers"), el("pre", JSON.stringify(req.headers || {}, null, 2)));
+  if (req.body) box.append(el("div", "Request body"), el("pre", req.body));
+  if (res) {
+    box.append(el("div", "Answer headers"), el("pre", JSON.stringify(res.headers || {}, null, 2)));
+    box.append(el("div", "Answer body (first 8 KiB)"), el("pre", res.body || ""));
+  }
+  return box;
+}
+
+async function refreshDetail() {
+  if (!view.selected) { $("detail").hidden = true; return; }
+  const d = await api("/api/events/" + encodeURIComponent(view.selected));
+  $("detail").hidden = false;
+  text($("d_id"), d.event_key);
+  const summary = $("d_summary");
+  summary.replaceChildren(el("span", `${d.event} from ${d.source}, received `), when(d.received_at, el("span")));
+  text($("d_payload"), JSON.stringify(d.data, null, 2));
+  const box = $("d_deliveries");
+  box.replaceChildren();
+  if (d.deliveries.length === 0) box.append(el("p", "No route takes this event type: nothing was sent."));
+  for (const del of d.deliveries) {
+    const card = el("div", null, "delivery");
+    const head = el("div", null);
+    head.append(el("b", del.route), el("span", " — " + del.status + `, ${del.attempts} attempt(s)`, "status-" + del.status));
+    const label = del.status === "pending" ? "Send now" : del.status === "delivered" ? "Send again" : "Retry";
+    const button = el("button", label);
+    button.type = "button";
+    button.addEventListener("click", async () => {
+      try {
+        await api(`/api/deliveries/${encodeURIComponent(del.id)}/retry`, "POST");
+        text($("action"), `${label}: ${del.route} queued`);
+        await refresh();
+      } catch (e) { showState(e.message, "error"); }
+    });
+    head.append(" ", button);
+    if (del.next_attempt_at) head.append(el("span", " next attempt "), when(del.next_attempt_at, el("span")));
+    card.append(head);
+    for (const a of del.attempt_log) {
+      const item = el("div", null, "attempt " + (a.outcome === "delivered" ? "ok" : "ko"));
+      item.append(el("span", `#${a.attempt} `), when(a.started_at, el("span")),
+        el("span", ` · ${a.duration_ms} ms · ${a.outcome}${a.status ? " · HTTP " + a.status : ""}`));
+      if (a.error) item.append(el("div", a.error, "error-text"));
+      for (const x of a.exchanges || []) item.append(exchangeBlock(x));
+      card.append(item);
+    }
+    box.append(card);
   }
 }
 
-async function act(path) {
+async function refreshQuarantine() {
+  const q = await api("/api/quarantine?limit=50");
+  const tbody = $("quarantine");
+  tbody.replaceChildren();
+  for (const item of q.items) {
+    const row = tbody.insertRow();
+    text(row.insertCell(), item.id);
+    text(row.insertCell(), item.source);
+    when(item.received_at, row.insertCell());
+    text(row.insertCell(), item.size + " B");
+    text(row.insertCell(), item.reason).className = "error";
+  }
+  if (q.items.length === 0) emptyRow(tbody, 5);
+}
+
+async function refresh() {
+  if (!token) { showState("Type the relay's admin token (LBX_ADMIN_TOKEN) to open the console.", "ok"); return; }
   try {
-    const r = await api(path, "POST");
-    $("status").textContent = JSON.stringify(r);
+    await refreshStats();
+    await Promise.all([refreshRoutes(), refreshEvents(), refreshQuarantine()]);
+    await refreshDetail();
+    $("main").hidden = false;
+    showState("");
+    text($("updated"), "updated " + new Date().toLocaleTimeString());
   } catch (e) {
-    $("status").textContent = e.message;
+    showState(e.message, "error");
+    if (e.kind !== "down") $("main").hidden = true;
   }
-  refresh();
 }
 
-$("login").onsubmit = (ev) => {
-  ev.preventDefault();
-  token = $("token").value;
-  sessionStorage.setItem("lbx-admin-token", token);
-  refresh();
-};
-$("retry_failed").onclick = () => act("/api/deliveries/retry?status=failed");
-$("reprocess").onclick = () => act("/api/quarantine/reprocess");
-$("reload").onclick = () => act("/api/reload");
-if (token) refresh();
-setInterval(() => token && refresh(), 5000);
+function bulkFilter() {
+  return { status: $("b_status").value, route: $("b_route").value || undefined, type: $("b_type").value || undefined };
+}
+
+function wire() {
+  $("login").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    token = $("token").value.trim();
+    sessionStorage.setItem("lbx-admin-token", token);
+    refresh();
+  });
+  $("filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = $("q").value.trim();
+    view.filter = {
+      email: q.includes("@") ? q : "", id: q && !q.includes("@") ? q : "",
+      type: $("f_type").value.trim(), status: $("f_status").value, route: $("f_route").value,
+    };
+    view.cursors = [null]; view.page = 0;
+    refresh();
+  });
+  $("clear").addEventListener("click", () => { $("filters").reset(); view.filter = {}; view.cursors = [null]; view.page = 0; refresh(); });
+  $("next").addEventListener("click", () => { if (view.cursors[view.page + 1]) { view.page += 1; refresh(); } });
+  $("prev").addEventListener("click", () => { if (view.page > 0) { view.page -= 1; refresh(); } });
+  $("d_close").addEventListener("click", () => { view.selected = null; refresh(); });
+  $("bulk").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      view.bulk = bulkFilter();
+      const n = (await api("/api/deliveries/retry", "POST", { ...view.bulk, dry_run: true })).would_retry;
+      text($("b_count"), `${n} deliver${n === 1 ? "y" : "ies"} match.`);
+      $("b_go").disabled = n === 0;
+      $("b_confirm").hidden = false;
+    } catch (e) { showState(e.message, "error"); }
+  });
+  $("b_cancel").addEventListener("click", () => { $("b_confirm").hidden = true; view.bulk = null; });
+  $("b_go").addEventListener("click", async () => {
+    try {
+      const r = await api("/api/deliveries/retry", "POST", view.bulk);
+      $("b_confirm").hidden = true;
+      text($("b_result"), `Replayed ${r.retried} deliver${r.retried === 1 ? "y" : "ies"} at ${new Date().toLocaleTimeString()}.`);
+      refresh();
+    } catch (e) { showState(e.message, "error"); }
+  });
+  $("reprocess").addEventListener("click", async () => {
+    try {
+      const r = await api("/api/quarantine/reprocess", "POST");
+      text($("action"), `Reprocessed ${r.reprocessed}, duplicates ${r.duplicates}, still quarantined ${r.still_quarantined}.`);
+      refresh();
+    } catch (e) { showState(e.message, "error"); }
+  });
+  $("reload").addEventListener("click", async () => {
+    try {
+      const r = await api("/api/reload", "POST");
+      text($("action"), `Reloaded: ${r.routes} route(s)` + (r.needs_restart && r.needs_restart.length ? `; restart for ${r.needs_restart.join(", ")}` : ""));
+      refresh();
+    } catch (e) { showState(e.message, "error"); }
+  });
+}
+
+wire();
+refresh();
+setInterval(refresh, 5000);

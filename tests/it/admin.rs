@@ -156,7 +156,14 @@ async fn the_dashboard_is_a_static_page_and_its_data_needs_the_token() {
         assert!(!body.contains(ADMIN_TOKEN));
         if path == "/dashboard.js" {
             assert!(!body.contains("innerHTML"), "API values are written as text, never as HTML");
-            for used in ["/api/stats", "/api/deliveries?status=failed", "/api/quarantine/reprocess", "/api/reload"] {
+            for used in [
+                "/api/stats",
+                "/api/events?",
+                "/api/routes",
+                "/api/deliveries/retry",
+                "/api/quarantine/reprocess",
+                "/api/reload",
+            ] {
                 assert!(body.contains(used), "{used}");
             }
         }

@@ -10,6 +10,7 @@ mod connectors;
 mod console;
 mod contracts;
 mod crash;
+mod dashboard;
 mod delivery;
 mod first_hour;
 mod hardening;
