@@ -198,7 +198,15 @@ async fn the_dashboard_finds_an_event_by_contact_shows_its_attempts_and_replays(
     assert!(!detail.contains("crm-secret-key"), "credentials are masked: {detail}");
     page.screenshot("dashboard.png", 1280).await;
     page.screenshot("dashboard-400px.png", 400).await;
+    // At 400 px nothing but the tables' own scroll areas is wider than the screen.
+    let widest = page.eval("document.documentElement.scrollWidth").await.as_u64().unwrap();
+    assert!(widest <= 400, "the page is {widest} px wide at 400 px");
     page.call("Emulation.clearDeviceMetricsOverride", json!({})).await;
+    // A refresh keeps the scroll position and the open event.
+    page.eval("window.scrollTo(0, 300); window.__before = document.getElementById('updated').textContent; true").await;
+    page.wait_for("document.getElementById('updated').textContent !== window.__before").await;
+    assert_eq!(page.eval("Math.round(window.scrollY)").await, json!(300));
+    assert!(!page.eval("document.getElementById('detail').hidden").await.as_bool().unwrap());
 
     // Bulk replay by filter: the count first, then the result, which stays.
     app.crm.always(200);
