@@ -216,7 +216,8 @@ fn write_config(
 ) -> anyhow::Result<PathBuf> {
     std::fs::write(
         dir.join("sink.json.hbs"),
-        r#"{"n": {{data.n}}, "event": "{{event}}", "email": "{{data.data.contact.email}}"}"#,
+        // Valid JSON for events without `n` too: `serve` refuses a config whose samples `check` rejects.
+        r#"{"n": {{#if data.n}}{{data.n}}{{else}}0{{/if}}, "event": "{{event}}", "email": "{{data.data.contact.email}}"}"#,
     )?;
     let config = format!(
         r#"[server]

@@ -134,3 +134,14 @@ async fn send_test_posts_like_learnybox_and_prints_the_answer() {
     assert_eq!(app.count("SELECT COUNT(*) FROM events"), 20);
     assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 0);
 }
+
+#[tokio::test]
+async fn bench_starts_its_relay_and_reports_every_event_delivered() {
+    // Off the test's runtime: the bench is a process of its own.
+    let (code, out, err) =
+        tokio::task::spawn_blocking(|| run_cli(&["bench", "-n", "200", "-c", "4", "--json"], None, &[])).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["accepted"], 200, "{report}");
+    assert_eq!(report["delivered"], 200, "{report}");
+}
