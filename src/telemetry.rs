@@ -48,7 +48,8 @@ pub fn init_logs(format: LogFormat) {
             .compact()
             .fmt_fields(
                 tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-                    let text = log_safe(&format!("{value:?}"));
+                    let raw = format!("{value:?}");
+                    let text = log_safe(&raw);
                     if field.name() == "message" {
                         write!(w, "{text}")
                     } else {
@@ -77,7 +78,11 @@ pub fn capped(value: &str) -> &str {
 
 /// A value as one log line can hold it: control characters escaped (`\n`, `\u{1b}`), at most
 /// [`MAX_LOGGED_FIELD`] characters.
-pub fn log_safe(value: &str) -> String {
+pub fn log_safe(value: &str) -> std::borrow::Cow<'_, str> {
+    // Nearly every value is short and plain: no copy then.
+    if value.len() <= MAX_LOGGED_FIELD && !value.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(value);
+    }
     let mut out = String::with_capacity(value.len().min(MAX_LOGGED_FIELD + 16));
     for (i, c) in value.chars().enumerate() {
         if i == MAX_LOGGED_FIELD {
@@ -90,7 +95,7 @@ pub fn log_safe(value: &str) -> String {
             out.push(c);
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
