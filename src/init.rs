@@ -45,7 +45,12 @@ pub fn init(dir: &Path, connector: Option<&str>) -> anyhow::Result<Written> {
         bail!("{} exists already: nothing written (move it away, or init another directory)", target.display());
     }
     // Examples name their files from examples/ ("../templates/…"); the written config sits beside them.
-    let config = if source.starts_with("examples/") { config.replace("\"../", "\"") } else { config.to_string() };
+    // Its own comments name it where it was shipped; here it is routes.toml.
+    let config = if source.starts_with("examples/") {
+        config.replace("\"../", "\"").replace(&source, "routes.toml")
+    } else {
+        config.to_string()
+    };
     let mut written = Vec::new();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for referenced in referenced_files(&config) {

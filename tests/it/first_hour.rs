@@ -235,6 +235,8 @@ fn init_writes_a_setup_that_passes_check_where_it_is_written_for_every_connector
         let (code, out, err) = run_cli(&["check", "-c", config.to_str().unwrap()], None, &envs);
         assert_eq!(code, 0, "{connector:?}: {out}{err}");
         assert!(out.contains("OK"), "{out}");
+        let written = std::fs::read_to_string(&config).unwrap();
+        assert!(!written.contains("examples/"), "{connector:?}: the comments name the file as written");
         // A second init does not overwrite.
         let (code, _, err) = run_cli(&argv, None, &[]);
         assert_eq!(code, 1);
