@@ -529,7 +529,7 @@ impl Store {
     /// Makes one delivery due now with a fresh schedule, whatever its status: failed (replay),
     /// pending (send now) or delivered (send again, every step anew); `false` when it does not exist.
     pub async fn retry_delivery(&self, id: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.retry(Some(id.to_string()), None, None).await.map(|n| n > 0))
+        dispatch!(self, s => s.retry_one(id.to_string()).await)
     }
 
     /// Makes every delivery with `status` (and `route`, if given) due now; returns how many.

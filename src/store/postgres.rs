@@ -459,24 +459,18 @@ impl PgStore {
         rows.iter().map(delivery_from_row).collect()
     }
 
-    pub async fn retry(
-        &self,
-        id: Option<String>,
-        status: Option<String>,
-        route: Option<String>,
-    ) -> Result<u64, StoreError> {
+    pub async fn retry_one(&self, id: String) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let now = now_ms();
         let n = client
             .execute(
                 "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
                     steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                 WHERE ($2::text IS NULL OR id = $2) AND ($3::text IS NULL OR status = $3)
-                   AND ($4::text IS NULL OR route = $4)",
-                &[&now, &id, &status, &route],
+                 WHERE id = $2",
+                &[&now, &id],
             )
             .await?;
-        if id.is_some() && n > 0 {
+        if n > 0 {
             // Retrying a keyed head now releases what was parked behind its old retry time.
             client
                 .execute(
@@ -487,11 +481,9 @@ impl PgStore {
                     &[&now, &id],
                 )
                 .await?;
-        }
-        if n > 0 {
             self.announce.notify_one();
         }
-        Ok(n)
+        Ok(n > 0)
     }
 
     pub async fn list_events(

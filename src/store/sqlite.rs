@@ -486,22 +486,17 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn retry(
-        &self,
-        id: Option<String>,
-        status: Option<String>,
-        route: Option<String>,
-    ) -> Result<u64, StoreError> {
+    pub async fn retry_one(&self, id: String) -> Result<bool, StoreError> {
         self.call(move |c| {
             let now = now_ms();
             let n = c
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
                         steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                     WHERE (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR route = ?4)",
+                     WHERE id = ?2",
                 )?
-                .execute(params![now, id, status, route])?;
-            if id.is_some() && n > 0 {
+                .execute(params![now, id])?;
+            if n > 0 {
                 // Retrying a keyed head now releases what was parked behind its old retry time.
                 c.prepare_cached(
                     "UPDATE deliveries SET next_attempt_at = ?1
@@ -511,7 +506,7 @@ impl SqliteStore {
                 )?
                 .execute(params![now, id])?;
             }
-            Ok(n as u64)
+            Ok(n > 0)
         })
         .await
     }
