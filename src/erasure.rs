@@ -2,7 +2,7 @@
 //! every stored event of a contact with its deliveries and attempts, and every quarantined body
 //! that names the address (in clear, or once decrypted with the keys in force).
 
-use crate::ingest::{self, IngestError};
+use crate::ingest;
 use crate::runtime::Runtime;
 use crate::store::{Forgotten, Store, StoreError};
 
@@ -49,14 +49,8 @@ pub async fn forget(store: &Store, rt: &Runtime, email: &str) -> Result<Forgotte
 
 /// Whether a quarantined body decrypts, with the keys in force now, to a payload naming `email`.
 fn opened_names(rt: &Runtime, item: &crate::store::Quarantined, email: &str) -> bool {
-    let headers: Vec<(String, String)> =
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&item.headers)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
-            .collect();
-    match ingest::open_event(rt, &item.source, &item.body, &headers, item.received_at) {
-        Ok(Ok(event)) => event.payload().to_lowercase().contains(email),
-        Ok(Err(_)) | Err(IngestError::UnknownSource(_)) | Err(_) => false,
-    }
+    matches!(
+        ingest::open_event(rt, &item.source, &item.body, &item.header_pairs(), item.received_at),
+        Ok(Ok(event)) if event.payload().to_lowercase().contains(email)
+    )
 }

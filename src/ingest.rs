@@ -277,13 +277,7 @@ pub async fn reprocess_quarantine(relay: &Relay) -> Result<Reprocessed, IngestEr
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for item in page {
-            let headers: Vec<(String, String)> =
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&item.headers)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
-                    .collect();
-            let opened = match open_event(&rt, &item.source, &item.body, &headers, item.received_at) {
+            let opened = match open_event(&rt, &item.source, &item.body, &item.header_pairs(), item.received_at) {
                 Ok(r) => r,
                 Err(IngestError::UnknownSource(_)) => Err(DecryptError::NoEnvelope),
                 Err(e) => return Err(e),

@@ -334,6 +334,17 @@ pub struct Quarantined {
     pub reason: String,
 }
 
+impl Quarantined {
+    /// The kept request headers as (name, value) pairs, as `ingest::open_event` takes them.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&self.headers)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauges {
     pub queue_depth: i64,
