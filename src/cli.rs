@@ -584,7 +584,7 @@ async fn send_test(
             (Some(f), Some(id)) => f.newest(&client, id).await?,
             _ => None,
         };
-        let sent_at = crate::follow::sent_now();
+        let sent_at = crate::event::now_ms();
         let kind = serde_json::from_slice::<serde_json::Value>(&plaintext)
             .ok()
             .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))

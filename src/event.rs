@@ -94,7 +94,8 @@ pub fn timestamp_ms(data: &Value, pointers: &[String]) -> Option<i64> {
     })
 }
 
-fn parse_time(s: &str) -> Option<i64> {
+/// A time as text (RFC 3339, or `YYYY-MM-DD HH:MM:SS` in UTC) in Unix ms.
+pub fn parse_time(s: &str) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
     let at = time::OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
         let plain = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::config::{DEFAULT_EVENT_FIELDS, DEFAULT_ID_FIELDS};
-use crate::event::{now_ms, Event};
+use crate::event::Event;
 
 /// Where the admin API is and how long to wait for the deliveries to settle.
 pub struct Follow {
@@ -170,7 +170,7 @@ impl Follow {
             let page = self.get(client, &path).await?;
             for item in page["items"].as_array().into_iter().flatten() {
                 let at = item["received_at"].as_str().unwrap_or_default();
-                let at = crate::event::timestamp_ms(&serde_json::json!({ "t": at }), &["/t".into()]).unwrap_or(0);
+                let at = crate::event::parse_time(at).unwrap_or(0);
                 if at >= sent_at - 1_000 {
                     newest = item["reason"].as_str().map(str::to_string);
                 }
@@ -185,9 +185,4 @@ impl Follow {
 
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// The time to compare stored events against: now, in Unix ms.
-pub fn sent_now() -> i64 {
-    now_ms()
 }

@@ -182,7 +182,7 @@ fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError
     if let Ok(ms) = v.trim().parse::<i64>() {
         return Ok(Some(ms));
     }
-    crate::event::timestamp_ms(&json!({ "t": v }), &["/t".to_string()])
+    crate::event::parse_time(v.trim())
         .map(Some)
         .ok_or_else(|| ApiError::BadRequest(format!("{name} must be an RFC 3339 time or Unix milliseconds")))
 }
@@ -206,7 +206,7 @@ async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<EventsQuer
         kind: nonempty(q.kind),
         status: nonempty(q.status),
         route: nonempty(q.route),
-        email: nonempty(q.email).map(|e| e.trim().to_lowercase()),
+        email: nonempty(q.email).map(|e| e.trim().to_string()),
         key: nonempty(q.id),
         since: time_param("since", q.since)?,
         until: time_param("until", q.until)?,
