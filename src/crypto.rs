@@ -89,6 +89,11 @@ impl Variant {
         ALL_VARIANTS.iter().map(|v| v.name()).collect()
     }
 
+    /// Every variant a sender encrypts with (all but plaintext).
+    pub fn encrypted() -> Vec<Variant> {
+        ALL_VARIANTS.iter().copied().filter(|v| *v != Variant::Plaintext).collect()
+    }
+
     fn index(self) -> u32 {
         ALL_VARIANTS.iter().position(|v| *v == self).unwrap_or(0) as u32
     }
@@ -572,7 +577,7 @@ mod tests {
             ("sha256", "a passphrase of any length".to_string()),
         ];
         for (form, secret) in &secrets {
-            for v in ALL_VARIANTS.iter().copied().filter(|v| *v != Variant::Plaintext) {
+            for v in Variant::encrypted() {
                 let sealed =
                     seal(br#"{"event":"x","n":1}"#, secret, v, KeyForm::from_name(form).unwrap(), random_iv()).unwrap();
                 let iv_header = sealed.headers.first().map(|(_, v)| v.as_str());
@@ -648,10 +653,8 @@ mod tests {
         let secret = "fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY";
         let keys = keyring(secret);
         let lenient = OpenOptions { mode: EnvelopeMode::Auto, allow_plaintext: true };
-        let valid: Vec<String> = ALL_VARIANTS
-            .iter()
-            .copied()
-            .filter(|v| *v != Variant::Plaintext)
+        let valid: Vec<String> = Variant::encrypted()
+            .into_iter()
             .map(|v| seal(br#"{"event":"x","id":"1"}"#, secret, v, KeyForm::Raw, random_iv()).unwrap().body)
             .collect();
         let shapes = [

@@ -28,17 +28,6 @@ fn json_object() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::btree_map("[a-z_]{1,10}", json_value(), 1..6).prop_map(|m| m.into_iter().collect())
 }
 
-const VARIANTS: &[Variant] = &[
-    Variant::JsonDataIv,
-    Variant::JsonDataIvHex,
-    Variant::IvPrefixed,
-    Variant::PhpDoubleColon,
-    Variant::Laravel,
-    Variant::BodyString,
-    Variant::BodyBase64,
-    Variant::IvHeader,
-];
-
 fn auto() -> OpenOptions {
     OpenOptions { mode: EnvelopeMode::Auto, allow_plaintext: false }
 }
@@ -49,7 +38,7 @@ proptest! {
     #[test]
     fn every_sealed_object_opens_to_itself_in_every_envelope(
         object in json_object(),
-        variant in prop::sample::select(VARIANTS),
+        variant in prop::sample::select(Variant::encrypted()),
         iv in any::<[u8; 16]>(),
         secret in "[A-Za-z0-9]{32}",
     ) {
@@ -70,7 +59,7 @@ proptest! {
     }
 
     #[test]
-    fn a_wrong_key_never_opens_a_body(object in json_object(), variant in prop::sample::select(VARIANTS), iv in any::<[u8; 16]>()) {
+    fn a_wrong_key_never_opens_a_body(object in json_object(), variant in prop::sample::select(Variant::encrypted()), iv in any::<[u8; 16]>()) {
         let plaintext = Value::Object(object).to_string();
         let sealed = crypto::seal(plaintext.as_bytes(), "fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY", variant, KeyForm::Raw, iv).unwrap();
         let keys = Keyring::new(&[SecretString::from("AnotherKeyAnotherKeyAnotherKey12".to_string())]);
