@@ -40,7 +40,7 @@ pub const RECORDED_BODY: usize = 8 * 1024;
 pub fn exchange(
     req: &RenderedRequest,
     idempotency_key: &str,
-    answer: Option<(u16, &reqwest::header::HeaderMap, &str)>,
+    answer: Option<(u16, serde_json::Map<String, serde_json::Value>, &str)>,
     error: Option<&str>,
 ) -> serde_json::Value {
     let mut headers = serde_json::Map::new();
@@ -54,11 +54,6 @@ pub fn exchange(
         headers.insert(h.name.clone(), shown.into());
     }
     let response = answer.map(|(status, answer_headers, body)| {
-        let answer_headers: serde_json::Map<String, serde_json::Value> = answer_headers
-            .iter()
-            .filter(|(k, _)| !crate::secrets::is_credential_header(k.as_str()))
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
-            .collect();
         serde_json::json!({"status": status, "headers": answer_headers, "body": cut(body, RECORDED_BODY)})
     });
     serde_json::json!({
@@ -66,6 +61,15 @@ pub fn exchange(
         "response": response,
         "error": error,
     })
+}
+
+/// An answer's headers as recorded: credential-looking ones (`Set-Cookie`, tokens) left out.
+fn recorded_headers(headers: &reqwest::header::HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+    headers
+        .iter()
+        .filter(|(k, _)| !crate::secrets::is_credential_header(k.as_str()))
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
+        .collect()
 }
 
 /// At most `limit` bytes of `s`, cut on a character boundary.
@@ -160,14 +164,15 @@ impl HttpSender {
                 let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
                 let verdict = classify_status(status, retry_after);
                 let delivered = matches!(verdict, Verdict::Delivered);
-                let answer_headers = resp.headers().clone();
+                // Taken before the body is read (which consumes the answer), without copying the map.
+                let answer_headers = recorded_headers(resp.headers());
                 let limit = match (keep_body, delivered) {
                     (true, _) => ANSWER_BODY_LIMIT,
                     (false, false) => FAILED_BODY_KEPT,
                     (false, true) => RECORDED_BODY,
                 };
                 let read = read_prefix(resp, limit).await;
-                let recorded = exchange(req, idempotency_key, Some((status, &answer_headers, &read)), None);
+                let recorded = exchange(req, idempotency_key, Some((status, answer_headers, &read)), None);
                 let body = if keep_body || !delivered { Some(read) } else { None };
                 let error = if delivered {
                     None
