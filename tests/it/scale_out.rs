@@ -161,6 +161,23 @@ async fn a_database_outage_answers_503_never_200_and_recovers_without_a_restart(
         ))
         .await
         .unwrap();
+    // pg_terminate_backend only signals: a backend can still commit one statement before it exits,
+    // and that event is then rightly answered 200. Wait until no session of the role is left.
+    wait_until(Duration::from_secs(10), "the relay's sessions ended", || async {
+        let left: i64 = schema
+            .client
+            .query_one(
+                &format!(
+                    "SELECT COUNT(pg_terminate_backend(pid, 1000)) FROM pg_stat_activity WHERE usename = '{role}'"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        left == 0
+    })
+    .await;
     for _ in 0..3 {
         let status = app.post_event(&sample_events()[1]).await.status();
         assert_eq!(status, 503, "no 200 without a commit");
