@@ -198,6 +198,12 @@ pub struct BenchArgs {
     /// Total requests per second (default: as fast as the concurrency allows).
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Send for this long: with --rate, rate × duration events; without, stop after it or -n events.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Threads of the load generator (like wrk's -t).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
     /// Approximate encrypted body size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
@@ -621,6 +627,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         events: args.events,
         concurrency: args.concurrency,
         rate: args.rate,
+        duration: args.duration,
+        threads: args.threads,
         size: args.size,
         relay_log: args.relay_log,
         workers: args.workers,

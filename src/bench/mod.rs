@@ -1,7 +1,10 @@
 //! `lbx-relay bench`: a capacity test to run before a launch. It starts a relay process on a
 //! temporary SQLite store (or targets one with `--url`), runs its own loopback sink as the CRM,
 //! sends N unique encrypted events at a chosen concurrency or rate, and reports accepted/s, ack
-//! latency percentiles, end-to-end delivery latency, errors and the relay's memory.
+//! latency percentiles, end-to-end delivery latency, the backlog over time, errors and the relay's
+//! memory. The load itself comes from [`generator`], a lean client on threads of its own.
+
+pub mod generator;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,6 +15,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use generator::{histogram, Progress};
 
 use crate::crypto::{self, KeyForm, Variant};
 
@@ -24,6 +29,10 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Requests per second in total; `None` sends as fast as the concurrency allows.
     pub rate: Option<u64>,
+    /// Send for this long (with `rate`: `rate × duration` events; without: at most `events`).
+    pub duration: Option<Duration>,
+    /// Threads of the load generator.
+    pub threads: usize,
     /// Approximate size of the encrypted body in bytes.
     pub size: usize,
     /// Log level of the started relay (`RUST_LOG`).
@@ -54,10 +63,16 @@ pub struct Latency {
 
 #[derive(Debug, Default, Serialize)]
 pub struct BenchReport {
+    /// What sent the load.
+    pub generator: String,
     /// The same load against a bare actix-web handler, when asked for.
     pub baseline: Option<Baseline>,
     pub events: usize,
+    /// Requests written (fewer than `events` when `duration` ran out first).
+    pub sent: usize,
     pub concurrency: usize,
+    /// The offered rate, when one was set.
+    pub rate: Option<u64>,
     pub replicas: usize,
     pub body_bytes: usize,
     pub accepted: usize,
@@ -70,10 +85,22 @@ pub struct BenchReport {
     /// From the first request to the last delivery.
     pub end_to_end_seconds: Option<f64>,
     pub delivered_per_second: Option<f64>,
+    /// Deliveries that reached the sink while ingest was still running, per second of ingest.
+    pub delivered_during_ingest_per_second: Option<f64>,
     pub delivery_latency: Option<Latency>,
+    /// Once a second: accepted, delivered and the backlog between them.
+    pub series: Vec<Sample>,
     pub relay_rss_idle_mb: Option<f64>,
     pub relay_rss_peak_mb: Option<f64>,
     pub relay_startup_ms: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize, Clone, Copy)]
+pub struct Sample {
+    pub second: u64,
+    pub accepted: usize,
+    pub delivered: usize,
+    pub backlog: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -102,24 +129,18 @@ fn latency(h: &Histogram<u64>) -> Latency {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("static histogram bounds are valid")
-}
-
-/// Events in flight of being delivered: when each was sent and when the sink got it (µs since start).
+/// Events being delivered: when the sink got each (µs since the generator's start).
 struct Timeline {
     start: Instant,
-    sent: Vec<AtomicU64>,
     arrived: Vec<AtomicU64>,
     received: AtomicUsize,
 }
 
 impl Timeline {
-    fn new(n: usize) -> Timeline {
+    fn new(progress: &Progress) -> Timeline {
         Timeline {
-            start: Instant::now(),
-            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            arrived: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            start: progress.start,
+            arrived: progress.sent_at.iter().map(|_| AtomicU64::new(0)).collect(),
             received: AtomicUsize::new(0),
         }
     }
@@ -253,15 +274,33 @@ async fn wait_ready(client: &reqwest::Client, admin: &str, limit: Duration) -> a
     bail!("the relay did not become ready within {limit:?}")
 }
 
+/// How many events a run sends: `rate × duration` when both are set, else `events`.
+pub fn planned_events(opts: &BenchOptions) -> usize {
+    match (opts.rate, opts.duration) {
+        (Some(rate), Some(d)) => ((rate as f64) * d.as_secs_f64()).ceil() as usize,
+        _ => opts.events,
+    }
+}
+
 /// Runs the benchmark and returns its report.
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    if opts.events == 0 || opts.concurrency == 0 {
-        bail!("--events and --concurrency must be at least 1");
+    let events = planned_events(opts);
+    if events == 0 || opts.concurrency == 0 || opts.threads == 0 {
+        bail!("--events, --concurrency and --threads must be at least 1");
     }
-    let timeline = Arc::new(Timeline::new(opts.events));
-    let client =
-        reqwest::Client::builder().pool_max_idle_per_host(opts.concurrency).timeout(Duration::from_secs(30)).build()?;
-    let mut report = BenchReport { events: opts.events, concurrency: opts.concurrency, ..BenchReport::default() };
+    if opts.rate == Some(0) {
+        bail!("--rate must be at least 1");
+    }
+    let progress = Arc::new(Progress::new(events));
+    let timeline = Arc::new(Timeline::new(&progress));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let mut report = BenchReport {
+        generator: format!("lean HTTP/1.1 client, {} threads, pre-built requests", opts.threads),
+        events,
+        concurrency: opts.concurrency,
+        rate: opts.rate,
+        ..BenchReport::default()
+    };
 
     let (targets, secret, relays) = match &opts.url {
         Some(url) => {
@@ -304,18 +343,27 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
     };
     report.replicas = targets.len();
+    let (addrs, path, host) = resolve(&targets)?;
     // Encrypt everything up front: the load generator should measure the relay, not itself.
-    let bodies: Arc<Vec<String>> = Arc::new(
-        (0..opts.events)
-            .map(|n| {
-                crypto::seal(&plaintext(n, opts.size), &secret, Variant::JsonDataIv, KeyForm::Raw, crypto::random_iv())
-                    .map(|s| s.body)
-            })
-            .collect::<Result<_, _>>()?,
-    );
+    let size = opts.size;
+    let bodies: Vec<String> = tokio::task::spawn_blocking({
+        let secret = secret.clone();
+        move || {
+            (0..events)
+                .map(|n| {
+                    crypto::seal(&plaintext(n, size), &secret, Variant::JsonDataIv, KeyForm::Raw, crypto::random_iv())
+                        .map(|s| s.body)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        }
+    })
+    .await??;
     report.body_bytes = bodies.first().map(String::len).unwrap_or(0);
+    let requests: Arc<Vec<Vec<u8>>> =
+        Arc::new(bodies.iter().map(|b| generator::post(&path, &host, b.as_bytes())).collect());
+    drop(bodies);
     if opts.baseline {
-        report.baseline = Some(measure_baseline(opts, &client, &bodies).await?);
+        report.baseline = Some(measure_baseline(opts, &client, &requests).await?);
     }
 
     let pid = relays.first().map(|r| r.child.id()).or(opts.pid);
@@ -324,25 +372,36 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = pid.map(|pid| {
-        let (peak, sampling) = (peak.clone(), sampling.clone());
+    let sampler = {
+        let (peak, sampling, progress, timeline) = (peak.clone(), sampling.clone(), progress.clone(), timeline.clone());
         tokio::spawn(async move {
+            let mut series = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut n = 0u64;
             while sampling.load(Ordering::Relaxed) {
-                if let Some((_, hwm)) = rss_mb(pid) {
+                tick.tick().await;
+                if let Some((_, hwm)) = pid.and_then(rss_mb) {
                     peak.fetch_max((hwm * 1024.0) as u64, Ordering::Relaxed);
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if n % 10 == 0 {
+                    let accepted = progress.accepted.load(Ordering::Relaxed);
+                    let delivered = timeline.received.load(Ordering::Relaxed);
+                    let backlog = accepted.saturating_sub(delivered);
+                    series.push(Sample { second: n / 10, accepted, delivered, backlog });
+                }
+                n += 1;
             }
+            series
         })
-    });
-    let started = Instant::now();
-    let (ack, errors) = load(opts, &client, &targets, &bodies, Some(&timeline)).await?;
-    let ingest = started.elapsed();
-    report.errors = errors;
-    report.accepted = opts.events - report.errors;
+    };
+    let outcome = drive(opts, &addrs, requests, progress.clone()).await?;
+    let ingest = outcome.elapsed;
+    report.sent = outcome.sent;
+    report.accepted = progress.accepted.load(Ordering::Relaxed);
+    report.errors = progress.errors.load(Ordering::Relaxed);
     report.ingest_seconds = ingest.as_secs_f64();
     report.accepted_per_second = report.accepted as f64 / ingest.as_secs_f64();
-    report.ack_latency = latency(&ack);
+    report.ack_latency = latency(&outcome.ack);
 
     if !relays.is_empty() || opts.sink_listen.is_some() {
         let deadline = Instant::now() + opts.drain_timeout;
@@ -351,23 +410,25 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
         let mut e2e = histogram();
         let mut last = 0u64;
-        for (sent, arrived) in timeline.sent.iter().zip(&timeline.arrived) {
+        let ingest_end_us = ingest.as_micros() as u64;
+        let mut during = 0usize;
+        for (sent, arrived) in progress.sent_at.iter().zip(&timeline.arrived) {
             let (s, a) = (sent.load(Ordering::Relaxed), arrived.load(Ordering::Relaxed));
             if s > 0 && a > 0 {
                 let _ = e2e.record(a.saturating_sub(s).max(1));
                 last = last.max(a);
+                during += usize::from(a <= ingest_end_us);
             }
         }
         let delivered = timeline.received.load(Ordering::Relaxed);
         report.delivered = Some(delivered);
         report.end_to_end_seconds = Some(last as f64 / 1e6);
         report.delivered_per_second = Some(delivered as f64 / (last as f64 / 1e6).max(1e-9));
+        report.delivered_during_ingest_per_second = Some(during as f64 / ingest.as_secs_f64().max(1e-9));
         report.delivery_latency = Some(latency(&e2e));
     }
     sampling.store(false, Ordering::Relaxed);
-    if let Some(s) = sampler {
-        let _ = s.await;
-    }
+    report.series = sampler.await?;
     if let Some(pid) = pid {
         let hwm = rss_mb(pid).map(|(_, h)| h).unwrap_or(0.0);
         report.relay_rss_peak_mb = Some(hwm.max(peak.load(Ordering::Relaxed) as f64 / 1024.0));
@@ -376,78 +437,76 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-/// Sends every body once, `concurrency` at a time (paced by `rate`); returns the ack latency
-/// histogram and the number of answers other than 200.
-async fn load(
+/// The socket addresses, path and `Host` of the hook URLs (one path for all: the replicas' are alike).
+fn resolve(targets: &[String]) -> anyhow::Result<(Vec<std::net::SocketAddr>, String, String)> {
+    let mut addrs = Vec::new();
+    let (mut path, mut host) = (String::new(), String::new());
+    for target in targets {
+        let url = reqwest::Url::parse(target).with_context(|| format!("{target}: not a URL"))?;
+        if url.scheme() != "http" {
+            bail!("{target}: the load generator speaks plain HTTP/1.1 only");
+        }
+        let addr = url
+            .socket_addrs(|| Some(80))?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{target}: the host does not resolve"))?;
+        addrs.push(addr);
+        path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        host = url
+            .host_str()
+            .map(|h| match url.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+            .unwrap_or_default();
+    }
+    Ok((addrs, path, host))
+}
+
+/// Runs the generator off the async runtime, with a progress bar on it.
+async fn drive(
     opts: &BenchOptions,
-    client: &reqwest::Client,
-    targets: &[String],
-    bodies: &Arc<Vec<String>>,
-    timeline: Option<&Arc<Timeline>>,
-) -> anyhow::Result<(Histogram<u64>, usize)> {
-    let progress = indicatif::ProgressBar::new(bodies.len() as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} sent  {per_sec}  {msg}")
+    addrs: &[std::net::SocketAddr],
+    requests: Arc<Vec<Vec<u8>>>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<generator::Outcome> {
+    let bar = indicatif::ProgressBar::new(requests.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} answered  {per_sec}  {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let next = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let per_task_interval = opts.rate.map(|r| Duration::from_secs_f64(opts.concurrency as f64 / r.max(1) as f64));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..opts.concurrency {
-        let (client, bodies, next, errors, timeline, targets, progress) = (
-            client.clone(),
-            bodies.clone(),
-            next.clone(),
-            errors.clone(),
-            timeline.cloned(),
-            targets.to_vec(),
-            progress.clone(),
-        );
-        tasks.spawn(async move {
-            let mut hist = histogram();
-            let mut ticker = per_task_interval.map(tokio::time::interval);
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= bodies.len() {
-                    break;
-                }
-                if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
-                let sent = Instant::now();
-                if let Some(t) = &timeline {
-                    t.sent[n].store(t.now_us().max(1), Ordering::Relaxed);
-                }
-                let ok = client
-                    .post(&targets[n % targets.len()])
-                    .header("Content-Type", "application/json")
-                    .body(bodies[n].clone())
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                progress.inc(1);
+    let load = generator::Load {
+        addrs: addrs.to_vec(),
+        requests,
+        connections: opts.concurrency,
+        threads: opts.threads,
+        rate: opts.rate.map(|r| r as f64),
+        duration: opts.duration,
+    };
+    let watched = progress.clone();
+    let mut running = tokio::task::spawn_blocking(move || generator::run(load, watched));
+    let outcome = loop {
+        tokio::select! {
+            done = &mut running => break done??,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                let answered = progress.accepted.load(Ordering::Relaxed) + progress.errors.load(Ordering::Relaxed);
+                bar.set_position(answered as u64);
             }
-            hist
-        });
-    }
-    let mut ack = histogram();
-    while let Some(h) = tasks.join_next().await {
-        ack.add(h?)?;
-    }
-    progress.finish_and_clear();
-    Ok((ack, errors.load(Ordering::Relaxed)))
+        }
+    };
+    bar.finish_and_clear();
+    Ok(outcome)
 }
 
 /// Runs the same load against a bare actix-web process.
 async fn measure_baseline(
     opts: &BenchOptions,
     client: &reqwest::Client,
-    bodies: &Arc<Vec<String>>,
+    requests: &Arc<Vec<Vec<u8>>>,
 ) -> anyhow::Result<Baseline> {
     let addr = free_addr()?;
     let child = std::process::Command::new(std::env::current_exe()?)
@@ -464,10 +523,13 @@ async fn measure_baseline(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let started = Instant::now();
-    let (ack, errors) = load(opts, client, &[format!("http://{addr}/hooks/bench")], bodies, None).await?;
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Baseline { requests_per_second: (bodies.len() - errors) as f64 / secs, ack_latency: latency(&ack) })
+    let progress = Arc::new(Progress::new(requests.len()));
+    let outcome = drive(opts, &[addr.parse()?], requests.clone(), progress.clone()).await?;
+    let accepted = progress.accepted.load(Ordering::Relaxed);
+    Ok(Baseline {
+        requests_per_second: accepted as f64 / outcome.elapsed.as_secs_f64(),
+        ack_latency: latency(&outcome.ack),
+    })
 }
 
 struct KillOnDrop(std::process::Child);
@@ -483,7 +545,12 @@ impl Drop for KillOnDrop {
 pub fn table(r: &BenchReport) -> String {
     let mut out = String::new();
     let mut row = |k: &str, v: String| out.push_str(&format!("{k:<28} {v}\n"));
-    row("events", format!("{} × {} bytes at concurrency {}", r.events, r.body_bytes, r.concurrency));
+    row("load generator", r.generator.clone());
+    let offered = r.rate.map(|rate| format!(", offered {rate}/s")).unwrap_or_default();
+    row(
+        "events",
+        format!("{} × {} bytes at concurrency {}{offered} ({} sent)", r.events, r.body_bytes, r.concurrency, r.sent),
+    );
     if r.replicas > 1 {
         row("relay replicas", format!("{} (requests spread round-robin)", r.replicas));
     }
@@ -508,11 +575,20 @@ pub fn table(r: &BenchReport) -> String {
     if let (Some(d), Some(t), Some(rate)) = (r.delivered, r.end_to_end_seconds, r.delivered_per_second) {
         row("delivered to the sink", format!("{d} in {t:.2} s ({rate:.0} events/s end to end)"));
     }
+    if let (Some(during), true) = (r.delivered_during_ingest_per_second, r.accepted_per_second > 0.0) {
+        let share = 100.0 * during / r.accepted_per_second;
+        row("delivered while ingesting", format!("{during:.0} events/s ({share:.0} % of the ingest rate)"));
+    }
     if let Some(l) = &r.delivery_latency {
         row(
             "delivery latency",
             format!("p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
         );
+    }
+    if r.delivered.is_some() && !r.series.is_empty() {
+        let peak = r.series.iter().map(|s| s.backlog).max().unwrap_or(0);
+        let points: Vec<String> = r.series.iter().take(30).map(|s| s.backlog.to_string()).collect();
+        row("backlog each second", format!("{} (peak {peak})", points.join(" ")));
     }
     if let Some(ms) = r.relay_startup_ms {
         row("relay start-up to ready", format!("{ms:.0} ms"));
