@@ -30,6 +30,8 @@ pub struct Relay {
     pub dedup: Dedup,
     /// Wakes idle workers when new deliveries were committed.
     pub wake: Notify,
+    /// New deliveries passed to the local workers without a claim.
+    pub handoff: crate::delivery::handoff::Handoff,
     pub sender: HttpSender,
     pub silence: Silence,
     /// Per-route rate limits, concurrency and pauses.
@@ -53,6 +55,7 @@ impl Relay {
             runtime: ArcSwap::from_pointee(runtime),
             dedup: Dedup::default(),
             wake: Notify::new(),
+            handoff: Default::default(),
             sender: HttpSender::new(),
             silence: Silence::default(),
             gates: Gates::default(),

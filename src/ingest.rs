@@ -8,11 +8,66 @@ use crate::app::Relay;
 use crate::crypto::{self, DecryptError, Sealed};
 use crate::event::{new_id, now_ms, Event};
 use crate::runtime::Runtime;
+use crate::delivery::handoff::Place;
+use crate::delivery::worker::lease_for;
 use crate::store::{
-    IngestOutcome, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, StoreError,
+    Claimed, IngestOutcome, Lease, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome,
+    StoreError, StoredEvent,
 };
 use crate::telemetry::{capped, mask_email, EVENTS_RECEIVED};
 use crate::templates::TemplateContext;
+
+/// A delivery to pass to a worker once its event has committed.
+struct Handed {
+    place: Place,
+    delivery_id: String,
+    route: String,
+    lease_token: String,
+}
+
+impl Handed {
+    /// Passes it to the workers (its event has committed).
+    fn send(self, event: &Event, payload: String) {
+        let Handed { place, delivery_id, route, lease_token } = self;
+        place.send(Claimed {
+            delivery_id,
+            route,
+            lease_token,
+            tries: 0,
+            attempts: 0,
+            event: StoredEvent {
+                id: event.id.clone(),
+                source: event.source.clone(),
+                key: event.key.clone(),
+                kind: event.kind.clone(),
+                status: "routed".into(),
+                payload,
+                received_at: event.received_at,
+            },
+            steps_state: None,
+            keyed: false,
+        });
+    }
+}
+
+/// Leases the deliveries the local workers have room for (unordered ones, of routes open now),
+/// to be handed to them straight after the commit instead of being found again by a claim.
+fn hand_over(relay: &Relay, deliveries: &mut [NewDelivery]) -> Vec<Handed> {
+    let open: Vec<bool> =
+        deliveries.iter().map(|d| d.order_key.is_none() && !relay.gates.is_closed(&d.route)).collect();
+    let mut places = relay.handoff.reserve(open.iter().filter(|o| **o).count());
+    if places.is_empty() {
+        return Vec::new();
+    }
+    let lease = Lease { token: new_id(), until: now_ms() + lease_for(relay).as_millis() as i64 };
+    let mut handed = Vec::with_capacity(places.len());
+    for (d, _) in deliveries.iter_mut().zip(open).filter(|(_, open)| *open) {
+        let Some(place) = places.pop() else { break };
+        d.lease = Some(lease.clone());
+        handed.push(Handed { place, delivery_id: d.id.clone(), route: d.route.clone(), lease_token: lease.token.clone() });
+    }
+    handed
+}
 
 /// What happened to an accepted body. The sender sees the same answer for all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +262,7 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
     for (route, reason) in &matched.skipped {
         tracing::warn!(route = %route, event = capped(&event.kind), %reason, "`when` condition failed; route skipped");
     }
-    let deliveries: Vec<NewDelivery> = matched
+    let mut deliveries: Vec<NewDelivery> = matched
         .routes
         .into_iter()
         .map(|route| {
@@ -221,17 +276,20 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
                     .ok()
                     .flatten()
             });
-            NewDelivery { id: new_id(), route, order_key }
+            NewDelivery { id: new_id(), route, order_key, lease: None }
         })
         .collect();
     let count = deliveries.len();
     let email = contact_email(&event).map(str::to_lowercase);
+    let payload = event.payload();
+    let handed = hand_over(relay, &mut deliveries);
+    let handed_payload = (!handed.is_empty()).then(|| payload.clone());
     let new = NewEvent {
         id: event.id.clone(),
         source: event.source.clone(),
         key: event.key.clone(),
         kind: event.kind.clone(),
-        payload: event.payload(),
+        payload,
         received_at: event.received_at,
         email,
         dedup_until: event.received_at + window.as_millis() as i64,
@@ -252,7 +310,15 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
         }
         IngestOutcome::Stored => {
             tracing::info!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, deliveries = count, "accepted");
-            relay.wake.notify_one();
+            let all_handed = handed.len() == count;
+            if let Some(payload) = handed_payload {
+                for h in handed {
+                    h.send(&event, payload.clone());
+                }
+            }
+            if !all_handed {
+                relay.wake.notify_one();
+            }
             Ok(Outcome::Stored { event_id: event.id, deliveries: count })
         }
     }

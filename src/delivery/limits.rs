@@ -87,6 +87,15 @@ impl Gates {
         gate
     }
 
+    /// Whether `route` is paused or has every concurrency slot taken now.
+    pub fn is_closed(&self, route: &str) -> bool {
+        let now = now_ms();
+        let map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(route).is_some_and(|g| {
+            g.paused_until.load(Ordering::Relaxed) > now || g.slots.as_ref().is_some_and(|s| s.available_permits() == 0)
+        })
+    }
+
     /// Routes whose deliveries should not be claimed now: paused, or all their slots in use.
     pub fn closed_routes(&self) -> Vec<String> {
         let now = now_ms();

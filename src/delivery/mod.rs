@@ -1,9 +1,11 @@
-//! Getting stored deliveries to the CRMs: `worker` claims and settles, `steps` runs a route's
-//! requests in order, `send` performs one HTTP request, `retry` decides what an answer means for the delivery, `limits` paces each route,
-//! `oauth` holds the routes' OAuth tokens, `guard` keeps templated
-//! hosts off private addresses.
+//! Getting stored deliveries to the CRMs: `worker` claims and settles, `handoff` passes new
+//! deliveries to the workers without a claim, `steps` runs a route's requests in order, `send`
+//! performs one HTTP request, `retry` decides what an answer means for the delivery, `limits`
+//! paces each route, `oauth` holds the routes' OAuth tokens, `guard` keeps templated hosts off
+//! private addresses.
 
 pub mod guard;
+pub mod handoff;
 pub mod limits;
 pub mod oauth;
 pub mod retry;

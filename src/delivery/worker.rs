@@ -1,5 +1,6 @@
-//! The worker pool: claims due deliveries under a lease (at most `delivery.workers` in flight),
-//! renders each route's template at send time, sends, and settles the result in the store.
+//! The worker pool: takes the deliveries ingest hands over and claims other due ones under a
+//! lease (at most `delivery.workers` in flight), renders each route's template at send time,
+//! sends, and settles the result in the store.
 //! `run_once` does one round synchronously, for tests and tools.
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ const HELD_BACK_RECHECK: Duration = Duration::from_millis(200);
 
 /// How long a claim is reserved: the longest attempt a route can make (each request's timeout and
 /// its wait for the rate window, for every step) plus the configured margin.
-fn lease_for(relay: &Relay) -> Duration {
+pub fn lease_for(relay: &Relay) -> Duration {
     let rt = relay.runtime();
     let longest = rt
         .config
@@ -41,53 +42,112 @@ pub fn route_budget(config: &crate::config::Config) -> Option<usize> {
 }
 
 /// Runs until `stop` is cancelled, then lets in-flight deliveries finish (each is bounded by its
-/// route's timeout) before returning.
+/// route's timeout) before returning. Deliveries handed over by ingest go first; a claim looks
+/// for the rest when ingest left some in the store, when a due time comes, or at the poll interval.
 pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
     let workers = relay.runtime().config.delivery.workers;
     let permits = Arc::new(Semaphore::new(workers));
+    let mut handed = relay.handoff.open(workers);
     let mut in_flight = JoinSet::new();
+    let spawn = |in_flight: &mut JoinSet<()>, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit| {
+        let relay = relay.clone();
+        in_flight.spawn(async move {
+            // The permit bounds outbound requests; recording the result need not hold it.
+            let outcome = attempt(&relay, c).await;
+            drop(permit);
+            finish(&relay, outcome).await;
+        });
+    };
+    // Look in the store at start: deliveries may be waiting from before.
+    let mut claim_now = true;
+    let mut look_again: Option<tokio::time::Instant> = None;
+    let mut after_a_finish = false;
     while !stop.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
-        let free = permits.available_permits();
-        if free == 0 {
+        if permits.available_permits() == 0 {
             tokio::select! {
                 _ = in_flight.join_next() => {}
                 _ = stop.cancelled() => break,
             }
             continue;
         }
-        let claimed = match relay.store.claim(free, lease_for(&relay), relay.gates.closed_routes()).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "claiming deliveries failed; retrying shortly");
-                idle(&relay, &stop, Some(now_ms() + 1000)).await;
-                continue;
+        let mut took = 0;
+        while let Ok(permit) = permits.clone().try_acquire_owned() {
+            match handed.try_recv() {
+                Ok(c) => {
+                    spawn(&mut in_flight, c, permit);
+                    took += 1;
+                }
+                Err(_) => break,
             }
-        };
-        if claimed.is_empty() {
-            let next = relay.store.next_due().await.ok().flatten();
-            if next.is_some_and(|at| at <= now_ms()) {
+        }
+        let free = permits.available_permits();
+        if claim_now && free > 0 {
+            claim_now = false;
+            let claimed = match relay.store.claim(free, lease_for(&relay), relay.gates.closed_routes()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming deliveries failed; retrying shortly");
+                    look_again = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() {
+                let next = relay.store.next_due().await.ok().flatten();
+                let now = now_ms();
+                let poll = relay.runtime().config.delivery.poll_interval;
                 // Due deliveries that cannot be claimed now (their key's head is in flight, their
                 // route is paced): look again when a delivery finishes or shortly, never in a spin.
-                tokio::select! {
-                    _ = tokio::time::sleep(HELD_BACK_RECHECK) => {}
-                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                    _ = stop.cancelled() => {}
-                }
+                let held_back = next.is_some_and(|at| at <= now);
+                after_a_finish = held_back;
+                let wait = match next {
+                    _ if held_back => HELD_BACK_RECHECK,
+                    Some(at) => Duration::from_millis((at - now) as u64).min(poll),
+                    None => poll,
+                };
+                look_again = Some(look_again.map_or(tokio::time::Instant::now() + wait, |l| {
+                    l.min(tokio::time::Instant::now() + wait)
+                }));
             } else {
-                idle(&relay, &stop, next).await;
+                // There may be more: claim again as soon as there is room.
+                claim_now = true;
+                for c in claimed {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                    spawn(&mut in_flight, c, permit);
+                }
             }
             continue;
         }
-        for c in claimed {
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
-            let relay = relay.clone();
-            in_flight.spawn(async move {
-                // The permit bounds outbound requests; recording the result need not hold it.
-                let outcome = attempt(&relay, c).await;
-                drop(permit);
-                finish(&relay, outcome).await;
-            });
+        if took > 0 {
+            continue;
+        }
+        let poll = relay.runtime().config.delivery.poll_interval;
+        let until = look_again.unwrap_or_else(|| tokio::time::Instant::now() + poll);
+        tokio::select! {
+            Some(c) = handed.recv() => {
+                if let Ok(permit) = permits.clone().acquire_owned().await {
+                    spawn(&mut in_flight, c, permit);
+                }
+            }
+            _ = relay.wake.notified() => claim_now = true,
+            _ = tokio::time::sleep_until(until) => {
+                claim_now = true;
+                look_again = None;
+            }
+            Some(_) = in_flight.join_next(), if after_a_finish && !in_flight.is_empty() => {
+                claim_now = true;
+                after_a_finish = false;
+            }
+            _ = stop.cancelled() => {}
+        }
+    }
+    // Nothing more is handed over; what was (leased, not started) goes back to the queue now
+    // rather than when its lease expires.
+    relay.handoff.close();
+    handed.close();
+    while let Some(c) = handed.recv().await {
+        if let Err(e) = relay.store.defer(c.delivery_id.clone(), c.lease_token, now_ms()).await {
+            tracing::warn!(delivery = %c.delivery_id, error = %e, "could not hand a delivery back; its lease will expire");
         }
     }
     let n = in_flight.len();
@@ -95,17 +155,6 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
         tracing::info!(in_flight = n, "waiting for in-flight deliveries to finish");
     }
     while in_flight.join_next().await.is_some() {}
-}
-
-/// Sleeps until the next due time (at most `poll_interval`), a new event, or the stop signal.
-async fn idle(relay: &Relay, stop: &CancellationToken, next_due: Option<i64>) {
-    let poll = relay.runtime().config.delivery.poll_interval;
-    let wait = next_due.map(|at| Duration::from_millis((at - now_ms()).max(0) as u64).min(poll)).unwrap_or(poll);
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => {}
-        _ = relay.wake.notified() => {}
-        _ = stop.cancelled() => {}
-    }
 }
 
 /// Claims and processes every delivery due now, concurrently; returns how many were attempted.

@@ -86,6 +86,16 @@ pub struct NewDelivery {
     pub route: String,
     /// Deliveries of one route sharing this key go out one at a time, in arrival order.
     pub order_key: Option<String>,
+    /// Leased from the start, because it is handed straight to a local worker once committed.
+    pub lease: Option<Lease>,
+}
+
+/// A lease taken when the delivery is stored.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub token: String,
+    /// Unix ms.
+    pub until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

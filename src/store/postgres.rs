@@ -955,6 +955,7 @@ async fn write_batch(
         .await?;
         let (mut d_ids, mut d_events, mut d_routes, mut d_at, mut d_keys) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut d_tokens, mut d_until) = (Vec::new(), Vec::new());
         for &i in &stored {
             outcomes[i] = IngestOutcome::Stored;
             for d in &evs[i].deliveries {
@@ -963,21 +964,24 @@ async fn write_batch(
                 d_routes.push(d.route.as_str());
                 d_at.push(evs[i].received_at);
                 d_keys.push(d.order_key.as_deref());
+                d_tokens.push(d.lease.as_ref().map(|l| l.token.as_str()));
+                d_until.push(d.lease.as_ref().map(|l| l.until));
             }
         }
         if !d_ids.is_empty() {
             // WITH ORDINALITY keeps arrival order in `seq`, which per-key ordering relies on.
             tx.execute(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key)
+                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
+                    lease_token, lease_until)
                  SELECT id, event_id, route, 'pending',
                     GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
                         WHERE h.route = d.route AND h.order_key = d.order_key AND h.status = 'pending'
                         ORDER BY h.seq LIMIT 1), at)),
-                    at, at, order_key
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
-                    WITH ORDINALITY AS d(id, event_id, route, at, order_key, n)
+                    at, at, order_key, lease_token, lease_until
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[])
+                    WITH ORDINALITY AS d(id, event_id, route, at, order_key, lease_token, lease_until, n)
                  ORDER BY n",
-                &[&d_ids, &d_events, &d_routes, &d_at, &d_keys],
+                &[&d_ids, &d_events, &d_routes, &d_at, &d_keys, &d_tokens, &d_until],
             )
             .await?;
         }

@@ -235,8 +235,9 @@ impl SqliteStore {
             )?
             .execute(params![ev.id, ev.source, ev.key, ev.kind, status, ev.payload, ev.received_at, ev.email])?;
             let mut insert = c.prepare_cached(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?6, ?6, ?5)",
+                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
+                    lease_token, lease_until)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?6, ?6, ?5, ?7, ?8)",
             )?;
             let mut head_due = c.prepare_cached(
                 "SELECT next_attempt_at FROM deliveries
@@ -251,7 +252,8 @@ impl SqliteStore {
                         .map_or(ev.received_at, |at| at.max(ev.received_at)),
                     None => ev.received_at,
                 };
-                insert.execute(params![d.id, ev.id, d.route, due, d.order_key, ev.received_at])?;
+                let (token, until) = d.lease.as_ref().map(|l| (&l.token, l.until)).unzip();
+                insert.execute(params![d.id, ev.id, d.route, due, d.order_key, ev.received_at, token, until])?;
             }
             Ok(IngestOutcome::Stored)
         })
@@ -961,7 +963,7 @@ mod tests {
             dedup_until: at + 1000,
             deliveries: routes
                 .iter()
-                .map(|r| crate::store::NewDelivery { id: format!("{id}-{r}"), route: r.to_string(), order_key: None })
+                .map(|r| crate::store::NewDelivery { id: format!("{id}-{r}"), route: r.to_string(), order_key: None, lease: None })
                 .collect(),
         }
     }

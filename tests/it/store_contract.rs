@@ -38,14 +38,14 @@ fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
         dedup_until: at + 1000,
         deliveries: routes
             .iter()
-            .map(|r| NewDelivery { id: format!("{id}-{r}"), route: r.to_string(), order_key: None })
+            .map(|r| NewDelivery { id: format!("{id}-{r}"), route: r.to_string(), order_key: None, lease: None })
             .collect(),
     }
 }
 
 fn keyed(id: &str, route: &str, key: &str) -> NewEvent {
     let mut e = event(id, id, now_ms() - 10, &[]);
-    e.deliveries = vec![NewDelivery { id: format!("{id}-{route}"), route: route.into(), order_key: Some(key.into()) }];
+    e.deliveries = vec![NewDelivery { id: format!("{id}-{route}"), route: route.into(), order_key: Some(key.into()), lease: None }];
     e
 }
 
