@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crate::app::Relay;
 use crate::crypto::{self, DecryptError, Sealed};
-use crate::event::{new_id, now_ms, Event};
-use crate::runtime::Runtime;
 use crate::delivery::handoff::Place;
 use crate::delivery::worker::lease_for;
+use crate::event::{new_id, now_ms, Event};
+use crate::runtime::Runtime;
 use crate::store::{
     Claimed, IngestOutcome, Lease, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome,
     StoreError, StoredEvent,
@@ -64,7 +64,12 @@ fn hand_over(relay: &Relay, deliveries: &mut [NewDelivery]) -> Vec<Handed> {
     for (d, _) in deliveries.iter_mut().zip(open).filter(|(_, open)| *open) {
         let Some(place) = places.pop() else { break };
         d.lease = Some(lease.clone());
-        handed.push(Handed { place, delivery_id: d.id.clone(), route: d.route.clone(), lease_token: lease.token.clone() });
+        handed.push(Handed {
+            place,
+            delivery_id: d.id.clone(),
+            route: d.route.clone(),
+            lease_token: lease.token.clone(),
+        });
     }
     handed
 }

@@ -327,7 +327,6 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                     .args(["serve", "-c"])
                     .arg(&config)
                     .env("RUST_LOG", &opts.relay_log)
-                    .env("LBX_EXPERIMENT_NO_HANDOFF", std::env::var_os("LBX_EXPERIMENT_NO_HANDOFF").unwrap_or_default())
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()

@@ -22,9 +22,7 @@ impl Handoff {
     /// Opens the queue (the worker pool calls this when it starts); at most `capacity` waiting.
     pub fn open(&self, capacity: usize) -> mpsc::Receiver<Claimed> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        if std::env::var_os("LBX_EXPERIMENT_NO_HANDOFF").is_none() {
-            *self.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        }
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
     }
 

@@ -105,9 +105,10 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
                     Some(at) => Duration::from_millis((at - now) as u64).min(poll),
                     None => poll,
                 };
-                look_again = Some(look_again.map_or(tokio::time::Instant::now() + wait, |l| {
-                    l.min(tokio::time::Instant::now() + wait)
-                }));
+                look_again = Some(
+                    look_again
+                        .map_or(tokio::time::Instant::now() + wait, |l| l.min(tokio::time::Instant::now() + wait)),
+                );
             } else {
                 // There may be more: claim again as soon as there is room.
                 claim_now = true;

@@ -963,7 +963,12 @@ mod tests {
             dedup_until: at + 1000,
             deliveries: routes
                 .iter()
-                .map(|r| crate::store::NewDelivery { id: format!("{id}-{r}"), route: r.to_string(), order_key: None, lease: None })
+                .map(|r| crate::store::NewDelivery {
+                    id: format!("{id}-{r}"),
+                    route: r.to_string(),
+                    order_key: None,
+                    lease: None,
+                })
                 .collect(),
         }
     }

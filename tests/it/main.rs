@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod alerts;
+mod bench;
 mod cli;
 mod connectors;
 mod console;
@@ -13,6 +14,7 @@ mod crash;
 mod dashboard;
 mod delivery;
 mod first_hour;
+mod handoff;
 mod hardening;
 mod ingest;
 mod lifecycle;

@@ -45,7 +45,12 @@ fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
 
 fn keyed(id: &str, route: &str, key: &str) -> NewEvent {
     let mut e = event(id, id, now_ms() - 10, &[]);
-    e.deliveries = vec![NewDelivery { id: format!("{id}-{route}"), route: route.into(), order_key: Some(key.into()), lease: None }];
+    e.deliveries = vec![NewDelivery {
+        id: format!("{id}-{route}"),
+        route: route.into(),
+        order_key: Some(key.into()),
+        lease: None,
+    }];
     e
 }
 
