@@ -266,9 +266,13 @@ impl PgStore {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "INSERT INTO quarantine (source, received_at, headers, body, reason)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO quarantine (source, received_at, headers, body, reason)
                  SELECT $1, $2, $3, $4, $5 FROM quarantine_totals
                  WHERE id = 1 AND items < $6 AND bytes + $7 <= $8",
+                    )
+                    .await?,
                 &[
                     &item.source,
                     &item.received_at,
@@ -296,7 +300,9 @@ impl PgStore {
         let until = now + lease.as_millis() as i64;
         let rows = client
             .query(
-                "UPDATE deliveries SET lease_token = $1, lease_until = $2
+                &client
+                    .prepare_cached(
+                        "UPDATE deliveries SET lease_token = $1, lease_until = $2
                  WHERE id IN (
                     SELECT id FROM deliveries d
                     WHERE status = 'pending' AND next_attempt_at <= $3
@@ -309,6 +315,8 @@ impl PgStore {
                     ORDER BY next_attempt_at, id LIMIT $4
                     FOR UPDATE SKIP LOCKED)
                  RETURNING id, event_id, route, tries, attempts, steps_state, order_key IS NOT NULL",
+                    )
+                    .await?,
                 &[&token, &until, &now, &(limit as i64), &skip_routes],
             )
             .await?;
@@ -318,7 +326,7 @@ impl PgStore {
         let event_ids: Vec<String> = rows.iter().map(|r| r.try_get::<_, String>(1)).collect::<Result<_, _>>()?;
         let events = client
             .query(
-                "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ANY($1)",
+                &client.prepare_cached("SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ANY($1)").await?,
                 &[&event_ids],
             )
             .await?;
@@ -357,7 +365,9 @@ impl PgStore {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE deliveries SET steps_state = $1 WHERE id = $2 AND lease_token = $3",
+                &client
+                    .prepare_cached("UPDATE deliveries SET steps_state = $1 WHERE id = $2 AND lease_token = $3")
+                    .await?,
                 &[&state, &delivery_id, &lease_token],
             )
             .await?;
@@ -368,7 +378,9 @@ impl PgStore {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND lease_token = $3",
+                &client
+                    .prepare_cached("UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND lease_token = $3")
+                    .await?,
                 &[&until, &delivery_id, &lease_token],
             )
             .await?;
@@ -379,8 +391,12 @@ impl PgStore {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE deliveries SET next_attempt_at = $1, lease_token = NULL, lease_until = NULL
+                &client
+                    .prepare_cached(
+                        "UPDATE deliveries SET next_attempt_at = $1, lease_token = NULL, lease_until = NULL
                  WHERE id = $2 AND lease_token = $3",
+                    )
+                    .await?,
                 &[&at, &delivery_id, &lease_token],
             )
             .await?;
@@ -398,9 +414,18 @@ impl PgStore {
     ) -> Result<Result<i64, i64>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute("INSERT INTO rate_windows (route, slots) VALUES ($1, '{}') ON CONFLICT DO NOTHING", &[&route])
+        tx.execute(
+            &tx.prepare_cached("INSERT INTO rate_windows (route, slots) VALUES ($1, '{}') ON CONFLICT DO NOTHING")
+                .await?,
+            &[&route],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                &tx.prepare_cached("SELECT slots FROM rate_windows WHERE route = $1 FOR UPDATE").await?,
+                &[&route],
+            )
             .await?;
-        let row = tx.query_one("SELECT slots FROM rate_windows WHERE route = $1 FOR UPDATE", &[&route]).await?;
         let mut sent: std::collections::VecDeque<i64> = row.try_get::<_, Vec<i64>>(0)?.into();
         // A window kept under a larger count than the route has now keeps only its newest slots.
         while sent.len() > rate.count as usize {
@@ -409,7 +434,11 @@ impl PgStore {
         let reserved = crate::delivery::limits::reserve(&mut sent, rate, now, max_wait);
         if reserved.is_ok() {
             let slots: Vec<i64> = sent.into();
-            tx.execute("UPDATE rate_windows SET slots = $2 WHERE route = $1", &[&route, &slots]).await?;
+            tx.execute(
+                &tx.prepare_cached("UPDATE rate_windows SET slots = $2 WHERE route = $1").await?,
+                &[&route, &slots],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(reserved)
@@ -417,7 +446,9 @@ impl PgStore {
 
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
         let client = self.pool.get().await?;
-        let row = client.query_opt("SELECT refresh_token FROM oauth_tokens WHERE key = $1", &[&key]).await?;
+        let row = client
+            .query_opt(&client.prepare_cached("SELECT refresh_token FROM oauth_tokens WHERE key = $1").await?, &[&key])
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -425,8 +456,8 @@ impl PgStore {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at",
+                &client.prepare_cached("INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at").await?,
                 &[&key, &token, &now_ms()],
             )
             .await?;
@@ -437,7 +468,7 @@ impl PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'",
+                &client.prepare_cached("SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'").await?,
                 &[],
             )
             .await?;
@@ -448,11 +479,15 @@ impl PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
+                &client
+                    .prepare_cached(
+                        "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
                  FROM deliveries
                  WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR route = $2)
                    AND ($3::text IS NULL OR id > $3)
                  ORDER BY id LIMIT $4",
+                    )
+                    .await?,
                 &[&f.status, &f.route, &f.after, &(f.limit as i64)],
             )
             .await?;
@@ -464,9 +499,13 @@ impl PgStore {
         let now = now_ms();
         let n = client
             .execute(
-                "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
+                &client
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
                     steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
                  WHERE id = $2",
+                    )
+                    .await?,
                 &[&now, &id],
             )
             .await?;
@@ -474,10 +513,14 @@ impl PgStore {
             // Retrying a keyed head now releases what was parked behind its old retry time.
             client
                 .execute(
-                    "UPDATE deliveries SET next_attempt_at = $1
+                    &client
+                        .prepare_cached(
+                            "UPDATE deliveries SET next_attempt_at = $1
                      WHERE route = (SELECT route FROM deliveries WHERE id = $2)
                        AND order_key = (SELECT order_key FROM deliveries WHERE id = $2)
                        AND status = 'pending' AND next_attempt_at > $1",
+                        )
+                        .await?,
                     &[&now, &id],
                 )
                 .await?;
@@ -545,9 +588,13 @@ impl PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
+                &client
+                    .prepare_cached(
+                        "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
                  FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
                  WHERE a.started_at >= $1 ORDER BY a.id DESC LIMIT $2",
+                    )
+                    .await?,
                 &[&since, &(limit as i64)],
             )
             .await?;
@@ -568,8 +615,14 @@ impl PgStore {
 
     pub async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let client = self.pool.get().await?;
-        let rows =
-            client.query("SELECT route, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY route", &[]).await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached("SELECT route, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY route")
+                    .await?,
+                &[],
+            )
+            .await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
@@ -611,7 +664,11 @@ impl PgStore {
         let client = self.pool.get().await?;
         let Some(row) = client
             .query_opt(
-                "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = $1",
+                &client
+                    .prepare_cached(
+                        "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = $1",
+                    )
+                    .await?,
                 &[&id],
             )
             .await?
@@ -620,8 +677,12 @@ impl PgStore {
         };
         let deliveries: Vec<DeliveryRow> = client
             .query(
-                "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
+                &client
+                    .prepare_cached(
+                        "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
                  FROM deliveries WHERE event_id = $1 ORDER BY id",
+                    )
+                    .await?,
                 &[&id],
             )
             .await?
@@ -631,8 +692,12 @@ impl PgStore {
         let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
         let attempts = client
             .query(
-                "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail
+                &client
+                    .prepare_cached(
+                        "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail
                  FROM attempts WHERE delivery_id = ANY($1) ORDER BY id",
+                    )
+                    .await?,
                 &[&ids],
             )
             .await?
@@ -657,8 +722,12 @@ impl PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, source, received_at, headers, body, reason FROM quarantine
+                &client
+                    .prepare_cached(
+                        "SELECT id, source, received_at, headers, body, reason FROM quarantine
                  WHERE ($1::bigint IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                    )
+                    .await?,
                 &[&after, &(limit as i64)],
             )
             .await?;
@@ -691,9 +760,12 @@ impl PgStore {
         let tx = client.transaction().await?;
         let ids: Vec<String> = tx
             .query(
-                "SELECT e.id FROM events e WHERE e.received_at < $1
+                &tx.prepare_cached(
+                    "SELECT e.id FROM events e WHERE e.received_at < $1
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered')
                  LIMIT 10000",
+                )
+                .await?,
                 &[&before],
             )
             .await?
@@ -701,13 +773,16 @@ impl PgStore {
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
         tx.execute(
-            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1))",
+            &tx.prepare_cached(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1))",
+            )
+            .await?,
             &[&ids],
         )
         .await?;
-        tx.execute("DELETE FROM deliveries WHERE event_id = ANY($1)", &[&ids]).await?;
-        let n = tx.execute("DELETE FROM events WHERE id = ANY($1)", &[&ids]).await?;
-        tx.execute("DELETE FROM dedup_keys WHERE expires_at <= $1", &[&now_ms()]).await?;
+        tx.execute(&tx.prepare_cached("DELETE FROM deliveries WHERE event_id = ANY($1)").await?, &[&ids]).await?;
+        let n = tx.execute(&tx.prepare_cached("DELETE FROM events WHERE id = ANY($1)").await?, &[&ids]).await?;
+        tx.execute(&tx.prepare_cached("DELETE FROM dedup_keys WHERE expires_at <= $1").await?, &[&now_ms()]).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -716,19 +791,27 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let ids: Vec<String> = tx
-            .query("SELECT id FROM events WHERE email = ANY($2) OR strpos(lower(payload), $1) > 0", &[&email, &index])
+            .query(
+                &tx.prepare_cached("SELECT id FROM events WHERE email = ANY($2) OR strpos(lower(payload), $1) > 0")
+                    .await?,
+                &[&email, &index],
+            )
             .await?
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
         let attempts = tx
             .execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1))",
+                &tx.prepare_cached(
+                    "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1))",
+                )
+                .await?,
                 &[&ids],
             )
             .await?;
-        let deliveries = tx.execute("DELETE FROM deliveries WHERE event_id = ANY($1)", &[&ids]).await?;
-        let events = tx.execute("DELETE FROM events WHERE id = ANY($1)", &[&ids]).await?;
+        let deliveries =
+            tx.execute(&tx.prepare_cached("DELETE FROM deliveries WHERE event_id = ANY($1)").await?, &[&ids]).await?;
+        let events = tx.execute(&tx.prepare_cached("DELETE FROM events WHERE id = ANY($1)").await?, &[&ids]).await?;
         tx.commit().await?;
         Ok(Forgotten { events, deliveries, attempts, quarantined: 0 })
     }
@@ -737,11 +820,15 @@ impl PgStore {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
+                &client
+                    .prepare_cached(
+                        "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
                         (SELECT items FROM quarantine_totals WHERE id = 1),
                         (SELECT bytes FROM quarantine_totals WHERE id = 1),
                         (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'),
                         (SELECT COUNT(*) FROM deliveries WHERE status = 'failed')",
+                    )
+                    .await?,
                 &[],
             )
             .await?;
@@ -758,7 +845,11 @@ impl PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT s, (SELECT MAX(received_at) FROM events WHERE source = s) FROM unnest($1::text[]) AS s",
+                &client
+                    .prepare_cached(
+                        "SELECT s, (SELECT MAX(received_at) FROM events WHERE source = s) FROM unnest($1::text[]) AS s",
+                    )
+                    .await?,
                 &[&sources],
             )
             .await?;
@@ -869,7 +960,10 @@ async fn batcher(
         let sts: Vec<&Settlement> = settles.iter().map(|(s, _)| s).collect();
         match write_batch(&pool, &evs, &sts).await {
             Ok((ingested, settled)) => {
-                if ingested.iter().zip(&evs).any(|(o, e)| *o == IngestOutcome::Stored && !e.deliveries.is_empty()) {
+                // Deliveries handed to this process's workers (leased) need nobody else: tell the
+                // replicas only about those left for a claim.
+                let unleased = |e: &NewEvent| e.deliveries.iter().any(|d| d.lease.is_none());
+                if ingested.iter().zip(&evs).any(|(o, e)| *o == IngestOutcome::Stored && unleased(e)) {
                     announce.notify_one();
                 }
                 for ((_, reply), outcome) in ingests.into_iter().zip(ingested) {
@@ -917,7 +1011,8 @@ async fn write_batch(
         // A live key is a duplicate; an expired one (as of the event's arrival) is taken over.
         let claimed: std::collections::HashSet<String> = tx
             .query(
-                "WITH input AS (
+                &tx.prepare_cached(
+                    "WITH input AS (
                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
                         AS t(source, event_key, event_id, expires_at, received_at))
                  INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
@@ -927,6 +1022,8 @@ async fn write_batch(
                     WHERE dedup_keys.expires_at <= (SELECT i.received_at FROM input i
                         WHERE i.source = excluded.source AND i.event_key = excluded.event_key)
                  RETURNING event_id",
+                )
+                .await?,
                 &[&sources, &keys, &ids, &expires, &received],
             )
             .await?
@@ -939,8 +1036,8 @@ async fn write_batch(
             stored.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
         let received: Vec<i64> = stored.iter().map(|&i| evs[i].received_at).collect();
         tx.execute(
-            "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[])",
+            &tx.prepare_cached("INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[])").await?,
             &[
                 &col(|e| &e.id),
                 &col(|e| &e.source),
@@ -971,7 +1068,7 @@ async fn write_batch(
         if !d_ids.is_empty() {
             // WITH ORDINALITY keeps arrival order in `seq`, which per-key ordering relies on.
             tx.execute(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
+                &tx.prepare_cached("INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
                     lease_token, lease_until)
                  SELECT id, event_id, route, 'pending',
                     GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
@@ -980,7 +1077,7 @@ async fn write_batch(
                     at, at, order_key, lease_token, lease_until
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[])
                     WITH ORDINALITY AS d(id, event_id, route, at, order_key, lease_token, lease_until, n)
-                 ORDER BY n",
+                 ORDER BY n").await?,
                 &[&d_ids, &d_events, &d_routes, &d_at, &d_keys, &d_tokens, &d_until],
             )
             .await?;
@@ -1000,13 +1097,13 @@ async fn write_batch(
         let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
         let updated: HashMap<String, i32> = tx
             .query(
-                "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
+                &tx.prepare_cached("UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
                     tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
                     last_status = u.last_status, last_error = u.last_error, updated_at = $7, steps_state = u.state
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[])
                     AS u(id, token, status, next_at, last_status, last_error, used, state)
                  WHERE d.id = u.id AND d.lease_token = u.token
-                 RETURNING d.id, d.attempts",
+                 RETURNING d.id, d.attempts").await?,
                 &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now, &steps_used, &states],
             )
             .await?
@@ -1022,11 +1119,14 @@ async fn write_batch(
             .collect();
         if !waiting.is_empty() {
             tx.execute(
-                "UPDATE deliveries f SET next_attempt_at = h.next_attempt_at
+                &tx.prepare_cached(
+                    "UPDATE deliveries f SET next_attempt_at = h.next_attempt_at
                  FROM deliveries h
                  WHERE h.id = ANY($1) AND h.order_key IS NOT NULL
                    AND f.route = h.route AND f.order_key = h.order_key AND f.status = 'pending'
                    AND f.seq > h.seq AND f.next_attempt_at < h.next_attempt_at",
+                )
+                .await?,
                 &[&waiting],
             )
             .await?;
@@ -1040,9 +1140,12 @@ async fn write_batch(
         let details: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.detail.as_deref()).collect();
         let durations: Vec<i64> = sts.iter().map(|s| s.attempt.duration_ms).collect();
         tx.execute(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
+            &tx.prepare_cached(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
              SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[],
                                   $8::text[])",
+            )
+            .await?,
             &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels, &details],
         )
         .await?;
