@@ -51,7 +51,7 @@ impl Progress {
     }
 }
 
-pub struct Outcome {
+pub struct Totals {
     /// Ack latency in µs: from the request's due time under `rate` (so a generator or server that
     /// falls behind shows in it), else from the write.
     pub ack: Histogram<u64>,
@@ -84,7 +84,7 @@ struct Shared {
 }
 
 /// Runs the load on `load.threads` threads of its own (blocking the caller until it is done).
-pub fn run(load: Load, progress: Arc<Progress>) -> anyhow::Result<Outcome> {
+pub fn run(load: Load, progress: Arc<Progress>) -> anyhow::Result<Totals> {
     anyhow::ensure!(!load.addrs.is_empty(), "no target address");
     anyhow::ensure!(load.connections > 0 && load.threads > 0, "connections and threads must be at least 1");
     let threads = load.threads.min(load.connections);
@@ -120,7 +120,7 @@ pub fn run(load: Load, progress: Arc<Progress>) -> anyhow::Result<Outcome> {
         ack.add(h)?;
     }
     let sent = shared.next.load(Ordering::Relaxed).min(shared.load.requests.len());
-    Ok(Outcome { ack, sent, elapsed: started.elapsed() })
+    Ok(Totals { ack, sent, elapsed: started.elapsed() })
 }
 
 /// One keep-alive connection per target, sending the next request as soon as the last is answered.

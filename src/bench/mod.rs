@@ -473,7 +473,7 @@ async fn drive(
     addrs: &[std::net::SocketAddr],
     requests: Arc<Vec<Vec<u8>>>,
     progress: Arc<Progress>,
-) -> anyhow::Result<generator::Outcome> {
+) -> anyhow::Result<generator::Totals> {
     let bar = indicatif::ProgressBar::new(requests.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} answered  {per_sec}  {msg}")

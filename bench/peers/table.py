@@ -1,0 +1,60 @@
+"""Prints the docs/performance.md table from the JSON reports of bench/peers/run.sh."""
+import json
+import os
+import re
+import sys
+
+out = sys.argv[1]
+
+
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+sqlite = load("sqlite.json")
+ceiling = sqlite["baseline"]["requests_per_second"]
+print(f"ceiling in the same run (bare actix-web, bench's generator): {ceiling:,.0f} req/s, "
+      f"p99 {sqlite['baseline']['ack_latency']['p99_ms']:.2f} ms")
+gen = load("ceiling-generator.json")
+wrk_path = os.path.join(out, "ceiling-wrk.txt")
+if gen and os.path.exists(wrk_path):
+    wrk = float(re.search(r"Requests/sec:\s+([\d.]+)", open(wrk_path).read()).group(1))
+    print(f"generator vs wrk on the bare handler: {gen['accepted_per_second']:,.0f} vs {wrk:,.0f} req/s "
+          f"({gen['accepted_per_second'] / wrk:.2f})")
+print()
+print("| what | ingest/s (share of ceiling) | ack p99 | end to end/s (share) | delivered while ingesting | delivery p99 | RSS peak |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+
+
+def row(label, r):
+    if r is None:
+        return
+    ingest = r["accepted_per_second"]
+    e2e = r.get("delivered_per_second")
+    during = r.get("delivered_during_ingest_per_second")
+    dl = r.get("delivery_latency")
+    cells = [
+        label,
+        f"{ingest:,.0f} ({ingest / ceiling:.3f})",
+        f"{r['ack_latency']['p99_ms']:.1f} ms",
+        f"{e2e:,.0f} ({e2e / ceiling:.3f})" if e2e and r.get("delivered") else "n/a",
+        f"{during:,.0f}/s ({100 * during / ingest:.0f} %)" if during and r.get("delivered") else "n/a",
+        f"{dl['p99_ms']:,.0f} ms" if dl and r.get("delivered") else "n/a",
+        f"{r['relay_rss_peak_mb']:.0f} MiB" if r.get("relay_rss_peak_mb") else "n/a",
+    ]
+    print("| " + " | ".join(cells) + " |")
+
+
+row("lbx-relay, SQLite, durable", sqlite)
+steady = load("sqlite-steady.json")
+if steady:
+    peak = max((s["backlog"] for s in steady["series"]), default=0)
+    row(f"lbx-relay, SQLite, steady {steady['rate']:,}/s (backlog peak {peak})", steady)
+row("lbx-relay, PostgreSQL, 1 replica", load("postgres-1.json"))
+row("lbx-relay, PostgreSQL, 3 replicas", load("postgres-3.json"))
+row("Python aiohttp (no durability)", load("python.json"))
+row("Node-RED (no decryption, no durability)", load("node-red.json"))
+pg = load("postgres-1.json")
+if pg:
+    print(f"\nPostgreSQL 1 replica / SQLite ingest: {pg['accepted_per_second'] / sqlite['accepted_per_second']:.2f}")
