@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::delivery::limits::Gates;
 use crate::delivery::oauth::Tokens;
@@ -125,10 +124,9 @@ pub struct Application {
 }
 
 impl Application {
-    /// Validates everything, opens the store and binds both listeners. Fails before serving
-    /// anything if the config, a template or the store is not right.
-    pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let runtime = Runtime::build(config).map_err(|problems| anyhow::anyhow!(problems.join("\n")))?;
+    /// Opens the store and binds both listeners for a configuration already compiled (and
+    /// checked) into a [`Runtime`]. Fails before serving anything if the store is not right.
+    pub async fn build(runtime: Runtime) -> anyhow::Result<Application> {
         let store = Store::open(&runtime.config.store).await.context("opening the store")?;
         let listen = runtime.config.server.listen.clone();
         let admin_listen = runtime.config.server.admin_listen.clone();

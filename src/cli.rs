@@ -313,7 +313,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     for w in preflight::warnings(&runtime.config) {
         tracing::warn!("{w}");
     }
-    let app = Application::build(runtime.config).await?;
+    let app = Application::build(runtime).await?;
     let relay = app.relay();
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };

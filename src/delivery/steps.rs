@@ -29,7 +29,7 @@ pub struct StepsResult {
 }
 
 /// One claimed delivery, as the step runner needs it.
-pub struct Job<'a> {
+pub struct AttemptInput<'a> {
     pub route: &'a RouteConfig,
     pub event: &'a Event,
     pub delivery_id: &'a str,
@@ -40,9 +40,9 @@ pub struct Job<'a> {
     pub gate: Option<&'a Gate>,
 }
 
-/// Sends what the job's route sends for its event, starting after the steps already recorded.
-pub async fn run(relay: &Relay, templates: &Templates, job: Job<'_>) -> StepsResult {
-    let Job { route, event, delivery_id, lease_token, state, gate } = job;
+/// Sends what the delivery's route sends for its event, starting after the steps already recorded.
+pub async fn run(relay: &Relay, templates: &Templates, input: AttemptInput<'_>) -> StepsResult {
+    let AttemptInput { route, event, delivery_id, lease_token, state, gate } = input;
     if !route.is_multi_step() {
         let ctx = TemplateContext::new(event, &route.vars, delivery_id);
         let mut result = match templates.render(route, &ctx) {

@@ -10,11 +10,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::limits::Admission;
+use super::limits::{Admission, Gate};
 use super::retry::{next_delay, throttle_delay, Verdict};
 use super::steps;
 use crate::app::Relay;
 use crate::event::{now_ms, Event};
+use crate::runtime::Runtime;
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
 use crate::telemetry::{DEFERRED, DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 
@@ -181,17 +182,17 @@ async fn process(relay: &Relay, c: Claimed) {
 }
 
 /// What became of a claimed delivery.
-enum Outcome {
+enum Finish {
     /// It was attempted: record the attempt.
     Attempted(Settlement),
     /// Its route had no room (rate limit, concurrency, pause): back to the queue, no attempt.
     Deferred { delivery_id: String, lease_token: String, at: i64 },
 }
 
-async fn finish(relay: &Relay, outcome: Outcome) {
+async fn finish(relay: &Relay, outcome: Finish) {
     match outcome {
-        Outcome::Attempted(s) => settle(relay, s).await,
-        Outcome::Deferred { delivery_id, lease_token, at } => {
+        Finish::Attempted(s) => settle(relay, s).await,
+        Finish::Deferred { delivery_id, lease_token, at } => {
             if let Err(e) = relay.store.defer(delivery_id.clone(), lease_token, at).await {
                 tracing::warn!(delivery = %delivery_id, error = %e, "could not hand a paced delivery back; its lease will expire");
             }
@@ -200,74 +201,125 @@ async fn finish(relay: &Relay, outcome: Outcome) {
 }
 
 /// Waits for the route's turn, renders and sends one claimed delivery; returns what to record.
-async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
+/// Four steps: admit (the route's pacing), send (its requests), decide what comes next, record.
+async fn attempt(relay: &Relay, c: Claimed) -> Finish {
     let rt = relay.runtime();
     let gate = rt.config.route(&c.route).map(|route| relay.gates.gate(route, route_budget(&rt.config)));
-    let _permit = match &gate {
-        None => None,
-        Some(gate) => match gate.admit(&relay.store).await {
-            Admission::Go(permit) => permit,
-            Admission::Later(at) => {
-                tracing::debug!(delivery = %c.delivery_id, route = %c.route, "route paced; handed back to the queue");
-                metrics::counter!(DEFERRED, "route" => c.route.clone()).increment(1);
-                return Outcome::Deferred { delivery_id: c.delivery_id, lease_token: c.lease_token, at };
-            }
-        },
+    let _permit = match admit(relay, gate.as_deref()).await {
+        Ok(permit) => permit,
+        Err(at) => return deferred(c, at, "route paced; handed back to the queue"),
     };
     let started_at = now_ms();
-    let (verdict, status, error, duration, schedule, steps_state, exchanges) = match rt.config.route(&c.route) {
-        None => {
-            let reason = format!("route {} is no longer configured", c.route);
-            let fail = Verdict::Fail { reason: reason.clone() };
-            (fail, None, Some(reason), Duration::ZERO, Vec::new(), c.steps_state, Vec::new())
-        }
-        Some(route) => {
-            let data = serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null);
-            let event = Event {
-                id: c.event.id.clone(),
-                source: c.event.source.clone(),
-                kind: c.event.kind.clone(),
-                key: c.event.key.clone(),
-                received_at: c.event.received_at,
-                data,
-            };
-            let job = steps::Job {
-                route,
-                event: &event,
-                delivery_id: &c.delivery_id,
-                lease_token: &c.lease_token,
-                state: c.steps_state.as_deref(),
-                gate: gate.as_deref(),
-            };
-            let out = holding_lease(relay, &c.delivery_id, &c.lease_token, steps::run(relay, &rt.templates, job)).await;
-            if let Some(at) = out.deferred {
-                tracing::debug!(delivery = %c.delivery_id, route = %c.route, "rate window full between steps; handed back");
-                metrics::counter!(DEFERRED, "route" => c.route.clone()).increment(1);
-                return Outcome::Deferred { delivery_id: c.delivery_id, lease_token: c.lease_token, at };
-            }
-            let r = out.result;
-            if let (Some(pause), Some(gate)) = (r.pause, &gate) {
-                gate.pause_until(now_ms() + pause.as_millis() as i64);
-            }
-            (r.verdict, r.status, r.error, r.duration, route.retry.schedule.clone(), out.state, r.exchanges)
-        }
+    let ran = match send(relay, &rt, &c, gate.as_deref()).await {
+        Ok(ran) => ran,
+        Err(at) => return deferred(c, at, "rate window full between steps; handed back"),
     };
-    let next = match &verdict {
+    let next = decide_next(&ran, c.tries, gate.as_deref());
+    Finish::Attempted(record(relay, &rt, c, ran, next, started_at))
+}
+
+/// The route's turn: a concurrency slot (held for the attempt) or the time to try again.
+async fn admit(relay: &Relay, gate: Option<&Gate>) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, i64> {
+    match gate {
+        None => Ok(None),
+        Some(gate) => match gate.admit(&relay.store).await {
+            Admission::Go(permit) => Ok(permit),
+            Admission::Later(at) => Err(at),
+        },
+    }
+}
+
+fn deferred(c: Claimed, at: i64, why: &'static str) -> Finish {
+    tracing::debug!(delivery = %c.delivery_id, route = %c.route, "{why}");
+    metrics::counter!(DEFERRED, "route" => c.route.clone()).increment(1);
+    Finish::Deferred { delivery_id: c.delivery_id, lease_token: c.lease_token, at }
+}
+
+/// What one attempt's requests came to.
+struct Ran {
+    verdict: Verdict,
+    status: Option<u16>,
+    error: Option<String>,
+    duration: Duration,
+    schedule: Vec<Duration>,
+    steps_state: Option<String>,
+    exchanges: Vec<serde_json::Value>,
+}
+
+/// Sends the route's requests for the delivery's event, holding its lease; `Err(at)` when the
+/// route's rate window filled between steps (handed back, no attempt counted).
+async fn send(relay: &Relay, rt: &Runtime, c: &Claimed, gate: Option<&Gate>) -> Result<Ran, i64> {
+    let Some(route) = rt.config.route(&c.route) else {
+        let reason = format!("route {} is no longer configured", c.route);
+        return Ok(Ran {
+            verdict: Verdict::Fail { reason: reason.clone() },
+            status: None,
+            error: Some(reason),
+            duration: Duration::ZERO,
+            schedule: Vec::new(),
+            steps_state: c.steps_state.clone(),
+            exchanges: Vec::new(),
+        });
+    };
+    let data = serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null);
+    let event = Event {
+        id: c.event.id.clone(),
+        source: c.event.source.clone(),
+        kind: c.event.kind.clone(),
+        key: c.event.key.clone(),
+        received_at: c.event.received_at,
+        data,
+    };
+    let input = steps::AttemptInput {
+        route,
+        event: &event,
+        delivery_id: &c.delivery_id,
+        lease_token: &c.lease_token,
+        state: c.steps_state.as_deref(),
+        gate,
+    };
+    let out = holding_lease(relay, &c.delivery_id, &c.lease_token, steps::run(relay, &rt.templates, input)).await;
+    if let Some(at) = out.deferred {
+        return Err(at);
+    }
+    let r = out.result;
+    if let (Some(pause), Some(gate)) = (r.pause, gate) {
+        gate.pause_until(now_ms() + pause.as_millis() as i64);
+    }
+    Ok(Ran {
+        verdict: r.verdict,
+        status: r.status,
+        error: r.error,
+        duration: r.duration,
+        schedule: route.retry.schedule.clone(),
+        steps_state: out.state,
+        exchanges: r.exchanges,
+    })
+}
+
+/// Delivered, failed for good, or when to try again (a 429 also pauses the route).
+fn decide_next(ran: &Ran, tries: u32, gate: Option<&Gate>) -> Next {
+    match &ran.verdict {
         Verdict::Delivered => Next::Delivered,
         Verdict::Fail { .. } => Next::Failed,
         // Rate limited: wait as asked, but never give up because of it.
-        Verdict::Retry { retry_after, .. } if status == Some(429) => {
-            let at = now_ms() + throttle_delay(&schedule, c.tries, *retry_after).as_millis() as i64;
-            if let Some(gate) = &gate {
+        Verdict::Retry { retry_after, .. } if ran.status == Some(429) => {
+            let at = now_ms() + throttle_delay(&ran.schedule, tries, *retry_after).as_millis() as i64;
+            if let Some(gate) = gate {
                 gate.pause_until(at);
             }
             Next::ThrottledUntil(at)
         }
-        Verdict::Retry { retry_after, .. } => match next_delay(&schedule, c.tries + 1, *retry_after) {
+        Verdict::Retry { retry_after, .. } => match next_delay(&ran.schedule, tries + 1, *retry_after) {
             Some(d) => Next::RetryAt(now_ms() + d.as_millis() as i64),
             None => Next::Failed,
         },
-    };
+    }
+}
+
+/// Counts, logs and alerts on the attempt, and builds its settlement (secrets masked).
+fn record(relay: &Relay, rt: &Runtime, c: Claimed, ran: Ran, next: Next, started_at: i64) -> Settlement {
+    let Ran { verdict, status, error, duration, steps_state, exchanges, .. } = ran;
     metrics::counter!(DELIVERIES, "route" => c.route.clone(), "outcome" => next.label()).increment(1);
     metrics::histogram!(DELIVERY_DURATION, "route" => c.route.clone()).record(duration.as_secs_f64());
     let class = match status {
@@ -302,14 +354,14 @@ async fn attempt(relay: &Relay, c: Claimed) -> Outcome {
         reason = reason,
         "delivery attempt"
     );
-    Outcome::Attempted(Settlement {
+    Settlement {
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
         attempt: AttemptRecord { started_at, duration_ms: duration.as_millis() as i64, status, error, detail },
         next,
         steps_state,
         keyed: c.keyed,
-    })
+    }
 }
 
 /// Runs `attempt` while renewing the delivery's lease every third of its length, so an attempt

@@ -141,7 +141,7 @@ pub struct PgStore {
     /// Set when work was committed that other replicas have not been told about yet.
     announce: std::sync::Arc<tokio::sync::Notify>,
     /// Ingests and settlements waiting to share a transaction.
-    batches: tokio::sync::mpsc::UnboundedSender<Job>,
+    batches: tokio::sync::mpsc::UnboundedSender<Queued>,
     config: std::sync::Arc<tokio_postgres::Config>,
     /// The TLS connector the URL's `sslmode` asks for (also used by the LISTEN connection).
     tls: tokio_postgres_rustls::MakeRustlsConnect,
@@ -254,7 +254,7 @@ impl PgStore {
     /// Queued for the next group transaction; answered once it has committed.
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.batches.send(Job::Ingest(ev, reply)).map_err(|_| StoreError::Closed)?;
+        self.batches.send(Queued::Ingest(ev, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -352,7 +352,7 @@ impl PgStore {
     /// Queued for the next group transaction; `false` when the lease was lost.
     pub async fn settle(&self, settlement: Settlement) -> Result<bool, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.batches.send(Job::Settle(settlement, reply)).map_err(|_| StoreError::Closed)?;
+        self.batches.send(Queued::Settle(settlement, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -923,7 +923,8 @@ const MAX_BATCH: usize = 512;
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 
-enum Job {
+/// An ingest or a settlement waiting for the next group transaction.
+enum Queued {
     Ingest(NewEvent, Reply<IngestOutcome>),
     Settle(Settlement, Reply<bool>),
 }
@@ -932,7 +933,7 @@ enum Job {
 /// handful of set-based statements; everybody is answered after the commit.
 async fn batcher(
     pool: Pool,
-    rx: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
+    rx: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Queued>>>,
     announce: std::sync::Arc<tokio::sync::Notify>,
 ) {
     loop {
@@ -952,8 +953,8 @@ async fn batcher(
         let mut settles = Vec::new();
         for job in jobs {
             match job {
-                Job::Ingest(ev, reply) => ingests.push((ev, reply)),
-                Job::Settle(s, reply) => settles.push((s, reply)),
+                Queued::Ingest(ev, reply) => ingests.push((ev, reply)),
+                Queued::Settle(s, reply) => settles.push((s, reply)),
             }
         }
         let evs: Vec<&NewEvent> = ingests.iter().map(|(e, _)| e).collect();

@@ -21,11 +21,12 @@ use crate::event::{now_ms, rfc3339};
 const MAX_BATCH: usize = 1024;
 
 type Finisher = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
+/// One store operation, run on the writer thread inside the current group transaction.
+type WriterCall = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    calls: mpsc::Sender<WriterCall>,
     path: PathBuf,
 }
 
@@ -187,13 +188,13 @@ impl SqliteStore {
         migrate(&mut conn)?;
         // Checkpoints stay on the writer (SQLite's autocheckpoint, after a commit): a checkpoint
         // running beside a busy writer never catches up, and the WAL would then grow without end.
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (calls, rx) = mpsc::channel::<WriterCall>();
         let file = FileIdentity::of(path)?;
         std::thread::Builder::new()
             .name("lbx-sqlite-writer".into())
             .spawn(move || writer(conn, rx, file))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { jobs, path: path.to_path_buf() })
+        Ok(SqliteStore { calls, path: path.to_path_buf() })
     }
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
@@ -203,7 +204,7 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let call: WriterCall = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
             let finish: Finisher = Box::new(move |commit| {
@@ -211,7 +212,7 @@ impl SqliteStore {
             });
             (ok, finish)
         });
-        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        self.calls.send(call).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Commit("the transaction could not start (see logs)".into()))?
     }
 
@@ -886,7 +887,7 @@ impl FileIdentity {
 }
 
 /// The writer thread: take what is queued, run it in one transaction, commit, then answer.
-fn writer(conn: Connection, rx: mpsc::Receiver<Job>, file: FileIdentity) {
+fn writer(conn: Connection, rx: mpsc::Receiver<WriterCall>, file: FileIdentity) {
     let mut lost: Option<StoreError> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(64);

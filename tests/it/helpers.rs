@@ -330,7 +330,8 @@ pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) ->
     // Variables come from nothing the calling shell exports: the test config names its defaults.
     let text = std::fs::read_to_string(&path).unwrap();
     let config = Config::from_toml(&text, &path, &|_| None).expect("test config is valid");
-    let app = Application::build(config).await.expect("app builds");
+    let runtime = lbx_relay::runtime::Runtime::build(config).expect("test config compiles");
+    let app = Application::build(runtime).await.expect("app builds");
     let public = format!("http://{}", app.public_addr());
     let admin = format!("http://{}", app.admin_addr());
     let relay = app.relay();
