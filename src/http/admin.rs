@@ -16,7 +16,7 @@ use crate::app::Relay;
 use crate::event::rfc3339;
 use crate::housekeeping;
 use crate::ingest::{self, IngestError};
-use crate::store::{DeliveryFilter, DELIVERY_STATUSES};
+use crate::store::{DeliveryFilter, DeliveryStatus};
 use crate::telemetry::metrics;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -276,8 +276,9 @@ struct ListQuery {
 
 fn check_status(status: Option<&str>) -> Result<(), ApiError> {
     match status {
-        Some(s) if !DELIVERY_STATUSES.contains(&s) => {
-            Err(ApiError::BadRequest(format!("status must be one of {}", DELIVERY_STATUSES.join(", "))))
+        Some(s) if DeliveryStatus::parse(s).is_none() => {
+            let all: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+            Err(ApiError::BadRequest(format!("status must be one of {}", all.join(", "))))
         }
         _ => Ok(()),
     }

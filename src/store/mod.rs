@@ -194,13 +194,40 @@ impl Next {
     }
 
     /// (status, next_attempt_at, schedule steps used) as the stores record them.
-    pub fn columns(self) -> (&'static str, Option<i64>, i32) {
+    pub fn columns(self) -> (DeliveryStatus, Option<i64>, i32) {
         match self {
-            Next::Delivered => ("delivered", None, 1),
-            Next::RetryAt(at) => ("pending", Some(at), 1),
-            Next::ThrottledUntil(at) => ("pending", Some(at), 0),
-            Next::Failed => ("failed", None, 1),
+            Next::Delivered => (DeliveryStatus::Delivered, None, 1),
+            Next::RetryAt(at) => (DeliveryStatus::Pending, Some(at), 1),
+            Next::ThrottledUntil(at) => (DeliveryStatus::Pending, Some(at), 0),
+            Next::Failed => (DeliveryStatus::Failed, None, 1),
         }
+    }
+}
+
+/// Where a delivery stands: the `status` column of `deliveries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (or leased to a worker making it).
+    Pending,
+    Delivered,
+    /// A dead letter: listed until replayed.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 3] = [DeliveryStatus::Pending, DeliveryStatus::Delivered, DeliveryStatus::Failed];
+
+    /// As stored and as the admin API names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        DeliveryStatus::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 
@@ -366,8 +393,6 @@ pub struct Gauges {
     /// When the oldest pending delivery was created (Unix ms).
     pub oldest_pending_at: Option<i64>,
 }
-
-pub const DELIVERY_STATUSES: &[&str] = &["pending", "delivered", "failed"];
 
 /// The backend chosen at start.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{AttemptFact, RetryFilter, COUNT_CAP, DERIVED_STATUS};
+use super::{AttemptFact, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
     Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
@@ -36,103 +36,12 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// The schema, one step per file, applied in order once each (the files of both backends sit
+/// side by side in `src/store/migrations/`, so their schemas can be compared).
 const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE events (
-    id          TEXT PRIMARY KEY,
-    source      TEXT NOT NULL,
-    event_key   TEXT NOT NULL,
-    kind        TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    payload     TEXT NOT NULL,
-    received_at INTEGER NOT NULL
-);
-CREATE INDEX events_received_at ON events(received_at);
-CREATE TABLE dedup_keys (
-    source     TEXT NOT NULL,
-    event_key  TEXT NOT NULL,
-    event_id   TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (source, event_key)
-) WITHOUT ROWID;
-CREATE TABLE deliveries (
-    id              TEXT PRIMARY KEY,
-    event_id        TEXT NOT NULL,
-    route           TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    tries           INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER,
-    lease_token     TEXT,
-    lease_until     INTEGER,
-    last_status     INTEGER,
-    last_error      TEXT,
-    created_at      INTEGER NOT NULL,
-    updated_at      INTEGER NOT NULL
-);
-CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
-CREATE INDEX deliveries_event ON deliveries(event_id);
-CREATE TABLE attempts (
-    id          INTEGER PRIMARY KEY,
-    delivery_id TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    started_at  INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
-    status      INTEGER,
-    error       TEXT,
-    outcome     TEXT NOT NULL
-);
-CREATE INDEX attempts_delivery ON attempts(delivery_id);
-CREATE TABLE quarantine (
-    id          INTEGER PRIMARY KEY,
-    source      TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    headers     TEXT NOT NULL,
-    body        BLOB NOT NULL,
-    reason      TEXT NOT NULL
-);
-"#,
-    r#"
-ALTER TABLE deliveries ADD COLUMN order_key TEXT;
-ALTER TABLE deliveries ADD COLUMN steps_state TEXT;
-CREATE TABLE oauth_tokens (
-    key           TEXT PRIMARY KEY,
-    refresh_token TEXT NOT NULL,
-    updated_at    INTEGER NOT NULL
-);
-CREATE INDEX deliveries_order ON deliveries(route, order_key) WHERE order_key IS NOT NULL AND status = 'pending';
-"#,
-    // The quarantine's size, kept by triggers so a bounded insert costs O(1), not a COUNT(*).
-    r#"
-CREATE TABLE quarantine_totals (
-    id    INTEGER PRIMARY KEY CHECK (id = 1),
-    items INTEGER NOT NULL,
-    bytes INTEGER NOT NULL
-);
-INSERT INTO quarantine_totals
-    SELECT 1, COUNT(*), COALESCE(SUM(length(body) + length(CAST(headers AS BLOB))), 0) FROM quarantine;
-CREATE TRIGGER quarantine_added AFTER INSERT ON quarantine BEGIN
-    UPDATE quarantine_totals SET items = items + 1,
-        bytes = bytes + length(NEW.body) + length(CAST(NEW.headers AS BLOB)) WHERE id = 1;
-END;
-CREATE TRIGGER quarantine_removed AFTER DELETE ON quarantine BEGIN
-    UPDATE quarantine_totals SET items = items - 1,
-        bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB)) WHERE id = 1;
-END;
-ALTER TABLE events ADD COLUMN email TEXT;
-CREATE INDEX events_email ON events(email) WHERE email IS NOT NULL;
-CREATE INDEX events_key ON events(event_key);
-ALTER TABLE attempts ADD COLUMN detail TEXT;
-CREATE TABLE heartbeat (
-    id    INTEGER PRIMARY KEY CHECK (id = 1),
-    at    INTEGER NOT NULL,
-    probe BLOB
-);
-CREATE TRIGGER quarantine_changed AFTER UPDATE OF body, headers ON quarantine BEGIN
-    UPDATE quarantine_totals SET bytes = bytes - length(OLD.body) - length(CAST(OLD.headers AS BLOB))
-        + length(NEW.body) + length(CAST(NEW.headers AS BLOB)) WHERE id = 1;
-END;
-"#,
+    include_str!("migrations/sqlite/001_events_deliveries_attempts.sql"),
+    include_str!("migrations/sqlite/002_ordering_steps_oauth.sql"),
+    include_str!("migrations/sqlite/003_quarantine_totals_contact_index_attempt_detail.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -354,7 +263,7 @@ impl SqliteStore {
                      WHERE id = ?6 AND lease_token = ?7",
                 )?
                 .execute(params![
-                    status,
+                    status.as_str(),
                     next_at,
                     s.attempt.status,
                     s.attempt.error,
@@ -366,7 +275,7 @@ impl SqliteStore {
                 ])?;
             // A keyed head that waits for a retry parks the deliveries queued behind it until then:
             // claims then skip them through the due index instead of scanning a blocked backlog.
-            if let (1, Some(at), true) = (changed, next_at.filter(|_| status == "pending"), s.keyed) {
+            if let (1, Some(at), true) = (changed, next_at.filter(|_| status == DeliveryStatus::Pending), s.keyed) {
                 let key: Option<(String, Option<String>, i64)> = c
                     .prepare_cached("SELECT route, order_key, rowid FROM deliveries WHERE id = ?1")?
                     .query_row([&s.delivery_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))

@@ -1,0 +1,254 @@
+//! Group commit on PostgreSQL: ingests and settlements queued by every task of this process are
+//! written by a few batcher tasks, each batch in one transaction of set-based statements.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Pool;
+
+use super::opt_i32;
+use crate::event::now_ms;
+use crate::store::{DeliveryStatus, IngestOutcome, NewEvent, Settlement, StoreError};
+
+/// Group-commit tasks per process: while one commits, the next batch gathers.
+pub(super) const BATCHERS: usize = 2;
+/// Most ingests and settlements folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+
+/// An ingest or a settlement waiting for the next group transaction.
+pub(super) enum Queued {
+    Ingest(NewEvent, Reply<IngestOutcome>),
+    Settle(Settlement, Reply<bool>),
+}
+
+/// Takes whatever ingests and settlements are queued and writes them in one transaction with a
+/// handful of set-based statements; everybody is answered after the commit.
+pub(super) async fn batcher(
+    pool: Pool,
+    rx: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Queued>>>,
+    announce: std::sync::Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            jobs.push(first);
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut ingests = Vec::new();
+        let mut settles = Vec::new();
+        for job in jobs {
+            match job {
+                Queued::Ingest(ev, reply) => ingests.push((ev, reply)),
+                Queued::Settle(s, reply) => settles.push((s, reply)),
+            }
+        }
+        let evs: Vec<&NewEvent> = ingests.iter().map(|(e, _)| e).collect();
+        let sts: Vec<&Settlement> = settles.iter().map(|(s, _)| s).collect();
+        match write_batch(&pool, &evs, &sts).await {
+            Ok((ingested, settled)) => {
+                // Deliveries handed to this process's workers (leased) need nobody else: tell the
+                // replicas only about those left for a claim.
+                let unleased = |e: &NewEvent| e.deliveries.iter().any(|d| d.lease.is_none());
+                if ingested.iter().zip(&evs).any(|(o, e)| *o == IngestOutcome::Stored && unleased(e)) {
+                    announce.notify_one();
+                }
+                for ((_, reply), outcome) in ingests.into_iter().zip(ingested) {
+                    let _ = reply.send(Ok(outcome));
+                }
+                for ((_, reply), kept) in settles.into_iter().zip(settled) {
+                    let _ = reply.send(Ok(kept));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ingests = evs.len(), settles = sts.len(), "postgres: batch not committed");
+                for (_, reply) in ingests {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, reply) in settles {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for a batch; returns each ingest's outcome and whether each settlement held
+/// its lease, in input order.
+async fn write_batch(
+    pool: &Pool,
+    evs: &[&NewEvent],
+    sts: &[&Settlement],
+) -> Result<(Vec<IngestOutcome>, Vec<bool>), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let now = now_ms();
+
+    // Ingest. Keys are taken in a fixed order so concurrent batches cannot deadlock, and a key
+    // repeated within the batch counts once.
+    let mut outcomes = vec![IngestOutcome::Duplicate; evs.len()];
+    let mut order: Vec<usize> = (0..evs.len()).collect();
+    order.sort_by(|&a, &b| (&evs[a].source, &evs[a].key).cmp(&(&evs[b].source, &evs[b].key)));
+    order.dedup_by(|a, b| evs[*a].source == evs[*b].source && evs[*a].key == evs[*b].key);
+    if !order.is_empty() {
+        let col = |f: fn(&NewEvent) -> &str| order.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
+        let (sources, keys, ids) = (col(|e| &e.source), col(|e| &e.key), col(|e| &e.id));
+        let expires: Vec<i64> = order.iter().map(|&i| evs[i].dedup_until).collect();
+        let received: Vec<i64> = order.iter().map(|&i| evs[i].received_at).collect();
+        // A live key is a duplicate; an expired one (as of the event's arrival) is taken over.
+        let claimed: std::collections::HashSet<String> = tx
+            .query(
+                &tx.prepare_cached(
+                    "WITH input AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                        AS t(source, event_key, event_id, expires_at, received_at))
+                 INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
+                 SELECT source, event_key, event_id, expires_at FROM input
+                 ON CONFLICT (source, event_key) DO UPDATE
+                    SET event_id = excluded.event_id, expires_at = excluded.expires_at
+                    WHERE dedup_keys.expires_at <= (SELECT i.received_at FROM input i
+                        WHERE i.source = excluded.source AND i.event_key = excluded.event_key)
+                 RETURNING event_id",
+                )
+                .await?,
+                &[&sources, &keys, &ids, &expires, &received],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let stored: Vec<usize> = order.iter().copied().filter(|&i| claimed.contains(&evs[i].id)).collect();
+        let col = |f: fn(&NewEvent) -> &str| stored.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
+        let statuses: Vec<&str> =
+            stored.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
+        let received: Vec<i64> = stored.iter().map(|&i| evs[i].received_at).collect();
+        tx.execute(
+            &tx.prepare_cached("INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[])").await?,
+            &[
+                &col(|e| &e.id),
+                &col(|e| &e.source),
+                &col(|e| &e.key),
+                &col(|e| &e.kind),
+                &statuses,
+                &col(|e| &e.payload),
+                &received,
+                &stored.iter().map(|&i| evs[i].email.as_deref()).collect::<Vec<Option<&str>>>(),
+            ],
+        )
+        .await?;
+        let (mut d_ids, mut d_events, mut d_routes, mut d_at, mut d_keys) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut d_tokens, mut d_until) = (Vec::new(), Vec::new());
+        for &i in &stored {
+            outcomes[i] = IngestOutcome::Stored;
+            for d in &evs[i].deliveries {
+                d_ids.push(d.id.as_str());
+                d_events.push(evs[i].id.as_str());
+                d_routes.push(d.route.as_str());
+                d_at.push(evs[i].received_at);
+                d_keys.push(d.order_key.as_deref());
+                d_tokens.push(d.lease.as_ref().map(|l| l.token.as_str()));
+                d_until.push(d.lease.as_ref().map(|l| l.until));
+            }
+        }
+        if !d_ids.is_empty() {
+            // WITH ORDINALITY keeps arrival order in `seq`, which per-key ordering relies on.
+            tx.execute(
+                &tx.prepare_cached("INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
+                    lease_token, lease_until)
+                 SELECT id, event_id, route, 'pending',
+                    GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
+                        WHERE h.route = d.route AND h.order_key = d.order_key AND h.status = 'pending'
+                        ORDER BY h.seq LIMIT 1), at)),
+                    at, at, order_key, lease_token, lease_until
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[])
+                    WITH ORDINALITY AS d(id, event_id, route, at, order_key, lease_token, lease_until, n)
+                 ORDER BY n").await?,
+                &[&d_ids, &d_events, &d_routes, &d_at, &d_keys, &d_tokens, &d_until],
+            )
+            .await?;
+        }
+    }
+
+    // Settle.
+    let mut kept = vec![false; sts.len()];
+    if !sts.is_empty() {
+        let ids: Vec<&str> = sts.iter().map(|s| s.delivery_id.as_str()).collect();
+        let tokens: Vec<&str> = sts.iter().map(|s| s.lease_token.as_str()).collect();
+        let statuses: Vec<&str> = sts.iter().map(|s| s.next.columns().0.as_str()).collect();
+        let next_at: Vec<Option<i64>> = sts.iter().map(|s| s.next.columns().1).collect();
+        let steps_used: Vec<i32> = sts.iter().map(|s| s.next.columns().2).collect();
+        let states: Vec<Option<&str>> = sts.iter().map(|s| s.steps_state.as_deref()).collect();
+        let last_status: Vec<Option<i32>> = sts.iter().map(|s| opt_i32(s.attempt.status)).collect();
+        let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
+        let updated: HashMap<String, i32> = tx
+            .query(
+                &tx.prepare_cached("UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
+                    tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
+                    last_status = u.last_status, last_error = u.last_error, updated_at = $7, steps_state = u.state
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[])
+                    AS u(id, token, status, next_at, last_status, last_error, used, state)
+                 WHERE d.id = u.id AND d.lease_token = u.token
+                 RETURNING d.id, d.attempts").await?,
+                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now, &steps_used, &states],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        // A keyed head that waits for a retry parks the deliveries queued behind it until then, so
+        // claims do not scan a blocked backlog (see the SQLite store).
+        let waiting: Vec<&str> = sts
+            .iter()
+            .filter(|s| {
+                s.keyed && updated.contains_key(&s.delivery_id) && s.next.columns().0 == DeliveryStatus::Pending
+            })
+            .map(|s| s.delivery_id.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            tx.execute(
+                &tx.prepare_cached(
+                    "UPDATE deliveries f SET next_attempt_at = h.next_attempt_at
+                 FROM deliveries h
+                 WHERE h.id = ANY($1) AND h.order_key IS NOT NULL
+                   AND f.route = h.route AND f.order_key = h.order_key AND f.status = 'pending'
+                   AND f.seq > h.seq AND f.next_attempt_at < h.next_attempt_at",
+                )
+                .await?,
+                &[&waiting],
+            )
+            .await?;
+        }
+        let attempt_no: Vec<i32> = sts.iter().map(|s| updated.get(&s.delivery_id).copied().unwrap_or(0)).collect();
+        let labels: Vec<&str> = sts
+            .iter()
+            .map(|s| if updated.contains_key(&s.delivery_id) { s.next.label() } else { "lease_lost" })
+            .collect();
+        let started: Vec<i64> = sts.iter().map(|s| s.attempt.started_at).collect();
+        let details: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.detail.as_deref()).collect();
+        let durations: Vec<i64> = sts.iter().map(|s| s.attempt.duration_ms).collect();
+        tx.execute(
+            &tx.prepare_cached(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[],
+                                  $8::text[])",
+            )
+            .await?,
+            &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels, &details],
+        )
+        .await?;
+        for (k, s) in kept.iter_mut().zip(sts) {
+            *k = updated.contains_key(&s.delivery_id);
+        }
+    }
+    tx.commit().await?;
+    Ok((outcomes, kept))
+}
