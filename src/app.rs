@@ -50,6 +50,7 @@ pub struct Relay {
 impl Relay {
     pub fn new(runtime: Runtime, store: Store) -> Relay {
         Relay {
+            gates: Gates::new(store.shared_rate_windows()),
             store,
             runtime: ArcSwap::from_pointee(runtime),
             dedup: Dedup::default(),
@@ -57,7 +58,6 @@ impl Relay {
             handoff: Default::default(),
             sender: HttpSender::new(),
             silence: Silence::default(),
-            gates: Gates::default(),
             tokens: Tokens::default(),
             auth_failures: http::AuthThrottle::default(),
             quarantine_full_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),

@@ -9,8 +9,10 @@
 //! - [`delivery`] workers claim stored deliveries, render them with [`templates`], send them and
 //!   settle the outcome;
 //! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires it all,
-//!   [`cli`] is the command line, [`preflight`] what `check` reports and `serve` refuses, [`telemetry`] the logs and metrics, and [`housekeeping`] the
-//!   silence alert, gauges and retention purge; [`bench`] is the load tool.
+//!   [`cli`] is the command line, [`preflight`] what `check` reports and `serve` refuses,
+//!   [`telemetry`] the logs and metrics, and [`housekeeping`] the silence alert, gauges and
+//!   retention purge; [`rate_window`] is the sliding window both the delivery gates and the
+//!   PostgreSQL store use; [`bench`] is the load tool.
 
 pub mod alerts;
 pub mod app;
@@ -29,6 +31,7 @@ pub mod http;
 pub mod ingest;
 pub mod init;
 pub mod preflight;
+pub mod rate_window;
 pub mod routing;
 pub mod runtime;
 pub mod secrets;

@@ -12,37 +12,26 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{RateLimit, RouteConfig};
 use crate::event::now_ms;
-use crate::store::Store;
+use crate::rate_window::{reserve, Reservation};
+use crate::store::SharedRateWindows;
 
 /// Longest a claimed delivery waits in a worker for its route's turn.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 const MAX_WAIT_MS: i64 = MAX_WAIT.as_millis() as i64;
 
-/// The sliding window with reservations, shared by the in-process gate and the PostgreSQL store:
-/// `sent` holds the send times (Unix ms) handed out so far, oldest first, at most `rate.count`.
-/// Returns the earliest time at which one more request keeps every window of `rate.window` at
-/// `rate.count` or fewer, and records it — or, when that is more than `max_wait` away, records
-/// nothing and returns it as `Err`.
-pub fn reserve(sent: &mut VecDeque<i64>, rate: RateLimit, now: i64, max_wait: i64) -> Result<i64, i64> {
-    let full = sent.len() >= rate.count as usize;
-    let slot = match sent.front() {
-        Some(oldest) if full => (*oldest + rate.window.as_millis() as i64).max(now),
-        _ => now,
-    };
-    if slot - now > max_wait {
-        return Err(slot);
-    }
-    if full {
-        sent.pop_front();
-    }
-    sent.push_back(slot);
-    Ok(slot)
-}
-
 /// The gates of every route that has a limit, or was paused, by route name.
 #[derive(Debug, Default)]
 pub struct Gates {
     by_route: Mutex<HashMap<String, Arc<Gate>>>,
+    /// Where rate windows live when replicas share a store (PostgreSQL); `None`: in this process.
+    shared: Option<SharedRateWindows>,
+}
+
+/// A route's `rate_limit` window: here, or in the store for every replica (decided once).
+#[derive(Debug)]
+enum Window {
+    Local(RateLimit, Mutex<VecDeque<i64>>),
+    Shared(RateLimit, SharedRateWindows),
 }
 
 #[derive(Debug)]
@@ -50,8 +39,7 @@ pub struct Gate {
     route: String,
     spec: (Option<RateLimit>, Option<usize>),
     /// Send times handed out (past and reserved, Unix ms), at most `count` of them, oldest first.
-    /// With a store shared by replicas, the store keeps the window instead.
-    window: Option<(RateLimit, Mutex<VecDeque<i64>>)>,
+    window: Option<Window>,
     slots: Option<Arc<Semaphore>>,
     /// Unix ms before which nothing is sent on this route (a CRM asked for it).
     paused_until: AtomicI64,
@@ -67,6 +55,11 @@ pub enum Admission {
 }
 
 impl Gates {
+    /// Gates whose rate windows live in `shared` when replicas share the store.
+    pub fn new(shared: Option<SharedRateWindows>) -> Gates {
+        Gates { by_route: Mutex::default(), shared }
+    }
+
     /// The gate of `route`, made anew when its limits changed (after a reload). A route without
     /// `concurrency` gets `budget` slots, so one slow CRM cannot hold every worker.
     pub fn gate(&self, route: &RouteConfig, budget: Option<usize>) -> Arc<Gate> {
@@ -79,7 +72,10 @@ impl Gates {
         let gate = Arc::new(Gate {
             route: route.name.clone(),
             spec,
-            window: route.rate_limit.map(|r| (r, Mutex::new(VecDeque::with_capacity(r.count as usize)))),
+            window: route.rate_limit.map(|r| match &self.shared {
+                Some(shared) => Window::Shared(r, shared.clone()),
+                None => Window::Local(r, Mutex::new(VecDeque::with_capacity(r.count as usize))),
+            }),
             slots: spec.1.map(|n| Arc::new(Semaphore::new(n))),
             paused_until: AtomicI64::new(paused),
         });
@@ -113,7 +109,7 @@ impl Gates {
 impl Gate {
     /// Waits (at most [`MAX_WAIT`]) for this route's turn. On a store shared by replicas the rate
     /// window lives in the store, so the limit holds for all of them together.
-    pub async fn admit(&self, store: &Store) -> Admission {
+    pub async fn admit(&self) -> Admission {
         let paused = self.paused_until.load(Ordering::Relaxed);
         let now = now_ms();
         if paused > now + MAX_WAIT.as_millis() as i64 {
@@ -129,7 +125,7 @@ impl Gate {
                 _ => return Admission::Later(now_ms() + 250 + rand::random::<u64>() as i64 % 250),
             },
         };
-        if let Err(at) = self.rate_turn(store).await {
+        if let Err(at) = self.rate_turn().await {
             return Admission::Later(at);
         }
         Admission::Go(permit)
@@ -139,26 +135,27 @@ impl Gate {
     /// place is further away than that (the route is then closed to claims until shortly before).
     /// [`Gate::admit`] takes one for a delivery's first request; a multi-step route takes one more
     /// for each further request, so the window counts requests, as the CRM does.
-    pub async fn rate_turn(&self, store: &Store) -> Result<(), i64> {
-        let Some((rate, sent)) = &self.window else { return Ok(()) };
+    pub async fn rate_turn(&self) -> Result<(), i64> {
         let now = now_ms();
-        let reserved = if store.shares_rate_limits() {
-            match store.reserve_rate_slot(&self.route, *rate, now, MAX_WAIT_MS).await {
+        let reserved = match &self.window {
+            None => return Ok(()),
+            Some(Window::Local(rate, sent)) => {
+                reserve(&mut sent.lock().unwrap_or_else(|p| p.into_inner()), *rate, now, MAX_WAIT_MS)
+            }
+            Some(Window::Shared(rate, shared)) => match shared.reserve(&self.route, *rate, now, MAX_WAIT_MS).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(route = %self.route, error = %e, "shared rate window unavailable; trying again shortly");
                     return Err(now + 1000);
                 }
-            }
-        } else {
-            reserve(&mut sent.lock().unwrap_or_else(|p| p.into_inner()), *rate, now, MAX_WAIT_MS)
+            },
         };
         match reserved {
-            Ok(slot) => {
+            Reservation::At(slot) => {
                 tokio::time::sleep(Duration::from_millis((slot - now).max(0) as u64)).await;
                 Ok(())
             }
-            Err(free_at) => {
+            Reservation::Full(free_at) => {
                 // Due when the window has room again; meanwhile nobody claims for this route.
                 self.pause_until(free_at - MAX_WAIT_MS);
                 Err(free_at)
@@ -188,37 +185,16 @@ mod tests {
             .remove(0)
     }
 
-    #[test]
-    fn the_window_never_holds_more_than_count_and_reservations_stay_within_max_wait() {
-        let rate = RateLimit { count: 3, window: Duration::from_secs(1) };
-        let mut sent = VecDeque::new();
-        let got: Vec<Result<i64, i64>> = (0..8).map(|_| reserve(&mut sent, rate, 10_000, 1000)).collect();
-        assert_eq!(got[..3], [Ok(10_000), Ok(10_000), Ok(10_000)]);
-        assert_eq!(got[3..6], [Ok(11_000), Ok(11_000), Ok(11_000)], "the next window, reserved");
-        assert_eq!(got[6..], [Err(12_000), Err(12_000)], "two windows away: handed back");
-        assert_eq!(sent.len(), 3);
-        // Later, the window has room again.
-        assert_eq!(reserve(&mut sent, rate, 12_500, 1000), Ok(12_500));
-    }
-
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        (dir, Store::from_backend(crate::store::Backend::Sqlite(s)))
-    }
-
     #[tokio::test]
     async fn admitted_requests_keep_to_the_rate_and_the_rest_is_handed_back() {
-        let (_dir, store) = store().await;
-        let store = Arc::new(store);
         let gates = Gates::default();
         let gate = gates.gate(&route(Some("2/400ms"), None), None);
         let start = std::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..12 {
-            let (gate, store) = (gate.clone(), store.clone());
+            let gate = gate.clone();
             set.spawn(async move {
-                match gate.admit(&store).await {
+                match gate.admit().await {
                     Admission::Go(_) => Some(start.elapsed()),
                     Admission::Later(_) => None,
                 }
@@ -246,9 +222,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_route_is_closed_to_claims_until_a_slot_frees() {
         let gates = Gates::default();
-        let (_dir, store) = store().await;
         let gate = gates.gate(&route(None, Some(1)), None);
-        let Admission::Go(permit) = gate.admit(&store).await else { panic!("first one goes") };
+        let Admission::Go(permit) = gate.admit().await else { panic!("first one goes") };
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
         drop(permit);
         assert!(gates.closed_routes().is_empty());
@@ -257,14 +232,13 @@ mod tests {
     #[tokio::test]
     async fn a_pause_hands_deliveries_back_until_it_ends() {
         let gates = Gates::default();
-        let (_dir, store) = store().await;
         let gate = gates.gate(&route(None, None), None);
         let until = now_ms() + 60_000;
         gate.pause_until(until);
-        assert!(matches!(gate.admit(&store).await, Admission::Later(at) if at == until));
+        assert!(matches!(gate.admit().await, Admission::Later(at) if at == until));
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
         // Changing the limits keeps the pause.
         let gate = gates.gate(&route(Some("1/s"), None), None);
-        assert!(matches!(gate.admit(&store).await, Admission::Later(at) if at == until));
+        assert!(matches!(gate.admit().await, Admission::Later(at) if at == until));
     }
 }

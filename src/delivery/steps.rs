@@ -84,7 +84,7 @@ pub async fn run(relay: &Relay, templates: &Templates, input: AttemptInput<'_>) 
         };
         if !first_request {
             if let Some(Err(at)) = match gate {
-                Some(g) => Some(g.rate_turn(&relay.store).await),
+                Some(g) => Some(g.rate_turn().await),
                 None => None,
             } {
                 let result = last.unwrap_or_else(|| render_failure("deferred".into(), total));

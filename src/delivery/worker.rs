@@ -205,7 +205,7 @@ async fn finish(relay: &Relay, outcome: Finish) {
 async fn attempt(relay: &Relay, c: Claimed) -> Finish {
     let rt = relay.runtime();
     let gate = rt.config.route(&c.route).map(|route| relay.gates.gate(route, route_budget(&rt.config)));
-    let _permit = match admit(relay, gate.as_deref()).await {
+    let _permit = match admit(gate.as_deref()).await {
         Ok(permit) => permit,
         Err(at) => return deferred(c, at, "route paced; handed back to the queue"),
     };
@@ -219,10 +219,10 @@ async fn attempt(relay: &Relay, c: Claimed) -> Finish {
 }
 
 /// The route's turn: a concurrency slot (held for the attempt) or the time to try again.
-async fn admit(relay: &Relay, gate: Option<&Gate>) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, i64> {
+async fn admit(gate: Option<&Gate>) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, i64> {
     match gate {
         None => Ok(None),
-        Some(gate) => match gate.admit(&relay.store).await {
+        Some(gate) => match gate.admit().await {
             Admission::Go(permit) => Ok(permit),
             Admission::Later(at) => Err(at),
         },

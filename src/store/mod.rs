@@ -21,8 +21,6 @@ pub enum StoreError {
     Closed,
     #[error("commit failed: {0}")]
     Commit(String),
-    #[error("{0}")]
-    Unsupported(String),
     /// The store can no longer keep what it acknowledges (its file was deleted): not ready.
     #[error("{0}")]
     Lost(String),
@@ -201,6 +199,23 @@ impl Next {
             Next::ThrottledUntil(at) => (DeliveryStatus::Pending, Some(at), 0),
             Next::Failed => (DeliveryStatus::Failed, None, 1),
         }
+    }
+}
+
+/// Routes' rate windows kept in a store shared by replicas, so a limit holds for all of them.
+#[derive(Clone, Debug)]
+pub struct SharedRateWindows(postgres::PgStore);
+
+impl SharedRateWindows {
+    /// Reserves a send time for `route` (see [`crate::rate_window::reserve`]) under a row lock.
+    pub async fn reserve(
+        &self,
+        route: &str,
+        rate: crate::config::RateLimit,
+        now: i64,
+        max_wait: i64,
+    ) -> Result<crate::rate_window::Reservation, StoreError> {
+        self.0.reserve_rate_slot(route, rate, now, max_wait).await
     }
 }
 
@@ -690,25 +705,12 @@ impl Store {
         dispatch!(self, s => s.last_event_per_source(sources).await)
     }
 
-    /// Whether rate windows must live in the store (replicas share it: PostgreSQL).
-    pub fn shares_rate_limits(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
-    }
-
-    /// Reserves a send time for `route` in the window kept in the store (see
-    /// `delivery::limits::reserve`); only for stores that share rate limits.
-    pub async fn reserve_rate_slot(
-        &self,
-        route: &str,
-        rate: crate::config::RateLimit,
-        now: i64,
-        max_wait: i64,
-    ) -> Result<Result<i64, i64>, StoreError> {
+    /// The rate windows this store keeps for every replica (PostgreSQL); `None` for SQLite,
+    /// whose single process keeps them itself.
+    pub fn shared_rate_windows(&self) -> Option<SharedRateWindows> {
         match &self.backend {
-            Backend::Postgres(pg) => pg.reserve_rate_slot(route, rate, now, max_wait).await,
-            Backend::Sqlite(_) => {
-                Err(StoreError::Unsupported("the SQLite store keeps rate windows in the process".into()))
-            }
+            Backend::Postgres(pg) => Some(SharedRateWindows(pg.clone())),
+            Backend::Sqlite(_) => None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use lbx_relay::config::{StoreBackend, StoreConfig};
 use lbx_relay::event::now_ms;
+use lbx_relay::rate_window::Reservation;
 use lbx_relay::store::{
     AttemptRecord, Claimed, DeliveryFilter, Forgotten, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
     QuarantineLimits, QuarantineOutcome, Settlement, Store,
@@ -378,25 +379,26 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
 }
 
 /// Two PostgreSQL store handles stand for two replicas: the rate window they reserve from is one.
+/// (A SQLite store has no shared windows: its one process keeps them.)
 #[tokio::test]
 async fn replicas_share_one_rate_window_on_postgres() {
     let Some(schema) = pg_schema("replicas_share_one_rate_window_on_postgres").await else { return };
     let cfg = store_config(StoreBackend::Postgres { url: SecretString::from(schema.url()) });
     let (a, b) = (Store::open(&cfg).await.unwrap(), Store::open(&cfg).await.unwrap());
-    assert!(a.shares_rate_limits());
+    let (a, b) = (a.shared_rate_windows().unwrap(), b.shared_rate_windows().unwrap());
     let rate = lbx_relay::config::RateLimit { count: 3, window: Duration::from_secs(1) };
     let now = 1_000_000;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..10 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.spawn(async move { s.reserve_rate_slot("hubspot", rate, now, 1000).await.unwrap() });
+        tasks.spawn(async move { s.reserve("hubspot", rate, now, 1000).await.unwrap() });
     }
     let mut slots = Vec::new();
     let mut refused = 0;
     while let Some(r) = tasks.join_next().await {
         match r.unwrap() {
-            Ok(at) => slots.push(at),
-            Err(free_at) => {
+            Reservation::At(at) => slots.push(at),
+            Reservation::Full(free_at) => {
                 assert_eq!(free_at, now + 2000);
                 refused += 1;
             }
@@ -406,7 +408,7 @@ async fn replicas_share_one_rate_window_on_postgres() {
     assert_eq!(slots, vec![now, now, now, now + 1000, now + 1000, now + 1000], "3 per second between both");
     assert_eq!(refused, 4);
     // Another route has its own window.
-    assert_eq!(b.reserve_rate_slot("slack", rate, now, 1000).await.unwrap(), Ok(now));
+    assert_eq!(b.reserve("slack", rate, now, 1000).await.unwrap(), Reservation::At(now));
     schema.drop().await;
 }
 

@@ -320,7 +320,7 @@ impl PgStore {
         rate: crate::config::RateLimit,
         now: i64,
         max_wait: i64,
-    ) -> Result<Result<i64, i64>, StoreError> {
+    ) -> Result<crate::rate_window::Reservation, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
@@ -340,8 +340,8 @@ impl PgStore {
         while sent.len() > rate.count as usize {
             sent.pop_front();
         }
-        let reserved = crate::delivery::limits::reserve(&mut sent, rate, now, max_wait);
-        if reserved.is_ok() {
+        let reserved = crate::rate_window::reserve(&mut sent, rate, now, max_wait);
+        if let crate::rate_window::Reservation::At(_) = reserved {
             let slots: Vec<i64> = sent.into();
             tx.execute(
                 &tx.prepare_cached("UPDATE rate_windows SET slots = $2 WHERE route = $1").await?,
