@@ -1,0 +1,302 @@
+//! The serde shapes of routes.toml, exactly as written (strings for durations and sizes, every
+//! table optional): parsed twice, before and after `${VAR}` interpolation, then validated.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::RetryOn;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
+    pub(super) sources: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    pub(super) retry: RawRetry,
+    #[serde(default)]
+    pub(super) delivery: RawDelivery,
+    #[serde(default)]
+    pub(super) quarantine: RawQuarantine,
+    #[serde(default)]
+    pub(super) alerts: Option<RawAlerts>,
+    #[serde(default)]
+    pub(super) routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    pub(super) url: String,
+    #[serde(default = "default_alert_format")]
+    pub(super) format: String,
+    #[serde(default = "default_failure_rate")]
+    pub(super) failure_rate: Option<f64>,
+    #[serde(default = "default_alert_window")]
+    pub(super) window: String,
+    #[serde(default = "default_min_attempts")]
+    pub(super) min_attempts: u64,
+    #[serde(default = "default_repeat_after")]
+    pub(super) repeat_after: String,
+    #[serde(default = "default_check_every")]
+    pub(super) check_every: String,
+}
+
+pub(super) fn default_alert_format() -> String {
+    "slack".into()
+}
+pub(super) fn default_failure_rate() -> Option<f64> {
+    Some(0.5)
+}
+pub(super) fn default_alert_window() -> String {
+    "15m".into()
+}
+pub(super) fn default_min_attempts() -> u64 {
+    5
+}
+pub(super) fn default_repeat_after() -> String {
+    "1h".into()
+}
+pub(super) fn default_check_every() -> String {
+    "30s".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawServer {
+    pub(super) listen: String,
+    pub(super) admin_listen: String,
+    pub(super) admin_token: Option<String>,
+    pub(super) max_body: String,
+    pub(super) log_pii: bool,
+    pub(super) body_timeout: String,
+    pub(super) header_timeout: String,
+    pub(super) max_connections: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            admin_token: None,
+            max_body: "1MiB".into(),
+            log_pii: false,
+            body_timeout: "10s".into(),
+            header_timeout: "5s".into(),
+            max_connections: 512,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawStore {
+    pub(super) url: String,
+    pub(super) retention: String,
+    pub(super) pool_size: usize,
+    pub(super) connect_timeout: String,
+    pub(super) statement_timeout: String,
+    pub(super) encryption_key: Option<String>,
+    pub(super) previous_encryption_keys: Vec<String>,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            url: "sqlite://relay.db".into(),
+            retention: "30days".into(),
+            pool_size: 16,
+            connect_timeout: "5s".into(),
+            statement_timeout: "10s".into(),
+            encryption_key: None,
+            previous_encryption_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    #[serde(default)]
+    pub(super) secret_keys: Vec<String>,
+    #[serde(default = "default_envelope")]
+    pub(super) envelope: String,
+    #[serde(default)]
+    pub(super) allow_plaintext: bool,
+    #[serde(default = "default_dedup_window")]
+    pub(super) dedup_window: String,
+    #[serde(default)]
+    pub(super) event_field: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) id_field: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) path_token: Option<String>,
+    #[serde(default)]
+    pub(super) alert_after: Option<String>,
+    #[serde(default)]
+    pub(super) max_age: Option<String>,
+    #[serde(default)]
+    pub(super) timestamp_field: Option<Vec<String>>,
+}
+
+pub(super) fn default_envelope() -> String {
+    "auto".into()
+}
+pub(super) fn default_dedup_window() -> String {
+    "24h".into()
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetry {
+    pub(super) schedule: Option<Vec<String>>,
+    pub(super) timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDelivery {
+    pub(super) workers: usize,
+    pub(super) lease: String,
+    pub(super) poll_interval: String,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery { workers: 16, lease: "30s".into(), poll_interval: "1s".into() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawQuarantine {
+    pub(super) max_items: u64,
+    pub(super) max_bytes: String,
+}
+
+impl Default for RawQuarantine {
+    fn default() -> Self {
+        RawQuarantine { max_items: 10_000, max_bytes: "100MiB".into() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: String,
+    pub(super) events: Vec<String>,
+    #[serde(default)]
+    pub(super) when: Option<String>,
+    #[serde(default)]
+    pub(super) template: Option<String>,
+    #[serde(default)]
+    pub(super) url: Option<String>,
+    #[serde(default)]
+    pub(super) method: Option<String>,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) vars: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub(super) retry: Option<RawRetry>,
+    #[serde(default)]
+    pub(super) auth: Option<RawAuth>,
+    #[serde(default)]
+    pub(super) rate_limit: Option<String>,
+    #[serde(default)]
+    pub(super) concurrency: Option<usize>,
+    #[serde(default)]
+    pub(super) order_by: Option<String>,
+    #[serde(default)]
+    pub(super) steps: Vec<RawStep>,
+    #[serde(default)]
+    pub(super) accept: Vec<u16>,
+    #[serde(default)]
+    pub(super) retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    pub(super) omit_empty: Option<bool>,
+    #[serde(default)]
+    pub(super) schema: Option<String>,
+    #[serde(default)]
+    pub(super) allow_templated_host: bool,
+    #[serde(default)]
+    pub(super) allow_private_hosts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStep {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) when: Option<String>,
+    #[serde(default)]
+    pub(super) template: Option<String>,
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) method: Option<String>,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) accept: Vec<u16>,
+    #[serde(default)]
+    pub(super) retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    pub(super) omit_empty: Option<bool>,
+    #[serde(default)]
+    pub(super) schema: Option<String>,
+    #[serde(default)]
+    pub(super) retry_from: Option<String>,
+}
+
+/// One `retry_on` entry: a bare status, or `{ status, body }`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawRetryOn {
+    Status(u16),
+    Match {
+        status: u16,
+        #[serde(default)]
+        body: Option<String>,
+    },
+}
+
+impl RawRetryOn {
+    pub(super) fn resolve(&self) -> RetryOn {
+        match self {
+            RawRetryOn::Status(status) => RetryOn { status: *status, body: None },
+            RawRetryOn::Match { status, body } => {
+                RetryOn { status: *status, body: body.clone().filter(|b| !b.is_empty()) }
+            }
+        }
+    }
+}
+
+/// `auth = { type = "basic", username = "…", password = "…" }` or `{ type = "bearer", token = "…" }`:
+/// turned into an `Authorization` header that `render` always masks.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawAuth {
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default)]
+        refresh_token: Option<String>,
+        #[serde(default)]
+        scope: Option<String>,
+    },
+}
+
+// ---- validation --------------------------------------------------------------------------------

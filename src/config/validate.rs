@@ -1,0 +1,582 @@
+//! Raw config → typed [`Config`](super::Config): durations, sizes, paths resolved against the
+//! config file's directory, and every cross-check that can be made before a port is bound; every
+//! problem is collected and reported at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::interpolate::has_var;
+use super::raw::*;
+use super::*;
+
+pub(super) fn validate(
+    raw: RawConfig,
+    uninterpolated: &RawConfig,
+    path: PathBuf,
+    dir: PathBuf,
+) -> Result<Config, ConfigError> {
+    let shown = path.display().to_string();
+    let mut problems = Vec::new();
+    let mut problem = |at: &str, msg: String| problems.push(format!("{shown}: {at}: {msg}"));
+
+    let max_body = match raw.server.max_body.parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() > 0 => usize::try_from(b.as_u64()).unwrap_or(usize::MAX),
+        _ => {
+            problem("server.max_body", format!("{:?} is not a size like \"1MiB\"", raw.server.max_body));
+            1 << 20
+        }
+    };
+    for (key, addr) in [("server.listen", &raw.server.listen), ("server.admin_listen", &raw.server.admin_listen)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            problem(key, format!("{addr:?} is not an address like \"0.0.0.0:8080\""));
+        }
+    }
+    if same_listener(&raw.server.listen, &raw.server.admin_listen) {
+        problem(
+            "server.admin_listen",
+            format!("{:?} is also server.listen: the two listeners need different addresses", raw.server.admin_listen),
+        );
+    }
+    let body_timeout = duration(&raw.server.body_timeout, "server.body_timeout", &mut problem);
+    let header_timeout = duration(&raw.server.header_timeout, "server.header_timeout", &mut problem);
+    if raw.server.max_connections == 0 {
+        problem("server.max_connections", "is 0: nothing could connect; use 1 or more".into());
+    }
+    let admin_token = raw.server.admin_token.filter(|t| !t.is_empty()).map(SecretString::from);
+    if admin_token.as_ref().is_some_and(|t| t.expose_secret().chars().count() < MIN_ADMIN_TOKEN) {
+        problem(
+            "server.admin_token",
+            format!("is shorter than {MIN_ADMIN_TOKEN} characters; use a long random value (openssl rand -hex 24)"),
+        );
+    }
+
+    let backend = if let Some(rest) = raw.store.url.strip_prefix("sqlite://") {
+        let rel = PathBuf::from(rest);
+        StoreBackend::Sqlite { path: if rel.is_absolute() { rel } else { dir.join(rel) } }
+    } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://") {
+        StoreBackend::Postgres { url: SecretString::from(raw.store.url.clone()) }
+    } else {
+        problem("store.url", "must start with sqlite:// or postgres://".into());
+        StoreBackend::Sqlite { path: dir.join("relay.db") }
+    };
+    let store = StoreConfig {
+        backend,
+        retention: duration(&raw.store.retention, "store.retention", &mut problem),
+        pool_size: raw.store.pool_size.max(2),
+        connect_timeout: duration(&raw.store.connect_timeout, "store.connect_timeout", &mut problem),
+        statement_timeout: duration(&raw.store.statement_timeout, "store.statement_timeout", &mut problem),
+        encryption_key: raw.store.encryption_key.filter(|k| !k.trim().is_empty()).map(SecretString::from),
+        previous_encryption_keys: raw
+            .store
+            .previous_encryption_keys
+            .into_iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(SecretString::from)
+            .collect(),
+    };
+    for (i, key) in store.encryption_key.iter().chain(&store.previous_encryption_keys).enumerate() {
+        if let Err(e) = crate::store::cipher::parse_key(key.expose_secret()) {
+            let at = if i == 0 && store.encryption_key.is_some() {
+                "store.encryption_key".to_string()
+            } else {
+                "store.previous_encryption_keys".to_string()
+            };
+            problem(&at, e);
+        }
+    }
+    if store.encryption_key.is_none() && !store.previous_encryption_keys.is_empty() {
+        problem("store.previous_encryption_keys", "needs store.encryption_key (the key new values use)".into());
+    }
+
+    let mut sources = BTreeMap::new();
+    if raw.sources.is_empty() {
+        problem("sources", "no [sources.NAME] table: nothing could be received".into());
+    }
+    for (name, s) in raw.sources {
+        let at = format!("sources.{name}");
+        if !valid_name(&name) {
+            problem(&at, "source names may use letters, digits, '-' and '_' only".into());
+        }
+        let envelope = match s.envelope.as_str() {
+            "auto" => EnvelopeMode::Auto,
+            other => match Variant::from_name(other) {
+                Some(v) => EnvelopeMode::Fixed(v),
+                None => {
+                    problem(
+                        &format!("{at}.envelope"),
+                        format!("unknown envelope {other:?}; use \"auto\" or one of {}", Variant::names().join(", ")),
+                    );
+                    EnvelopeMode::Auto
+                }
+            },
+        };
+        if s.secret_keys.iter().all(|k| k.is_empty()) && !s.allow_plaintext {
+            problem(
+                &format!("{at}.secret_keys"),
+                "at least one non-empty secret key is needed (or allow_plaintext = true)".into(),
+            );
+        }
+        let dedup_window = duration(&s.dedup_window, &format!("{at}.dedup_window"), &mut problem);
+        let pointers = |given: Option<Vec<String>>,
+                        defaults: &[&str],
+                        key: &str,
+                        problem: &mut dyn FnMut(&str, String)| {
+            let list = given.unwrap_or_else(|| defaults.iter().map(|s| s.to_string()).collect());
+            for p in &list {
+                if !p.starts_with('/') {
+                    problem(&format!("{at}.{key}"), format!("{p:?} is not a JSON pointer (it must start with '/')"));
+                }
+            }
+            list
+        };
+        let alert_after = s.alert_after.as_deref().map(|a| duration(a, &format!("{at}.alert_after"), &mut problem));
+        let event_field = pointers(s.event_field, DEFAULT_EVENT_FIELDS, "event_field", &mut problem);
+        let id_field = pointers(s.id_field, DEFAULT_ID_FIELDS, "id_field", &mut problem);
+        let timestamp_field = pointers(s.timestamp_field, DEFAULT_TIMESTAMP_FIELDS, "timestamp_field", &mut problem);
+        let max_age = s.max_age.as_deref().map(|a| duration(a, &format!("{at}.max_age"), &mut problem));
+        sources.insert(
+            name.clone(),
+            SourceConfig {
+                name,
+                secret_keys: s.secret_keys.into_iter().filter(|k| !k.is_empty()).map(SecretString::from).collect(),
+                envelope,
+                allow_plaintext: s.allow_plaintext,
+                dedup_window,
+                event_field,
+                id_field,
+                path_token: s.path_token.filter(|t| !t.is_empty()).map(SecretString::from),
+                alert_after,
+                max_age,
+                timestamp_field,
+            },
+        );
+    }
+
+    let quarantine = QuarantineConfig {
+        max_items: raw.quarantine.max_items,
+        max_bytes: match raw.quarantine.max_bytes.parse::<bytesize::ByteSize>() {
+            Ok(b) => b.as_u64(),
+            Err(_) => {
+                problem(
+                    "quarantine.max_bytes",
+                    format!("{:?} is not a size like \"100MiB\"", raw.quarantine.max_bytes),
+                );
+                0
+            }
+        },
+    };
+    let alerts = raw.alerts.clone().map(|a| {
+        if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
+            problem("alerts.url", "must be an http(s) URL (a Slack incoming webhook, or any JSON endpoint)".into());
+        }
+        let format = match a.format.as_str() {
+            "slack" => AlertFormat::Slack,
+            "json" => AlertFormat::Json,
+            other => {
+                problem("alerts.format", format!("{other:?}: use \"slack\" or \"json\""));
+                AlertFormat::Slack
+            }
+        };
+        if a.failure_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            problem("alerts.failure_rate", "must be a share between 0 (off) and 1, like 0.5".into());
+        }
+        AlertsConfig {
+            url: SecretString::from(a.url),
+            format,
+            failure_rate: a.failure_rate.filter(|r| *r > 0.0),
+            window: duration(&a.window, "alerts.window", &mut problem),
+            min_attempts: a.min_attempts.max(1),
+            repeat_after: duration(&a.repeat_after, "alerts.repeat_after", &mut problem),
+            check_every: duration(&a.check_every, "alerts.check_every", &mut problem),
+        }
+    });
+    let retry = retry_policy(&raw.retry, None, "retry", &mut problem);
+    let delivery = DeliveryConfig {
+        workers: if raw.delivery.workers == 0 {
+            problem("delivery.workers", "is 0: nothing would ever be delivered; use 1 or more".into());
+            1
+        } else {
+            raw.delivery.workers
+        },
+        lease: duration(&raw.delivery.lease, "delivery.lease", &mut problem),
+        poll_interval: duration(&raw.delivery.poll_interval, "delivery.poll_interval", &mut problem),
+    };
+
+    let mut routes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let at = format!("routes[{i}] ({})", r.name);
+        if !valid_name(&r.name) {
+            problem(&at, "name may use letters, digits, '-', '_' and '.' only".into());
+        }
+        if !seen.insert(r.name.clone()) {
+            problem(&at, "a route with this name already exists".into());
+        }
+        if r.events.is_empty() {
+            problem(&format!("{at}.events"), "list at least one event glob (\"*\" matches every event)".into());
+        }
+        for g in &r.events {
+            if let Err(e) = glob::Pattern::new(g) {
+                problem(&format!("{at}.events"), format!("{g:?} is not a valid glob: {e}"));
+            }
+        }
+        let uninterpolated_route = uninterpolated.routes.get(i);
+        let raw_headers = uninterpolated_route.map(|u| &u.headers).cloned().unwrap_or_default();
+        let mut headers = header_specs(&r.headers, &raw_headers, &at, &mut problem);
+        let mut oauth = None;
+        if let Some(auth) = &r.auth {
+            if headers.iter().any(|h| h.name.eq_ignore_ascii_case("authorization")) {
+                problem(&format!("{at}.auth"), "set either auth or an Authorization header, not both".into());
+            }
+            let value = match auth {
+                RawAuth::Basic { username, password } => {
+                    use base64::Engine;
+                    let pair = zeroize::Zeroizing::new(format!("{username}:{password}"));
+                    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())))
+                }
+                RawAuth::Bearer { token } => Some(format!("Bearer {token}")),
+                RawAuth::Oauth2 { token_url, client_id, client_secret, refresh_token, scope } => {
+                    if reqwest::Url::parse(token_url).map(|u| u.scheme().starts_with("http")) != Ok(true) {
+                        problem(&format!("{at}.auth.token_url"), format!("{token_url:?} is not an http(s) URL"));
+                    }
+                    oauth = Some(OAuthConfig {
+                        token_url: token_url.clone(),
+                        client_id: client_id.clone(),
+                        client_secret: SecretString::from(client_secret.clone()),
+                        refresh_token: refresh_token.clone().filter(|t| !t.is_empty()).map(SecretString::from),
+                        scope: scope.clone().filter(|s| !s.is_empty()),
+                    });
+                    None
+                }
+            };
+            if let Some(value) = value {
+                if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                    problem(&format!("{at}.auth"), "the credentials do not make a valid header value".into());
+                }
+                headers.push(HeaderSpec {
+                    name: "Authorization".into(),
+                    value: SecretString::from(value),
+                    from_env: true,
+                });
+            }
+        }
+        let rate_limit = r
+            .rate_limit
+            .as_deref()
+            .and_then(|t| RateLimit::parse(t).map_err(|m| problem(&format!("{at}.rate_limit"), m)).ok());
+        if r.concurrency == Some(0) {
+            problem(&format!("{at}.concurrency"), "must be at least 1".into());
+        }
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                dir.join(p)
+            }
+        };
+        let mut steps = Vec::new();
+        if r.steps.is_empty() {
+            check_statuses(&r.accept, &format!("{at}.accept"), &mut problem);
+            let (Some(url), Some(template)) = (&r.url, &r.template) else {
+                problem(&at, "a route needs `url` and `template`, or `[[routes.steps]]`".into());
+                continue;
+            };
+            steps.push(StepConfig {
+                name: "request".into(),
+                when: None,
+                template: Some(resolve(template)),
+                url: check_url(url, &format!("{at}.url"), &mut problem),
+                method: method(r.method.as_deref(), &format!("{at}.method"), &mut problem),
+                headers: headers.clone(),
+                accept: r.accept.clone(),
+                retry_on: retry_on(&r.retry_on, &[], &format!("{at}.retry_on"), &mut problem),
+                omit_empty: r.omit_empty.unwrap_or(false),
+                schema: r.schema.as_deref().map(resolve),
+                retry_from: None,
+            });
+        } else {
+            for key in [
+                ("url", r.url.is_some()),
+                ("template", r.template.is_some()),
+                ("method", r.method.is_some()),
+                ("accept", !r.accept.is_empty()),
+                ("schema", r.schema.is_some()),
+            ] {
+                if key.1 {
+                    problem(&format!("{at}.{}", key.0), "set it on each of the route's steps instead".into());
+                }
+            }
+            let mut names = std::collections::HashSet::new();
+            for (j, st) in r.steps.iter().enumerate() {
+                let sat = format!("{at}.steps[{j}] ({})", st.name);
+                if !valid_name(&st.name) || st.name.contains('.') || st.name.contains('-') {
+                    problem(
+                        &sat,
+                        "step names may use letters, digits and '_' only (they are used as steps.NAME)".into(),
+                    );
+                }
+                if !names.insert(st.name.clone()) {
+                    problem(&sat, "a step with this name already exists in the route".into());
+                }
+                check_statuses(&st.accept, &format!("{sat}.accept"), &mut problem);
+                let raw_step_headers =
+                    uninterpolated_route.and_then(|u| u.steps.get(j)).map(|u| u.headers.clone()).unwrap_or_default();
+                let own = header_specs(&st.headers, &raw_step_headers, &sat, &mut problem);
+                let mut merged: Vec<HeaderSpec> = headers
+                    .iter()
+                    .filter(|h| !own.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)))
+                    .cloned()
+                    .collect();
+                merged.extend(own);
+                steps.push(StepConfig {
+                    name: st.name.clone(),
+                    when: st.when.clone().filter(|w| !w.trim().is_empty()),
+                    template: st.template.as_deref().map(resolve),
+                    url: check_url(&st.url, &format!("{sat}.url"), &mut problem),
+                    method: method(st.method.as_deref(), &format!("{sat}.method"), &mut problem),
+                    headers: merged,
+                    accept: st.accept.clone(),
+                    retry_on: retry_on(&r.retry_on, &st.retry_on, &format!("{sat}.retry_on"), &mut problem),
+                    omit_empty: st.omit_empty.or(r.omit_empty).unwrap_or(false),
+                    schema: st.schema.as_deref().map(resolve),
+                    retry_from: st.retry_from.clone(),
+                });
+                if let Some(from) = &st.retry_from {
+                    if !r.steps[..j].iter().any(|earlier| &earlier.name == from) {
+                        problem(&format!("{sat}.retry_from"), format!("{from:?} is not an earlier step of this route"));
+                    }
+                }
+                if st.schema.is_some() && st.template.is_none() {
+                    problem(&format!("{sat}.schema"), "a schema checks the body: the step needs a `template`".into());
+                }
+            }
+        }
+        for step in &steps {
+            if templated_authority(&step.url) && !r.allow_templated_host {
+                problem(
+                    &at,
+                    format!(
+                        "step {}: the URL takes its host or port from the event ({}), so a sender could aim \
+                         requests at any server; template the path or query instead, or set \
+                         allow_templated_host = true (private addresses stay refused unless listed in \
+                         allow_private_hosts)",
+                        step.name, step.url
+                    ),
+                );
+            }
+        }
+        let route_retry = match &r.retry {
+            Some(o) => retry_policy(o, Some(&retry), &format!("{at}.retry"), &mut problem),
+            None => retry.clone(),
+        };
+        routes.push(RouteConfig {
+            name: r.name,
+            events: r.events,
+            when: r.when.filter(|w| !w.trim().is_empty()),
+            steps,
+            vars: r.vars,
+            retry: route_retry,
+            rate_limit,
+            concurrency: r.concurrency,
+            order_by: r.order_by.filter(|o| !o.trim().is_empty()),
+            oauth,
+            allow_templated_host: r.allow_templated_host,
+            allow_private_hosts: r.allow_private_hosts,
+        });
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid { problems });
+    }
+    Ok(Config {
+        path,
+        dir,
+        server: ServerConfig {
+            listen: raw.server.listen,
+            admin_listen: raw.server.admin_listen,
+            admin_token,
+            max_body,
+            log_pii: raw.server.log_pii,
+            body_timeout,
+            header_timeout,
+            max_connections: raw.server.max_connections,
+        },
+        store,
+        sources,
+        retry,
+        delivery,
+        quarantine,
+        alerts,
+        routes,
+        secrets: crate::secrets::Masker::default(),
+    })
+}
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Whether two listen addresses take the same port on a shared interface (`0.0.0.0:8080` and
+/// `127.0.0.1:8080` cannot both be bound). Port 0 (any free port) never clashes.
+fn same_listener(a: &str, b: &str) -> bool {
+    match (a.parse::<std::net::SocketAddr>(), b.parse::<std::net::SocketAddr>()) {
+        (Ok(a), Ok(b)) => {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        _ => false,
+    }
+}
+
+fn method(text: Option<&str>, at: &str, problem: &mut dyn FnMut(&str, String)) -> reqwest::Method {
+    let text = text.unwrap_or("POST");
+    reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes()).unwrap_or_else(|_| {
+        problem(at, format!("{text:?} is not an HTTP method"));
+        reqwest::Method::POST
+    })
+}
+
+/// The route's `retry_on` entries followed by the step's own.
+fn retry_on(
+    route: &[RawRetryOn],
+    step: &[RawRetryOn],
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<RetryOn> {
+    let rules: Vec<RetryOn> = route.iter().chain(step).map(RawRetryOn::resolve).collect();
+    check_statuses(&rules.iter().map(|r| r.status).collect::<Vec<_>>(), at, problem);
+    if let Some(ok) = rules.iter().find(|r| (200..300).contains(&r.status)) {
+        problem(at, format!("{} is a success: only failing answers can be retried", ok.status));
+    }
+    rules
+}
+
+fn check_statuses(statuses: &[u16], at: &str, problem: &mut dyn FnMut(&str, String)) {
+    if let Some(bad) = statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        problem(at, format!("{bad} is not an HTTP status"));
+    }
+}
+
+/// Whether the host or port of a URL template can come from the event: a placeholder before the
+/// path that reads anything but `vars` (which the config sets).
+pub fn templated_authority(url: &str) -> bool {
+    let after = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let mut rest = &after[..authority_end];
+    while let Some(start) = rest.find("{{") {
+        let inner = &rest[start + 2..];
+        let end = inner.find("}}").unwrap_or(inner.len());
+        if reads_event(&inner[..end]) {
+            return true;
+        }
+        rest = &inner[end.min(inner.len())..];
+    }
+    // An unclosed block opened before the path (`{{#if …}}/a{{else}}/b{{/if}}`) is checked above.
+    false
+}
+
+/// Whether a placeholder's expression reads event data (anything but `vars.…` and literals).
+fn reads_event(expr: &str) -> bool {
+    // Quoted literals say nothing about where a value comes from.
+    let mut unquoted = String::new();
+    let mut quoted = false;
+    for c in expr.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted {
+            unquoted.push(c);
+        }
+    }
+    unquoted
+        .split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '@' | '[' | ']')))
+        .filter(|w| !w.is_empty())
+        .any(|w| {
+            let root = w.split(['.', '[']).next().unwrap_or_default();
+            matches!(root, "data" | "steps" | "event" | "id" | "source" | "received_at" | "this" | "@root" | "lookup")
+                || w.starts_with("..")
+        })
+}
+
+fn check_url(url: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> String {
+    if !url.contains("{{") && reqwest::Url::parse(url).is_err() {
+        problem(at, format!("{url:?} is not an absolute http(s) URL"));
+    } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+        problem(at, "must start with http:// or https://".into());
+    }
+    url.to_string()
+}
+
+/// Header specs from a table; values that came from `${VAR}` (per `uninterpolated`) are masked.
+fn header_specs(
+    given: &BTreeMap<String, String>,
+    uninterpolated: &BTreeMap<String, String>,
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<HeaderSpec> {
+    let mut out = Vec::new();
+    for (name, value) in given {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problem(&format!("{at}.headers"), format!("{name:?} is not a valid header name"));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            problem(&format!("{at}.headers.{name}"), "the value is not a valid header value".into());
+        }
+        let from_env = uninterpolated.get(name).is_some_and(|v| has_var(v));
+        out.push(HeaderSpec { name: name.clone(), value: SecretString::from(value.clone()), from_env });
+    }
+    out
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn duration(text: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            problem(at, format!("{text:?} is not a duration like \"90s\", \"5m\" or \"1h\": {e}"));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+fn retry_policy(
+    raw: &RawRetry,
+    base: Option<&RetryPolicy>,
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> RetryPolicy {
+    let schedule = match &raw.schedule {
+        Some(list) => {
+            list.iter().enumerate().map(|(i, d)| duration(d, &format!("{at}.schedule[{i}]"), problem)).collect()
+        }
+        None => base
+            .map(|b| b.schedule.clone())
+            .unwrap_or_else(|| [60, 300, 600, 3600].into_iter().map(Duration::from_secs).collect()),
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => duration(t, &format!("{at}.timeout"), problem),
+        None => base.map(|b| b.timeout).unwrap_or(Duration::from_secs(15)),
+    };
+    if timeout.is_zero() {
+        problem(&format!("{at}.timeout"), "must be greater than zero".into());
+    }
+    RetryPolicy { schedule, timeout }
+}
+
+impl SourceConfig {
+    /// Whether `token` (from the URL) opens this source; constant time.
+    pub fn token_matches(&self, token: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        match (&self.path_token, token) {
+            (None, None) => true,
+            (Some(expected), Some(given)) => bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes())),
+            _ => false,
+        }
+    }
+}
