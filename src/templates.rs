@@ -39,7 +39,12 @@ pub enum RenderError {
 #[derive(Serialize)]
 pub struct TemplateContext<'a> {
     pub event: &'a str,
+    /// The Learnybox event id (or `sha256:…` of the plaintext when it carries none): the dedup key.
     pub id: &'a str,
+    /// The same, under a name that cannot be mistaken for the relay's own id.
+    pub learnybox_id: &'a str,
+    /// The relay's id for the stored event (the `id` of `/api/events`), not Learnybox's.
+    pub relay_event_id: &'a str,
     pub source: &'a str,
     pub received_at: String,
     pub data: &'a Value,
@@ -57,6 +62,8 @@ impl<'a> TemplateContext<'a> {
         TemplateContext {
             event: &event.kind,
             id: &event.key,
+            learnybox_id: &event.key,
+            relay_event_id: &event.id,
             source: &event.source,
             received_at: rfc3339(event.received_at),
             data: &event.data,
@@ -660,6 +667,16 @@ vars = {{ list = "a b" }}
         assert_eq!(parsed["n"], 97);
         assert_eq!(parsed["raw"], serde_json::json!(["a", "b\"c"]));
         assert!(req.headers.iter().any(|h| h.name == "Content-Type"));
+    }
+
+    #[test]
+    fn the_learnybox_id_and_the_relays_id_have_names_that_cannot_be_confused() {
+        let (_d, c, t) =
+            setup("t.json.hbs", r#"{"id": "{{id}}", "lb": "{{learnybox_id}}", "relay": "{{relay_event_id}}"}"#, "");
+        let e = event(serde_json::json!({"email": "x@y.z"}));
+        let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
+        let v: Value = serde_json::from_str(&req.body).unwrap();
+        assert_eq!(v, serde_json::json!({"id": "k1", "lb": "k1", "relay": "e1"}));
     }
 
     #[test]
