@@ -18,6 +18,7 @@ pub mod alerts;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod crypto;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::clock::Clock;
 use crate::config::{RateLimit, RouteConfig};
-use crate::event::now_ms;
 use crate::rate_window::{reserve, Reservation};
 use crate::store::SharedRateWindows;
 
@@ -23,6 +23,7 @@ const MAX_WAIT_MS: i64 = MAX_WAIT.as_millis() as i64;
 #[derive(Debug, Default)]
 pub struct Gates {
     by_route: Mutex<HashMap<String, Arc<Gate>>>,
+    clock: Clock,
     /// Where rate windows live when replicas share a store (PostgreSQL); `None`: in this process.
     shared: Option<SharedRateWindows>,
 }
@@ -43,6 +44,7 @@ pub struct Gate {
     slots: Option<Arc<Semaphore>>,
     /// Unix ms before which nothing is sent on this route (a CRM asked for it).
     paused_until: AtomicI64,
+    clock: Clock,
 }
 
 /// What a worker does with a claimed delivery.
@@ -57,7 +59,13 @@ pub enum Admission {
 impl Gates {
     /// Gates whose rate windows live in `shared` when replicas share the store.
     pub fn new(shared: Option<SharedRateWindows>) -> Gates {
-        Gates { by_route: Mutex::default(), shared }
+        Gates { by_route: Mutex::default(), clock: Clock::system(), shared }
+    }
+
+    /// The same, reading time from `clock` (tests drive it with tokio's paused time).
+    pub fn with_clock(mut self, clock: Clock) -> Gates {
+        self.clock = clock;
+        self
     }
 
     /// The gate of `route`, made anew when its limits changed (after a reload). A route without
@@ -78,6 +86,7 @@ impl Gates {
             }),
             slots: spec.1.map(|n| Arc::new(Semaphore::new(n))),
             paused_until: AtomicI64::new(paused),
+            clock: self.clock.clone(),
         });
         map.insert(route.name.clone(), gate.clone());
         gate
@@ -85,7 +94,7 @@ impl Gates {
 
     /// Whether `route` is paused or has every concurrency slot taken now.
     pub fn is_closed(&self, route: &str) -> bool {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
         map.get(route).is_some_and(|g| {
             g.paused_until.load(Ordering::Relaxed) > now || g.slots.as_ref().is_some_and(|s| s.available_permits() == 0)
@@ -94,7 +103,7 @@ impl Gates {
 
     /// Routes whose deliveries should not be claimed now: paused, or all their slots in use.
     pub fn closed_routes(&self) -> Vec<String> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
             .filter(|(_, g)| {
@@ -111,7 +120,7 @@ impl Gate {
     /// window lives in the store, so the limit holds for all of them together.
     pub async fn admit(&self) -> Admission {
         let paused = self.paused_until.load(Ordering::Relaxed);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if paused > now + MAX_WAIT.as_millis() as i64 {
             return Admission::Later(paused);
         }
@@ -122,7 +131,7 @@ impl Gate {
             None => None,
             Some(slots) => match tokio::time::timeout(MAX_WAIT, slots.clone().acquire_owned()).await {
                 Ok(Ok(p)) => Some(p),
-                _ => return Admission::Later(now_ms() + 250 + rand::random::<u64>() as i64 % 250),
+                _ => return Admission::Later(self.clock.now_ms() + 250 + rand::random::<u64>() as i64 % 250),
             },
         };
         if let Err(at) = self.rate_turn().await {
@@ -136,7 +145,7 @@ impl Gate {
     /// [`Gate::admit`] takes one for a delivery's first request; a multi-step route takes one more
     /// for each further request, so the window counts requests, as the CRM does.
     pub async fn rate_turn(&self) -> Result<(), i64> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let reserved = match &self.window {
             None => return Ok(()),
             Some(Window::Local(rate, sent)) => {
@@ -185,38 +194,38 @@ mod tests {
             .remove(0)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn admitted_requests_keep_to_the_rate_and_the_rest_is_handed_back() {
-        let gates = Gates::default();
+        // Paused time: every wait is driven, so the places are exact, not "no earlier than".
+        let gates = Gates::default().with_clock(Clock::tokio(1_000_000));
         let gate = gates.gate(&route(Some("2/400ms"), None), None);
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..12 {
             let gate = gate.clone();
             set.spawn(async move {
                 match gate.admit().await {
-                    Admission::Go(_) => Some(start.elapsed()),
-                    Admission::Later(_) => None,
+                    Admission::Go(_) => Ok(start.elapsed().as_millis() as u64),
+                    Admission::Later(at) => Err(at),
                 }
             });
         }
-        let mut sent: Vec<Duration> = Vec::new();
-        let mut later = 0;
+        let mut sent = Vec::new();
+        let mut later = Vec::new();
         while let Some(r) = set.join_next().await {
             match r.unwrap() {
-                Some(d) => sent.push(d),
-                None => later += 1,
+                Ok(ms) => sent.push(ms),
+                Err(at) => later.push(at),
             }
         }
-        sent.sort();
-        // The gate guarantees no send before its place (a late wake-up can only push a send out):
-        // the (2k)th and (2k+1)th sends go no earlier than k windows after the start.
-        for (i, d) in sent.iter().enumerate() {
-            let earliest = Duration::from_millis(400 * (i as u64 / 2)).saturating_sub(Duration::from_millis(10));
-            assert!(*d >= earliest, "send {i} at {d:?}, before its window: {sent:?}");
-        }
-        assert!(sent.iter().all(|d| *d < Duration::from_millis(1600)), "nobody waited over MAX_WAIT: {sent:?}");
-        assert!(later >= 4 && sent.len() + later == 12, "{sent:?} {later}");
+        sent.sort_unstable();
+        later.sort_unstable();
+        // Two per 400 ms window. At 0 ms six places are within MAX_WAIT (1 s); the seventh is
+        // refused and closes the route until 200 ms, when the window's next place (1,200 ms) is
+        // within reach: the tasks that waited out the pause take it, the others are refused.
+        assert_eq!(sent, vec![0, 0, 400, 400, 800, 800, 1200, 1200]);
+        // Handed back, each due when the window has room for it.
+        assert_eq!(later, vec![1_001_200, 1_001_600, 1_001_600, 1_001_600]);
     }
 
     #[tokio::test]
@@ -233,7 +242,7 @@ mod tests {
     async fn a_pause_hands_deliveries_back_until_it_ends() {
         let gates = Gates::default();
         let gate = gates.gate(&route(None, None), None);
-        let until = now_ms() + 60_000;
+        let until = crate::event::now_ms() + 60_000;
         gate.pause_until(until);
         assert!(matches!(gate.admit().await, Admission::Later(at) if at == until));
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
