@@ -85,7 +85,8 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
         let free = permits.available_permits();
         if claim_now && free > 0 {
             claim_now = false;
-            let claimed = match relay.store.claim(free, lease_for(&relay), relay.gates.closed_routes()).await {
+            let claimed = match relay.store.claim(free, lease_for(&relay), relay.gates.closed_routes(), now_ms()).await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming deliveries failed; retrying shortly");
@@ -162,7 +163,7 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
 /// Claims and processes every delivery due now, concurrently; returns how many were attempted.
 pub async fn run_once(relay: &Arc<Relay>) -> usize {
     let workers = relay.runtime().config.delivery.workers;
-    let Ok(claimed) = relay.store.claim(workers, lease_for(relay), relay.gates.closed_routes()).await else {
+    let Ok(claimed) = relay.store.claim(workers, lease_for(relay), relay.gates.closed_routes(), now_ms()).await else {
         return 0;
     };
     let n = claimed.len();

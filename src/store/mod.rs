@@ -510,15 +510,17 @@ impl Store {
         dispatch!(self, s => s.quarantine(item, limits).await)
     }
 
-    /// Leases up to `limit` due deliveries for `lease`, none of `skip_routes` (paused by their
-    /// rate limit or concurrency), and of ordered routes only the oldest pending delivery per key.
+    /// Leases up to `limit` deliveries due at `now` (Unix ms) for `lease`, none of `skip_routes`
+    /// (paused by their rate limit or concurrency), and of ordered routes only the oldest pending
+    /// delivery per key. `now` is passed in, so a test moves time instead of waiting for it.
     pub async fn claim(
         &self,
         limit: usize,
         lease: Duration,
         skip_routes: Vec<String>,
+        now: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let mut claimed = dispatch!(self, s => s.claim(limit, lease, skip_routes).await)?;
+        let mut claimed = dispatch!(self, s => s.claim(limit, lease, skip_routes, now).await)?;
         if self.cipher.is_some() {
             for c in &mut claimed {
                 c.event.payload = self.open_text(PAYLOAD, std::mem::take(&mut c.event.payload))?;

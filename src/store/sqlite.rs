@@ -203,10 +203,10 @@ impl SqliteStore {
         limit: usize,
         lease: Duration,
         skip_routes: Vec<String>,
+        now: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
         self.call(move |c| {
             let skip = serde_json::to_string(&skip_routes).unwrap_or_else(|_| "[]".into());
-            let now = now_ms();
             let token = crate::event::new_id();
             let until = now + lease.as_millis() as i64;
             #[allow(clippy::type_complexity)]

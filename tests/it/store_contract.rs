@@ -125,7 +125,7 @@ async fn forgetting_a_contact_removes_its_events_deliveries_and_attempts(s: Stor
     for e in [indexed, in_payload, other] {
         s.ingest(e).await.unwrap();
     }
-    for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
+    for c in s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap() {
         finish(&s, c, 500, Next::RetryAt(now_ms() + 60_000)).await;
     }
     let gone = s.forget_contact("ADA@example.org").await.unwrap();
@@ -145,12 +145,15 @@ async fn dedup_keys_hold_within_their_window_only(s: Store) {
 
 async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["r"])).await.unwrap();
-    let first = s.claim(10, Duration::from_millis(100), vec![]).await.unwrap();
+    let first = s.claim(10, Duration::from_millis(100), vec![], now_ms()).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].event.payload, r#"{"a":1}"#);
-    assert!(s.claim(10, Duration::from_millis(100), vec![]).await.unwrap().is_empty(), "leased: not claimable");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let second = s.claim(10, Duration::from_secs(30), vec![]).await.unwrap();
+    assert!(
+        s.claim(10, Duration::from_millis(100), vec![], now_ms()).await.unwrap().is_empty(),
+        "leased: not claimable"
+    );
+    // 150 ms later (time is passed in, not waited for), the lease has run out.
+    let second = s.claim(10, Duration::from_secs(30), vec![], now_ms() + 150).await.unwrap();
     assert_eq!(second.len(), 1, "the expired lease put it back");
     let stale = Settlement {
         keyed: false,
@@ -174,7 +177,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
     assert_eq!(rows[0].status, "pending");
     assert_eq!(rows[0].attempts, 1);
     assert_eq!(rows[0].last_status, Some(503));
-    assert!(s.claim(10, Duration::from_secs(1), vec![]).await.unwrap().is_empty(), "not due yet");
+    assert!(s.claim(10, Duration::from_secs(1), vec![], now_ms()).await.unwrap().is_empty(), "not due yet");
     assert!(s.next_due().await.unwrap().unwrap() > now_ms() + 50_000);
 }
 
@@ -189,7 +192,7 @@ async fn concurrent_claimers_never_get_the_same_delivery(s: Store) {
         tasks.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let batch = s.claim(7, Duration::from_secs(60), vec![]).await.unwrap();
+                let batch = s.claim(7, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
                 if batch.is_empty() {
                     break mine;
                 }
@@ -210,7 +213,7 @@ async fn concurrent_claimers_never_get_the_same_delivery(s: Store) {
 
 async fn retries_make_deliveries_due_again(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a", "b"])).await.unwrap();
-    for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
+    for c in s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap() {
         let next = Next::Failed;
         finish(&s, c, 422, next).await;
     }
@@ -220,7 +223,7 @@ async fn retries_make_deliveries_due_again(s: Store) {
     assert!(!s.retry_delivery("nope").await.unwrap());
     assert_eq!(s.retry_deliveries("failed", Some("b")).await.unwrap(), 1);
     assert!(s.list_deliveries(failed).await.unwrap().is_empty());
-    let claimed = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    let claimed = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|c| c.tries == 0 && c.attempts == 1), "fresh schedule, history kept");
     assert_eq!(s.gauges().await.unwrap().queue_depth, 2);
@@ -260,7 +263,7 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
     s.ingest(event("done", "k1", old, &["a"])).await.unwrap();
     s.ingest(event("open", "k2", old, &["a"])).await.unwrap();
     s.ingest(event("none", "k3", old, &[])).await.unwrap();
-    for c in s.claim(10, Duration::from_secs(60), vec![]).await.unwrap() {
+    for c in s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap() {
         let next = if c.event.id == "done" { Next::Delivered } else { Next::RetryAt(now_ms() + 60_000) };
         finish(&s, c, 200, next).await;
     }
@@ -276,9 +279,12 @@ async fn only_the_oldest_pending_delivery_of_a_key_is_claimable(s: Store) {
     }
     s.ingest(event("free", "free", now_ms() - 10, &["crm"])).await.unwrap();
     let ids = |v: &[lbx_relay::store::Claimed]| v.iter().map(|c| c.event.id.clone()).collect::<HashSet<_>>();
-    let first = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    let first = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(ids(&first), ["a1", "b1", "free"].map(String::from).into(), "one head per key, unkeyed free");
-    assert!(s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().is_empty(), "heads in flight block their keys");
+    assert!(
+        s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap().is_empty(),
+        "heads in flight block their keys"
+    );
     // a1 delivered → a2 is next; b1 retried later → bob stays blocked; nothing else moves.
     for c in first {
         let next = match c.event.id.as_str() {
@@ -287,35 +293,35 @@ async fn only_the_oldest_pending_delivery_of_a_key_is_claimable(s: Store) {
         };
         finish(&s, c, 200, next).await;
     }
-    let second = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    let second = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(ids(&second), ["a2"].map(String::from).into(), "a failing head blocks only its own key");
     // A dead-lettered head no longer blocks: a3 follows once a2 failed for good.
     let c = second.into_iter().next().unwrap();
     finish(&s, c, 422, Next::Failed).await;
-    let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    let third = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(ids(&third), ["a3"].map(String::from).into());
 }
 
 async fn paced_routes_are_skipped_and_deferrals_cost_no_attempt(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["slow", "fast"])).await.unwrap();
-    let claimed = s.claim(10, Duration::from_secs(60), vec!["slow".into()]).await.unwrap();
+    let claimed = s.claim(10, Duration::from_secs(60), vec!["slow".into()], now_ms()).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.route.as_str()).collect::<Vec<_>>(), vec!["fast"]);
-    let c = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let c = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert_eq!(c.route, "slow");
     assert!(s.defer(c.delivery_id.clone(), c.lease_token.clone(), now_ms() - 1).await.unwrap());
     assert!(!s.defer(c.delivery_id.clone(), c.lease_token, now_ms()).await.unwrap(), "the lease is gone");
-    let again = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let again = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert_eq!((again.attempts, again.tries), (0, 0), "a deferral is not an attempt");
     // A throttled attempt is recorded but keeps the schedule position.
     finish(&s, again, 429, Next::ThrottledUntil(now_ms() - 1)).await;
-    let third = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let third = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert_eq!((third.attempts, third.tries), (1, 0));
 }
 
 async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
     s.ingest(keyed("a1", "crm", "alice")).await.unwrap();
     s.ingest(keyed("a2", "crm", "alice")).await.unwrap();
-    let head = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let head = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert_eq!(head.event.id, "a1");
     assert!(head.keyed, "a claim says the delivery has an ordering key");
     let retry_at = now_ms() + 60_000;
@@ -326,26 +332,25 @@ async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
     s.ingest(keyed("a3", "crm", "alice")).await.unwrap();
     assert_eq!(s.next_due().await.unwrap(), Some(retry_at), "a3, arriving meanwhile, parked too");
     s.ingest(keyed("b1", "crm", "bob")).await.unwrap();
-    let other = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    let other = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(other.iter().map(|c| c.event.id.as_str()).collect::<Vec<_>>(), vec!["b1"]);
     // Replaying the head now releases its key: a1 goes, then a2 once a1 is delivered.
     assert!(s.retry_delivery(&head_id).await.unwrap());
-    let again = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let again = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert_eq!(again.event.id, "a1");
     finish(&s, again, 200, Next::Delivered).await;
-    let next = s.claim(10, Duration::from_secs(60), vec![]).await.unwrap();
+    let next = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(next.iter().map(|c| c.event.id.as_str()).collect::<Vec<_>>(), vec!["a2"]);
 }
 
 async fn finished_steps_survive_a_lost_lease(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["pipedrive"])).await.unwrap();
-    let first = s.claim(1, Duration::from_millis(50), vec![]).await.unwrap().remove(0);
+    let first = s.claim(1, Duration::from_millis(50), vec![], now_ms()).await.unwrap().remove(0);
     assert_eq!(first.steps_state, None);
     let state = r#"{"search":{"status":200,"body":{"data":{"items":[]}}}}"#.to_string();
     assert!(s.save_steps_state(&first.delivery_id, &first.lease_token, state.clone()).await.unwrap());
     // The worker dies; once the lease ends another one resumes with the recorded answers.
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    let second = s.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let second = s.claim(1, Duration::from_secs(60), vec![], now_ms() + 80).await.unwrap().remove(0);
     assert_eq!(second.steps_state.as_deref(), Some(state.as_str()));
     assert!(
         !s.save_steps_state(&first.delivery_id, &first.lease_token, "{}".into()).await.unwrap(),
@@ -356,7 +361,7 @@ async fn finished_steps_survive_a_lost_lease(s: Store) {
 async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a"])).await.unwrap();
     s.ingest(event("e2", "k2", now_ms() - 10, &[])).await.unwrap();
-    let c = s.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let c = s.claim(1, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     finish(&s, c, 201, Next::Delivered).await;
     let d = s.event_detail("e1").await.unwrap().unwrap();
     assert_eq!(d.event.status, "routed");
@@ -537,7 +542,7 @@ async fn encrypted_values_are_unreadable_in_the_database_and_read_back_after_a_r
     .await
     .unwrap();
     a.save_oauth_refresh_token("app", "refresh-token-value").await.unwrap();
-    let c = a.claim(1, Duration::from_secs(60), vec![]).await.unwrap().remove(0);
+    let c = a.claim(1, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert!(c.event.payload.contains("grace.hopper@example.org"), "the relay reads it back");
     let mut attempt = attempt(500);
     attempt.error = Some("HTTP 500: grace.hopper@example.org exists".into());

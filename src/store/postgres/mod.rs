@@ -202,9 +202,9 @@ impl PgStore {
         limit: usize,
         lease: Duration,
         skip_routes: Vec<String>,
+        now: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
         let client = self.pool.get().await?;
-        let now = now_ms();
         let token = crate::event::new_id();
         let until = now + lease.as_millis() as i64;
         let rows = client
