@@ -66,6 +66,11 @@ impl Relay {
         }
     }
 
+    /// What the step runner needs to send a delivery.
+    pub fn send_context(&self) -> crate::delivery::steps::SendContext<'_> {
+        crate::delivery::steps::SendContext { store: &self.store, sender: &self.sender, tokens: &self.tokens }
+    }
+
     /// The configuration in force now.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()

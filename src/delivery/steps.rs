@@ -7,12 +7,23 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::limits::Gate;
+use super::oauth::Tokens;
 use super::retry::{apply_retry_on, Verdict};
 use super::send::AttemptResult;
-use crate::app::Relay;
+use super::send::HttpSender;
 use crate::config::{HeaderSpec, RouteConfig};
 use crate::event::Event;
+use crate::store::Store;
 use crate::templates::{RenderedRequest, TemplateContext, Templates};
+
+/// What sending a delivery needs from the relay, and nothing more: the store (progress of
+/// multi-step routes, rotated OAuth refresh tokens), the HTTP sender and the OAuth token cache.
+#[derive(Clone, Copy)]
+pub struct SendContext<'a> {
+    pub store: &'a Store,
+    pub sender: &'a HttpSender,
+    pub tokens: &'a Tokens,
+}
 
 /// Answers bigger than this are not kept for later steps (the step still counts as done).
 const MAX_KEPT_BODY: usize = 256 * 1024;
@@ -41,13 +52,13 @@ pub struct AttemptInput<'a> {
 }
 
 /// Sends what the delivery's route sends for its event, starting after the steps already recorded.
-pub async fn run(relay: &Relay, templates: &Templates, input: AttemptInput<'_>) -> StepsResult {
+pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput<'_>) -> StepsResult {
     let AttemptInput { route, event, delivery_id, lease_token, state, gate } = input;
     if !route.is_multi_step() {
         let ctx = TemplateContext::new(event, &route.vars, delivery_id);
         let mut result = match templates.render(route, &ctx) {
             Err(e) => render_failure(e.to_string(), Duration::ZERO),
-            Ok(req) => send(relay, route, req, delivery_id, false).await,
+            Ok(req) => send(cx, route, req, delivery_id, false).await,
         };
         if result.status.is_some_and(|s| route.first().accept.contains(&s)) {
             result.verdict = Verdict::Delivered;
@@ -94,7 +105,7 @@ pub async fn run(relay: &Relay, templates: &Templates, input: AttemptInput<'_>) 
         first_request = false;
         // One key per step, stable across retries of the delivery.
         let key = format!("{delivery_id}.{}", step.name);
-        let mut r = send(relay, route, req, &key, true).await;
+        let mut r = send(cx, route, req, &key, true).await;
         for mut x in r.exchanges.drain(..) {
             x["step"] = step.name.clone().into();
             log.push(x);
@@ -120,7 +131,7 @@ pub async fn run(relay: &Relay, templates: &Templates, input: AttemptInput<'_>) 
         // Kept at once (not only when the attempt settles): a crash before the next steps finish
         // must not repeat this one.
         if i + 1 < route.steps.len() {
-            if let Err(e) = relay.store.save_steps_state(delivery_id, lease_token, done.to_string()).await {
+            if let Err(e) = cx.store.save_steps_state(delivery_id, lease_token, done.to_string()).await {
                 tracing::warn!(delivery = %delivery_id, step = %step.name, error = %e, "could not record the step's answer yet");
             }
         }
@@ -141,7 +152,7 @@ pub async fn run(relay: &Relay, templates: &Templates, input: AttemptInput<'_>) 
 /// Sends one request, with the route's OAuth token when it has one; a 401 gets one retry with a
 /// fresh token.
 async fn send(
-    relay: &Relay,
+    cx: SendContext<'_>,
     route: &RouteConfig,
     mut req: RenderedRequest,
     key: &str,
@@ -157,15 +168,15 @@ async fn send(
         super::guard::Reach::Listed
     };
     let Some(oauth) = &route.oauth else {
-        return relay.sender.send_via(&req, timeout, key, keep_body, reach).await;
+        return cx.sender.send_via(&req, timeout, key, keep_body, reach).await;
     };
-    let client = relay.sender.client();
+    let client = cx.sender.client();
     let mut rejected = None;
     // The 401's exchange, kept for the attempt's record when the request is sent again.
     let mut earlier: Vec<Value> = Vec::new();
     let mut spent = Duration::ZERO;
     loop {
-        let token = match relay.tokens.bearer(oauth, &relay.store, client, rejected.as_ref()).await {
+        let token = match cx.tokens.bearer(oauth, cx.store, client, rejected.as_ref()).await {
             Ok(t) => t,
             Err(e) => {
                 let verdict = Verdict::Retry { reason: format!("oauth: {e}"), retry_after: None };
@@ -179,7 +190,7 @@ async fn send(
             value: format!("Bearer {}", token.expose_secret()).into(),
             from_env: true,
         });
-        let mut r = relay.sender.send_via(&req, timeout, key, keep_body, reach).await;
+        let mut r = cx.sender.send_via(&req, timeout, key, keep_body, reach).await;
         r.exchanges.splice(0..0, earlier.drain(..));
         spent += r.duration;
         r.duration = spent;

@@ -279,7 +279,9 @@ async fn send(relay: &Relay, rt: &Runtime, c: &Claimed, gate: Option<&Gate>) -> 
         state: c.steps_state.as_deref(),
         gate,
     };
-    let out = holding_lease(relay, &c.delivery_id, &c.lease_token, steps::run(relay, &rt.templates, input)).await;
+    let out =
+        holding_lease(relay, &c.delivery_id, &c.lease_token, steps::run(relay.send_context(), &rt.templates, input))
+            .await;
     if let Some(at) = out.deferred {
         return Err(at);
     }

@@ -23,6 +23,7 @@ mod oauth;
 mod pacing;
 mod properties;
 mod scale_out;
+mod steps;
 mod store_contract;
 mod vectors;
 mod vendors;
