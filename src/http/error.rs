@@ -12,6 +12,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the store is unavailable; retry later")]
     Unavailable,
+    /// The store failed: answered like `Unavailable`, the cause logged once when answering.
+    #[error("the store is unavailable; retry later")]
+    Store(#[source] crate::store::StoreError),
     #[error("missing or wrong bearer token")]
     Unauthorized,
     #[error("the admin API is disabled: set server.admin_token")]
@@ -27,7 +30,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -43,7 +46,10 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::BodyTimeout(_)) {
             resp.force_close();
         }
-        if matches!(self, ApiError::Unavailable) {
+        if let ApiError::Store(e) = self {
+            tracing::error!(error = %e, "store error");
+        }
+        if matches!(self, ApiError::Unavailable | ApiError::Store(_)) {
             resp.insert_header(("Retry-After", "5"));
         }
         resp.json(serde_json::json!({ "error": self.to_string() }))
@@ -52,7 +58,6 @@ impl ResponseError for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        ApiError::Unavailable
+        ApiError::Store(e)
     }
 }
