@@ -48,7 +48,7 @@ pub fn route_budget(config: &crate::config::Config) -> Option<usize> {
 pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
     let workers = relay.runtime().config.delivery.workers;
     let permits = Arc::new(Semaphore::new(workers));
-    let mut handed = relay.handoff.open(workers);
+    let mut handed = relay.handoff.open(permits.clone());
     let mut in_flight = JoinSet::new();
     let spawn = |in_flight: &mut JoinSet<()>, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit| {
         let relay = relay.clone();

@@ -1,5 +1,6 @@
-//! New deliveries handed straight from ingest to the workers: delivered once each whether the
-//! pool had room or not, and given back to the queue, not left leased, when the relay stops.
+//! New deliveries handed straight from ingest to idle workers: delivered once each whether they
+//! were handed over or left for a claim (every worker busy), and nothing is left leased when the
+//! relay stops.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -37,14 +38,14 @@ async fn every_event_is_delivered_once_whether_it_was_handed_over_or_claimed() {
 }
 
 #[tokio::test]
-async fn deliveries_handed_over_but_not_started_go_back_to_the_queue_when_the_relay_stops() {
+async fn nothing_is_left_leased_after_a_graceful_stop_and_a_restart_sends_the_rest_at_once() {
     let cfg = TestConfig::default();
     let app = spawn_app_with(TestConfig::default()).await;
     app.crm.delay(Duration::from_millis(1500));
     for n in 0..20 {
         assert_eq!(app.post_event(&contact_event(n)).await.status(), 200);
     }
-    // 8 requests at the CRM; others handed over and waiting for a worker, the rest in the store.
+    // 8 requests at the CRM (every worker busy); the others wait in the store.
     wait_until(Duration::from_secs(10), "8 requests at the CRM", || async { app.crm.max_in_flight() == 8 }).await;
     let db = app.db_path();
     let (dir, crm) = app.stop().await;
