@@ -2,8 +2,6 @@
 //! [`Clock::tokio`] clock, which follows tokio's (pausable) time, and then drive time with
 //! `tokio::time::advance` or paused sleeps instead of waiting for it.
 
-use std::sync::Arc;
-
 /// Unix milliseconds, from the system or from tokio's clock.
 #[derive(Clone, Debug)]
 pub struct Clock(Source);
@@ -39,10 +37,6 @@ impl Clock {
             Source::System => crate::event::now_ms(),
             Source::Tokio { base, start } => base + start.elapsed().as_millis() as i64,
         }
-    }
-
-    pub fn shared(self) -> Arc<Clock> {
-        Arc::new(self)
     }
 }
 

@@ -14,7 +14,7 @@ pub(super) const BATCHERS: usize = 2;
 /// Most ingests and settlements folded into one transaction.
 const MAX_BATCH: usize = 512;
 
-pub(super) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 
 /// An ingest or a settlement waiting for the next group transaction.
 pub(super) enum Queued {
