@@ -21,7 +21,9 @@ pub struct Load {
     pub threads: usize,
     /// Requests per second in total; `None` sends as fast as the connections allow.
     pub rate: Option<f64>,
-    /// Stop sending after this long even if requests are left.
+    /// Without `rate`: stop sending after this long even if requests are left. With `rate`, every
+    /// request is due within the duration already; one sent late (a busy machine) is still sent,
+    /// and its ack latency counts from its due time.
     pub duration: Option<Duration>,
 }
 
@@ -89,8 +91,8 @@ pub fn run(load: Load, progress: Arc<Progress>) -> anyhow::Result<Totals> {
     anyhow::ensure!(load.connections > 0 && load.threads > 0, "connections and threads must be at least 1");
     let threads = load.threads.min(load.connections);
     let started = Instant::now();
-    let shared =
-        Arc::new(Shared { deadline: load.duration.map(|d| started + d), load, progress, next: AtomicUsize::new(0) });
+    let deadline = load.duration.filter(|_| load.rate.is_none()).map(|d| started + d);
+    let shared = Arc::new(Shared { deadline, load, progress, next: AtomicUsize::new(0) });
     let mut handles = Vec::new();
     for t in 0..threads {
         let shared = shared.clone();

@@ -68,7 +68,7 @@ pub struct BenchReport {
     /// The same load against a bare actix-web handler, when asked for.
     pub baseline: Option<Baseline>,
     pub events: usize,
-    /// Requests written (fewer than `events` when `duration` ran out first).
+    /// Requests written (fewer than `events` when `duration` without `rate` ran out first).
     pub sent: usize,
     pub concurrency: usize,
     /// The offered rate, when one was set.
