@@ -12,9 +12,9 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Relay;
 use crate::config::{AlertFormat, AlertsConfig};
 use crate::event::now_ms;
+use crate::housekeeping::Upkeep;
 
 /// Notifications suppressed by `repeat_after` (counted, then said with the next message).
 pub const ALERTS_SUPPRESSED: &str = "lbx_alerts_suppressed_total";
@@ -103,7 +103,7 @@ impl Alerts {
     }
 
     /// What to say now: grouped signals, failure rates and silent sources.
-    pub async fn evaluate(&self, relay: &Relay, cfg: &AlertsConfig, now: i64) -> Vec<Notice> {
+    pub async fn evaluate(&self, upkeep: &Upkeep, cfg: &AlertsConfig, now: i64) -> Vec<Notice> {
         let signals = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let mut notices = Vec::new();
         let mut dead: BTreeMap<String, (u64, Option<String>)> = BTreeMap::new();
@@ -154,8 +154,8 @@ impl Alerts {
             }
         }
         if let Some(threshold) = cfg.failure_rate {
-            if let Ok(facts) = relay.store.attempt_facts(now - cfg.window.as_millis() as i64, 100_000).await {
-                for route in relay.runtime().config.routes.iter().map(|r| r.name.clone()) {
+            if let Ok(facts) = upkeep.store.attempt_facts(now - cfg.window.as_millis() as i64, 100_000).await {
+                for route in upkeep.runtime.load().config.routes.iter().map(|r| r.name.clone()) {
                     let settled: Vec<_> = facts
                         .iter()
                         .filter(|f| f.route == route && matches!(f.outcome.as_str(), "delivered" | "retry" | "failed"))
@@ -187,8 +187,9 @@ impl Alerts {
                 }
             }
         }
-        let silent = relay.silence.check(relay, now);
-        for source in relay.runtime().config.sources.keys() {
+        let rt = upkeep.runtime.load();
+        let silent = upkeep.silence.check(&rt, now);
+        for source in rt.config.sources.keys() {
             let key = format!("silent:{source}");
             let firing = silent.contains(source);
             if let Some(state) = self.condition(&key, firing, now, cfg.repeat_after) {
@@ -207,8 +208,17 @@ impl Alerts {
     }
 }
 
+/// Why a notice did not reach the alert URL.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("the alert URL does not answer")]
+    Unreachable(#[source] reqwest::Error),
+    #[error("the alert URL answered {0}")]
+    Answered(reqwest::StatusCode),
+}
+
 /// Posts one notice; the error says why it was not delivered.
-pub async fn send(client: &reqwest::Client, cfg: &AlertsConfig, notice: &Notice) -> Result<(), String> {
+pub async fn send(client: &reqwest::Client, cfg: &AlertsConfig, notice: &Notice) -> Result<(), AlertError> {
     let text = if notice.state == "resolved" {
         format!("✅ lbx-relay: {}", notice.text)
     } else {
@@ -227,29 +237,29 @@ pub async fn send(client: &reqwest::Client, cfg: &AlertsConfig, notice: &Notice)
         .json(&body)
         .send()
         .await
-        .map_err(|e| format!("the alert URL does not answer: {}", e.without_url()))?;
+        .map_err(|e| AlertError::Unreachable(e.without_url()))?;
     if resp.status().is_success() {
         metrics::counter!(ALERTS_SENT, "kind" => notice.kind, "state" => notice.state).increment(1);
         Ok(())
     } else {
-        Err(format!("the alert URL answered {}", resp.status()))
+        Err(AlertError::Answered(resp.status()))
     }
 }
 
 /// Checks every `check_every` and sends what there is to say, until `stop`.
-pub async fn run(relay: std::sync::Arc<Relay>, stop: CancellationToken) {
-    let client = relay.sender.client().clone();
+pub async fn run(upkeep: Upkeep, alerts: std::sync::Arc<Alerts>, client: reqwest::Client, stop: CancellationToken) {
     loop {
-        let cfg = relay.runtime().config.alerts.clone();
+        let cfg = upkeep.runtime.load().config.alerts.clone();
         let every = cfg.as_ref().map(|c| c.check_every).unwrap_or(Duration::from_secs(10));
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
         let Some(cfg) = cfg else { continue };
-        for notice in relay.alerts.evaluate(&relay, &cfg, now_ms()).await {
+        for notice in alerts.evaluate(&upkeep, &cfg, upkeep.clock.now_ms()).await {
             if let Err(e) = send(&client, &cfg, &notice).await {
-                tracing::warn!(kind = notice.kind, error = %relay.runtime().config.secrets.mask(&e), "alert not sent");
+                let error = crate::telemetry::Chain(&e).to_string();
+                tracing::warn!(kind = notice.kind, error = %upkeep.runtime.load().config.secrets.mask(&error), "alert not sent");
             }
         }
     }

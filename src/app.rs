@@ -8,77 +8,58 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::dedup::Dedup;
-use crate::delivery::limits::Gates;
-use crate::delivery::oauth::Tokens;
-use crate::delivery::send::HttpSender;
-use crate::delivery::worker;
-use crate::housekeeping::{self, Silence};
+use crate::alerts::Alerts;
+use crate::clock::Clock;
+use crate::delivery::{worker, DeliveryContext};
+use crate::housekeeping::{self, Silence, Upkeep};
 use crate::http;
-use crate::runtime::Runtime;
+use crate::ingest::IngestContext;
+use crate::runtime::{LiveRuntime, Runtime};
 use crate::store::Store;
 
-/// State shared by the HTTP handlers and the workers.
+/// The running relay: each part's context, wired together here and nowhere else, plus what only
+/// the HTTP edge uses. Ingest, delivery and upkeep each see only their own context.
 pub struct Relay {
     pub store: Store,
-    runtime: ArcSwap<Runtime>,
-    pub dedup: Dedup,
-    /// Wakes idle workers when new deliveries were committed.
-    pub wake: Notify,
-    /// New deliveries passed to the local workers without a claim.
-    pub handoff: crate::delivery::handoff::Handoff,
-    pub sender: HttpSender,
-    pub silence: Silence,
-    /// Per-route rate limits, concurrency and pauses.
-    pub gates: Gates,
-    /// OAuth access tokens of the routes that use them.
-    pub tokens: Tokens,
+    runtime: LiveRuntime,
+    /// Decrypt, dedup, route, store, hand over.
+    pub ingest: Arc<IngestContext>,
+    /// Claim, send, settle.
+    pub delivery: Arc<DeliveryContext>,
+    /// Silence checks, gauges, the retention purge and `[alerts]`.
+    pub upkeep: Upkeep,
+    /// Signals for `[alerts]`.
+    pub alerts: Arc<Alerts>,
     /// Slows down repeated wrong admin tokens.
     pub auth_failures: http::AuthThrottle,
-    /// Says "the quarantine is full" once a minute at most.
-    pub quarantine_full_log: crate::telemetry::LogLimiter,
-    /// Whether event writes fail now (disk full), for `/readyz`.
-    pub write_health: crate::store::WriteHealth,
-    /// Signals for `[alerts]`.
-    pub alerts: crate::alerts::Alerts,
 }
 
 impl Relay {
     pub fn new(runtime: Runtime, store: Store) -> Relay {
-        Relay {
-            gates: Gates::new(store.shared_rate_windows()),
-            store,
-            runtime: ArcSwap::from_pointee(runtime),
-            dedup: Dedup::default(),
-            wake: Notify::new(),
-            handoff: Default::default(),
-            sender: HttpSender::new(),
-            silence: Silence::default(),
-            tokens: Tokens::default(),
-            auth_failures: http::AuthThrottle::default(),
-            quarantine_full_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
-            write_health: crate::store::WriteHealth::default(),
-            alerts: crate::alerts::Alerts::default(),
-        }
+        Relay::with_clock(runtime, store, Clock::system())
     }
 
-    /// What the step runner needs to send a delivery.
-    pub fn send_context(&self) -> crate::delivery::steps::SendContext<'_> {
-        crate::delivery::steps::SendContext { store: &self.store, sender: &self.sender, tokens: &self.tokens }
+    /// The same, reading "now" from `clock` (tests drive retry and lease times with it).
+    pub fn with_clock(runtime: Runtime, store: Store, clock: Clock) -> Relay {
+        let runtime = LiveRuntime::new(runtime);
+        let alerts = Arc::new(Alerts::default());
+        let silence = Arc::new(Silence::default());
+        let delivery = Arc::new(DeliveryContext::new(store.clone(), runtime.clone(), alerts.clone(), clock.clone()));
+        let ingest = Arc::new(IngestContext::new(delivery.clone(), silence.clone()));
+        let upkeep = Upkeep { store: store.clone(), runtime: runtime.clone(), silence, clock };
+        Relay { store, runtime, ingest, delivery, upkeep, alerts, auth_failures: http::AuthThrottle::default() }
     }
 
     /// The configuration in force now.
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
+        self.runtime.load()
     }
 
     /// Puts a new configuration in force; work already started keeps the old one.
     pub fn replace_runtime(&self, runtime: Runtime) {
-        self.runtime.store(Arc::new(runtime));
+        self.runtime.replace(runtime);
     }
 
     /// Re-reads the config file in force (`POST /api/reload`, SIGHUP) and puts it in force, or
@@ -132,10 +113,15 @@ impl Application {
     /// Opens the store and binds both listeners for a configuration already compiled (and
     /// checked) into a [`Runtime`]. Fails before serving anything if the store is not right.
     pub async fn build(runtime: Runtime) -> anyhow::Result<Application> {
+        Application::build_with_clock(runtime, Clock::system()).await
+    }
+
+    /// The same, with the relay reading "now" from `clock`.
+    pub async fn build_with_clock(runtime: Runtime, clock: Clock) -> anyhow::Result<Application> {
         let store = Store::open(&runtime.config.store).await.context("opening the store")?;
         let listen = runtime.config.server.listen.clone();
         let admin_listen = runtime.config.server.admin_listen.clone();
-        let relay = Arc::new(Relay::new(runtime, store));
+        let relay = Arc::new(Relay::with_clock(runtime, store, clock));
         crate::telemetry::metrics();
 
         let public_listener = TcpListener::bind(&listen).with_context(|| format!("binding server.listen {listen}"))?;
@@ -179,14 +165,19 @@ impl Application {
             admin.await.map_err(|e| anyhow::anyhow!(e))?;
             anyhow::bail!("it stopped")
         });
-        tasks.spawn_until("the delivery workers", &stop, worker::run(relay.clone(), stop.clone()));
-        tasks.spawn_until("housekeeping", &stop, housekeeping::run(relay.clone(), stop.clone()));
-        tasks.spawn_until("alerts", &stop, crate::alerts::run(relay.clone(), stop.clone()));
+        tasks.spawn_until("the delivery workers", &stop, worker::run(relay.delivery.clone(), stop.clone()));
+        tasks.spawn_until("housekeeping", &stop, housekeeping::run(relay.upkeep.clone(), stop.clone()));
+        let client = relay.delivery.sender.client().clone();
+        tasks.spawn_until(
+            "alerts",
+            &stop,
+            crate::alerts::run(relay.upkeep.clone(), relay.alerts.clone(), client, stop.clone()),
+        );
         {
-            let (relay, stop2) = (relay.clone(), stop.clone());
+            let (delivery, stop2) = (relay.delivery.clone(), stop.clone());
             tasks.spawn_until("the work watcher", &stop, async move {
-                let woken = relay.clone();
-                relay.store.watch_for_work(move || woken.wake.notify_one(), stop2).await;
+                let woken = delivery.clone();
+                delivery.store.watch_for_work(move || woken.wake.notify_one(), stop2).await;
             });
         }
 

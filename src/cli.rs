@@ -408,7 +408,7 @@ async fn alert_test(path: &Path) -> anyhow::Result<ExitCode> {
     };
     crate::alerts::send(&reqwest::Client::new(), cfg, &notice)
         .await
-        .map_err(|e| anyhow!(rt.config.secrets.mask(&e)))?;
+        .map_err(|e| anyhow!(rt.config.secrets.mask(&crate::telemetry::Chain(&e).to_string())))?;
     out!("test alert sent");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! Background upkeep beside the workers: the silence alert (no body from a source for
-//! `alert_after`), the gauges, and the retention purge of fully delivered events.
+//! `alert_after`), the gauges, and the retention purge of fully delivered events. [`Upkeep`] is
+//! what it (and `[alerts]`) reads: the store, the configuration, the sources' silence, the clock.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -7,14 +8,25 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Relay;
+use crate::clock::Clock;
 use crate::event::now_ms;
+use crate::runtime::{LiveRuntime, Runtime};
+use crate::store::Store;
 use crate::telemetry::{
     DEAD_LETTERS, OLDEST_PENDING_AGE, QUARANTINE_BYTES, QUARANTINE_SIZE, QUEUE_DEPTH, SOURCE_LAST_EVENT, SOURCE_SILENT,
 };
 
 /// How often the purge runs.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the background checks read, and nothing more.
+#[derive(Clone)]
+pub struct Upkeep {
+    pub store: Store,
+    pub runtime: LiveRuntime,
+    pub silence: Arc<Silence>,
+    pub clock: Clock,
+}
 
 /// When each source was last heard from, and which are in alert.
 #[derive(Debug)]
@@ -40,8 +52,7 @@ impl Silence {
     }
 
     /// Sources silent for longer than their `alert_after`, now.
-    pub fn check(&self, relay: &Relay, now: i64) -> Vec<String> {
-        let rt = relay.runtime();
+    pub fn check(&self, rt: &Runtime, now: i64) -> Vec<String> {
         let last = self.last.lock().map(|m| m.clone()).unwrap_or_default();
         let mut silent = Vec::new();
         for (name, src) in &rt.config.sources {
@@ -74,21 +85,21 @@ impl Silence {
 }
 
 /// Refreshes the store-derived gauges.
-pub async fn refresh_gauges(relay: &Relay) {
-    if let Ok(g) = relay.store.gauges().await {
+pub async fn refresh_gauges(upkeep: &Upkeep) {
+    if let Ok(g) = upkeep.store.gauges().await {
         metrics::gauge!(QUEUE_DEPTH).set(g.queue_depth as f64);
         metrics::gauge!(QUARANTINE_SIZE).set(g.quarantined as f64);
         metrics::gauge!(QUARANTINE_BYTES).set(g.quarantined_bytes as f64);
         metrics::gauge!(DEAD_LETTERS).set(g.failed as f64);
-        let age = g.oldest_pending_at.map(|at| ((now_ms() - at).max(0)) as f64 / 1000.0).unwrap_or(0.0);
+        let age = g.oldest_pending_at.map(|at| ((upkeep.clock.now_ms() - at).max(0)) as f64 / 1000.0).unwrap_or(0.0);
         metrics::gauge!(OLDEST_PENDING_AGE).set(age);
     }
 }
 
 /// Deletes fully delivered events older than `store.retention`.
-pub async fn purge(relay: &Relay) -> Result<u64, crate::store::StoreError> {
-    let retention = relay.runtime().config.store.retention;
-    let n = relay.store.purge(now_ms() - retention.as_millis() as i64).await?;
+pub async fn purge(upkeep: &Upkeep) -> Result<u64, crate::store::StoreError> {
+    let retention = upkeep.runtime.load().config.store.retention;
+    let n = upkeep.store.purge(upkeep.clock.now_ms() - retention.as_millis() as i64).await?;
     if n > 0 {
         tracing::info!(purged = n, retention = %humantime::format_duration(retention), "purged delivered events");
     }
@@ -96,32 +107,32 @@ pub async fn purge(relay: &Relay) -> Result<u64, crate::store::StoreError> {
 }
 
 /// Runs until `stop`: silence checks and gauges every tick, the purge every hour.
-pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
+pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
     // Scanning a large store is not worth delaying readiness for.
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         _ = stop.cancelled() => return,
     }
-    let sources: Vec<String> = relay.runtime().config.sources.keys().cloned().collect();
-    if let Ok(last) = relay.store.last_event_per_source(sources).await {
+    let sources: Vec<String> = upkeep.runtime.load().config.sources.keys().cloned().collect();
+    if let Ok(last) = upkeep.store.last_event_per_source(sources).await {
         for (source, at) in last {
-            relay.silence.heard(&source, at);
+            upkeep.silence.heard(&source, at);
         }
     }
     let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
         let tick = {
-            let rt = relay.runtime();
+            let rt = upkeep.runtime.load();
             let shortest = rt.config.sources.values().filter_map(|s| s.alert_after).min();
             shortest
                 .map(|d| d / 4)
                 .unwrap_or(Duration::from_secs(30))
                 .clamp(Duration::from_millis(20), Duration::from_secs(30))
         };
-        relay.silence.check(&relay, now_ms());
-        refresh_gauges(&relay).await;
+        upkeep.silence.check(&upkeep.runtime.load(), upkeep.clock.now_ms());
+        refresh_gauges(&upkeep).await;
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
-            if let Err(e) = purge(&relay).await {
+            if let Err(e) = purge(&upkeep).await {
                 tracing::error!(error = %e, "retention purge failed");
             }
             last_purge = Some(tokio::time::Instant::now());

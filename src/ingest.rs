@@ -2,20 +2,60 @@
 //! parse, deduplicate, match routes, then store the event and its deliveries in one transaction.
 //! The HTTP handler, quarantine reprocessing and the CLI all go through here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::Relay;
+use crate::alerts::Alerts;
+use crate::clock::Clock;
 use crate::crypto::{self, DecryptError, Sealed};
+use crate::dedup::Dedup;
 use crate::delivery::handoff::Place;
-use crate::delivery::worker::lease_for;
-use crate::event::{new_id, now_ms, Event};
-use crate::runtime::Runtime;
+use crate::delivery::DeliveryContext;
+use crate::event::{new_id, Event};
+use crate::housekeeping::Silence;
+use crate::runtime::{LiveRuntime, Runtime};
 use crate::store::{
-    Claimed, IngestOutcome, Lease, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome,
-    StoreError, StoredEvent,
+    Claimed, IngestOutcome, Lease, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Store,
+    StoreError, StoredEvent, WriteHealth,
 };
+use crate::telemetry::LogLimiter;
 use crate::telemetry::{capped, mask_email, EVENTS_RECEIVED};
 use crate::templates::TemplateContext;
+
+/// What ingest shares with the rest of the relay, and nothing more.
+pub struct IngestContext {
+    pub store: Store,
+    pub runtime: LiveRuntime,
+    pub dedup: Dedup,
+    /// When each source was last heard from (read by the silence alert).
+    pub silence: Arc<Silence>,
+    /// Whether event writes fail now (disk full), for `/readyz`.
+    pub write_health: WriteHealth,
+    /// Says "the quarantine is full" once a minute at most.
+    pub quarantine_full_log: LogLimiter,
+    /// Where quarantined bodies are signalled for `[alerts]`.
+    pub alerts: Arc<Alerts>,
+    /// Where stored deliveries go: handed to idle workers, or the workers are woken.
+    pub delivery: Arc<DeliveryContext>,
+    /// "Now" for arrival times and hand-off leases (the delivery side's clock).
+    pub clock: Clock,
+}
+
+impl IngestContext {
+    pub fn new(delivery: Arc<DeliveryContext>, silence: Arc<Silence>) -> IngestContext {
+        IngestContext {
+            store: delivery.store.clone(),
+            runtime: delivery.runtime.clone(),
+            dedup: Dedup::default(),
+            silence,
+            write_health: WriteHealth::default(),
+            quarantine_full_log: LogLimiter::every(Duration::from_secs(60)),
+            alerts: delivery.alerts.clone(),
+            clock: delivery.clock.clone(),
+            delivery,
+        }
+    }
+}
 
 /// A delivery to pass to a worker once its event has committed.
 struct Handed {
@@ -52,14 +92,14 @@ impl Handed {
 
 /// Leases the deliveries the local workers have room for (unordered ones, of routes open now),
 /// to be handed to them straight after the commit instead of being found again by a claim.
-fn hand_over(relay: &Relay, deliveries: &mut [NewDelivery]) -> Vec<Handed> {
+fn hand_over(ctx: &IngestContext, deliveries: &mut [NewDelivery]) -> Vec<Handed> {
     let open: Vec<bool> =
-        deliveries.iter().map(|d| d.order_key.is_none() && !relay.gates.is_closed(&d.route)).collect();
-    let mut places = relay.handoff.reserve(open.iter().filter(|o| **o).count());
+        deliveries.iter().map(|d| d.order_key.is_none() && !ctx.delivery.gates.is_closed(&d.route)).collect();
+    let mut places = ctx.delivery.handoff.reserve(open.iter().filter(|o| **o).count());
     if places.is_empty() {
         return Vec::new();
     }
-    let lease = Lease { token: new_id(), until: now_ms() + lease_for(relay).as_millis() as i64 };
+    let lease = Lease { token: new_id(), until: ctx.clock.now_ms() + ctx.delivery.lease().as_millis() as i64 };
     let mut handed = Vec::with_capacity(places.len());
     for (d, _) in deliveries.iter_mut().zip(open).filter(|(_, open)| *open) {
         let Some(place) = places.pop() else { break };
@@ -170,13 +210,13 @@ pub fn open_event(
 
 /// Decrypts, parses and stores one body received for `source`.
 pub async fn accept(
-    relay: &Relay,
+    ctx: &IngestContext,
     source: &str,
     body: &[u8],
     headers: &[(String, String)],
 ) -> Result<Outcome, IngestError> {
-    let rt = relay.runtime();
-    let received_at = now_ms();
+    let rt = ctx.runtime.load();
+    let received_at = ctx.clock.now_ms();
     let result = match open_event(&rt, source, body, headers, received_at)? {
         Ok(event) => match stale_by(&rt, &event) {
             Some(off) => {
@@ -189,7 +229,7 @@ pub async fn accept(
                 );
                 Ok(Outcome::Stale)
             }
-            None => accept_event(relay, &rt, event).await,
+            None => accept_event(ctx, &rt, event).await,
         },
         Err(e) => {
             tracing::warn!(source, reason = %e, bytes = body.len(), "body could not be decrypted; quarantined");
@@ -198,9 +238,7 @@ pub async fn accept(
                 .filter(|(k, _)| !crate::secrets::is_credential_header(k))
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            relay
-                .alerts
-                .signal(crate::alerts::Signal::Quarantined { source: source.to_string(), reason: e.to_string() });
+            ctx.alerts.signal(crate::alerts::Signal::Quarantined { source: source.to_string(), reason: e.to_string() });
             let item = NewQuarantined {
                 source: source.to_string(),
                 received_at,
@@ -212,12 +250,12 @@ pub async fn accept(
                 max_items: rt.config.quarantine.max_items,
                 max_bytes: rt.config.quarantine.max_bytes,
             };
-            match relay.store.quarantine(item, limits).await? {
+            match ctx.store.quarantine(item, limits).await? {
                 QuarantineOutcome::Stored => Ok(Outcome::Quarantined),
                 QuarantineOutcome::Full => {
                     // Answered like every other body: a different status would tell a sender which
                     // bodies decrypt. Counted in lbx_events_received_total{outcome="quarantine_full"}.
-                    if relay.quarantine_full_log.should_log(received_at) {
+                    if ctx.quarantine_full_log.should_log(received_at) {
                         tracing::error!(
                             source,
                             max_items = limits.max_items,
@@ -231,10 +269,10 @@ pub async fn accept(
             }
         }
     };
-    relay.silence.heard(source, received_at);
+    ctx.silence.heard(source, received_at);
     match &result {
-        Err(IngestError::Unavailable(e)) => relay.write_health.failed(e),
-        Ok(_) => relay.write_health.succeeded(),
+        Err(IngestError::Unavailable(e)) => ctx.write_health.failed(e),
+        Ok(_) => ctx.write_health.succeeded(),
         Err(IngestError::UnknownSource(_)) => {}
     }
     let label = match &result {
@@ -257,9 +295,9 @@ fn stale_by(rt: &Runtime, event: &Event) -> Option<i64> {
 }
 
 /// Deduplicates, routes and stores an already-parsed event.
-pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<Outcome, IngestError> {
+pub async fn accept_event(ctx: &IngestContext, rt: &Runtime, event: Event) -> Result<Outcome, IngestError> {
     let window = rt.config.source(&event.source).map(|s| s.dedup_window).unwrap_or(Duration::from_secs(86_400));
-    if relay.dedup.seen(&event.source, &event.key) {
+    if ctx.dedup.seen(&event.source, &event.key) {
         tracing::info!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate (cache)");
         return Ok(Outcome::Duplicate);
     }
@@ -272,9 +310,9 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
         .into_iter()
         .map(|route| {
             let order_key = rt.config.route(&route).filter(|r| r.order_by.is_some()).and_then(|r| {
-                let ctx = TemplateContext::new(&event, &r.vars, "");
+                let vars = TemplateContext::new(&event, &r.vars, "");
                 rt.templates
-                    .ordering_key(r, &ctx)
+                    .ordering_key(r, &vars)
                     .inspect_err(
                         |e| tracing::warn!(route = %route, error = %e, "order_by failed to render; sent unordered"),
                     )
@@ -287,7 +325,7 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
     let count = deliveries.len();
     let email = contact_email(&event).map(str::to_lowercase);
     let payload = event.payload();
-    let handed = hand_over(relay, &mut deliveries);
+    let handed = hand_over(ctx, &mut deliveries);
     let handed_payload = (!handed.is_empty()).then(|| payload.clone());
     let new = NewEvent {
         id: event.id.clone(),
@@ -300,8 +338,8 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
         dedup_until: event.received_at + window.as_millis() as i64,
         deliveries,
     };
-    let outcome = relay.store.ingest(new).await?;
-    relay.dedup.remember(&event.source, &event.key, window);
+    let outcome = ctx.store.ingest(new).await?;
+    ctx.dedup.remember(&event.source, &event.key, window);
     let contact =
         contact_email(&event).map(|email| if rt.config.server.log_pii { email.to_string() } else { mask_email(email) });
     match outcome {
@@ -322,7 +360,7 @@ pub async fn accept_event(relay: &Relay, rt: &Runtime, event: Event) -> Result<O
                 }
             }
             if !all_handed {
-                relay.wake.notify_one();
+                ctx.delivery.wake.notify_one();
             }
             Ok(Outcome::Stored { event_id: event.id, deliveries: count })
         }
@@ -339,12 +377,12 @@ pub struct Reprocessed {
 
 /// Tries every quarantined body again with the keys in force now; what opens becomes a normal
 /// event (dedup and routing included) and leaves the quarantine.
-pub async fn reprocess_quarantine(relay: &Relay) -> Result<Reprocessed, IngestError> {
-    let rt = relay.runtime();
+pub async fn reprocess_quarantine(ctx: &IngestContext) -> Result<Reprocessed, IngestError> {
+    let rt = ctx.runtime.load();
     let mut report = Reprocessed::default();
     let mut after = None;
     loop {
-        let page = relay.store.list_quarantine(after, 200).await?;
+        let page = ctx.store.list_quarantine(after, 200).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for item in page {
@@ -355,16 +393,16 @@ pub async fn reprocess_quarantine(relay: &Relay) -> Result<Reprocessed, IngestEr
             };
             match opened {
                 Ok(event) => {
-                    match accept_event(relay, &rt, event).await? {
+                    match accept_event(ctx, &rt, event).await? {
                         Outcome::Duplicate => report.duplicates += 1,
                         _ => report.reprocessed += 1,
                     }
-                    relay.store.delete_quarantined(item.id).await?;
+                    ctx.store.delete_quarantined(item.id).await?;
                 }
                 Err(e) => {
                     report.still_quarantined += 1;
                     if e.to_string() != item.reason {
-                        relay.store.update_quarantine_reason(item.id, e.to_string()).await?;
+                        ctx.store.update_quarantine_reason(item.id, e.to_string()).await?;
                     }
                 }
             }

@@ -53,3 +53,24 @@ impl Runtime {
         self.config.source(source).map(|s| OpenOptions { mode: s.envelope, allow_plaintext: s.allow_plaintext })
     }
 }
+
+/// The runtime in force, shared by the parts of a running relay and replaced whole on reload:
+/// each `load` is a snapshot that work already started keeps.
+#[derive(Clone)]
+pub struct LiveRuntime(std::sync::Arc<arc_swap::ArcSwap<Runtime>>);
+
+impl LiveRuntime {
+    pub fn new(runtime: Runtime) -> LiveRuntime {
+        LiveRuntime(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(runtime)))
+    }
+
+    /// The configuration in force now.
+    pub fn load(&self) -> std::sync::Arc<Runtime> {
+        self.0.load_full()
+    }
+
+    /// Puts a new configuration in force for every part that shares this handle.
+    pub fn replace(&self, runtime: Runtime) {
+        self.0.store(std::sync::Arc::new(runtime));
+    }
+}

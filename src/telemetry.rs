@@ -160,6 +160,22 @@ impl LogLimiter {
 }
 
 /// Masks an e-mail address for logs: `ca***@example.fr`.
+/// Shows an error with every cause below it, `outer: inner: innermost`, for log lines and
+/// answers: error types keep their source instead of copying its text into their own message.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
 pub fn mask_email(email: &str) -> String {
     match email.split_once('@') {
         Some((local, domain)) => {

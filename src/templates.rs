@@ -214,8 +214,10 @@ impl Templates {
             }
             if let Some(schema) = &step.schema {
                 let file = schema.display().to_string();
-                let validator =
-                    load_schema(schema).map_err(|message| RenderError::Compile { file: file.clone(), message })?;
+                let validator = load_schema(schema).map_err(|e| RenderError::Compile {
+                    file: file.clone(),
+                    message: crate::telemetry::Chain(&e).to_string(),
+                })?;
                 self.schemas.insert(body_key(&route.name, i), (validator, file));
             }
             self.url.register_template_string(&url_key(&route.name, i), &step.url).map_err(|e| {
@@ -416,12 +418,24 @@ fn not_json(route: &RouteConfig, file: &str, e: &serde_json::Error, body: &str) 
     }
 }
 
+/// Why a step's `schema` file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot read the schema")]
+    Read(#[source] std::io::Error),
+    #[error("the schema is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not a valid JSON Schema: {0}")]
+    Invalid(String),
+}
+
 /// Reads and compiles a JSON Schema file (its `$schema`, else draft 2020-12; formats are
 /// annotations, as the draft says). References to other files or URLs are not fetched.
-fn load_schema(path: &std::path::Path) -> Result<jsonschema::Validator, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the schema: {e}"))?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| format!("the schema is not JSON: {e}"))?;
-    jsonschema::validator_for(&value).map_err(|e| format!("not a valid JSON Schema: {e}"))
+fn load_schema(path: &std::path::Path) -> Result<jsonschema::Validator, SchemaError> {
+    let text = std::fs::read_to_string(path).map_err(SchemaError::Read)?;
+    let value: Value = serde_json::from_str(&text).map_err(SchemaError::NotJson)?;
+    // The validator's error borrows the schema: its text is what can be kept.
+    jsonschema::validator_for(&value).map_err(|e| SchemaError::Invalid(e.to_string()))
 }
 
 /// At most this many violations are named in one message.

@@ -282,16 +282,22 @@ pub struct RateLimit {
     pub window: Duration,
 }
 
+/// Why a `rate_limit` is not a rate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitError {
+    #[error("{0:?} is not a rate like \"100/10s\" (COUNT/WINDOW)")]
+    NotARate(String),
+    #[error("{0:?}: the count must be a whole number above zero")]
+    Count(String),
+    #[error("{0:?}: the window must be a duration like \"10s\", \"1m\" or \"s\"")]
+    Window(String),
+}
+
 impl RateLimit {
-    pub fn parse(text: &str) -> Result<RateLimit, String> {
-        let (count, window) =
-            text.split_once('/').ok_or_else(|| format!("{text:?} is not a rate like \"100/10s\" (COUNT/WINDOW)"))?;
-        let count: u32 = count
-            .trim()
-            .parse()
-            .ok()
-            .filter(|c| *c > 0)
-            .ok_or_else(|| format!("{text:?}: the count must be a whole number above zero"))?;
+    pub fn parse(text: &str) -> Result<RateLimit, RateLimitError> {
+        let (count, window) = text.split_once('/').ok_or_else(|| RateLimitError::NotARate(text.to_string()))?;
+        let count: u32 =
+            count.trim().parse().ok().filter(|c| *c > 0).ok_or_else(|| RateLimitError::Count(text.to_string()))?;
         let window = window.trim();
         // "5/s" reads as "5/1s".
         let window = if window.chars().next().is_some_and(|c| c.is_ascii_digit()) {
@@ -302,7 +308,7 @@ impl RateLimit {
         let window = humantime::parse_duration(&window)
             .ok()
             .filter(|w| !w.is_zero())
-            .ok_or_else(|| format!("{text:?}: the window must be a duration like \"10s\", \"1m\" or \"s\""))?;
+            .ok_or_else(|| RateLimitError::Window(text.to_string()))?;
         Ok(RateLimit { count, window })
     }
 }

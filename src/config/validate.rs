@@ -84,7 +84,7 @@ pub(super) fn validate(
             } else {
                 "store.previous_encryption_keys".to_string()
             };
-            problem(&at, e);
+            problem(&at, e.to_string());
         }
     }
     if store.encryption_key.is_none() && !store.previous_encryption_keys.is_empty() {
@@ -266,7 +266,7 @@ pub(super) fn validate(
         let rate_limit = r
             .rate_limit
             .as_deref()
-            .and_then(|t| RateLimit::parse(t).map_err(|m| problem(&format!("{at}.rate_limit"), m)).ok());
+            .and_then(|t| RateLimit::parse(t).map_err(|e| problem(&format!("{at}.rate_limit"), e.to_string())).ok());
         if r.concurrency == Some(0) {
             problem(&format!("{at}.concurrency"), "must be at least 1".into());
         }

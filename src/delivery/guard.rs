@@ -18,9 +18,21 @@ pub enum Reach {
     PublicOnly,
 }
 
+/// Why a rendered URL may not be sent to (the attempt fails for good with this).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    #[error("the rendered URL is not valid")]
+    InvalidUrl,
+    #[error(
+        "refused: the URL's host comes from the event and is the non-public address {0}; list it in \
+         allow_private_hosts if it is meant"
+    )]
+    NonPublic(IpAddr),
+}
+
 /// Decides for the rendered `url` of a route that allows templated hosts.
-pub fn check(url: &str, allowed: &[String]) -> Result<Reach, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| "the rendered URL is not valid".to_string())?;
+pub fn check(url: &str, allowed: &[String]) -> Result<Reach, GuardError> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| GuardError::InvalidUrl)?;
     let host = parsed.host_str().unwrap_or_default();
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let with_port = parsed.port().map(|p| format!("{host}:{p}"));
@@ -31,10 +43,7 @@ pub fn check(url: &str, allowed: &[String]) -> Result<Reach, String> {
         return Ok(Reach::Listed);
     }
     match bare.parse::<IpAddr>() {
-        Ok(ip) if !is_public(ip) => Err(format!(
-            "refused: the URL's host comes from the event and is the non-public address {ip}; list it in \
-             allow_private_hosts if it is meant"
-        )),
+        Ok(ip) if !is_public(ip) => Err(GuardError::NonPublic(ip)),
         _ => Ok(Reach::PublicOnly),
     }
 }

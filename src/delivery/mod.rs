@@ -1,9 +1,10 @@
-//! Getting stored deliveries to the CRMs: `worker` claims and settles, `handoff` passes new
-//! deliveries to the workers without a claim, `steps` runs a route's requests in order, `send`
-//! performs one HTTP request, `retry` decides what an answer means for the delivery, `limits`
-//! paces each route, `oauth` holds the routes' OAuth tokens, `guard` keeps templated hosts off
-//! private addresses.
+//! Getting stored deliveries to the CRMs: `context` is what the delivery side shares, `worker`
+//! claims and settles, `handoff` passes new deliveries to the workers without a claim, `steps`
+//! runs a route's requests in order, `send` performs one HTTP request, `retry` decides what an
+//! answer means for the delivery, `limits` paces each route, `oauth` holds the routes' OAuth
+//! tokens, `guard` keeps templated hosts off private addresses.
 
+pub mod context;
 pub mod guard;
 pub mod handoff;
 pub mod limits;
@@ -12,3 +13,5 @@ pub mod retry;
 pub mod send;
 pub mod steps;
 pub mod worker;
+
+pub use context::DeliveryContext;

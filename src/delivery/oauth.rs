@@ -8,12 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Mutex;
-use tokio::time::Instant;
-
+use crate::clock::Clock;
 use crate::config::OAuthConfig;
 use crate::store::Store;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
 
 /// Token endpoint answers longer than this are cut in error messages.
 const ERROR_BODY_LIMIT: usize = 200;
@@ -27,11 +26,14 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, Default)]
 pub struct Tokens {
     slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    /// When a token is due for refresh is read from this clock.
+    clock: Clock,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
-    access: Option<(SecretString, Instant)>,
+    /// The token and when to refresh it (Unix ms).
+    access: Option<(SecretString, i64)>,
     /// The newest refresh token known to this process.
     refresh: Option<SecretString>,
 }
@@ -45,7 +47,25 @@ struct TokenAnswer {
     refresh_token: Option<String>,
 }
 
+/// Why no access token could be had; the route's attempt fails with this and is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("reading the stored refresh token")]
+    Store(#[source] crate::store::StoreError),
+    #[error("token endpoint unreachable")]
+    Unreachable(#[source] reqwest::Error),
+    #[error("token endpoint answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("the token endpoint's answer has no access_token")]
+    NoAccessToken,
+}
+
 impl Tokens {
+    /// An empty cache whose tokens expire by `clock`.
+    pub fn new(clock: Clock) -> Tokens {
+        Tokens { slots: Mutex::default(), clock }
+    }
+
     /// A valid access token for `cfg`. `rejected` is a token the CRM just refused (401): unless
     /// another request already replaced it, a new one is fetched.
     pub async fn bearer(
@@ -54,13 +74,13 @@ impl Tokens {
         store: &Store,
         client: &reqwest::Client,
         rejected: Option<&SecretString>,
-    ) -> Result<SecretString, String> {
+    ) -> Result<SecretString, OAuthError> {
         let key = cfg.cache_key();
         let slot = self.slots.lock().await.entry(key.clone()).or_default().clone();
         let mut slot = slot.lock().await;
         if let Some((token, refresh_at)) = &slot.access {
             let refused = rejected.is_some_and(|r| r.expose_secret() == token.expose_secret());
-            if !refused && Instant::now() < *refresh_at {
+            if !refused && self.clock.now_ms() < *refresh_at {
                 return Ok(token.clone());
             }
         }
@@ -70,7 +90,7 @@ impl Tokens {
                 Ok(Some(stored)) => slot.refresh = Some(SecretString::from(stored)),
                 Ok(None) if slot.refresh.is_none() => slot.refresh = cfg.refresh_token.clone(),
                 Ok(None) => {}
-                Err(e) => return Err(format!("reading the stored refresh token: {e}")),
+                Err(e) => return Err(OAuthError::Store(e)),
             }
         }
         let mut form: Vec<(&str, &str)> =
@@ -82,7 +102,8 @@ impl Tokens {
         if let Some(scope) = &cfg.scope {
             form.push(("scope", scope));
         }
-        let body = serde_urlencoded::to_string(&form).map_err(|e| format!("token request: {e}"))?;
+        // A form of plain string pairs always encodes.
+        let body = serde_urlencoded::to_string(&form).unwrap_or_default();
         let resp = client
             .post(&cfg.token_url)
             .timeout(TOKEN_TIMEOUT)
@@ -91,26 +112,25 @@ impl Tokens {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("token endpoint unreachable: {}", e.without_url()))?;
+            .map_err(|e| OAuthError::Unreachable(e.without_url()))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
             let snippet: String = text.chars().take(ERROR_BODY_LIMIT).collect();
-            return Err(format!("token endpoint answered {}: {}", status.as_u16(), snippet.trim()));
+            return Err(OAuthError::Refused { status: status.as_u16(), body: snippet.trim().to_string() });
         }
-        let answer: TokenAnswer =
-            serde_json::from_str(&text).map_err(|_| "the token endpoint's answer has no access_token".to_string())?;
+        let answer: TokenAnswer = serde_json::from_str(&text).map_err(|_| OAuthError::NoAccessToken)?;
         let lifetime = answer
             .expires_in
             .as_ref()
             .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
             .map(Duration::from_secs);
-        let refresh_at = Instant::now()
-            + match lifetime {
-                Some(l) if l > EARLY * 2 => l - EARLY,
-                Some(l) => l / 2,
-                None => UNKNOWN_LIFETIME,
-            };
+        let trusted_for = match lifetime {
+            Some(l) if l > EARLY * 2 => l - EARLY,
+            Some(l) => l / 2,
+            None => UNKNOWN_LIFETIME,
+        };
+        let refresh_at = self.clock.now_ms() + trusted_for.as_millis() as i64;
         if let Some(new) = answer.refresh_token.filter(|t| !t.is_empty()) {
             let rotated = slot.refresh.as_ref().is_none_or(|old| old.expose_secret() != new);
             if rotated && slot.refresh.is_some() {

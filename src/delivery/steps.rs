@@ -162,7 +162,7 @@ async fn send(
     let reach = if route.allow_templated_host {
         match super::guard::check(&req.url, &route.allow_private_hosts) {
             Ok(reach) => reach,
-            Err(reason) => return AttemptResult::without_answer(Verdict::Fail { reason }, Duration::ZERO),
+            Err(e) => return AttemptResult::without_answer(Verdict::Fail { reason: e.to_string() }, Duration::ZERO),
         }
     } else {
         super::guard::Reach::Listed
@@ -179,7 +179,8 @@ async fn send(
         let token = match cx.tokens.bearer(oauth, cx.store, client, rejected.as_ref()).await {
             Ok(t) => t,
             Err(e) => {
-                let verdict = Verdict::Retry { reason: format!("oauth: {e}"), retry_after: None };
+                let verdict =
+                    Verdict::Retry { reason: format!("oauth: {}", crate::telemetry::Chain(&e)), retry_after: None };
                 return AttemptResult::without_answer(verdict, spent);
             }
         };

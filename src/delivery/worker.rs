@@ -13,28 +13,14 @@ use tokio_util::sync::CancellationToken;
 use super::limits::{Admission, Gate};
 use super::retry::{next_delay, throttle_delay, Verdict};
 use super::steps;
-use crate::app::Relay;
-use crate::event::{now_ms, Event};
+use super::DeliveryContext;
+use crate::event::Event;
 use crate::runtime::Runtime;
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
 use crate::telemetry::{DEFERRED, DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 
 /// How often held-back deliveries are looked at again when nothing else wakes the workers.
 const HELD_BACK_RECHECK: Duration = Duration::from_millis(200);
-
-/// How long a claim is reserved: the longest attempt a route can make (each request's timeout and
-/// its wait for the rate window, for every step) plus the configured margin.
-pub fn lease_for(relay: &Relay) -> Duration {
-    let rt = relay.runtime();
-    let longest = rt
-        .config
-        .routes
-        .iter()
-        .map(|r| (r.retry.timeout + super::limits::MAX_WAIT) * r.steps.len().max(1) as u32)
-        .max()
-        .unwrap_or(Duration::from_secs(15));
-    longest + rt.config.delivery.lease
-}
 
 /// Most workers one route may hold when it sets no `concurrency`: half of them when there are
 /// other routes, so a CRM that hangs until the timeout slows only its own route.
@@ -45,18 +31,18 @@ pub fn route_budget(config: &crate::config::Config) -> Option<usize> {
 /// Runs until `stop` is cancelled, then lets in-flight deliveries finish (each is bounded by its
 /// route's timeout) before returning. Deliveries handed over by ingest go first; a claim looks
 /// for the rest when ingest left some in the store, when a due time comes, or at the poll interval.
-pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
-    let workers = relay.runtime().config.delivery.workers;
+pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
+    let workers = ctx.runtime().config.delivery.workers;
     let permits = Arc::new(Semaphore::new(workers));
-    let mut handed = relay.handoff.open(permits.clone());
+    let mut handed = ctx.handoff.open(permits.clone());
     let mut in_flight = JoinSet::new();
     let spawn = |in_flight: &mut JoinSet<()>, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit| {
-        let relay = relay.clone();
+        let ctx = ctx.clone();
         in_flight.spawn(async move {
             // The permit bounds outbound requests; recording the result need not hold it.
-            let outcome = attempt(&relay, c).await;
+            let outcome = attempt(&ctx, c).await;
             drop(permit);
-            finish(&relay, outcome).await;
+            finish(&ctx, outcome).await;
         });
     };
     // Look in the store at start: deliveries may be waiting from before.
@@ -85,8 +71,7 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
         let free = permits.available_permits();
         if claim_now && free > 0 {
             claim_now = false;
-            let claimed = match relay.store.claim(free, lease_for(&relay), relay.gates.closed_routes(), now_ms()).await
-            {
+            let claimed = match ctx.store.claim(free, ctx.lease(), ctx.gates.closed_routes(), ctx.now_ms()).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming deliveries failed; retrying shortly");
@@ -95,9 +80,9 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
                 }
             };
             if claimed.is_empty() {
-                let next = relay.store.next_due().await.ok().flatten();
-                let now = now_ms();
-                let poll = relay.runtime().config.delivery.poll_interval;
+                let next = ctx.store.next_due().await.ok().flatten();
+                let now = ctx.now_ms();
+                let poll = ctx.runtime().config.delivery.poll_interval;
                 // Due deliveries that cannot be claimed now (their key's head is in flight, their
                 // route is paced): look again when a delivery finishes or shortly, never in a spin.
                 let held_back = next.is_some_and(|at| at <= now);
@@ -124,7 +109,7 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
         if took > 0 {
             continue;
         }
-        let poll = relay.runtime().config.delivery.poll_interval;
+        let poll = ctx.runtime().config.delivery.poll_interval;
         let until = look_again.unwrap_or_else(|| tokio::time::Instant::now() + poll);
         tokio::select! {
             Some(c) = handed.recv() => {
@@ -132,7 +117,7 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
                     spawn(&mut in_flight, c, permit);
                 }
             }
-            _ = relay.wake.notified() => claim_now = true,
+            _ = ctx.wake.notified() => claim_now = true,
             _ = tokio::time::sleep_until(until) => {
                 claim_now = true;
                 look_again = None;
@@ -146,10 +131,10 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
     }
     // Nothing more is handed over; what was (leased, not started) goes back to the queue now
     // rather than when its lease expires.
-    relay.handoff.close();
+    ctx.handoff.close();
     handed.close();
     while let Some(c) = handed.recv().await {
-        if let Err(e) = relay.store.defer(c.delivery_id.clone(), c.lease_token, now_ms()).await {
+        if let Err(e) = ctx.store.defer(c.delivery_id.clone(), c.lease_token, ctx.now_ms()).await {
             tracing::warn!(delivery = %c.delivery_id, error = %e, "could not hand a delivery back; its lease will expire");
         }
     }
@@ -161,25 +146,25 @@ pub async fn run(relay: Arc<Relay>, stop: CancellationToken) {
 }
 
 /// Claims and processes every delivery due now, concurrently; returns how many were attempted.
-pub async fn run_once(relay: &Arc<Relay>) -> usize {
-    let workers = relay.runtime().config.delivery.workers;
-    let Ok(claimed) = relay.store.claim(workers, lease_for(relay), relay.gates.closed_routes(), now_ms()).await else {
+pub async fn run_once(ctx: &Arc<DeliveryContext>) -> usize {
+    let workers = ctx.runtime().config.delivery.workers;
+    let Ok(claimed) = ctx.store.claim(workers, ctx.lease(), ctx.gates.closed_routes(), ctx.now_ms()).await else {
         return 0;
     };
     let n = claimed.len();
     let mut set = JoinSet::new();
     for c in claimed {
-        let relay = relay.clone();
-        set.spawn(async move { process(&relay, c).await });
+        let ctx = ctx.clone();
+        set.spawn(async move { process(&ctx, c).await });
     }
     while set.join_next().await.is_some() {}
     n
 }
 
 /// One attempt of one claimed delivery, settled in the store.
-async fn process(relay: &Relay, c: Claimed) {
-    let outcome = attempt(relay, c).await;
-    finish(relay, outcome).await;
+async fn process(ctx: &DeliveryContext, c: Claimed) {
+    let outcome = attempt(ctx, c).await;
+    finish(ctx, outcome).await;
 }
 
 /// What became of a claimed delivery.
@@ -190,11 +175,11 @@ enum Finish {
     Deferred { delivery_id: String, lease_token: String, at: i64 },
 }
 
-async fn finish(relay: &Relay, outcome: Finish) {
+async fn finish(ctx: &DeliveryContext, outcome: Finish) {
     match outcome {
-        Finish::Attempted(s) => settle(relay, s).await,
+        Finish::Attempted(s) => settle(ctx, s).await,
         Finish::Deferred { delivery_id, lease_token, at } => {
-            if let Err(e) = relay.store.defer(delivery_id.clone(), lease_token, at).await {
+            if let Err(e) = ctx.store.defer(delivery_id.clone(), lease_token, at).await {
                 tracing::warn!(delivery = %delivery_id, error = %e, "could not hand a paced delivery back; its lease will expire");
             }
         }
@@ -203,20 +188,20 @@ async fn finish(relay: &Relay, outcome: Finish) {
 
 /// Waits for the route's turn, renders and sends one claimed delivery; returns what to record.
 /// Four steps: admit (the route's pacing), send (its requests), decide what comes next, record.
-async fn attempt(relay: &Relay, c: Claimed) -> Finish {
-    let rt = relay.runtime();
-    let gate = rt.config.route(&c.route).map(|route| relay.gates.gate(route, route_budget(&rt.config)));
+async fn attempt(ctx: &DeliveryContext, c: Claimed) -> Finish {
+    let rt = ctx.runtime();
+    let gate = rt.config.route(&c.route).map(|route| ctx.gates.gate(route, route_budget(&rt.config)));
     let _permit = match admit(gate.as_deref()).await {
         Ok(permit) => permit,
         Err(at) => return deferred(c, at, "route paced; handed back to the queue"),
     };
-    let started_at = now_ms();
-    let ran = match send(relay, &rt, &c, gate.as_deref()).await {
+    let started_at = ctx.now_ms();
+    let ran = match send(ctx, &rt, &c, gate.as_deref()).await {
         Ok(ran) => ran,
         Err(at) => return deferred(c, at, "rate window full between steps; handed back"),
     };
-    let next = decide_next(&ran, c.tries, gate.as_deref());
-    Finish::Attempted(record(relay, &rt, c, ran, next, started_at))
+    let next = decide_next(&ran, c.tries, gate.as_deref(), ctx.now_ms());
+    Finish::Attempted(record(ctx, &rt, c, ran, next, started_at))
 }
 
 /// The route's turn: a concurrency slot (held for the attempt) or the time to try again.
@@ -249,7 +234,7 @@ struct Ran {
 
 /// Sends the route's requests for the delivery's event, holding its lease; `Err(at)` when the
 /// route's rate window filled between steps (handed back, no attempt counted).
-async fn send(relay: &Relay, rt: &Runtime, c: &Claimed, gate: Option<&Gate>) -> Result<Ran, i64> {
+async fn send(ctx: &DeliveryContext, rt: &Runtime, c: &Claimed, gate: Option<&Gate>) -> Result<Ran, i64> {
     let Some(route) = rt.config.route(&c.route) else {
         let reason = format!("route {} is no longer configured", c.route);
         return Ok(Ran {
@@ -280,14 +265,13 @@ async fn send(relay: &Relay, rt: &Runtime, c: &Claimed, gate: Option<&Gate>) -> 
         gate,
     };
     let out =
-        holding_lease(relay, &c.delivery_id, &c.lease_token, steps::run(relay.send_context(), &rt.templates, input))
-            .await;
+        holding_lease(ctx, &c.delivery_id, &c.lease_token, steps::run(ctx.send_context(), &rt.templates, input)).await;
     if let Some(at) = out.deferred {
         return Err(at);
     }
     let r = out.result;
     if let (Some(pause), Some(gate)) = (r.pause, gate) {
-        gate.pause_until(now_ms() + pause.as_millis() as i64);
+        gate.pause_until(ctx.now_ms() + pause.as_millis() as i64);
     }
     Ok(Ran {
         verdict: r.verdict,
@@ -300,28 +284,29 @@ async fn send(relay: &Relay, rt: &Runtime, c: &Claimed, gate: Option<&Gate>) -> 
     })
 }
 
-/// Delivered, failed for good, or when to try again (a 429 also pauses the route).
-fn decide_next(ran: &Ran, tries: u32, gate: Option<&Gate>) -> Next {
+/// Delivered, failed for good, or when (counted from `now`) to try again; a 429 also pauses the
+/// route.
+fn decide_next(ran: &Ran, tries: u32, gate: Option<&Gate>, now: i64) -> Next {
     match &ran.verdict {
         Verdict::Delivered => Next::Delivered,
         Verdict::Fail { .. } => Next::Failed,
         // Rate limited: wait as asked, but never give up because of it.
         Verdict::Retry { retry_after, .. } if ran.status == Some(429) => {
-            let at = now_ms() + throttle_delay(&ran.schedule, tries, *retry_after).as_millis() as i64;
+            let at = now + throttle_delay(&ran.schedule, tries, *retry_after).as_millis() as i64;
             if let Some(gate) = gate {
                 gate.pause_until(at);
             }
             Next::ThrottledUntil(at)
         }
         Verdict::Retry { retry_after, .. } => match next_delay(&ran.schedule, tries + 1, *retry_after) {
-            Some(d) => Next::RetryAt(now_ms() + d.as_millis() as i64),
+            Some(d) => Next::RetryAt(now + d.as_millis() as i64),
             None => Next::Failed,
         },
     }
 }
 
 /// Counts, logs and alerts on the attempt, and builds its settlement (secrets masked).
-fn record(relay: &Relay, rt: &Runtime, c: Claimed, ran: Ran, next: Next, started_at: i64) -> Settlement {
+fn record(ctx: &DeliveryContext, rt: &Runtime, c: Claimed, ran: Ran, next: Next, started_at: i64) -> Settlement {
     let Ran { verdict, status, error, duration, steps_state, exchanges, .. } = ran;
     metrics::counter!(DELIVERIES, "route" => c.route.clone(), "outcome" => next.label()).increment(1);
     metrics::histogram!(DELIVERY_DURATION, "route" => c.route.clone()).record(duration.as_secs_f64());
@@ -338,7 +323,7 @@ fn record(relay: &Relay, rt: &Runtime, c: Claimed, ran: Ran, next: Next, started
     let secrets = &rt.config.secrets;
     let error = error.map(|e| secrets.mask(&e));
     if next == Next::Failed {
-        relay.alerts.signal(crate::alerts::Signal::DeadLetter { route: c.route.clone(), error: error.clone() });
+        ctx.alerts.signal(crate::alerts::Signal::DeadLetter { route: c.route.clone(), error: error.clone() });
     }
     let detail = (!exchanges.is_empty()).then(|| secrets.mask(&serde_json::Value::Array(exchanges).to_string()));
     let reason = match &verdict {
@@ -364,6 +349,7 @@ fn record(relay: &Relay, rt: &Runtime, c: Claimed, ran: Ran, next: Next, started
         next,
         steps_state,
         keyed: c.keyed,
+        settled_at: ctx.now_ms(),
     }
 }
 
@@ -371,20 +357,20 @@ fn record(relay: &Relay, rt: &Runtime, c: Claimed, ran: Ran, next: Next, started
 /// longer than the lease (a slow token fetch, a 401 re-send, many steps) is never taken over and
 /// sent again by another worker or replica.
 async fn holding_lease<F: std::future::Future>(
-    relay: &Relay,
+    ctx: &DeliveryContext,
     delivery_id: &str,
     lease_token: &str,
     attempt: F,
 ) -> F::Output {
-    let lease = lease_for(relay);
+    let lease = ctx.lease();
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
     tokio::pin!(attempt);
     loop {
         tokio::select! {
             out = &mut attempt => return out,
             _ = renew.tick() => {
-                let until = now_ms() + lease.as_millis() as i64;
-                match relay.store.extend_lease(delivery_id, lease_token, until).await {
+                let until = ctx.now_ms() + lease.as_millis() as i64;
+                match ctx.store.extend_lease(delivery_id, lease_token, until).await {
                     Ok(true) => tracing::debug!(delivery = %delivery_id, "lease renewed while the attempt runs"),
                     Ok(false) => tracing::warn!(delivery = %delivery_id, "the lease was lost while the attempt ran"),
                     Err(e) => tracing::warn!(delivery = %delivery_id, error = %e, "could not renew the lease"),
@@ -395,9 +381,9 @@ async fn holding_lease<F: std::future::Future>(
 }
 
 /// Records an attempt; the lease keeps anyone else off the delivery until this commits.
-async fn settle(relay: &Relay, settlement: Settlement) {
+async fn settle(ctx: &DeliveryContext, settlement: Settlement) {
     let id = settlement.delivery_id.clone();
-    match relay.store.settle(settlement).await {
+    match ctx.store.settle(settlement).await {
         Ok(true) => {}
         Ok(false) => tracing::warn!(delivery = %id, "lease was lost before settling; the newer state stands"),
         Err(e) => {

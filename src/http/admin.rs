@@ -83,10 +83,10 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
 
 /// Ready when the store commits a write now: not while the disk is full or the file is gone.
 async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
-    let check = match relay.write_health.failing() {
+    let check = match relay.ingest.write_health.failing() {
         Some(last) => match relay.store.ping(crate::store::WriteHealth::PROBE_BYTES).await {
             Ok(()) => {
-                relay.write_health.succeeded();
+                relay.ingest.write_health.succeeded();
                 Ok(())
             }
             Err(e) => Err(format!("events cannot be stored: {e} (last event write: {last})")),
@@ -105,7 +105,7 @@ async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
 }
 
 async fn prometheus(relay: web::Data<Relay>) -> HttpResponse {
-    housekeeping::refresh_gauges(&relay).await;
+    housekeeping::refresh_gauges(&relay.upkeep).await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics().render())
 }
 
@@ -302,7 +302,7 @@ async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
     if !relay.store.retry_delivery(&id).await? {
         return Err(ApiError::NotFound);
     }
-    relay.wake.notify_one();
+    relay.delivery.wake.notify_one();
     Ok(HttpResponse::Ok().json(json!({"retried": 1})))
 }
 
@@ -349,7 +349,7 @@ async fn retry_many(
     if dry_run {
         return Ok(HttpResponse::Ok().json(json!({"dry_run": true, "would_retry": n})));
     }
-    relay.wake.notify_one();
+    relay.delivery.wake.notify_one();
     Ok(HttpResponse::Ok().json(json!({"retried": n})))
 }
 
@@ -383,7 +383,7 @@ async fn list_quarantine(
 }
 
 async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
-    match ingest::reprocess_quarantine(&relay).await {
+    match ingest::reprocess_quarantine(&relay.ingest).await {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(IngestError::Unavailable(e)) => Err(e.into()),
         Err(e) => Err(ApiError::BadRequest(e.to_string())),
@@ -460,6 +460,6 @@ async fn reload(_: Admin, relay: web::Data<Relay>) -> HttpResponse {
 }
 
 async fn purge(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
-    let n = housekeeping::purge(&relay).await?;
+    let n = housekeeping::purge(&relay.upkeep).await?;
     Ok(HttpResponse::Ok().json(json!({"purged": n})))
 }

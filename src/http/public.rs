@@ -66,7 +66,7 @@ async fn receive(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    match ingest::accept(relay, source, &body, &headers).await {
+    match ingest::accept(&relay.ingest, source, &body, &headers).await {
         Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))),
         Err(IngestError::UnknownSource(_)) => Err(ApiError::NotFound),
         Err(IngestError::Unavailable(e)) => {

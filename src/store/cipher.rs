@@ -39,25 +39,34 @@ impl std::fmt::Debug for Cipher {
     }
 }
 
+/// Why a configured store key is not usable (the key itself is never part of the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is neither 64 hex characters nor base64")]
+    NotEncoded,
+    #[error("decodes to {0} bytes, not 32 (make one with: openssl rand -base64 32)")]
+    WrongLength(usize),
+}
+
 /// A 32-byte key from its configured text: base64 or 64 hex characters.
-pub fn parse_key(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+pub fn parse_key(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let text = text.trim();
     let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
-        hex::decode(text).map_err(|e| e.to_string())?
+        hex::decode(text).map_err(|_| KeyError::NotEncoded)?
     } else {
-        STANDARD.decode(text).map_err(|_| "is neither 64 hex characters nor base64".to_string())?
+        STANDARD.decode(text).map_err(|_| KeyError::NotEncoded)?
     };
     if bytes.len() != 32 {
-        return Err(format!("decodes to {} bytes, not 32 (make one with: openssl rand -base64 32)", bytes.len()));
+        return Err(KeyError::WrongLength(bytes.len()));
     }
     Ok(Zeroizing::new(bytes))
 }
 
 impl Key {
-    fn new(secret: &SecretString) -> Result<Key, String> {
+    fn new(secret: &SecretString) -> Result<Key, KeyError> {
         let bytes = parse_key(secret.expose_secret())?;
         let id = hex::encode(&Sha256::digest(&*bytes)[..4]);
-        let aead = Aes256Gcm::new_from_slice(&bytes).map_err(|e| e.to_string())?;
+        let aead = Aes256Gcm::new_from_slice(&bytes).map_err(|_| KeyError::WrongLength(bytes.len()))?;
         let mut hmac_key =
             Zeroizing::new(Sha256::digest([b"lbx-relay contact index".as_slice(), &bytes].concat()).to_vec());
         hmac_key.truncate(32);
@@ -66,7 +75,7 @@ impl Key {
 }
 
 impl Cipher {
-    pub fn new(current: &SecretString, previous: &[SecretString]) -> Result<Cipher, String> {
+    pub fn new(current: &SecretString, previous: &[SecretString]) -> Result<Cipher, KeyError> {
         Ok(Cipher { current: Key::new(current)?, previous: previous.iter().map(Key::new).collect::<Result<_, _>>()? })
     }
 
@@ -163,6 +172,7 @@ mod tests {
         assert!(parse_key(&"ab".repeat(32)).is_ok());
         assert!(parse_key(&STANDARD.encode([7u8; 32])).is_ok());
         assert!(parse_key("correct horse battery staple").is_err());
-        assert!(parse_key(&STANDARD.encode([7u8; 16])).unwrap_err().contains("16 bytes"));
+        assert_eq!(parse_key(&STANDARD.encode([7u8; 16])).unwrap_err(), KeyError::WrongLength(16));
+        assert!(parse_key(&STANDARD.encode([7u8; 16])).unwrap_err().to_string().contains("16 bytes, not 32"));
     }
 }

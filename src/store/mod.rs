@@ -24,6 +24,8 @@ pub enum StoreError {
     /// The store can no longer keep what it acknowledges (its file was deleted): not ready.
     #[error("{0}")]
     Lost(String),
+    #[error("store.encryption_key")]
+    Key(#[source] cipher::KeyError),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -256,6 +258,8 @@ pub struct Settlement {
     pub steps_state: Option<String>,
     /// The delivery has an ordering key: a retry parks the deliveries queued behind it.
     pub keyed: bool,
+    /// When the attempt was decided (Unix ms): the delivery's `updated_at`.
+    pub settled_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -446,8 +450,7 @@ impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let cipher = match &config.encryption_key {
             Some(key) => Some(std::sync::Arc::new(
-                cipher::Cipher::new(key, &config.previous_encryption_keys)
-                    .map_err(|e| StoreError::Database(format!("store.encryption_key: {e}")))?,
+                cipher::Cipher::new(key, &config.previous_encryption_keys).map_err(StoreError::Key)?,
             )),
             None => None,
         };

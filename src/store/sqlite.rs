@@ -253,7 +253,7 @@ impl SqliteStore {
 
     pub async fn settle(&self, s: Settlement) -> Result<bool, StoreError> {
         self.call(move |c| {
-            let now = now_ms();
+            let now = s.settled_at;
             let (status, next_at, try_used) = s.next.columns();
             let changed = c
                 .prepare_cached(

@@ -7,22 +7,40 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+/// The stored time of the one delivery's next attempt, in ms since the driven clock started.
+fn next_attempt_ms(r: &DrivenRelay) -> i64 {
+    r.count("SELECT next_attempt_at FROM deliveries") - DRIVEN_START_MS
+}
+
 #[tokio::test]
 async fn a_crm_failing_500_then_503_gets_three_attempts_spaced_by_the_schedule() {
-    let app = spawn_app_with(TestConfig { schedule: vec!["200ms", "400ms", "1s"], ..TestConfig::default() }).await;
-    app.crm.respond_with(&[500, 503]);
-    assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
-    wait_until(Duration::from_secs(10), "three attempts", || async { app.crm.count() >= 3 }).await;
-    wait_until(Duration::from_secs(5), "delivered", || async { !app.deliveries("status=delivered").await.is_empty() })
-        .await;
-    let got = app.crm.received();
+    // The relay's clock moves only when the test moves it: each retry is checked to the
+    // millisecond, without waiting for it.
+    let r = driven_relay(TestConfig { schedule: vec!["1m", "5m", "1h"], ..TestConfig::default() }).await;
+    r.crm.respond_with(&[500, 503]);
+    assert!(matches!(r.accept(&sample_events()[0]).await, lbx_relay::ingest::Outcome::Stored { deliveries: 1, .. }));
+    assert_eq!(r.round().await, 1, "the first attempt is due at once");
+
+    // The schedule with ±10 % jitter, counted from the failed attempt: 1 min, then 5 min.
+    let mut gaps = Vec::new();
+    for (n, (low, high)) in [(54_000, 66_000), (270_000, 330_000)].into_iter().enumerate() {
+        let failed_at = r.elapsed_ms();
+        let due = next_attempt_ms(&r);
+        let gap = due - failed_at;
+        assert!((low..=high).contains(&gap), "retry {} is due {gap} ms after the failure", n + 1);
+        r.advance_ms(gap - 1);
+        assert_eq!(r.round().await, 0, "retry {} is not sent a millisecond early", n + 1);
+        assert_eq!(r.crm.count(), n + 1);
+        r.advance_ms(1);
+        assert_eq!(r.round().await, 1, "retry {} is sent when due", n + 1);
+        gaps.push(gap);
+    }
+    assert!(gaps[1] > gaps[0]);
+    assert_eq!(r.count("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'"), 1);
+    assert_eq!(r.count("SELECT COUNT(*) FROM deliveries WHERE next_attempt_at IS NOT NULL"), 0, "nothing more is due");
+
+    let got = r.crm.received();
     assert_eq!(got.len(), 3);
-    let gap1 = got[1].at - got[0].at;
-    let gap2 = got[2].at - got[1].at;
-    // The schedule with ±10 % jitter: 200 ms then 400 ms.
-    assert!(gap1 >= Duration::from_millis(180), "first retry after {gap1:?}");
-    assert!(gap2 >= Duration::from_millis(360), "second retry after {gap2:?}");
-    assert!(gap2 > gap1);
     // One idempotency key for every attempt of the delivery, and our user agent.
     let key = got[0].header("idempotency-key").unwrap().to_string();
     assert!(got.iter().all(|r| r.header("idempotency-key") == Some(key.as_str())));
@@ -30,11 +48,41 @@ async fn a_crm_failing_500_then_503_gets_three_attempts_spaced_by_the_schedule()
     assert_eq!(got[0].header("api-key"), Some("crm-secret-key"));
     assert_eq!(got[0].method, "POST");
     assert_eq!(got[0].path, "/contacts");
-    let d = &app.deliveries("status=delivered").await[0];
-    assert_eq!(d["id"], key.as_str());
-    assert_eq!(d["attempts"], 3);
-    assert_eq!(d["last_status"], 200);
-    assert_eq!(app.count("SELECT COUNT(*) FROM attempts"), 3);
+    let rows = r
+        .relay
+        .store
+        .list_deliveries(lbx_relay::store::DeliveryFilter {
+            status: Some("delivered".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows[0].id, key);
+    assert_eq!(rows[0].attempts, 3);
+    assert_eq!(rows[0].last_status, Some(200));
+    assert_eq!(r.count("SELECT COUNT(*) FROM attempts"), 3);
+    // Each attempt's start is recorded on the relay's clock.
+    assert_eq!(r.count("SELECT MIN(started_at) FROM attempts"), DRIVEN_START_MS);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_pauses_the_route_to_the_millisecond_and_uses_no_retry() {
+    let r = driven_relay(TestConfig { schedule: vec!["1m"], ..TestConfig::default() }).await;
+    r.crm.respond_with(&[429]);
+    r.crm.retry_after("120");
+    r.accept(&sample_events()[0]).await;
+    assert_eq!(r.round().await, 1);
+    // The route is paused: an event that arrives meanwhile waits with the throttled one.
+    r.accept(&sample_events()[1]).await;
+    r.advance_ms(119_999);
+    assert_eq!(r.round().await, 0, "the route stays paused until Retry-After has passed");
+    assert_eq!(r.crm.count(), 1);
+    r.advance_ms(1);
+    assert_eq!(r.round().await, 2, "both are sent when the pause ends");
+    assert_eq!(r.count("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'"), 2);
+    // Throttling used no step of the one-step schedule: the delivery was not failed.
+    assert_eq!(r.count("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'"), 0);
 }
 
 #[tokio::test]

@@ -322,15 +322,20 @@ pub async fn spawn_app_with(cfg: TestConfig) -> TestApp {
     start_in(dir, crm, &cfg).await
 }
 
-/// Starts a relay on the config and database in `dir` (used to restart on the same file).
-pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) -> TestApp {
-    std::fs::write(dir.path().join("crm.json.hbs"), cfg.template).unwrap();
-    let path = dir.path().join("routes.toml");
+/// Writes the test config and template into `dir` and compiles them.
+fn runtime_in(dir: &Path, crm: &FakeCrm, cfg: &TestConfig) -> lbx_relay::runtime::Runtime {
+    std::fs::write(dir.join("crm.json.hbs"), cfg.template).unwrap();
+    let path = dir.join("routes.toml");
     std::fs::write(&path, cfg.toml(&crm.url, "127.0.0.1:0", "127.0.0.1:0")).unwrap();
     // Variables come from nothing the calling shell exports: the test config names its defaults.
     let text = std::fs::read_to_string(&path).unwrap();
     let config = Config::from_toml(&text, &path, &|_| None).expect("test config is valid");
-    let runtime = lbx_relay::runtime::Runtime::build(config).expect("test config compiles");
+    lbx_relay::runtime::Runtime::build(config).expect("test config compiles")
+}
+
+/// Starts a relay on the config and database in `dir` (used to restart on the same file).
+pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) -> TestApp {
+    let runtime = runtime_in(dir.path(), &crm, cfg);
     let app = Application::build(runtime).await.expect("app builds");
     let public = format!("http://{}", app.public_addr());
     let admin = format!("http://{}", app.admin_addr());
@@ -340,6 +345,59 @@ pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) ->
         let _ = stopped.await;
     }));
     TestApp { public, admin, dir, relay, crm, client: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+}
+
+/// A relay whose clock moves only when the test says, with no listener and no worker pool
+/// running: bodies go in through `ingest::accept` and each delivery round is one
+/// `worker::run_once`, so retry and pause times are checked to the millisecond, without waiting.
+pub struct DrivenRelay {
+    pub relay: Arc<Relay>,
+    pub clock: lbx_relay::clock::Clock,
+    pub crm: FakeCrm,
+    pub dir: tempfile::TempDir,
+}
+
+/// Where a driven relay's clock starts (2023-11-14, Unix ms).
+pub const DRIVEN_START_MS: i64 = 1_700_000_000_000;
+
+pub async fn driven_relay(cfg: TestConfig) -> DrivenRelay {
+    let crm = FakeCrm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime_in(dir.path(), &crm, &cfg);
+    let store = lbx_relay::store::Store::open(&runtime.config.store).await.expect("store opens");
+    let clock = lbx_relay::clock::Clock::manual(DRIVEN_START_MS);
+    let relay = Arc::new(Relay::with_clock(runtime, store, clock.clone()));
+    DrivenRelay { relay, clock, crm, dir }
+}
+
+impl DrivenRelay {
+    /// Encrypts `event` with the test secret and runs it through ingest, as the handler does.
+    pub async fn accept(&self, event: &serde_json::Value) -> lbx_relay::ingest::Outcome {
+        let sealed = seal(event, SECRET);
+        lbx_relay::ingest::accept(&self.relay.ingest, "learnybox", sealed.body.as_bytes(), &sealed.headers)
+            .await
+            .expect("stored")
+    }
+
+    /// One delivery round at the clock's time: how many deliveries were attempted.
+    pub async fn round(&self) -> usize {
+        lbx_relay::delivery::worker::run_once(&self.relay.delivery).await
+    }
+
+    /// Moves the relay's clock forward by `ms` milliseconds.
+    pub fn advance_ms(&self, ms: i64) {
+        self.clock.advance(Duration::from_millis(ms as u64));
+    }
+
+    /// Milliseconds since the clock started.
+    pub fn elapsed_ms(&self) -> i64 {
+        self.clock.now_ms() - DRIVEN_START_MS
+    }
+
+    /// Reads a number from the SQLite file, as an operator with sqlite3 would.
+    pub fn count(&self, sql: &str) -> i64 {
+        count_in(&self.dir.path().join("relay.db"), sql)
+    }
 }
 
 impl TestApp {

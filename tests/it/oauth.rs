@@ -75,39 +75,42 @@ fn bearer(r: &Received) -> String {
 
 #[tokio::test]
 async fn the_token_is_cached_refreshed_on_expiry_and_once_after_a_401() {
-    // expires_in = 2 s: refreshed after half of it (lifetimes this short get no minute of margin).
-    let (token_url, server) = start_token_server(2).await;
-    let app = spawn_app_with(oauth_config(&token_url)).await;
+    // expires_in = 1 h: the relay refreshes a minute early, at 59 min on its clock, which the test
+    // moves instead of waiting.
+    let (token_url, server) = start_token_server(3600).await;
+    let r = driven_relay(oauth_config(&token_url)).await;
     let events = sample_events();
     for e in &events[..3] {
-        app.post_event(e).await;
+        r.accept(e).await;
     }
-    wait_until(Duration::from_secs(10), "three delivered", || async { app.crm.count() == 3 }).await;
-    assert!(app.crm.received().iter().all(|r| bearer(r) == "Bearer at-1"), "one token for all three");
+    assert_eq!(r.round().await, 3);
+    assert!(r.crm.received().iter().all(|r| bearer(r) == "Bearer at-1"), "one token for all three");
     assert_eq!(server.requests.lock().unwrap().len(), 1, "fetched once, then cached");
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    app.post_event(&events[3]).await;
-    wait_until(Duration::from_secs(10), "fourth delivered", || async { app.crm.count() == 4 }).await;
-    assert_eq!(bearer(&app.crm.received()[3]), "Bearer at-2", "expired → a new token");
+    r.advance_ms(59 * 60_000 - 1);
+    r.accept(&events[3]).await;
+    assert_eq!(r.round().await, 1);
+    assert_eq!(bearer(&r.crm.received()[3]), "Bearer at-1", "still cached a millisecond before its refresh time");
+    r.advance_ms(1);
+    r.accept(&events[4]).await;
+    assert_eq!(r.round().await, 1);
+    assert_eq!(bearer(&r.crm.received()[4]), "Bearer at-2", "expiring → a new token");
 
     // The CRM refuses the token: one new token, the same request sent again, delivered.
-    app.crm.respond_with(&[401]);
-    app.post_event(&events[4]).await;
-    wait_until(Duration::from_secs(10), "fifth delivered", || async {
-        app.deliveries("status=delivered").await.len() == 5
-    })
-    .await;
-    let got = app.crm.received();
-    assert_eq!((got[4].status, bearer(&got[4]).as_str()), (401, "Bearer at-2"));
-    assert_eq!((got[5].status, bearer(&got[5]).as_str()), (200, "Bearer at-3"));
-    assert_eq!(got[4].header("idempotency-key"), got[5].header("idempotency-key"));
+    r.crm.respond_with(&[401]);
+    r.accept(&events[5]).await;
+    assert_eq!(r.round().await, 1);
+    let got = r.crm.received();
+    assert_eq!((got[5].status, bearer(&got[5]).as_str()), (401, "Bearer at-2"));
+    assert_eq!((got[6].status, bearer(&got[6]).as_str()), (200, "Bearer at-3"));
+    assert_eq!(got[5].header("idempotency-key"), got[6].header("idempotency-key"));
+    assert_eq!(r.count("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'"), 6);
     assert_eq!(
         server.refresh_tokens_used(),
         vec!["rt-1", "rt-2", "rt-3"],
         "each refresh used the newest rotated token"
     );
-    let stored: String = rusqlite::Connection::open(app.db_path())
+    let stored: String = rusqlite::Connection::open(r.dir.path().join("relay.db"))
         .unwrap()
         .query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0))
         .unwrap();

@@ -64,6 +64,7 @@ async fn finish(s: &Store, c: Claimed, status: u16, next: Next) -> bool {
         lease_token: c.lease_token,
         attempt: attempt(status),
         next,
+        settled_at: now_ms(),
     };
     s.settle(settlement).await.unwrap()
 }
@@ -162,6 +163,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
         lease_token: first[0].lease_token.clone(),
         attempt: attempt(200),
         next: Next::Delivered,
+        settled_at: now_ms() + 150,
     };
     assert!(!s.settle(stale).await.unwrap(), "the old holder lost its lease");
     let current = Settlement {
@@ -171,6 +173,7 @@ async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(
         lease_token: second[0].lease_token.clone(),
         attempt: attempt(503),
         next: Next::RetryAt(now_ms() + 60_000),
+        settled_at: now_ms() + 150,
     };
     assert!(s.settle(current).await.unwrap());
     let rows = s.list_deliveries(DeliveryFilter { limit: 10, ..Default::default() }).await.unwrap();
@@ -554,6 +557,7 @@ async fn encrypted_values_are_unreadable_in_the_database_and_read_back_after_a_r
             lease_token: c.lease_token.clone(),
             attempt,
             next: Next::RetryAt(now_ms() + 60_000),
+            settled_at: now_ms(),
         })
         .await
         .unwrap();

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use deadpool_postgres::Pool;
 
 use super::opt_i32;
-use crate::event::now_ms;
 use crate::store::{DeliveryStatus, IngestOutcome, NewEvent, Settlement, StoreError};
 
 /// Group-commit tasks per process: while one commits, the next batch gathers.
@@ -89,7 +88,6 @@ async fn write_batch(
 ) -> Result<(Vec<IngestOutcome>, Vec<bool>), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let now = now_ms();
 
     // Ingest. Keys are taken in a fixed order so concurrent batches cannot deadlock, and a key
     // repeated within the batch counts once.
@@ -189,16 +187,17 @@ async fn write_batch(
         let states: Vec<Option<&str>> = sts.iter().map(|s| s.steps_state.as_deref()).collect();
         let last_status: Vec<Option<i32>> = sts.iter().map(|s| opt_i32(s.attempt.status)).collect();
         let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
+        let settled_at: Vec<i64> = sts.iter().map(|s| s.settled_at).collect();
         let updated: HashMap<String, i32> = tx
             .query(
                 &tx.prepare_cached("UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
                     tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
-                    last_status = u.last_status, last_error = u.last_error, updated_at = $7, steps_state = u.state
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[])
-                    AS u(id, token, status, next_at, last_status, last_error, used, state)
+                    last_status = u.last_status, last_error = u.last_error, updated_at = u.settled_at, steps_state = u.state
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[], $7::bigint[])
+                    AS u(id, token, status, next_at, last_status, last_error, used, state, settled_at)
                  WHERE d.id = u.id AND d.lease_token = u.token
                  RETURNING d.id, d.attempts").await?,
-                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &now, &steps_used, &states],
+                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &settled_at, &steps_used, &states],
             )
             .await?
             .iter()

@@ -1,0 +1,80 @@
+//! `DeliveryContext`: what the delivery side of the relay shares and nothing else — the store,
+//! the configuration in force, the HTTP sender, the routes' gates and OAuth tokens, the hand-off
+//! queue and wake-up from ingest, the alert signals, and the clock every decision reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::handoff::Handoff;
+use super::limits::Gates;
+use super::oauth::Tokens;
+use super::send::HttpSender;
+use super::steps::SendContext;
+use crate::alerts::Alerts;
+use crate::clock::Clock;
+use crate::runtime::{LiveRuntime, Runtime};
+use crate::store::Store;
+
+pub struct DeliveryContext {
+    pub store: Store,
+    pub runtime: LiveRuntime,
+    pub sender: HttpSender,
+    /// Per-route rate limits, concurrency and pauses.
+    pub gates: Gates,
+    /// OAuth access tokens of the routes that use them.
+    pub tokens: Tokens,
+    /// New deliveries passed to the local workers without a claim.
+    pub handoff: Handoff,
+    /// Wakes idle workers when new deliveries were committed or released for a retry.
+    pub wake: Notify,
+    /// Where dead letters are signalled for `[alerts]`.
+    pub alerts: Arc<Alerts>,
+    /// "Now" for claims, retry times, pauses and leases.
+    pub clock: Clock,
+}
+
+impl DeliveryContext {
+    pub fn new(store: Store, runtime: LiveRuntime, alerts: Arc<Alerts>, clock: Clock) -> DeliveryContext {
+        DeliveryContext {
+            gates: Gates::new(store.shared_rate_windows()).with_clock(clock.clone()),
+            store,
+            runtime,
+            sender: HttpSender::new(),
+            tokens: Tokens::new(clock.clone()),
+            handoff: Handoff::default(),
+            wake: Notify::new(),
+            alerts,
+            clock,
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load()
+    }
+
+    /// What the step runner needs to send a delivery.
+    pub fn send_context(&self) -> SendContext<'_> {
+        SendContext { store: &self.store, sender: &self.sender, tokens: &self.tokens }
+    }
+
+    /// How long a claim is reserved: the longest attempt a route can make (each request's timeout
+    /// and its wait for the rate window, for every step) plus the configured margin.
+    pub fn lease(&self) -> Duration {
+        let rt = self.runtime();
+        let longest = rt
+            .config
+            .routes
+            .iter()
+            .map(|r| (r.retry.timeout + super::limits::MAX_WAIT) * r.steps.len().max(1) as u32)
+            .max()
+            .unwrap_or(Duration::from_secs(15));
+        longest + rt.config.delivery.lease
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
