@@ -96,14 +96,21 @@ async fn a_reload_changes_routes_without_a_restart() {
 
 #[tokio::test]
 async fn purge_removes_delivered_events_past_retention_and_keeps_the_rest() {
-    let app = spawn_app_with(TestConfig { retention: "1ms", ..TestConfig::default() }).await;
+    // The relay's clock moves only when told: retention passes without waiting for it.
+    let clock = lbx_relay::clock::Clock::manual(DRIVEN_START_MS);
+    let app = spawn_app_with(TestConfig { retention: "1h", clock: Some(clock.clone()), ..TestConfig::default() }).await;
     app.crm.respond_with(&[422]);
     app.post_event(&sample_events()[0]).await; // will fail: kept
     wait_until(Duration::from_secs(5), "failed", || async { app.deliveries("status=failed").await.len() == 1 }).await;
     app.post_event(&sample_events()[1]).await; // delivered: purged
     wait_until(Duration::from_secs(5), "delivered", || async { app.deliveries("status=delivered").await.len() == 1 })
         .await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let r: Value = app.admin_post("/api/purge").await.json().await.unwrap();
+    assert_eq!(r["purged"], 0, "nothing is past its retention yet");
+    clock.advance(Duration::from_secs(3600));
+    let r: Value = app.admin_post("/api/purge").await.json().await.unwrap();
+    assert_eq!(r["purged"], 0, "an event exactly as old as the retention is kept");
+    clock.advance(Duration::from_millis(1));
     let r: Value = app.admin_post("/api/purge").await.json().await.unwrap();
     assert_eq!(r["purged"], 1);
     assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);

@@ -206,6 +206,8 @@ pub struct TestConfig {
     pub server_extra: String,
     /// Extra lines for the `[store]` table.
     pub store_extra: String,
+    /// The relay's clock; the system's when `None`.
+    pub clock: Option<lbx_relay::clock::Clock>,
 }
 
 pub const FORWARD_TEMPLATE: &str = r#"{"source": "{{source}}", "event": "{{event}}", "id": "{{id}}",
@@ -229,6 +231,7 @@ impl Default for TestConfig {
             steps: None,
             server_extra: String::new(),
             store_extra: String::new(),
+            clock: None,
         }
     }
 }
@@ -336,7 +339,8 @@ fn runtime_in(dir: &Path, crm: &FakeCrm, cfg: &TestConfig) -> lbx_relay::runtime
 /// Starts a relay on the config and database in `dir` (used to restart on the same file).
 pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) -> TestApp {
     let runtime = runtime_in(dir.path(), &crm, cfg);
-    let app = Application::build(runtime).await.expect("app builds");
+    let clock = cfg.clock.clone().unwrap_or_default();
+    let app = Application::build_with_clock(runtime, clock).await.expect("app builds");
     let public = format!("http://{}", app.public_addr());
     let admin = format!("http://{}", app.admin_addr());
     let relay = app.relay();
