@@ -133,7 +133,7 @@ pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
         refresh_gauges(&upkeep).await;
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             if let Err(e) = purge(&upkeep).await {
-                tracing::error!(error = %e, "retention purge failed");
+                tracing::error!(error = %crate::telemetry::Chain(&e), "retention purge failed");
             }
             last_purge = Some(tokio::time::Instant::now());
         }

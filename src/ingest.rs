@@ -149,7 +149,7 @@ impl Outcome {
 pub enum IngestError {
     #[error("unknown source {0:?}")]
     UnknownSource(String),
-    #[error("the store could not commit: {0}")]
+    #[error("the store could not commit")]
     Unavailable(#[from] StoreError),
 }
 

@@ -154,7 +154,7 @@ impl Gate {
             Some(Window::Shared(rate, shared)) => match shared.reserve(&self.route, *rate, now, MAX_WAIT_MS).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(route = %self.route, error = %e, "shared rate window unavailable; trying again shortly");
+                    tracing::warn!(route = %self.route, error = %crate::telemetry::Chain(&e), "shared rate window unavailable; trying again shortly");
                     return Err(now + 1000);
                 }
             },

@@ -135,7 +135,7 @@ impl Tokens {
             let rotated = slot.refresh.as_ref().is_none_or(|old| old.expose_secret() != new);
             if rotated && slot.refresh.is_some() {
                 if let Err(e) = store.save_oauth_refresh_token(&key, &new).await {
-                    tracing::error!(token_url = %cfg.token_url, error = %e, "could not store the rotated refresh token; it is kept in memory only");
+                    tracing::error!(token_url = %cfg.token_url, error = %crate::telemetry::Chain(&e), "could not store the rotated refresh token; it is kept in memory only");
                 }
                 tracing::info!(token_url = %cfg.token_url, "refresh token rotated and stored");
             }

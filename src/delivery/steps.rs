@@ -132,7 +132,7 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
         // must not repeat this one.
         if i + 1 < route.steps.len() {
             if let Err(e) = cx.store.save_steps_state(delivery_id, lease_token, done.to_string()).await {
-                tracing::warn!(delivery = %delivery_id, step = %step.name, error = %e, "could not record the step's answer yet");
+                tracing::warn!(delivery = %delivery_id, step = %step.name, error = %crate::telemetry::Chain(&e), "could not record the step's answer yet");
             }
         }
         r.verdict = Verdict::Delivered;

@@ -74,7 +74,7 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
             let claimed = match ctx.store.claim(free, ctx.lease(), ctx.gates.closed_routes(), ctx.now_ms()).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %e, "claiming deliveries failed; retrying shortly");
+                    tracing::error!(error = %crate::telemetry::Chain(&e), "claiming deliveries failed; retrying shortly");
                     look_again = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                     Vec::new()
                 }
@@ -135,7 +135,7 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     handed.close();
     while let Some(c) = handed.recv().await {
         if let Err(e) = ctx.store.defer(c.delivery_id.clone(), c.lease_token, ctx.now_ms()).await {
-            tracing::warn!(delivery = %c.delivery_id, error = %e, "could not hand a delivery back; its lease will expire");
+            tracing::warn!(delivery = %c.delivery_id, error = %crate::telemetry::Chain(&e), "could not hand a delivery back; its lease will expire");
         }
     }
     let n = in_flight.len();
@@ -180,7 +180,7 @@ async fn finish(ctx: &DeliveryContext, outcome: Finish) {
         Finish::Attempted(s) => settle(ctx, s).await,
         Finish::Deferred { delivery_id, lease_token, at } => {
             if let Err(e) = ctx.store.defer(delivery_id.clone(), lease_token, at).await {
-                tracing::warn!(delivery = %delivery_id, error = %e, "could not hand a paced delivery back; its lease will expire");
+                tracing::warn!(delivery = %delivery_id, error = %crate::telemetry::Chain(&e), "could not hand a paced delivery back; its lease will expire");
             }
         }
     }
@@ -373,7 +373,7 @@ async fn holding_lease<F: std::future::Future>(
                 match ctx.store.extend_lease(delivery_id, lease_token, until).await {
                     Ok(true) => tracing::debug!(delivery = %delivery_id, "lease renewed while the attempt runs"),
                     Ok(false) => tracing::warn!(delivery = %delivery_id, "the lease was lost while the attempt ran"),
-                    Err(e) => tracing::warn!(delivery = %delivery_id, error = %e, "could not renew the lease"),
+                    Err(e) => tracing::warn!(delivery = %delivery_id, error = %crate::telemetry::Chain(&e), "could not renew the lease"),
                 }
             }
         }
@@ -387,7 +387,7 @@ async fn settle(ctx: &DeliveryContext, settlement: Settlement) {
         Ok(true) => {}
         Ok(false) => tracing::warn!(delivery = %id, "lease was lost before settling; the newer state stands"),
         Err(e) => {
-            tracing::error!(delivery = %id, error = %e, "could not record the attempt; it will be retried when the lease expires")
+            tracing::error!(delivery = %id, error = %crate::telemetry::Chain(&e), "could not record the attempt; it will be retried when the lease expires")
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::housekeeping;
 use crate::ingest::{self, IngestError};
 use crate::store::{DeliveryFilter, DeliveryStatus};
 use crate::telemetry::metrics;
+use crate::telemetry::Chain;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(super::healthz))
@@ -89,9 +90,9 @@ async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
                 relay.ingest.write_health.succeeded();
                 Ok(())
             }
-            Err(e) => Err(format!("events cannot be stored: {e} (last event write: {last})")),
+            Err(e) => Err(format!("events cannot be stored: {} (last event write: {last})", Chain(&e))),
         },
-        None => relay.store.ping(0).await.map_err(|e| e.to_string()),
+        None => relay.store.ping(0).await.map_err(|e| Chain(&e).to_string()),
     };
     match check {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),

@@ -47,7 +47,7 @@ impl ResponseError for ApiError {
             resp.force_close();
         }
         if let ApiError::Store(e) = self {
-            tracing::error!(error = %e, "store error");
+            tracing::error!(error = %crate::telemetry::Chain(e), "store error");
         }
         if matches!(self, ApiError::Unavailable | ApiError::Store(_)) {
             resp.insert_header(("Retry-After", "5"));

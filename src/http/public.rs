@@ -70,7 +70,7 @@ async fn receive(
         Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))),
         Err(IngestError::UnknownSource(_)) => Err(ApiError::NotFound),
         Err(IngestError::Unavailable(e)) => {
-            tracing::error!(source, error = %e, "event not stored; answered 503 so the sender retries");
+            tracing::error!(source, error = %crate::telemetry::Chain(&e), "event not stored; answered 503 so the sender retries");
             Err(ApiError::Unavailable)
         }
     }

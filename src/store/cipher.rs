@@ -98,7 +98,7 @@ impl Cipher {
         let text = std::str::from_utf8(rest).map_err(|_| undecryptable(column, "not text"))?;
         let (id, data) = text.split_once(':').ok_or_else(|| undecryptable(column, "malformed"))?;
         let key = std::iter::once(&self.current).chain(&self.previous).find(|k| k.id == id).ok_or_else(|| {
-            StoreError::Database(format!(
+            StoreError::Invalid(format!(
                 "a stored {column} is sealed with key {id}, which is not configured: add it to \
                  [store] previous_encryption_keys"
             ))
@@ -139,7 +139,7 @@ impl Cipher {
 }
 
 fn undecryptable(column: &str, why: &str) -> StoreError {
-    StoreError::Database(format!("a stored {column} cannot be decrypted: {why}"))
+    StoreError::Invalid(format!("a stored {column} cannot be decrypted: {why}"))
 }
 
 #[cfg(test)]

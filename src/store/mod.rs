@@ -13,14 +13,31 @@ use serde::Serialize;
 
 use crate::config::{StoreBackend, StoreConfig};
 
+/// Why a store call failed. The driver's (or the file system's) error is kept as the source, so
+/// a log line or answer shows the whole chain with [`crate::telemetry::Chain`] and `{:#}`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(String),
+    /// A database call failed (with PostgreSQL's SQLSTATE when the server gave one).
+    #[error("database error{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Database {
+        code: Option<String>,
+        #[source]
+        cause: Cause,
+    },
+    /// Something the store was doing failed (opening its file, building its pool, its TLS).
+    #[error("{doing}")]
+    Failed {
+        doing: String,
+        #[source]
+        cause: Cause,
+    },
+    /// A refusal that has no underlying error (an invalid URL, an undecryptable value).
+    #[error("{0}")]
+    Invalid(String),
     #[error("the store is shut down")]
     Closed,
-    #[error("commit failed: {0}")]
-    Commit(String),
+    #[error("commit failed")]
+    Commit(#[source] Cause),
     /// The store can no longer keep what it acknowledges (its file was deleted): not ready.
     #[error("{0}")]
     Lost(String),
@@ -28,9 +45,39 @@ pub enum StoreError {
     Key(#[source] cipher::KeyError),
 }
 
+impl StoreError {
+    /// `doing` failed because of `cause`.
+    pub fn failed(doing: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Failed { doing: doing.into(), cause: Cause::new(cause) }
+    }
+}
+
+/// The underlying error of a [`StoreError`], shared so that one failed batch can answer every
+/// caller in it.
+#[derive(Debug, Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        StoreError::Database { code: None, cause: Cause::new(e) }
     }
 }
 
@@ -47,7 +94,7 @@ impl WriteHealth {
     pub const PROBE_BYTES: usize = 64 * 1024;
 
     pub fn failed(&self, error: &StoreError) {
-        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::telemetry::Chain(error).to_string());
     }
 
     pub fn succeeded(&self) {

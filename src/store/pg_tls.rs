@@ -17,7 +17,7 @@ use super::StoreError;
 
 /// The connection settings of a PostgreSQL URL and the TLS connector its `sslmode` asks for.
 pub fn connect_settings(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
-    let invalid = |m: String| StoreError::Database(format!("invalid postgres URL: {m}"));
+    let invalid = |m: String| StoreError::Invalid(format!("invalid postgres URL: {m}"));
     let mut parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
     let (mut mode, mut root_cert) = ("prefer".to_string(), None);
     let kept: Vec<(String, String)> = parsed
@@ -66,17 +66,17 @@ pub fn connect_settings(url: &str) -> Result<(tokio_postgres::Config, MakeRustls
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Database(format!("TLS setup: {e}")))?;
+        .map_err(|e| StoreError::failed("TLS setup", e))?;
     let tls = if verify {
         let mut roots = RootCertStore::empty();
         match &root_cert {
             Some(path) => {
                 let certs = CertificateDer::pem_file_iter(path)
                     .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| StoreError::Database(format!("sslrootcert {path}: {e}")))?;
+                    .map_err(|e| StoreError::failed(format!("sslrootcert {path}"), e))?;
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 {
-                    return Err(StoreError::Database(format!("sslrootcert {path}: no certificate in it")));
+                    return Err(StoreError::Invalid(format!("sslrootcert {path}: no certificate in it")));
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

@@ -52,7 +52,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
     }
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::Invalid(format!(
             "the database schema (version {version}) is newer than this lbx-relay understands ({})",
             MIGRATIONS.len()
         )));
@@ -66,13 +66,13 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::failed(format!("cannot create {}", dir.display()), e))?;
         }
         let mut conn =
-            Connection::open(path).map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+            Connection::open(path).map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let corrupt = |detail: String| {
-            StoreError::Database(format!(
+            StoreError::Invalid(format!(
                 "{} is damaged ({detail}); the relay will not serve from it. Restore it from a backup, or move \
                  it aside (with its -wal file) to start on a new one",
                 path.display()
@@ -89,7 +89,7 @@ impl SqliteStore {
             return Err(corrupt(format!("integrity check: {}", problems.join("; "))));
         }
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Database(format!("could not switch {} to WAL mode", path.display())));
+            return Err(StoreError::Invalid(format!("could not switch {} to WAL mode", path.display())));
         }
         // FULL: an acknowledged event survives power loss, not only a process crash.
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")?;
@@ -102,7 +102,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("lbx-sqlite-writer".into())
             .spawn(move || writer(conn, rx, file))
-            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::failed("cannot start the writer thread", e))?;
         Ok(SqliteStore { calls, path: path.to_path_buf() })
     }
 
@@ -122,7 +122,9 @@ impl SqliteStore {
             (ok, finish)
         });
         self.calls.send(call).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Commit("the transaction could not start (see logs)".into()))?
+        answer
+            .await
+            .map_err(|_| StoreError::Invalid("commit failed: the transaction could not start (see logs)".into()))?
     }
 
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
@@ -771,7 +773,7 @@ struct FileIdentity {
 
 impl FileIdentity {
     fn of(path: &Path) -> Result<FileIdentity, StoreError> {
-        let id = Self::read(path).map_err(|e| StoreError::Database(format!("cannot read {}: {e}", path.display())))?;
+        let id = Self::read(path).map_err(|e| StoreError::failed(format!("cannot read {}", path.display()), e))?;
         Ok(FileIdentity { path: path.to_path_buf(), id })
     }
 
@@ -831,7 +833,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<WriterCall>, file: FileIdentity) 
         // Checked before every commit (one stat): once the file is gone, no write is acknowledged.
         if lost.is_none() {
             if let Err(e) = file.check() {
-                tracing::error!(error = %e, "sqlite: the database file is gone");
+                tracing::error!(error = %crate::telemetry::Chain(&e), "sqlite: the database file is gone");
                 lost = Some(e);
             }
         }
@@ -843,7 +845,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<WriterCall>, file: FileIdentity) 
             None => exec_cached(&conn, "COMMIT").map_err(|e| {
                 tracing::error!(error = %e, "sqlite: commit failed");
                 let _ = conn.execute_batch("ROLLBACK");
-                StoreError::Commit(e.to_string())
+                StoreError::Commit(crate::store::Cause::new(e))
             }),
         };
         for finish in finishers {

@@ -503,7 +503,9 @@ async fn postgres_over_tls_verifies_the_server_with_verify_full_and_encrypts_wit
     assert!(sessions.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the connections went through TLS");
 
     let wrong = open(url(&format!("sslmode=verify-full&sslrootcert={}", other_file.display()))).await;
-    let err = wrong.expect_err("a server certificate from another CA is refused").to_string();
+    let err = wrong.expect_err("a server certificate from another CA is refused");
+    // The driver's error is kept as the source: the chain says why the handshake failed.
+    let err = lbx_relay::telemetry::Chain(&err).to_string();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
     let encrypted_only = open(url("sslmode=require")).await.unwrap();
@@ -641,4 +643,21 @@ async fn encryption_at_rest_on_postgres() {
     )
     .await;
     schema.drop().await;
+}
+
+#[tokio::test]
+async fn a_store_error_keeps_the_underlying_error_as_its_source() {
+    // The database path sits under a plain file: its directory cannot be created.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let err = Store::open(&store_config(StoreBackend::Sqlite { path: file.join("relay.db") })).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("cannot create {}", file.display()), "its own message, once");
+    let cause = std::error::Error::source(&err).expect("the I/O error is kept as the source");
+    assert!(cause.to_string().contains("os error"), "the file system's own error: {cause}");
+    assert_eq!(
+        lbx_relay::telemetry::Chain(&err).to_string(),
+        format!("cannot create {}: {cause}", file.display()),
+        "the chain shows each cause once"
+    );
 }

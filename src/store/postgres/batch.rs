@@ -67,7 +67,7 @@ pub(super) async fn batcher(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, ingests = evs.len(), settles = sts.len(), "postgres: batch not committed");
+                tracing::error!(error = %crate::telemetry::Chain(&e), ingests = evs.len(), settles = sts.len(), "postgres: batch not committed");
                 for (_, reply) in ingests {
                     let _ = reply.send(Err(e.clone()));
                 }

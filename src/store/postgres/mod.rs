@@ -64,21 +64,10 @@ impl std::fmt::Debug for PgStore {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        // The Display of a db error carries its message; never the connection string.
-        match e.as_db_error() {
-            Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
-            None => {
-                // "error performing TLS handshake" alone does not say that the certificate was refused.
-                let mut text = e.to_string();
-                let mut cur = std::error::Error::source(&e);
-                while let Some(inner) = cur {
-                    text.push_str(": ");
-                    text.push_str(&inner.to_string());
-                    cur = inner.source();
-                }
-                StoreError::Database(text)
-            }
-        }
+        // The error and its causes carry the server's message or the TLS refusal (why the
+        // handshake failed); never the connection string.
+        let code = e.as_db_error().map(|db| db.code().code().to_string());
+        StoreError::Database { code, cause: crate::store::Cause::new(e) }
     }
 }
 
@@ -86,7 +75,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => StoreError::Database(format!("no database connection: {other}")),
+            other => StoreError::failed("no database connection", other),
         }
     }
 }
@@ -122,7 +111,7 @@ impl PgStore {
             .create_timeout(Some(opts.connect_timeout))
             .recycle_timeout(Some(opts.connect_timeout))
             .build()
-            .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
+            .map_err(|e| StoreError::failed("cannot build the connection pool", e))?;
         let (batches, rx) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore { pool, config: std::sync::Arc::new(config), tls, announce: Default::default(), batches };
         store.migrate().await?;
@@ -147,7 +136,7 @@ impl PgStore {
             }
         };
         if version as usize > MIGRATIONS.len() {
-            return Err(StoreError::Database(format!(
+            return Err(StoreError::Invalid(format!(
                 "the database schema (version {version}) is newer than this lbx-relay understands ({})",
                 MIGRATIONS.len()
             )));

@@ -30,7 +30,7 @@ impl PgStore {
                         tokio::select! {
                             r = &mut listen, if !listening => {
                                 if let Err(e) = r {
-                                    tracing::warn!(error = %StoreError::from(e), "postgres: LISTEN failed");
+                                    tracing::warn!(error = %crate::telemetry::Chain(&StoreError::from(e)), "postgres: LISTEN failed");
                                     break;
                                 }
                                 listening = true;
@@ -48,7 +48,7 @@ impl PgStore {
                     tracing::warn!("postgres: the notification connection closed; reconnecting");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %StoreError::from(e), "postgres: cannot open the notification connection");
+                    tracing::warn!(error = %crate::telemetry::Chain(&StoreError::from(e)), "postgres: cannot open the notification connection");
                 }
             }
             tokio::select! {
@@ -75,10 +75,12 @@ pub(super) async fn announcer(pool: Pool, announce: std::sync::Arc<tokio::sync::
         match pool.get().await {
             Ok(client) => {
                 if let Err(e) = client.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await {
-                    tracing::debug!(error = %StoreError::from(e), "postgres: NOTIFY failed; replicas fall back to polling");
+                    tracing::debug!(error = %crate::telemetry::Chain(&StoreError::from(e)), "postgres: NOTIFY failed; replicas fall back to polling");
                 }
             }
-            Err(e) => tracing::debug!(error = %StoreError::from(e), "postgres: NOTIFY skipped"),
+            Err(e) => {
+                tracing::debug!(error = %crate::telemetry::Chain(&StoreError::from(e)), "postgres: NOTIFY skipped")
+            }
         }
     }
 }
