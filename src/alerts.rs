@@ -156,18 +156,15 @@ impl Alerts {
         if let Some(threshold) = cfg.failure_rate {
             if let Ok(facts) = upkeep.store.attempt_facts(now - cfg.window.as_millis() as i64, 100_000).await {
                 for route in upkeep.runtime.load().config.routes.iter().map(|r| r.name.clone()) {
-                    let settled: Vec<_> = facts
-                        .iter()
-                        .filter(|f| f.route == route && matches!(f.outcome.as_str(), "delivered" | "retry" | "failed"))
-                        .collect();
-                    let failed = settled.iter().filter(|f| f.outcome != "delivered").count();
+                    let settled: Vec<_> = facts.iter().filter(|f| f.route == route && f.outcome.is_settled()).collect();
+                    let failed = settled.iter().filter(|f| f.outcome.is_failure()).count();
                     let rate = if settled.is_empty() { 0.0 } else { failed as f64 / settled.len() as f64 };
                     let firing = settled.len() as u64 >= cfg.min_attempts && rate >= threshold;
                     let key = format!("failure_rate:{route}");
                     if let Some(state) = self.condition(&key, firing, now, cfg.repeat_after) {
                         let window = humantime::format_duration(cfg.window);
                         let text = if state == "firing" {
-                            let last = settled.iter().find(|f| f.outcome != "delivered").and_then(|f| f.error.clone());
+                            let last = settled.iter().find(|f| f.outcome.is_failure()).and_then(|f| f.error.clone());
                             format!(
                                 "route {route}: {failed} of {} attempts failed over the last {window} ({:.0} %, \
                                  alert at {:.0} %).{}",

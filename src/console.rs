@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::event::rfc3339;
-use crate::store::{AttemptFact, Store, StoreError};
+use crate::store::{AttemptFact, AttemptOutcome, Store, StoreError};
 
 /// Attempts read for one answer at most (newest first); older ones are left out.
 pub const MAX_ATTEMPTS_READ: u32 = 200_000;
@@ -36,13 +36,13 @@ pub async fn route_health(store: &Store, routes: &[String], now: i64) -> Result<
             let mine: Vec<&AttemptFact> = facts.iter().filter(|f| &f.route == route).collect();
             let rate = |since: i64| {
                 let settled: Vec<&&AttemptFact> =
-                    mine.iter().filter(|f| f.started_at >= since && counts(&f.outcome)).collect();
-                let ok = settled.iter().filter(|f| f.outcome == "delivered").count();
+                    mine.iter().filter(|f| f.started_at >= since && f.outcome.is_settled()).collect();
+                let ok = settled.iter().filter(|f| f.outcome == AttemptOutcome::Delivered).count();
                 (!settled.is_empty()).then(|| ok as f64 / settled.len() as f64)
             };
             // Facts are newest first.
-            let success = mine.iter().find(|f| f.outcome == "delivered");
-            let failure = mine.iter().find(|f| matches!(f.outcome.as_str(), "retry" | "failed"));
+            let success = mine.iter().find(|f| f.outcome == AttemptOutcome::Delivered);
+            let failure = mine.iter().find(|f| f.outcome.is_failure());
             RouteHealth {
                 route: route.clone(),
                 success_rate_1h: rate(now - HOUR_MS),
@@ -56,11 +56,6 @@ pub async fn route_health(store: &Store, routes: &[String], now: i64) -> Result<
             }
         })
         .collect())
-}
-
-/// Whether an attempt's outcome counts in a success rate (throttling and lost leases do not).
-fn counts(outcome: &str) -> bool {
-    matches!(outcome, "delivered" | "retry" | "failed")
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -100,14 +95,14 @@ pub async fn series(
         for f in facts.iter().filter(|f| &f.route == route) {
             let i = ((f.started_at - since) / step) as usize;
             let Some(b) = rows.get_mut(i) else { continue };
-            match f.outcome.as_str() {
-                "delivered" => {
+            match f.outcome {
+                AttemptOutcome::Delivered => {
                     b.delivered += 1;
                     latencies[i].push((f.started_at + f.duration_ms - f.received_at).max(0));
                 }
-                "failed" => b.failed += 1,
-                "retry" | "throttled" => b.retried += 1,
-                _ => {}
+                AttemptOutcome::Failed => b.failed += 1,
+                AttemptOutcome::Retry | AttemptOutcome::Throttled => b.retried += 1,
+                AttemptOutcome::LeaseLost | AttemptOutcome::Other => {}
             }
         }
         for (b, mut l) in rows.iter_mut().zip(latencies) {

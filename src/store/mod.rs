@@ -231,13 +231,18 @@ pub enum Next {
 }
 
 impl Next {
-    pub fn label(self) -> &'static str {
+    /// The outcome recorded for the attempt that led here.
+    pub fn outcome(self) -> AttemptOutcome {
         match self {
-            Next::Delivered => "delivered",
-            Next::RetryAt(_) => "retry",
-            Next::ThrottledUntil(_) => "throttled",
-            Next::Failed => "failed",
+            Next::Delivered => AttemptOutcome::Delivered,
+            Next::RetryAt(_) => AttemptOutcome::Retry,
+            Next::ThrottledUntil(_) => AttemptOutcome::Throttled,
+            Next::Failed => AttemptOutcome::Failed,
         }
+    }
+
+    pub fn label(self) -> &'static str {
+        self.outcome().as_str()
     }
 
     /// (status, next_attempt_at, schedule steps used) as the stores record them.
@@ -248,6 +253,60 @@ impl Next {
             Next::ThrottledUntil(at) => (DeliveryStatus::Pending, Some(at), 0),
             Next::Failed => (DeliveryStatus::Failed, None, 1),
         }
+    }
+}
+
+/// What one attempt came to, as recorded in `attempts.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; another try is scheduled (a step of the schedule used).
+    Retry,
+    /// The CRM answered 429; tried again later without using a step.
+    Throttled,
+    /// Failed for good: a dead letter.
+    Failed,
+    /// Another worker or replica had taken the delivery over when this attempt was recorded.
+    LeaseLost,
+    /// A label this version does not know (written by a newer replica): counted nowhere.
+    Other,
+}
+
+impl AttemptOutcome {
+    const KNOWN: [AttemptOutcome; 5] = [
+        AttemptOutcome::Delivered,
+        AttemptOutcome::Retry,
+        AttemptOutcome::Throttled,
+        AttemptOutcome::Failed,
+        AttemptOutcome::LeaseLost,
+    ];
+
+    /// As stored and as the admin API names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Throttled => "throttled",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::LeaseLost => "lease_lost",
+            AttemptOutcome::Other => "other",
+        }
+    }
+
+    /// The stored label read back.
+    pub fn parse(text: &str) -> AttemptOutcome {
+        AttemptOutcome::KNOWN.into_iter().find(|o| o.as_str() == text).unwrap_or(AttemptOutcome::Other)
+    }
+
+    /// Whether it counts in a success or failure rate: the CRM answered and the attempt was
+    /// settled (throttling and lost leases do not count).
+    pub fn is_settled(self) -> bool {
+        matches!(self, AttemptOutcome::Delivered | AttemptOutcome::Retry | AttemptOutcome::Failed)
+    }
+
+    /// A settled attempt that did not deliver.
+    pub fn is_failure(self) -> bool {
+        matches!(self, AttemptOutcome::Retry | AttemptOutcome::Failed)
     }
 }
 
@@ -378,8 +437,7 @@ pub struct AttemptFact {
     pub route: String,
     pub started_at: i64,
     pub duration_ms: i64,
-    /// delivered, retry, throttled, failed, lease_lost.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub status: Option<u16>,
     pub error: Option<String>,
     /// When the attempt's event was received (for end-to-end latency).
@@ -779,5 +837,27 @@ impl Store {
             Backend::Sqlite(_) => stop.cancelled().await,
             Backend::Postgres(pg) => pg.listen(wake, stop).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn attempt_outcomes_read_back_as_written_and_an_unknown_label_counts_nowhere() {
+        for o in AttemptOutcome::KNOWN {
+            assert_eq!(AttemptOutcome::parse(o.as_str()), o);
+        }
+        for next in [Next::Delivered, Next::RetryAt(1), Next::ThrottledUntil(1), Next::Failed] {
+            assert_eq!(AttemptOutcome::parse(next.label()), next.outcome());
+        }
+        // A label written by a newer replica during a rolling upgrade.
+        let newer = AttemptOutcome::parse("skipped");
+        assert_eq!(newer, AttemptOutcome::Other);
+        assert!(!newer.is_settled() && !newer.is_failure());
+        assert!(AttemptOutcome::Retry.is_failure() && AttemptOutcome::Retry.is_settled());
+        assert!(!AttemptOutcome::Throttled.is_settled(), "throttling is not a failure of the CRM");
+        assert!(!AttemptOutcome::LeaseLost.is_settled());
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{AttemptFact, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
+use super::{AttemptFact, AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
     Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
@@ -291,7 +291,7 @@ impl SqliteStore {
                     .execute(params![at, route, order_key, rowid])?;
                 }
             }
-            let outcome = if changed == 1 { s.next.label() } else { "lease_lost" };
+            let outcome = if changed == 1 { s.next.outcome() } else { AttemptOutcome::LeaseLost }.as_str();
             c.prepare_cached(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
                  VALUES (?1, (SELECT attempts FROM deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -461,7 +461,7 @@ impl SqliteStore {
                     route: r.get(0)?,
                     started_at: r.get(1)?,
                     duration_ms: r.get(2)?,
-                    outcome: r.get(3)?,
+                    outcome: AttemptOutcome::parse(&r.get::<_, String>(3)?),
                     status: r.get::<_, Option<i64>>(4)?.and_then(|s| u16::try_from(s).ok()),
                     error: r.get(5)?,
                     received_at: r.get(6)?,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use deadpool_postgres::Pool;
 
 use super::opt_i32;
-use crate::store::{DeliveryStatus, IngestOutcome, NewEvent, Settlement, StoreError};
+use crate::store::{AttemptOutcome, DeliveryStatus, IngestOutcome, NewEvent, Settlement, StoreError};
 
 /// Group-commit tasks per process: while one commits, the next batch gathers.
 pub(super) const BATCHERS: usize = 2;
@@ -229,7 +229,9 @@ async fn write_batch(
         let attempt_no: Vec<i32> = sts.iter().map(|s| updated.get(&s.delivery_id).copied().unwrap_or(0)).collect();
         let labels: Vec<&str> = sts
             .iter()
-            .map(|s| if updated.contains_key(&s.delivery_id) { s.next.label() } else { "lease_lost" })
+            .map(|s| {
+                if updated.contains_key(&s.delivery_id) { s.next.outcome() } else { AttemptOutcome::LeaseLost }.as_str()
+            })
             .collect();
         let started: Vec<i64> = sts.iter().map(|s| s.attempt.started_at).collect();
         let details: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.detail.as_deref()).collect();

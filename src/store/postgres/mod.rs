@@ -13,7 +13,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::Row;
 
-use super::{AttemptFact, RetryFilter, COUNT_CAP, DERIVED_STATUS};
+use super::{AttemptFact, AttemptOutcome, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
     Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
@@ -502,7 +502,7 @@ impl PgStore {
                     route: r.try_get(0)?,
                     started_at: r.try_get(1)?,
                     duration_ms: r.try_get(2)?,
-                    outcome: r.try_get(3)?,
+                    outcome: AttemptOutcome::parse(r.try_get(3)?),
                     status: status_of(r.try_get(4)?),
                     error: r.try_get(5)?,
                     received_at: r.try_get(6)?,
