@@ -38,11 +38,16 @@ pub struct Silence {
 
 impl Default for Silence {
     fn default() -> Self {
-        Silence { last: Mutex::default(), alerted: Mutex::default(), started_at: now_ms() }
+        Silence::new(now_ms())
     }
 }
 
 impl Silence {
+    /// Silence counted from `started_at` (Unix ms) for sources not heard from yet.
+    pub fn new(started_at: i64) -> Silence {
+        Silence { last: Mutex::default(), alerted: Mutex::default(), started_at }
+    }
+
     /// Records that a body arrived for `source` at `at` (Unix ms).
     pub fn heard(&self, source: &str, at: i64) {
         if let Ok(mut last) = self.last.lock() {

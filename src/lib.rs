@@ -5,14 +5,16 @@
 //! The modules follow a request through the relay:
 //! - [`http`] receives (`POST /hooks/{source}`) and serves the admin API;
 //! - [`ingest`] runs one body through [`crypto`] (envelope detection, AES-256-CBC), [`event`]
-//!   (type and id), [`dedup`], [`routing`] and into the [`store`] in one transaction;
+//!   (type and id), [`dedup`], [`routing`] and into the [`store`] in one transaction, seeing only
+//!   its `IngestContext`;
 //! - [`delivery`] workers claim stored deliveries, render them with [`templates`], send them and
-//!   settle the outcome;
-//! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires it all,
+//!   settle the outcome, seeing only the `DeliveryContext`;
+//! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires the
+//!   parts' contexts (and only it does), [`clock`] is where every part reads "now",
 //!   [`cli`] is the command line, [`preflight`] what `check` reports and `serve` refuses,
 //!   [`telemetry`] the logs and metrics, and [`housekeeping`] the silence alert, gauges and
 //!   retention purge; [`rate_window`] is the sliding window both the delivery gates and the
-//!   PostgreSQL store use; [`bench`] is the load tool.
+//!   PostgreSQL store use; [`bench`](mod@bench) is the load tool.
 
 pub mod alerts;
 pub mod app;

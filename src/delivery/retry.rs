@@ -75,7 +75,7 @@ pub fn throttle_delay(schedule: &[Duration], tries: u32, retry_after: Option<Dur
 const RESET_HEADERS: &[&str] = &["ratelimit-reset", "x-ratelimit-reset", "x-sib-ratelimit-reset", "x-ratelimit-refill"];
 
 /// How long the CRM asks us to wait, from its answer's headers: `Retry-After` (seconds or an HTTP
-/// date), else a rate-limit reset header ([`RESET_HEADERS`]: seconds to wait, or a Unix time in
+/// date), else a rate-limit reset header (`RESET_HEADERS`: seconds to wait, or a Unix time in
 /// seconds when it is that large).
 pub fn requested_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
