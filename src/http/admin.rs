@@ -300,7 +300,7 @@ async fn list_deliveries(
 }
 
 async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    if !relay.store.retry_delivery(&id).await? {
+    if !relay.store.retry_delivery(&id, relay.delivery.now_ms()).await? {
         return Err(ApiError::NotFound);
     }
     relay.delivery.wake.notify_one();
@@ -346,7 +346,7 @@ async fn retry_many(
         until: time_param("until", b.until.or(q.until))?,
     };
     let dry_run = b.dry_run.or(q.dry_run).unwrap_or(false);
-    let n = relay.store.retry_matching(filter, dry_run).await?;
+    let n = relay.store.retry_matching(filter, dry_run, relay.delivery.now_ms()).await?;
     if dry_run {
         return Ok(HttpResponse::Ok().json(json!({"dry_run": true, "would_retry": n})));
     }

@@ -697,17 +697,18 @@ impl Store {
         Ok(rows)
     }
 
-    /// Makes one delivery due now with a fresh schedule, whatever its status: failed (replay),
-    /// pending (send now) or delivered (send again, every step anew); `false` when it does not exist.
-    pub async fn retry_delivery(&self, id: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.retry_one(id.to_string()).await)
+    /// Makes one delivery due at `now` with a fresh schedule, whatever its status: failed
+    /// (replay), pending (send now) or delivered (send again, every step anew); `false` when it
+    /// does not exist.
+    pub async fn retry_delivery(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.retry_one(id.to_string(), now).await)
     }
 
-    /// Makes every delivery with `status` (and `route`, if given) due now; returns how many.
-    pub async fn retry_deliveries(&self, status: &str, route: Option<&str>) -> Result<u64, StoreError> {
+    /// Makes every delivery with `status` (and `route`, if given) due at `now`; returns how many.
+    pub async fn retry_deliveries(&self, status: &str, route: Option<&str>, now: i64) -> Result<u64, StoreError> {
         let filter =
             RetryFilter { status: Some(status.to_string()), route: route.map(str::to_string), ..Default::default() };
-        self.retry_matching(filter, false).await
+        self.retry_matching(filter, false, now).await
     }
 
     /// Attempts started at or after `since` (Unix ms), newest first, at most `limit`.
@@ -724,10 +725,10 @@ impl Store {
         dispatch!(self, s => s.pending_per_route().await)
     }
 
-    /// Makes every delivery `filter` matches due now with a fresh schedule (delivered ones send
-    /// every step again); with `dry_run` only counts them. Returns how many.
-    pub async fn retry_matching(&self, filter: RetryFilter, dry_run: bool) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.retry_matching(filter, dry_run).await)
+    /// Makes every delivery `filter` matches due at `now` with a fresh schedule (delivered ones
+    /// send every step again); with `dry_run` only counts them. Returns how many.
+    pub async fn retry_matching(&self, filter: RetryFilter, dry_run: bool, now: i64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.retry_matching(filter, dry_run, now).await)
     }
 
     /// Stored events matching `filter`, each with its derived status, and how many match.

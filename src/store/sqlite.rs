@@ -400,9 +400,8 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn retry_one(&self, id: String) -> Result<bool, StoreError> {
+    pub async fn retry_one(&self, id: String, now: i64) -> Result<bool, StoreError> {
         self.call(move |c| {
-            let now = now_ms();
             let n = c
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
@@ -425,9 +424,8 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool) -> Result<u64, StoreError> {
+    pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool, now: i64) -> Result<u64, StoreError> {
         self.call(move |c| {
-            let now = now_ms();
             let filter = "(?2 IS NULL OR status = ?2) AND (?3 IS NULL OR route = ?3)
                  AND ((?4 IS NULL AND ?5 IS NULL AND ?6 IS NULL) OR event_id IN (SELECT e.id FROM events e
                       WHERE (?4 IS NULL OR e.kind GLOB ?4) AND (?5 IS NULL OR e.received_at >= ?5)

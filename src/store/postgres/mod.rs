@@ -392,9 +392,8 @@ impl PgStore {
         rows.iter().map(delivery_from_row).collect()
     }
 
-    pub async fn retry_one(&self, id: String) -> Result<bool, StoreError> {
+    pub async fn retry_one(&self, id: String, now: i64) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
-        let now = now_ms();
         let n = client
             .execute(
                 &client
@@ -524,14 +523,13 @@ impl PgStore {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
-    pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool) -> Result<u64, StoreError> {
+    pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool, now: i64) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         let like = f.kind.as_deref().map(glob_to_like);
         let filter = "($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR route = $3)
              AND (($4::text IS NULL AND $5::bigint IS NULL AND $6::bigint IS NULL) OR event_id IN (SELECT e.id FROM events e
                   WHERE ($4::text IS NULL OR e.kind LIKE $4 ESCAPE '\\') AND ($5::bigint IS NULL OR e.received_at >= $5)
                     AND ($6::bigint IS NULL OR e.received_at < $6)))";
-        let now = now_ms();
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&now, &f.status, &f.route, &like, &f.since, &f.until];
         let n = if dry_run {
