@@ -37,12 +37,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(runtime: Runtime, store: Store) -> Relay {
-        Relay::with_clock(runtime, store, Clock::system())
-    }
-
-    /// The same, reading "now" from `clock` (tests drive retry and lease times with it).
-    pub fn with_clock(runtime: Runtime, store: Store, clock: Clock) -> Relay {
+    /// Wires the parts for `runtime` on `store`; every part reads "now" from `clock` (the system's
+    /// in production; tests drive retry and lease times with a manual one).
+    pub fn new(runtime: Runtime, store: Store, clock: Clock) -> Relay {
         let runtime = LiveRuntime::new(runtime);
         let alerts = Arc::new(Alerts::default());
         let silence = Arc::new(Silence::new(clock.now_ms()));
@@ -121,7 +118,7 @@ impl Application {
         let store = Store::open(&runtime.config.store).await.context("opening the store")?;
         let listen = runtime.config.server.listen.clone();
         let admin_listen = runtime.config.server.admin_listen.clone();
-        let relay = Arc::new(Relay::with_clock(runtime, store, clock));
+        let relay = Arc::new(Relay::new(runtime, store, clock));
         crate::telemetry::metrics();
 
         let public_listener = TcpListener::bind(&listen).with_context(|| format!("binding server.listen {listen}"))?;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::event::now_ms;
 use crate::runtime::{LiveRuntime, Runtime};
 use crate::store::Store;
 use crate::telemetry::{
@@ -34,12 +33,6 @@ pub struct Silence {
     last: Mutex<HashMap<String, i64>>,
     alerted: Mutex<HashSet<String>>,
     started_at: i64,
-}
-
-impl Default for Silence {
-    fn default() -> Self {
-        Silence::new(now_ms())
-    }
 }
 
 impl Silence {

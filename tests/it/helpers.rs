@@ -370,7 +370,7 @@ pub async fn driven_relay(cfg: TestConfig) -> DrivenRelay {
     let runtime = runtime_in(dir.path(), &crm, &cfg);
     let store = lbx_relay::store::Store::open(&runtime.config.store).await.expect("store opens");
     let clock = lbx_relay::clock::Clock::manual(DRIVEN_START_MS);
-    let relay = Arc::new(Relay::with_clock(runtime, store, clock.clone()));
+    let relay = Arc::new(Relay::new(runtime, store, clock.clone()));
     DrivenRelay { relay, clock, crm, dir }
 }
 
