@@ -120,7 +120,13 @@ async fn purge_removes_delivered_events_past_retention_and_keeps_the_rest() {
 
 #[tokio::test]
 async fn a_silent_source_flips_its_metric_until_an_event_arrives() {
-    let app = spawn_app_with(TestConfig { source_extra: "alert_after = \"150ms\"", ..TestConfig::default() }).await;
+    // On a manual clock: once the event arrives the source stays heard until the test moves time,
+    // so a late housekeeping tick cannot find it silent again before the metric shows 0.
+    let clock = lbx_relay::clock::Clock::manual(DRIVEN_START_MS);
+    let cfg =
+        TestConfig { source_extra: "alert_after = \"150ms\"", clock: Some(clock.clone()), ..TestConfig::default() };
+    let app = spawn_app_with(cfg).await;
+    clock.advance(Duration::from_millis(151));
     let metrics =
         || async { app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap() };
     wait_until(Duration::from_secs(5), "silence alert", || async {

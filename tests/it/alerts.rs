@@ -103,9 +103,17 @@ async fn a_failing_route_alerts_once_and_says_when_it_recovered() {
 #[tokio::test]
 async fn a_silent_source_and_the_quarantine_raise_alerts_and_the_source_recovers() {
     let (url, got) = receiver();
-    let app =
-        spawn_app_with(TestConfig { source_extra: "alert_after = \"300ms\"", ..with_alerts(&url, "failure_rate = 0") })
-            .await;
+    // The relay's clock moves only when told: once the body arrives the source stays "heard" for
+    // as long as the test needs, so a slow check cannot find it silent again before it reports the
+    // recovery (on the wall clock that window was only alert_after = 300 ms).
+    let clock = lbx_relay::clock::Clock::manual(DRIVEN_START_MS);
+    let cfg = TestConfig {
+        source_extra: "alert_after = \"300ms\"",
+        clock: Some(clock.clone()),
+        ..with_alerts(&url, "failure_rate = 0")
+    };
+    let app = spawn_app_with(cfg).await;
+    clock.advance(Duration::from_millis(301));
     wait_until(Duration::from_secs(10), "silent", || async {
         texts(&got).iter().any(|t| t.contains("no webhook from source learnybox"))
     })
