@@ -143,8 +143,11 @@ pub enum Command {
     Forget {
         #[command(flatten)]
         config: ConfigArg,
-        /// The contact's e-mail address (case does not matter).
+        /// The contact's e-mail address (case does not matter; the whole address, never a part).
         email: String,
+        /// List what would be erased and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Encrypt an event and POST it like Learnybox would; print the answer and timing.
     SendTest {
@@ -255,7 +258,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 render(&config.config, &route, &event_file, answers.as_deref(), json)
             }
             Command::Bench(args) => bench(args).await,
-            Command::Forget { config, email } => forget(&config.config, &email).await,
+            Command::Forget { config, email, dry_run } => forget(&config.config, &email, dry_run).await,
             Command::AlertTest { config } => alert_test(&config.config).await,
             Command::Init { connector, dir } => init(&dir, connector.as_deref()),
             Command::BaselineServer { listen } => {
@@ -415,10 +418,35 @@ async fn alert_test(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// The same erasure as `DELETE /api/contacts/{email}`, on the store the config names (SQLite can
 /// be open in a running relay at the same time).
-async fn forget(path: &Path, email: &str) -> anyhow::Result<ExitCode> {
+async fn forget(path: &Path, email: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let email = crate::erasure::parse(email)?;
     let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
-    let report = crate::erasure::forget(&store, &rt, email).await?;
+    if dry_run {
+        let plan = crate::erasure::plan(&store, &rt, &email).await?;
+        let n = plan.counts();
+        out!(
+            "would erase {email}: {} event(s), {} delivery(ies), {} attempt(s), {} quarantined body(ies)",
+            n.events,
+            n.deliveries,
+            n.attempts,
+            n.quarantined
+        );
+        for e in &plan.events {
+            out!(
+                "  event {} (Learnybox id {}) {} received {}",
+                e.id,
+                e.learnybox_id,
+                e.kind,
+                crate::event::rfc3339(e.received_at)
+            );
+        }
+        for id in &plan.quarantined {
+            out!("  quarantined body #{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = crate::erasure::forget(&store, &rt, &email).await?;
     out!(
         "erased {email}: {} event(s), {} delivery(ies), {} attempt(s), {} quarantined body(ies)",
         report.events,

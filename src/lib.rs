@@ -26,6 +26,7 @@ pub mod console;
 pub mod crypto;
 pub mod dedup;
 pub mod delivery;
+pub mod email;
 pub mod erasure;
 pub mod event;
 pub mod follow;

@@ -434,13 +434,46 @@ async fn stats_series(_: Admin, relay: web::Data<Relay>, q: web::Query<SeriesQue
     })))
 }
 
-/// Erases a contact: every stored event, delivery, attempt and quarantined body naming it.
-async fn forget_contact(_: Admin, relay: web::Data<Relay>, email: web::Path<String>) -> Result<HttpResponse, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForgetQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Erases a contact: every stored event, delivery, attempt and quarantined body naming it as a
+/// whole address; `?dry_run=true` lists them and changes nothing.
+async fn forget_contact(
+    _: Admin,
+    relay: web::Data<Relay>,
+    email: web::Path<String>,
+    q: web::Query<ForgetQuery>,
+) -> Result<HttpResponse, ApiError> {
     let rt = relay.runtime();
-    match crate::erasure::forget(&relay.store, &rt, &email).await {
-        Ok(report) => Ok(HttpResponse::Ok().json(json!({"status": "erased", "removed": report}))),
+    let email = crate::erasure::parse(&email).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let outcome = if q.dry_run {
+        crate::erasure::plan(&relay.store, &rt, &email).await.map(|plan| {
+            let events: Vec<_> = plan
+                .events
+                .iter()
+                .map(|e| {
+                    json!({"id": e.id, "learnybox_id": e.learnybox_id, "event": e.kind,
+                    "received_at": rfc3339(e.received_at),
+                    "deliveries": e.deliveries, "attempts": e.attempts})
+                })
+                .collect();
+            json!({"status": "dry_run", "would_remove": plan.counts(), "events": events,
+                "quarantined": plan.quarantined})
+        })
+    } else {
+        crate::erasure::forget(&relay.store, &rt, &email)
+            .await
+            .map(|report| json!({"status": "erased", "removed": report}))
+    };
+    match outcome {
+        Ok(body) => Ok(HttpResponse::Ok().json(body)),
         Err(crate::erasure::ForgetError::NotAnEmail(e)) => {
-            Err(ApiError::BadRequest(format!("{e:?} is not an e-mail address")))
+            Err(ApiError::BadRequest(format!("not an e-mail address: {e}")))
         }
         Err(crate::erasure::ForgetError::Store(e)) => Err(e.into()),
     }

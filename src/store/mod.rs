@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{StoreBackend, StoreConfig};
+use crate::email::Email;
 
 /// Why a store call failed. The driver's (or the file system's) error is kept as the source, so
 /// a log line or answer shows the whole chain with [`crate::telemetry::Chain`] and `{:#}`.
@@ -483,6 +484,40 @@ pub struct Forgotten {
     pub quarantined: u64,
 }
 
+/// A stored event that may name a contact, as the backend found it (before the whole-address check).
+#[derive(Debug, Clone)]
+pub struct ContactCandidate {
+    pub id: String,
+    pub kind: String,
+    pub received_at: i64,
+    pub payload: String,
+    /// The Learnybox event id.
+    pub key: String,
+    /// Its contact index holds the address: no need to read the payload.
+    pub indexed: bool,
+    pub deliveries: u64,
+    pub attempts: u64,
+}
+
+/// A stored event of a contact, as erasure lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ContactEvent {
+    pub id: String,
+    /// The Learnybox event id.
+    pub learnybox_id: String,
+    #[serde(rename = "event")]
+    pub kind: String,
+    pub received_at: i64,
+    pub deliveries: u64,
+    pub attempts: u64,
+}
+
+/// The longest run of ASCII characters of the address, which SQL `lower()` folds the same way on
+/// every backend: the coarse filter a payload must pass before the whole-address check.
+fn ascii_needle(email: &Email) -> String {
+    email.as_str().split(|c: char| !c.is_ascii()).max_by_key(|run| run.len()).unwrap_or_default().to_string()
+}
+
 /// A body that could not be turned into an event.
 #[derive(Debug, Clone)]
 pub struct Quarantined {
@@ -790,16 +825,48 @@ impl Store {
         dispatch!(self, s => s.update_quarantine_reason(id, reason).await)
     }
 
-    /// Deletes every event of the contact `email` — by the contact index (a keyed hash under
-    /// every configured key when encrypted) or, unencrypted, anywhere in the payload — with its
-    /// deliveries and attempts.
-    pub async fn forget_contact(&self, email: &str) -> Result<Forgotten, StoreError> {
-        let email = email.to_lowercase();
+    /// Every stored event that names `email` as a whole address (never a substring): by the
+    /// contact index (a keyed hash under every configured key when encrypted), or, in a payload
+    /// the store can read, as any string value. Oldest first.
+    pub async fn contact_events(&self, email: &Email) -> Result<Vec<ContactEvent>, StoreError> {
         let index = match &self.cipher {
-            Some(c) => c.index_values(&email),
-            None => vec![email.clone()],
+            Some(c) => c.index_values(email.as_str()),
+            None => vec![email.as_str().to_string()],
         };
-        dispatch!(self, s => s.forget_contact(email.clone(), index).await)
+        let candidates = dispatch!(self, s => s.contact_candidates(ascii_needle(email), index).await)?;
+        let mut found = Vec::new();
+        for c in candidates {
+            let names = c.indexed || {
+                let payload = self.open_text(PAYLOAD, c.payload)?;
+                email.is_in_payload(&payload)
+            };
+            if names {
+                found.push(ContactEvent {
+                    id: c.id,
+                    learnybox_id: c.key,
+                    kind: c.kind,
+                    received_at: c.received_at,
+                    deliveries: c.deliveries,
+                    attempts: c.attempts,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes these events with their deliveries and attempts.
+    pub async fn delete_events(&self, ids: Vec<String>) -> Result<Forgotten, StoreError> {
+        if ids.is_empty() {
+            return Ok(Forgotten::default());
+        }
+        dispatch!(self, s => s.delete_events(ids).await)
+    }
+
+    /// Deletes every event of the contact `email` (see [`Store::contact_events`]) with its
+    /// deliveries and attempts.
+    pub async fn forget_contact(&self, email: &Email) -> Result<Forgotten, StoreError> {
+        let ids = self.contact_events(email).await?.into_iter().map(|e| e.id).collect();
+        self.delete_events(ids).await
     }
 
     /// Deletes fully delivered events received before `before` (Unix ms); returns how many.

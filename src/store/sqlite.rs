@@ -11,9 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{AttemptFact, AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
-    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
-    Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
-    StoredEvent,
+    AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
+    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
+    StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -670,19 +670,49 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn forget_contact(&self, email: String, index: Vec<String>) -> Result<Forgotten, StoreError> {
+    /// Events that may name a contact: its contact index value, or `needle` (lower-case ASCII)
+    /// anywhere in the payload. The caller decides which really do.
+    pub async fn contact_candidates(
+        &self,
+        needle: String,
+        index: Vec<String>,
+    ) -> Result<Vec<ContactCandidate>, StoreError> {
         let index = serde_json::to_string(&index).unwrap_or_else(|_| "[]".into());
         self.call(move |c| {
-            // The indexed e-mail, or the address anywhere in the payload (events stored before the
-            // index, or naming the contact elsewhere): a scan, but erasure is rare.
+            let mut stmt = c.prepare(
+                "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key, e.email IN (SELECT value FROM json_each(?2)),
+                        (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
+                        (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
+                          WHERE d.event_id = e.id)
+                 FROM events e
+                 WHERE e.email IN (SELECT value FROM json_each(?2)) OR instr(lower(e.payload), ?1) > 0
+                 ORDER BY e.received_at, e.id",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![needle, index], |r| {
+                Ok(ContactCandidate {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    received_at: r.get(2)?,
+                    payload: r.get(3)?,
+                    key: r.get(4)?,
+                    indexed: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
+                    deliveries: r.get::<_, i64>(6)? as u64,
+                    attempts: r.get::<_, i64>(7)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Deletes these events with their deliveries and attempts, in one transaction.
+    pub async fn delete_events(&self, ids: Vec<String>) -> Result<Forgotten, StoreError> {
+        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+        self.call(move |c| {
             c.execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS forget_ids (id TEXT PRIMARY KEY); DELETE FROM forget_ids;",
             )?;
-            c.execute(
-                "INSERT INTO forget_ids SELECT id FROM events
-                 WHERE email IN (SELECT value FROM json_each(?2)) OR instr(lower(payload), ?1) > 0",
-                [&email, &index],
-            )?;
+            c.execute("INSERT OR IGNORE INTO forget_ids SELECT value FROM json_each(?1)", [&ids])?;
             let attempts = c.execute(
                 "DELETE FROM attempts WHERE delivery_id IN
                     (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids))",

@@ -13,6 +13,7 @@ mod contracts;
 mod crash;
 mod dashboard;
 mod delivery;
+mod erasure;
 mod first_hour;
 mod handoff;
 mod hardening;

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use lbx_relay::config::{StoreBackend, StoreConfig};
+use lbx_relay::email::Email;
 use lbx_relay::event::now_ms;
 use lbx_relay::rate_window::Reservation;
 use lbx_relay::store::{
@@ -115,6 +116,7 @@ contract!(
     finished_steps_survive_a_lost_lease,
     a_waiting_head_parks_its_key_until_its_retry,
     forgetting_a_contact_removes_its_events_deliveries_and_attempts,
+    erasure_takes_whole_addresses_only,
 );
 
 async fn forgetting_a_contact_removes_its_events_deliveries_and_attempts(s: Store) {
@@ -129,12 +131,48 @@ async fn forgetting_a_contact_removes_its_events_deliveries_and_attempts(s: Stor
     for c in s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap() {
         finish(&s, c, 500, Next::RetryAt(now_ms() + 60_000)).await;
     }
-    let gone = s.forget_contact("ADA@example.org").await.unwrap();
+    let ada = Email::parse("ADA@example.org").unwrap();
+    let gone = s.forget_contact(&ada).await.unwrap();
     assert_eq!(gone, Forgotten { events: 2, deliveries: 3, attempts: 3, quarantined: 0 });
     assert!(s.event_detail("indexed").await.unwrap().is_none());
     assert!(s.event_detail("in-payload").await.unwrap().is_none());
     assert_eq!(s.event_detail("other").await.unwrap().unwrap().deliveries.len(), 1);
-    assert_eq!(s.forget_contact("ada@example.org").await.unwrap(), Forgotten::default(), "nothing twice");
+    assert_eq!(s.forget_contact(&ada).await.unwrap(), Forgotten::default(), "nothing twice");
+}
+
+async fn erasure_takes_whole_addresses_only(s: Store) {
+    let with = |id: &str, email: Option<&str>, payload: &str| {
+        let mut e = event(id, id, now_ms(), &["a"]);
+        e.email = email.map(str::to_string);
+        e.payload = payload.into();
+        e
+    };
+    let contact = |email: &str| format!(r#"{{"data":{{"contact":{{"email":"{email}"}}}}}}"#);
+    for e in [
+        with("ann", Some("ann@example.org"), &contact("Ann@Example.org")),
+        with("ann-elsewhere", None, r#"{"data":{"buyer":{"email":"ANN@EXAMPLE.ORG"}}}"#),
+        with("ann-in-text", None, r#"{"note":"write to Ann <ann@example.org>."}"#),
+        with("joann", Some("joann@example.org"), &contact("joann@example.org")),
+        with("marie-ann", Some("marie-ann@example.org"), &contact("marie-ann@example.org")),
+        with("ann-other-domain", Some("ann@example.org.evil.net"), &contact("ann@example.org.evil.net")),
+        with("ann-org-ic", None, r#"{"email":"ann@example.organic"}"#),
+    ] {
+        s.ingest(e).await.unwrap();
+    }
+    let ann = Email::parse("ann@example.org").unwrap();
+    let found: Vec<String> = s.contact_events(&ann).await.unwrap().into_iter().map(|e| e.id).collect();
+    let mut sorted = found.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["ann", "ann-elsewhere", "ann-in-text"]);
+    assert!(s.contact_events(&ann).await.unwrap().iter().all(|e| e.deliveries == 1 && e.attempts == 0));
+    let gone = s.forget_contact(&ann).await.unwrap();
+    assert_eq!(gone, Forgotten { events: 3, deliveries: 3, attempts: 0, quarantined: 0 });
+    for id in ["joann", "marie-ann", "ann-other-domain", "ann-org-ic"] {
+        assert!(s.event_detail(id).await.unwrap().is_some(), "{id} was erased with ann@example.org");
+    }
+    // The neighbours are each found by their own address.
+    let joann = Email::parse("JoAnn@example.org").unwrap();
+    assert_eq!(s.contact_events(&joann).await.unwrap().len(), 1);
 }
 
 async fn dedup_keys_hold_within_their_window_only(s: Store) {
@@ -581,7 +619,8 @@ async fn encrypted_values_are_unreadable_in_the_database_and_read_back_after_a_r
     let err = only_b.event_detail("sealed").await.unwrap_err().to_string();
     assert!(err.contains("previous_encryption_keys"), "{err}");
     // Erasure finds the contact through the keyed index, under the old key too.
-    assert_eq!(b.forget_contact("Grace.Hopper@example.org").await.unwrap().events, 1);
+    let grace = Email::parse("Grace.Hopper@example.org").unwrap();
+    assert_eq!(b.forget_contact(&grace).await.unwrap().events, 1);
 }
 
 #[tokio::test]

@@ -15,9 +15,9 @@ use tokio_postgres::Row;
 
 use super::{AttemptFact, AttemptOutcome, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
-    AttemptRow, Claimed, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges, IngestOutcome,
-    Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement, StoreError,
-    StoredEvent,
+    AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
+    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
+    StoreError, StoredEvent,
 };
 use crate::event::{now_ms, rfc3339};
 use batch::{batcher, Queued, BATCHERS};
@@ -683,19 +683,47 @@ impl PgStore {
         Ok(n)
     }
 
-    pub async fn forget_contact(&self, email: String, index: Vec<String>) -> Result<Forgotten, StoreError> {
+    pub async fn contact_candidates(
+        &self,
+        needle: String,
+        index: Vec<String>,
+    ) -> Result<Vec<ContactCandidate>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key, COALESCE(e.email = ANY($2), false),
+                            (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
+                            (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
+                              WHERE d.event_id = e.id)
+                         FROM events e
+                         WHERE e.email = ANY($2) OR strpos(lower(e.payload), $1) > 0
+                         ORDER BY e.received_at, e.id",
+                    )
+                    .await?,
+                &[&needle, &index],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ContactCandidate {
+                    id: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    received_at: r.try_get(2)?,
+                    payload: r.try_get(3)?,
+                    key: r.try_get(4)?,
+                    indexed: r.try_get(5)?,
+                    deliveries: r.try_get::<_, i64>(6)? as u64,
+                    attempts: r.try_get::<_, i64>(7)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete_events(&self, ids: Vec<String>) -> Result<Forgotten, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let ids: Vec<String> = tx
-            .query(
-                &tx.prepare_cached("SELECT id FROM events WHERE email = ANY($2) OR strpos(lower(payload), $1) > 0")
-                    .await?,
-                &[&email, &index],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
         let attempts = tx
             .execute(
                 &tx.prepare_cached(
