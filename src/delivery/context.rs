@@ -41,7 +41,7 @@ impl DeliveryContext {
             gates: Gates::new(store.shared_rate_windows()).with_clock(clock.clone()),
             store,
             runtime,
-            sender: HttpSender::new(),
+            sender: HttpSender::new(clock.clone()),
             tokens: Tokens::new(clock.clone()),
             handoff: Handoff::default(),
             wake: Notify::new(),

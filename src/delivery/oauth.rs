@@ -20,6 +20,8 @@ const ERROR_BODY_LIMIT: usize = 200;
 const EARLY: Duration = Duration::from_secs(60);
 /// How long to trust a token whose answer gave no `expires_in` (a 401 refreshes it sooner).
 const UNKNOWN_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// Longest a token is trusted, whatever `expires_in` says (a 401 refreshes it sooner anyway).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Tokens of every OAuth app in use, one slot per app; a slot's lock makes refreshes single-flight.
@@ -124,7 +126,7 @@ impl Tokens {
             .expires_in
             .as_ref()
             .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
-            .map(Duration::from_secs);
+            .map(|secs| Duration::from_secs(secs.min(MAX_LIFETIME.as_secs())));
         let trusted_for = match lifetime {
             Some(l) if l > EARLY * 2 => l - EARLY,
             Some(l) => l / 2,

@@ -76,13 +76,16 @@ const RESET_HEADERS: &[&str] = &["ratelimit-reset", "x-ratelimit-reset", "x-sib-
 
 /// How long the CRM asks us to wait, from its answer's headers: `Retry-After` (seconds or an HTTP
 /// date), else a rate-limit reset header (`RESET_HEADERS`: seconds to wait, or a Unix time in
-/// seconds when it is that large).
-pub fn requested_wait(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+/// seconds when it is that large). Dates are read against `now_ms` (the relay's clock). Whatever
+/// the header says (huge, negative, not a number, not UTF-8), the answer is at most
+/// [`MAX_RETRY_AFTER`] and reading it never panics.
+pub fn requested_wait(headers: &reqwest::header::HeaderMap, now_ms: i64) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(d) = get("retry-after").and_then(parse_retry_after) {
-        return Some(d);
-    }
-    RESET_HEADERS.iter().find_map(|n| get(n).and_then(parse_reset))
+    let wait = match get("retry-after").and_then(|v| parse_retry_after(v, now_ms)) {
+        Some(d) => Some(d),
+        None => RESET_HEADERS.iter().find_map(|n| get(n).and_then(|v| parse_reset(v, now_ms))),
+    };
+    wait.map(|d| d.min(MAX_RETRY_AFTER))
 }
 
 /// Whether the answer says the quota is used up (`X-RateLimit-Remaining: 0` or `RateLimit-Remaining: 0`).
@@ -92,25 +95,37 @@ pub fn quota_exhausted(headers: &reqwest::header::HeaderMap) -> bool {
         .any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
 }
 
-fn parse_reset(value: &str) -> Option<Duration> {
-    let n: f64 = value.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+/// Seconds as a duration, capped at [`MAX_RETRY_AFTER`]; `None` for what is not a finite,
+/// non-negative number.
+fn capped_secs(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(MAX_RETRY_AFTER).min(MAX_RETRY_AFTER))
+}
+
+fn parse_reset(value: &str, now_ms: i64) -> Option<Duration> {
+    let n: f64 = value.trim().parse().ok()?;
     // Values past ~2001 in Unix seconds are a point in time, not a delay.
-    if n > 1e9 {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
-        Some(Duration::from_secs_f64((n - now).max(0.0)))
+    if n.is_finite() && n > 1e9 {
+        capped_secs((n - now_ms as f64 / 1000.0).max(0.0))
     } else {
-        Some(Duration::from_secs_f64(n))
+        capped_secs(n)
     }
 }
 
-/// Parses `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+/// Parses `Retry-After` as seconds or an HTTP date (read against `now_ms`), capped at
+/// [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Any number of digits: more than fit in a u64 is still "a very long time".
+        return Some(v.parse::<u64>().map_or(MAX_RETRY_AFTER, Duration::from_secs).min(MAX_RETRY_AFTER));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    let at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    let wait_ms = at_ms.saturating_sub(u128::try_from(now_ms).unwrap_or(0));
+    Some(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(u64::MAX)).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -151,16 +166,15 @@ mod tests {
 
     #[test]
     fn reset_headers_read_as_delays_or_unix_times() {
+        let now_ms = 1_700_000_000_000;
         let mut h = reqwest::header::HeaderMap::new();
-        assert_eq!(requested_wait(&h), None);
+        assert_eq!(requested_wait(&h, now_ms), None);
         h.insert("x-ratelimit-reset", "7".parse().unwrap());
-        assert_eq!(requested_wait(&h), Some(Duration::from_secs(7)));
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 30;
-        h.insert("x-ratelimit-reset", at.to_string().parse().unwrap());
-        let d = requested_wait(&h).unwrap();
-        assert!(d > Duration::from_secs(28) && d <= Duration::from_secs(30), "{d:?}");
+        assert_eq!(requested_wait(&h, now_ms), Some(Duration::from_secs(7)));
+        h.insert("x-ratelimit-reset", "1700000030".parse().unwrap());
+        assert_eq!(requested_wait(&h, now_ms), Some(Duration::from_secs(30)), "a Unix time, read on the relay's clock");
         h.insert("retry-after", "3".parse().unwrap());
-        assert_eq!(requested_wait(&h), Some(Duration::from_secs(3)), "Retry-After wins");
+        assert_eq!(requested_wait(&h, now_ms), Some(Duration::from_secs(3)), "Retry-After wins");
         assert!(!quota_exhausted(&h));
         h.insert("x-ratelimit-remaining", "0".parse().unwrap());
         assert!(quota_exhausted(&h));
@@ -171,7 +185,7 @@ mod tests {
         for name in ["x-sib-ratelimit-reset", "X-RateLimit-Refill"] {
             let mut h = reqwest::header::HeaderMap::new();
             h.insert(reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(), "12".parse().unwrap());
-            assert_eq!(requested_wait(&h), Some(Duration::from_secs(12)), "{name}");
+            assert_eq!(requested_wait(&h, 0), Some(Duration::from_secs(12)), "{name}");
         }
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("x-sib-ratelimit-remaining", "0".parse().unwrap());
@@ -194,10 +208,60 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(120);
-        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
-        assert_eq!(parse_retry_after("soon"), None);
+        let now_ms = 1_700_000_000_000;
+        assert_eq!(parse_retry_after("3", now_ms), Some(Duration::from_secs(3)));
+        let later = std::time::UNIX_EPOCH + Duration::from_millis(now_ms as u64) + Duration::from_secs(120);
+        assert_eq!(parse_retry_after(&httpdate::fmt_http_date(later), now_ms), Some(Duration::from_secs(120)));
+        let earlier = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after(&httpdate::fmt_http_date(earlier), now_ms), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now_ms), None);
+    }
+
+    #[test]
+    fn hostile_header_values_are_capped_or_ignored_never_a_panic() {
+        let now_ms = 1_700_000_000_000;
+        let six_hours = Some(MAX_RETRY_AFTER);
+        let cases: &[(&str, &str, Option<Duration>)] = &[
+            ("x-ratelimit-reset", "1e20", six_hours),
+            ("x-ratelimit-reset", "1e308", six_hours),
+            ("x-ratelimit-reset", "1.7976931348623157e308", six_hours),
+            ("x-ratelimit-reset", "inf", None),
+            ("x-ratelimit-reset", "NaN", None),
+            ("x-ratelimit-reset", "-5", None),
+            ("x-ratelimit-reset", "31536000", six_hours),
+            ("x-ratelimit-reset", "0.5", Some(Duration::from_millis(500))),
+            ("x-ratelimit-reset", "1e-320", Some(Duration::ZERO)),
+            ("ratelimit-reset", "99999999999999999999999999", six_hours),
+            ("retry-after", "18446744073709551615", six_hours),
+            ("retry-after", "99999999999999999999999999999999", six_hours),
+            ("retry-after", "31536000", six_hours),
+            ("retry-after", "-1", None),
+            ("retry-after", "", None),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT", six_hours),
+            ("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+        ];
+        for (name, value, want) in cases {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(*name, value.parse().unwrap());
+            assert_eq!(requested_wait(&h, now_ms), *want, "{name}: {value}");
+            for now in [i64::MIN, -1, 0, i64::MAX] {
+                assert!(requested_wait(&h, now).is_none_or(|d| d <= MAX_RETRY_AFTER), "{name}: {value} at {now}");
+            }
+        }
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        assert_eq!(requested_wait(&h, now_ms), None, "not UTF-8");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_value_gives_at_most_six_hours(value in "\\PC{0,40}", now_ms in proptest::num::i64::ANY) {
+            for name in ["retry-after", "x-ratelimit-reset", "ratelimit-reset", "x-sib-ratelimit-reset"] {
+                let Ok(v) = reqwest::header::HeaderValue::from_str(&value) else { continue };
+                let mut h = reqwest::header::HeaderMap::new();
+                h.insert(name, v);
+                proptest::prop_assert!(requested_wait(&h, now_ms).is_none_or(|d| d <= MAX_RETRY_AFTER));
+            }
+        }
     }
 }

@@ -99,12 +99,14 @@ impl AttemptResult {
 #[derive(Clone, Debug)]
 pub struct HttpSender {
     client: reqwest::Client,
+    /// Reset headers that name a time are read against it.
+    clock: crate::clock::Clock,
     /// For routes whose URL takes its host from the event: resolves to public addresses only.
     public_only: reqwest::Client,
 }
 
 impl HttpSender {
-    pub fn new() -> HttpSender {
+    pub fn new(clock: crate::clock::Clock) -> HttpSender {
         let builder = || {
             reqwest::Client::builder()
                 .user_agent(USER_AGENT)
@@ -116,7 +118,7 @@ impl HttpSender {
             .dns_resolver(std::sync::Arc::new(super::guard::PublicOnly))
             .build()
             .expect("a reqwest client with static settings always builds");
-        HttpSender { client, public_only }
+        HttpSender { client, clock, public_only }
     }
 
     /// The HTTP client, for requests that are not deliveries (OAuth token requests).
@@ -160,7 +162,7 @@ impl HttpSender {
         match builder.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let retry_after = requested_wait(resp.headers());
+                let retry_after = requested_wait(resp.headers(), self.clock.now_ms());
                 let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
                 let verdict = classify_status(status, retry_after);
                 let delivered = matches!(verdict, Verdict::Delivered);
@@ -216,12 +218,6 @@ impl HttpSender {
                 r
             }
         }
-    }
-}
-
-impl Default for HttpSender {
-    fn default() -> Self {
-        HttpSender::new()
     }
 }
 

@@ -186,9 +186,59 @@ async fn finish(ctx: &DeliveryContext, outcome: Finish) {
     }
 }
 
+/// One claimed delivery's attempt ([`attempt_steps`]), with a panic anywhere in it caught and
+/// recorded as a failed attempt that names it: the delivery becomes a dead letter (alerted,
+/// replayable) instead of staying leased and being sent again at every lease expiry.
+async fn attempt(ctx: &DeliveryContext, c: Claimed) -> Finish {
+    let held = (c.delivery_id.clone(), c.lease_token.clone(), c.route.clone(), c.keyed, c.steps_state.clone());
+    let started_at = ctx.now_ms();
+    let what = match caught(attempt_steps(ctx, c)).await {
+        Ok(done) => return done,
+        Err(what) => what,
+    };
+    let (delivery_id, lease_token, route, keyed, steps_state) = held;
+    let error = ctx.runtime().config.secrets.mask(&format!(
+        "internal error during the attempt ({what}); the request may have reached the CRM: check it before replaying"
+    ));
+    tracing::error!(delivery = %delivery_id, route = %route, error = %error, "a delivery attempt panicked; recorded as failed");
+    metrics::counter!(DELIVERIES, "route" => route.clone(), "outcome" => Next::Failed.label()).increment(1);
+    ctx.alerts.signal(crate::alerts::Signal::DeadLetter { route, error: Some(error.clone()) });
+    let now = ctx.now_ms();
+    Finish::Attempted(Settlement {
+        delivery_id,
+        lease_token,
+        attempt: AttemptRecord {
+            started_at,
+            duration_ms: (now - started_at).max(0),
+            status: None,
+            error: Some(error),
+            detail: None,
+        },
+        next: Next::Failed,
+        steps_state,
+        keyed,
+        settled_at: now,
+    })
+}
+
+/// Runs `work`; a panic inside it comes back as `Err` with the panic's message.
+async fn caught<F: std::future::Future>(work: F) -> Result<F::Output, String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(work).catch_unwind().await.map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// The text a panic carried (`panic!` with a literal or a formatted message), or a placeholder.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Waits for the route's turn, renders and sends one claimed delivery; returns what to record.
 /// Four steps: admit (the route's pacing), send (its requests), decide what comes next, record.
-async fn attempt(ctx: &DeliveryContext, c: Claimed) -> Finish {
+async fn attempt_steps(ctx: &DeliveryContext, c: Claimed) -> Finish {
     let rt = ctx.runtime();
     let gate = rt.config.route(&c.route).map(|route| ctx.gates.gate(route, route_budget(&rt.config)));
     let _permit = match admit(gate.as_deref()).await {
@@ -389,5 +439,26 @@ async fn settle(ctx: &DeliveryContext, settlement: Settlement) {
         Err(e) => {
             tracing::error!(delivery = %id, error = %crate::telemetry::Chain(&e), "could not record the attempt; it will be retried when the lease expires")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_inside_an_attempt_comes_back_as_its_message() {
+        assert_eq!(caught(async { 7 }).await, Ok(7));
+        let formatted = caught(async {
+            let secs = f64::MAX;
+            let d = Duration::from_secs_f64(secs);
+            d.as_millis()
+        });
+        let err = formatted.await.unwrap_err();
+        assert!(err.contains("cannot convert float seconds to Duration"), "{err}");
+        let literal: Result<(), String> = caught(async { panic!("boom") }).await;
+        assert_eq!(literal, Err("boom".to_string()));
+        let other: Result<(), String> = caught(async { std::panic::panic_any(42_u8) }).await;
+        assert_eq!(other, Err("a panic without a message".to_string()));
     }
 }

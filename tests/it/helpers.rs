@@ -54,6 +54,8 @@ struct CrmState {
     jitter: std::sync::atomic::AtomicBool,
     in_flight: std::sync::atomic::AtomicUsize,
     max_in_flight: std::sync::atomic::AtomicUsize,
+    /// Headers sent with every answer.
+    answer_headers: Mutex<Vec<(String, String)>>,
 }
 
 /// A loopback HTTP server standing in for a CRM.
@@ -101,6 +103,11 @@ impl FakeCrm {
     /// Sends `Retry-After: value` with every 429.
     pub fn retry_after(&self, value: &str) {
         *self.state.retry_after.lock().unwrap() = Some(value.to_string());
+    }
+
+    /// Sends `name: value` with every answer (a CRM's rate-limit headers, say).
+    pub fn answer_header(&self, name: &str, value: &str) {
+        self.state.answer_headers.lock().unwrap().push((name.to_string(), value.to_string()));
     }
 
     /// Most requests it was answering at the same time.
@@ -173,6 +180,9 @@ async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::By
         if let Some(ra) = state.retry_after.lock().unwrap().clone() {
             answer.insert_header(("Retry-After", ra));
         }
+    }
+    for (name, value) in state.answer_headers.lock().unwrap().iter() {
+        answer.insert_header((name.as_str(), value.as_str()));
     }
     answer.json(serde_json::json!({"status": status}))
 }

@@ -17,6 +17,7 @@ mod erasure;
 mod first_hour;
 mod handoff;
 mod hardening;
+mod hostile_crm;
 mod ingest;
 mod lifecycle;
 mod multistep;

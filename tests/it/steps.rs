@@ -45,7 +45,7 @@ template = "b.json.hbs"
     let config = Config::from_toml(&toml, &dir.path().join("routes.toml"), &|_| None).unwrap();
     let templates = Templates::compile(&config).unwrap();
     let store = Store::from_backend(Backend::Sqlite(SqliteStore::open(&dir.path().join("t.db")).unwrap()));
-    let (sender, tokens) = (HttpSender::new(), Tokens::default());
+    let (sender, tokens) = (HttpSender::new(lbx_relay::clock::Clock::system()), Tokens::default());
     let cx = SendContext { store: &store, sender: &sender, tokens: &tokens };
     let event = Event {
         id: "relay-1".into(),
