@@ -362,6 +362,9 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     for note in &report.notes {
         out!("note: {note}");
     }
+    for w in &report.warnings {
+        out!("warning: {w}");
+    }
     let (problems, rendered) = (report.problems, report.rendered);
     if problems.is_empty() {
         out!(

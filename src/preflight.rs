@@ -24,6 +24,9 @@ pub struct Report {
     pub problems: Vec<String>,
     /// Facts worth knowing that do not make the config wrong.
     pub notes: Vec<String>,
+    /// Likely mistakes that do not make the config invalid (a URL placeholder that no sample
+    /// fills: real events may carry it), each naming the route and the samples.
+    pub warnings: Vec<String>,
 }
 
 /// Sample events: the bundled ones plus every `*.json` in `samples/` beside the config.
@@ -69,6 +72,12 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
                 !rt.templates.reads_answers(route, i) && rt.templates.step_applies(route, i, &ctx).unwrap_or(true);
             match rt.templates.render_step_with(route, i, &ctx, validate) {
                 Ok(_) => report.rendered += 1,
+                Err(e @ crate::templates::RenderError::EmptyInUrl { .. }) => {
+                    let text = rt.config.secrets.mask(&e.to_string());
+                    report
+                        .warnings
+                        .push(format!("{text}: a real event without this value would fail the delivery (with {name})"));
+                }
                 Err(e) => {
                     // The first line says what is wrong; the rest shows where (in this sample's render).
                     let text = rt.config.secrets.mask(&e.to_string());
@@ -91,6 +100,7 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
         }
     }
     report.problems = merge_by_sample(std::mem::take(&mut report.problems));
+    report.warnings = merge_by_sample(std::mem::take(&mut report.warnings));
     // A route no sample reaches is still rendered once, so its template is exercised.
     for route in rt.config.routes.iter().filter(|r| !exercised.contains(&r.name)) {
         if let Some((name, sample)) = samples.first() {

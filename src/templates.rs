@@ -31,6 +31,12 @@ pub enum RenderError {
          segment and send the request to another resource; not sent"
     )]
     DotSegment { route: String },
+    #[error(
+        "route {route}{step}: {expression} in the URL rendered empty, which would send the request to \
+         another resource; not sent",
+        step = step.as_deref().map(|s| format!(" step {s}")).unwrap_or_default()
+    )]
+    EmptyInUrl { route: String, step: Option<String>, expression: String },
     #[error("route {0} is not configured")]
     UnknownRoute(String),
 }
@@ -101,8 +107,11 @@ pub struct Templates {
     json_bodies: BTreeMap<String, String>,
     /// Body keys → the compiled `schema` the body must satisfy, and its file.
     schemas: BTreeMap<String, (jsonschema::Validator, String)>,
-    /// Body keys of steps whose body reads earlier answers (`steps.…`).
+    /// Body keys of steps whose body or URL reads earlier answers (`steps.…`).
     reads_answers: std::collections::BTreeSet<String>,
+    /// URL keys → the URL's top-level placeholders (as written) and the key each is compiled
+    /// under alone, so one that renders empty is caught by name.
+    url_parts: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -173,6 +182,7 @@ impl Templates {
             json_bodies: BTreeMap::new(),
             schemas: BTreeMap::new(),
             reads_answers: Default::default(),
+            url_parts: BTreeMap::new(),
         };
         let mut errors = Vec::new();
         for route in &config.routes {
@@ -223,6 +233,17 @@ impl Templates {
             self.url.register_template_string(&url_key(&route.name, i), &step.url).map_err(|e| {
                 RenderError::Compile { file: format!("{what} url"), message: template_error_message(&e) }
             })?;
+            if step.url.contains("steps.") {
+                self.reads_answers.insert(body_key(&route.name, i));
+            }
+            let mut parts = Vec::new();
+            for (k, expression) in top_level_placeholders(&step.url).into_iter().enumerate() {
+                let key = format!("{}#{k}", url_key(&route.name, i));
+                if self.url.register_template_string(&key, &expression).is_ok() {
+                    parts.push((expression, key));
+                }
+            }
+            self.url_parts.insert(url_key(&route.name, i), parts);
             if let Some(when) = &step.when {
                 self.plain.register_template_string(&step_when_key(&route.name, i), when).map_err(|e| {
                     RenderError::Compile { file: format!("{what} when"), message: template_error_message(&e) }
@@ -382,6 +403,20 @@ impl Templates {
                 what: "url",
                 message: template_error_message(&e),
             })?;
+            // A preview (`validate` off) shows what it can; a real request never has a hole.
+            if validate {
+                for (expression, key) in self.url_parts.get(&url_key(&route.name, i)).into_iter().flatten() {
+                    let blank =
+                        |out: String| percent_encoding::percent_decode_str(&out).decode_utf8_lossy().trim().is_empty();
+                    if self.url.render(key, ctx).is_ok_and(blank) {
+                        return Err(RenderError::EmptyInUrl {
+                            route: route.name.clone(),
+                            step: route.is_multi_step().then(|| step.name.clone()),
+                            expression: expression.clone(),
+                        });
+                    }
+                }
+            }
             match reqwest::Url::parse(url.trim()) {
                 Ok(_) if has_dot_segment(url.trim()) => {
                     return Err(RenderError::DotSegment { route: route.name.clone() })
@@ -513,6 +548,32 @@ fn compile_error_message(e: &handlebars::TemplateError, source: &str) -> String 
         "",
         " ".repeat(column.saturating_sub(1))
     )
+}
+
+/// The placeholders of a URL template that stand outside any block (`{{x}}`, `{{{x}}}`,
+/// `{{lower x}}`), as written: each must render something.
+fn top_level_placeholders(template: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut depth = 0usize;
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let triple = rest[start..].starts_with("{{{");
+        let close = if triple { "}}}" } else { "}}" };
+        let Some(len) = rest[start..].find(close) else { break };
+        let end = start + len + close.len();
+        let token = &rest[start..end];
+        let inner = token.trim_start_matches('{').trim_end_matches('}').trim_matches('~').trim();
+        match inner.chars().next() {
+            Some('#') => depth += 1,
+            Some('/') => depth = depth.saturating_sub(1),
+            Some('!' | '>' | '^') | None => {}
+            _ if inner == "else" || inner.starts_with("else ") => {}
+            _ if depth == 0 => found.push(token.to_string()),
+            _ => {}
+        }
+        rest = &rest[end..];
+    }
+    found
 }
 
 fn template_error_message(e: &dyn std::fmt::Display) -> String {
@@ -769,14 +830,50 @@ vars = {{ list = "a b" }}
     }
 
     #[test]
+    fn a_placeholder_that_renders_empty_in_the_url_is_a_render_error_naming_it() {
+        let (_d, c, t) = setup("t.json.hbs", "{}", "");
+        let route = &c.routes[0];
+        for data in [serde_json::json!({}), serde_json::json!({"email": ""}), serde_json::json!({"email": "  "})] {
+            let e = event(data.clone());
+            let err = t.render(route, &TemplateContext::new(&e, &route.vars, "d")).unwrap_err();
+            assert!(
+                matches!(&err, RenderError::EmptyInUrl { expression, .. } if expression == "{{data.email}}"),
+                "{data}: {err}"
+            );
+            assert!(err.to_string().contains("route r: {{data.email}} in the URL rendered empty"), "{err}");
+            // A preview still shows what it can.
+            assert!(t.render_step_with(route, 0, &TemplateContext::new(&e, &route.vars, "d"), false).is_ok());
+        }
+        let e = event(serde_json::json!({"email": "a@b.c"}));
+        assert!(t.render(route, &TemplateContext::new(&e, &route.vars, "d")).is_ok());
+    }
+
+    #[test]
+    fn only_placeholders_outside_blocks_must_render_something() {
+        assert_eq!(
+            top_level_placeholders(
+                "https://x.test/a/{{id}}/{{{raw}}}?q={{lower (trim e)}}{{#if p}}&p={{p}}{{/if}}{{~x~}}"
+            ),
+            ["{{id}}", "{{{raw}}}", "{{lower (trim e)}}", "{{~x~}}"]
+        );
+        assert_eq!(
+            top_level_placeholders("https://x.test/{{#each a}}{{this}}{{else}}{{/each}}{{! note }}"),
+            Vec::<String>::new()
+        );
+        assert_eq!(top_level_placeholders("https://x.test/{{unclosed"), Vec::<String>::new());
+    }
+
+    #[test]
     fn escaping_helpers_guard_slack_markup_and_spreadsheet_formulas() {
         let body = r#"{"s": "{{slack_escape data.name}}", "f": "{{sheet_safe data.formula}}", "p": "{{sheet_safe data.plain}}",
             "w": "{{words data.none data.first " " data.last}}", "e": "{{words data.none}}", "d": "{{date data.at}}",
             "x": "{{date data.plain}}", "names": {{json (pluck data.items "name")}}}"#;
         let (_d, c, t) = setup("t.json.hbs", body, "");
-        let e = event(serde_json::json!({"name": "A&B <!channel> <mailto:x|y>", "formula": "=HYPERLINK(\"x\")",
+        let e = event(
+            serde_json::json!({"email": "a@b.c", "name": "A&B <!channel> <mailto:x|y>", "formula": "=HYPERLINK(\"x\")",
             "plain": "Zoë", "first": " Jean ", "last": "O'Connor", "at": "2026-11-27T09:00:13+01:00",
-            "items": [{"name": "a"}, {"id": 2}, {"name": "b"}]}));
+            "items": [{"name": "a"}, {"id": 2}, {"name": "b"}]}),
+        );
         let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
         let v: Value = serde_json::from_str(&req.body).unwrap();
         assert_eq!(v["s"], "A&amp;B &lt;!channel&gt; &lt;mailto:x|y&gt;");
@@ -786,7 +883,7 @@ vars = {{ list = "a b" }}
         assert_eq!((v["d"].as_str(), v["x"].as_str()), (Some("2026-11-27"), Some("")));
         assert_eq!(v["names"], serde_json::json!(["a", "b"]));
         for risky in ["+1", "-1", "@SUM(A1)", "\tx"] {
-            let e = event(serde_json::json!({"formula": risky}));
+            let e = event(serde_json::json!({"email": "a@b.c", "formula": risky}));
             let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
             let v: Value = serde_json::from_str(&req.body).unwrap();
             assert!(v["f"].as_str().unwrap().starts_with('\''), "{risky}: {}", v["f"]);

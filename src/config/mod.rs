@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::crypto::{EnvelopeMode, Variant};
 
 mod interpolate;
+mod lines;
 mod raw;
 mod validate;
 
@@ -19,6 +20,18 @@ use interpolate::{interpolate_value, toml_message};
 use raw::RawConfig;
 use validate::validate;
 pub use validate::{templated_authority, MIN_ADMIN_TOKEN};
+
+/// `FILE: KEY: message` → `FILE:LINE: KEY: message` when KEY is found in the file's text.
+fn with_line(text: &str, shown: &str, problem: &str) -> String {
+    let Some(rest) = problem.strip_prefix(shown).and_then(|r| r.strip_prefix(": ")) else {
+        return problem.to_string();
+    };
+    let at = rest.split(": ").next().unwrap_or_default();
+    match lines::line_of(text, at) {
+        Some(line) => format!("{shown}:{line}: {rest}"),
+        None => problem.to_string(),
+    }
+}
 
 /// Event-type pointers tried when a source does not set `event_field`.
 pub const DEFAULT_EVENT_FIELDS: &[&str] = &["/event", "/type", "/event_type", "/event_name"];
@@ -211,6 +224,8 @@ pub struct RouteConfig {
     /// Hosts (names or addresses, as written in the URL) a templated URL may reach even though
     /// they are not public.
     pub allow_private_hosts: Vec<String>,
+    /// How long a `throttle_on` answer pauses the route when it names no reset time.
+    pub throttle_pause: Duration,
 }
 
 /// OAuth 2.0 for a route: client credentials, or a refresh token when one is given.
@@ -243,10 +258,16 @@ pub struct StepConfig {
     pub method: reqwest::Method,
     /// The route's headers, then the step's own (a step's header replaces the route's).
     pub headers: Vec<HeaderSpec>,
-    /// Non-2xx statuses that are an answer to branch on (`steps.NAME.status`), not a failure.
-    pub accept: Vec<u16>,
+    /// Non-2xx answers (a status, and text its body must contain when given) that are an answer
+    /// to branch on (`steps.NAME.status`), not a failure.
+    pub accept: Vec<AnswerMatch>,
     /// Answers that would fail the delivery at once but are worth retrying (`retry_on`).
-    pub retry_on: Vec<RetryOn>,
+    pub retry_on: Vec<AnswerMatch>,
+    /// What counts as success when it is not "any 2xx" (`success = { status, body, location }`).
+    pub success: Option<Success>,
+    /// Answers that mean "quota used up" like a 429 (`throttle_on`): the route pauses, no try is
+    /// used up.
+    pub throttle_on: Vec<AnswerMatch>,
     /// Leave null and blank values out of the JSON body, so an update never clears stored data.
     pub omit_empty: bool,
     /// A JSON Schema the rendered body must satisfy (checked by `check` and before sending).
@@ -256,12 +277,36 @@ pub struct StepConfig {
     pub retry_from: Option<String>,
 }
 
-/// `retry_on = [403, { status = 403, body = "REQUEST_LIMIT_EXCEEDED" }]`: an answer with this status
-/// (and, when given, this text in its body) is retried on the schedule instead of failing at once.
+/// An entry of `accept`, `retry_on` or `throttle_on`: `403`, or
+/// `{ status = 403, body = "REQUEST_LIMIT_EXCEEDED" }` — an answer with this status and, when
+/// given, this text in its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryOn {
+pub struct AnswerMatch {
     pub status: u16,
     pub body: Option<String>,
+}
+
+/// The former name of [`AnswerMatch`], from when only `retry_on` took body texts.
+pub type RetryOn = AnswerMatch;
+
+impl AnswerMatch {
+    /// Whether an answer with `status` and `body` (what was read of it) matches.
+    pub fn matches(&self, status: u16, body: Option<&str>) -> bool {
+        self.status == status && self.body.as_deref().is_none_or(|needle| body.is_some_and(|b| b.contains(needle)))
+    }
+}
+
+/// `success = { status = [200, 302], body = "\"ok\":true", location = "script.googleusercontent.com" }`:
+/// what a successful answer looks like, checked in the answer instead of assumed from the status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Success {
+    /// The statuses that count (instead of any 2xx); a 3xx listed here is a success (its
+    /// `Location` checked against `location`).
+    pub status: Vec<u16>,
+    /// Text a non-redirect answer's body must contain.
+    pub body: Option<String>,
+    /// The host (or a parent domain of it) the `Location` of a 3xx answer must point to.
+    pub location: Option<String>,
 }
 
 impl RouteConfig {
@@ -356,6 +401,7 @@ impl Config {
                 })
                 .collect();
             problems.extend(bad.into_iter().map(|m| format!("{shown}: {m}")));
+            let problems = problems.iter().map(|p| with_line(text, &shown, p)).collect();
             return Err(ConfigError::Invalid { problems });
         }
         let interpolated = RawConfig::deserialize(table)
@@ -369,7 +415,9 @@ impl Config {
             // A problem may quote a value that came from a secret variable (a URL with a key).
             ConfigError::Invalid { problems } => {
                 let masker = crate::secrets::Masker::new(substituted.clone());
-                ConfigError::Invalid { problems: problems.iter().map(|p| masker.mask(p)).collect() }
+                ConfigError::Invalid {
+                    problems: problems.iter().map(|p| masker.mask(&with_line(text, &shown, p))).collect(),
+                }
             }
             other => other,
         })?;

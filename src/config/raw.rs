@@ -215,9 +215,15 @@ pub(super) struct RawRoute {
     #[serde(default)]
     pub(super) steps: Vec<RawStep>,
     #[serde(default)]
-    pub(super) accept: Vec<u16>,
+    pub(super) accept: Vec<RawRetryOn>,
     #[serde(default)]
     pub(super) retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    pub(super) success: Option<RawSuccess>,
+    #[serde(default)]
+    pub(super) throttle_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    pub(super) throttle_pause: Option<String>,
     #[serde(default)]
     pub(super) omit_empty: Option<bool>,
     #[serde(default)]
@@ -242,9 +248,13 @@ pub(super) struct RawStep {
     #[serde(default)]
     pub(super) headers: BTreeMap<String, String>,
     #[serde(default)]
-    pub(super) accept: Vec<u16>,
+    pub(super) accept: Vec<RawRetryOn>,
     #[serde(default)]
     pub(super) retry_on: Vec<RawRetryOn>,
+    #[serde(default)]
+    pub(super) success: Option<RawSuccess>,
+    #[serde(default)]
+    pub(super) throttle_on: Vec<RawRetryOn>,
     #[serde(default)]
     pub(super) omit_empty: Option<bool>,
     #[serde(default)]
@@ -253,23 +263,61 @@ pub(super) struct RawStep {
     pub(super) retry_from: Option<String>,
 }
 
-/// One `retry_on` entry: a bare status, or `{ status, body }`.
+/// `success = { status = [...], body = "...", location = "..." }`.
 #[derive(Deserialize, Clone)]
-#[serde(untagged)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSuccess {
+    #[serde(default)]
+    pub(super) status: Vec<u16>,
+    #[serde(default)]
+    pub(super) body: Option<String>,
+    #[serde(default)]
+    pub(super) location: Option<String>,
+}
+
+/// One `accept`, `retry_on` or `throttle_on` entry: a bare status, or `{ status, body }` (a
+/// misspelt key in the table is an error naming it).
+#[derive(Clone)]
 pub(super) enum RawRetryOn {
     Status(u16),
-    Match {
-        status: u16,
-        #[serde(default)]
-        body: Option<String>,
-    },
+    Match(RawMatch),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMatch {
+    status: u16,
+    #[serde(default)]
+    body: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawRetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = RawRetryOn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an HTTP status (403) or a table { status = 403, body = \"text\" }")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawRetryOn, E> {
+                u16::try_from(v).map(RawRetryOn::Status).map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawRetryOn, E> {
+                u16::try_from(v).map(RawRetryOn::Status).map_err(|_| E::custom(format!("{v} is not an HTTP status")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRetryOn, A::Error> {
+                RawMatch::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawRetryOn::Match)
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 impl RawRetryOn {
     pub(super) fn resolve(&self) -> RetryOn {
         match self {
             RawRetryOn::Status(status) => RetryOn { status: *status, body: None },
-            RawRetryOn::Match { status, body } => {
+            RawRetryOn::Match(RawMatch { status, body }) => {
                 RetryOn { status: *status, body: body.clone().filter(|b| !b.is_empty()) }
             }
         }

@@ -280,7 +280,6 @@ pub(super) fn validate(
         };
         let mut steps = Vec::new();
         if r.steps.is_empty() {
-            check_statuses(&r.accept, &format!("{at}.accept"), &mut problem);
             let (Some(url), Some(template)) = (&r.url, &r.template) else {
                 problem(&at, "a route needs `url` and `template`, or `[[routes.steps]]`".into());
                 continue;
@@ -292,8 +291,10 @@ pub(super) fn validate(
                 url: check_url(url, &format!("{at}.url"), &mut problem),
                 method: method(r.method.as_deref(), &format!("{at}.method"), &mut problem),
                 headers: headers.clone(),
-                accept: r.accept.clone(),
+                accept: accept(&r.accept, &format!("{at}.accept"), &mut problem),
                 retry_on: retry_on(&r.retry_on, &[], &format!("{at}.retry_on"), &mut problem),
+                success: success(r.success.as_ref(), &format!("{at}.success"), &mut problem),
+                throttle_on: throttle_on(&r.throttle_on, &[], &format!("{at}.throttle_on"), &mut problem),
                 omit_empty: r.omit_empty.unwrap_or(false),
                 schema: r.schema.as_deref().map(resolve),
                 retry_from: None,
@@ -304,6 +305,7 @@ pub(super) fn validate(
                 ("template", r.template.is_some()),
                 ("method", r.method.is_some()),
                 ("accept", !r.accept.is_empty()),
+                ("success", r.success.is_some()),
                 ("schema", r.schema.is_some()),
             ] {
                 if key.1 {
@@ -322,7 +324,6 @@ pub(super) fn validate(
                 if !names.insert(st.name.clone()) {
                     problem(&sat, "a step with this name already exists in the route".into());
                 }
-                check_statuses(&st.accept, &format!("{sat}.accept"), &mut problem);
                 let raw_step_headers =
                     uninterpolated_route.and_then(|u| u.steps.get(j)).map(|u| u.headers.clone()).unwrap_or_default();
                 let own = header_specs(&st.headers, &raw_step_headers, &sat, &mut problem);
@@ -339,8 +340,15 @@ pub(super) fn validate(
                     url: check_url(&st.url, &format!("{sat}.url"), &mut problem),
                     method: method(st.method.as_deref(), &format!("{sat}.method"), &mut problem),
                     headers: merged,
-                    accept: st.accept.clone(),
+                    accept: accept(&st.accept, &format!("{sat}.accept"), &mut problem),
                     retry_on: retry_on(&r.retry_on, &st.retry_on, &format!("{sat}.retry_on"), &mut problem),
+                    success: success(st.success.as_ref(), &format!("{sat}.success"), &mut problem),
+                    throttle_on: throttle_on(
+                        &r.throttle_on,
+                        &st.throttle_on,
+                        &format!("{sat}.throttle_on"),
+                        &mut problem,
+                    ),
                     omit_empty: st.omit_empty.or(r.omit_empty).unwrap_or(false),
                     schema: st.schema.as_deref().map(resolve),
                     retry_from: st.retry_from.clone(),
@@ -386,6 +394,10 @@ pub(super) fn validate(
             oauth,
             allow_templated_host: r.allow_templated_host,
             allow_private_hosts: r.allow_private_hosts,
+            throttle_pause: r
+                .throttle_pause
+                .as_deref()
+                .map_or(DEFAULT_THROTTLE_PAUSE, |t| duration(t, &format!("{at}.throttle_pause"), &mut problem)),
         });
     }
 
@@ -453,6 +465,65 @@ fn retry_on(
         problem(at, format!("{} is a success: only failing answers can be retried", ok.status));
     }
     rules
+}
+
+/// How long a `throttle_on` answer without a reset time pauses its route.
+pub const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(15 * 60);
+
+/// `accept`: answers that are not a failure (a step branches on them).
+fn accept(entries: &[RawRetryOn], at: &str, problem: &mut dyn FnMut(&str, String)) -> Vec<RetryOn> {
+    let rules: Vec<RetryOn> = entries.iter().map(RawRetryOn::resolve).collect();
+    check_statuses(&rules.iter().map(|r| r.status).collect::<Vec<_>>(), at, problem);
+    rules
+}
+
+/// `throttle_on`: the route's entries followed by the step's own; 2xx cannot mean "slow down".
+fn throttle_on(
+    route: &[RawRetryOn],
+    step: &[RawRetryOn],
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<RetryOn> {
+    let rules: Vec<RetryOn> = route.iter().chain(step).map(RawRetryOn::resolve).collect();
+    check_statuses(&rules.iter().map(|r| r.status).collect::<Vec<_>>(), at, problem);
+    if let Some(ok) = rules.iter().find(|r| (200..400).contains(&r.status)) {
+        problem(at, format!("{} is not an error answer: throttle_on takes 4xx and 5xx statuses", ok.status));
+    }
+    rules
+}
+
+/// `success = { status, body, location }`.
+fn success(raw: Option<&RawSuccess>, at: &str, problem: &mut dyn FnMut(&str, String)) -> Option<Success> {
+    let raw = raw?;
+    check_statuses(&raw.status, &format!("{at}.status"), problem);
+    if let Some(bad) = raw.status.iter().find(|s| **s >= 400) {
+        problem(&format!("{at}.status"), format!("{bad} is an error status; use accept to branch on it"));
+    }
+    let body = raw.body.clone().filter(|b| !b.is_empty());
+    if raw.body.is_some() && body.is_none() {
+        problem(
+            &format!("{at}.body"),
+            "an empty text is in every answer: give the text the answer must contain".into(),
+        );
+    }
+    let location = raw.location.as_deref().map(|l| l.trim().trim_start_matches('.').to_ascii_lowercase());
+    if let Some(host) = &location {
+        let valid = !host.is_empty()
+            && host.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !valid {
+            problem(
+                &format!("{at}.location"),
+                format!("{host:?} is not a host name (write the host only, like \"script.googleusercontent.com\")"),
+            );
+        }
+        if !raw.status.iter().any(|s| (300..400).contains(s)) {
+            problem(
+                &format!("{at}.location"),
+                "location checks redirects: list the 3xx status that counts (status = [200, 302])".into(),
+            );
+        }
+    }
+    Some(Success { status: raw.status.clone(), body, location })
 }
 
 fn check_statuses(statuses: &[u16], at: &str, problem: &mut dyn FnMut(&str, String)) {

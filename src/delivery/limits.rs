@@ -101,6 +101,13 @@ impl Gates {
         })
     }
 
+    /// When `route`'s pause (a 429 or a `throttle_on` answer) ends, if it is paused now (Unix ms).
+    pub fn paused_until(&self, route: &str) -> Option<i64> {
+        let now = self.clock.now_ms();
+        let map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(route).map(|g| g.paused_until.load(Ordering::Relaxed)).filter(|until| *until > now)
+    }
+
     /// Routes whose deliveries should not be claimed now: paused, or all their slots in use.
     pub fn closed_routes(&self) -> Vec<String> {
         let now = self.clock.now_ms();

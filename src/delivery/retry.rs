@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::config::RetryOn;
+use super::send::AttemptResult;
+use crate::config::{RetryOn, StepConfig, Success};
 
 /// What one attempt's result means for its delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,80 @@ pub fn apply_retry_on(rules: &[RetryOn], status: Option<u16>, body: Option<&str>
         Verdict::Retry { reason: format!("{reason} (retry_on)"), retry_after: None }
     } else {
         verdict
+    }
+}
+
+/// Applies a step's answer rules to its result, in this order: `throttle_on` (a "slow down"
+/// answer: retried after the vendor's reset or `throttle_pause`, pausing the route, using up no
+/// try), `accept` (an answer to branch on: returns true), `success` (checked in the answer, not
+/// assumed from the status), then `retry_on`. A result without an answer is left as it is.
+pub fn judge(step: &StepConfig, throttle_pause: Duration, r: &mut AttemptResult) -> bool {
+    let Some(status) = r.status else { return false };
+    if step.throttle_on.iter().any(|m| m.matches(status, r.body.as_deref())) {
+        let wait = r.requested_wait.unwrap_or(throttle_pause).min(MAX_RETRY_AFTER);
+        r.verdict = Verdict::Retry { reason: format!("HTTP {status} (throttle_on)"), retry_after: Some(wait) };
+        let pause = humantime::format_duration(Duration::from_secs(wait.as_secs()));
+        r.error = Some(match r.error.take() {
+            Some(e) => format!("throttled (throttle_on), the route waits {pause}: {e}"),
+            None => format!("throttled (throttle_on), the route waits {pause}: HTTP {status}"),
+        });
+        r.throttled = true;
+        r.pause = Some(wait);
+        return false;
+    }
+    if step.accept.iter().any(|m| m.matches(status, r.body.as_deref())) {
+        return true;
+    }
+    if let Some(success) = &step.success {
+        let listed =
+            if success.status.is_empty() { (200..300).contains(&status) } else { success.status.contains(&status) };
+        let problem = if listed {
+            success_problem(success, status, r.body.as_deref(), r.location.as_deref())
+        } else if (200..300).contains(&status) {
+            Some(format!("success.status: HTTP {status} is not one of {:?}", success.status))
+        } else {
+            None
+        };
+        match problem {
+            None if listed => {
+                r.verdict = Verdict::Delivered;
+                r.error = None;
+            }
+            None => {}
+            Some(why) => {
+                let snippet: String = r.body.as_deref().unwrap_or_default().trim().chars().take(200).collect();
+                let error = if snippet.is_empty() { why.clone() } else { format!("{why}; the answer: {snippet}") };
+                r.verdict = Verdict::Fail { reason: why };
+                r.error = Some(error);
+            }
+        }
+    }
+    let verdict = std::mem::replace(&mut r.verdict, Verdict::Delivered);
+    r.verdict = apply_retry_on(&step.retry_on, r.status, r.body.as_deref(), verdict);
+    false
+}
+
+/// Which part of `success` a listed answer fails, if any: `body` for an answer that is not a
+/// redirect, `location` for a redirect.
+fn success_problem(success: &Success, status: u16, body: Option<&str>, location: Option<&str>) -> Option<String> {
+    if (300..400).contains(&status) {
+        let want = success.location.as_deref()?;
+        let host = location
+            .and_then(|l| reqwest::Url::parse(l.trim()).ok())
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        return match host {
+            Some(h) if h == want || h.ends_with(&format!(".{want}")) => None,
+            Some(h) => Some(format!("success.location: HTTP {status} redirects to {h}, not to {want}")),
+            None => Some(format!(
+                "success.location: HTTP {status} without an absolute Location (expected a redirect to {want})"
+            )),
+        };
+    }
+    let want = success.body.as_deref()?;
+    if body.is_some_and(|b| b.contains(want)) {
+        None
+    } else {
+        Some(format!("success.body: HTTP {status} answer does not contain {want:?}"))
     }
 }
 
@@ -83,16 +158,41 @@ pub fn requested_wait(headers: &reqwest::header::HeaderMap, now_ms: i64) -> Opti
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let wait = match get("retry-after").and_then(|v| parse_retry_after(v, now_ms)) {
         Some(d) => Some(d),
-        None => RESET_HEADERS.iter().find_map(|n| get(n).and_then(|v| parse_reset(v, now_ms))),
+        None => RESET_HEADERS
+            .iter()
+            .find_map(|n| get(n).and_then(|v| parse_reset(v, now_ms)))
+            .or_else(|| hubspot_wait(&get)),
     };
     wait.map(|d| d.min(MAX_RETRY_AFTER))
 }
 
+/// HubSpot sends no reset time: `X-HubSpot-RateLimit-Remaining: 0` means wait out the interval
+/// (`X-HubSpot-RateLimit-Interval-Milliseconds`, 10 s by default); `…-Daily-Remaining: 0` means
+/// the daily allowance is spent until midnight in the account's time zone, which the relay cannot
+/// know: it looks again in an hour.
+fn hubspot_wait<'a>(get: &dyn Fn(&str) -> Option<&'a str>) -> Option<Duration> {
+    let zero = |name: &str| get(name).is_some_and(|v| v.trim() == "0");
+    if zero("x-hubspot-ratelimit-daily-remaining") {
+        return Some(Duration::from_secs(3600));
+    }
+    if zero("x-hubspot-ratelimit-remaining") {
+        let ms = get("x-hubspot-ratelimit-interval-milliseconds").and_then(|v| v.trim().parse::<u64>().ok());
+        return Some(Duration::from_millis(ms.unwrap_or(10_000)).min(MAX_RETRY_AFTER));
+    }
+    None
+}
+
 /// Whether the answer says the quota is used up (`X-RateLimit-Remaining: 0` or `RateLimit-Remaining: 0`).
 pub fn quota_exhausted(headers: &reqwest::header::HeaderMap) -> bool {
-    ["ratelimit-remaining", "x-ratelimit-remaining", "x-sib-ratelimit-remaining"]
-        .iter()
-        .any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
+    [
+        "ratelimit-remaining",
+        "x-ratelimit-remaining",
+        "x-sib-ratelimit-remaining",
+        "x-hubspot-ratelimit-remaining",
+        "x-hubspot-ratelimit-daily-remaining",
+    ]
+    .iter()
+    .any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
 }
 
 /// Seconds as a duration, capped at [`MAX_RETRY_AFTER`]; `None` for what is not a finite,

@@ -31,6 +31,13 @@ pub struct AttemptResult {
     pub body: Option<String>,
     /// Each request as sent and its answer, for the attempt's record (see [`exchange`]).
     pub exchanges: Vec<serde_json::Value>,
+    /// How long the answer's headers ask us to wait (`Retry-After`, reset headers), capped.
+    pub requested_wait: Option<Duration>,
+    /// The `Location` header of the answer, when it has one.
+    pub location: Option<String>,
+    /// The answer says "slow down" (a 429, or a `throttle_on` match): the route pauses and the
+    /// attempt uses up no step of the schedule.
+    pub throttled: bool,
 }
 
 /// How much of a request's and an answer's body an attempt's record keeps.
@@ -92,7 +99,18 @@ impl AttemptResult {
             Verdict::Delivered => None,
             Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.clone()),
         };
-        AttemptResult { status: None, verdict, duration, error, pause: None, body: None, exchanges: Vec::new() }
+        AttemptResult {
+            status: None,
+            verdict,
+            duration,
+            error,
+            pause: None,
+            body: None,
+            exchanges: Vec::new(),
+            requested_wait: None,
+            location: None,
+            throttled: false,
+        }
     }
 }
 
@@ -168,6 +186,10 @@ impl HttpSender {
                 let delivered = matches!(verdict, Verdict::Delivered);
                 // Taken before the body is read (which consumes the answer), without copying the map.
                 let answer_headers = recorded_headers(resp.headers());
+                let location = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                 let limit = match (keep_body, delivered) {
                     (true, _) => ANSWER_BODY_LIMIT,
                     (false, false) => FAILED_BODY_KEPT,
@@ -194,6 +216,9 @@ impl HttpSender {
                     pause,
                     body,
                     exchanges: vec![recorded],
+                    requested_wait: retry_after,
+                    location,
+                    throttled: status == 429,
                 }
             }
             Err(e) => {

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::limits::Gate;
 use super::oauth::Tokens;
-use super::retry::{apply_retry_on, Verdict};
+use super::retry::{judge, Verdict};
 use super::send::AttemptResult;
 use super::send::HttpSender;
 use crate::config::{HeaderSpec, RouteConfig};
@@ -58,13 +58,12 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
         let ctx = TemplateContext::new(event, &route.vars, delivery_id);
         let mut result = match templates.render(route, &ctx) {
             Err(e) => render_failure(e.to_string(), Duration::ZERO),
-            Ok(req) => send(cx, route, req, delivery_id, false).await,
+            Ok(req) => send(cx, route, req, delivery_id, reads_body(route.first())).await,
         };
-        if result.status.is_some_and(|s| route.first().accept.contains(&s)) {
+        if judge(route.first(), route.throttle_pause, &mut result) {
             result.verdict = Verdict::Delivered;
             result.error = None;
         }
-        result.verdict = apply_retry_on(&route.first().retry_on, result.status, result.body.as_deref(), result.verdict);
         result.body = None;
         return StepsResult { result, state: None, deferred: None };
     }
@@ -112,9 +111,8 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
         }
         total += r.duration;
         r.duration = total;
-        let accepted = r.status.is_some_and(|s| step.accept.contains(&s));
+        let accepted = judge(step, route.throttle_pause, &mut r);
         if !matches!(r.verdict, Verdict::Delivered) && !accepted {
-            r.verdict = apply_retry_on(&step.retry_on, r.status, r.body.as_deref(), r.verdict);
             r.body = None;
             if let Some(from) = &step.retry_from {
                 forget_from(&mut done, route, from);
@@ -147,6 +145,11 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
     let mut result = result;
     result.exchanges = log;
     StepsResult { result, state: Some(done.to_string()), deferred: None }
+}
+
+/// Whether a plain route's answer body must be read whatever its status (`success.body` checks it).
+fn reads_body(step: &crate::config::StepConfig) -> bool {
+    step.success.as_ref().is_some_and(|s| s.body.is_some())
 }
 
 /// Sends one request, with the route's OAuth token when it has one; a 401 gets one retry with a

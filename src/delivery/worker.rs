@@ -280,6 +280,8 @@ struct Ran {
     schedule: Vec<Duration>,
     steps_state: Option<String>,
     exchanges: Vec<serde_json::Value>,
+    /// A 429 or a `throttle_on` answer.
+    throttled: bool,
 }
 
 /// Sends the route's requests for the delivery's event, holding its lease; `Err(at)` when the
@@ -295,6 +297,7 @@ async fn send(ctx: &DeliveryContext, rt: &Runtime, c: &Claimed, gate: Option<&Ga
             schedule: Vec::new(),
             steps_state: c.steps_state.clone(),
             exchanges: Vec::new(),
+            throttled: false,
         });
     };
     let data = serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null);
@@ -331,6 +334,7 @@ async fn send(ctx: &DeliveryContext, rt: &Runtime, c: &Claimed, gate: Option<&Ga
         schedule: route.retry.schedule.clone(),
         steps_state: out.state,
         exchanges: r.exchanges,
+        throttled: r.throttled,
     })
 }
 
@@ -340,8 +344,9 @@ fn decide_next(ran: &Ran, tries: u32, gate: Option<&Gate>, now: i64) -> Next {
     match &ran.verdict {
         Verdict::Delivered => Next::Delivered,
         Verdict::Fail { .. } => Next::Failed,
-        // Rate limited: wait as asked, but never give up because of it.
-        Verdict::Retry { retry_after, .. } if ran.status == Some(429) => {
+        // Rate limited (a 429 or a `throttle_on` answer): wait as asked, but never give up because
+        // of it.
+        Verdict::Retry { retry_after, .. } if ran.throttled => {
             let at = now + throttle_delay(&ran.schedule, tries, *retry_after).as_millis() as i64;
             if let Some(gate) = gate {
                 gate.pause_until(at);

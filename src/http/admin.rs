@@ -395,7 +395,13 @@ async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, Ap
 async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
     let names: Vec<String> = relay.runtime().config.routes.iter().map(|r| r.name.clone()).collect();
     let health = crate::console::route_health(&relay.store, &names, crate::event::now_ms()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "routes": health })))
+    let mut routes = serde_json::to_value(health).unwrap_or_else(|_| json!([]));
+    // A route held by a 429 or a `throttle_on` answer: sending resumes then, by itself.
+    for r in routes.as_array_mut().into_iter().flatten() {
+        let until = r["route"].as_str().and_then(|name| relay.delivery.gates.paused_until(name));
+        r["paused_until"] = until.map(rfc3339).into();
+    }
+    Ok(HttpResponse::Ok().json(json!({ "routes": routes })))
 }
 
 #[derive(Deserialize)]

@@ -130,7 +130,7 @@ fn deliver(rt: &Runtime, route: &RouteConfig, event: &Event, vendor: Option<&Ven
             headers.push(("Authorization".into(), "Bearer sf-access".into()));
         }
         let (status, body) = vendor.handle(&Request::new(req.method.as_str(), &req.url, headers, req.body.clone()));
-        if !(200..300).contains(&status) && !step.accept.contains(&status) {
+        if !(200..300).contains(&status) && !step.accept.iter().any(|m| m.status == status) {
             return Err(format!("step {} {} {}: HTTP {status}: {body}", step.name, req.method, req.url));
         }
         done.insert(step.name.clone(), json!({"status": status, "body": body}));

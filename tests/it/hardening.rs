@@ -504,7 +504,7 @@ fn check_refuses_a_url_whose_host_comes_from_the_event_unless_the_route_allows_i
     });
     assert_eq!(check_in(&dir).0, 1, "a templated port is a templated host too");
     let dir = config_dir(|t| {
-        t.replace("url = \"http://127.0.0.1:9/contacts\"", "url = \"http://127.0.0.1:9/{{data.path}}?q={{data.q}}\"")
+        t.replace("url = \"http://127.0.0.1:9/contacts\"", "url = \"http://127.0.0.1:9/{{event}}?q={{id}}\"")
     });
     assert_eq!(check_in(&dir).0, 0, "paths and queries may be templated freely");
 }

@@ -37,6 +37,9 @@ impl Received {
     }
 }
 
+/// A whole scripted answer: status, headers, body.
+type FullAnswer = (u16, Vec<(String, String)>, String);
+
 #[derive(Default)]
 struct CrmState {
     /// Statuses to answer, in order; then 200.
@@ -56,6 +59,8 @@ struct CrmState {
     max_in_flight: std::sync::atomic::AtomicUsize,
     /// Headers sent with every answer.
     answer_headers: Mutex<Vec<(String, String)>>,
+    /// Whole answers (status, headers, body) to give to the next requests, before `script`.
+    full_script: Mutex<VecDeque<FullAnswer>>,
 }
 
 /// A loopback HTTP server standing in for a CRM.
@@ -105,6 +110,13 @@ impl FakeCrm {
         *self.state.retry_after.lock().unwrap() = Some(value.to_string());
     }
 
+    /// Answers the next request with exactly this status, these headers and this body (queued
+    /// before the statuses of `respond_with`).
+    pub fn respond_full(&self, status: u16, headers: &[(&str, &str)], body: &str) {
+        let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.state.full_script.lock().unwrap().push_back((status, headers, body.to_string()));
+    }
+
     /// Sends `name: value` with every answer (a CRM's rate-limit headers, say).
     pub fn answer_header(&self, name: &str, value: &str) {
         self.state.answer_headers.lock().unwrap().push((name.to_string(), value.to_string()));
@@ -146,10 +158,11 @@ where
 }
 
 async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let full = state.full_script.lock().unwrap().pop_front();
     let status = {
         let mut received = state.received.lock().unwrap();
         let every = state.fail_every.load(std::sync::atomic::Ordering::Relaxed);
-        let scripted = state.script.lock().unwrap().pop_front();
+        let scripted = full.as_ref().map(|f| f.0).or_else(|| state.script.lock().unwrap().pop_front());
         let status = scripted
             .or_else(|| (every > 0 && (received.len() + 1) % every == 0).then_some(500))
             .or(*state.fallback.lock().unwrap())
@@ -183,6 +196,12 @@ async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::By
     }
     for (name, value) in state.answer_headers.lock().unwrap().iter() {
         answer.insert_header((name.as_str(), value.as_str()));
+    }
+    if let Some((_, headers, body)) = full {
+        for (name, value) in &headers {
+            answer.insert_header((name.as_str(), value.as_str()));
+        }
+        return answer.body(body);
     }
     answer.json(serde_json::json!({"status": status}))
 }

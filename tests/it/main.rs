@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod alerts;
+mod answers;
 mod bench;
 mod cli;
 mod connectors;
