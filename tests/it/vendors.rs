@@ -347,6 +347,40 @@ impl Vendor {
                     _ => (404, json!({"status": "error", "message": "Object not found"})),
                 }
             }
+            ("hubspot", "deals.batch_update") => {
+                let mut results = Vec::new();
+                let mut errors = Vec::new();
+                for input in body["inputs"].as_array().into_iter().flatten() {
+                    let key = input["id"].as_str().unwrap_or_default().to_string();
+                    match w.deals.get_mut(&key) {
+                        Some(record) => {
+                            merge(&mut record["properties"], &input["properties"]);
+                            results.push(json!({"id": record["id"], "properties": record["properties"]}));
+                        }
+                        None => errors.push(json!({"status": "error", "category": "OBJECT_NOT_FOUND", "message": format!("no deal with {key}")})),
+                    }
+                }
+                if errors.is_empty() {
+                    (200, json!({"status": "COMPLETE", "results": results}))
+                } else {
+                    (
+                        207,
+                        json!({"status": "COMPLETE", "results": results, "errors": errors, "numErrors": errors.len()}),
+                    )
+                }
+            }
+            ("hubspot", "subscriptions.set_status") => {
+                let email = req.segment(4).to_lowercase();
+                let c = w.contacts.entry(email).or_insert_with(|| json!({"properties": {}}));
+                c["subscriptions"][body["subscriptionId"].to_string()] = body["statusState"].clone();
+                (200, json!({"status": "COMPLETE", "results": [], "errors": []}))
+            }
+            ("hubspot", "subscriptions.unsubscribe_all") => {
+                let email = req.segment(4).to_lowercase();
+                let c = w.contacts.entry(email).or_insert_with(|| json!({"properties": {}}));
+                c["unsubscribed_from_all"] = json!(true);
+                (200, json!({"status": "COMPLETE", "results": [], "errors": []}))
+            }
             ("hubspot", _) => (200, json!({"status": "COMPLETE", "results": []})),
             ("salesforce", "contact.upsert" | "contact.email_opt_out" | "opportunity.upsert") => {
                 // /services/data/vNN.N/sobjects/{Object}/{ExternalIdField}/{value}
@@ -495,8 +529,53 @@ impl Vendor {
                 }
             }
             ("activecampaign", _) => (201, json!({"contactTag": body["contactTag"]})),
+            ("brevo", "contacts.create_or_update" | "contacts.email_blacklist") => {
+                let email = body["email"].as_str().unwrap_or_default().to_lowercase();
+                let created = !w.contacts.contains_key(&email);
+                let c = w.contacts.entry(email).or_insert_with(|| json!({"lists": [], "emailBlacklisted": false}));
+                for id in body["listIds"].as_array().into_iter().flatten() {
+                    let lists = c["lists"].as_array_mut().unwrap();
+                    if !lists.contains(id) {
+                        lists.push(id.clone());
+                    }
+                }
+                if body["emailBlacklisted"] == json!(true) {
+                    c["emailBlacklisted"] = json!(true);
+                }
+                if let Some(attributes) = body.get("attributes") {
+                    merge(c, &json!({"attributes": attributes}));
+                }
+                if created {
+                    (201, json!({"id": 1}))
+                } else {
+                    (204, Value::Null)
+                }
+            }
+            ("brevo", "contacts.update") => {
+                let email = req.segment(3).to_lowercase();
+                match w.contacts.get_mut(&email) {
+                    Some(c) => {
+                        for id in body["unlinkListIds"].as_array().into_iter().flatten() {
+                            c["lists"].as_array_mut().unwrap().retain(|l| l != id);
+                        }
+                        (204, Value::Null)
+                    }
+                    None => (404, json!({"code": "document_not_found", "message": "Contact does not exist"})),
+                }
+            }
             ("brevo", _) => (201, json!({"id": 1})),
             ("mailchimp", "members.tags" | "members.tags_remove") => (204, Value::Null),
+            ("mailchimp", "members.upsert") => {
+                let hash = req.segment(5);
+                let c = w.contacts.entry(hash).or_insert_with(|| json!({"email_address": body["email_address"]}));
+                let status = match (body.get("status"), c.get("status")) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(old)) => old.clone(),
+                    (None, None) => body["status_if_new"].clone(),
+                };
+                c["status"] = status.clone();
+                (200, json!({"id": "m1", "email_address": c["email_address"], "status": status}))
+            }
             ("mailchimp", _) => (200, json!({"id": "m1", "status": "subscribed"})),
             ("slack", _) => (200, Value::String("ok".into())),
             _ => (200, json!({})),
