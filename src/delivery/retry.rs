@@ -318,6 +318,22 @@ mod tests {
     }
 
     #[test]
+    fn hubspot_rate_limit_headers_say_how_long_to_wait() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-hubspot-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-hubspot-ratelimit-interval-milliseconds", "10000".parse().unwrap());
+        assert_eq!(requested_wait(&h, 0), Some(Duration::from_secs(10)));
+        assert!(quota_exhausted(&h));
+        h.insert("x-hubspot-ratelimit-remaining", "7".parse().unwrap());
+        assert_eq!(requested_wait(&h, 0), None, "quota left: no wait");
+        assert!(!quota_exhausted(&h));
+        h.insert("x-hubspot-ratelimit-daily-remaining", "0".parse().unwrap());
+        assert_eq!(requested_wait(&h, 0), Some(Duration::from_secs(3600)), "the daily allowance is spent");
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(requested_wait(&h, 0), Some(Duration::from_secs(2)), "Retry-After wins");
+    }
+
+    #[test]
     fn hostile_header_values_are_capped_or_ignored_never_a_panic() {
         let now_ms = 1_700_000_000_000;
         let six_hours = Some(MAX_RETRY_AFTER);

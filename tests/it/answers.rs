@@ -87,13 +87,16 @@ async fn retry_on_still_applies_to_a_failed_success_check() {
 
 const SALESFORCE_LIMIT: &str = r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#;
 
+/// The `throttle_on` line of the shipped Salesforce example, as the user runs it.
+fn salesforce_throttle_on() -> String {
+    let example = std::fs::read_to_string(format!("{}/examples/salesforce.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let line = example.lines().find(|l| l.starts_with("throttle_on")).expect("the example sets throttle_on");
+    line.split('#').next().unwrap().trim().to_string()
+}
+
 #[tokio::test]
 async fn a_throttle_answer_pauses_the_route_for_an_hour_without_a_dead_letter() {
-    let cfg = TestConfig {
-        schedule: vec!["1m"],
-        route_extra: r#"throttle_on = [{ status = 403, body = "REQUEST_LIMIT_EXCEEDED" }]"#.into(),
-        ..TestConfig::default()
-    };
+    let cfg = TestConfig { schedule: vec!["1m"], route_extra: salesforce_throttle_on(), ..TestConfig::default() };
     let r = driven_relay(cfg).await;
     // The 24-hour allocation stays used up for an hour: four answers 15 min apart, then it works.
     for _ in 0..4 {

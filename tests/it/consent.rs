@@ -2,7 +2,8 @@
 //! `contact.unsubscribed` ("unsubscribed from a list") acts on one list where the vendor has lists
 //! and is recorded without a global opt-out where it has none; `contact.marked_as_spam` is a
 //! global opt-out everywhere; `UNSUBSCRIBE_SCOPE=global` makes unsubscribes global; buyers are not
-//! put on marketing lists unless asked; a refund changes only the stage of the sale's deal.
+//! put on marketing lists unless asked; a refund changes only the stage of the sale's deal; and a
+//! Google Sheets row is delivered only when the script says it wrote it.
 
 use serde_json::{json, Value};
 
@@ -315,4 +316,87 @@ async fn systemeio_an_unsubscribe_is_the_configured_tag() {
     let world = api.world.lock().unwrap();
     assert_eq!(world.contacts["ann@example.com"]["tags"], json!([99]));
     assert!(world.violations.is_empty(), "{:?}", world.violations);
+}
+
+/// A stand-in for an Apps Script web app and its echo host, on one loopback server: `POST /exec`
+/// answers 302 to `redirect_to` (with the echo path); `GET /macros/echo` answers `echo_body`.
+struct AppsScript {
+    url: String,
+    rows: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+#[derive(Default)]
+struct ScriptState {
+    redirect_host: std::sync::Mutex<String>,
+    echo_body: std::sync::Mutex<String>,
+    rows: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+async fn script_handler(
+    state: actix_web::web::Data<ScriptState>,
+    req: actix_web::HttpRequest,
+    body: actix_web::web::Bytes,
+) -> actix_web::HttpResponse {
+    if req.method() == actix_web::http::Method::POST {
+        let host = state.redirect_host.lock().unwrap().clone();
+        let writes = host.starts_with("127.0.0.1");
+        if writes {
+            state.rows.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        }
+        let location = format!("http://{host}/macros/echo?user_content_key=k1&lib=L");
+        return actix_web::HttpResponse::Found().insert_header(("Location", location)).finish();
+    }
+    assert_eq!(req.uri().to_string(), "/macros/echo?user_content_key=k1&lib=L");
+    actix_web::HttpResponse::Ok().content_type("application/json").body(state.echo_body.lock().unwrap().clone())
+}
+
+impl AppsScript {
+    fn start(redirect_to_login: bool, echo_body: &str) -> AppsScript {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = std::sync::Arc::new(ScriptState::default());
+        *state.redirect_host.lock().unwrap() =
+            if redirect_to_login { "accounts.google.com".to_string() } else { addr.clone() };
+        *state.echo_body.lock().unwrap() = echo_body.to_string();
+        let rows = state.rows.clone();
+        let url = serve_loopback(listener, state, script_handler);
+        AppsScript { url, rows }
+    }
+
+    async fn relay(&self) -> Relay {
+        Relay::start(
+            "google-sheets",
+            &[
+                ("GOOGLE_SHEETS_WEBAPP_URL", &format!("{}/exec", self.url)),
+                ("GOOGLE_SHEETS_ECHO_HOST", "127.0.0.1"),
+                ("GOOGLE_SHEETS_ECHO_BASE_URL", &self.url),
+            ],
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn google_sheets_is_delivered_only_when_the_script_says_ok() {
+    let script = AppsScript::start(false, r#"{"ok":true}"#);
+    let relay = script.relay().await;
+    send_all(&relay, &[contact_event("g1", "ann@example.com")]).await;
+    assert_eq!(script.rows.lock().unwrap().len(), 1);
+
+    // Deployed for "Only myself": a 302 to the login page, nothing written — a dead letter.
+    let login = AppsScript::start(true, "");
+    let relay = login.relay().await;
+    relay.send(&contact_event("g2", "ann@example.com")).await;
+    let failed = relay.wait_for("failed", 1).await;
+    let error = failed[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("redirects to accounts.google.com"), "{error}");
+    assert!(login.rows.lock().unwrap().is_empty());
+
+    // The script ran but could not write (a tab that does not exist): its own answer says so.
+    let broken = AppsScript::start(false, r#"{"ok":false,"error":"no tab Learnybox"}"#);
+    let relay = broken.relay().await;
+    relay.send(&contact_event("g3", "ann@example.com")).await;
+    let failed = relay.wait_for("failed", 1).await;
+    let error = failed[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("step confirm") && error.contains("no tab Learnybox"), "{error}");
 }
