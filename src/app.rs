@@ -34,6 +34,8 @@ pub struct Relay {
     pub alerts: Arc<Alerts>,
     /// Slows down repeated wrong admin tokens.
     pub auth_failures: http::AuthThrottle,
+    /// Requests to hook URLs of sources that are not configured.
+    pub unknown_hooks: http::public::UnknownHooks,
 }
 
 impl Relay {
@@ -46,7 +48,16 @@ impl Relay {
         let delivery = Arc::new(DeliveryContext::new(store.clone(), runtime.clone(), alerts.clone(), clock.clone()));
         let ingest = Arc::new(IngestContext::new(delivery.clone(), silence.clone()));
         let upkeep = Upkeep { store: store.clone(), runtime: runtime.clone(), silence, clock };
-        Relay { store, runtime, ingest, delivery, upkeep, alerts, auth_failures: http::AuthThrottle::default() }
+        Relay {
+            store,
+            runtime,
+            ingest,
+            delivery,
+            upkeep,
+            alerts,
+            auth_failures: http::AuthThrottle::default(),
+            unknown_hooks: Default::default(),
+        }
     }
 
     /// The configuration in force now.

@@ -40,5 +40,6 @@ pub mod routing;
 pub mod runtime;
 pub mod secrets;
 pub mod store;
+pub mod suggest;
 pub mod telemetry;
 pub mod templates;

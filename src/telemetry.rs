@@ -18,6 +18,7 @@ pub const SOURCE_SILENT: &str = "lbx_source_silent";
 pub const SOURCE_LAST_EVENT: &str = "lbx_source_last_event_timestamp_seconds";
 pub const DEAD_LETTERS: &str = "lbx_dead_letters";
 pub const DEFERRED: &str = "lbx_deliveries_deferred_total";
+pub const HOOKS_UNKNOWN: &str = "lbx_hooks_unknown_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
@@ -119,6 +120,7 @@ pub fn metrics() -> &'static PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(EVENTS_RECEIVED, "Webhook requests received, by source and outcome");
+    metrics::describe_counter!(HOOKS_UNKNOWN, "Webhook requests to a source that is not configured (answered 404)");
     metrics::describe_counter!(DELIVERIES, "Delivery attempts, by route and outcome");
     metrics::describe_histogram!(DELIVERY_DURATION, metrics::Unit::Seconds, "Duration of delivery attempts");
     metrics::describe_gauge!(QUEUE_DEPTH, "Deliveries waiting to be sent");

@@ -65,6 +65,14 @@ async function refreshStats() {
   text($("failed_count"), s.failed);
   text($("quarantined"), s.quarantined);
   text($("oldest"), age(s.oldest_pending_at));
+  const unknown = s.unknown_hooks || { count: 0 };
+  const notice = $("unknown_hooks");
+  notice.hidden = !unknown.count;
+  if (unknown.count && unknown.last) {
+    const hint = unknown.last.did_you_mean ? " (did you mean " + unknown.last.did_you_mean + "?)" : "";
+    text(notice, unknown.count + " webhook request(s) to an unknown source were answered 404 and not stored — latest: /hooks/" +
+      unknown.last.source + hint + " at " + unknown.last.at + ". Check the webhook URL in Learnybox.");
+  }
   for (const id of ["f_route", "b_route"]) {
     const select = $(id);
     if (select.options.length === 1) for (const r of s.routes) select.add(new Option(r, r));

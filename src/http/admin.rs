@@ -138,6 +138,7 @@ async fn dashboard_style() -> HttpResponse {
 async fn stats(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
     let g = relay.store.gauges().await?;
     let rt = relay.runtime();
+    let (unknown_count, unknown_last) = relay.unknown_hooks.summary();
     Ok(HttpResponse::Ok().json(json!({
         "queue_depth": g.queue_depth,
         "failed": g.failed,
@@ -146,6 +147,7 @@ async fn stats(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiErr
         "oldest_pending_at": g.oldest_pending_at.map(rfc3339),
         "routes": rt.config.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         "sources": rt.config.sources.keys().collect::<Vec<_>>(),
+        "unknown_hooks": {"count": unknown_count, "last": unknown_last},
     })))
 }
 

@@ -3,7 +3,7 @@
 
 mod admin;
 mod error;
-mod public;
+pub mod public;
 mod throttle;
 
 use std::net::TcpListener;

@@ -12,9 +12,69 @@ use crate::ingest::{self, IngestError};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(super::healthz))
         .route("/hooks/{source}", web::post().to(hook))
+        // A trailing slash is the same endpoint (a URL pasted with one must not lose events).
+        .route("/hooks/{source}/", web::post().to(hook))
         .route("/hooks/{source}/{token}", web::post().to(hook_with_token))
+        .route("/hooks/{source}/{token}/", web::post().to(hook_with_token))
         .route("/hooks/{source}", web::route().to(not_post))
+        .route("/hooks/{source}/", web::route().to(not_post))
         .route("/hooks/{source}/{token}", web::route().to(not_post));
+}
+
+/// Requests to a source that is not configured: counted (`lbx_hooks_unknown_total`, no per-path
+/// label), logged at warn at most once a minute with the closest configured source, and shown by
+/// `/api/stats` (and so the dashboard), since Learnybox gives up after four retries and may turn
+/// the webhook off.
+pub struct UnknownHooks {
+    count: std::sync::atomic::AtomicU64,
+    last: std::sync::Mutex<Option<UnknownHook>>,
+    log: crate::telemetry::LogLimiter,
+}
+
+/// The latest request to an unknown source.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnknownHook {
+    /// The source named in the URL, cut and escaped like any logged value.
+    pub source: String,
+    pub at: String,
+    pub did_you_mean: Option<String>,
+}
+
+impl Default for UnknownHooks {
+    fn default() -> Self {
+        UnknownHooks {
+            count: Default::default(),
+            last: Default::default(),
+            log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
+        }
+    }
+}
+
+impl UnknownHooks {
+    fn record(&self, source: &str, configured: &[&str], now_ms: i64) {
+        use std::sync::atomic::Ordering;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::HOOKS_UNKNOWN).increment(1);
+        let did_you_mean = crate::suggest::closest(source, configured.iter().copied()).map(str::to_string);
+        let shown = crate::telemetry::log_safe(source).into_owned();
+        if self.log.should_log(now_ms) {
+            tracing::warn!(
+                source = %shown,
+                did_you_mean = %did_you_mean.as_deref().unwrap_or("-"),
+                configured = %configured.join(", "),
+                "POST /hooks/{{source}} for a source that is not configured: answered 404, nothing stored \
+                 (Learnybox retries four times, then gives up); check the webhook URL in Learnybox"
+            );
+        }
+        let last = UnknownHook { source: shown, at: crate::event::rfc3339(now_ms), did_you_mean };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
+    }
+
+    /// How many requests named an unknown source since start, and the latest.
+    pub fn summary(&self) -> (u64, Option<UnknownHook>) {
+        let n = self.count.load(std::sync::atomic::Ordering::Relaxed);
+        (n, self.last.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 /// Any other method on a hook URL (someone opening it in a browser): 405 with what to do instead.
@@ -52,7 +112,11 @@ async fn receive(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let rt = relay.runtime();
-    let Some(src) = rt.config.source(source) else { return Err(ApiError::NotFound) };
+    let Some(src) = rt.config.source(source) else {
+        let configured: Vec<&str> = rt.config.sources.keys().map(String::as_str).collect();
+        relay.unknown_hooks.record(source, &configured, relay.delivery.now_ms());
+        return Err(ApiError::NotFound);
+    };
     if !src.token_matches(token) {
         return Err(ApiError::NotFound);
     }

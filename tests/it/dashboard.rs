@@ -175,8 +175,15 @@ async fn the_dashboard_finds_an_event_by_contact_shows_its_attempts_and_replays(
     page.login("wrong-token-wrong-token").await;
     page.wait_for("document.getElementById('state').textContent.includes('Wrong admin token')").await;
 
+    // A webhook URL with a typo in its source: the page says so, with the closest source.
+    let lost = app.client.post(format!("{}/hooks/Learnybox", app.public)).body("{}").send().await.unwrap();
+    assert_eq!(lost.status(), 404);
+
     // Logged in: two events, N of M, route health.
     page.login(ADMIN_TOKEN).await;
+    page.wait_for("!document.getElementById('unknown_hooks').hidden").await;
+    let notice = page.text_of("#unknown_hooks").await;
+    assert!(notice.contains("/hooks/Learnybox") && notice.contains("did you mean learnybox"), "{notice}");
     page.wait_for("document.querySelectorAll('#events tr.clickable').length === 2").await;
     assert!(page.text_of("#count").await.contains("of 2"), "{}", page.text_of("#count").await);
     page.wait_for("document.getElementById('routes').textContent.includes('crm')").await;

@@ -22,6 +22,7 @@ mod hardening;
 mod hostile_crm;
 mod ingest;
 mod lifecycle;
+mod lost_hooks;
 mod multistep;
 mod oauth;
 mod pacing;
