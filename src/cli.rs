@@ -133,6 +133,15 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// The event types the store has seen, per source: count, first and last seen, the routes they
+    /// matched (or none), and one recent payload with personal values masked.
+    Types {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the report as JSON (as GET /api/types answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// Send one test notification through `[alerts]`, to see it arrive.
     AlertTest {
         #[command(flatten)]
@@ -260,6 +269,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench(args) => bench(args).await,
             Command::Forget { config, email, dry_run } => forget(&config.config, &email, dry_run).await,
             Command::AlertTest { config } => alert_test(&config.config).await,
+            Command::Types { config, json } => types(&config.config, json).await,
             Command::Init { connector, dir } => init(&dir, connector.as_deref()),
             Command::BaselineServer { listen } => {
                 crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
@@ -457,6 +467,36 @@ async fn forget(path: &Path, email: &str, dry_run: bool) -> anyhow::Result<ExitC
         report.attempts,
         report.quarantined
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lbx-relay types`: the same report as `GET /api/types`, read from the store the config names.
+async fn types(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
+    let report = crate::console::types(&store, &rt.config).await?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&serde_json::json!({ "types": report }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if report.is_empty() {
+        out!("no event stored yet (events are kept for store.retention once delivered)");
+    }
+    for t in &report {
+        let routes = if t.routes_matched.is_empty() {
+            "no route (stored unrouted)".to_string()
+        } else {
+            format!("routes {}", t.routes_matched.join(", "))
+        };
+        out!("{} {}: {} event(s), first {}, last {}; {routes}", t.source, t.event, t.count, t.first_seen, t.last_seen);
+        if t.routes_now != t.routes_matched {
+            let now = if t.routes_now.is_empty() { "none".to_string() } else { t.routes_now.join(", ") };
+            out!("  with the configuration in force now: {now}");
+        }
+        if let Some(p) = &t.recent_payload {
+            out!("  recent payload (personal values masked): {p}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -137,3 +137,158 @@ mod tests {
         assert_eq!(percentile(&[], 50), None);
     }
 }
+
+/// An event type as it arrives, for `GET /api/types` and `lbx-relay types`.
+#[derive(Debug, Serialize)]
+pub struct TypeReport {
+    pub source: String,
+    pub event: String,
+    pub count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// The routes its deliveries went to (empty: it matched none and was stored `unrouted`).
+    pub routes_matched: Vec<String>,
+    /// The routes whose `events` match it in the configuration in force now.
+    pub routes_now: Vec<String>,
+    /// Its newest payload with personal values masked (e-mails, names, phones, addresses).
+    pub recent_payload: Option<serde_json::Value>,
+}
+
+/// Every event type stored, per source, with the routes it met and one recent payload masked.
+pub async fn types(store: &Store, config: &crate::config::Config) -> Result<Vec<TypeReport>, StoreError> {
+    Ok(store
+        .event_types()
+        .await?
+        .into_iter()
+        .map(|t| {
+            let routes_now = config
+                .routes
+                .iter()
+                .filter(|r| crate::routing::matches_any(&r.events, &t.kind))
+                .map(|r| r.name.clone())
+                .collect();
+            let recent_payload = t.recent_payload.as_deref().map(|p| {
+                let mut v = serde_json::from_str(p).unwrap_or(serde_json::Value::Null);
+                mask_personal(&mut v, "");
+                v
+            });
+            TypeReport {
+                source: t.source,
+                event: t.kind,
+                count: t.count,
+                first_seen: rfc3339(t.first_seen),
+                last_seen: rfc3339(t.last_seen),
+                routes_matched: t.routes,
+                routes_now,
+                recent_payload,
+            }
+        })
+        .collect())
+}
+
+/// Keys whose values are personal wherever they are.
+const PERSONAL_KEYS: &[&str] = &[
+    "email",
+    "mail",
+    "e-mail",
+    "e_mail",
+    "prenom",
+    "firstname",
+    "first_name",
+    "fname",
+    "nom",
+    "lastname",
+    "last_name",
+    "lname",
+    "surname",
+    "fullname",
+    "full_name",
+    "telephone",
+    "phone",
+    "tel",
+    "mobile",
+    "portable",
+    "address",
+    "adresse",
+    "street",
+    "rue",
+    "city",
+    "ville",
+    "zip",
+    "postal_code",
+    "code_postal",
+    "birthday",
+    "birthdate",
+    "date_naissance",
+    "ip",
+    "ip_address",
+];
+/// Objects whose `name` is a person's name (a product's `name` is not masked).
+const PERSON_OBJECTS: &[&str] = &["contact", "user", "customer", "buyer", "client", "member", "student", "person"];
+
+/// Masks personal values in place: strings under [`PERSONAL_KEYS`] (and `name` in a person-like
+/// object) keep their first character (`C***`; e-mails `ca***@example.fr`), and any other string
+/// that holds an e-mail address has it masked too.
+pub fn mask_personal(value: &mut serde_json::Value, parent: &str) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let k = key.to_ascii_lowercase();
+                let personal = PERSONAL_KEYS.contains(&k.as_str())
+                    || (k == "name" && PERSON_OBJECTS.iter().any(|p| parent.to_ascii_lowercase().contains(p)));
+                match v {
+                    Value::String(s) if personal => *s = mask_text(s),
+                    Value::Number(_) if personal => *v = Value::String("***".into()),
+                    _ => mask_personal(v, key),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_personal(v, parent)),
+        Value::String(s) if s.contains('@') => {
+            // Any word holding an '@' (an address in free text too).
+            let masked: Vec<String> = s
+                .split(' ')
+                .map(|w| if w.contains('@') { crate::telemetry::mask_email(w) } else { w.to_string() })
+                .collect();
+            *s = masked.join(" ");
+        }
+        _ => {}
+    }
+}
+
+fn mask_text(s: &str) -> String {
+    if s.contains('@') {
+        return crate::telemetry::mask_email(s);
+    }
+    match s.chars().next() {
+        Some(c) => format!("{c}***"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod type_tests {
+    use super::*;
+
+    #[test]
+    fn personal_values_are_masked_and_the_shape_is_kept() {
+        let mut v = serde_json::json!({"event": "course.completed", "data": {
+            "contact": {"email": "Camille.Durand@example.fr", "prenom": "Camille", "name": "Camille Durand",
+                        "telephone": "+33 6 12 34 56 78", "id": 1000},
+            "course": {"name": "Vendre en ligne", "id": 7},
+            "note": "write to zoe@example.com", "cc": "jj@example.org"}});
+        mask_personal(&mut v, "");
+        let c = &v["data"]["contact"];
+        assert_eq!(c["email"], "Ca***@example.fr");
+        assert_eq!(
+            (c["prenom"].as_str(), c["name"].as_str(), c["telephone"].as_str()),
+            (Some("C***"), Some("C***"), Some("+***"))
+        );
+        assert_eq!(c["id"], 1000, "ids stay: they show the shape");
+        assert_eq!(v["data"]["course"]["name"], "Vendre en ligne", "a course name is not personal");
+        assert_eq!(v["data"]["cc"], "jj***@example.org");
+        assert_eq!(v["data"]["note"], "write to zo***@example.com");
+        assert_eq!(v["event"], "course.completed");
+    }
+}

@@ -249,11 +249,33 @@ async function refreshQuarantine() {
   if (q.items.length === 0) emptyRow(tbody, 5);
 }
 
+async function refreshTypes() {
+  const { types } = await api("/api/types");
+  const tbody = $("types");
+  tbody.replaceChildren();
+  for (const t of types) {
+    const row = tbody.insertRow();
+    text(row.insertCell(), t.event);
+    text(row.insertCell(), t.source);
+    text(row.insertCell(), t.count);
+    when(t.last_seen, row.insertCell());
+    const routes = row.insertCell();
+    if (t.routes_now.length === 0) {
+      routes.className = "error";
+      text(routes, "no route");
+      row.className = "unrouted";
+    } else {
+      text(routes, t.routes_now.join(", "));
+    }
+  }
+  if (types.length === 0) emptyRow(tbody, 5);
+}
+
 async function refresh() {
   if (!token) { showState("Type the relay's admin token (LBX_ADMIN_TOKEN) to open the console.", "ok"); return; }
   try {
     await refreshStats();
-    await Promise.all([refreshRoutes(), refreshEvents(), refreshQuarantine()]);
+    await Promise.all([refreshRoutes(), refreshEvents(), refreshQuarantine(), refreshTypes()]);
     await refreshDetail();
     $("main").hidden = false;
     showState("");

@@ -37,6 +37,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/quarantine/reprocess", web::post().to(reprocess))
         .route("/api/reload", web::post().to(reload))
         .route("/api/routes", web::get().to(routes_health))
+        .route("/api/types", web::get().to(event_types))
         .route("/api/stats/series", web::get().to(stats_series))
         .route("/api/contacts/{email}", web::delete().to(forget_contact))
         .route("/api/purge", web::post().to(purge));
@@ -404,6 +405,13 @@ async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse
         r["paused_until"] = until.map(rfc3339).into();
     }
     Ok(HttpResponse::Ok().json(json!({ "routes": routes })))
+}
+
+/// Event types as they really arrive, per source (`lbx-relay types` prints the same).
+async fn event_types(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
+    let rt = relay.runtime();
+    let types = crate::console::types(&relay.store, &rt.config).await?;
+    Ok(HttpResponse::Ok().json(json!({ "types": types })))
 }
 
 #[derive(Deserialize)]

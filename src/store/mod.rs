@@ -499,6 +499,20 @@ pub struct ContactCandidate {
     pub attempts: u64,
 }
 
+/// An event type as it really arrived: how often, when, where it went, and its newest payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeSeen {
+    pub source: String,
+    pub kind: String,
+    pub count: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Routes its deliveries went to; empty: it matched none (stored `unrouted`).
+    pub routes: Vec<String>,
+    /// The newest event's payload (decrypted), as stored.
+    pub recent_payload: Option<String>,
+}
+
 /// A stored event of a contact, as erasure lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ContactEvent {
@@ -867,6 +881,15 @@ impl Store {
     pub async fn forget_contact(&self, email: &Email) -> Result<Forgotten, StoreError> {
         let ids = self.contact_events(email).await?.into_iter().map(|e| e.id).collect();
         self.delete_events(ids).await
+    }
+
+    /// The event types stored, per source (within retention), with their newest payload.
+    pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
+        let mut types = dispatch!(self, s => s.event_types().await)?;
+        for t in &mut types {
+            t.recent_payload = self.open_opt(PAYLOAD, t.recent_payload.take())?;
+        }
+        Ok(types)
     }
 
     /// Deletes fully delivered events received before `before` (Unix ms); returns how many.

@@ -13,7 +13,7 @@ use super::{AttemptFact, AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP,
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
-    StoreError, StoredEvent,
+    StoreError, StoredEvent, TypeSeen,
 };
 use crate::event::{now_ms, rfc3339};
 
@@ -746,6 +746,43 @@ impl SqliteStore {
 
     /// The newest event time of each of `sources` (for the silence alert after a restart). One
     /// streaming aggregate per source: a GROUP BY would build a temporary tree over every event.
+    /// Every (source, type) stored, with its count, first and last arrival, the routes its
+    /// deliveries went to, and the payload of its newest event.
+    pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT source, kind, COUNT(*), MIN(received_at), MAX(received_at) FROM events
+                 GROUP BY source, kind ORDER BY source, kind",
+            )?;
+            let mut types: Vec<TypeSeen> = stmt
+                .query_map([], |r| {
+                    Ok(TypeSeen {
+                        source: r.get(0)?,
+                        kind: r.get(1)?,
+                        count: r.get::<_, i64>(2)? as u64,
+                        first_seen: r.get(3)?,
+                        last_seen: r.get(4)?,
+                        routes: Vec::new(),
+                        recent_payload: None,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut routes = c.prepare(
+                "SELECT DISTINCT d.route FROM deliveries d JOIN events e ON d.event_id = e.id
+                 WHERE e.source = ?1 AND e.kind = ?2 ORDER BY d.route",
+            )?;
+            let mut recent = c.prepare(
+                "SELECT payload FROM events WHERE source = ?1 AND kind = ?2 ORDER BY received_at DESC LIMIT 1",
+            )?;
+            for t in &mut types {
+                t.routes = routes.query_map([&t.source, &t.kind], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                t.recent_payload = recent.query_row([&t.source, &t.kind], |r| r.get(0)).optional()?;
+            }
+            Ok(types)
+        })
+        .await
+    }
+
     pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
         self.call(move |c| {
             let mut stmt = c.prepare_cached("SELECT MAX(received_at) FROM events WHERE source = ?1")?;

@@ -187,6 +187,7 @@ async fn the_dashboard_finds_an_event_by_contact_shows_its_attempts_and_replays(
     page.wait_for("document.querySelectorAll('#events tr.clickable').length === 2").await;
     assert!(page.text_of("#count").await.contains("of 2"), "{}", page.text_of("#count").await);
     page.wait_for("document.getElementById('routes').textContent.includes('crm')").await;
+    page.wait_for("document.getElementById('types').textContent.includes('contact.created')").await;
 
     // Filter by e-mail through the search box.
     page.eval("document.getElementById('q').value = 'ADA@example.org'; document.getElementById('filters').requestSubmit(); true").await;

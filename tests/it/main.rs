@@ -30,5 +30,6 @@ mod properties;
 mod scale_out;
 mod steps;
 mod store_contract;
+mod types;
 mod vectors;
 mod vendors;

@@ -117,7 +117,28 @@ contract!(
     a_waiting_head_parks_its_key_until_its_retry,
     forgetting_a_contact_removes_its_events_deliveries_and_attempts,
     erasure_takes_whole_addresses_only,
+    event_types_are_counted_with_their_routes_and_newest_payload,
 );
+
+async fn event_types_are_counted_with_their_routes_and_newest_payload(s: Store) {
+    let mut a = event("a", "k-a", 1_000, &["crm"]);
+    a.payload = r#"{"n":1}"#.into();
+    let mut b = event("b", "k-b", 2_000, &["crm", "sheet"]);
+    b.payload = r#"{"n":2}"#.into();
+    let mut c = event("c", "k-c", 1_500, &[]);
+    c.kind = "course.completed".into();
+    for e in [a, b, c] {
+        s.ingest(e).await.unwrap();
+    }
+    let types = s.event_types().await.unwrap();
+    assert_eq!(types.len(), 2, "{types:?}");
+    let contact = types.iter().find(|t| t.kind == "contact.created").unwrap();
+    assert_eq!((contact.count, contact.first_seen, contact.last_seen), (2, 1_000, 2_000));
+    assert_eq!(contact.routes, ["crm", "sheet"]);
+    assert_eq!(contact.recent_payload.as_deref(), Some(r#"{"n":2}"#));
+    let course = types.iter().find(|t| t.kind == "course.completed").unwrap();
+    assert_eq!((course.count, course.routes.len()), (1, 0));
+}
 
 async fn forgetting_a_contact_removes_its_events_deliveries_and_attempts(s: Store) {
     let mut indexed = event("indexed", "k1", now_ms(), &["a", "b"]);

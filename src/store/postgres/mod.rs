@@ -17,7 +17,7 @@ use super::{AttemptFact, AttemptOutcome, RetryFilter, COUNT_CAP, DERIVED_STATUS}
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
-    StoreError, StoredEvent,
+    StoreError, StoredEvent, TypeSeen,
 };
 use crate::event::{now_ms, rfc3339};
 use batch::{batcher, Queued, BATCHERS};
@@ -763,6 +763,34 @@ impl PgStore {
             oldest_pending_at: row.try_get(3)?,
             failed: row.try_get(4)?,
         })
+    }
+
+    pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT source, kind, COUNT(*), MIN(received_at), MAX(received_at),
+                    ARRAY(SELECT DISTINCT d.route FROM deliveries d JOIN events x ON d.event_id = x.id
+                          WHERE x.source = e.source AND x.kind = e.kind ORDER BY d.route),
+                    (SELECT payload FROM events y WHERE y.source = e.source AND y.kind = e.kind
+                     ORDER BY received_at DESC LIMIT 1)
+                 FROM events e GROUP BY source, kind ORDER BY source, kind",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TypeSeen {
+                    source: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    count: r.try_get::<_, i64>(2)? as u64,
+                    first_seen: r.try_get(3)?,
+                    last_seen: r.try_get(4)?,
+                    routes: r.try_get(5)?,
+                    recent_payload: r.try_get(6)?,
+                })
+            })
+            .collect()
     }
 
     pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
