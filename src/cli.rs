@@ -260,7 +260,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(c) => serve(&c.config).await,
-            Command::Check(c) => check(&c.config),
+            Command::Check(c) => check(&c.config).await,
             Command::Decrypt { secret, iv, file } => decrypt(&secret, iv.as_deref(), &file),
             Command::Encrypt { secret, envelope, key_form, file } => encrypt(&secret, &envelope, &key_form, &file),
             Command::Render { config, route, json, answers, event_file } => {
@@ -328,6 +328,18 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     }
     let app = Application::build(runtime).await?;
     let relay = app.relay();
+    // What `check` would warn about that loses data (typos in `events`, template paths no event
+    // has), against the samples and what this store has received.
+    match relay.store.event_types().await {
+        Ok(seen) => {
+            for w in preflight::lint(&relay.runtime(), &seen).unwrap_or_default() {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::telemetry::Chain(&e), "could not read the event types seen; `check` lists its warnings")
+        }
+    }
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
@@ -355,7 +367,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<ExitCode> {
+async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let rt = match Runtime::load(path) {
         Ok(rt) => rt,
         Err(problems) => {
@@ -373,6 +385,13 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         out!("note: {note}");
     }
     for w in &report.warnings {
+        out!("warning: {w}");
+    }
+    let (seen, note) = preflight::seen_types(&rt.config).await;
+    if let Some(note) = note {
+        out!("note: {note}");
+    }
+    for w in preflight::lint(&rt, &seen)? {
         out!("warning: {w}");
     }
     let (problems, rendered) = (report.problems, report.rendered);

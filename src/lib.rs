@@ -34,6 +34,7 @@ pub mod housekeeping;
 pub mod http;
 pub mod ingest;
 pub mod init;
+pub mod lint;
 pub mod preflight;
 pub mod rate_window;
 pub mod routing;

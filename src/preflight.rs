@@ -146,6 +146,43 @@ fn merge_by_sample(problems: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+/// The event types the config's store has seen, for `check`'s warnings: nothing (and a note)
+/// when the store cannot be read; a SQLite file that does not exist yet is not created.
+pub async fn seen_types(config: &Config) -> (Vec<crate::store::TypeSeen>, Option<String>) {
+    if let crate::config::StoreBackend::Sqlite { path } = &config.store.backend {
+        if !path.exists() {
+            return (Vec::new(), None);
+        }
+    }
+    let read = async {
+        let store = crate::store::Store::open(&config.store).await?;
+        store.event_types().await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(types)) => (types, None),
+        Ok(Err(e)) => (
+            Vec::new(),
+            Some(format!(
+                "the store could not be read ({}): event types are checked against the samples only",
+                crate::telemetry::Chain(&e)
+            )),
+        ),
+        Err(_) => (
+            Vec::new(),
+            Some("the store did not answer in 10 s: event types are checked against the samples only".into()),
+        ),
+    }
+}
+
+/// `check`'s data-loss warnings ([`crate::lint`]) for `rt`, knowing the samples and `seen`.
+pub fn lint(rt: &Runtime, seen: &[crate::store::TypeSeen]) -> anyhow::Result<Vec<String>> {
+    let samples = sample_events(&rt.config.dir)?;
+    let known = crate::lint::Known::new(rt, &samples, seen);
+    let text = std::fs::read_to_string(&rt.config.path).unwrap_or_default();
+    let exported: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+    Ok(crate::lint::lint(rt, &text, &known, &exported))
+}
+
 /// A loaded configuration that also renders every sample: what `serve` and reload accept.
 pub fn load(path: &Path) -> Result<Runtime, Vec<String>> {
     let rt = Runtime::load(path)?;

@@ -17,6 +17,7 @@ mod raw;
 mod validate;
 
 use interpolate::{interpolate_value, toml_message};
+pub use lines::line_of;
 use raw::RawConfig;
 use validate::validate;
 pub use validate::{templated_authority, MIN_ADMIN_TOKEN};

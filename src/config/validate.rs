@@ -444,12 +444,18 @@ fn same_listener(a: &str, b: &str) -> bool {
     }
 }
 
+/// The methods a route may send with.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
 fn method(text: Option<&str>, at: &str, problem: &mut dyn FnMut(&str, String)) -> reqwest::Method {
     let text = text.unwrap_or("POST");
-    reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes()).unwrap_or_else(|_| {
-        problem(at, format!("{text:?} is not an HTTP method"));
-        reqwest::Method::POST
-    })
+    let upper = text.to_ascii_uppercase();
+    if !METHODS.contains(&upper.as_str()) {
+        let hint = crate::suggest::hint(&upper, METHODS.iter().copied());
+        problem(at, format!("{text:?} is not an HTTP method{hint}; one of {}", METHODS.join(", ")));
+        return reqwest::Method::POST;
+    }
+    reqwest::Method::from_bytes(upper.as_bytes()).unwrap_or(reqwest::Method::POST)
 }
 
 /// The route's `retry_on` entries followed by the step's own.

@@ -7,6 +7,7 @@ mod admin;
 mod alerts;
 mod answers;
 mod bench;
+mod check_lint;
 mod cli;
 mod connectors;
 mod consent;
