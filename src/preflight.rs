@@ -232,6 +232,15 @@ const PLACEHOLDERS: &[&str] = &["changeme", "change-me", "change_me", "xxx", "to
 /// Risky but valid settings, said by `check` and logged at start.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(file) = &config.server.env_file {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            out.push(format!(
+                "server.env_file {} can be read by other users of this machine and may hold secrets: chmod 600 it",
+                file.display()
+            ));
+        }
+    }
     if config.server.admin_token.is_none() {
         out.push(
             "server.admin_token is not set: the admin API and the dashboard's data are disabled; set \

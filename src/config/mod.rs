@@ -22,6 +22,29 @@ use raw::RawConfig;
 use validate::validate;
 pub use validate::{templated_authority, MIN_ADMIN_TOKEN};
 
+/// The KEY=VALUE lines of an env file (comments, blank lines, `export`, quotes as in `.env` files),
+/// at most 64 KiB.
+fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > 64 * 1024 {
+        return Err(format!("{} bytes; an env file holds at most 64 KiB", meta.len()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut vars = BTreeMap::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        // The error names the line, never its content (it may hold a secret).
+        let (k, v) = item.map_err(|e| match e {
+            dotenvy::Error::LineParse(line, _) => {
+                let n = text.lines().position(|l| l.contains(line.trim())).map_or(0, |i| i + 1);
+                format!("line {n} is not KEY=VALUE")
+            }
+            other => other.to_string(),
+        })?;
+        vars.insert(k, v);
+    }
+    Ok(vars)
+}
+
 /// `FILE: KEY: message` → `FILE:LINE: KEY: message` when KEY is found in the file's text.
 fn with_line(text: &str, shown: &str, problem: &str) -> String {
     let Some(rest) = problem.strip_prefix(shown).and_then(|r| r.strip_prefix(": ")) else {
@@ -95,6 +118,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Open connections the public listener keeps at most; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// `env_file`, resolved against the config's directory: read again at every reload.
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +406,28 @@ impl Config {
         // First pass on the raw text: structure, types and unknown keys, with line numbers.
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: shown.clone(), message: toml_message(&e) })?;
+        // `[server] env_file`: consulted after the environment, read again at every load, so a
+        // reload sees a secret added to it (a running process cannot see variables exported later).
+        let env_file = match raw.server.env_file.as_deref().filter(|f| !f.trim().is_empty()) {
+            None => None,
+            Some(file) => {
+                let at = if Path::new(file).is_absolute() {
+                    PathBuf::from(file)
+                } else {
+                    path.parent().unwrap_or(Path::new(".")).join(file)
+                };
+                match read_env_file(&at) {
+                    Ok(vars) => Some((at, vars)),
+                    Err(e) => {
+                        let problem = format!("{shown}: server.env_file: cannot read {}: {e}", at.display());
+                        return Err(ConfigError::Invalid { problems: vec![with_line(text, &shown, &problem)] });
+                    }
+                }
+            }
+        };
+        let from_file = |name: &str| env_file.as_ref().and_then(|(_, vars)| vars.get(name).cloned());
+        let lookup = |name: &str| env(name).or_else(|| from_file(name));
+        let env: &dyn Fn(&str) -> Option<String> = &lookup;
         // Second pass: interpolate every string value, then deserialize again.
         let mut table: toml::Table = text
             .parse()
@@ -397,7 +444,13 @@ impl Config {
                 .map(|(var, at)| match var.strip_prefix("file:") {
                     Some(file) => format!("{shown}: {at}: cannot read the secret file {file}"),
                     None => format!(
-                        "{shown}: {at}: environment variable {var} is not set (use ${{{var}:-default}} for a default)"
+                        "{shown}: {at}: environment variable {var} is not set{} (use ${{{var}:-default}} for a \
+                         default; a running relay sees only the environment it was started with: put it in \
+                         [server] env_file to pick it up on reload, or restart)",
+                        match &env_file {
+                            Some((file, _)) => format!(", nor in the env_file {}", file.display()),
+                            None => String::new(),
+                        }
                     ),
                 })
                 .collect();

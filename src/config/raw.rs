@@ -76,6 +76,8 @@ pub(super) struct RawServer {
     pub(super) body_timeout: String,
     pub(super) header_timeout: String,
     pub(super) max_connections: usize,
+    /// KEY=VALUE lines consulted for `${VAR}` after the environment (read again on every reload).
+    pub(super) env_file: Option<String>,
 }
 
 impl Default for RawServer {
@@ -89,6 +91,7 @@ impl Default for RawServer {
             body_timeout: "10s".into(),
             header_timeout: "5s".into(),
             max_connections: 512,
+            env_file: None,
         }
     }
 }

@@ -404,6 +404,14 @@ pub(super) fn validate(
     if !problems.is_empty() {
         return Err(ConfigError::Invalid { problems });
     }
+    let env_file = raw.server.env_file.as_deref().filter(|f| !f.trim().is_empty()).map(|f| {
+        let f = PathBuf::from(f);
+        if f.is_absolute() {
+            f
+        } else {
+            dir.join(f)
+        }
+    });
     Ok(Config {
         path,
         dir,
@@ -416,6 +424,7 @@ pub(super) fn validate(
             body_timeout,
             header_timeout,
             max_connections: raw.server.max_connections,
+            env_file,
         },
         store,
         sources,

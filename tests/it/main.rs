@@ -16,6 +16,7 @@ mod contracts;
 mod crash;
 mod dashboard;
 mod delivery;
+mod env_file;
 mod erasure;
 mod first_hour;
 mod handoff;
