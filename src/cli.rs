@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check`, `decrypt`, `encrypt`, `render`, `send-test`. Each command is
 //! a thin call into the same library functions the server uses.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,9 +65,20 @@ impl SecretArg {
     fn get(&self) -> anyhow::Result<SecretString> {
         match (&self.secret, &self.secret_env) {
             (Some(s), _) => Ok(SecretString::from(s.clone())),
-            (None, Some(var)) => {
-                std::env::var(var).map(SecretString::from).map_err(|_| anyhow!("environment variable {var} is not set"))
-            }
+            (None, Some(var)) => std::env::var(var).map(SecretString::from).map_err(|_| {
+                // What was given may be the secret itself (`--secret-env $KEY`): never repeat it.
+                let is_a_name = !var.is_empty()
+                    && var.len() <= 64
+                    && var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if is_a_name {
+                    anyhow!("environment variable {var} is not set")
+                } else {
+                    anyhow!(
+                        "--secret-env takes the NAME of a variable (--secret-env LEARNYBOX_SECRET_KEY), not its \
+                         value; what was given is not a variable name, and is not repeated here"
+                    )
+                }
+            }),
             (None, None) => bail!("give the secret with --secret or --secret-env VAR"),
         }
     }
@@ -169,9 +181,16 @@ pub enum Command {
         /// How the secret becomes the key: raw, hex64, base64, sha256.
         #[arg(long, default_value = "raw")]
         key_form: String,
-        /// Send one bundled sample of every known event type instead of EVENT_FILE.
+        /// Send one bundled sample of every known event type instead of EVENT_FILE. The relay
+        /// delivers them like real events: unless every route of the config (-c) sends to this
+        /// machine, it asks for --yes first.
         #[arg(long, conflicts_with = "event_file")]
         samples: bool,
+        /// Go ahead with --samples although its test contacts will be written to real CRMs.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Then report what became of each event (through the admin API): delivered or failed
         /// per route with the CRM's answer, duplicate, no route, or quarantined. Exit 0 only when
         /// every matched route delivered.
@@ -280,6 +299,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 envelope,
                 key_form,
                 samples,
+                yes,
+                config,
                 follow,
                 admin_url,
                 admin_token,
@@ -287,6 +308,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 fresh_id,
                 event_file,
             } => {
+                if samples && !yes {
+                    if let Some(why) = samples_leave_this_machine(&url, &config.config) {
+                        eprintln!("{why}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
                 let follow = match (follow, admin_token) {
                     (false, _) => None,
                     (true, Some(token)) => {
@@ -687,6 +714,7 @@ async fn send_test(
     }
     let client = reqwest::Client::new();
     let mut all_ok = true;
+    let mut tally: BTreeMap<&'static str, usize> = BTreeMap::new();
     for plaintext in events {
         let id = crate::follow::learnybox_id(&plaintext);
         let before = match (follow, &id) {
@@ -716,10 +744,88 @@ async fn send_test(
             for line in &fate.lines {
                 out!("  {line}");
             }
-            all_ok &= fate.delivered;
+            use crate::follow::Outcome;
+            let label = match fate.outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::Failed => "failed",
+                Outcome::Pending => "still pending",
+                Outcome::NoRoute => "no route",
+                Outcome::Duplicate => "duplicate",
+                Outcome::Quarantined => "quarantined",
+            };
+            *tally.entry(label).or_default() += 1;
+            // With --samples, a type no route takes or a sample already sent is not a failure:
+            // what matters is that every sample a route took was delivered.
+            all_ok &=
+                fate.delivered || (input.samples && matches!(fate.outcome, Outcome::NoRoute | Outcome::Duplicate));
+        } else if !status.is_success() {
+            *tally.entry("refused by the relay").or_default() += 1;
         }
     }
+    if input.samples && follow.is_some() {
+        let parts: Vec<String> =
+            ["delivered", "failed", "still pending", "no route", "duplicate", "quarantined", "refused by the relay"]
+                .iter()
+                .map(|k| format!("{} {k}", tally.get(k).copied().unwrap_or(0)))
+                .collect();
+        out!("samples: {}", parts.join(", "));
+    }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Why `send-test --samples` should not go ahead without `--yes`: the samples reach a relay
+/// elsewhere, or a route of `config` delivers them to a CRM that is not on this machine (they are
+/// real requests: test contacts would be written there). `None` when every place is loopback.
+fn samples_leave_this_machine(url: &str, config: &Path) -> Option<String> {
+    let loopback = |host: &str| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    let n = serde_json::from_str::<Vec<serde_json::Value>>(SAMPLE_EVENTS).map(|v| v.len()).unwrap_or(0);
+    let relay_host = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+    if !loopback(&relay_host) {
+        return Some(format!(
+            "--samples sends {n} test events (test contacts such as camille.durand@example.fr) to the relay at \
+             {relay_host}, which delivers them to its CRMs like real ones. Run again with --yes to go ahead."
+        ));
+    }
+    let rt = match Runtime::load(config) {
+        Ok(rt) => rt,
+        Err(_) => {
+            return Some(format!(
+                "--samples sends {n} test events that the relay delivers like real ones, and the config {} \
+                 could not be read to see where its routes send them (give it with -c). Run again with --yes \
+                 to go ahead.",
+                config.display()
+            ))
+        }
+    };
+    let mut remote = std::collections::BTreeSet::new();
+    for route in &rt.config.routes {
+        for step in &route.steps {
+            let base = step.url.split("{{").next().unwrap_or_default();
+            let host = reqwest::Url::parse(base).ok().and_then(|u| u.host_str().map(str::to_string));
+            match host {
+                Some(h) if loopback(&h) => {}
+                Some(h) => {
+                    remote.insert(format!("{} ({h})", route.name));
+                }
+                None => {
+                    remote.insert(format!("{} (a templated host)", route.name));
+                }
+            }
+        }
+    }
+    if remote.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = remote.into_iter().collect();
+    Some(format!(
+        "--samples sends {n} test events that the relay delivers like real ones: routes {} will write test \
+         contacts (camille.durand@example.fr, zoe.lefevre@example.com, …) and test sales into those CRMs. Run \
+         again with --yes to go ahead, or point the routes at a test account.",
+        list.join(", ")
+    ))
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {

@@ -23,6 +23,25 @@ pub struct Follow {
 pub struct Fate {
     pub lines: Vec<String>,
     pub delivered: bool,
+    pub outcome: Outcome,
+}
+
+/// What became of one event, for `send-test --samples`' summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every matched route delivered.
+    #[default]
+    Delivered,
+    /// A route failed (dead letter).
+    Failed,
+    /// Still pending when --follow stopped waiting.
+    Pending,
+    /// Stored, but no route takes its type.
+    NoRoute,
+    /// Its id was already stored: not delivered again.
+    Duplicate,
+    /// The relay could not decrypt it.
+    Quarantined,
 }
 
 /// The Learnybox id the relay will key `plaintext` on (with the default id fields).
@@ -96,6 +115,7 @@ impl Follow {
                              (use --fresh-id to test again)"
                         )],
                         delivered: false,
+                        outcome: Outcome::Duplicate,
                     });
                 }
                 let relay_id = item["id"].as_str().unwrap_or_default();
@@ -108,6 +128,7 @@ impl Follow {
                     return Ok(Fate {
                         lines: vec![format!("quarantined: {reason} (wrong secret key or envelope?)")],
                         delivered: false,
+                        outcome: Outcome::Quarantined,
                     });
                 }
                 if started.elapsed() >= self.timeout {
@@ -126,6 +147,7 @@ impl Follow {
             return Some(Fate {
                 lines: vec![format!("stored, but no route takes {kind} events: nothing will be delivered")],
                 delivered: false,
+                outcome: Outcome::NoRoute,
             });
         }
         let pending = deliveries.iter().any(|d| d["status"] == "pending");
@@ -146,10 +168,14 @@ impl Follow {
                 Some("delivered") => format!("  {route}: delivered ({answer}) after {attempts} attempt(s)"),
                 Some("failed") => {
                     fate.delivered = false;
+                    fate.outcome = Outcome::Failed;
                     format!("  {route}: FAILED after {attempts} attempt(s): {answer}")
                 }
                 _ => {
                     fate.delivered = false;
+                    if fate.outcome == Outcome::Delivered {
+                        fate.outcome = Outcome::Pending;
+                    }
                     let next = d["next_attempt_at"].as_str().unwrap_or("soon");
                     format!("  {route}: still pending after {attempts} attempt(s): {answer}; next attempt {next}")
                 }

@@ -124,8 +124,10 @@ fn render_shows_the_request_with_env_secrets_masked() {
 async fn send_test_posts_like_learnybox_and_prints_the_answer() {
     let app = spawn_app().await;
     let url = format!("{}/hooks/learnybox", app.public);
+    // Its routes send to this machine only: no --yes needed.
+    let config = app.dir.path().join("routes.toml").display().to_string();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_cli(&["send-test", "--secret", SECRET, "--url", &url, "--samples"], None, &[])
+        run_cli(&["send-test", "--secret", SECRET, "--url", &url, "--samples", "-c", &config], None, &[])
     })
     .await
     .unwrap();

@@ -195,6 +195,92 @@ async fn send_test_follow_reports_delivery_failure_duplicates_and_the_quarantine
     assert!(out.contains("200 OK") && out.contains("quarantined:"), "the hook answers 200, --follow tells: {out}");
 }
 
+#[tokio::test]
+async fn send_test_samples_follow_prints_one_summary_and_judges_only_what_a_route_took() {
+    let app = spawn_app_with(TestConfig { events: r#"["contact.*"]"#, ..TestConfig::default() }).await;
+    let config = app.dir.path().join("routes.toml").display().to_string();
+    let samples = sample_events();
+    let contacts = samples.iter().filter(|s| s["event"].as_str().unwrap().starts_with("contact.")).count();
+    let run = |extra: Vec<String>| {
+        let mut args: Vec<String> = ["send-test", "--secret-env", "K", "--samples", "--follow", "--timeout", "10s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend([
+            "--url".into(),
+            format!("{}/hooks/learnybox", app.public),
+            "--admin-url".into(),
+            app.admin.clone(),
+        ]);
+        args.extend(["-c".into(), config.clone()]);
+        args.extend(extra);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_cli(&args, None, &[("K", SECRET), ("LBX_ADMIN_TOKEN", ADMIN_TOKEN)])
+        })
+    };
+    let (code, out, err) = run(vec![]).await.unwrap();
+    assert_eq!(code, 0, "every sample a route took was delivered: {out}{err}");
+    let summary = out.lines().last().unwrap();
+    assert_eq!(
+        summary,
+        format!(
+            "samples: {contacts} delivered, 0 failed, 0 still pending, {} no route, 0 duplicate, 0 quarantined, 0 refused by the relay",
+            samples.len() - contacts
+        )
+    );
+    // Sent again: duplicates, not failures.
+    let (code, out, _) = run(vec![]).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.lines().last().unwrap().contains(&format!("{} duplicate", samples.len())), "{out}");
+    // A CRM that refuses them: the run fails and says how many.
+    app.crm.always(422);
+    let (code, out, _) = run(vec!["--fresh-id".into()]).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.lines().last().unwrap().starts_with(&format!("samples: 0 delivered, {contacts} failed")), "{out}");
+}
+
+#[tokio::test]
+async fn send_test_samples_asks_before_writing_test_contacts_into_a_real_crm() {
+    let app = spawn_app().await;
+    let url = format!("{}/hooks/learnybox", app.public);
+    let repo_config = format!("{}/routes.toml", env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let args = ["send-test", "--secret", SECRET, "--url", &url, "--samples", "-c", &repo_config];
+            run_cli(&args, None, &[("LEARNYBOX_SECRET_KEY", SECRET)])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("brevo-contacts (api.brevo.com)") && err.contains("--yes"), "{err}");
+    assert!(err.contains("camille.durand@example.fr"), "says which test contacts: {err}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 0, "nothing was sent");
+    // A relay elsewhere: the same question.
+    let (code, _, err) = run_cli(
+        &["send-test", "--secret", SECRET, "--url", "https://relay.example.com/hooks/learnybox", "--samples"],
+        None,
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("relay.example.com") && err.contains("--yes"), "{err}");
+}
+
+#[test]
+fn a_secret_given_to_secret_env_by_value_is_never_printed() {
+    let (code, _, err) =
+        run_cli(&["send-test", "--secret-env", "fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY", "assets/event.json"], None, &[]);
+    assert_eq!(code, 1);
+    assert!(!err.contains("fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY"), "{err}");
+    assert!(err.contains("the NAME of a variable"), "{err}");
+    let (code, _, err) =
+        run_cli(&["send-test", "--secret-env", "LEARNYBOX_SECRET_KEY", "assets/event.json"], None, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("environment variable LEARNYBOX_SECRET_KEY is not set"), "{err}");
+}
+
 #[test]
 fn init_writes_a_setup_that_passes_check_where_it_is_written_for_every_connector() {
     let mut connectors: Vec<Option<String>> = vec![None];
