@@ -1,4 +1,5 @@
-//! Embeds the shipped configuration (routes.toml, examples/, templates/, contracts/) in the
+//! Embeds the shipped configuration (routes.toml, examples/, templates/, contracts/, and the
+//! connector docs) in the
 //! binary, so `lbx-relay init` writes a working setup wherever the binary alone was copied.
 
 use std::fmt::Write as _;
@@ -21,7 +22,7 @@ fn main() {
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let root = Path::new(&root);
     let mut files = vec!["routes.toml".to_string()];
-    for dir in ["examples", "templates", "contracts"] {
+    for dir in ["examples", "templates", "contracts", "docs/connectors"] {
         println!("cargo:rerun-if-changed={dir}");
         let mut found = Vec::new();
         walk(&root.join(dir), &mut found);

@@ -448,6 +448,7 @@ fn init(dir: &Path, connector: Option<&str>) -> anyhow::Result<ExitCode> {
     out!("Set these variables (in the environment, or a file read with ${{file:/path}}):");
     for (name, default) in &written.variables {
         match default {
+            None if name == "LBX_ADMIN_TOKEN" => out!("  {name}   (required; make one: openssl rand -hex 24)"),
             None => out!("  {name}   (required)"),
             Some(d) if d.is_empty() => out!("  {name}   (optional)"),
             Some(d) => out!("  {name}   (optional, default {d})"),

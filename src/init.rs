@@ -51,6 +51,8 @@ pub fn init(dir: &Path, connector: Option<&str>) -> anyhow::Result<Written> {
     } else {
         config.to_string()
     };
+    let doc = connector.map(|name| (format!("{name}.md"), file(&format!("docs/connectors/{name}.md"))));
+    let config = ready_for_production(&config, connector);
     let mut written = Vec::new();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for referenced in referenced_files(&config) {
@@ -63,9 +65,65 @@ pub fn init(dir: &Path, connector: Option<&str>) -> anyhow::Result<Written> {
         std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }
+    if let Some((name, Some(content))) = &doc {
+        let path = dir.join(name);
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
     std::fs::write(&target, &config).with_context(|| format!("writing {}", target.display()))?;
     written.insert(0, target);
     Ok(Written { files: written, variables: variables(&config) })
+}
+
+/// The shipped config made ready for production where it is written: the admin token required
+/// (the dashboard and `send-test --follow` need it), a silence alert on the source, a commented
+/// `[alerts]` section, and the connector doc named where `init` copies it.
+fn ready_for_production(config: &str, connector: Option<&str>) -> String {
+    let mut out = String::with_capacity(config.len() + 1024);
+    let mut in_source = false;
+    for line in config.lines() {
+        if line.trim_start().starts_with("admin_token = ") {
+            out.push_str(
+                "admin_token = \"${LBX_ADMIN_TOKEN}\"           # required: the dashboard, the admin API and send-test --follow\n\
+                 #   need it; make one with: openssl rand -hex 24\n",
+            );
+            continue;
+        }
+        if let Some(name) = connector {
+            if line.contains(&format!("docs/connectors/{name}.md")) {
+                out.push_str(
+                    &line.replace(&format!("docs/connectors/{name}.md"), &format!("{name}.md (beside this file)")),
+                );
+                out.push('\n');
+                continue;
+            }
+        }
+        if line.starts_with('[') {
+            in_source = line.starts_with("[sources.");
+        }
+        out.push_str(line);
+        out.push('\n');
+        if in_source && line.trim_start().starts_with("secret_keys") && !config.contains("alert_after") {
+            out.push_str(
+                "alert_after = \"6h\"                              # a warning (and lbx_source_silent = 1, and an alert with\n\
+                 #   [alerts]) when no webhook arrived for this long: a webhook switched off in Learnybox shows\n",
+            );
+        }
+    }
+    if !config.contains("[alerts]") {
+        out.push_str(
+            "\n# Alerts to a chat channel (Slack, Google Chat, Teams or any JSON endpoint) when deliveries fail,\n\
+             # a source goes silent or the quarantine fills. Uncomment, set LBX_ALERT_WEBHOOK_URL, then try it\n\
+             # with: lbx-relay alert-test -c routes.toml\n\
+             # [alerts]\n\
+             # url = \"${LBX_ALERT_WEBHOOK_URL}\"\n\
+             # format = \"slack\"                 # {\"text\"}; \"json\" for any other endpoint\n\
+             # failure_rate = 0.5               # a route failing this share of attempts over `window` alerts\n\
+             # window = \"15m\"\n\
+             # repeat_after = \"1h\"\n",
+        );
+    }
+    out
 }
 
 /// The `templates/…` and `contracts/…` files a config names, once each.
@@ -82,19 +140,22 @@ fn referenced_files(config: &str) -> Vec<String> {
 /// Every `${VAR}` and `${VAR:-default}` a config reads.
 pub fn variables(config: &str) -> BTreeMap<String, Option<String>> {
     let mut out = BTreeMap::new();
-    let mut rest = config;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { break };
-        let expr = &after[..end];
-        if !expr.starts_with("file:") {
-            let (name, default) = match expr.split_once(":-") {
-                Some((n, d)) => (n, Some(d.to_string())),
-                None => (expr, None),
-            };
-            out.entry(name.to_string()).or_insert(default);
+    // Lines that are comments are not read (a commented `[alerts]` section names its variables).
+    for line in config.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else { break };
+            let expr = &after[..end];
+            if !expr.starts_with("file:") {
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d.to_string())),
+                    None => (expr, None),
+                };
+                out.entry(name.to_string()).or_insert(default);
+            }
+            rest = &after[end + 1..];
         }
-        rest = &after[end + 1..];
     }
     out
 }

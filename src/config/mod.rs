@@ -66,7 +66,10 @@ pub const DEFAULT_ID_FIELDS: &[&str] = &["/id", "/event_id", "/uid"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read the config file: {source}")]
+    #[error(
+        "{path}: cannot read the config file: {source} (`lbx-relay init [--connector NAME] DIR` writes a working \
+         one; give its path with -c or LBX_CONFIG)"
+    )]
     Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },

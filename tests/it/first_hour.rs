@@ -300,7 +300,7 @@ fn init_writes_a_setup_that_passes_check_where_it_is_written_for_every_connector
         // The variables it says are required, given plausible values.
         let required: Vec<String> = out
             .lines()
-            .filter(|l| l.ends_with("(required)"))
+            .filter(|l| l.contains("(required"))
             .map(|l| l.split_whitespace().next().unwrap().to_string())
             .collect();
         assert!(required.contains(&"LEARNYBOX_SECRET_KEY".to_string()), "{out}");
@@ -376,4 +376,36 @@ fn check_shows_where_a_template_breaks_with_a_caret_and_says_a_repeated_error_on
     assert_eq!(problems.len(), 1, "said once: {out}");
     assert!(problems[0].contains("(with bundled sample #") && problems[0].contains("more)"), "{out}");
     assert!(out.lines().any(|l| l.trim_end().ends_with('^')), "{out}");
+}
+
+#[test]
+fn init_writes_a_config_ready_for_production_and_a_missing_config_points_to_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("relay");
+    let (code, out, err) = run_cli(&["init", "--connector", "hubspot", target.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("LBX_ADMIN_TOKEN   (required; make one: openssl rand -hex 24)"), "{out}");
+    assert!(!out.contains("LBX_ALERT_WEBHOOK_URL"), "a commented section asks for nothing: {out}");
+    let written = std::fs::read_to_string(target.join("routes.toml")).unwrap();
+    assert!(written.contains("admin_token = \"${LBX_ADMIN_TOKEN}\""), "{written}");
+    assert!(written.contains("alert_after = \"6h\""), "{written}");
+    assert!(written.contains("# [alerts]") && written.contains("lbx-relay alert-test"), "{written}");
+    assert!(written.contains("hubspot.md (beside this file)"), "{written}");
+    let doc = std::fs::read_to_string(target.join("hubspot.md")).unwrap();
+    assert!(doc.starts_with("# HubSpot"), "the connector doc is copied beside it");
+    // Without the admin token the config is refused, naming it.
+    let config = target.join("routes.toml");
+    let env = [("LEARNYBOX_SECRET_KEY", SECRET), ("HUBSPOT_ACCESS_TOKEN", "t"), ("HUBSPOT_SUBSCRIPTION_ID", "1")];
+    let (code, out, _) = run_cli(&["check", "-c", config.to_str().unwrap()], None, &env);
+    assert_eq!(code, 1);
+    assert!(out.contains("LBX_ADMIN_TOKEN is not set"), "{out}");
+
+    // serve and check without a config say how to get one.
+    let missing = dir.path().join("nothing-here.toml");
+    for command in ["check", "serve"] {
+        let (code, out, err) = run_cli(&[command, "-c", missing.to_str().unwrap()], None, &[]);
+        assert_eq!(code, 1, "{command}");
+        let said = format!("{out}{err}");
+        assert!(said.contains("cannot read the config file") && said.contains("lbx-relay init"), "{command}: {said}");
+    }
 }
