@@ -21,11 +21,33 @@ pub const ALERTS_SUPPRESSED: &str = "lbx_alerts_suppressed_total";
 /// Notifications sent, by kind and state.
 pub const ALERTS_SENT: &str = "lbx_alerts_sent_total";
 
+/// What the field-absent alert (and its log line) says.
+pub fn drift_text(route: &str, path: &str, streak: u64, nearest: Option<&str>) -> String {
+    let carry = nearest.map(|n| format!("; the real events carry {n}")).unwrap_or_default();
+    format!(
+        "route {route}: {path} absent in {streak} of the last {streak} events{carry}. Learnybox's payload differs \
+         from what the template reads: fix the template (GET /api/types shows a real payload), reload, replay"
+    )
+}
+
 /// Something that happened, for the next check.
 #[derive(Debug, Clone)]
 pub enum Signal {
-    DeadLetter { route: String, error: Option<String> },
-    Quarantined { source: String, reason: String },
+    DeadLetter {
+        route: String,
+        error: Option<String>,
+    },
+    Quarantined {
+        source: String,
+        reason: String,
+    },
+    /// A field a route reads was absent in its `streak` latest events.
+    FieldAbsent {
+        route: String,
+        path: String,
+        streak: u64,
+        nearest: Option<String>,
+    },
 }
 
 /// Signals waiting for the next check, and what each alert key last said.
@@ -108,6 +130,7 @@ impl Alerts {
         let mut notices = Vec::new();
         let mut dead: BTreeMap<String, (u64, Option<String>)> = BTreeMap::new();
         let mut quarantined: BTreeMap<String, (u64, String)> = BTreeMap::new();
+        let mut absent: Vec<(String, String, u64, Option<String>)> = Vec::new();
         for s in signals {
             match s {
                 Signal::DeadLetter { route, error } => {
@@ -120,6 +143,7 @@ impl Alerts {
                     e.0 += 1;
                     e.1 = reason;
                 }
+                Signal::FieldAbsent { route, path, streak, nearest } => absent.push((route, path, streak, nearest)),
             }
         }
         for (route, (n, error)) in dead {
@@ -135,6 +159,17 @@ impl Alerts {
                         "{n} delivery(ies) to route {route} failed for good{more}.{last} Fix the cause, then replay: \
                          POST /api/deliveries/retry?route={route}"
                     ),
+                });
+            }
+        }
+        for (route, path, streak, nearest) in absent {
+            let key = format!("field_absent:{route}:{path}");
+            if self.may_fire(&key, now, cfg.repeat_after, 1).is_some() {
+                notices.push(Notice {
+                    kind: "field_absent",
+                    key,
+                    state: "firing",
+                    text: drift_text(&route, &path, streak, nearest.as_deref()),
                 });
             }
         }

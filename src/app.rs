@@ -46,8 +46,9 @@ impl Relay {
         let alerts = Arc::new(Alerts::default());
         let silence = Arc::new(Silence::new(clock.now_ms()));
         let delivery = Arc::new(DeliveryContext::new(store.clone(), runtime.clone(), alerts.clone(), clock.clone()));
-        let ingest = Arc::new(IngestContext::new(delivery.clone(), silence.clone()));
-        let upkeep = Upkeep { store: store.clone(), runtime: runtime.clone(), silence, clock };
+        let coverage = Arc::new(crate::coverage::Coverage::default());
+        let ingest = Arc::new(IngestContext::new(delivery.clone(), silence.clone(), coverage.clone()));
+        let upkeep = Upkeep { store: store.clone(), runtime: runtime.clone(), silence, clock, coverage };
         Relay {
             store,
             runtime,

@@ -292,3 +292,38 @@ mod type_tests {
         assert_eq!(v["event"], "course.completed");
     }
 }
+
+/// Field coverage of `route` on real events, for `GET /api/routes`: per field it reads, how many
+/// of the events it took had it present, empty or absent, its current absent streak, and whether
+/// the bundled samples of its event types have it.
+pub fn field_coverage(
+    rt: &crate::runtime::Runtime,
+    route: &str,
+    coverage: &crate::coverage::Coverage,
+    samples: &[(String, serde_json::Value)],
+) -> Vec<serde_json::Value> {
+    let Some(fields) = rt.fields.get(route) else { return Vec::new() };
+    let Some(cfg) = rt.config.route(route) else { return Vec::new() };
+    let counts = coverage.of_route(route);
+    let events: Vec<serde_json::Value> = samples
+        .iter()
+        .filter_map(|(_, s)| crate::preflight::event_from_json(rt, s.clone()).ok())
+        .filter(|e| crate::routing::matches_any(&cfg.events, &e.kind))
+        .map(|e| e.data)
+        .collect();
+    fields
+        .iter()
+        .map(|f| {
+            let c = counts.get(&f.path).cloned().unwrap_or_default();
+            let in_samples = events.iter().any(|data| {
+                std::iter::once(&f.path).chain(&f.alternatives).any(|p| {
+                    crate::lint::resolve(data, p).is_some_and(|v| !v.as_str().is_some_and(|s| s.trim().is_empty()))
+                })
+            });
+            serde_json::json!({
+                "path": f.path, "alternatives": f.alternatives, "present": c.present, "empty": c.empty,
+                "absent": c.absent, "absent_streak": c.absent_streak, "in_samples": in_samples,
+            })
+        })
+        .collect()
+}

@@ -25,6 +25,8 @@ pub struct Upkeep {
     pub runtime: LiveRuntime,
     pub silence: Arc<Silence>,
     pub clock: Clock,
+    /// Field coverage, kept in the store so a restart keeps it.
+    pub coverage: Arc<crate::coverage::Coverage>,
 }
 
 /// When each source was last heard from, and which are in alert.
@@ -106,10 +108,18 @@ pub async fn purge(upkeep: &Upkeep) -> Result<u64, crate::store::StoreError> {
 
 /// Runs until `stop`: silence checks and gauges every tick, the purge every hour.
 pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
+    // Counts kept by the last run first: events counted from now on add to them.
+    match upkeep.store.load_coverage().await {
+        Ok(rows) => upkeep.coverage.restore(rows),
+        Err(e) => tracing::warn!(error = %crate::telemetry::Chain(&e), "could not read the kept field coverage"),
+    }
     // Scanning a large store is not worth delaying readiness for.
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        _ = stop.cancelled() => return,
+        _ = stop.cancelled() => {
+            save_coverage(&upkeep).await;
+            return;
+        }
     }
     let sources: Vec<String> = upkeep.runtime.load().config.sources.keys().cloned().collect();
     if let Ok(last) = upkeep.store.last_event_per_source(sources).await {
@@ -119,6 +129,7 @@ pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
     }
     let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
+        save_coverage(&upkeep).await;
         let tick = {
             let rt = upkeep.runtime.load();
             let shortest = rt.config.sources.values().filter_map(|s| s.alert_after).min();
@@ -137,7 +148,20 @@ pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                save_coverage(&upkeep).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes the field coverage counted since the last save.
+pub async fn save_coverage(upkeep: &Upkeep) {
+    if let Some(rows) = upkeep.coverage.take_changes() {
+        if let Err(e) = upkeep.store.save_coverage(rows).await {
+            upkeep.coverage.unsaved();
+            tracing::warn!(error = %crate::telemetry::Chain(&e), "could not keep the field coverage; tried again later");
         }
     }
 }

@@ -39,10 +39,16 @@ pub struct IngestContext {
     pub delivery: Arc<DeliveryContext>,
     /// "Now" for arrival times and hand-off leases (the delivery side's clock).
     pub clock: Clock,
+    /// Field coverage of each route on the events it takes.
+    pub coverage: Arc<crate::coverage::Coverage>,
 }
 
 impl IngestContext {
-    pub fn new(delivery: Arc<DeliveryContext>, silence: Arc<Silence>) -> IngestContext {
+    pub fn new(
+        delivery: Arc<DeliveryContext>,
+        silence: Arc<Silence>,
+        coverage: Arc<crate::coverage::Coverage>,
+    ) -> IngestContext {
         IngestContext {
             store: delivery.store.clone(),
             runtime: delivery.runtime.clone(),
@@ -52,6 +58,7 @@ impl IngestContext {
             quarantine_full_log: LogLimiter::every(Duration::from_secs(60)),
             alerts: delivery.alerts.clone(),
             clock: delivery.clock.clone(),
+            coverage,
             delivery,
         }
     }
@@ -294,6 +301,24 @@ fn stale_by(rt: &Runtime, event: &Event) -> Option<i64> {
     (off > max_age).then_some(off)
 }
 
+/// Counts the fields each route that took this stored event reads; a field absent from a route's
+/// latest N events is logged and alerted.
+fn observe_fields(ctx: &IngestContext, rt: &Runtime, routes: &[String], data: &serde_json::Value) {
+    let after = rt.config.alerts.as_ref().map_or(crate::coverage::DEFAULT_ALERT_AFTER, |a| a.field_absent_after);
+    for route in routes {
+        let Some(fields) = rt.fields.get(route) else { continue };
+        for d in ctx.coverage.observe(route, fields, data, after) {
+            tracing::warn!("{}", crate::alerts::drift_text(&d.route, &d.path, d.streak, d.nearest.as_deref()));
+            ctx.alerts.signal(crate::alerts::Signal::FieldAbsent {
+                route: d.route,
+                path: d.path,
+                streak: d.streak,
+                nearest: d.nearest,
+            });
+        }
+    }
+}
+
 /// Deduplicates, routes and stores an already-parsed event.
 pub async fn accept_event(ctx: &IngestContext, rt: &Runtime, event: Event) -> Result<Outcome, IngestError> {
     let window = rt.config.source(&event.source).map(|s| s.dedup_window).unwrap_or(Duration::from_secs(86_400));
@@ -323,6 +348,7 @@ pub async fn accept_event(ctx: &IngestContext, rt: &Runtime, event: Event) -> Re
         })
         .collect();
     let count = deliveries.len();
+    let routed: Vec<String> = deliveries.iter().map(|d| d.route.clone()).collect();
     let email = contact_email(&event).map(str::to_lowercase);
     let payload = event.payload();
     let handed = hand_over(ctx, &mut deliveries);
@@ -353,6 +379,7 @@ pub async fn accept_event(ctx: &IngestContext, rt: &Runtime, event: Event) -> Re
         }
         IngestOutcome::Stored => {
             tracing::info!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, deliveries = count, "accepted");
+            observe_fields(ctx, rt, &routed, &event.data);
             let all_handed = handed.len() == count;
             if let Some(payload) = handed_payload {
                 for h in handed {

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod console;
+pub mod coverage;
 pub mod crypto;
 pub mod dedup;
 pub mod delivery;

@@ -111,10 +111,38 @@ const ROOTS: &[&str] = &[
     "this",
 ];
 
-/// A template path under `data.` that no payload of the route's event types has, or a dotted path
-/// that starts with no name of the template context (`{{contact.prenom}}`).
-fn paths_known(route: &RouteConfig, known: &Known, warn: &mut dyn FnMut(String)) {
-    let payloads: Vec<&Value> = known.for_route(route).collect();
+/// A field a route reads from the event: its first path and the alternatives in the same `{{…}}`
+/// (`coalesce a b c`: present when any is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub path: String,
+    pub alternatives: Vec<String>,
+}
+
+/// The fields `route` reads (templates, URLs, conditions), each once: what field coverage counts.
+/// `#if` conditions (optional by design) and branches for event types the route never gets are
+/// left out.
+pub fn route_fields(route: &RouteConfig) -> Vec<Field> {
+    let takes = |kind: &str| crate::routing::matches_any(&route.events, kind);
+    let mut out: Vec<Field> = Vec::new();
+    for (_, text) in route_sources(route) {
+        let (groups, optional) = expressions(&text, &takes);
+        for g in groups {
+            if g.data.is_empty() || g.data.iter().any(|p| optional.contains(p)) {
+                continue;
+            }
+            if out.iter().any(|f| f.path == g.data[0]) {
+                continue;
+            }
+            out.push(Field { path: g.data[0].clone(), alternatives: g.data[1..].to_vec() });
+        }
+    }
+    out.truncate(200);
+    out
+}
+
+/// (where, text) of every template, URL and condition of `route`.
+fn route_sources(route: &RouteConfig) -> Vec<(String, String)> {
     let mut sources: Vec<(String, String)> = Vec::new();
     if let Some(when) = &route.when {
         sources.push(("when".into(), when.clone()));
@@ -132,6 +160,14 @@ fn paths_known(route: &RouteConfig, known: &Known, warn: &mut dyn FnMut(String))
             sources.push((format!("{what}when"), w.clone()));
         }
     }
+    sources
+}
+
+/// A template path under `data.` that no payload of the route's event types has, or a dotted path
+/// that starts with no name of the template context (`{{contact.prenom}}`).
+fn paths_known(route: &RouteConfig, known: &Known, warn: &mut dyn FnMut(String)) {
+    let payloads: Vec<&Value> = known.for_route(route).collect();
+    let sources = route_sources(route);
     let mut said = BTreeSet::new();
     let takes = |kind: &str| crate::routing::matches_any(&route.events, kind);
     for (where_, text) in &sources {
@@ -339,7 +375,7 @@ fn words(expr: &str) -> Vec<&str> {
 }
 
 /// The value at template path `data.a.b` (`data` is the whole decrypted JSON), if any and not null.
-fn resolve<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
+pub fn resolve<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = data;
     for seg in path.strip_prefix("data")?.split('.').filter(|s| !s.is_empty()) {
         let seg = seg.trim_start_matches('[').trim_end_matches(']');
@@ -350,6 +386,23 @@ fn resolve<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
         };
     }
     (!cur.is_null()).then_some(cur)
+}
+
+/// The path in `data` closest to `path` (a typo away), else the keys its parent has.
+pub fn nearest(path: &str, data: &Value) -> Option<String> {
+    let mut all = BTreeSet::new();
+    collect_paths(data, "data", &mut all, 0);
+    if let Some(found) = crate::suggest::closest(path, all.iter().map(String::as_str)) {
+        return Some(found.to_string());
+    }
+    // Same parent, a key of the same kind: `prenom` ↔ `first_name` are not a typo apart.
+    let parent = path.rsplit_once('.').map(|(p, _)| p)?;
+    let siblings: Vec<&str> = all
+        .iter()
+        .filter_map(|p| p.strip_prefix(parent)?.strip_prefix('.'))
+        .filter(|rest| !rest.contains('.'))
+        .collect();
+    (!siblings.is_empty()).then(|| format!("{parent}.{{{}}}", siblings.join(", ")))
 }
 
 /// " — the events carry `data.x.y`" for the closest existing path, or the keys beside it.

@@ -21,6 +21,8 @@ pub struct Runtime {
     pub config: Config,
     pub templates: Templates,
     pub routes: RouteTable,
+    /// The fields each route reads from events, by route name (field coverage counts them).
+    pub fields: BTreeMap<String, Vec<crate::lint::Field>>,
     sources: BTreeMap<String, SourceRuntime>,
 }
 
@@ -42,7 +44,8 @@ impl Runtime {
                 (name.clone(), SourceRuntime { keyring: Keyring::new(&s.secret_keys), hint: Hint::default() })
             })
             .collect();
-        Ok(Runtime { config, templates, routes, sources })
+        let fields = config.routes.iter().map(|r| (r.name.clone(), crate::lint::route_fields(r))).collect();
+        Ok(Runtime { config, templates, routes, fields, sources })
     }
 
     pub fn source(&self, name: &str) -> Option<&SourceRuntime> {

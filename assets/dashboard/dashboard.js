@@ -79,8 +79,25 @@ async function refreshStats() {
   }
 }
 
+function showDrift(routes) {
+  const list = $("drift_list");
+  list.replaceChildren();
+  for (const r of routes) {
+    for (const f of r.fields || []) {
+      const real = f.present + f.empty + f.absent;
+      if (!f.in_samples || real === 0 || f.empty + f.absent === 0) continue;
+      const li = el("li", "route " + r.route + ": " + f.path + " — empty in " + f.empty + ", absent in " + f.absent +
+        " of " + real + " real event(s)" + (f.absent_streak ? " (absent in the last " + f.absent_streak + ")" : ""));
+      if (f.absent_streak >= 20) li.className = "error-text";
+      list.append(li);
+    }
+  }
+  $("drift").hidden = list.children.length === 0;
+}
+
 async function refreshRoutes() {
   const { routes } = await api("/api/routes");
+  showDrift(routes);
   const tbody = $("routes");
   tbody.replaceChildren();
   for (const r of routes) {

@@ -211,6 +211,9 @@ pub struct AlertsConfig {
     /// One alert key is said at most once per this.
     pub repeat_after: Duration,
     pub check_every: Duration,
+    /// A field a route reads that was absent in this many of its latest events in a row alerts
+    /// (0: off).
+    pub field_absent_after: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

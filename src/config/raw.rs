@@ -44,6 +44,12 @@ pub(super) struct RawAlerts {
     pub(super) repeat_after: String,
     #[serde(default = "default_check_every")]
     pub(super) check_every: String,
+    #[serde(default = "default_field_absent_after")]
+    pub(super) field_absent_after: u64,
+}
+
+pub(super) fn default_field_absent_after() -> u64 {
+    crate::coverage::DEFAULT_ALERT_AFTER
 }
 
 pub(super) fn default_alert_format() -> String {

@@ -191,6 +191,7 @@ pub(super) fn validate(
             min_attempts: a.min_attempts.max(1),
             repeat_after: duration(&a.repeat_after, "alerts.repeat_after", &mut problem),
             check_every: duration(&a.check_every, "alerts.check_every", &mut problem),
+            field_absent_after: a.field_absent_after,
         }
     });
     let retry = retry_policy(&raw.retry, None, "retry", &mut problem);

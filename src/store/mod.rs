@@ -883,6 +883,16 @@ impl Store {
         self.delete_events(ids).await
     }
 
+    /// Field coverage kept by earlier runs.
+    pub async fn load_coverage(&self) -> Result<Vec<(String, String, crate::coverage::Counts)>, StoreError> {
+        dispatch!(self, s => s.load_coverage().await)
+    }
+
+    /// Keeps the field coverage counts (whole numbers per route and path).
+    pub async fn save_coverage(&self, rows: Vec<(String, String, crate::coverage::Counts)>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_coverage(rows).await)
+    }
+
     /// The event types stored, per source (within retention), with their newest payload.
     pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
         let mut types = dispatch!(self, s => s.event_types().await)?;

@@ -15,6 +15,7 @@ use super::{
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
     StoreError, StoredEvent, TypeSeen,
 };
+use crate::coverage::Counts;
 use crate::event::{now_ms, rfc3339};
 
 /// Most operations folded into one transaction.
@@ -42,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_events_deliveries_attempts.sql"),
     include_str!("migrations/sqlite/002_ordering_steps_oauth.sql"),
     include_str!("migrations/sqlite/003_quarantine_totals_contact_index_attempt_detail.sql"),
+    include_str!("migrations/sqlite/004_field_coverage.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -746,6 +748,36 @@ impl SqliteStore {
 
     /// The newest event time of each of `sources` (for the silence alert after a restart). One
     /// streaming aggregate per source: a GROUP BY would build a temporary tree over every event.
+    pub async fn load_coverage(&self) -> Result<Vec<(String, String, Counts)>, StoreError> {
+        self.call(|c| {
+            let mut stmt =
+                c.prepare("SELECT route, path, present, empty, absent, absent_streak FROM field_coverage")?;
+            let rows = stmt.query_map([], |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok((r.get(0)?, r.get(1)?, Counts { present: n(2)?, empty: n(3)?, absent: n(4)?, absent_streak: n(5)? }))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub async fn save_coverage(&self, rows: Vec<(String, String, Counts)>) -> Result<(), StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "INSERT INTO field_coverage (route, path, present, empty, absent, absent_streak)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (route, path) DO UPDATE SET present = excluded.present, empty = excluded.empty,
+                    absent = excluded.absent, absent_streak = excluded.absent_streak",
+            )?;
+            for (route, path, n) in &rows {
+                let v = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+                stmt.execute(params![route, path, v(n.present), v(n.empty), v(n.absent), v(n.absent_streak)])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Every (source, type) stored, with its count, first and last arrival, the routes its
     /// deliveries went to, and the payload of its newest event.
     pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {

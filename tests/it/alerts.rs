@@ -138,3 +138,48 @@ async fn alert_test_sends_one_notification() {
     assert!(out.contains("test alert sent"));
     assert!(texts(&got)[0].contains("alert-test"));
 }
+
+#[tokio::test]
+async fn a_field_real_events_lack_is_counted_kept_across_a_restart_and_alerted() {
+    let (url, got) = receiver();
+    let cfg = TestConfig { schedule: vec![], ..with_alerts(&url, "failure_rate = 0\nfield_absent_after = 5") };
+    let app = spawn_app_with(cfg.clone()).await;
+    // Learnybox's real events name the first name `first_name`; the template reads `prenom`.
+    for i in 0..5 {
+        let e = json!({"event": "contact.subscribed", "id": format!("real-{i}"),
+                       "data": {"contact": {"email": format!("p{i}@example.org"), "first_name": "Zoé", "nom": "L"}}});
+        app.post_event(&e).await;
+    }
+    wait_until(Duration::from_secs(10), "the field-absent alert", || async {
+        texts(&got).iter().any(|t| t.contains("data.data.contact.prenom absent in 5 of the last 5 events"))
+    })
+    .await;
+    let alert = texts(&got).into_iter().find(|t| t.contains("prenom absent")).unwrap();
+    assert!(alert.contains("route crm") && alert.contains("first_name"), "names what the real events carry: {alert}");
+    assert!(!texts(&got).iter().any(|t| t.contains("contact.nom absent")), "a field they have is not alerted");
+
+    let fields = |v: &Value| v["routes"][0]["fields"].as_array().cloned().unwrap_or_default();
+    let v: Value = app.admin_get("/api/routes").await.json().await.unwrap();
+    let prenom = fields(&v).into_iter().find(|f| f["path"] == "data.data.contact.prenom").unwrap();
+    assert_eq!(
+        (&prenom["present"], &prenom["absent"], &prenom["absent_streak"], &prenom["in_samples"]),
+        (&json!(0), &json!(5), &json!(5), &json!(true)),
+        "{prenom}"
+    );
+    let nom = fields(&v).into_iter().find(|f| f["path"] == "data.data.contact.nom").unwrap();
+    assert_eq!(nom["present"], 5);
+
+    // Kept in the store: a restart keeps the counts.
+    let (dir, crm) = app.stop().await;
+    let kept = count_in(
+        &dir.path().join("relay.db"),
+        "SELECT absent FROM field_coverage WHERE path = 'data.data.contact.prenom'",
+    );
+    assert_eq!(kept, 5, "saved at shutdown");
+    let app = start_in(dir, crm, &cfg).await;
+    wait_until(Duration::from_secs(10), "the counts restored", || async {
+        let v: Value = app.admin_get("/api/routes").await.json().await.unwrap();
+        fields(&v).iter().any(|f| f["path"] == "data.data.contact.prenom" && f["absent"] == 5)
+    })
+    .await;
+}

@@ -188,6 +188,10 @@ async fn the_dashboard_finds_an_event_by_contact_shows_its_attempts_and_replays(
     assert!(page.text_of("#count").await.contains("of 2"), "{}", page.text_of("#count").await);
     page.wait_for("document.getElementById('routes').textContent.includes('crm')").await;
     page.wait_for("document.getElementById('types').textContent.includes('contact.created')").await;
+    // The real events carry no `nom` although the samples do: the page says so.
+    page.wait_for("!document.getElementById('drift').hidden").await;
+    let drift = page.text_of("#drift_list").await;
+    assert!(drift.contains("route crm: data.data.contact.nom — empty in 0, absent in 2 of 2 real event(s)"), "{drift}");
 
     // Filter by e-mail through the search box.
     page.eval("document.getElementById('q').value = 'ADA@example.org'; document.getElementById('filters').requestSubmit(); true").await;

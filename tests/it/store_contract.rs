@@ -118,7 +118,21 @@ contract!(
     forgetting_a_contact_removes_its_events_deliveries_and_attempts,
     erasure_takes_whole_addresses_only,
     event_types_are_counted_with_their_routes_and_newest_payload,
+    field_coverage_is_kept_and_replaced_whole,
 );
+
+async fn field_coverage_is_kept_and_replaced_whole(s: Store) {
+    use lbx_relay::coverage::Counts;
+    assert!(s.load_coverage().await.unwrap().is_empty());
+    let c = |present, absent| Counts { present, empty: 1, absent, absent_streak: absent };
+    s.save_coverage(vec![("r".into(), "data.a".into(), c(1, 2)), ("r".into(), "data.b".into(), c(3, 0))])
+        .await
+        .unwrap();
+    s.save_coverage(vec![("r".into(), "data.a".into(), c(4, 5))]).await.unwrap();
+    let mut rows = s.load_coverage().await.unwrap();
+    rows.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(rows, vec![("r".into(), "data.a".into(), c(4, 5)), ("r".into(), "data.b".into(), c(3, 0))]);
+}
 
 async fn event_types_are_counted_with_their_routes_and_newest_payload(s: Store) {
     let mut a = event("a", "k-a", 1_000, &["crm"]);

@@ -19,6 +19,7 @@ use super::{
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
     StoreError, StoredEvent, TypeSeen,
 };
+use crate::coverage::Counts;
 use crate::event::{now_ms, rfc3339};
 use batch::{batcher, Queued, BATCHERS};
 use notify::announcer;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/001_events_deliveries_attempts.sql"),
     include_str!("../migrations/postgres/002_ordering_steps_oauth.sql"),
     include_str!("../migrations/postgres/003_quarantine_totals_contact_index_attempt_detail.sql"),
+    include_str!("../migrations/postgres/004_field_coverage.sql"),
 ];
 
 /// Pool and timeout settings from `[store]`.
@@ -763,6 +765,43 @@ impl PgStore {
             oldest_pending_at: row.try_get(3)?,
             failed: row.try_get(4)?,
         })
+    }
+
+    pub async fn load_coverage(&self) -> Result<Vec<(String, String, Counts)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows =
+            client.query("SELECT route, path, present, empty, absent, absent_streak FROM field_coverage", &[]).await?;
+        rows.iter()
+            .map(|r| {
+                let n = |i: usize| r.try_get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    Counts { present: n(2)?, empty: n(3)?, absent: n(4)?, absent_streak: n(5)? },
+                ))
+            })
+            .collect()
+    }
+
+    /// The counts are this replica's view: with several replicas each keeps its own rows' latest
+    /// numbers (the last writer wins), which is what the alert needs (a streak on one replica).
+    pub async fn save_coverage(&self, rows: Vec<(String, String, Counts)>) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO field_coverage (route, path, present, empty, absent, absent_streak)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (route, path) DO UPDATE SET present = excluded.present, empty = excluded.empty,
+                    absent = excluded.absent, absent_streak = excluded.absent_streak",
+            )
+            .await?;
+        for (route, path, n) in &rows {
+            let v = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+            tx.execute(&stmt, &[route, path, &v(n.present), &v(n.empty), &v(n.absent), &v(n.absent_streak)]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
