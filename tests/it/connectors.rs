@@ -190,6 +190,16 @@ fn brevo_creates_or_updates_the_contact_in_a_list_and_blocklists_unsubscribes() 
 }
 
 #[test]
+fn render_without_answers_shows_the_first_step_and_later_ones_as_waiting() {
+    let r = render("activecampaign", "activecampaign-contacts", &contact(), None);
+    let sync = step(&r, "sync");
+    assert!(sync.get("waits_for_answers").is_none(), "the first step is whole: {sync}");
+    assert_eq!(sync["body"]["contact"]["email"], "jj@example.org");
+    let list = step(&r, "list");
+    assert_eq!(list["waits_for_answers"], true, "its contact id comes from the sync's answer: {list}");
+}
+
+#[test]
 fn activecampaign_syncs_the_contact_then_its_list_status() {
     let answers = json!({"sync": {"status": 201, "body": {"contact": {"id": "55"}}}});
     let r = render("activecampaign", "activecampaign-contacts", &contact(), Some(answers.clone()));
