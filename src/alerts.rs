@@ -21,6 +21,20 @@ pub const ALERTS_SUPPRESSED: &str = "lbx_alerts_suppressed_total";
 /// Notifications sent, by kind and state.
 pub const ALERTS_SENT: &str = "lbx_alerts_sent_total";
 
+/// Text from a CRM or an event as an alert may carry it: e-mail addresses masked, one line, at
+/// most 300 characters.
+pub fn outside_text(text: &str) -> String {
+    let masked: Vec<String> = text
+        .split_whitespace()
+        .map(|w| if w.contains('@') { crate::telemetry::mask_email(w) } else { w.to_string() })
+        .collect();
+    let line = masked.join(" ");
+    match line.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
 /// What the field-absent alert (and its log line) says.
 pub fn drift_text(route: &str, path: &str, streak: u64, nearest: Option<&str>) -> String {
     let carry = nearest.map(|n| format!("; the real events carry {n}")).unwrap_or_default();
@@ -149,7 +163,7 @@ impl Alerts {
         for (route, (n, error)) in dead {
             let key = format!("dead_letter:{route}");
             if let Some(earlier) = self.may_fire(&key, now, cfg.repeat_after, n) {
-                let last = error.map(|e| format!(" Last error: {e}")).unwrap_or_default();
+                let last = error.map(|e| format!(" Last error: {}", outside_text(&e))).unwrap_or_default();
                 let more = if earlier > 0 { format!(" ({earlier} more since the last alert)") } else { String::new() };
                 notices.push(Notice {
                     kind: "dead_letter",
@@ -206,7 +220,7 @@ impl Alerts {
                                 settled.len(),
                                 rate * 100.0,
                                 threshold * 100.0,
-                                last.map(|e| format!(" Last error: {e}")).unwrap_or_default()
+                                last.map(|e| format!(" Last error: {}", outside_text(&e))).unwrap_or_default()
                             )
                         } else {
                             format!(
@@ -257,7 +271,9 @@ pub async fn send(client: &reqwest::Client, cfg: &AlertsConfig, notice: &Notice)
         format!("⚠️ lbx-relay: {}", notice.text)
     };
     let body = match cfg.format {
-        AlertFormat::Slack => json!({ "text": text }),
+        // Slack reads `<…>` as links and mentions (`<!channel>`) and `&` as an entity: a CRM's
+        // text (or a route name) is shown as written, never acted on.
+        AlertFormat::Slack => json!({ "text": text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;") }),
         AlertFormat::Json => json!({
             "source": "lbx-relay", "kind": notice.kind, "key": notice.key, "state": notice.state,
             "text": notice.text, "at": crate::event::rfc3339(now_ms()),

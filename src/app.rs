@@ -97,6 +97,8 @@ impl Relay {
         }
         let routes = rt.config.routes.len();
         self.replace_runtime(rt);
+        // A reload is the operator's "try again now": pauses held by a CRM's answer are lifted.
+        self.delivery.gates.unpause_all();
         tracing::info!(config = %path.display(), routes, "configuration reloaded");
         Ok(Reloaded { routes, needs_restart })
     }

@@ -101,6 +101,22 @@ impl Gates {
         })
     }
 
+    /// Lifts `route`'s pause (an operator retried one of its deliveries: they want it tried now).
+    pub fn unpause(&self, route: &str) {
+        let map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = map.get(route) {
+            g.paused_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Lifts every pause (a reload: the operator may have fixed what the CRM refused).
+    pub fn unpause_all(&self) {
+        let map = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        for g in map.values() {
+            g.paused_until.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// When `route`'s pause (a 429 or a `throttle_on` answer) ends, if it is paused now (Unix ms).
     pub fn paused_until(&self, route: &str) -> Option<i64> {
         let now = self.clock.now_ms();

@@ -20,6 +20,8 @@ const ERROR_BODY_LIMIT: usize = 200;
 const EARLY: Duration = Duration::from_secs(60);
 /// How long to trust a token whose answer gave no `expires_in` (a 401 refreshes it sooner).
 const UNKNOWN_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// The most of a token server's answer read (a token answer is a few hundred bytes).
+const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
 /// Longest a token is trusted, whatever `expires_in` says (a 401 refreshes it sooner anyway).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -116,7 +118,8 @@ impl Tokens {
             .await
             .map_err(|e| OAuthError::Unreachable(e.without_url()))?;
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        // Bounded like a CRM's answer: a token server answering 400 MiB costs 64 KiB.
+        let text = super::send::read_prefix(resp, TOKEN_ANSWER_LIMIT).await;
         if !status.is_success() {
             let snippet: String = text.chars().take(ERROR_BODY_LIMIT).collect();
             return Err(OAuthError::Refused { status: status.as_u16(), body: snippet.trim().to_string() });

@@ -248,7 +248,7 @@ impl HttpSender {
 
 /// Reads at most `limit` bytes of an answer's body, chunk by chunk, and drops the rest unread (a
 /// CRM answering 400 MiB costs no more memory than `limit`). Invalid UTF-8 is replaced.
-async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
+pub(crate) async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
     let mut bytes = Vec::new();
     while bytes.len() < limit {
         match resp.chunk().await {

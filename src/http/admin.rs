@@ -184,6 +184,10 @@ struct EventsQuery {
 fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
     let Some(v) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
     if let Ok(ms) = v.trim().parse::<i64>() {
+        // Year 0 to 9999: anything else is a typo, and could overflow what is computed from it.
+        if !(0..=253_402_300_799_999).contains(&ms) {
+            return Err(ApiError::BadRequest(format!("{name}: {ms} is not a time (Unix ms from 1970 to 9999)")));
+        }
         return Ok(Some(ms));
     }
     crate::event::parse_time(v.trim())
@@ -303,9 +307,12 @@ async fn list_deliveries(
 }
 
 async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let Some(route) = relay.store.delivery_route(&id).await? else { return Err(ApiError::NotFound) };
     if !relay.store.retry_delivery(&id, relay.delivery.now_ms()).await? {
         return Err(ApiError::NotFound);
     }
+    // A pause (429, throttle_on) would hold it back: the operator asked for it now.
+    relay.delivery.gates.unpause(&route);
     relay.delivery.wake.notify_one();
     Ok(HttpResponse::Ok().json(json!({"retried": 1})))
 }
@@ -325,14 +332,21 @@ struct BulkQuery {
 }
 
 /// `POST /api/deliveries/retry`: the filter as query parameters or a JSON body (the body wins).
+/// A body that is present but not a valid filter (`{"dry-run": true}`) is a 400 naming the key —
+/// never "no filter", which would replay every failed delivery.
 async fn retry_many(
     _: Admin,
     relay: web::Data<Relay>,
     q: web::Query<BulkQuery>,
-    body: Option<web::Json<BulkQuery>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    let b: BulkQuery = if body.iter().all(u8::is_ascii_whitespace) {
+        BulkQuery::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not a retry filter: {e}; nothing was retried")))?
+    };
     let status = b.status.or(q.status).unwrap_or_else(|| "failed".into());
     let status = match status.as_str() {
         "any" => None,
@@ -341,9 +355,21 @@ async fn retry_many(
             Some(status)
         }
     };
+    let route = b.route.or(q.route).filter(|r| !r.is_empty());
+    if let Some(r) = &route {
+        let rt = relay.runtime();
+        if rt.config.route(r).is_none() {
+            let names: Vec<&str> = rt.config.routes.iter().map(|r| r.name.as_str()).collect();
+            let hint = crate::suggest::hint(r, names.iter().copied());
+            return Err(ApiError::BadRequest(format!(
+                "route {r:?} is not configured{hint}; routes: {}; nothing was retried",
+                names.join(", ")
+            )));
+        }
+    }
     let filter = crate::store::RetryFilter {
         status,
-        route: b.route.or(q.route).filter(|r| !r.is_empty()),
+        route,
         kind: b.kind.or(q.kind).filter(|k| !k.is_empty()),
         since: time_param("since", b.since.or(q.since))?,
         until: time_param("until", b.until.or(q.until))?,
@@ -430,18 +456,25 @@ struct SeriesQuery {
 async fn stats_series(_: Admin, relay: web::Data<Relay>, q: web::Query<SeriesQuery>) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let now = crate::event::now_ms();
+    // Every value is range-checked before any arithmetic: no parameter can overflow a sum.
+    const YEAR_MS: i64 = 366 * 24 * 3_600_000;
     let since = match q.since.as_deref() {
         None => now - 24 * 3_600_000,
         Some(text) => match humantime::parse_duration(text) {
-            Ok(ago) => now - ago.as_millis() as i64,
+            Ok(ago) if ago.as_millis() <= YEAR_MS as u128 => now - ago.as_millis() as i64,
+            Ok(_) => return Err(ApiError::BadRequest("since: at most a year back".into())),
             Err(_) => time_param("since", Some(text.to_string()))?.unwrap_or(now),
         },
     };
+    if !(now - YEAR_MS..=now).contains(&since) {
+        return Err(ApiError::BadRequest("since must be within the last year, and not in the future".into()));
+    }
     let step = match q.step.as_deref() {
         None => 3_600_000,
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|_| ApiError::BadRequest("step must be a duration like 5m or 1h".into()))?
-            .as_millis() as i64,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d.as_millis() <= YEAR_MS as u128 => d.as_millis() as i64,
+            _ => return Err(ApiError::BadRequest("step must be a duration like 5m or 1h, at most a year".into())),
+        },
     };
     if step < 60_000 || (now - since) / step > 2_000 {
         return Err(ApiError::BadRequest("step must be at least 1m and give at most 2,000 buckets".into()));

@@ -36,7 +36,9 @@ pub fn public_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Resul
 
 pub fn admin_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::from(relay);
-    Ok(HttpServer::new(move || App::new().app_data(data.clone()).configure(admin::routes))
+    // Nothing the admin listener answers (events, contacts, errors) may be kept by a browser or proxy.
+    let no_store = || actix_web::middleware::DefaultHeaders::new().add(("Cache-Control", "no-store"));
+    Ok(HttpServer::new(move || App::new().wrap(no_store()).app_data(data.clone()).configure(admin::routes))
         .listen(listener)?
         .workers(1)
         .disable_signals()

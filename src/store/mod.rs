@@ -749,6 +749,11 @@ impl Store {
     /// Makes one delivery due at `now` with a fresh schedule, whatever its status: failed
     /// (replay), pending (send now) or delivered (send again, every step anew); `false` when it
     /// does not exist.
+    /// The route of delivery `id`, if it exists.
+    pub async fn delivery_route(&self, id: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.delivery_route(id.to_string()).await)
+    }
+
     pub async fn retry_delivery(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.retry_one(id.to_string(), now).await)
     }

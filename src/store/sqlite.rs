@@ -72,6 +72,19 @@ impl SqliteStore {
         }
         let mut conn =
             Connection::open(path).map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
+        // The file holds contacts and CRM answers: its owner only. SQLite gives its -wal and -shm
+        // files the database file's mode; those left by an earlier run are narrowed too.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for suffix in ["", "-wal", "-shm"] {
+                let file = PathBuf::from(format!("{}{suffix}", path.display()));
+                if std::fs::metadata(&file).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+                        StoreError::failed(format!("cannot make {} private (chmod 600)", file.display()), e)
+                    })?;
+                }
+            }
+        }
         conn.busy_timeout(Duration::from_secs(5))?;
         let corrupt = |detail: String| {
             StoreError::Invalid(format!(
@@ -398,6 +411,13 @@ impl SqliteStore {
                 .query_map(params![f.status, f.route, f.after, f.limit], delivery_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn delivery_route(&self, id: String) -> Result<Option<String>, StoreError> {
+        self.call(move |c| {
+            c.prepare_cached("SELECT route FROM deliveries WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()
         })
         .await
     }

@@ -211,3 +211,63 @@ async fn events_list_newest_first_on_request() {
     assert_eq!(rest, vec!["evt_00424242"]);
     assert_eq!(app.admin_get("/api/events?order=sideways").await.status(), 400);
 }
+
+#[tokio::test]
+async fn a_misspelt_bulk_retry_body_or_route_is_refused_and_replays_nothing() {
+    let app = spawn_app_with(TestConfig { schedule: vec![], ..TestConfig::default() }).await;
+    app.crm.always(422);
+    app.post_event(&sample_events()[0]).await;
+    wait_until(Duration::from_secs(10), "a dead letter", || async { app.deliveries("status=failed").await.len() == 1 })
+        .await;
+    let post = |body: &'static str| {
+        app.client
+            .post(format!("{}/api/deliveries/retry", app.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let resp = post(r#"{"dry-run": true}"#).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("dry-run") && text.contains("nothing was retried"), "{text}");
+    let resp = post(r#"{"route": "cmr", "dry_run": true}"#).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("did you mean `crm`?"));
+    assert_eq!(app.crm.count(), 1, "nothing was replayed");
+    assert_eq!(app.deliveries("status=failed").await.len(), 1);
+    let ok: serde_json::Value = post(r#"{"route": "crm", "dry_run": true}"#).await.unwrap().json().await.unwrap();
+    assert_eq!(ok["would_retry"], 1);
+}
+
+#[tokio::test]
+async fn out_of_range_admin_parameters_are_400_and_answers_are_not_cached() {
+    let app = spawn_app().await;
+    for q in [
+        "since=9223372036854775807",
+        "since=-9223372036854775808",
+        "since=99999999999h",
+        "step=9999999999999999s",
+        "since=1h&step=1s",
+    ] {
+        let resp = app.admin_get(&format!("/api/stats/series?{q}")).await;
+        assert_eq!(resp.status(), 400, "{q}");
+    }
+    assert_eq!(app.admin_get("/api/events?since=99999999999999999").await.status(), 400);
+    let resp = app.admin_get("/api/stats").await;
+    assert_eq!(resp.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
+    // Still serving: no admin worker died.
+    assert_eq!(app.admin_get("/api/stats/series?since=2h&step=1h").await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_database_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    app.post_event(&sample_events()[0]).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", app.db_path().display()));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: {mode:o}", file.display());
+    }
+}

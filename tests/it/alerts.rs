@@ -183,3 +183,24 @@ async fn a_field_real_events_lack_is_counted_kept_across_a_restart_and_alerted()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_crm_error_reaches_the_chat_escaped_and_with_addresses_masked() {
+    let (url, got) = receiver();
+    let app = spawn_app_with(TestConfig { schedule: vec![], ..with_alerts(&url, "failure_rate = 0") }).await;
+    app.crm.respond_full(
+        400,
+        &[],
+        r#"{"message":"contact camille.durand@example.fr refused <!channel> <https://evil.example|click here> & more"}"#,
+    );
+    app.post_event(&json!({"event": "contact.created", "id": "esc-1"})).await;
+    wait_until(Duration::from_secs(10), "the dead-letter alert", || async {
+        texts(&got).iter().any(|t| t.contains("failed for good"))
+    })
+    .await;
+    let text = texts(&got).into_iter().find(|t| t.contains("failed for good")).unwrap();
+    assert!(!text.contains("<!channel>") && text.contains("&lt;!channel&gt;"), "no mention reaches Slack: {text}");
+    assert!(!text.contains("<https://evil.example|"), "no link is made from a CRM's text: {text}");
+    assert!(text.contains("&amp; more"), "{text}");
+    assert!(!text.contains("camille.durand@example.fr") && text.contains("ca***@example.fr"), "{text}");
+}

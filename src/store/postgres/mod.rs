@@ -394,6 +394,14 @@ impl PgStore {
         rows.iter().map(delivery_from_row).collect()
     }
 
+    pub async fn delivery_route(&self, id: String) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(&client.prepare_cached("SELECT route FROM deliveries WHERE id = $1").await?, &[&id])
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
     pub async fn retry_one(&self, id: String, now: i64) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let n = client
