@@ -137,6 +137,8 @@ pub enum Outcome {
     QuarantineDropped,
     /// Its own timestamp is further than the source's `max_age` from now: a replayed capture.
     Stale,
+    /// No readable timestamp while the source sets `max_age` (and not `undated = "accept"`).
+    Undated,
 }
 
 impl Outcome {
@@ -148,6 +150,7 @@ impl Outcome {
             Outcome::Quarantined => "quarantined",
             Outcome::QuarantineDropped => "quarantine_full",
             Outcome::Stale => "stale",
+            Outcome::Undated => "undated",
         }
     }
 }
@@ -226,7 +229,17 @@ pub async fn accept(
     let received_at = ctx.clock.now_ms();
     let result = match open_event(&rt, source, body, headers, received_at)? {
         Ok(event) => match stale_by(&rt, &event) {
-            Some(off) => {
+            Some(None) => {
+                tracing::warn!(
+                    source,
+                    event = capped(&event.kind),
+                    key = capped(&event.key),
+                    "event without a readable timestamp and the source sets max_age: dropped as a possible \
+                     replay (set undated = \"accept\" on the source, or timestamp_field, if real events have none)"
+                );
+                Ok(Outcome::Undated)
+            }
+            Some(Some(off)) => {
                 tracing::warn!(
                     source,
                     event = capped(&event.kind),
@@ -291,14 +304,17 @@ pub async fn accept(
     result
 }
 
-/// How far (ms) the event's own timestamp is from its arrival, when that is beyond the source's
-/// `max_age`. An event without a readable timestamp is never stale.
-fn stale_by(rt: &Runtime, event: &Event) -> Option<i64> {
+/// With the source's `max_age`: `Some(Some(ms))` when the event's own timestamp is further than
+/// that from its arrival, `Some(None)` when it has no readable timestamp (unless the source says
+/// `undated = "accept"`), `None` when it is taken in.
+fn stale_by(rt: &Runtime, event: &Event) -> Option<Option<i64>> {
     let src = rt.config.source(&event.source)?;
     let max_age = src.max_age?.as_millis() as i64;
-    let at = crate::event::timestamp_ms(&event.data, &src.timestamp_field)?;
-    let off = (event.received_at - at).abs();
-    (off > max_age).then_some(off)
+    let Some(at) = crate::event::timestamp_ms(&event.data, &src.timestamp_field) else {
+        return (!src.accept_undated).then_some(None);
+    };
+    let off = event.received_at.saturating_sub(at).saturating_abs();
+    (off > max_age).then_some(Some(off))
 }
 
 /// Counts the fields each route that took this stored event reads; a field absent from a route's

@@ -177,6 +177,9 @@ pub struct SourceConfig {
     pub max_age: Option<Duration>,
     /// Where the event's own timestamp is looked for.
     pub timestamp_field: Vec<String>,
+    /// With `max_age`: an event without a readable timestamp is taken in (`undated = "accept"`)
+    /// instead of dropped like a stale one.
+    pub accept_undated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -151,6 +151,10 @@ pub(super) struct RawSource {
     pub(super) max_age: Option<String>,
     #[serde(default)]
     pub(super) timestamp_field: Option<Vec<String>>,
+    /// With `max_age`: what an event whose timestamp is missing or unreadable gets, `refuse` (the
+    /// default) or `accept`.
+    #[serde(default)]
+    pub(super) undated: Option<String>,
 }
 
 pub(super) fn default_envelope() -> String {

@@ -137,6 +137,17 @@ pub(super) fn validate(
         let id_field = pointers(s.id_field, DEFAULT_ID_FIELDS, "id_field", &mut problem);
         let timestamp_field = pointers(s.timestamp_field, DEFAULT_TIMESTAMP_FIELDS, "timestamp_field", &mut problem);
         let max_age = s.max_age.as_deref().map(|a| duration(a, &format!("{at}.max_age"), &mut problem));
+        let accept_undated = match s.undated.as_deref() {
+            None | Some("refuse") => false,
+            Some("accept") => true,
+            Some(other) => {
+                problem(&format!("{at}.undated"), format!("{other:?}: use \"refuse\" or \"accept\""));
+                false
+            }
+        };
+        if s.undated.is_some() && max_age.is_none() {
+            problem(&format!("{at}.undated"), "only means something with max_age".into());
+        }
         sources.insert(
             name.clone(),
             SourceConfig {
@@ -151,6 +162,7 @@ pub(super) fn validate(
                 alert_after,
                 max_age,
                 timestamp_field,
+                accept_undated,
             },
         );
     }

@@ -610,7 +610,6 @@ async fn a_contact_is_erased_from_events_attempts_and_the_quarantine_through_the
 
 #[tokio::test]
 async fn with_max_age_a_captured_body_replayed_later_is_dropped_yet_answered_alike() {
-    let app = spawn_app_with(TestConfig { source_extra: "max_age = \"10m\"", ..TestConfig::default() }).await;
     let at = |minutes_ago: i64| {
         let t = std::time::SystemTime::now() - Duration::from_secs(60 * minutes_ago as u64);
         humantime::format_rfc3339_seconds(t).to_string()
@@ -618,14 +617,26 @@ async fn with_max_age_a_captured_body_replayed_later_is_dropped_yet_answered_ali
     let fresh = serde_json::json!({"event": "contact.created", "created_at": at(1), "data": {"n": 1}});
     let replayed = serde_json::json!({"event": "contact.created", "created_at": at(90), "data": {"n": 2}});
     let undated = serde_json::json!({"event": "contact.created", "data": {"n": 3}});
-    for e in [&fresh, &replayed, &undated] {
+    let garbled = serde_json::json!({"event": "contact.created", "created_at": "yesterday-ish", "data": {"n": 4}});
+    // max_age set: an event without a readable timestamp is refused too (it could be a replay).
+    let app = spawn_app_with(TestConfig { source_extra: "max_age = \"10m\"", ..TestConfig::default() }).await;
+    for e in [&fresh, &replayed, &undated, &garbled] {
         assert_eq!(app.post_event(e).await.status(), 200, "every body is answered alike");
     }
-    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 2, "the fresh one and the undated one");
-    let stored: i64 = app.count("SELECT COUNT(*) FROM events WHERE instr(payload, '\"n\":2') > 0");
-    assert_eq!(stored, 0, "the replayed capture is not stored");
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1, "only the fresh one");
     let metrics = app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.contains(r#"outcome="stale""#)), "{metrics}");
+    assert!(metrics.lines().any(|l| l.contains(r#"outcome="undated""#)), "{metrics}");
+    // `undated = "accept"`: events without one are taken in; a stale one still is not.
+    let app =
+        spawn_app_with(TestConfig { source_extra: "max_age = \"10m\"\nundated = \"accept\"", ..TestConfig::default() })
+            .await;
+    for e in [&fresh, &replayed, &undated, &garbled] {
+        assert_eq!(app.post_event(e).await.status(), 200);
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 3, "the fresh, the undated and the garbled one");
+    let stored: i64 = app.count("SELECT COUNT(*) FROM events WHERE instr(payload, '\"n\":2') > 0");
+    assert_eq!(stored, 0, "the replayed capture is not stored");
 }
 
 #[tokio::test]
