@@ -32,7 +32,13 @@ pub struct Tokens {
     slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     /// When a token is due for refresh is read from this clock.
     clock: Clock,
+    /// Tokens fetched (access and rotated refresh tokens), newest last: a CRM that echoes its
+    /// request puts them in its answer, and nothing recorded may hold them.
+    issued: std::sync::Mutex<std::collections::VecDeque<SecretString>>,
 }
+
+/// Tokens remembered for masking (a few per app, over refreshes).
+const ISSUED_KEPT: usize = 64;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -67,7 +73,27 @@ pub enum OAuthError {
 impl Tokens {
     /// An empty cache whose tokens expire by `clock`.
     pub fn new(clock: Clock) -> Tokens {
-        Tokens { slots: Mutex::default(), clock }
+        Tokens { slots: Mutex::default(), clock, issued: Default::default() }
+    }
+
+    /// `text` with every token this cache fetched replaced by `***`.
+    pub fn mask(&self, text: &str) -> String {
+        let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = text.to_string();
+        for t in issued.iter().map(|t| t.expose_secret()).filter(|t| t.len() >= 8) {
+            if out.contains(t) {
+                out = out.replace(t, "***");
+            }
+        }
+        out
+    }
+
+    fn remember(&self, token: &str) {
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        if issued.len() >= ISSUED_KEPT {
+            issued.pop_front();
+        }
+        issued.push_back(SecretString::from(token.to_string()));
     }
 
     /// A valid access token for `cfg`. `rejected` is a token the CRM just refused (401): unless
@@ -136,7 +162,9 @@ impl Tokens {
             None => UNKNOWN_LIFETIME,
         };
         let refresh_at = self.clock.now_ms() + trusted_for.as_millis() as i64;
+        self.remember(&answer.access_token);
         if let Some(new) = answer.refresh_token.filter(|t| !t.is_empty()) {
+            self.remember(&new);
             let rotated = slot.refresh.as_ref().is_none_or(|old| old.expose_secret() != new);
             if rotated && slot.refresh.is_some() {
                 if let Err(e) = store.save_oauth_refresh_token(&key, &new).await {

@@ -375,15 +375,17 @@ fn record(ctx: &DeliveryContext, rt: &Runtime, c: Claimed, ran: Ran, next: Next,
     };
     metrics::counter!(DELIVERY_ATTEMPTS, "route" => c.route.clone(), "class" => class).increment(1);
     // A CRM or token server may echo what it was sent: no known secret is logged or stored.
+    // …nor any OAuth token the relay fetched (a CRM echoing its request headers).
     let secrets = &rt.config.secrets;
-    let error = error.map(|e| secrets.mask(&e));
+    let mask = |text: &str| ctx.tokens.mask(&secrets.mask(text));
+    let error = error.map(|e| mask(&e));
     if next == Next::Failed {
         ctx.alerts.signal(crate::alerts::Signal::DeadLetter { route: c.route.clone(), error: error.clone() });
     }
-    let detail = (!exchanges.is_empty()).then(|| secrets.mask(&serde_json::Value::Array(exchanges).to_string()));
+    let detail = (!exchanges.is_empty()).then(|| mask(&serde_json::Value::Array(exchanges).to_string()));
     let reason = match &verdict {
         Verdict::Delivered => None,
-        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(secrets.mask(reason)),
+        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(mask(reason)),
     };
     tracing::info!(
         delivery = %c.delivery_id,

@@ -212,3 +212,46 @@ async fn an_attempt_longer_than_its_lease_is_never_sent_twice() {
     assert_eq!(app.crm.count(), 2, "the 401 and its re-send, nothing more");
     assert_eq!(server.requests.lock().unwrap().len(), 2, "the first token and the one after the 401");
 }
+
+#[tokio::test]
+async fn fetched_tokens_never_reach_the_record_when_a_crm_echoes_its_request() {
+    async fn issue() -> HttpResponse {
+        HttpResponse::Ok().json(json!({"access_token": "access-token-very-secret-123", "expires_in": 3600,
+                                        "refresh_token": "refresh-token-very-secret-456"}))
+    }
+    async fn echo(req: actix_web::HttpRequest) -> HttpResponse {
+        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        HttpResponse::UnprocessableEntity().json(json!({"error": "bad request", "you sent": auth}))
+    }
+    let token_url = serve_loopback(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Arc::new(()), issue);
+    let crm = serve_loopback(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Arc::new(()), echo);
+    let r = driven_relay(TestConfig {
+        schedule: vec![],
+        route_extra: format!(
+            r#"auth = {{ type = "oauth2", token_url = "{token_url}/t", client_id = "c", client_secret = "app-secret", refresh_token = "rt-initial-value" }}"#
+        ),
+        ..TestConfig::default()
+    })
+    .await;
+    // Point the route at the echoing CRM.
+    let path = r.dir.path().join("routes.toml");
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace(&format!("{}/contacts", r.crm.url), &format!("{crm}/contacts"));
+    std::fs::write(&path, text).unwrap();
+    r.relay.reload().unwrap();
+    r.accept(&sample_events()[0]).await;
+    r.round().await;
+    let rows = r
+        .relay
+        .store
+        .list_deliveries(lbx_relay::store::DeliveryFilter { limit: 1, ..Default::default() })
+        .await
+        .unwrap();
+    let d = &rows[0];
+    assert_eq!(d.status, "failed");
+    let detail = r.relay.store.event_detail(&d.event_id).await.unwrap().unwrap();
+    let all = format!("{d:?} {:?}", detail.attempts);
+    assert!(all.contains("you sent"), "the echo is recorded: {all}");
+    assert!(!all.contains("access-token-very-secret-123"), "{all}");
+    assert!(!all.contains("refresh-token-very-secret-456"), "{all}");
+}
