@@ -560,44 +560,21 @@ fn check_statuses(statuses: &[u16], at: &str, problem: &mut dyn FnMut(&str, Stri
     }
 }
 
-/// Whether the host or port of a URL template can come from the event: a placeholder before the
-/// path that reads anything but `vars` (which the config sets).
+/// Whether the scheme, host or port of a URL template can vary: any `{{…}}` before the path starts
+/// (decided on the template's structure, not on what the expression reads — `{{learnybox_id}}`
+/// and `{{default [data].[x] "crm.example.com"}}` come from the event as surely as `{{data.x}}`).
+/// The path starts at the first `/` after `scheme://` (or `?`, `#`) outside any `{{…}}`.
 pub fn templated_authority(url: &str) -> bool {
-    let after = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let mut rest = &after[..authority_end];
-    while let Some(start) = rest.find("{{") {
-        let inner = &rest[start + 2..];
-        let end = inner.find("}}").unwrap_or(inner.len());
-        if reads_event(&inner[..end]) {
-            return true;
-        }
-        rest = &inner[end.min(inner.len())..];
+    let Some(scheme_end) = url.find("://") else { return url.contains("{{") };
+    if url[..scheme_end].contains("{{") {
+        return true;
     }
-    // An unclosed block opened before the path (`{{#if …}}/a{{else}}/b{{/if}}`) is checked above.
-    false
-}
-
-/// Whether a placeholder's expression reads event data (anything but `vars.…` and literals).
-fn reads_event(expr: &str) -> bool {
-    // Quoted literals say nothing about where a value comes from.
-    let mut unquoted = String::new();
-    let mut quoted = false;
-    for c in expr.chars() {
-        if c == '"' {
-            quoted = !quoted;
-        } else if !quoted {
-            unquoted.push(c);
-        }
+    let rest = &url[scheme_end + 3..];
+    match (rest.find("{{"), rest.find(['/', '?', '#'])) {
+        (Some(tag), Some(path)) => tag < path,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
-    unquoted
-        .split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '@' | '[' | ']')))
-        .filter(|w| !w.is_empty())
-        .any(|w| {
-            let root = w.split(['.', '[']).next().unwrap_or_default();
-            matches!(root, "data" | "steps" | "event" | "id" | "source" | "received_at" | "this" | "@root" | "lookup")
-                || w.starts_with("..")
-        })
 }
 
 fn check_url(url: &str, at: &str, problem: &mut dyn FnMut(&str, String)) -> String {
@@ -676,6 +653,36 @@ impl SourceConfig {
             (None, None) => true,
             (Some(expected), Some(given)) => bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes())),
             _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::templated_authority;
+
+    #[test]
+    fn any_expression_in_scheme_host_or_port_is_a_templated_host() {
+        for url in [
+            "http://{{learnybox_id}}:8080/x",
+            "http://crm.test:{{data.port}}/x",
+            "http://{{default [data].[target] \"crm.example.com\"}}/x",
+            "https://{{vars.host}}/x",
+            "{{vars.base}}/contacts",
+            "http{{data.s}}://crm.test/x",
+            "https://{{#if data.a}}evil{{/if}}crm.test/x",
+            "https://crm.test{{data.x}}",
+        ] {
+            assert!(templated_authority(url), "{url}");
+        }
+        for url in [
+            "https://crm.test/contacts/{{data.id}}",
+            "https://crm.test?q={{data.x}}",
+            "https://crm.test#{{data.x}}",
+            "https://crm.test/{{#if (eq vars.v \"v3\")}}v3{{/if}}/x",
+            "https://crm.test/x",
+        ] {
+            assert!(!templated_authority(url), "{url}");
         }
     }
 }
