@@ -51,14 +51,25 @@ impl FromRequest for Admin {
     type Future = futures_util::future::LocalBoxFuture<'static, Result<Admin, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let now = std::time::Instant::now();
+        let ip = req.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let relay = req.app_data::<web::Data<Relay>>().cloned();
+        // Past its budget an address is refused before its token is even compared.
+        if let Some(Err(wait)) = relay.as_ref().map(|r| r.auth_failures.check(ip, now)) {
+            return Box::pin(async move { Err(ApiError::TooManyAttempts(wait)) });
+        }
         let result = authorize(req);
-        let delay = match (&result, req.app_data::<web::Data<Relay>>()) {
-            (Err(ApiError::Unauthorized), Some(relay)) => relay.auth_failures.failed(std::time::Instant::now()),
+        let delay = match (&result, &relay) {
+            (Err(ApiError::Unauthorized), Some(relay)) => {
+                if let Some(n) = relay.auth_failures.should_say(now) {
+                    tracing::warn!(client = %ip, wrong_tokens = n, "wrong admin tokens (said once a minute at most)");
+                }
+                relay.auth_failures.failed(ip, now)
+            }
             _ => std::time::Duration::ZERO,
         };
         Box::pin(async move {
             if !delay.is_zero() {
-                tracing::warn!(delay_ms = delay.as_millis() as u64, "repeated wrong admin tokens; answering slowly");
                 tokio::time::sleep(delay).await;
             }
             result

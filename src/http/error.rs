@@ -17,6 +17,10 @@ pub enum ApiError {
     Store(#[source] crate::store::StoreError),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("too many wrong tokens from this address; try again in {}s", .0.as_secs().max(1))]
+    TooManyAttempts(std::time::Duration),
+    #[error("this admin listener answers only to its own address (Host {0:?} is not it)")]
+    WrongHost(String),
     #[error("the admin API is disabled: set server.admin_token")]
     AdminDisabled,
     #[error("{0}")]
@@ -32,6 +36,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::WrongHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -48,6 +54,9 @@ impl ResponseError for ApiError {
         }
         if let ApiError::Store(e) = self {
             tracing::error!(error = %crate::telemetry::Chain(e), "store error");
+        }
+        if let ApiError::TooManyAttempts(wait) = self {
+            resp.insert_header(("Retry-After", wait.as_secs().max(1).to_string()));
         }
         if matches!(self, ApiError::Unavailable | ApiError::Store(_)) {
             resp.insert_header(("Retry-After", "5"));

@@ -38,12 +38,47 @@ pub fn admin_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result
     let data = web::Data::from(relay);
     // Nothing the admin listener answers (events, contacts, errors) may be kept by a browser or proxy.
     let no_store = || actix_web::middleware::DefaultHeaders::new().add(("Cache-Control", "no-store"));
-    Ok(HttpServer::new(move || App::new().wrap(no_store()).app_data(data.clone()).configure(admin::routes))
-        .listen(listener)?
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .run())
+    // Bound to loopback, it answers only requests addressed to loopback: a web page whose domain
+    // is made to resolve to 127.0.0.1 (DNS rebinding) gets nothing from it.
+    let loopback_only = listener.local_addr()?.ip().is_loopback();
+    Ok(HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::Condition::new(loopback_only, actix_web::middleware::from_fn(loopback_host)))
+            .wrap(no_store())
+            .app_data(data.clone())
+            .configure(admin::routes)
+    })
+    .listen(listener)?
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .run())
+}
+
+/// Refuses (421) a request whose `Host` is not a loopback name or address.
+async fn loopback_host(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let host = req.headers().get(actix_web::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    if !is_loopback_host(host) {
+        let shown = crate::telemetry::log_safe(host).into_owned();
+        let resp = actix_web::ResponseError::error_response(&ApiError::WrongHost(shown));
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| if port.parse::<u16>().is_ok() { h } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn healthz() -> actix_web::HttpResponse {

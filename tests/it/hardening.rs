@@ -660,3 +660,45 @@ async fn with_an_encryption_key_the_relay_delivers_while_the_database_file_holds
         assert!(!bytes.windows(9).any(|w| w == b"margaret."), "the address is in the database file in clear");
     }
 }
+
+#[tokio::test]
+async fn an_address_past_its_budget_of_wrong_tokens_is_refused_without_a_comparison() {
+    let app = spawn_app().await;
+    // Many connections at once: each wrong token counts for the address, whatever the connection.
+    let tries: Vec<_> = (0..24)
+        .map(|n| {
+            let client = reqwest::Client::new();
+            let url = format!("{}/api/stats", app.admin);
+            tokio::spawn(
+                async move { client.get(url).bearer_auth(format!("guess-{n}")).send().await.unwrap().status() },
+            )
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tries {
+        statuses.push(t.await.unwrap().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    // Past the budget, even the right token waits for the window: nothing is compared.
+    let resp = app.admin_get("/api/stats").await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn a_loopback_admin_listener_answers_only_requests_addressed_to_loopback() {
+    let app = spawn_app().await;
+    for host in ["evil.example", "evil.example:9090", "127.0.0.1.evil.example", "localhost.evil.example"] {
+        let resp = app.client.get(format!("{}/metrics", app.admin)).header("Host", host).send().await.unwrap();
+        assert_eq!(resp.status(), 421, "{host}");
+        let resp = app.client.get(format!("{}/api/stats", app.admin)).bearer_auth(ADMIN_TOKEN).header("Host", host);
+        assert_eq!(resp.send().await.unwrap().status(), 421, "{host}");
+    }
+    let port = app.admin.rsplit(':').next().unwrap().to_string();
+    for host in
+        [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "localhost".to_string(), format!("[::1]:{port}")]
+    {
+        let resp = app.client.get(format!("{}/metrics", app.admin)).header("Host", &host).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{host}");
+    }
+}
