@@ -487,10 +487,22 @@ fn retry_on(
     at: &str,
     problem: &mut dyn FnMut(&str, String),
 ) -> Vec<RetryOn> {
+    error_answers(route, step, at, problem, 200..300, "is a success: only failing answers can be retried")
+}
+
+/// A route's entries followed by a step's own, none with a status in `refused` (said with `why`).
+fn error_answers(
+    route: &[RawRetryOn],
+    step: &[RawRetryOn],
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+    refused: std::ops::Range<u16>,
+    why: &str,
+) -> Vec<RetryOn> {
     let rules: Vec<RetryOn> = route.iter().chain(step).map(RawRetryOn::resolve).collect();
     check_statuses(&rules.iter().map(|r| r.status).collect::<Vec<_>>(), at, problem);
-    if let Some(ok) = rules.iter().find(|r| (200..300).contains(&r.status)) {
-        problem(at, format!("{} is a success: only failing answers can be retried", ok.status));
+    if let Some(ok) = rules.iter().find(|r| refused.contains(&r.status)) {
+        problem(at, format!("{} {why}", ok.status));
     }
     rules
 }
@@ -512,12 +524,7 @@ fn throttle_on(
     at: &str,
     problem: &mut dyn FnMut(&str, String),
 ) -> Vec<RetryOn> {
-    let rules: Vec<RetryOn> = route.iter().chain(step).map(RawRetryOn::resolve).collect();
-    check_statuses(&rules.iter().map(|r| r.status).collect::<Vec<_>>(), at, problem);
-    if let Some(ok) = rules.iter().find(|r| (200..400).contains(&r.status)) {
-        problem(at, format!("{} is not an error answer: throttle_on takes 4xx and 5xx statuses", ok.status));
-    }
-    rules
+    error_answers(route, step, at, problem, 200..400, "is not an error answer: throttle_on takes 4xx and 5xx statuses")
 }
 
 /// `success = { status, body, location }`.
