@@ -319,8 +319,10 @@ async fn list_deliveries(
 
 async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let Some(route) = relay.store.delivery_route(&id).await? else { return Err(ApiError::NotFound) };
-    if !relay.store.retry_delivery(&id, relay.delivery.now_ms()).await? {
-        return Err(ApiError::NotFound);
+    match relay.store.retry_delivery(&id, relay.delivery.now_ms()).await? {
+        crate::store::Retried::Yes => {}
+        crate::store::Retried::Missing => return Err(ApiError::NotFound),
+        crate::store::Retried::InFlight => return Err(ApiError::InFlight),
     }
     // A pause (429, throttle_on) would hold it back: the operator asked for it now.
     relay.delivery.gates.unpause(&route);

@@ -17,6 +17,11 @@ pub enum ApiError {
     Store(#[source] crate::store::StoreError),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error(
+        "an attempt of this delivery is in flight: it was not retried (its result would replace the retry); \
+         look again once it settles"
+    )]
+    InFlight,
     #[error("too many wrong tokens from this address; try again in {}s", .0.as_secs().max(1))]
     TooManyAttempts(std::time::Duration),
     #[error("this admin listener answers only to its own address (Host {0:?} is not it)")]
@@ -37,6 +42,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InFlight => StatusCode::CONFLICT,
             ApiError::WrongHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -513,6 +513,17 @@ pub struct TypeSeen {
     pub recent_payload: Option<String>,
 }
 
+/// What a retry of one delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// Due now, with a fresh schedule.
+    Yes,
+    /// An attempt holds it (leased): left to that attempt, whose settlement would overwrite a retry.
+    InFlight,
+    /// No such delivery.
+    Missing,
+}
+
 /// A stored event of a contact, as erasure lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ContactEvent {
@@ -754,7 +765,7 @@ impl Store {
         dispatch!(self, s => s.delivery_route(id.to_string()).await)
     }
 
-    pub async fn retry_delivery(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+    pub async fn retry_delivery(&self, id: &str, now: i64) -> Result<Retried, StoreError> {
         dispatch!(self, s => s.retry_one(id.to_string(), now).await)
     }
 

@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{AttemptFact, AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
-    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
-    StoreError, StoredEvent, TypeSeen,
+    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
+    Settlement, StoreError, StoredEvent, TypeSeen,
 };
 use crate::coverage::Counts;
 use crate::event::{now_ms, rfc3339};
@@ -422,15 +422,21 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn retry_one(&self, id: String, now: i64) -> Result<bool, StoreError> {
+    pub async fn retry_one(&self, id: String, now: i64) -> Result<Retried, StoreError> {
         self.call(move |c| {
             let n = c
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
                         steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                     WHERE id = ?2",
+                     WHERE id = ?2 AND (lease_until IS NULL OR lease_until <= ?1)",
                 )?
                 .execute(params![now, id])?;
+            if n == 0 {
+                let exists: i64 = c
+                    .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))?;
+                return Ok(if exists > 0 { Retried::InFlight } else { Retried::Missing });
+            }
             if n > 0 {
                 // Retrying a keyed head now releases what was parked behind its old retry time.
                 c.prepare_cached(
@@ -441,14 +447,15 @@ impl SqliteStore {
                 )?
                 .execute(params![now, id])?;
             }
-            Ok(n > 0)
+            Ok(Retried::Yes)
         })
         .await
     }
 
     pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool, now: i64) -> Result<u64, StoreError> {
         self.call(move |c| {
-            let filter = "(?2 IS NULL OR status = ?2) AND (?3 IS NULL OR route = ?3)
+            // One in flight (leased) is left to its attempt: its settlement would overwrite the retry.
+            let filter = "(lease_until IS NULL OR lease_until <= ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR route = ?3)
                  AND ((?4 IS NULL AND ?5 IS NULL AND ?6 IS NULL) OR event_id IN (SELECT e.id FROM events e
                       WHERE (?4 IS NULL OR e.kind GLOB ?4) AND (?5 IS NULL OR e.received_at >= ?5)
                         AND (?6 IS NULL OR e.received_at < ?6)))";

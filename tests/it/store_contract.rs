@@ -10,7 +10,7 @@ use lbx_relay::event::now_ms;
 use lbx_relay::rate_window::Reservation;
 use lbx_relay::store::{
     AttemptRecord, Claimed, DeliveryFilter, Forgotten, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
-    QuarantineLimits, QuarantineOutcome, Settlement, Store,
+    QuarantineLimits, QuarantineOutcome, Retried, Settlement, Store,
 };
 use secrecy::SecretString;
 
@@ -295,14 +295,17 @@ async fn retries_make_deliveries_due_again(s: Store) {
     }
     let failed = DeliveryFilter { status: Some("failed".into()), limit: 10, ..Default::default() };
     assert_eq!(s.list_deliveries(failed.clone()).await.unwrap().len(), 2);
-    assert!(s.retry_delivery("e1-a", now_ms()).await.unwrap());
-    assert!(!s.retry_delivery("nope", now_ms()).await.unwrap());
+    assert_eq!(s.retry_delivery("e1-a", now_ms()).await.unwrap(), Retried::Yes);
+    assert_eq!(s.retry_delivery("nope", now_ms()).await.unwrap(), Retried::Missing);
     assert_eq!(s.retry_deliveries("failed", Some("b"), now_ms()).await.unwrap(), 1);
     assert!(s.list_deliveries(failed).await.unwrap().is_empty());
     let claimed = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|c| c.tries == 0 && c.attempts == 1), "fresh schedule, history kept");
     assert_eq!(s.gauges().await.unwrap().queue_depth, 2);
+    // One held by an attempt is left to it: its settlement would overwrite the retry.
+    assert_eq!(s.retry_delivery(&claimed[0].delivery_id, now_ms()).await.unwrap(), Retried::InFlight);
+    assert_eq!(s.retry_deliveries("pending", None, now_ms()).await.unwrap(), 0, "bulk retries skip them too");
 }
 
 async fn the_quarantine_is_bounded(s: Store) {
@@ -411,7 +414,7 @@ async fn a_waiting_head_parks_its_key_until_its_retry(s: Store) {
     let other = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(other.iter().map(|c| c.event.id.as_str()).collect::<Vec<_>>(), vec!["b1"]);
     // Replaying the head now releases its key: a1 goes, then a2 once a1 is delivered.
-    assert!(s.retry_delivery(&head_id, now_ms()).await.unwrap());
+    assert_eq!(s.retry_delivery(&head_id, now_ms()).await.unwrap(), Retried::Yes);
     let again = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert_eq!(again.event.id, "a1");
     finish(&s, again, 200, Next::Delivered).await;

@@ -16,8 +16,8 @@ use tokio_postgres::Row;
 use super::{AttemptFact, AttemptOutcome, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
-    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Settlement,
-    StoreError, StoredEvent, TypeSeen,
+    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
+    Settlement, StoreError, StoredEvent, TypeSeen,
 };
 use crate::coverage::Counts;
 use crate::event::{now_ms, rfc3339};
@@ -402,7 +402,7 @@ impl PgStore {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
-    pub async fn retry_one(&self, id: String, now: i64) -> Result<bool, StoreError> {
+    pub async fn retry_one(&self, id: String, now: i64) -> Result<Retried, StoreError> {
         let client = self.pool.get().await?;
         let n = client
             .execute(
@@ -410,7 +410,7 @@ impl PgStore {
                     .prepare_cached(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
                     steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                 WHERE id = $2",
+                 WHERE id = $2 AND (lease_until IS NULL OR lease_until <= $1)",
                     )
                     .await?,
                 &[&now, &id],
@@ -433,7 +433,14 @@ impl PgStore {
                 .await?;
             self.announce.notify_one();
         }
-        Ok(n > 0)
+        if n == 0 {
+            let exists = client
+                .query_opt(&client.prepare_cached("SELECT 1 FROM deliveries WHERE id = $1").await?, &[&id])
+                .await?
+                .is_some();
+            return Ok(if exists { Retried::InFlight } else { Retried::Missing });
+        }
+        Ok(Retried::Yes)
     }
 
     pub async fn list_events(
@@ -536,7 +543,7 @@ impl PgStore {
     pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool, now: i64) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         let like = f.kind.as_deref().map(glob_to_like);
-        let filter = "($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR route = $3)
+        let filter = "(lease_until IS NULL OR lease_until <= $1) AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR route = $3)
              AND (($4::text IS NULL AND $5::bigint IS NULL AND $6::bigint IS NULL) OR event_id IN (SELECT e.id FROM events e
                   WHERE ($4::text IS NULL OR e.kind LIKE $4 ESCAPE '\\') AND ($5::bigint IS NULL OR e.received_at >= $5)
                     AND ($6::bigint IS NULL OR e.received_at < $6)))";
