@@ -39,7 +39,9 @@ pub struct Drift {
 /// The counts of every (route, field path), shared by ingest, the admin API and upkeep.
 #[derive(Debug, Default)]
 pub struct Coverage {
-    counts: Mutex<BTreeMap<(String, String), Counts>>,
+    /// Route → field path → counts: looked up by `&str`, so counting allocates nothing once a
+    /// field has been seen.
+    counts: Mutex<BTreeMap<String, BTreeMap<String, Counts>>>,
     /// Changed since the last save.
     dirty: AtomicBool,
 }
@@ -60,15 +62,33 @@ impl Coverage {
     /// just reached `alert_after` (0: never).
     pub fn observe(&self, route: &str, fields: &[Field], data: &Value, alert_after: u64) -> Vec<Drift> {
         let mut drifts = Vec::new();
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if fields.is_empty() {
+            return drifts;
+        }
+        let mut all = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.contains_key(route) {
+            all.insert(route.to_string(), BTreeMap::new());
+        }
+        let Some(counts) = all.get_mut(route) else { return drifts };
         for f in fields {
-            let found: Vec<&Value> =
-                std::iter::once(&f.path).chain(&f.alternatives).filter_map(|p| crate::lint::resolve(data, p)).collect();
-            let c = counts.entry((route.to_string(), f.path.clone())).or_default();
-            if found.iter().any(|v| !is_empty(v)) {
+            // Present when the path or an alternative has a value; empty when one exists, blank.
+            let (mut present, mut seen_empty) = (false, false);
+            for v in std::iter::once(&f.path).chain(&f.alternatives).filter_map(|p| crate::lint::resolve(data, p)) {
+                if is_empty(v) {
+                    seen_empty = true;
+                } else {
+                    present = true;
+                    break;
+                }
+            }
+            if !counts.contains_key(&f.path) {
+                counts.insert(f.path.clone(), Counts::default());
+            }
+            let Some(c) = counts.get_mut(&f.path) else { continue };
+            if present {
                 c.present += 1;
                 c.absent_streak = 0;
-            } else if !found.is_empty() {
+            } else if seen_empty {
                 c.empty += 1;
                 c.absent_streak = 0;
             } else {
@@ -91,7 +111,7 @@ impl Coverage {
     /// The counts of `route`'s fields, by path.
     pub fn of_route(&self, route: &str) -> BTreeMap<String, Counts> {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.iter().filter(|((r, _), _)| r == route).map(|((_, p), c)| (p.clone(), c.clone())).collect()
+        counts.get(route).cloned().unwrap_or_default()
     }
 
     /// Everything, when it changed since the last call (for the store), else `None`.
@@ -100,7 +120,12 @@ impl Coverage {
             return None;
         }
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        Some(counts.iter().map(|((r, p), c)| (r.clone(), p.clone(), c.clone())).collect())
+        Some(
+            counts
+                .iter()
+                .flat_map(|(r, fields)| fields.iter().map(move |(p, c)| (r.clone(), p.clone(), c.clone())))
+                .collect(),
+        )
     }
 
     /// Marks the counts as not saved (a save failed): the next save writes them.
@@ -112,7 +137,7 @@ impl Coverage {
     pub fn restore(&self, rows: Vec<(String, String, Counts)>) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         for (route, path, kept) in rows {
-            let c = counts.entry((route, path)).or_default();
+            let c = counts.entry(route).or_default().entry(path).or_default();
             let fresh = c.present + c.empty + c.absent > 0;
             c.present += kept.present;
             c.empty += kept.empty;
