@@ -76,16 +76,15 @@ impl Tokens {
         Tokens { slots: Mutex::default(), clock, issued: Default::default() }
     }
 
-    /// `text` with every token this cache fetched replaced by `***`.
-    pub fn mask(&self, text: &str) -> String {
+    /// `text` with every token this cache fetched replaced by `***` (no copy when there is none).
+    pub fn mask(&self, mut text: String) -> String {
         let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = text.to_string();
         for t in issued.iter().map(|t| t.expose_secret()).filter(|t| t.len() >= 8) {
-            if out.contains(t) {
-                out = out.replace(t, "***");
+            if text.contains(t) {
+                text = text.replace(t, "***");
             }
         }
-        out
+        text
     }
 
     fn remember(&self, token: &str) {

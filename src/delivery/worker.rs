@@ -377,7 +377,7 @@ fn record(ctx: &DeliveryContext, rt: &Runtime, c: Claimed, ran: Ran, next: Next,
     // A CRM or token server may echo what it was sent: no known secret is logged or stored.
     // …nor any OAuth token the relay fetched (a CRM echoing its request headers).
     let secrets = &rt.config.secrets;
-    let mask = |text: &str| ctx.tokens.mask(&secrets.mask(text));
+    let mask = |text: &str| ctx.tokens.mask(secrets.mask(text));
     let error = error.map(|e| mask(&e));
     if next == Next::Failed {
         ctx.alerts.signal(crate::alerts::Signal::DeadLetter { route: c.route.clone(), error: error.clone() });
