@@ -50,6 +50,8 @@ pub enum Signal {
     DeadLetter {
         route: String,
         error: Option<String>,
+        /// The delivery, so the alert points at one to open (`GET /api/events/…` lists it).
+        delivery_id: String,
     },
     Quarantined {
         source: String,
@@ -142,15 +144,16 @@ impl Alerts {
     pub async fn evaluate(&self, upkeep: &Upkeep, cfg: &AlertsConfig, now: i64) -> Vec<Notice> {
         let signals = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let mut notices = Vec::new();
-        let mut dead: BTreeMap<String, (u64, Option<String>)> = BTreeMap::new();
+        let mut dead: BTreeMap<String, (u64, Option<String>, String)> = BTreeMap::new();
         let mut quarantined: BTreeMap<String, (u64, String)> = BTreeMap::new();
         let mut absent: Vec<(String, String, u64, Option<String>)> = Vec::new();
         for s in signals {
             match s {
-                Signal::DeadLetter { route, error } => {
+                Signal::DeadLetter { route, error, delivery_id } => {
                     let e = dead.entry(route).or_default();
                     e.0 += 1;
                     e.1 = error.or(e.1.take());
+                    e.2 = delivery_id;
                 }
                 Signal::Quarantined { source, reason } => {
                     let e = quarantined.entry(source).or_default();
@@ -160,7 +163,7 @@ impl Alerts {
                 Signal::FieldAbsent { route, path, streak, nearest } => absent.push((route, path, streak, nearest)),
             }
         }
-        for (route, (n, error)) in dead {
+        for (route, (n, error, delivery_id)) in dead {
             let key = format!("dead_letter:{route}");
             if let Some(earlier) = self.may_fire(&key, now, cfg.repeat_after, n) {
                 let last = error.map(|e| format!(" Last error: {}", outside_text(&e))).unwrap_or_default();
@@ -170,8 +173,8 @@ impl Alerts {
                     key,
                     state: "firing",
                     text: format!(
-                        "{n} delivery(ies) to route {route} failed for good{more}.{last} Fix the cause, then replay: \
-                         POST /api/deliveries/retry?route={route}"
+                        "{n} delivery(ies) to route {route} failed for good{more}.{last} Latest: delivery \
+                         {delivery_id}. Fix the cause, then replay: POST /api/deliveries/retry?route={route}"
                     ),
                 });
             }

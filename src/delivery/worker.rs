@@ -202,7 +202,11 @@ async fn attempt(ctx: &DeliveryContext, c: Claimed) -> Finish {
     ));
     tracing::error!(delivery = %delivery_id, route = %route, error = %error, "a delivery attempt panicked; recorded as failed");
     metrics::counter!(DELIVERIES, "route" => route.clone(), "outcome" => Next::Failed.label()).increment(1);
-    ctx.alerts.signal(crate::alerts::Signal::DeadLetter { route, error: Some(error.clone()) });
+    ctx.alerts.signal(crate::alerts::Signal::DeadLetter {
+        route,
+        error: Some(error.clone()),
+        delivery_id: delivery_id.clone(),
+    });
     let now = ctx.now_ms();
     Finish::Attempted(Settlement {
         delivery_id,
@@ -380,7 +384,11 @@ fn record(ctx: &DeliveryContext, rt: &Runtime, c: Claimed, ran: Ran, next: Next,
     let mask = |text: &str| ctx.tokens.mask(secrets.mask(text));
     let error = error.map(|e| mask(&e));
     if next == Next::Failed {
-        ctx.alerts.signal(crate::alerts::Signal::DeadLetter { route: c.route.clone(), error: error.clone() });
+        ctx.alerts.signal(crate::alerts::Signal::DeadLetter {
+            route: c.route.clone(),
+            error: error.clone(),
+            delivery_id: c.delivery_id.clone(),
+        });
     }
     let detail = (!exchanges.is_empty()).then(|| mask(&serde_json::Value::Array(exchanges).to_string()));
     let reason = match &verdict {

@@ -68,6 +68,9 @@ async fn dead_letters_are_grouped_into_one_alert_and_not_repeated_within_repeat_
     let dead: Vec<&String> = all.iter().filter(|t| t.contains("failed for good")).collect();
     assert_eq!(dead.len(), 1, "one grouped alert, no flood: {all:?}");
     assert!(dead[0].contains("route crm") && dead[0].contains("HTTP 422"), "{}", dead[0]);
+    let ids: Vec<String> =
+        app.deliveries("status=failed").await.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert!(ids.iter().any(|id| dead[0].contains(&format!("Latest: delivery {id}"))), "names one: {}", dead[0]);
 }
 
 #[tokio::test]
