@@ -388,43 +388,49 @@ pub fn resolve<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
     (!cur.is_null()).then_some(cur)
 }
 
-/// The path in `data` closest to `path` (a typo away), else the keys its parent has.
-pub fn nearest(path: &str, data: &Value) -> Option<String> {
-    let mut all = BTreeSet::new();
-    collect_paths(data, "data", &mut all, 0);
-    if let Some(found) = crate::suggest::closest(path, all.iter().map(String::as_str)) {
-        return Some(found.to_string());
-    }
-    // Same parent, a key of the same kind: `prenom` ↔ `first_name` are not a typo apart.
-    let parent = path.rsplit_once('.').map(|(p, _)| p)?;
-    let siblings: Vec<&str> = all
-        .iter()
-        .filter_map(|p| p.strip_prefix(parent)?.strip_prefix('.'))
-        .filter(|rest| !rest.contains('.'))
-        .collect();
-    (!siblings.is_empty()).then(|| format!("{parent}.{{{}}}", siblings.join(", ")))
+/// What stands near a path the payloads lack: a path a typo away, else the keys its parent has.
+enum Nearby {
+    Path(String),
+    Keys { parent: String, keys: Vec<String> },
 }
 
-/// " — the events carry `data.x.y`" for the closest existing path, or the keys beside it.
-fn closest_path(path: &str, payloads: &[&Value]) -> String {
+fn nearby(path: &str, payloads: &[&Value]) -> Option<Nearby> {
     let mut all = BTreeSet::new();
     for v in payloads {
         collect_paths(v, "data", &mut all, 0);
     }
     if let Some(found) = crate::suggest::closest(path, all.iter().map(String::as_str)) {
-        return format!(" (did you mean `{found}`?)");
+        return Some(Nearby::Path(found.to_string()));
     }
+    // Same parent, a key of the same kind: `prenom` ↔ `first_name` are not a typo apart.
     let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("data");
-    let siblings: BTreeSet<&str> = all
+    let keys: Vec<String> = all
         .iter()
         .filter_map(|p| p.strip_prefix(parent)?.strip_prefix('.'))
         .filter(|rest| !rest.contains('.'))
+        .map(str::to_string)
         .collect();
-    if siblings.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<&str> = siblings.into_iter().take(12).collect();
-        format!("; `{parent}` has: {}", list.join(", "))
+    (!keys.is_empty()).then(|| Nearby::Keys { parent: parent.to_string(), keys })
+}
+
+/// The path in `data` closest to `path` (a typo away), else the keys its parent has
+/// (`data.data.contact.{email, first_name}`), for field coverage's alert.
+pub fn nearest(path: &str, data: &Value) -> Option<String> {
+    nearby(path, &[data]).map(|n| match n {
+        Nearby::Path(p) => p,
+        Nearby::Keys { parent, keys } => format!("{parent}.{{{}}}", keys.join(", ")),
+    })
+}
+
+/// " (did you mean `data.x.y`?)" for the closest existing path, or the keys beside it, for `check`.
+fn closest_path(path: &str, payloads: &[&Value]) -> String {
+    match nearby(path, payloads) {
+        Some(Nearby::Path(p)) => format!(" (did you mean `{p}`?)"),
+        Some(Nearby::Keys { parent, keys }) => {
+            let list: Vec<&str> = keys.iter().take(12).map(String::as_str).collect();
+            format!("; `{parent}` has: {}", list.join(", "))
+        }
+        None => String::new(),
     }
 }
 
