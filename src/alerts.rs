@@ -24,11 +24,8 @@ pub const ALERTS_SENT: &str = "lbx_alerts_sent_total";
 /// Text from a CRM or an event as an alert may carry it: e-mail addresses masked, one line, at
 /// most 300 characters.
 pub fn outside_text(text: &str) -> String {
-    let masked: Vec<String> = text
-        .split_whitespace()
-        .map(|w| if w.contains('@') { crate::telemetry::mask_email(w) } else { w.to_string() })
-        .collect();
-    let line = masked.join(" ");
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = crate::telemetry::mask_emails_in(&one_line);
     match line.char_indices().nth(300) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,

@@ -245,14 +245,8 @@ pub fn mask_personal(value: &mut serde_json::Value, parent: &str) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|v| mask_personal(v, parent)),
-        Value::String(s) if s.contains('@') => {
-            // Any word holding an '@' (an address in free text too).
-            let masked: Vec<String> = s
-                .split(' ')
-                .map(|w| if w.contains('@') { crate::telemetry::mask_email(w) } else { w.to_string() })
-                .collect();
-            *s = masked.join(" ");
-        }
+        // Any word holding an '@' (an address in free text too).
+        Value::String(s) if s.contains('@') => *s = crate::telemetry::mask_emails_in(s),
         _ => {}
     }
 }

@@ -178,6 +178,15 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// `text` with every word that holds an `@` masked as [`mask_email`] does (an address in free text:
+/// a CRM's error, a note in an event).
+pub fn mask_emails_in(text: &str) -> String {
+    if !text.contains('@') {
+        return text.to_string();
+    }
+    text.split(' ').map(|w| if w.contains('@') { mask_email(w) } else { w.to_string() }).collect::<Vec<_>>().join(" ")
+}
+
 pub fn mask_email(email: &str) -> String {
     match email.split_once('@') {
         Some((local, domain)) => {
