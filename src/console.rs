@@ -294,30 +294,47 @@ pub fn field_coverage(
     rt: &crate::runtime::Runtime,
     route: &str,
     coverage: &crate::coverage::Coverage,
-    samples: &[(String, serde_json::Value)],
 ) -> Vec<serde_json::Value> {
     let Some(fields) = rt.fields.get(route) else { return Vec::new() };
-    let Some(cfg) = rt.config.route(route) else { return Vec::new() };
     let counts = coverage.of_route(route);
-    let events: Vec<serde_json::Value> = samples
-        .iter()
-        .filter_map(|(_, s)| crate::preflight::event_from_json(rt, s.clone()).ok())
-        .filter(|e| crate::routing::matches_any(&cfg.events, &e.kind))
-        .map(|e| e.data)
-        .collect();
+    let in_samples = rt.fields_in_samples.get_or_init(|| fields_in_samples(rt)).get(route);
     fields
         .iter()
         .map(|f| {
             let c = counts.get(&f.path).cloned().unwrap_or_default();
-            let in_samples = events.iter().any(|data| {
-                std::iter::once(&f.path).chain(&f.alternatives).any(|p| {
-                    crate::lint::resolve(data, p).is_some_and(|v| !v.as_str().is_some_and(|s| s.trim().is_empty()))
-                })
-            });
             serde_json::json!({
                 "path": f.path, "alternatives": f.alternatives, "present": c.present, "empty": c.empty,
-                "absent": c.absent, "absent_streak": c.absent_streak, "in_samples": in_samples,
+                "absent": c.absent, "absent_streak": c.absent_streak,
+                "in_samples": in_samples.is_some_and(|s| s.contains(&f.path)),
             })
+        })
+        .collect()
+}
+
+/// Route → the fields (by first path) that some bundled sample of its event types has, non-blank.
+fn fields_in_samples(rt: &crate::runtime::Runtime) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let samples = crate::preflight::sample_events(&rt.config.dir).unwrap_or_default();
+    let events: Vec<crate::event::Event> =
+        samples.into_iter().filter_map(|(_, s)| crate::preflight::event_from_json(rt, s).ok()).collect();
+    rt.fields
+        .iter()
+        .map(|(route, fields)| {
+            let globs = rt.config.route(route).map(|r| r.events.clone()).unwrap_or_default();
+            let mine: Vec<&serde_json::Value> =
+                events.iter().filter(|e| crate::routing::matches_any(&globs, &e.kind)).map(|e| &e.data).collect();
+            let present = fields
+                .iter()
+                .filter(|f| {
+                    mine.iter().any(|data| {
+                        std::iter::once(&f.path).chain(&f.alternatives).any(|p| {
+                            crate::lint::resolve(data, p)
+                                .is_some_and(|v| !v.as_str().is_some_and(|s| s.trim().is_empty()))
+                        })
+                    })
+                })
+                .map(|f| f.path.clone())
+                .collect();
+            (route.clone(), present)
         })
         .collect()
 }

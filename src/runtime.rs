@@ -23,6 +23,9 @@ pub struct Runtime {
     pub routes: RouteTable,
     /// The fields each route reads from events, by route name (field coverage counts them).
     pub fields: BTreeMap<String, Vec<crate::lint::Field>>,
+    /// Route → the paths of its fields that the bundled samples have: worked out once per
+    /// configuration, on first use (see `console::field_coverage`).
+    pub fields_in_samples: std::sync::OnceLock<BTreeMap<String, std::collections::BTreeSet<String>>>,
     sources: BTreeMap<String, SourceRuntime>,
 }
 
@@ -45,7 +48,7 @@ impl Runtime {
             })
             .collect();
         let fields = config.routes.iter().map(|r| (r.name.clone(), crate::lint::route_fields(r))).collect();
-        Ok(Runtime { config, templates, routes, fields, sources })
+        Ok(Runtime { config, templates, routes, fields, fields_in_samples: Default::default(), sources })
     }
 
     pub fn source(&self, name: &str) -> Option<&SourceRuntime> {

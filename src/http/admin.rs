@@ -439,12 +439,11 @@ async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse
     let health = crate::console::route_health(&relay.store, &names, crate::event::now_ms()).await?;
     let mut routes = serde_json::to_value(health).unwrap_or_else(|_| json!([]));
     let rt = relay.runtime();
-    let samples = crate::preflight::sample_events(&rt.config.dir).unwrap_or_default();
     for r in routes.as_array_mut().into_iter().flatten() {
         let name = r["route"].as_str().unwrap_or_default().to_string();
         // A route held by a 429 or a `throttle_on` answer: sending resumes then, by itself.
         r["paused_until"] = relay.delivery.gates.paused_until(&name).map(rfc3339).into();
-        r["fields"] = crate::console::field_coverage(&rt, &name, &relay.ingest.coverage, &samples).into();
+        r["fields"] = crate::console::field_coverage(&rt, &name, &relay.ingest.coverage).into();
     }
     Ok(HttpResponse::Ok().json(json!({ "routes": routes })))
 }
