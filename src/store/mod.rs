@@ -892,13 +892,6 @@ impl Store {
         dispatch!(self, s => s.delete_events(ids).await)
     }
 
-    /// Deletes every event of the contact `email` (see [`Store::contact_events`]) with its
-    /// deliveries and attempts.
-    pub async fn forget_contact(&self, email: &Email) -> Result<Forgotten, StoreError> {
-        let ids = self.contact_events(email).await?.into_iter().map(|e| e.id).collect();
-        self.delete_events(ids).await
-    }
-
     /// Field coverage kept by earlier runs.
     pub async fn load_coverage(&self) -> Result<Vec<(String, String, crate::coverage::Counts)>, StoreError> {
         dispatch!(self, s => s.load_coverage().await)
