@@ -228,8 +228,8 @@ pub async fn accept(
     let rt = ctx.runtime.load();
     let received_at = ctx.clock.now_ms();
     let result = match open_event(&rt, source, body, headers, received_at)? {
-        Ok(event) => match stale_by(&rt, &event) {
-            Some(None) => {
+        Ok(event) => match age(&rt, &event) {
+            Age::Undated => {
                 tracing::warn!(
                     source,
                     event = capped(&event.kind),
@@ -239,7 +239,7 @@ pub async fn accept(
                 );
                 Ok(Outcome::Undated)
             }
-            Some(Some(off)) => {
+            Age::Stale(off) => {
                 tracing::warn!(
                     source,
                     event = capped(&event.kind),
@@ -249,7 +249,7 @@ pub async fn accept(
                 );
                 Ok(Outcome::Stale)
             }
-            None => accept_event(ctx, &rt, event).await,
+            Age::Fresh => accept_event(ctx, &rt, event).await,
         },
         Err(e) => {
             tracing::warn!(source, reason = %e, bytes = body.len(), "body could not be decrypted; quarantined");
@@ -304,17 +304,28 @@ pub async fn accept(
     result
 }
 
-/// With the source's `max_age`: `Some(Some(ms))` when the event's own timestamp is further than
-/// that from its arrival, `Some(None)` when it has no readable timestamp (unless the source says
-/// `undated = "accept"`), `None` when it is taken in.
-fn stale_by(rt: &Runtime, event: &Event) -> Option<Option<i64>> {
-    let src = rt.config.source(&event.source)?;
-    let max_age = src.max_age?.as_millis() as i64;
+/// What the source's `max_age` makes of an event.
+enum Age {
+    /// Taken in: no `max_age`, or its timestamp is within it.
+    Fresh,
+    /// Its own timestamp is this many ms from its arrival, beyond `max_age`.
+    Stale(i64),
+    /// No readable timestamp, and the source does not say `undated = "accept"`.
+    Undated,
+}
+
+fn age(rt: &Runtime, event: &Event) -> Age {
+    let Some(src) = rt.config.source(&event.source) else { return Age::Fresh };
+    let Some(max_age) = src.max_age.map(|a| a.as_millis() as i64) else { return Age::Fresh };
     let Some(at) = crate::event::timestamp_ms(&event.data, &src.timestamp_field) else {
-        return (!src.accept_undated).then_some(None);
+        return if src.accept_undated { Age::Fresh } else { Age::Undated };
     };
     let off = event.received_at.saturating_sub(at).saturating_abs();
-    (off > max_age).then_some(Some(off))
+    if off > max_age {
+        Age::Stale(off)
+    } else {
+        Age::Fresh
+    }
 }
 
 /// Counts the fields each route that took this stored event reads; a field absent from a route's
