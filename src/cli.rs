@@ -469,7 +469,7 @@ async fn alert_test(path: &Path) -> anyhow::Result<ExitCode> {
         state: "firing",
         text: "a test notification (lbx-relay alert-test): alerts reach this channel".into(),
     };
-    crate::alerts::send(&reqwest::Client::new(), cfg, &notice)
+    crate::alerts::send(&crate::proxy::client_builder().build()?, cfg, &notice)
         .await
         .map_err(|e| anyhow!(rt.config.secrets.mask(&crate::telemetry::Chain(&e).to_string())))?;
     out!("test alert sent");
@@ -713,7 +713,7 @@ async fn send_test(
     if input.fresh_id {
         events = events.iter().map(|e| crate::follow::fresh_id(e)).collect::<anyhow::Result<_>>()?;
     }
-    let client = reqwest::Client::new();
+    let client = crate::proxy::client_builder().build()?;
     let mut all_ok = true;
     let mut tally: BTreeMap<&'static str, usize> = BTreeMap::new();
     for plaintext in events {

@@ -37,6 +37,7 @@ pub mod ingest;
 pub mod init;
 pub mod lint;
 pub mod preflight;
+pub mod proxy;
 pub mod rate_window;
 pub mod routing;
 pub mod runtime;

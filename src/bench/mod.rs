@@ -293,7 +293,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let progress = Arc::new(Progress::new(events));
     let timeline = Arc::new(Timeline::new(&progress));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let client = crate::proxy::client_builder().timeout(Duration::from_secs(30)).build()?;
     let mut report = BenchReport {
         generator: format!("lean HTTP/1.1 client, {} threads, pre-built requests", opts.threads),
         events,

@@ -126,13 +126,15 @@ pub struct HttpSender {
 impl HttpSender {
     pub fn new(clock: crate::clock::Clock) -> HttpSender {
         let builder = || {
-            reqwest::Client::builder()
+            crate::proxy::client_builder()
                 .user_agent(USER_AGENT)
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(64)
         };
         let client = builder().build().expect("a reqwest client with static settings always builds");
+        // Never through a proxy: the proxy would resolve the host, past the resolver's filter.
         let public_only = builder()
+            .no_proxy()
             .dns_resolver(std::sync::Arc::new(super::guard::PublicOnly))
             .build()
             .expect("a reqwest client with static settings always builds");

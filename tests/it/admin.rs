@@ -156,7 +156,7 @@ async fn the_dashboard_is_a_static_page_and_its_data_needs_the_token() {
     app.post_event(&sample_events()[0]).await;
     wait_until(Duration::from_secs(5), "a dead letter", || async { app.deliveries("status=failed").await.len() == 1 })
         .await;
-    let client = reqwest::Client::new();
+    let client = client();
     // The page and its assets carry no data and no token: they are served to anyone who can reach
     // the admin listener, locked to this origin by their CSP.
     for (path, kind) in [("/", "text/html"), ("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")] {

@@ -17,7 +17,7 @@ async fn a_relay_killed_after_acknowledging_events_delivers_all_of_them_after_re
         TestConfig { schedule: vec!["300ms", "300ms", "300ms", "300ms", "300ms", "300ms"], ..TestConfig::default() };
     let (public, admin) = write_process_config(dir.path(), &cfg, &crm_url);
 
-    let client = reqwest::Client::new();
+    let client = client();
     let mut relay = start_process(dir.path(), &[], Stdio::null());
     wait_ready(&admin).await;
     let events: Vec<serde_json::Value> = (0..60)

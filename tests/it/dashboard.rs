@@ -74,7 +74,7 @@ impl Page {
         });
         let browser_ws = rx.recv_timeout(Duration::from_secs(30)).expect("chromium starts");
         let port = browser_ws.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
-        let targets: Value = reqwest::Client::new()
+        let targets: Value = client()
             .put(format!("http://127.0.0.1:{port}/json/new?about:blank"))
             .send()
             .await

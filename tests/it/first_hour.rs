@@ -137,7 +137,7 @@ async fn at_start_one_summary_says_where_events_come_in_and_go_and_what_looks_wr
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     wait_until(Duration::from_secs(10), "listening", || {
         let client = client.clone();
         let url = format!("http://{admin}/healthz");
@@ -165,7 +165,10 @@ async fn send_test_follow(app: &TestApp, file: &std::path::Path, key: &str, extr
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cli(&args, None, &[("K", key.as_str()), ("LBX_ADMIN_TOKEN", ADMIN_TOKEN)])
+        // An egress proxy in the operator's shell (dead here) must not capture loopback requests.
+        let proxy = "http://127.0.0.1:9";
+        let envs = [("K", key.as_str()), ("LBX_ADMIN_TOKEN", ADMIN_TOKEN), ("HTTP_PROXY", proxy), ("ALL_PROXY", proxy)];
+        run_cli(&args, None, &envs)
     })
     .await
     .unwrap()

@@ -270,7 +270,7 @@ async fn a_full_disk_answers_503_and_makes_readyz_not_ready() {
     let (public, admin) = write_process_config(dir.path(), &cfg, "http://127.0.0.1:9");
     let Some(mut child) = serve_on_small_disk(dir.path(), "400k") else { return };
     wait_ready(&admin).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let padding = "p".repeat(8 * 1024);
     let mut statuses = Vec::new();
     for i in 0..200 {
@@ -393,7 +393,7 @@ async fn logs_escape_forged_lines_and_keep_contacts_out_even_at_debug() {
         .spawn()
         .unwrap();
     wait_ready(&admin).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let post = |event: serde_json::Value| {
         let sealed = seal(&event, SECRET);
         let mut req = client.post(format!("http://{public}/hooks/learnybox")).body(sealed.body);
@@ -667,7 +667,7 @@ async fn an_address_past_its_budget_of_wrong_tokens_is_refused_without_a_compari
     // Many connections at once: each wrong token counts for the address, whatever the connection.
     let tries: Vec<_> = (0..24)
         .map(|n| {
-            let client = reqwest::Client::new();
+            let client = client();
             let url = format!("{}/api/stats", app.admin);
             tokio::spawn(
                 async move { client.get(url).bearer_auth(format!("guess-{n}")).send().await.unwrap().status() },

@@ -377,7 +377,7 @@ pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) ->
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    TestApp { public, admin, dir, relay, crm, client: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+    TestApp { public, admin, dir, relay, crm, client: client(), stop: Some(stop), task: Some(task) }
 }
 
 /// A relay whose clock moves only when the test says, with no listener and no worker pool
@@ -519,6 +519,12 @@ where
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
 
+/// The test's own HTTP client: it talks to loopback servers only, so it ignores the proxy
+/// variables of the caller's shell.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 /// A port that was free a moment ago (for configs handed to a separate process).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -549,7 +555,7 @@ pub fn start_process(dir: &Path, extra: &[&str], stderr: std::process::Stdio) ->
 }
 
 pub async fn wait_ready(admin: &str) {
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("http://{admin}/readyz");
     wait_until(Duration::from_secs(10), "relay ready", || {
         let client = client.clone();

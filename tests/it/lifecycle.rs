@@ -20,8 +20,7 @@ async fn sigterm_during_a_slow_crm_call_finishes_the_delivery_and_exits_zero() {
     let mut relay = start_process(dir.path(), &[], Stdio::null());
     wait_ready(&admin).await;
     let sealed = seal(&sample_events()[0], SECRET);
-    let resp =
-        reqwest::Client::new().post(format!("http://{public}/hooks/learnybox")).body(sealed.body).send().await.unwrap();
+    let resp = client().post(format!("http://{public}/hooks/learnybox")).body(sealed.body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     wait_until(Duration::from_secs(5), "the CRM call started", || async { crm.count() == 1 }).await;
     signal(relay.id(), "-TERM");
@@ -42,7 +41,7 @@ async fn logs_of_a_full_run_hold_no_secret_token_or_plaintext_email() {
     let log = std::fs::File::create(&log_path).unwrap();
     let mut relay = start_process(dir.path(), &["--log-format", "json"], Stdio::from(log));
     wait_ready(&admin).await;
-    let client = reqwest::Client::new();
+    let client = client();
     for e in sample_events().iter().take(6) {
         let sealed = seal(e, SECRET);
         client.post(format!("http://{public}/hooks/learnybox")).body(sealed.body).send().await.unwrap();

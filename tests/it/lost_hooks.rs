@@ -52,7 +52,7 @@ async fn the_warning_names_the_closest_source_once_a_minute() {
     let (public, admin) = write_process_config(dir.path(), &TestConfig::default(), &crm.url);
     let mut child = start_process(dir.path(), &[], std::process::Stdio::piped());
     wait_ready(&admin).await;
-    let client = reqwest::Client::new();
+    let client = client();
     for _ in 0..5 {
         let resp = client.post(format!("http://{public}/hooks/Learnybox")).body("{}").send().await.unwrap();
         assert_eq!(resp.status(), 404);

@@ -48,7 +48,7 @@ impl Relay {
 
     pub(crate) async fn send(&self, event: &Value) {
         let sealed = seal(event, SECRET);
-        let resp = reqwest::Client::new()
+        let resp = client()
             .post(format!("http://{}/hooks/learnybox", self.public))
             .header("Content-Type", "application/json")
             .body(sealed.body)
@@ -59,7 +59,7 @@ impl Relay {
     }
 
     pub(crate) async fn deliveries(&self, status: &str) -> Vec<Value> {
-        let v: Value = reqwest::Client::new()
+        let v: Value = client()
             .get(format!("http://{}/api/deliveries?status={status}", self.admin))
             .bearer_auth(ADMIN_TOKEN)
             .send()
@@ -89,7 +89,7 @@ impl Relay {
     }
 
     async fn retry(&self, id: &str) {
-        let resp = reqwest::Client::new()
+        let resp = client()
             .post(format!("http://{}/api/deliveries/{id}/retry", self.admin))
             .bearer_auth(ADMIN_TOKEN)
             .send()
@@ -191,14 +191,14 @@ async fn pipedrive_sale_sent_twice_and_retried_after_a_lost_answer_leaves_one_de
 async fn retired_pipedrive_v1_paths_are_refused_by_the_fake_as_by_the_vendor() {
     let api = Vendor::new("pipedrive");
     let url = api.serve();
-    let resp = reqwest::Client::new()
+    let resp = client()
         .get(format!("{url}/v1/persons/search?term=x&fields=email"))
         .header("x-api-token", "t")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 410);
-    let resp = reqwest::Client::new()
+    let resp = client()
         .post(format!("{url}/api/v2/persons"))
         .header("x-api-token", "t")
         .header("content-type", "application/json")

@@ -182,7 +182,7 @@ async fn replicas_follow_each_others_rotations_on_postgres() {
         refresh_token: Some("rt-1".to_string().into()),
         scope: None,
     };
-    let client = reqwest::Client::new();
+    let client = client();
     let (a, b) = (lbx_relay::delivery::oauth::Tokens::default(), lbx_relay::delivery::oauth::Tokens::default());
     use secrecy::ExposeSecret;
     assert_eq!(a.bearer(&app, &store_a, &client, None).await.unwrap().expose_secret(), "at-1");

@@ -45,7 +45,7 @@ async fn three_replicas_deliver_every_event_with_cross_replica_duplicates_once_t
         wait_ready(admin).await;
     }
     let publics: Vec<String> = replicas.iter().map(|(r, _)| r.public.clone()).collect();
-    let client = reqwest::Client::new();
+    let client = client();
     let total = 3000usize;
     // Event i goes to replica i % 3; every 10th is sent again, freshly encrypted, to the next one
     // (a Learnybox retry landing elsewhere).
