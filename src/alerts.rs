@@ -61,6 +61,20 @@ pub enum Signal {
         streak: u64,
         nearest: Option<String>,
     },
+    /// A reconciliation run created events for items no webhook brought.
+    Reconciled {
+        source: String,
+        recovered: u64,
+        kinds: Vec<String>,
+        /// The earliest and latest item dates (RFC 3339).
+        first: String,
+        last: String,
+    },
+    /// A reconciliation run failed, stopped at its page budget, or met items it cannot map.
+    ReconcileFailed {
+        source: String,
+        error: String,
+    },
 }
 
 /// Signals waiting for the next check, and what each alert key last said.
@@ -144,6 +158,8 @@ impl Alerts {
         let mut dead: BTreeMap<String, (u64, Option<String>, String)> = BTreeMap::new();
         let mut quarantined: BTreeMap<String, (u64, String)> = BTreeMap::new();
         let mut absent: Vec<(String, String, u64, Option<String>)> = Vec::new();
+        let mut reconciled: Vec<(String, u64, Vec<String>, String, String)> = Vec::new();
+        let mut reconcile_failed: BTreeMap<String, String> = BTreeMap::new();
         for s in signals {
             match s {
                 Signal::DeadLetter { route, error, delivery_id } => {
@@ -158,6 +174,43 @@ impl Alerts {
                     e.1 = reason;
                 }
                 Signal::FieldAbsent { route, path, streak, nearest } => absent.push((route, path, streak, nearest)),
+                Signal::Reconciled { source, recovered, kinds, first, last } => {
+                    reconciled.push((source, recovered, kinds, first, last))
+                }
+                Signal::ReconcileFailed { source, error } => {
+                    reconcile_failed.insert(source, error);
+                }
+            }
+        }
+        // Said every time: each one is news (sales no webhook brought).
+        for (source, n, kinds, first, last) in reconciled {
+            notices.push(Notice {
+                kind: "reconciled",
+                key: format!("reconciled:{source}"),
+                state: "firing",
+                text: format!(
+                    "{n} {} from {} to {} (UTC) were never received by webhook from source {source}; recovered \
+                     from Learnybox's API and queued for delivery. Check that the webhook is still active in \
+                     Learnybox. Details: GET /api/reconcile",
+                    kinds.join(", "),
+                    outside_text(&first),
+                    outside_text(&last)
+                ),
+            });
+        }
+        for (source, error) in reconcile_failed {
+            let key = format!("reconcile_failed:{source}");
+            if self.may_fire(&key, now, cfg.repeat_after, 1).is_some() {
+                notices.push(Notice {
+                    kind: "reconcile_failed",
+                    key,
+                    state: "firing",
+                    text: format!(
+                        "reconciliation of source {source} did not check everything: {}. Sales missed by webhook \
+                         may not be recovered until this is fixed (GET /api/reconcile)",
+                        outside_text(&error)
+                    ),
+                });
             }
         }
         for (route, (n, error, delivery_id)) in dead {

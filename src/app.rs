@@ -36,6 +36,8 @@ pub struct Relay {
     pub auth_failures: http::AuthThrottle,
     /// Requests to hook URLs of sources that are not configured.
     pub unknown_hooks: http::public::UnknownHooks,
+    /// Clients of Learnybox's API (reconciliation), shared by the schedule and the admin API.
+    pub reconcile_clients: Arc<crate::reconcile::Clients>,
 }
 
 impl Relay {
@@ -58,6 +60,7 @@ impl Relay {
             alerts,
             auth_failures: http::AuthThrottle::default(),
             unknown_hooks: Default::default(),
+            reconcile_clients: Default::default(),
         }
     }
 
@@ -183,6 +186,11 @@ impl Application {
             "alerts",
             &stop,
             crate::alerts::run(relay.upkeep.clone(), relay.alerts.clone(), client, stop.clone()),
+        );
+        tasks.spawn_until(
+            "reconciliation",
+            &stop,
+            crate::reconcile::schedule(relay.ingest.clone(), relay.reconcile_clients.clone(), stop.clone()),
         );
         {
             let (delivery, stop2) = (relay.delivery.clone(), stop.clone());

@@ -154,6 +154,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare Learnybox's API with the events received and deliver the missing ones
+    /// (`[sources.NAME.api]`): each missing item becomes an event marked origin = reconcile.
+    Reconcile {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How far back to look (a duration like 24h); the source's lookback when absent.
+        #[arg(long)]
+        since: Option<String>,
+        /// List the events that would be created (and the items that cannot be), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this source (every source with [sources.NAME.api] when absent).
+        #[arg(long)]
+        source: Option<String>,
+        /// Print the reports as JSON (as POST /api/reconcile answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// Send one test notification through `[alerts]`, to see it arrive.
     AlertTest {
         #[command(flatten)]
@@ -289,6 +307,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Forget { config, email, dry_run } => forget(&config.config, &email, dry_run).await,
             Command::AlertTest { config } => alert_test(&config.config).await,
             Command::Types { config, json } => types(&config.config, json).await,
+            Command::Reconcile { config, since, dry_run, source, json } => {
+                reconcile(&config.config, since.as_deref(), dry_run, source.as_deref(), json).await
+            }
             Command::Init { connector, dir } => init(&dir, connector.as_deref()),
             Command::BaselineServer { listen } => {
                 crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
@@ -515,6 +536,85 @@ async fn forget(path: &Path, email: &str, dry_run: bool) -> anyhow::Result<ExitC
         report.quarantined
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lbx-relay reconcile`: the same runs as the relay's schedule, on the store the config names;
+/// the events it creates are delivered by the running relay (or by the next one started).
+/// Ctrl-C interrupts the run, which the relay resumes.
+async fn reconcile(
+    path: &Path,
+    since: Option<&str>,
+    dry_run: bool,
+    source: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let since = since.map(crate::reconcile::parse_since).transpose().map_err(|e| anyhow!(e))?;
+    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
+    let relay = crate::app::Relay::new(rt, store, crate::clock::Clock::system());
+    let sources = crate::reconcile::sources(&relay.ingest, source)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: the run stops after this page and the relay resumes it");
+                stop.cancel();
+            }
+        });
+    }
+    let opts = crate::reconcile::RunOptions { since, dry_run, trigger: "cli" };
+    let mut reports = Vec::new();
+    for source in sources {
+        reports
+            .push(crate::reconcile::run_source(&relay.ingest, &relay.reconcile_clients, &source, &opts, &stop).await?);
+    }
+    let ok = reports.iter().all(|r| !r.busy && r.state == crate::store::reconcile::RunState::Done);
+    if json {
+        out!("{}", serde_json::to_string_pretty(&serde_json::json!({ "reports": reports }))?);
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    for r in &reports {
+        if r.busy {
+            let started = r.run.as_ref().map(|x| crate::event::rfc3339(x.started_at)).unwrap_or_default();
+            out!("{}: a reconciliation is under way (started {started}); nothing done, try again later", r.source);
+            continue;
+        }
+        let verb = if r.dry_run { "would create" } else { "recovered" };
+        out!(
+            "{}: {} item(s) in the window: {} received by webhook, {} {verb}, {} missing ({})",
+            r.source,
+            r.listed,
+            r.received,
+            r.recovered.len(),
+            r.missing.len(),
+            r.state.as_str()
+        );
+        for p in &r.recovered {
+            out!(
+                "  {verb} {} {} {} dated {}{}",
+                p.kind,
+                p.list,
+                p.item_id,
+                p.item_date,
+                p.contact.as_deref().map(|c| format!(" contact {c}")).unwrap_or_default()
+            );
+            if let Some(event) = &p.event {
+                let text = serde_json::to_string(event).unwrap_or_default();
+                out!("    event: {}", crate::telemetry::mask_emails_in(&text));
+            }
+        }
+        for m in &r.missing {
+            out!("  missing {} {}: {}", m.list, m.item_id, m.reason);
+        }
+        for (list, fields) in &r.item_fields {
+            out!("  fields of a {list} item: {}", fields.join(", "));
+        }
+        if let Some(e) = &r.error {
+            out!("  {e}");
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `lbx-relay types`: the same report as `GET /api/types`, read from the store the config names.

@@ -346,10 +346,37 @@ fn observe_fields(ctx: &IngestContext, rt: &Runtime, routes: &[String], data: &s
     }
 }
 
-/// Deduplicates, routes and stores an already-parsed event.
+/// Deduplicates, routes and stores an already-parsed event that came by webhook. When the
+/// source reconciles with Learnybox's API, a webhook for an item reconciliation has already
+/// recovered is a duplicate.
 pub async fn accept_event(ctx: &IngestContext, rt: &Runtime, event: Event) -> Result<Outcome, IngestError> {
-    let window = rt.config.source(&event.source).map(|s| s.dedup_window).unwrap_or(Duration::from_secs(86_400));
-    if ctx.dedup.seen(&event.source, &event.key) {
+    let src = rt.config.source(&event.source);
+    let window = src.map(|s| s.dedup_window).unwrap_or(Duration::from_secs(86_400));
+    let alias = src.and_then(|s| s.api.as_ref()).and_then(|api| api.alias_of(&event.kind, &event.data));
+    store_event(ctx, rt, event, Provenance { origin: None, dedup_for: window, alias }).await
+}
+
+/// Where a stored event came from, and how long its key keeps copies out.
+pub struct Provenance {
+    /// `None` for a webhook; `Some("reconcile")` for an event recovered from Learnybox's API.
+    pub origin: Option<&'static str>,
+    /// How long the event's key makes copies duplicates.
+    pub dedup_for: Duration,
+    /// A key that, when live, makes this event a duplicate (see `NewEvent::alias`).
+    pub alias: Option<String>,
+}
+
+/// Deduplicates, routes and stores an event (webhook or recovered).
+pub async fn store_event(
+    ctx: &IngestContext,
+    rt: &Runtime,
+    event: Event,
+    provenance: Provenance,
+) -> Result<Outcome, IngestError> {
+    let window = provenance.dedup_for;
+    if ctx.dedup.seen(&event.source, &event.key)
+        || provenance.alias.as_ref().is_some_and(|alias| ctx.dedup.seen(&event.source, alias))
+    {
         tracing::info!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate (cache)");
         return Ok(Outcome::Duplicate);
     }
@@ -388,8 +415,10 @@ pub async fn accept_event(ctx: &IngestContext, rt: &Runtime, event: Event) -> Re
         payload,
         received_at: event.received_at,
         email,
-        dedup_until: event.received_at + window.as_millis() as i64,
+        dedup_until: event.received_at.saturating_add(window.as_millis() as i64),
         deliveries,
+        origin: provenance.origin,
+        alias: provenance.alias,
     };
     let outcome = ctx.store.ingest(new).await?;
     ctx.dedup.remember(&event.source, &event.key, window);

@@ -14,7 +14,8 @@
 //!   [`cli`] is the command line, [`preflight`] what `check` reports and `serve` refuses,
 //!   [`telemetry`] the logs and metrics, and [`housekeeping`] the silence alert, gauges and
 //!   retention purge; [`rate_window`] is the sliding window both the delivery gates and the
-//!   PostgreSQL store use; [`bench`](mod@bench) is the load tool.
+//!   PostgreSQL store use; [`reconcile`] compares Learnybox's API with the events received and
+//!   recovers the missing ones through ingest; [`bench`](mod@bench) is the load tool.
 
 pub mod alerts;
 pub mod app;
@@ -39,6 +40,7 @@ pub mod lint;
 pub mod preflight;
 pub mod proxy;
 pub mod rate_window;
+pub mod reconcile;
 pub mod routing;
 pub mod runtime;
 pub mod secrets;

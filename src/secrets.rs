@@ -49,6 +49,9 @@ impl Masker {
             if let Some(t) = &source.path_token {
                 add(t);
             }
+            if let Some(api) = &source.api {
+                add(&api.key);
+            }
         }
         for route in &config.routes {
             if let Some(o) = &route.oauth {

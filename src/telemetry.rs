@@ -19,6 +19,8 @@ pub const SOURCE_LAST_EVENT: &str = "lbx_source_last_event_timestamp_seconds";
 pub const DEAD_LETTERS: &str = "lbx_dead_letters";
 pub const DEFERRED: &str = "lbx_deliveries_deferred_total";
 pub const HOOKS_UNKNOWN: &str = "lbx_hooks_unknown_total";
+pub const RECONCILE_ITEMS: &str = "lbx_reconcile_items_total";
+pub const RECONCILE_RUNS: &str = "lbx_reconcile_runs_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
@@ -134,6 +136,11 @@ fn describe() {
     metrics::describe_gauge!(SOURCE_SILENT, "1 when a source has been silent longer than its alert_after");
     metrics::describe_gauge!(SOURCE_LAST_EVENT, "When the last body arrived for a source (Unix seconds)");
     metrics::describe_gauge!(DEAD_LETTERS, "Deliveries that failed for good, waiting for a replay");
+    metrics::describe_counter!(
+        RECONCILE_ITEMS,
+        "Items of Learnybox's API checked by reconciliation, by source and outcome (received, recovered, missing)"
+    );
+    metrics::describe_counter!(RECONCILE_RUNS, "Reconciliation runs, by source and outcome");
     metrics::describe_counter!(
         DEFERRED,
         "Deliveries handed back to the queue by their route's rate limit, concurrency or pause"

@@ -173,6 +173,15 @@ fn url_key(route: &str, step: usize) -> String {
 fn when_key(route: &str) -> String {
     format!("{route}#when")
 }
+fn api_item_key(source: &str, list: &str) -> String {
+    format!("api#{source}#{list}")
+}
+fn bundled_file(list: &str) -> &'static str {
+    match list {
+        "contacts" => "contact-from-api.json.hbs",
+        _ => "transaction-from-api.json.hbs",
+    }
+}
 fn order_key(route: &str) -> String {
     format!("{route}#order")
 }
@@ -193,6 +202,13 @@ impl Templates {
         for route in &config.routes {
             if let Err(e) = t.add_route(route) {
                 errors.push(e);
+            }
+        }
+        for (source, api) in config.sources.iter().filter_map(|(n, s)| Some((n, s.api.as_ref()?))) {
+            for list in &api.lists {
+                if let Err(e) = t.add_api_item(source, list) {
+                    errors.push(e);
+                }
             }
         }
         if errors.is_empty() {
@@ -270,6 +286,46 @@ impl Templates {
             })?;
         }
         Ok(())
+    }
+
+    /// Compiles the template that turns an item of `list` (Learnybox's API) into an event body.
+    fn add_api_item(&mut self, source: &str, list: &crate::config::ApiList) -> Result<(), RenderError> {
+        let (file, text) = match &list.template {
+            Some(path) => {
+                let file = format!("{} (sources.{source}.api.{}.template)", path.display(), list.name);
+                let text = std::fs::read_to_string(path).map_err(|e| RenderError::Compile {
+                    file: file.clone(),
+                    message: format!("cannot read template: {e}"),
+                })?;
+                (file, text)
+            }
+            None => (
+                format!("(bundled) templates/learnybox/{}", bundled_file(&list.name)),
+                crate::config::bundled_template(&list.name).to_string(),
+            ),
+        };
+        self.json
+            .register_template_string(&api_item_key(source, &list.name), &text)
+            .map_err(|e| RenderError::Compile { file: file.clone(), message: compile_error_message(&e, &text) })?;
+        self.json_bodies.insert(api_item_key(source, &list.name), file);
+        Ok(())
+    }
+
+    /// Renders an API item of `source`'s `list` into an event body (a JSON object). `ctx` holds
+    /// `item`, `item_id`, `item_date`, `list`, `type`, `source`.
+    pub fn render_api_item(&self, source: &str, list: &str, ctx: &Value) -> Result<Value, String> {
+        let key = api_item_key(source, list);
+        let file = self.json_bodies.get(&key).ok_or_else(|| format!("no template for list {list}"))?;
+        let text = self.json.render(&key, ctx).map_err(|e| format!("{file}: {}", template_error_message(&e)))?;
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(_) => Err(format!("{file}: the rendered event is not a JSON object")),
+            Err(e) => Err(format!(
+                "{file}: the rendered event is not valid JSON: {e} (line {}, column {})",
+                e.line(),
+                e.column()
+            )),
+        }
     }
 
     /// Whether `route`'s `when` condition holds (true when it has none). Output that is empty,

@@ -217,7 +217,7 @@ async function refreshDetail() {
   $("detail").hidden = false;
   text($("d_id"), d.event_key);
   const summary = $("d_summary");
-  summary.replaceChildren(el("span", `${d.event} from ${d.source}, received `), when(d.received_at, el("span")));
+  summary.replaceChildren(el("span", `${d.event} from ${d.source}, ${d.origin === "reconcile" ? "recovered from Learnybox's API" : "received"} `), when(d.received_at, el("span")));
   text($("d_payload"), JSON.stringify(d.data, null, 2));
   const box = $("d_deliveries");
   box.replaceChildren();
@@ -288,11 +288,53 @@ async function refreshTypes() {
   if (types.length === 0) emptyRow(tbody, 5);
 }
 
+async function refreshReconcile() {
+  const r = await api("/api/reconcile?days=14");
+  const tbody = $("reconcile");
+  tbody.replaceChildren();
+  const runs = $("rc_runs");
+  runs.replaceChildren();
+  if (r.sources.length === 0) {
+    runs.append(el("span", "Off: no source has [sources.NAME.api] in routes.toml (see docs/reconcile.md)."));
+  }
+  for (const s of r.sources) {
+    const line = el("div", null);
+    const last = s.last_run;
+    if (!last) {
+      line.append(el("span", `${s.source}: no run yet (every ${s.every}, over ${s.lookback}).`));
+    } else {
+      line.append(el("span", `${s.source}: last run `), when(last.started_at, el("span")),
+        el("span", ` — ${last.state}, ${last.listed} item(s), ${last.recovered} recovered` +
+          (s.next_run_at ? "; next " : "")));
+      if (s.next_run_at) line.append(when(s.next_run_at, el("span")));
+      if (last.error) line.append(el("div", last.error, "error-text"));
+    }
+    runs.append(line);
+    for (const d of s.days) {
+      const row = tbody.insertRow();
+      text(row.insertCell(), d.day);
+      text(row.insertCell(), s.source);
+      text(row.insertCell(), d.in_learnybox);
+      text(row.insertCell(), d.received);
+      const rec = row.insertCell();
+      text(rec, d.recovered);
+      if (d.recovered > 0) rec.className = "warn";
+      const miss = row.insertCell();
+      text(miss, d.missing);
+      if (d.missing > 0) {
+        miss.className = "error";
+        miss.title = d.missing_reasons.map((m) => `${m.count}× ${m.reason}`).join("\n");
+      }
+    }
+  }
+  if (tbody.rows.length === 0) emptyRow(tbody, 6);
+}
+
 async function refresh() {
   if (!token) { showState("Type the relay's admin token (LBX_ADMIN_TOKEN) to open the console.", "ok"); return; }
   try {
     await refreshStats();
-    await Promise.all([refreshRoutes(), refreshEvents(), refreshQuarantine(), refreshTypes()]);
+    await Promise.all([refreshRoutes(), refreshEvents(), refreshQuarantine(), refreshTypes(), refreshReconcile()]);
     await refreshDetail();
     $("main").hidden = false;
     showState("");

@@ -11,11 +11,13 @@ use serde::Deserialize;
 
 use crate::crypto::{EnvelopeMode, Variant};
 
+mod api;
 mod interpolate;
 mod lines;
 mod raw;
 mod validate;
 
+pub use api::{bundled_template, scalar, ApiConfig, ApiList};
 use interpolate::{interpolate_value, toml_message};
 pub use lines::line_of;
 use raw::RawConfig;
@@ -180,6 +182,8 @@ pub struct SourceConfig {
     /// With `max_age`: an event without a readable timestamp is taken in (`undated = "accept"`)
     /// instead of dropped like a stale one.
     pub accept_undated: bool,
+    /// `[sources.NAME.api]`: reconciliation with Learnybox's API (off when absent).
+    pub api: Option<ApiConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -155,6 +155,9 @@ pub(super) struct RawSource {
     /// default) or `accept`.
     #[serde(default)]
     pub(super) undated: Option<String>,
+    /// `[sources.NAME.api]`: reconciliation with Learnybox's API.
+    #[serde(default)]
+    pub(super) api: Option<super::api::RawApi>,
 }
 
 pub(super) fn default_envelope() -> String {

@@ -148,6 +148,7 @@ pub(super) fn validate(
         if s.undated.is_some() && max_age.is_none() {
             problem(&format!("{at}.undated"), "only means something with max_age".into());
         }
+        let api = s.api.map(|a| super::api::validate_api(a, &format!("{at}.api"), &dir, store.retention, &mut problem));
         sources.insert(
             name.clone(),
             SourceConfig {
@@ -163,6 +164,7 @@ pub(super) fn validate(
                 max_age,
                 timestamp_field,
                 accept_undated,
+                api,
             },
         );
     }

@@ -40,6 +40,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/types", web::get().to(event_types))
         .route("/api/stats/series", web::get().to(stats_series))
         .route("/api/contacts/{email}", web::delete().to(forget_contact))
+        .route("/api/reconcile", web::get().to(reconcile_overview))
+        .route("/api/reconcile", web::post().to(reconcile_now))
         .route("/api/purge", web::post().to(purge));
 }
 
@@ -278,7 +280,7 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
     let e = &d.event;
     Ok(HttpResponse::Ok().json(json!({
         "id": e.id, "source": e.source, "event_key": e.key, "event": e.kind, "status": e.status,
-        "received_at": rfc3339(e.received_at),
+        "received_at": rfc3339(e.received_at), "origin": d.origin.as_deref().unwrap_or("webhook"),
         "data": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
         "deliveries": deliveries,
     })))
@@ -446,6 +448,70 @@ async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse
         r["fields"] = crate::console::field_coverage(&rt, &name, &relay.ingest.coverage).into();
     }
     Ok(HttpResponse::Ok().json(json!({ "routes": routes })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileQuery {
+    /// Days shown, newest first (14 by default, at most 400).
+    days: Option<u32>,
+}
+
+/// Per source and day: items in Learnybox, received by webhook, recovered, still missing; runs.
+async fn reconcile_overview(
+    _: Admin,
+    relay: web::Data<Relay>,
+    q: web::Query<ReconcileQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let days = q.days.unwrap_or(14);
+    if !(1..=400).contains(&days) {
+        return Err(ApiError::BadRequest("days must be between 1 and 400".into()));
+    }
+    let view = crate::reconcile::overview(&relay.ingest, days).await.map_err(reconcile_error)?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileRunQuery {
+    source: Option<String>,
+    /// A duration (`24h`) instead of the source's lookback.
+    since: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Runs a reconciliation now (what `lbx-relay reconcile` does); 409 when one is under way.
+async fn reconcile_now(
+    _: Admin,
+    relay: web::Data<Relay>,
+    q: web::Query<ReconcileRunQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let since = q.since.as_deref().map(crate::reconcile::parse_since).transpose().map_err(ApiError::BadRequest)?;
+    let sources = crate::reconcile::sources(&relay.ingest, q.source.as_deref()).map_err(reconcile_error)?;
+    let opts = crate::reconcile::RunOptions { since, dry_run: q.dry_run, trigger: "api" };
+    let mut reports = Vec::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    for source in sources {
+        let report = crate::reconcile::run_source(&relay.ingest, &relay.reconcile_clients, &source, &opts, &stop)
+            .await
+            .map_err(reconcile_error)?;
+        reports.push(report);
+    }
+    let status = if reports.iter().any(|r| r.busy) {
+        actix_web::http::StatusCode::CONFLICT
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(json!({ "reports": reports })))
+}
+
+fn reconcile_error(e: crate::reconcile::ReconcileError) -> ApiError {
+    match e {
+        crate::reconcile::ReconcileError::Store(e) => ApiError::Store(e),
+        other => ApiError::BadRequest(other.to_string()),
+    }
 }
 
 /// Event types as they really arrive, per source (`lbx-relay types` prints the same).

@@ -5,6 +5,7 @@
 pub mod cipher;
 pub mod pg_tls;
 pub mod postgres;
+pub mod reconcile;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -126,6 +127,12 @@ pub struct NewEvent {
     pub dedup_until: i64,
     /// One per matched route; empty → the event is stored as `unrouted`.
     pub deliveries: Vec<NewDelivery>,
+    /// Where it came from: `None` for a webhook, `Some("reconcile")` for an event recovered from
+    /// Learnybox's API.
+    pub origin: Option<&'static str>,
+    /// A second dedup key that is only checked: a live one makes this a duplicate (a webhook for
+    /// a transaction that reconciliation has already recovered).
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -406,6 +413,8 @@ pub struct AttemptRow {
 #[derive(Debug, Clone)]
 pub struct EventDetail {
     pub event: StoredEvent,
+    /// `None` for a webhook, `Some("reconcile")` for an event recovered from Learnybox's API.
+    pub origin: Option<String>,
     pub deliveries: Vec<DeliveryRow>,
     pub attempts: Vec<AttemptRow>,
 }

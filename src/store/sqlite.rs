@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/002_ordering_steps_oauth.sql"),
     include_str!("migrations/sqlite/003_quarantine_totals_contact_index_attempt_detail.sql"),
     include_str!("migrations/sqlite/004_field_coverage.sql"),
+    include_str!("migrations/sqlite/005_reconcile.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -123,7 +124,7 @@ impl SqliteStore {
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
     /// transaction has committed.
-    async fn call<T: Send + 'static>(
+    pub(super) async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -144,6 +145,16 @@ impl SqliteStore {
 
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
         self.call(move |c| {
+            if let Some(alias) = &ev.alias {
+                let live = c
+                    .prepare_cached(
+                        "SELECT 1 FROM dedup_keys WHERE source = ?1 AND event_key = ?2 AND expires_at > ?3",
+                    )?
+                    .exists(params![ev.source, alias, ev.received_at])?;
+                if live {
+                    return Ok(IngestOutcome::Duplicate);
+                }
+            }
             let claimed = c
                 .prepare_cached(
                     "INSERT INTO dedup_keys (source, event_key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)
@@ -157,10 +168,20 @@ impl SqliteStore {
             }
             let status = if ev.deliveries.is_empty() { "unrouted" } else { "routed" };
             c.prepare_cached(
-                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
-            .execute(params![ev.id, ev.source, ev.key, ev.kind, status, ev.payload, ev.received_at, ev.email])?;
+            .execute(params![
+                ev.id,
+                ev.source,
+                ev.key,
+                ev.kind,
+                status,
+                ev.payload,
+                ev.received_at,
+                ev.email,
+                ev.origin
+            ])?;
             let mut insert = c.prepare_cached(
                 "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
                     lease_token, lease_until)
@@ -601,11 +622,11 @@ impl SqliteStore {
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
         let id = id.to_string();
         self.call(move |c| {
-            let Some(event) = c
+            let Some((event, origin)) = c
                 .query_row(
-                    "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
+                    "SELECT id, source, event_key, kind, status, payload, received_at, origin FROM events WHERE id = ?1",
                     [&id],
-                    event_from_row,
+                    |r| Ok((event_from_row(r)?, r.get::<_, Option<String>>(7)?)),
                 )
                 .optional()?
             else {
@@ -640,7 +661,7 @@ impl SqliteStore {
                     attempts.push(a?);
                 }
             }
-            Ok(Some(EventDetail { event, deliveries, attempts }))
+            Ok(Some(EventDetail { event, origin, deliveries, attempts }))
         })
         .await
     }
@@ -989,6 +1010,8 @@ mod tests {
 
     fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
         NewEvent {
+            origin: None,
+            alias: None,
             id: id.into(),
             source: "s".into(),
             key: key.into(),

@@ -16,7 +16,7 @@ use crate::helpers::*;
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A page of a headless Chromium, over the DevTools protocol.
-struct Page {
+pub(crate) struct Page {
     ws: Ws,
     next_id: u64,
     browser: std::process::Child,
@@ -42,7 +42,7 @@ fn chromium() -> Option<String> {
 }
 
 impl Page {
-    async fn launch() -> Option<Page> {
+    pub(crate) async fn launch() -> Option<Page> {
         let Some(binary) = chromium() else {
             assert!(
                 std::env::var("LBX_REQUIRE_BROWSER").is_err(),
@@ -105,20 +105,20 @@ impl Page {
         }
     }
 
-    async fn eval(&mut self, js: &str) -> Value {
+    pub(crate) async fn eval(&mut self, js: &str) -> Value {
         let r =
             self.call("Runtime.evaluate", json!({"expression": js, "returnByValue": true, "awaitPromise": true})).await;
         assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
         r["result"]["value"].clone()
     }
 
-    async fn goto(&mut self, url: &str) {
+    pub(crate) async fn goto(&mut self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;
         self.wait_for("document.readyState === 'complete' && !!document.getElementById('token')").await;
     }
 
     /// Waits until `condition` (JS) is true in the page.
-    async fn wait_for(&mut self, condition: &str) {
+    pub(crate) async fn wait_for(&mut self, condition: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             if self.eval(&format!("Boolean({condition})")).await == json!(true) {
@@ -129,7 +129,7 @@ impl Page {
         }
     }
 
-    async fn text_of(&mut self, selector: &str) -> String {
+    pub(crate) async fn text_of(&mut self, selector: &str) -> String {
         self.eval(&format!("document.querySelector({selector:?})?.textContent ?? ''"))
             .await
             .as_str()
@@ -137,14 +137,14 @@ impl Page {
             .to_string()
     }
 
-    async fn login(&mut self, token: &str) {
+    pub(crate) async fn login(&mut self, token: &str) {
         self.eval(&format!(
             "document.getElementById('token').value = {token:?}; document.getElementById('login').requestSubmit(); true"
         ))
         .await;
     }
 
-    async fn screenshot(&mut self, name: &str, width: u32) {
+    pub(crate) async fn screenshot(&mut self, name: &str, width: u32) {
         self.call(
             "Emulation.setDeviceMetricsOverride",
             json!({"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": width < 600}),

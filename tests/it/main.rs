@@ -29,6 +29,7 @@ mod multistep;
 mod oauth;
 mod pacing;
 mod properties;
+mod reconcile;
 mod scale_out;
 mod steps;
 mod store_contract;

@@ -30,6 +30,8 @@ fn store_config(backend: StoreBackend) -> StoreConfig {
 
 fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
     NewEvent {
+        origin: None,
+        alias: None,
         id: id.into(),
         source: "s".into(),
         key: key.into(),

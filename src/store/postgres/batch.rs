@@ -95,6 +95,31 @@ async fn write_batch(
     let mut order: Vec<usize> = (0..evs.len()).collect();
     order.sort_by(|&a, &b| (&evs[a].source, &evs[a].key).cmp(&(&evs[b].source, &evs[b].key)));
     order.dedup_by(|a, b| evs[*a].source == evs[*b].source && evs[*a].key == evs[*b].key);
+    // An event whose alias key is live is a duplicate (a webhook for a recovered transaction).
+    let aliased: Vec<usize> = order.iter().copied().filter(|&i| evs[i].alias.is_some()).collect();
+    if !aliased.is_empty() {
+        let sources: Vec<&str> = aliased.iter().map(|&i| evs[i].source.as_str()).collect();
+        let aliases: Vec<&str> = aliased.iter().map(|&i| evs[i].alias.as_deref().unwrap_or_default()).collect();
+        let received: Vec<i64> = aliased.iter().map(|&i| evs[i].received_at).collect();
+        let live: Vec<i64> = tx
+            .query(
+                &tx.prepare_cached(
+                    "SELECT t.n FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
+                        AS t(source, event_key, received_at, n)
+                     WHERE EXISTS (SELECT 1 FROM dedup_keys k WHERE k.source = t.source
+                        AND k.event_key = t.event_key AND k.expires_at > t.received_at)",
+                )
+                .await?,
+                &[&sources, &aliases, &received],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let duplicates: std::collections::HashSet<usize> =
+            live.iter().filter_map(|n| usize::try_from(n - 1).ok()).filter_map(|k| aliased.get(k).copied()).collect();
+        order.retain(|i| !duplicates.contains(i));
+    }
     if !order.is_empty() {
         let col = |f: fn(&NewEvent) -> &str| order.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
         let (sources, keys, ids) = (col(|e| &e.source), col(|e| &e.key), col(|e| &e.id));
@@ -128,8 +153,8 @@ async fn write_batch(
             stored.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
         let received: Vec<i64> = stored.iter().map(|&i| evs[i].received_at).collect();
         tx.execute(
-            &tx.prepare_cached("INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[])").await?,
+            &tx.prepare_cached("INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[])").await?,
             &[
                 &col(|e| &e.id),
                 &col(|e| &e.source),
@@ -139,6 +164,7 @@ async fn write_batch(
                 &col(|e| &e.payload),
                 &received,
                 &stored.iter().map(|&i| evs[i].email.as_deref()).collect::<Vec<Option<&str>>>(),
+                &stored.iter().map(|&i| evs[i].origin).collect::<Vec<Option<&str>>>(),
             ],
         )
         .await?;

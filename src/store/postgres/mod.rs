@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/002_ordering_steps_oauth.sql"),
     include_str!("../migrations/postgres/003_quarantine_totals_contact_index_attempt_detail.sql"),
     include_str!("../migrations/postgres/004_field_coverage.sql"),
+    include_str!("../migrations/postgres/005_reconcile.sql"),
 ];
 
 /// Pool and timeout settings from `[store]`.
@@ -48,7 +49,7 @@ pub struct PgOptions {
 
 #[derive(Clone)]
 pub struct PgStore {
-    pool: Pool,
+    pub(super) pool: Pool,
     /// Set when work was committed that other replicas have not been told about yet.
     announce: std::sync::Arc<tokio::sync::Notify>,
     /// Ingests and settlements waiting to share a transaction.
@@ -579,7 +580,7 @@ impl PgStore {
             .query_opt(
                 &client
                     .prepare_cached(
-                        "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = $1",
+                        "SELECT id, source, event_key, kind, status, payload, received_at, origin FROM events WHERE id = $1",
                     )
                     .await?,
                 &[&id],
@@ -628,7 +629,7 @@ impl PgStore {
                 })
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok(Some(EventDetail { event: event_from_row(&row)?, deliveries, attempts }))
+        Ok(Some(EventDetail { event: event_from_row(&row)?, origin: row.try_get(7)?, deliveries, attempts }))
     }
 
     pub async fn list_quarantine(&self, after: Option<i64>, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
