@@ -99,6 +99,7 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
             render_one(route, &event, name, &mut report);
         }
     }
+    check_api_items(rt, &mut report);
     report.problems = merge_by_sample(std::mem::take(&mut report.problems));
     report.warnings = merge_by_sample(std::mem::take(&mut report.warnings));
     // A route no sample reaches is still rendered once, so its template is exercised.
@@ -110,6 +111,59 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// Each reconciliation template, rendered against an item holding only an id and a date where
+/// the list's `id` and `date` say: it must give an event carrying that id where `match` looks (else
+/// no recovered event could ever be recognised); the routes that event would take are noted.
+fn check_api_items(rt: &Runtime, report: &mut Report) {
+    for (source, api) in rt.config.sources.iter().filter_map(|(n, s)| Some((n, s.api.as_ref()?))) {
+        for list in &api.lists {
+            let at = format!("sources.{source}.api.{}", list.name);
+            let mut item = serde_json::Value::Object(Default::default());
+            set_pointer(&mut item, &list.id, serde_json::json!("CHECK-1"));
+            set_pointer(&mut item, &list.date, serde_json::json!(crate::event::rfc3339(now_ms())));
+            let ctx = serde_json::json!({
+                "item": item, "item_id": "CHECK-1", "item_date": crate::event::rfc3339(now_ms()),
+                "list": list.name, "type": list.kind, "source": source,
+            });
+            match rt.templates.render_api_item(source, &list.name, &ctx) {
+                Err(e) => report.problems.push(format!("{at}: {e} (with an item holding only an id and a date)")),
+                Ok(data) if list.matched_id(&data).as_deref() != Some("CHECK-1") => report.problems.push(format!(
+                    "{at}: the template's event does not carry the item id at any of {} (match): a recovered event \
+                     could not be recognised, and its webhook would be delivered a second time",
+                    list.matches.join(", ")
+                )),
+                Ok(data) => {
+                    report.rendered += 1;
+                    let Some(src) = rt.config.source(source) else { continue };
+                    let Ok(map) = serde_json::from_value(data) else { continue };
+                    let mut event = Event::from_plaintext(source, map, None, &src.event_field, &src.id_field, now_ms());
+                    event.kind = list.kind.clone();
+                    let routes = rt.routes.matching(&rt.config, &rt.templates, &event).routes;
+                    let to = if routes.is_empty() { "no route".to_string() } else { routes.join(", ") };
+                    report.notes.push(format!("{at}: a recovered {} goes to {to}", list.kind));
+                }
+            }
+        }
+    }
+}
+
+/// Writes `value` at a JSON pointer, making the objects on the way.
+fn set_pointer(root: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {
+    let mut at = root;
+    let parts: Vec<String> = pointer.split('/').skip(1).map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !at.is_object() {
+            *at = serde_json::Value::Object(Default::default());
+        }
+        let Some(obj) = at.as_object_mut() else { return };
+        if i + 1 == parts.len() {
+            obj.insert(part.clone(), value);
+            return;
+        }
+        at = obj.entry(part.clone()).or_insert_with(|| serde_json::Value::Object(Default::default()));
+    }
 }
 
 /// One problem repeated over several samples is said once, naming them: `… (with bundled sample
@@ -203,6 +257,16 @@ pub fn summary(config: &Config) -> Vec<String> {
     for (name, source) in &config.sources {
         let token = if source.path_token.is_some() { "/<path_token>" } else { "" };
         out.push(format!("source {name}: POST /hooks/{name}{token}, {} key(s)", source.secret_keys.len()));
+        if let Some(api) = &source.api {
+            let lists: Vec<String> = api.lists.iter().map(|l| format!("{} ({})", l.path, l.kind)).collect();
+            out.push(format!(
+                "source {name}: reconciled with {} every {} over {}: {}",
+                reqwest::Url::parse(&api.url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default(),
+                humantime::format_duration(api.every),
+                humantime::format_duration(api.lookback),
+                lists.join(", ")
+            ));
+        }
     }
     for route in &config.routes {
         let mut hosts: Vec<String> = route

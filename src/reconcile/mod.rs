@@ -243,7 +243,16 @@ pub async fn run_source(
                 break;
             }
             pages += 1;
-            let items = match client.page(&list.path, &params[cursor.list], api.page_size, cursor.offset).await {
+            // A shutdown does not wait for a slow page or a backoff: the page is asked again on resume.
+            let fetched = tokio::select! {
+                biased;
+                page = client.page(&list.path, &params[cursor.list], api.page_size, cursor.offset) => page,
+                _ = stop.cancelled() => {
+                    run.state = RunState::Interrupted;
+                    break 'lists;
+                }
+            };
+            let items = match fetched {
                 Ok(items) => items,
                 Err(e) => {
                     fail(&mut run, &client, &e).await;

@@ -34,6 +34,8 @@ struct Learnybox {
     cancel_at: Mutex<Option<(u64, CancellationToken)>>,
     /// Echo the request's headers in an error (a hostile or debugging API).
     echo_error: Mutex<bool>,
+    /// How long a list page takes.
+    delay: Mutex<Duration>,
 }
 
 impl Learnybox {
@@ -102,6 +104,10 @@ async fn learnybox_handler(state: web::Data<Learnybox>, req: HttpRequest, body: 
             *state.issued.lock().unwrap() += 100;
         }
         return answer.json(json!({"status": false, "message": "scripted"}));
+    }
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let limit: usize = query(&path, "limit").and_then(|v| v.parse().ok()).unwrap_or(500);
     let offset: usize = query(&path, "offset").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -347,7 +353,7 @@ async fn a_run_interrupted_by_shutdown_resumes_from_its_page() {
         reconcile::run_source(&d.relay.ingest, &clients, "learnybox", &opts, &CancellationToken::new()).await.unwrap();
     assert_eq!(second.state, RunState::Done);
     assert_eq!(second.run.as_ref().unwrap().id, first.run.as_ref().unwrap().id, "the same run, resumed");
-    assert_eq!(lb.offsets(), [0, 2, 4, 6, 7], "resumed at the page after the last one done");
+    assert_eq!(lb.offsets(), [0, 2, 2, 4, 6, 7], "resumed at the page the stop cut off");
     assert_eq!(second.run.as_ref().unwrap().recovered, 5);
     deliver_all(&d).await;
     let mut sent = crm_transactions(&d.crm);
@@ -453,6 +459,10 @@ async fn the_relay_reconciles_on_its_schedule_delivers_and_alerts() {
         ..Default::default()
     })
     .await;
+    wait_until(Duration::from_secs(20), "the run done", || async {
+        count_in(&app.db_path(), "SELECT COUNT(*) FROM reconcile_runs WHERE state = 'done'") == 1
+    })
+    .await;
     wait_until(Duration::from_secs(20), "the three sales delivered", || async { app.crm.count() >= 3 }).await;
     wait_until(Duration::from_secs(20), "the recovery alerted", || async { alerts.count() >= 1 }).await;
     let alert = alerts.received()[0].json()["text"].as_str().unwrap().to_string();
@@ -552,6 +562,10 @@ async fn the_dashboard_shows_the_proof_per_day_and_marks_recovered_events() {
         json!({"date": rfc3339(now - 3_600_000), "email": "b@example.org"}),
     ];
     let app = spawn_app_with(TestConfig { source_extra: api_table(&url, ""), ..Default::default() }).await;
+    wait_until(Duration::from_secs(20), "the run done", || async {
+        count_in(&app.db_path(), "SELECT COUNT(*) FROM reconcile_runs WHERE state = 'done'") == 1
+    })
+    .await;
     wait_until(Duration::from_secs(20), "the sale delivered", || async { app.crm.count() == 1 }).await;
     page.goto(&format!("{}/", app.admin)).await;
     page.login(ADMIN_TOKEN).await;
@@ -569,4 +583,62 @@ async fn the_dashboard_shows_the_proof_per_day_and_marks_recovered_events() {
     page.wait_for("document.getElementById('d_summary').textContent.includes(\"recovered from Learnybox's API\")")
         .await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_stopped_during_a_slow_page_stops_at_once_and_resumes_the_run_at_its_next_start() {
+    let (lb, url) = start_learnybox();
+    let now = lbx_relay::event::now_ms();
+    *lb.transactions.lock().unwrap() = sales_at(now);
+    *lb.delay.lock().unwrap() = Duration::from_secs(3600);
+    let cfg = TestConfig { source_extra: api_table(&url, ""), ..Default::default() };
+    let app = spawn_app_with(cfg.clone()).await;
+    wait_until(Duration::from_secs(20), "the first page asked", || async { !lb.offsets().is_empty() }).await;
+    // The page would take an hour: the stop does not wait for it.
+    let (dir, crm) = app.stop().await;
+    let db = dir.path().join("relay.db");
+    let states: Vec<String> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT state || ' ' || COALESCE(error, '') FROM reconcile_runs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(states, ["interrupted "]);
+    *lb.delay.lock().unwrap() = Duration::ZERO;
+    let app = start_in(dir, crm, &cfg).await;
+    wait_until(Duration::from_secs(20), "the run done", || async {
+        count_in(&app.db_path(), "SELECT COUNT(*) FROM reconcile_runs WHERE state = 'done'") == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "the five sales delivered", || async { app.crm.count() == 5 }).await;
+    assert_eq!(count_in(&app.db_path(), "SELECT COUNT(*) FROM reconcile_runs"), 1, "the same run, resumed");
+    assert_eq!(lb.offsets()[..2], [0, 0], "the unfinished page is asked again");
+    app.stop().await;
+}
+
+#[test]
+fn check_renders_each_reconciliation_template_and_says_where_a_recovered_sale_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TestConfig {
+        source_extra: api_table("https://acme.learnybox.com/api/v2/", ""),
+        events: r#"["transaction.*"]"#,
+        ..Default::default()
+    };
+    write_process_config(dir.path(), &cfg, "http://127.0.0.1:9");
+    let config = dir.path().join("routes.toml");
+    let (code, out, err) = run_cli(&["check", "-c", config.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("sources.learnybox.api.transactions: a recovered transaction.created goes to crm"), "{out}");
+    // A template that drops the id: refused by check (and by serve and reload).
+    std::fs::write(dir.path().join("tx.json.hbs"), r#"{"event": "{{type}}", "data": {"ref": "{{item_id}}"}}"#).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[sources.learnybox.api.transactions]\n",
+        "[sources.learnybox.api.transactions]\ntemplate = \"tx.json.hbs\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let (code, out, _) = run_cli(&["check", "-c", config.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not carry the item id at any of /data/transaction/id"), "{out}");
 }
