@@ -32,6 +32,33 @@ pub fn outside_text(text: &str) -> String {
     }
 }
 
+/// Where an alert sends the operator: the dashboard view (`dashboard_url#/view`) when it is set,
+/// else the API call that does the same.
+fn go_to(cfg: &AlertsConfig, view: &str, api: &str) -> String {
+    match &cfg.dashboard_url {
+        Some(url) => format!("{}#/{view}", url.trim_end_matches('#')),
+        None => api.to_string(),
+    }
+}
+
+/// The English or the French text, as `[alerts] lang` says.
+fn say(cfg: &AlertsConfig, en: String, fr: String) -> String {
+    match cfg.lang {
+        crate::config::Lang::En => en,
+        crate::config::Lang::Fr => fr,
+    }
+}
+
+/// The field-absent alert in French.
+fn drift_text_fr(route: &str, path: &str, streak: u64, nearest: Option<&str>) -> String {
+    let carry = nearest.map(|n| format!(" ; les vrais événements portent {n}")).unwrap_or_default();
+    format!(
+        "route {route} : {path} absent des {streak} derniers événements{carry}. Ce que Learnybox envoie diffère de \
+         ce que lit le modèle : corrigez le modèle (un vrai événement est visible dans le tableau de bord), \
+         rechargez, rejouez"
+    )
+}
+
 /// What the field-absent alert (and its log line) says.
 pub fn drift_text(route: &str, path: &str, streak: u64, nearest: Option<&str>) -> String {
     let carry = nearest.map(|n| format!("; the real events carry {n}")).unwrap_or_default();
@@ -184,31 +211,45 @@ impl Alerts {
         }
         // Said every time: each one is news (sales no webhook brought).
         for (source, n, kinds, first, last) in reconciled {
+            let (kinds, first, last) = (kinds.join(", "), outside_text(&first), outside_text(&last));
+            let see = go_to(cfg, "reconcile", "GET /api/reconcile");
             notices.push(Notice {
                 kind: "reconciled",
                 key: format!("reconciled:{source}"),
                 state: "firing",
-                text: format!(
-                    "{n} {} from {} to {} (UTC) were never received by webhook from source {source}; recovered \
-                     from Learnybox's API and queued for delivery. Check that the webhook is still active in \
-                     Learnybox. Details: GET /api/reconcile",
-                    kinds.join(", "),
-                    outside_text(&first),
-                    outside_text(&last)
+                text: say(
+                    cfg,
+                    format!(
+                        "{n} {kinds} from {first} to {last} (UTC) were never received by webhook from source \
+                         {source}; recovered from Learnybox's API and queued for delivery. Check that the webhook \
+                         is still active in Learnybox. Details: {see}"
+                    ),
+                    format!(
+                        "{n} {kinds} du {first} au {last} (UTC) n'ont jamais été reçus par webhook de la source \
+                         {source} ; récupérés par l'API de Learnybox et mis en file pour livraison. Vérifiez que le \
+                         webhook est toujours actif dans Learnybox. Détails : {see}"
+                    ),
                 ),
             });
         }
         for (source, error) in reconcile_failed {
             let key = format!("reconcile_failed:{source}");
             if self.may_fire(&key, now, cfg.repeat_after, 1).is_some() {
+                let (error, see) = (outside_text(&error), go_to(cfg, "reconcile", "GET /api/reconcile"));
                 notices.push(Notice {
                     kind: "reconcile_failed",
                     key,
                     state: "firing",
-                    text: format!(
-                        "reconciliation of source {source} did not check everything: {}. Sales missed by webhook \
-                         may not be recovered until this is fixed (GET /api/reconcile)",
-                        outside_text(&error)
+                    text: say(
+                        cfg,
+                        format!(
+                            "reconciliation of source {source} did not check everything: {error}. Sales missed by \
+                             webhook may not be recovered until this is fixed ({see})"
+                        ),
+                        format!(
+                            "la réconciliation de la source {source} n'a pas tout vérifié : {error}. Des ventes \
+                             manquées par webhook pourraient ne pas être récupérées tant que ce n'est pas corrigé ({see})"
+                        ),
                     ),
                 });
             }
@@ -216,43 +257,70 @@ impl Alerts {
         for (route, (n, error, delivery_id)) in dead {
             let key = format!("dead_letter:{route}");
             if let Some(earlier) = self.may_fire(&key, now, cfg.repeat_after, n) {
-                let last = error.map(|e| format!(" Last error: {}", outside_text(&e))).unwrap_or_default();
-                let more = if earlier > 0 { format!(" ({earlier} more since the last alert)") } else { String::new() };
-                notices.push(Notice {
-                    kind: "dead_letter",
-                    key,
-                    state: "firing",
-                    text: format!(
-                        "{n} delivery(ies) to route {route} failed for good{more}.{last} Latest: delivery \
-                         {delivery_id}. Fix the cause, then replay: POST /api/deliveries/retry?route={route}"
+                let error = error.map(|e| outside_text(&e));
+                let view = format!("deliveries?status=failed&route={}", crate::templates::url_escape(&route));
+                let see = go_to(cfg, &view, &format!("POST /api/deliveries/retry?route={route}"));
+                let text = say(
+                    cfg,
+                    format!(
+                        "{n} delivery(ies) to route {route} failed for good{}.{} Latest: delivery {delivery_id}. Fix \
+                         the cause, then replay: {see}",
+                        if earlier > 0 { format!(" ({earlier} more since the last alert)") } else { String::new() },
+                        error.as_ref().map(|e| format!(" Last error: {e}")).unwrap_or_default(),
                     ),
-                });
+                    format!(
+                        "{n} livraison(s) vers la route {route} ont échoué définitivement{}.{} Dernière : livraison \
+                         {delivery_id}. Corrigez la cause, puis rejouez : {see}",
+                        if earlier > 0 {
+                            format!(" ({earlier} de plus depuis la dernière alerte)")
+                        } else {
+                            String::new()
+                        },
+                        error.as_ref().map(|e| format!(" Dernière erreur : {e}")).unwrap_or_default(),
+                    ),
+                );
+                notices.push(Notice { kind: "dead_letter", key, state: "firing", text });
             }
         }
         for (route, path, streak, nearest) in absent {
             let key = format!("field_absent:{route}:{path}");
             if self.may_fire(&key, now, cfg.repeat_after, 1).is_some() {
+                let see = go_to(cfg, "", "");
+                let link = if see.is_empty() { String::new() } else { format!(" {see}") };
                 notices.push(Notice {
                     kind: "field_absent",
                     key,
                     state: "firing",
-                    text: drift_text(&route, &path, streak, nearest.as_deref()),
+                    text: say(
+                        cfg,
+                        drift_text(&route, &path, streak, nearest.as_deref()),
+                        drift_text_fr(&route, &path, streak, nearest.as_deref()),
+                    ) + &link,
                 });
             }
         }
         for (source, (n, reason)) in quarantined {
             let key = format!("quarantine:{source}");
             if let Some(earlier) = self.may_fire(&key, now, cfg.repeat_after, n) {
-                let more = if earlier > 0 { format!(" ({earlier} more since the last alert)") } else { String::new() };
-                notices.push(Notice {
-                    kind: "quarantine",
-                    key,
-                    state: "firing",
-                    text: format!(
-                        "{n} body(ies) from source {source} could not be decrypted and were quarantined{more}: \
-                         {reason}. A wrong or rotated secret key? Fix it, reload, then POST /api/quarantine/reprocess"
+                let see = go_to(cfg, "quarantine", "POST /api/quarantine/reprocess");
+                let text = say(
+                    cfg,
+                    format!(
+                        "{n} body(ies) from source {source} could not be decrypted and were quarantined{}: {reason}. \
+                         A wrong or rotated secret key? Fix it, reload, then reprocess: {see}",
+                        if earlier > 0 { format!(" ({earlier} more since the last alert)") } else { String::new() },
                     ),
-                });
+                    format!(
+                        "{n} corps de la source {source} n'ont pas pu être déchiffrés et sont en quarantaine{} : \
+                         {reason}. Clé secrète fausse ou changée ? Corrigez-la, rechargez, puis retraitez : {see}",
+                        if earlier > 0 {
+                            format!(" ({earlier} de plus depuis la dernière alerte)")
+                        } else {
+                            String::new()
+                        },
+                    ),
+                );
+                notices.push(Notice { kind: "quarantine", key, state: "firing", text });
             }
         }
         if let Some(threshold) = cfg.failure_rate {
@@ -265,20 +333,38 @@ impl Alerts {
                     let key = format!("failure_rate:{route}");
                     if let Some(state) = self.condition(&key, firing, now, cfg.repeat_after) {
                         let window = humantime::format_duration(cfg.window);
+                        let (all, pct, at) = (settled.len(), rate * 100.0, threshold * 100.0);
+                        let view = format!("deliveries?route={}", crate::templates::url_escape(&route));
+                        let see = go_to(cfg, &view, "");
+                        let link = if see.is_empty() { String::new() } else { format!(" {see}") };
                         let text = if state == "firing" {
-                            let last = settled.iter().find(|f| f.outcome.is_failure()).and_then(|f| f.error.clone());
-                            format!(
-                                "route {route}: {failed} of {} attempts failed over the last {window} ({:.0} %, \
-                                 alert at {:.0} %).{}",
-                                settled.len(),
-                                rate * 100.0,
-                                threshold * 100.0,
-                                last.map(|e| format!(" Last error: {}", outside_text(&e))).unwrap_or_default()
+                            let last = settled
+                                .iter()
+                                .find(|f| f.outcome.is_failure())
+                                .and_then(|f| f.error.as_deref().map(outside_text));
+                            say(
+                                cfg,
+                                format!(
+                                    "route {route}: {failed} of {all} attempts failed over the last {window} \
+                                     ({pct:.0} %, alert at {at:.0} %).{}{link}",
+                                    last.as_ref().map(|e| format!(" Last error: {e}")).unwrap_or_default()
+                                ),
+                                format!(
+                                    "route {route} : {failed} tentatives sur {all} ont échoué sur les dernières \
+                                     {window} ({pct:.0} %, alerte à {at:.0} %).{}{link}",
+                                    last.as_ref().map(|e| format!(" Dernière erreur : {e}")).unwrap_or_default()
+                                ),
                             )
                         } else {
-                            format!(
-                                "route {route} recovered: {:.0} % of attempts failed over the last {window}",
-                                rate * 100.0
+                            say(
+                                cfg,
+                                format!(
+                                    "route {route} recovered: {pct:.0} % of attempts failed over the last {window}"
+                                ),
+                                format!(
+                                    "route {route} rétablie : {pct:.0} % des tentatives ont échoué sur les dernières \
+                                     {window}"
+                                ),
                             )
                         };
                         notices.push(Notice { kind: "failure_rate", key, state, text });
@@ -293,12 +379,24 @@ impl Alerts {
             let firing = silent.contains(source);
             if let Some(state) = self.condition(&key, firing, now, cfg.repeat_after) {
                 let text = if state == "firing" {
-                    format!(
-                        "no webhook from source {source} for longer than its alert_after: check that the Learnybox \
-                         webhook is still active (Learnybox turns off webhooks that keep failing)"
+                    say(
+                        cfg,
+                        format!(
+                            "no webhook from source {source} for longer than its alert_after: check that the \
+                             Learnybox webhook is still active (Learnybox turns off webhooks that keep failing)"
+                        ),
+                        format!(
+                            "aucun webhook de la source {source} depuis plus que son alert_after : vérifiez que le \
+                             webhook est toujours actif dans Learnybox (Learnybox désactive les webhooks qui \
+                             échouent sans cesse)"
+                        ),
                     )
                 } else {
-                    format!("source {source}: webhooks are arriving again")
+                    say(
+                        cfg,
+                        format!("source {source}: webhooks are arriving again"),
+                        format!("source {source} : les webhooks arrivent de nouveau"),
+                    )
                 };
                 notices.push(Notice { kind: "silent_source", key, state, text });
             }

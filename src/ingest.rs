@@ -450,6 +450,43 @@ pub async fn store_event(
     }
 }
 
+/// What became of one quarantined body tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reprocessed1 {
+    /// It opened and is now an event (it left the quarantine).
+    Stored,
+    /// It opened into an event already stored (it left the quarantine).
+    Duplicate,
+    /// It still does not open, for this reason.
+    Still(String),
+}
+
+/// Tries one quarantined body again with the keys in force now.
+pub async fn reprocess_item(
+    ctx: &IngestContext,
+    rt: &Runtime,
+    item: &crate::store::Quarantined,
+) -> Result<Reprocessed1, IngestError> {
+    let opened = match open_event(rt, &item.source, &item.body, &item.header_pairs(), item.received_at) {
+        Ok(r) => r,
+        Err(IngestError::UnknownSource(_)) => Err(DecryptError::NoEnvelope),
+        Err(e) => return Err(e),
+    };
+    match opened {
+        Ok(event) => {
+            let outcome = accept_event(ctx, rt, event).await?;
+            ctx.store.delete_quarantined(item.id).await?;
+            Ok(if outcome == Outcome::Duplicate { Reprocessed1::Duplicate } else { Reprocessed1::Stored })
+        }
+        Err(e) => {
+            if e.to_string() != item.reason {
+                ctx.store.update_quarantine_reason(item.id, e.to_string()).await?;
+            }
+            Ok(Reprocessed1::Still(e.to_string()))
+        }
+    }
+}
+
 /// What reprocessing the quarantine did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Reprocessed {
@@ -469,25 +506,10 @@ pub async fn reprocess_quarantine(ctx: &IngestContext) -> Result<Reprocessed, In
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for item in page {
-            let opened = match open_event(&rt, &item.source, &item.body, &item.header_pairs(), item.received_at) {
-                Ok(r) => r,
-                Err(IngestError::UnknownSource(_)) => Err(DecryptError::NoEnvelope),
-                Err(e) => return Err(e),
-            };
-            match opened {
-                Ok(event) => {
-                    match accept_event(ctx, &rt, event).await? {
-                        Outcome::Duplicate => report.duplicates += 1,
-                        _ => report.reprocessed += 1,
-                    }
-                    ctx.store.delete_quarantined(item.id).await?;
-                }
-                Err(e) => {
-                    report.still_quarantined += 1;
-                    if e.to_string() != item.reason {
-                        ctx.store.update_quarantine_reason(item.id, e.to_string()).await?;
-                    }
-                }
+            match reprocess_item(ctx, &rt, &item).await? {
+                Reprocessed1::Stored => report.reprocessed += 1,
+                Reprocessed1::Duplicate => report.duplicates += 1,
+                Reprocessed1::Still(_) => report.still_quarantined += 1,
             }
         }
     }

@@ -221,6 +221,19 @@ pub struct AlertsConfig {
     /// A field a route reads that was absent in this many of its latest events in a row alerts
     /// (0: off).
     pub field_absent_after: u64,
+    /// The language of the messages.
+    pub lang: Lang,
+    /// The dashboard's address as the operator opens it (`https://relay.example.com:9090/`): each
+    /// alert links to the matching view.
+    pub dashboard_url: Option<String>,
+}
+
+/// A language the relay speaks to people (alerts; the dashboard follows the browser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    #[default]
+    En,
+    Fr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -46,6 +46,10 @@ pub(super) struct RawAlerts {
     pub(super) check_every: String,
     #[serde(default = "default_field_absent_after")]
     pub(super) field_absent_after: u64,
+    #[serde(default)]
+    pub(super) lang: Option<String>,
+    #[serde(default)]
+    pub(super) dashboard_url: Option<String>,
 }
 
 pub(super) fn default_field_absent_after() -> u64 {

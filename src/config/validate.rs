@@ -197,7 +197,29 @@ pub(super) fn validate(
         if a.failure_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
             problem("alerts.failure_rate", "must be a share between 0 (off) and 1, like 0.5".into());
         }
+        let lang = match a.lang.as_deref() {
+            None | Some("en") => Lang::En,
+            Some("fr") => Lang::Fr,
+            Some(other) => {
+                problem("alerts.lang", format!("{other:?}: use \"en\" or \"fr\""));
+                Lang::En
+            }
+        };
+        let dashboard_url = a.dashboard_url.filter(|u| !u.trim().is_empty()).map(|u| {
+            match reqwest::Url::parse(u.trim()) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") && p.fragment().is_none() => {}
+                _ => problem(
+                    "alerts.dashboard_url",
+                    format!(
+                        "{u:?} is not an http(s) URL without a #fragment, like \"https://relay.example.com:9090/\""
+                    ),
+                ),
+            }
+            u.trim().to_string()
+        });
         AlertsConfig {
+            lang,
+            dashboard_url,
             url: SecretString::from(a.url),
             format,
             failure_rate: a.failure_rate.filter(|r| *r > 0.0),

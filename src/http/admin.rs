@@ -32,9 +32,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/events/{id}", web::get().to(get_event))
         .route("/api/deliveries", web::get().to(list_deliveries))
         .route("/api/deliveries/retry", web::post().to(retry_many))
+        .route("/api/deliveries/triage", web::get().to(triage))
         .route("/api/deliveries/{id}/retry", web::post().to(retry_one))
         .route("/api/quarantine", web::get().to(list_quarantine))
         .route("/api/quarantine/reprocess", web::post().to(reprocess))
+        .route("/api/quarantine", web::delete().to(quarantine_drop_all))
+        .route("/api/quarantine/{id}", web::get().to(quarantine_item))
+        .route("/api/quarantine/{id}", web::delete().to(quarantine_drop))
+        .route("/api/quarantine/{id}/reprocess", web::post().to(quarantine_reprocess_one))
         .route("/api/reload", web::post().to(reload))
         .route("/api/routes", web::get().to(routes_health))
         .route("/api/types", web::get().to(event_types))
@@ -188,6 +193,8 @@ struct EventsQuery {
     email: Option<String>,
     /// The Learnybox event id.
     id: Option<String>,
+    /// Free text, any case: a type prefix, an e-mail prefix, a name.
+    q: Option<String>,
     /// RFC 3339 times or Unix milliseconds.
     since: Option<String>,
     until: Option<String>,
@@ -229,6 +236,7 @@ async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<EventsQuer
         route: nonempty(q.route),
         email: nonempty(q.email).map(|e| e.trim().to_string()),
         key: nonempty(q.id),
+        text: nonempty(q.q),
         since: time_param("since", q.since)?,
         until: time_param("until", q.until)?,
         after: q.after,
@@ -258,11 +266,11 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
         .iter()
         .map(|del| {
             let mut v = serde_json::to_value(del).unwrap_or(Value::Null);
-            let attempts: Vec<Value> = d
-                .attempts
+            let mine: Vec<&crate::store::AttemptRow> = d.attempts.iter().filter(|a| a.delivery_id == del.id).collect();
+            let attempts: Vec<Value> = mine
                 .iter()
-                .filter(|a| a.delivery_id == del.id)
-                .map(|a| {
+                .enumerate()
+                .map(|(i, a)| {
                     let mut row = serde_json::to_value(a).unwrap_or(Value::Null);
                     // Each request as sent (credentials masked) and the CRM's answer (first 8 KiB).
                     row["exchanges"] = a
@@ -270,6 +278,12 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
                         .as_deref()
                         .and_then(|t| serde_json::from_str(t).ok())
                         .unwrap_or(Value::Array(Vec::new()));
+                    // When the next attempt was made, or (the last one) is due: SPEC's "next attempt".
+                    row["next_attempt_at"] = match mine.get(i + 1) {
+                        Some(next) => next.started_at.clone().into(),
+                        None if del.status == "pending" => del.next_attempt_at.clone().into(),
+                        None => Value::Null,
+                    };
                     row
                 })
                 .collect();
@@ -342,9 +356,14 @@ struct BulkQuery {
     kind: Option<String>,
     since: Option<String>,
     until: Option<String>,
-    /// Only count what would be retried.
+    /// Only count (and preview) what would be retried.
     dry_run: Option<bool>,
+    /// These deliveries, whatever their status (at most 1000; no filter with them).
+    ids: Option<Vec<String>>,
 }
+
+/// Deliveries one bulk replay may name.
+const MAX_IDS: usize = 1000;
 
 /// `POST /api/deliveries/retry`: the filter as query parameters or a JSON body (the body wins).
 /// A body that is present but not a valid filter (`{"dry-run": true}`) is a 400 naming the key —
@@ -362,6 +381,20 @@ async fn retry_many(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not a retry filter: {e}; nothing was retried")))?
     };
+    let dry_run = b.dry_run.or(q.dry_run).unwrap_or(false);
+    if let Some(ids) = b.ids {
+        let filtered =
+            [&b.status, &b.route, &b.kind, &b.since, &b.until, &q.status, &q.route, &q.kind, &q.since, &q.until]
+                .iter()
+                .any(|v| v.is_some());
+        if filtered {
+            return Err(ApiError::BadRequest("ids and a filter cannot be combined; nothing was retried".into()));
+        }
+        if ids.is_empty() || ids.len() > MAX_IDS {
+            return Err(ApiError::BadRequest(format!("ids: give 1 to {MAX_IDS} delivery ids; nothing was retried")));
+        }
+        return retry_ids(&relay, ids, dry_run).await;
+    }
     let status = b.status.or(q.status).unwrap_or_else(|| "failed".into());
     let status = match status.as_str() {
         "any" => None,
@@ -389,10 +422,23 @@ async fn retry_many(
         since: time_param("since", b.since.or(q.since))?,
         until: time_param("until", b.until.or(q.until))?,
     };
-    let dry_run = b.dry_run.or(q.dry_run).unwrap_or(false);
+    let preview_filter = filter.status.clone().map(|status| crate::store::triage::TriageFilter {
+        status: Some(status),
+        route: filter.route.clone(),
+        kind: filter.kind.clone(),
+        since: filter.since,
+        until: filter.until,
+        limit: 100,
+        ..Default::default()
+    });
     let n = relay.store.retry_matching(filter, dry_run, relay.delivery.now_ms()).await?;
     if dry_run {
-        return Ok(HttpResponse::Ok().json(json!({"dry_run": true, "would_retry": n})));
+        // Which ones, not only how many: the first 100 (with `status = "any"`, the count only).
+        let preview = match preview_filter {
+            Some(f) => Some(relay.store.triage(f).await?.0),
+            None => None,
+        };
+        return Ok(HttpResponse::Ok().json(json!({"dry_run": true, "would_retry": n, "preview": preview})));
     }
     relay.delivery.wake.notify_one();
     Ok(HttpResponse::Ok().json(json!({"retried": n})))
@@ -427,6 +473,67 @@ async fn list_quarantine(
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
 }
 
+/// One quarantined body, or 404.
+async fn quarantined(relay: &Relay, id: i64) -> Result<crate::store::Quarantined, ApiError> {
+    let rows = relay.store.list_quarantine(Some(id.saturating_sub(1)), 1).await?;
+    rows.into_iter().find(|r| r.id == id).ok_or(ApiError::NotFound)
+}
+
+/// `GET /api/quarantine/{id}`: one body with its headers and, when it is text, the text.
+async fn quarantine_item(_: Admin, relay: web::Data<Relay>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let r = quarantined(&relay, id.into_inner()).await?;
+    let text = std::str::from_utf8(&r.body).ok().map(|t| t.chars().take(65_536).collect::<String>());
+    Ok(HttpResponse::Ok().json(json!({
+        "id": r.id, "source": r.source, "received_at": rfc3339(r.received_at), "reason": r.reason,
+        "headers": serde_json::from_str::<Value>(&r.headers).unwrap_or(Value::Null),
+        "size": r.body.len(), "body_text": text,
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(&r.body),
+    })))
+}
+
+/// `DELETE /api/quarantine/{id}`: drops one body.
+async fn quarantine_drop(_: Admin, relay: web::Data<Relay>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let r = quarantined(&relay, id.into_inner()).await?;
+    relay.store.delete_quarantined(r.id).await?;
+    Ok(HttpResponse::Ok().json(json!({"dropped": 1})))
+}
+
+/// `DELETE /api/quarantine`: drops every body (after the cause is fixed and what could open has).
+async fn quarantine_drop_all(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
+    let mut dropped = 0u64;
+    loop {
+        let page = relay.store.list_quarantine(None, 200).await?;
+        if page.is_empty() {
+            break;
+        }
+        for r in page {
+            relay.store.delete_quarantined(r.id).await?;
+            dropped += 1;
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({"dropped": dropped})))
+}
+
+/// `POST /api/quarantine/{id}/reprocess`: one body tried again with the keys in force.
+async fn quarantine_reprocess_one(
+    _: Admin,
+    relay: web::Data<Relay>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let r = quarantined(&relay, id.into_inner()).await?;
+    let rt = relay.runtime();
+    let outcome = match ingest::reprocess_item(&relay.ingest, &rt, &r).await {
+        Ok(o) => o,
+        Err(IngestError::Unavailable(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::BadRequest(e.to_string())),
+    };
+    Ok(HttpResponse::Ok().json(match outcome {
+        ingest::Reprocessed1::Stored => json!({"outcome": "reprocessed"}),
+        ingest::Reprocessed1::Duplicate => json!({"outcome": "duplicate"}),
+        ingest::Reprocessed1::Still(reason) => json!({"outcome": "still_quarantined", "reason": reason}),
+    }))
+}
+
 async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
     match ingest::reprocess_quarantine(&relay.ingest).await {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
@@ -438,16 +545,111 @@ async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, Ap
 /// Each route's success rate over 1 h and 24 h, last success, last failure and its error, queue.
 async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
     let names: Vec<String> = relay.runtime().config.routes.iter().map(|r| r.name.clone()).collect();
-    let health = crate::console::route_health(&relay.store, &names, crate::event::now_ms()).await?;
+    let now = crate::event::now_ms();
+    let health = crate::console::route_health(&relay.store, &names, now).await?;
+    // Health per delivery (what reached the CRM in the end), apart from attempts (retries count there).
+    let per_1h: std::collections::BTreeMap<_, _> =
+        relay.store.delivery_counts(now - 3_600_000).await?.into_iter().collect();
+    let per_24h: std::collections::BTreeMap<_, _> =
+        relay.store.delivery_counts(now - 24 * 3_600_000).await?.into_iter().collect();
     let mut routes = serde_json::to_value(health).unwrap_or_else(|_| json!([]));
     let rt = relay.runtime();
     for r in routes.as_array_mut().into_iter().flatten() {
         let name = r["route"].as_str().unwrap_or_default().to_string();
+        for (key, rate_key, counts) in
+            [("deliveries_1h", "delivered_rate_1h", &per_1h), ("deliveries_24h", "delivered_rate_24h", &per_24h)]
+        {
+            let c = counts.get(&name).cloned().unwrap_or_default();
+            let settled = c.delivered + c.failed;
+            r[rate_key] = (settled > 0).then(|| c.delivered as f64 / settled as f64).into();
+            r[key] = serde_json::to_value(c).unwrap_or_default();
+        }
         // A route held by a 429 or a `throttle_on` answer: sending resumes then, by itself.
         r["paused_until"] = relay.delivery.gates.paused_until(&name).map(rfc3339).into();
         r["fields"] = crate::console::field_coverage(&rt, &name, &relay.ingest.coverage).into();
     }
     Ok(HttpResponse::Ok().json(json!({ "routes": routes })))
+}
+
+/// A bulk replay of named deliveries: each is made due now, as `POST /api/deliveries/{id}/retry`.
+async fn retry_ids(relay: &Relay, ids: Vec<String>, dry_run: bool) -> Result<HttpResponse, ApiError> {
+    let (mut retried, mut in_flight, mut missing) = (0u64, Vec::new(), Vec::new());
+    let mut routes = std::collections::BTreeSet::new();
+    for id in ids {
+        let Some(route) = relay.store.delivery_route(&id).await? else {
+            missing.push(id);
+            continue;
+        };
+        if dry_run {
+            retried += 1;
+            continue;
+        }
+        match relay.store.retry_delivery(&id, relay.delivery.now_ms()).await? {
+            crate::store::Retried::Yes => {
+                retried += 1;
+                routes.insert(route);
+            }
+            crate::store::Retried::Missing => missing.push(id),
+            crate::store::Retried::InFlight => in_flight.push(id),
+        }
+    }
+    if dry_run {
+        return Ok(HttpResponse::Ok().json(json!({"dry_run": true, "would_retry": retried, "missing": missing})));
+    }
+    for route in &routes {
+        relay.delivery.gates.unpause(route);
+    }
+    relay.delivery.wake.notify_one();
+    Ok(HttpResponse::Ok().json(json!({"retried": retried, "in_flight": in_flight, "missing": missing})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriageQuery {
+    /// `failed` (default), `pending` or `delivered`.
+    status: Option<String>,
+    route: Option<String>,
+    /// A glob, or a prefix (`contact`).
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// Text of the last error (any case).
+    error: Option<String>,
+    /// The event's arrival: RFC 3339, Unix ms, or a duration back from now (`24h`).
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/deliveries/triage`: deliveries (failed by default) newest first, with the event's
+/// type, contact and times, filtered by route, type, error text and time window.
+async fn triage(_: Admin, relay: web::Data<Relay>, q: web::Query<TriageQuery>) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let status = q.status.filter(|s| !s.is_empty()).unwrap_or_else(|| "failed".into());
+    check_status(Some(&status))?;
+    let now = relay.delivery.now_ms();
+    let when = |name: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
+        match v.filter(|v| !v.trim().is_empty()) {
+            Some(v) if v.trim().chars().last().is_some_and(|c| c.is_ascii_alphabetic()) && !v.contains('T') => {
+                let back = humantime::parse_duration(v.trim())
+                    .map_err(|_| ApiError::BadRequest(format!("{name}: {v:?} is not a time or a duration like 24h")))?;
+                Ok(Some(now.saturating_sub(i64::try_from(back.as_millis()).unwrap_or(i64::MAX))))
+            }
+            other => time_param(name, other),
+        }
+    };
+    let filter = crate::store::triage::TriageFilter {
+        status: Some(status),
+        route: q.route.filter(|r| !r.is_empty()),
+        kind: q.kind.filter(|k| !k.is_empty()),
+        error: q.error.filter(|e| !e.trim().is_empty()),
+        since: when("since", q.since)?,
+        until: when("until", q.until)?,
+        after: q.after.filter(|a| !a.is_empty()),
+        limit: page_size(q.limit),
+    };
+    let (items, next) = relay.store.triage(filter).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ pub mod pg_tls;
 pub mod postgres;
 pub mod reconcile;
 pub mod sqlite;
+pub mod triage;
 
 use std::time::Duration;
 
@@ -432,6 +433,10 @@ pub struct EventFilter {
     pub email: Option<String>,
     /// The sender's event id (Learnybox's).
     pub key: Option<String>,
+    /// Free text, any case: a type prefix (`contact` finds `contact.*`), an e-mail prefix, or a
+    /// word of the payload (a name). With `encryption_key` set, payloads and addresses are sealed:
+    /// only the type prefix is searched.
+    pub text: Option<String>,
     /// Received at or after / before (Unix ms).
     pub since: Option<i64>,
     pub until: Option<i64>,
@@ -811,7 +816,13 @@ impl Store {
             Some(c) => c.index_values(&e),
             None => vec![e.to_lowercase()],
         });
-        let (mut events, matching) = dispatch!(self, s => s.find_events(filter.clone(), emails.clone()).await)?;
+        // A LIKE pattern's wildcards in the text are taken literally.
+        filter.text = filter
+            .text
+            .take()
+            .map(|t| t.trim().to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let sealed = self.cipher.is_some();
+        let (mut events, matching) = dispatch!(self, s => s.find_events(filter.clone(), emails.clone(), sealed).await)?;
         for e in &mut events {
             e.payload = self.open_text(PAYLOAD, std::mem::take(&mut e.payload))?;
         }

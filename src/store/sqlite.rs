@@ -584,22 +584,33 @@ impl SqliteStore {
         &self,
         f: EventFilter,
         emails: Option<Vec<String>>,
+        sealed: bool,
     ) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
         self.call(move |c| {
+            let text_filter = if sealed {
+                "(?10 IS NULL OR lower(e.kind) LIKE ?10 || '%' ESCAPE '\\')"
+            } else {
+                "(?10 IS NULL OR lower(e.kind) LIKE ?10 || '%' ESCAPE '\\' OR e.email LIKE ?10 || '%' ESCAPE '\\'
+                  OR lower(e.payload) LIKE '%' || ?10 || '%' ESCAPE '\\')"
+            };
             let emails = emails.map(|e| serde_json::to_string(&e).unwrap_or_else(|_| "[]".into()));
             let filter = format!(
                 "(?1 IS NULL OR e.kind GLOB ?1) AND (?2 IS NULL OR ({DERIVED_STATUS}) = ?2)
                  AND (?3 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = ?3))
                  AND (?4 IS NULL OR e.email IN (SELECT value FROM json_each(?4)))
                  AND (?5 IS NULL OR e.event_key = ?5)
-                 AND (?6 IS NULL OR e.received_at >= ?6) AND (?7 IS NULL OR e.received_at < ?7)"
+                 AND (?6 IS NULL OR e.received_at >= ?6) AND (?7 IS NULL OR e.received_at < ?7)
+                 AND {text_filter}"
             );
             let counted: i64 = c
                 .prepare_cached(&format!(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {filter} LIMIT {})",
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {filter} AND ?8 IS NULL AND ?9 IS NULL LIMIT {})",
                     COUNT_CAP + 1
                 ))?
-                .query_row(params![f.kind, f.status, f.route, emails, f.key, f.since, f.until], |r| r.get(0))?;
+                .query_row(
+                    params![f.kind, f.status, f.route, emails, f.key, f.since, f.until, None::<String>, None::<u32>, f.text],
+                    |r| r.get(0),
+                )?;
             let (cmp, order) = if f.newest_first { ("<", "DESC") } else { (">", "ASC") };
             let sql = format!(
                 "SELECT e.id, e.source, e.event_key, e.kind, {DERIVED_STATUS}, e.payload, e.received_at FROM events e
@@ -608,7 +619,7 @@ impl SqliteStore {
             let events = c
                 .prepare_cached(&sql)?
                 .query_map(
-                    params![f.kind, f.status, f.route, emails, f.key, f.since, f.until, f.after, f.limit],
+                    params![f.kind, f.status, f.route, emails, f.key, f.since, f.until, f.after, f.limit, f.text],
                     event_from_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

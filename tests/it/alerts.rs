@@ -207,3 +207,38 @@ async fn a_crm_error_reaches_the_chat_escaped_and_with_addresses_masked() {
     assert!(text.contains("&amp; more"), "{text}");
     assert!(!text.contains("camille.durand@example.fr") && text.contains("ca***@example.fr"), "{text}");
 }
+
+#[tokio::test]
+async fn alerts_speak_french_when_asked_and_link_to_the_matching_dashboard_view() {
+    let (url, got) = receiver();
+    // JSON: the text as written (Slack's format escapes `&` as `&amp;`, which Slack shows as `&`).
+    let extra =
+        "failure_rate = 0\nformat = \"json\"\nlang = \"fr\"\ndashboard_url = \"https://relay.example.com:9090/\"";
+    let app = spawn_app_with(TestConfig { schedule: vec![], ..with_alerts(&url, extra) }).await;
+    app.crm.always(422);
+    app.post_event(&json!({"event": "contact.created", "id": "fr-1"})).await;
+    wait_until(Duration::from_secs(10), "an alert", || async { !got.got.lock().unwrap().is_empty() }).await;
+    let text = texts(&got).join("\n");
+    assert!(text.contains("1 livraison(s) vers la route crm ont échoué définitivement"), "{text}");
+    assert!(text.contains("https://relay.example.com:9090/#/deliveries?status=failed&route=crm"), "{text}");
+    assert!(!text.contains("POST /api/"), "a link, not an API path: {text}");
+    app.stop().await;
+}
+
+#[test]
+fn a_wrong_alert_language_or_dashboard_url_is_refused() {
+    for (extra, expected) in [
+        ("lang = \"de\"", "alerts.lang"),
+        ("dashboard_url = \"relay.example.com\"", "alerts.dashboard_url"),
+        ("dashboard_url = \"https://relay.example.com/#/x\"", "alerts.dashboard_url"),
+        ("langue = \"fr\"", "unknown field `langue`"),
+    ] {
+        let text =
+            format!("[sources.s]\nsecret_keys = [\"k\"]\n[alerts]\nurl = \"https://hooks.example.com/x\"\n{extra}\n");
+        let err = lbx_relay::config::Config::from_toml(&text, std::path::Path::new("routes.toml"), &|_| None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(expected), "{extra} → {err}");
+    }
+}

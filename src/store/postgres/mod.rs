@@ -466,20 +466,33 @@ impl PgStore {
         &self,
         f: EventFilter,
         emails: Option<Vec<String>>,
+        sealed: bool,
     ) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
         let client = self.pool.get().await?;
         let like = f.kind.as_deref().map(glob_to_like);
+        let text_filter = if sealed {
+            "($10::text IS NULL OR lower(e.kind) LIKE $10 || '%')"
+        } else {
+            "($10::text IS NULL OR lower(e.kind) LIKE $10 || '%' OR e.email LIKE $10 || '%'
+              OR lower(e.payload) LIKE '%' || $10 || '%')"
+        };
         let filter = format!(
             "($1::text IS NULL OR e.kind LIKE $1 ESCAPE '\\') AND ($2::text IS NULL OR ({DERIVED_STATUS}) = $2)
              AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.route = $3))
              AND ($4::text[] IS NULL OR e.email = ANY($4))
              AND ($5::text IS NULL OR e.event_key = $5)
-             AND ($6::bigint IS NULL OR e.received_at >= $6) AND ($7::bigint IS NULL OR e.received_at < $7)"
+             AND ($6::bigint IS NULL OR e.received_at >= $6) AND ($7::bigint IS NULL OR e.received_at < $7)
+             AND {text_filter}"
         );
+        let (no_after, no_limit): (Option<String>, Option<i64>) = (None, None);
         let counted: i64 = client
             .query_one(
-                &format!("SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {filter} LIMIT {}) AS m", COUNT_CAP + 1),
-                &[&like, &f.status, &f.route, &emails, &f.key, &f.since, &f.until],
+                &format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {filter} AND $8::text IS NULL AND $9::bigint IS NULL
+                     LIMIT {}) AS m",
+                    COUNT_CAP + 1
+                ),
+                &[&like, &f.status, &f.route, &emails, &f.key, &f.since, &f.until, &no_after, &no_limit, &f.text],
             )
             .await?
             .try_get(0)?;
@@ -491,7 +504,18 @@ impl PgStore {
         let rows = client
             .query(
                 &sql,
-                &[&like, &f.status, &f.route, &emails, &f.key, &f.since, &f.until, &f.after, &(f.limit as i64)],
+                &[
+                    &like,
+                    &f.status,
+                    &f.route,
+                    &emails,
+                    &f.key,
+                    &f.since,
+                    &f.until,
+                    &f.after,
+                    &(f.limit as i64),
+                    &f.text,
+                ],
             )
             .await?;
         let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -876,7 +900,7 @@ impl PgStore {
 }
 
 /// A shell-style glob (`*`, `?`) as a LIKE pattern with `\` as the escape.
-fn glob_to_like(glob: &str) -> String {
+pub(super) fn glob_to_like(glob: &str) -> String {
     let mut out = String::with_capacity(glob.len() + 4);
     for c in glob.chars() {
         match c {

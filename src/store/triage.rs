@@ -1,0 +1,277 @@
+//! What the console's dead-letter view and route health read: deliveries with their event's
+//! type, contact and times, filtered by route, type, error text and time window; and per route the
+//! deliveries of a period by state (delivered, failed, pending, in retry) — health per delivery,
+//! not per attempt.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Backend, Store, StoreError, ERROR, PAYLOAD};
+use crate::event::rfc3339;
+
+/// Which deliveries to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TriageFilter {
+    /// `failed` when absent.
+    pub status: Option<String>,
+    pub route: Option<String>,
+    /// A glob on the event type (`contact.*`); a bare word is a prefix (`contact`).
+    pub kind: Option<String>,
+    /// Text the last error contains, any case.
+    pub error: Option<String>,
+    /// The event received at or after / before (Unix ms), as the bulk replay filters.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Cursor: the id of the last delivery of the previous page.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// One delivery as the dead-letter view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TriageRow {
+    pub id: String,
+    pub event_id: String,
+    pub route: String,
+    pub status: String,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub learnybox_id: String,
+    pub contact: Option<String>,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// When it was last attempted (or changed), RFC 3339.
+    pub last_attempt_at: String,
+    pub next_attempt_at: Option<String>,
+    pub received_at: String,
+}
+
+/// Deliveries of one route created in a period, by state.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    pub delivered: u64,
+    pub failed: u64,
+    /// Pending, not attempted yet.
+    pub pending: u64,
+    /// Pending after at least one attempt: waiting for its next one.
+    pub retrying: u64,
+}
+
+/// Rows scanned at most for one page when the error filter leaves most of them out.
+const SCAN_CAP: usize = 20_000;
+
+type RawRow =
+    (String, String, String, String, String, String, String, u32, Option<u16>, Option<String>, i64, Option<i64>, i64);
+
+/// A glob as given, or a bare word as a prefix.
+fn kind_glob(kind: &str) -> String {
+    if kind.contains(['*', '?', '[']) {
+        kind.to_string()
+    } else {
+        format!("{kind}*")
+    }
+}
+
+impl Store {
+    /// A page of deliveries matching `f`, newest first, and the cursor of the next page.
+    pub async fn triage(&self, f: TriageFilter) -> Result<(Vec<TriageRow>, Option<String>), StoreError> {
+        let want = f.limit.clamp(1, 1000) as usize;
+        let needle = f.error.as_deref().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
+        let mut out = Vec::new();
+        let mut after = f.after.clone();
+        let mut scanned = 0;
+        loop {
+            let chunk = if needle.is_some() { 500 } else { want as u32 + 1 };
+            let rows = self.triage_chunk(&f, after.clone(), chunk).await?;
+            let full = rows.len() == chunk as usize;
+            scanned += rows.len();
+            for raw in rows {
+                after = Some(raw.0.clone());
+                let row = self.triage_row(raw)?;
+                let keep = match &needle {
+                    Some(n) => row.last_error.as_deref().is_some_and(|e| e.to_lowercase().contains(n)),
+                    None => true,
+                };
+                if keep {
+                    if out.len() == want {
+                        // One more exists: the page ends at the last one kept.
+                        let next = out.last().map(|r: &TriageRow| r.id.clone());
+                        return Ok((out, next));
+                    }
+                    out.push(row);
+                }
+            }
+            if !full || scanned >= SCAN_CAP {
+                // Past the scan cap, the cursor lets the caller go on.
+                let next = (full && scanned >= SCAN_CAP).then(|| after.clone()).flatten();
+                return Ok((out, next));
+            }
+        }
+    }
+
+    fn triage_row(&self, raw: RawRow) -> Result<TriageRow, StoreError> {
+        let (
+            id,
+            event_id,
+            route,
+            status,
+            kind,
+            key,
+            payload,
+            attempts,
+            last_status,
+            last_error,
+            updated,
+            next,
+            received,
+        ) = raw;
+        let payload = self.open_text(PAYLOAD, payload)?;
+        let data: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+        Ok(TriageRow {
+            id,
+            event_id,
+            route,
+            status,
+            kind,
+            learnybox_id: key,
+            contact: crate::ingest::contact_email_in(&data).map(str::to_string),
+            attempts,
+            last_status,
+            last_error: self.open_opt(ERROR, last_error)?,
+            last_attempt_at: rfc3339(updated),
+            next_attempt_at: next.map(rfc3339),
+            received_at: rfc3339(received),
+        })
+    }
+
+    async fn triage_chunk(
+        &self,
+        f: &TriageFilter,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<RawRow>, StoreError> {
+        let status = f.status.clone().unwrap_or_else(|| "failed".into());
+        let (route, since, until) = (f.route.clone(), f.since, f.until);
+        let glob = f.kind.as_deref().map(kind_glob);
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.call(move |c| {
+                    c.prepare_cached(
+                        "SELECT d.id, d.event_id, d.route, d.status, e.kind, e.event_key, e.payload, d.attempts,
+                            d.last_status, d.last_error, d.updated_at, d.next_attempt_at, e.received_at
+                         FROM deliveries d JOIN events e ON e.id = d.event_id
+                         WHERE d.status = ?1 AND (?2 IS NULL OR d.route = ?2) AND (?3 IS NULL OR e.kind GLOB ?3)
+                           AND (?4 IS NULL OR e.received_at >= ?4) AND (?5 IS NULL OR e.received_at < ?5)
+                           AND (?6 IS NULL OR d.id < ?6)
+                         ORDER BY d.id DESC LIMIT ?7",
+                    )?
+                    .query_map(params![status, route, glob, since, until, after, limit], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                            r.get(9)?,
+                            r.get(10)?,
+                            r.get(11)?,
+                            r.get(12)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .await
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.pool.get().await?;
+                let like = glob.as_deref().map(super::postgres::glob_to_like);
+                let rows = client
+                    .query(
+                        "SELECT d.id, d.event_id, d.route, d.status, e.kind, e.event_key, e.payload, d.attempts,
+                            d.last_status, d.last_error, d.updated_at, d.next_attempt_at, e.received_at
+                         FROM deliveries d JOIN events e ON e.id = d.event_id
+                         WHERE d.status = $1 AND ($2::text IS NULL OR d.route = $2)
+                           AND ($3::text IS NULL OR e.kind LIKE $3 ESCAPE '\\')
+                           AND ($4::bigint IS NULL OR e.received_at >= $4) AND ($5::bigint IS NULL OR e.received_at < $5)
+                           AND ($6::text IS NULL OR d.id < $6)
+                         ORDER BY d.id DESC LIMIT $7",
+                        &[&status, &route, &like, &since, &until, &after, &i64::from(limit)],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                            r.try_get(5)?,
+                            r.try_get(6)?,
+                            r.try_get::<_, i32>(7)?.max(0) as u32,
+                            r.try_get::<_, Option<i32>>(8)?.and_then(|s| u16::try_from(s).ok()),
+                            r.try_get(9)?,
+                            r.try_get(10)?,
+                            r.try_get(11)?,
+                            r.try_get(12)?,
+                        ))
+                    })
+                    .collect::<Result<_, tokio_postgres::Error>>()
+                    .map_err(StoreError::from)
+            }
+        }
+    }
+
+    /// Per route, the deliveries created since `since` (Unix ms) by state.
+    pub async fn delivery_counts(&self, since: i64) -> Result<Vec<(String, DeliveryCounts)>, StoreError> {
+        let sql = "SELECT route, status, attempts > 0, COUNT(*) FROM deliveries WHERE created_at >= $1
+                   GROUP BY route, status, attempts > 0";
+        let rows: Vec<(String, String, bool, i64)> = match &self.backend {
+            Backend::Sqlite(s) => {
+                s.call(move |c| {
+                    c.prepare_cached(&sql.replace('$', "?"))?
+                        .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .collect()
+                })
+                .await?
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.pool.get().await?;
+                client
+                    .query(sql, &[&since])
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                    .collect::<Result<_, tokio_postgres::Error>>()?
+            }
+        };
+        let mut by_route: std::collections::BTreeMap<String, DeliveryCounts> = Default::default();
+        for (route, status, tried, n) in rows {
+            let c = by_route.entry(route).or_default();
+            let n = n.max(0) as u64;
+            match (status.as_str(), tried) {
+                ("delivered", _) => c.delivered += n,
+                ("failed", _) => c.failed += n,
+                ("pending", true) => c.retrying += n,
+                _ => c.pending += n,
+            }
+        }
+        Ok(by_route.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bare_word_is_a_type_prefix_and_a_glob_is_kept() {
+        assert_eq!(super::kind_glob("contact"), "contact*");
+        assert_eq!(super::kind_glob("contact.*"), "contact.*");
+        assert_eq!(super::kind_glob("transaction.created"), "transaction.created*");
+    }
+}
