@@ -33,6 +33,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/deliveries", web::get().to(list_deliveries))
         .route("/api/deliveries/retry", web::post().to(retry_many))
         .route("/api/deliveries/triage", web::get().to(triage))
+        .route("/api/deliveries/{id}", web::get().to(get_delivery))
         .route("/api/deliveries/{id}/retry", web::post().to(retry_one))
         .route("/api/quarantine", web::get().to(list_quarantine))
         .route("/api/quarantine/reprocess", web::post().to(reprocess))
@@ -292,8 +293,18 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
         })
         .collect();
     let e = &d.event;
+    // The same derived status as the list shows.
+    let status = if d.deliveries.is_empty() {
+        "unrouted"
+    } else if d.deliveries.iter().any(|x| x.status == "failed") {
+        "failed"
+    } else if d.deliveries.iter().any(|x| x.status == "pending") {
+        "pending"
+    } else {
+        "delivered"
+    };
     Ok(HttpResponse::Ok().json(json!({
-        "id": e.id, "source": e.source, "event_key": e.key, "event": e.kind, "status": e.status,
+        "id": e.id, "source": e.source, "event_key": e.key, "event": e.kind, "status": status,
         "received_at": rfc3339(e.received_at), "origin": d.origin.as_deref().unwrap_or("webhook"),
         "data": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
         "deliveries": deliveries,
@@ -331,6 +342,12 @@ async fn list_deliveries(
         relay.store.list_deliveries(DeliveryFilter { status: q.status, route: q.route, after: q.after, limit }).await?;
     let next = if items.len() == limit as usize { items.last().map(|d| d.id.clone()) } else { None };
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
+}
+
+/// `GET /api/deliveries/{id}`: which event a delivery belongs to (the dashboard opens it there).
+async fn get_delivery(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let Some(event_id) = relay.store.delivery_event(&id).await? else { return Err(ApiError::NotFound) };
+    Ok(HttpResponse::Ok().json(json!({"id": id.into_inner(), "event_id": event_id})))
 }
 
 async fn retry_one(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

@@ -420,6 +420,10 @@ pub struct EventDetail {
     pub attempts: Vec<AttemptRow>,
 }
 
+/// The contact's name fields the console's search looks at (`data.contact.…`), by prefix.
+pub const NAME_FIELDS: &[&str] =
+    &["nom", "prenom", "fname", "lname", "first_name", "last_name", "firstname", "lastname", "name"];
+
 /// Which stored events to list (`GET /api/events`); every field narrows, none is required.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -433,9 +437,9 @@ pub struct EventFilter {
     pub email: Option<String>,
     /// The sender's event id (Learnybox's).
     pub key: Option<String>,
-    /// Free text, any case: a type prefix (`contact` finds `contact.*`), an e-mail prefix, or a
-    /// word of the payload (a name). With `encryption_key` set, payloads and addresses are sealed:
-    /// only the type prefix is searched.
+    /// Free text, any case, as a prefix: of the type (`contact` finds `contact.*`), of the
+    /// contact's e-mail, or of one of its name fields ([`NAME_FIELDS`]). With `encryption_key`
+    /// set, payloads and addresses are sealed: only the type is searched.
     pub text: Option<String>,
     /// Received at or after / before (Unix ms).
     pub since: Option<i64>,

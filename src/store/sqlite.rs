@@ -588,10 +588,22 @@ impl SqliteStore {
     ) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
         self.call(move |c| {
             let text_filter = if sealed {
-                "(?10 IS NULL OR lower(e.kind) LIKE ?10 || '%' ESCAPE '\\')"
+                "(?10 IS NULL OR lower(e.kind) LIKE ?10 || '%' ESCAPE '\\')".to_string()
             } else {
-                "(?10 IS NULL OR lower(e.kind) LIKE ?10 || '%' ESCAPE '\\' OR e.email LIKE ?10 || '%' ESCAPE '\\'
-                  OR lower(e.payload) LIKE '%' || ?10 || '%' ESCAPE '\\')"
+                let names: Vec<String> = crate::store::NAME_FIELDS
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "lower(CASE WHEN json_valid(e.payload) THEN json_extract(e.payload, '$.data.contact.{f}') END)
+                             LIKE ?10 || '%' ESCAPE '\\'"
+                        )
+                    })
+                    .collect();
+                format!(
+                    "(?10 IS NULL OR lower(e.kind) LIKE ?10 || '%' ESCAPE '\\' OR e.email LIKE ?10 || '%' ESCAPE '\\'
+                      OR {})",
+                    names.join(" OR ")
+                )
             };
             let emails = emails.map(|e| serde_json::to_string(&e).unwrap_or_else(|_| "[]".into()));
             let filter = format!(

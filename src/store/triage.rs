@@ -228,6 +228,26 @@ impl Store {
         }
     }
 
+    /// The event a delivery belongs to (for a link to one delivery).
+    pub async fn delivery_event(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_string();
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.call(move |c| {
+                    use rusqlite::OptionalExtension;
+                    c.prepare_cached("SELECT event_id FROM deliveries WHERE id = ?1")?
+                        .query_row([id], |r| r.get(0))
+                        .optional()
+                })
+                .await
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.pool.get().await?;
+                Ok(client.query_opt("SELECT event_id FROM deliveries WHERE id = $1", &[&id]).await?.map(|r| r.get(0)))
+            }
+        }
+    }
+
     /// Per route, the deliveries created since `since` (Unix ms) by state.
     pub async fn delivery_counts(&self, since: i64) -> Result<Vec<(String, DeliveryCounts)>, StoreError> {
         let sql = "SELECT route, status, attempts > 0, COUNT(*) FROM deliveries WHERE created_at >= $1

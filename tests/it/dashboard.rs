@@ -90,7 +90,7 @@ impl Page {
         Some(page)
     }
 
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         self.ws.send(Message::text(json!({"id": id, "method": method, "params": params}).to_string())).await.unwrap();
@@ -121,7 +121,9 @@ impl Page {
     pub(crate) async fn wait_for(&mut self, condition: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
-            if self.eval(&format!("Boolean({condition})")).await == json!(true) {
+            // While a page (re)loads its elements are not there yet: that is "not yet", not an error.
+            let check = format!("(() => {{ try {{ return Boolean({condition}); }} catch (e) {{ return false; }} }})()");
+            if self.eval(&check).await == json!(true) {
                 return;
             }
             assert!(std::time::Instant::now() < deadline, "timed out waiting for: {condition}");
@@ -145,6 +147,12 @@ impl Page {
     }
 
     pub(crate) async fn screenshot(&mut self, name: &str, width: u32) {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        self.screenshot_to(&path, width).await;
+    }
+
+    /// A full-page PNG at `width` px into `path`.
+    pub(crate) async fn screenshot_to(&mut self, path: &std::path::Path, width: u32) {
         self.call(
             "Emulation.setDeviceMetricsOverride",
             json!({"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": width < 600}),
@@ -153,8 +161,7 @@ impl Page {
         let shot = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await;
         use base64::Engine;
         let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
-        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-        std::fs::write(&path, png).unwrap();
+        std::fs::write(path, png).unwrap();
         eprintln!("screenshot: {}", path.display());
     }
 }
@@ -220,18 +227,29 @@ async fn the_dashboard_finds_an_event_by_contact_shows_its_attempts_and_replays(
     assert_eq!(page.eval("Math.round(window.scrollY)").await, json!(300));
     assert!(!page.eval("document.getElementById('detail').hidden").await.as_bool().unwrap());
 
-    // Bulk replay by filter: the count first, then the result, which stays.
+    // The dead letters, by a link as an alert gives it: route and error per row; select all
+    // matching, preview the replay, replay; the result stays.
     app.crm.always(200);
-    page.eval("document.getElementById('bulk').requestSubmit(); true").await;
-    page.wait_for("!document.getElementById('b_confirm').hidden").await;
-    assert_eq!(page.text_of("#b_count").await, "1 delivery match.");
-    page.eval("document.getElementById('b_go').click(); true").await;
-    page.wait_for("document.getElementById('b_result').textContent.startsWith('Replayed 1 delivery')").await;
+    page.goto(&format!("{}/#/deliveries?status=failed&route=crm", app.admin)).await;
+    page.wait_for("document.querySelectorAll('#dead tr.clickable').length === 1").await;
+    let row = page.text_of("#dead tr.clickable").await;
+    assert!(row.contains("crm") && row.contains("HTTP 422") && row.contains("ada@example.org"), "{row}");
+    page.eval("document.getElementById('dl_all').click(); true").await;
+    page.wait_for("document.getElementById('dl_selected').textContent.startsWith('1 selected')").await;
+    page.eval("document.getElementById('dl_preview').click(); true").await;
+    page.wait_for("!document.getElementById('dl_confirm').hidden").await;
+    assert!(page.text_of("#dl_preview_list").await.contains("crm · contact.created · ada@example.org"));
+    assert_eq!(page.text_of("#dl_go").await, "Replay 1");
+    page.eval("document.getElementById('dl_go').click(); true").await;
+    page.wait_for("document.getElementById('dl_result').textContent.startsWith('Replayed 1')").await;
     wait_until(Duration::from_secs(10), "replayed and delivered", || async { app.crm.count() == 3 }).await;
-    // The refresh keeps the selected event open and shows it delivered.
+    page.wait_for("document.getElementById('dead').textContent.includes('No delivery matches')").await;
+    assert!(page.text_of("#dl_result").await.starts_with("Replayed 1"), "the result stays visible");
+    // The event, delivered now.
+    page.eval("location.hash = '#/events'; true").await;
+    page.wait_for("document.querySelectorAll('#events tr.clickable').length === 2").await;
+    page.eval("[...document.querySelectorAll('#events tr.clickable')].find(r => r.textContent.includes('lb-failed')).click(); true").await;
     page.wait_for("document.getElementById('d_deliveries').textContent.includes('delivered')").await;
-    assert!(!page.eval("document.getElementById('detail').hidden").await.as_bool().unwrap());
-    assert!(page.text_of("#b_result").await.starts_with("Replayed 1 delivery"), "the result stays visible");
 
     // The one-delivery retry button.
     page.eval("[...document.querySelectorAll('#d_deliveries button')].find(b => b.textContent === 'Send again').click(); true").await;
@@ -255,4 +273,157 @@ async fn the_dashboard_names_lbx_admin_token_when_the_api_is_disabled() {
     page.login("any-token-at-all-here").await;
     page.wait_for("document.getElementById('state').textContent.includes('admin API is disabled')").await;
     assert!(page.text_of("#state").await.contains("LBX_ADMIN_TOKEN"));
+}
+
+/// Writes the console's screenshots into docs/ when LBX_WRITE_DOCS_SCREENSHOTS=1 (how the images
+/// in the README were made); otherwise into the test's temporary directory.
+fn shot_path(name: &str) -> std::path::PathBuf {
+    if std::env::var("LBX_WRITE_DOCS_SCREENSHOTS").as_deref() == Ok("1") {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name)
+    } else {
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
+    }
+}
+
+#[tokio::test]
+async fn the_console_on_a_bad_morning_keeps_the_trace_triages_and_tells_the_truth() {
+    let Some(mut page) = Page::launch().await else { return };
+    let app = spawn_app_with(TestConfig { schedule: vec!["50ms", "50ms"], ..TestConfig::default() }).await;
+    let contact = |id: &str, email: &str, nom: &str, kind: &str| json!({"event": kind, "id": id, "data": {"contact": {"email": email, "prenom": "Ada", "nom": nom}}});
+    // A CRM outage: every event needs a retry, and every one ends delivered.
+    app.crm.respond_with(&[503, 503, 503]);
+    app.post_event(&contact("lb-1", "ada@example.org", "Dupont", "contact.created")).await;
+    app.post_event(&contact("lb-2", "bob@example.org", "Martin", "contact.updated")).await;
+    app.post_event(&contact("lb-3", "cyd@example.org", "Durand", "user.created")).await;
+    wait_until(Duration::from_secs(10), "all delivered after retries", || async {
+        app.deliveries("status=delivered").await.len() == 3
+    })
+    .await;
+
+    page.goto(&format!("{}/#/routes", app.admin)).await;
+    page.login(ADMIN_TOKEN).await;
+    // Health per delivery: 100 % delivered, the retries shown apart.
+    page.wait_for("document.querySelector('#routes td.rate')?.textContent === '100 %'").await;
+    let counts = page.text_of("#routes td.counts").await;
+    assert!(counts.starts_with("3 delivered · 0 failed"), "{counts}");
+    // The chart has a time axis, a count scale and a readable latency scale.
+    page.wait_for("document.querySelectorAll('#chart text.tick.x').length >= 3").await;
+    assert!(page.eval("document.querySelectorAll('#chart text.tick.y').length").await.as_u64().unwrap() >= 3);
+    let latency =
+        page.eval("[...document.querySelectorAll('#chart text.tick.y2')].map(t => t.textContent).join(' ')").await;
+    assert!(latency.as_str().unwrap().contains(" ms") || latency.as_str().unwrap().contains(" s"), "{latency}");
+
+    // Search that helps: a name, a type prefix, and a hint when nothing matches.
+    page.eval("location.hash = '#/events?q=dupont'; true").await;
+    page.wait_for("document.querySelectorAll('#events tr.clickable').length === 1").await;
+    assert!(page.text_of("#events").await.contains("ada@example.org"));
+    page.eval("location.hash = '#/events?q=contact'; true").await;
+    page.wait_for("document.querySelectorAll('#events tr.clickable').length === 2").await;
+    page.eval("location.hash = '#/events?q=zorglub'; true").await;
+    page.wait_for("!document.getElementById('search_hint').hidden").await;
+    assert!(page.text_of("#search_hint").await.contains("Nothing matches “zorglub”"));
+
+    // A stable trace: open an event, expand an attempt, scroll; two refreshes later, all stays.
+    let lb1 = app.admin_get("/api/events?id=lb-1").await.json::<Value>().await.unwrap()["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    page.eval(&format!("location.hash = '#/events/{lb1}'; true")).await;
+    page.wait_for("document.querySelectorAll('#d_deliveries details').length >= 2").await;
+    let trace = page.text_of("#d_deliveries").await;
+    assert!(
+        trace.contains("HTTP 503") && trace.contains("will be retried") && trace.contains("next attempt made"),
+        "{trace}"
+    );
+    page.eval("document.querySelector('#d_deliveries details').open = true; window.scrollTo(0, 420); true").await;
+    let y = page.eval("Math.round(window.scrollY)").await;
+    for _ in 0..2 {
+        page.eval("window.__before = document.getElementById('updated').textContent; true").await;
+        page.wait_for("document.getElementById('updated').textContent !== window.__before").await;
+    }
+    assert_eq!(page.eval("document.querySelector('#d_deliveries details').open").await, json!(true));
+    assert_eq!(page.eval("Math.round(window.scrollY)").await, y);
+    // Reload lands on the same view.
+    page.call("Page.reload", json!({})).await;
+    page.wait_for("!document.getElementById('detail').hidden && document.getElementById('d_deliveries').textContent.includes('HTTP 503')").await;
+
+    // A deep link to a failed delivery opens it.
+    app.crm.always(422);
+    app.post_event(&contact("lb-4", "dan@example.org", "Petit", "contact.created")).await;
+    wait_until(Duration::from_secs(10), "failed", || async { app.deliveries("status=failed").await.len() == 1 }).await;
+    let failed = app.deliveries("status=failed").await[0]["id"].as_str().unwrap().to_string();
+    page.goto(&format!("{}/#/deliveries/{failed}", app.admin)).await;
+    page.wait_for(&format!("!!document.querySelector('#delivery-{failed}.highlight')")).await;
+    assert!(page.text_of("#d_deliveries").await.contains("HTTP 422"));
+
+    // A refused reload stays next to the button, with the file and the line, until dismissed.
+    let path = app.dir.path().join("routes.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("[retry]", "[retry]\nschedul = [\"1s\"]")).unwrap();
+    page.eval("document.getElementById('reload').click(); true").await;
+    page.wait_for("!document.getElementById('reload_result').hidden").await;
+    let problems = page.text_of("#reload_problems").await;
+    assert!(problems.contains("routes.toml:") && problems.contains("schedul"), "{problems}");
+    page.eval("window.__before = document.getElementById('updated').textContent; true").await;
+    page.wait_for("document.getElementById('updated').textContent !== window.__before").await;
+    assert_eq!(page.eval("document.getElementById('reload_result').hidden").await, json!(false));
+    page.eval("document.getElementById('reload_dismiss').click(); true").await;
+    assert_eq!(page.eval("document.getElementById('reload_result').hidden").await, json!(true));
+    std::fs::write(&path, good).unwrap();
+
+    // Quarantine: one item, in plain words; dropped on its own.
+    let bad = app
+        .client
+        .post(format!("{}/hooks/learnybox", app.public))
+        .body("{\"iv\":\"x\",\"value\":\"y\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 200);
+    page.eval("location.hash = '#/quarantine'; true").await;
+    page.wait_for("document.querySelectorAll('#quarantine tr.clickable').length === 1").await;
+    page.eval("document.querySelector('#quarantine tr.clickable').click(); true").await;
+    page.wait_for("!document.getElementById('q_detail').hidden").await;
+    assert!(!page.text_of("#q_why").await.is_empty());
+    page.eval("document.getElementById('q_drop').click(); true").await;
+    page.wait_for("document.getElementById('quarantine').textContent.includes('The quarantine is empty')").await;
+
+    // English screenshots at 1400 and 400 px (the routes and a trace).
+    page.eval(&format!("location.hash = '#/events/{lb1}'; true")).await;
+    page.wait_for("document.getElementById('d_deliveries').textContent.includes('HTTP 503')").await;
+    page.eval("window.scrollTo(0, 0); true").await;
+    page.screenshot_to(&shot_path("dashboard.png"), 1400).await;
+    page.screenshot_to(&shot_path("dashboard-400px.png"), 400).await;
+    let widest = page.eval("document.documentElement.scrollWidth").await.as_u64().unwrap();
+    assert!(widest <= 400, "the page is {widest} px wide at 400 px");
+    // At 400 px the status is the events' second column.
+    let second = page.eval("getComputedStyle(document.querySelector('#s_events th:nth-child(2)')).display").await;
+    assert_ne!(second, json!("none"));
+    page.call("Emulation.clearDeviceMetricsOverride", json!({})).await;
+
+    // In French: the browser's language decides; the switch is remembered.
+    page.call(
+        "Emulation.setUserAgentOverride",
+        json!({"userAgent": "Mozilla/5.0 lbx-test", "acceptLanguage": "fr-FR"}),
+    )
+    .await;
+    page.eval("localStorage.removeItem('lbx-lang'); true").await;
+    page.call("Page.reload", json!({})).await;
+    page.wait_for(
+        "document.documentElement.lang === 'fr' && document.getElementById('routes').textContent.includes('livrées')",
+    )
+    .await;
+    assert_eq!(page.eval("navigator.language").await, json!("fr-FR"));
+    assert!(page.text_of("#s_dead h2").await.contains("Échecs à traiter"));
+    page.wait_for("document.getElementById('d_deliveries').textContent.includes('sera réessayée')").await;
+    page.wait_for("document.getElementById('types').textContent.includes('contact.created')").await;
+    page.screenshot_to(&shot_path("dashboard-fr.png"), 1400).await;
+    page.screenshot_to(&shot_path("dashboard-fr-400px.png"), 400).await;
+    page.call("Emulation.clearDeviceMetricsOverride", json!({})).await;
+    page.eval("document.getElementById('lang').click(); true").await;
+    page.wait_for("document.documentElement.lang === 'en'").await;
+    page.call("Page.reload", json!({})).await;
+    page.wait_for("document.documentElement.lang === 'en' && !document.getElementById('main').hidden").await;
+    assert_eq!(page.eval("localStorage.getItem('lbx-lang')").await, json!("en"), "the switch is remembered");
+    app.stop().await;
 }

@@ -33,6 +33,7 @@ mod reconcile;
 mod scale_out;
 mod steps;
 mod store_contract;
+mod triage;
 mod types;
 mod vectors;
 mod vendors;

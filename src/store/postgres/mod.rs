@@ -471,10 +471,16 @@ impl PgStore {
         let client = self.pool.get().await?;
         let like = f.kind.as_deref().map(glob_to_like);
         let text_filter = if sealed {
-            "($10::text IS NULL OR lower(e.kind) LIKE $10 || '%')"
+            "($10::text IS NULL OR lower(e.kind) LIKE $10 || '%')".to_string()
         } else {
-            "($10::text IS NULL OR lower(e.kind) LIKE $10 || '%' OR e.email LIKE $10 || '%'
-              OR lower(e.payload) LIKE '%' || $10 || '%')"
+            let names: Vec<String> = crate::store::NAME_FIELDS
+                .iter()
+                .map(|f| format!("lower(e.payload::jsonb #>> '{{data,contact,{f}}}') LIKE $10 || '%'"))
+                .collect();
+            format!(
+                "($10::text IS NULL OR lower(e.kind) LIKE $10 || '%' OR e.email LIKE $10 || '%' OR {})",
+                names.join(" OR ")
+            )
         };
         let filter = format!(
             "($1::text IS NULL OR e.kind LIKE $1 ESCAPE '\\') AND ($2::text IS NULL OR ({DERIVED_STATUS}) = $2)
