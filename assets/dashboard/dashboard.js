@@ -86,6 +86,7 @@ const MESSAGES = {
     why_other: "{0}",
     out_delivered: "delivered", out_retry: "will be retried", out_failed: "failed for good", out_throttled: "held back (429)",
     out_lease_lost: "taken over", out_other: "other",
+    drift_line: "route {0}: {1} — empty in {2}, absent in {3} of {4} real event(s)", drift_streak: " (absent in the last {0})",
   },
   fr: {
     token_placeholder: "jeton d'administration", open: "Ouvrir", nav_dead: "Échecs", nav_events: "Événements",
@@ -158,6 +159,7 @@ const MESSAGES = {
     why_other: "{0}",
     out_delivered: "livrée", out_retry: "sera réessayée", out_failed: "échec définitif", out_throttled: "retenue (429)",
     out_lease_lost: "reprise", out_other: "autre",
+    drift_line: "route {0} : {1} — vide dans {2}, absent dans {3} sur {4} vrai(s) événement(s)", drift_streak: " (absent des {0} derniers)",
   },
 };
 
@@ -349,8 +351,8 @@ function showDrift(routes) {
     for (const f of r.fields || []) {
       const real = f.present + f.empty + f.absent;
       if (!f.in_samples || real === 0 || f.empty + f.absent === 0) continue;
-      const li = el("li", "route " + r.route + ": " + f.path + " — empty in " + f.empty + ", absent in " + f.absent +
-        " of " + real + " real event(s)" + (f.absent_streak ? " (absent in the last " + f.absent_streak + ")" : ""));
+      const li = el("li", t("drift_line", r.route, f.path, f.empty, f.absent, real) +
+        (f.absent_streak ? t("drift_streak", f.absent_streak) : ""));
       if (f.absent_streak >= 20) li.className = "error-text";
       list.append(li);
     }
@@ -466,6 +468,8 @@ function drawChart(series, step) {
   }
   // Latency, right scale, readable units; only where there is data.
   const lats = lat.filter((v) => v !== null);
+  // The latency's legend only where there is a latency line and its scale.
+  for (const e of document.querySelectorAll(".legend-latency")) e.hidden = lats.length === 0;
   if (lats.length) {
     const topLat = Math.max(...lats);
     const points = lat.map((v, i) => v === null ? null : `${L + i * w + w / 2},${T + plotH - (v / topLat) * plotH}`).filter(Boolean);

@@ -343,6 +343,13 @@ async fn the_console_on_a_bad_morning_keeps_the_trace_triages_and_tells_the_trut
     }
     assert_eq!(page.eval("document.querySelector('#d_deliveries details').open").await, json!(true));
     assert_eq!(page.eval("Math.round(window.scrollY)").await, y);
+    // Text selected: the refresh waits, and says so.
+    page.eval("window.getSelection().selectAllChildren(document.getElementById('d_summary')); window.__before = document.getElementById('updated').textContent; true").await;
+    page.wait_for("!document.getElementById('pause').hidden").await;
+    assert_eq!(page.eval("document.getElementById('updated').textContent === window.__before").await, json!(true));
+    assert!(page.text_of("#pause").await.contains("paused while you read"));
+    page.eval("document.getElementById('pause').click(); true").await;
+    page.wait_for("document.getElementById('pause').hidden && document.getElementById('updated').textContent !== window.__before").await;
     // Reload lands on the same view.
     page.call("Page.reload", json!({})).await;
     page.wait_for("!document.getElementById('detail').hidden && document.getElementById('d_deliveries').textContent.includes('HTTP 503')").await;
