@@ -349,7 +349,10 @@ async fn the_console_on_a_bad_morning_keeps_the_trace_triages_and_tells_the_trut
     assert_eq!(page.eval("document.getElementById('updated').textContent === window.__before").await, json!(true));
     assert!(page.text_of("#pause").await.contains("paused while you read"));
     page.eval("document.getElementById('pause').click(); true").await;
-    page.wait_for("document.getElementById('pause').hidden && document.getElementById('updated').textContent !== window.__before").await;
+    page.wait_for(
+        "document.getElementById('pause').hidden && document.getElementById('updated').textContent !== window.__before",
+    )
+    .await;
     // Reload lands on the same view.
     page.call("Page.reload", json!({})).await;
     page.wait_for("!document.getElementById('detail').hidden && document.getElementById('d_deliveries').textContent.includes('HTTP 503')").await;
