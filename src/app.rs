@@ -38,6 +38,8 @@ pub struct Relay {
     pub unknown_hooks: http::public::UnknownHooks,
     /// Clients of Learnybox's API (reconciliation), shared by the schedule and the admin API.
     pub reconcile_clients: Arc<crate::reconcile::Clients>,
+    /// Sealed values the configured keys do not open, found at start (`/readyz` says them).
+    pub key_problems: Vec<String>,
 }
 
 impl Relay {
@@ -61,6 +63,7 @@ impl Relay {
             auth_failures: http::AuthThrottle::default(),
             unknown_hooks: Default::default(),
             reconcile_clients: Default::default(),
+            key_problems: Vec::new(),
         }
     }
 
@@ -135,7 +138,15 @@ impl Application {
         let store = Store::open(&runtime.config.store).await.context("opening the store")?;
         let listen = runtime.config.server.listen.clone();
         let admin_listen = runtime.config.server.admin_listen.clone();
-        let relay = Arc::new(Relay::new(runtime, store, clock));
+        // Values sealed with a key that is no longer configured: said now, and by /readyz, while
+        // the relay serves what it can (those rows show as unreadable, their deliveries fail).
+        let key_problems = store.key_check().await.context("checking the store's encryption keys")?;
+        for p in &key_problems {
+            tracing::error!(problem = %p, "a stored value does not open with the configured keys: add the key it was sealed with to [store] previous_encryption_keys");
+        }
+        let mut relay = Relay::new(runtime, store, clock);
+        relay.key_problems = key_problems;
+        let relay = Arc::new(relay);
         crate::telemetry::metrics();
 
         let public_listener = TcpListener::bind(&listen).with_context(|| format!("binding server.listen {listen}"))?;

@@ -114,6 +114,14 @@ async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
         },
         None => relay.store.ping(0).await.map_err(|e| Chain(&e).to_string()),
     };
+    let check = check.and_then(|()| match relay.key_problems.first() {
+        Some(_) => Err(format!(
+            "stored values do not open with the configured keys (add the key they were sealed with to [store] \
+             previous_encryption_keys, then restart): {}",
+            relay.key_problems.join("; ")
+        )),
+        None => Ok(()),
+    });
     match check {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Err(e) => {
@@ -251,8 +259,10 @@ async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<EventsQuer
         .map(|e| {
             let data: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
             let email = crate::ingest::contact_email_in(&data);
+            let unreadable = data.get(crate::store::UNREADABLE).is_some();
             json!({"id": e.id, "source": e.source, "learnybox_id": e.key, "event_key": e.key, "type": e.kind,
-                   "event": e.kind, "email": email, "status": e.status, "received_at": rfc3339(e.received_at)})
+                   "event": e.kind, "email": email, "status": e.status, "received_at": rfc3339(e.received_at),
+                   "unreadable": unreadable})
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({

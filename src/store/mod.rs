@@ -610,6 +610,19 @@ pub struct Store {
     cipher: Option<std::sync::Arc<cipher::Cipher>>,
 }
 
+/// What stands for a value that does not open (see `Store::read_text`).
+fn unreadable(column: &str, e: &StoreError) -> String {
+    let why = format!("cannot be opened with the configured keys: {e}");
+    if column == PAYLOAD {
+        serde_json::json!({ UNREADABLE: why }).to_string()
+    } else {
+        format!("(unreadable: {why})")
+    }
+}
+
+/// The key of the object that stands for a payload that does not open.
+pub const UNREADABLE: &str = "lbx_unreadable";
+
 /// Forwards a call to the backend in use.
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
@@ -674,6 +687,28 @@ impl Store {
         value.map(|v| self.open_text(column, v)).transpose()
     }
 
+    /// Opens a value for a listing: one that does not open (its key was removed) is shown as
+    /// unreadable instead of failing the whole answer. A payload becomes
+    /// `{"lbx_unreadable": "why"}`, so what parses it still can.
+    fn read_text(&self, column: &str, value: String) -> String {
+        match self.open_text(column, value) {
+            Ok(v) => v,
+            Err(e) => {
+                static SAID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+                let now = crate::event::now_ms();
+                if now - SAID.load(std::sync::atomic::Ordering::Relaxed) > 60_000 {
+                    SAID.store(now, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(column, error = %e, "a stored value cannot be opened with the configured keys; shown as unreadable");
+                }
+                unreadable(column, &e)
+            }
+        }
+    }
+
+    fn read_opt(&self, column: &str, value: Option<String>) -> Option<String> {
+        value.map(|v| self.read_text(column, v))
+    }
+
     /// Stores the event and its deliveries in one transaction unless its dedup key is live.
     pub async fn ingest(&self, mut event: NewEvent) -> Result<IngestOutcome, StoreError> {
         if let Some(c) = &self.cipher {
@@ -708,10 +743,42 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         let mut claimed = dispatch!(self, s => s.claim(limit, lease, skip_routes, now).await)?;
         if self.cipher.is_some() {
-            for c in &mut claimed {
-                c.event.payload = self.open_text(PAYLOAD, std::mem::take(&mut c.event.payload))?;
-                c.steps_state = self.open_opt(STEPS, c.steps_state.take())?;
+            let mut readable = Vec::with_capacity(claimed.len());
+            for mut c in claimed {
+                let opened = self
+                    .open_text(PAYLOAD, std::mem::take(&mut c.event.payload))
+                    .and_then(|p| Ok((p, self.open_opt(STEPS, c.steps_state.take())?)));
+                match opened {
+                    Ok((payload, steps)) => {
+                        c.event.payload = payload;
+                        c.steps_state = steps;
+                        readable.push(c);
+                    }
+                    // One unreadable event does not hold up the others: it becomes a dead letter
+                    // that says why, and a replay once the key is back in place delivers it.
+                    Err(e) => {
+                        let error = format!("the stored event cannot be opened with the configured keys: {e}");
+                        tracing::error!(delivery = %c.delivery_id, %error, "delivery failed");
+                        self.settle(Settlement {
+                            delivery_id: c.delivery_id.clone(),
+                            lease_token: c.lease_token.clone(),
+                            attempt: AttemptRecord {
+                                started_at: now,
+                                duration_ms: 0,
+                                status: None,
+                                error: Some(error),
+                                detail: None,
+                            },
+                            next: Next::Failed,
+                            steps_state: None,
+                            keyed: c.keyed,
+                            settled_at: now,
+                        })
+                        .await?;
+                    }
+                }
             }
+            claimed = readable;
         }
         Ok(claimed)
     }
@@ -770,7 +837,7 @@ impl Store {
     pub async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         let mut rows = dispatch!(self, s => s.list_deliveries(filter).await)?;
         for r in &mut rows {
-            r.last_error = self.open_opt(ERROR, r.last_error.take())?;
+            r.last_error = self.read_opt(ERROR, r.last_error.take());
         }
         Ok(rows)
     }
@@ -798,7 +865,7 @@ impl Store {
     pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
         let mut facts = dispatch!(self, s => s.attempt_facts(since, limit).await)?;
         for f in &mut facts {
-            f.error = self.open_opt(ERROR, f.error.take())?;
+            f.error = self.read_opt(ERROR, f.error.take());
         }
         Ok(facts)
     }
@@ -828,7 +895,7 @@ impl Store {
         let sealed = self.cipher.is_some();
         let (mut events, matching) = dispatch!(self, s => s.find_events(filter.clone(), emails.clone(), sealed).await)?;
         for e in &mut events {
-            e.payload = self.open_text(PAYLOAD, std::mem::take(&mut e.payload))?;
+            e.payload = self.read_text(PAYLOAD, std::mem::take(&mut e.payload));
         }
         Ok((events, matching))
     }
@@ -842,20 +909,20 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut events = dispatch!(self, s => s.list_events(after, limit, newest_first).await)?;
         for e in &mut events {
-            e.payload = self.open_text(PAYLOAD, std::mem::take(&mut e.payload))?;
+            e.payload = self.read_text(PAYLOAD, std::mem::take(&mut e.payload));
         }
         Ok(events)
     }
 
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
         let Some(mut d) = dispatch!(self, s => s.event_detail(id).await)? else { return Ok(None) };
-        d.event.payload = self.open_text(PAYLOAD, std::mem::take(&mut d.event.payload))?;
+        d.event.payload = self.read_text(PAYLOAD, std::mem::take(&mut d.event.payload));
         for r in &mut d.deliveries {
-            r.last_error = self.open_opt(ERROR, r.last_error.take())?;
+            r.last_error = self.read_opt(ERROR, r.last_error.take());
         }
         for a in &mut d.attempts {
-            a.error = self.open_opt(ERROR, a.error.take())?;
-            a.detail = self.open_opt(DETAIL, a.detail.take())?;
+            a.error = self.read_opt(ERROR, a.error.take());
+            a.detail = self.open_opt(DETAIL, a.detail.take()).unwrap_or(None);
         }
         Ok(Some(d))
     }
@@ -864,8 +931,12 @@ impl Store {
         let mut items = dispatch!(self, s => s.list_quarantine(after, limit).await)?;
         if let Some(c) = &self.cipher {
             for q in &mut items {
-                q.body = c.open(QBODY, &q.body)?;
-                q.headers = c.open_text(QHEADERS, std::mem::take(&mut q.headers))?;
+                // A body is what a sender sent: one that looks sealed but does not open (planted
+                // before encryption was turned on) is kept as it came, not mistaken for ours.
+                if let Ok(body) = c.open(QBODY, &q.body) {
+                    q.body = body;
+                }
+                q.headers = self.read_text(QHEADERS, std::mem::take(&mut q.headers));
             }
         }
         Ok(items)
@@ -891,7 +962,7 @@ impl Store {
         let mut found = Vec::new();
         for c in candidates {
             let names = c.indexed || {
-                let payload = self.open_text(PAYLOAD, c.payload)?;
+                let payload = self.read_text(PAYLOAD, c.payload);
                 email.is_in_payload(&payload)
             };
             if names {
@@ -930,7 +1001,7 @@ impl Store {
     pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
         let mut types = dispatch!(self, s => s.event_types().await)?;
         for t in &mut types {
-            t.recent_payload = self.open_opt(PAYLOAD, t.recent_payload.take())?;
+            t.recent_payload = self.read_opt(PAYLOAD, t.recent_payload.take());
         }
         Ok(types)
     }
@@ -956,6 +1027,44 @@ impl Store {
             Backend::Postgres(pg) => Some(SharedRateWindows(pg.clone())),
             Backend::Sqlite(_) => None,
         }
+    }
+
+    /// With `encryption_key` set: the newest sealed value of each sealed column (event payloads,
+    /// attempt errors, quarantined headers, refresh tokens), opened with the configured keys. Each
+    /// that does not open is a problem, said at start and by `/readyz`: a key removed while values
+    /// sealed with it remain (put it back in `previous_encryption_keys`).
+    pub async fn key_check(&self) -> Result<Vec<String>, StoreError> {
+        if self.cipher.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut problems = Vec::new();
+        for (table, column, order, aad) in [
+            ("events", "payload", "received_at DESC", PAYLOAD),
+            ("attempts", "error", "id DESC", ERROR),
+            ("quarantine", "headers", "id DESC", QHEADERS),
+            ("oauth_tokens", "refresh_token", "key", REFRESH),
+        ] {
+            let sql = format!("SELECT {column} FROM {table} WHERE {column} LIKE 'lbxenc1:%' ORDER BY {order} LIMIT 1");
+            let newest: Option<String> = match &self.backend {
+                Backend::Sqlite(s) => {
+                    s.call(move |c| {
+                        use rusqlite::OptionalExtension;
+                        c.query_row(&sql, [], |r| r.get(0)).optional()
+                    })
+                    .await?
+                }
+                Backend::Postgres(pg) => {
+                    let client = pg.pool.get().await?;
+                    client.query_opt(&sql, &[]).await?.map(|r| r.try_get(0)).transpose()?
+                }
+            };
+            if let Some(value) = newest {
+                if let Err(e) = self.open_text(aad, value) {
+                    problems.push(format!("{aad}: {e}"));
+                }
+            }
+        }
+        Ok(problems)
     }
 
     /// Checks that the store commits now; SQLite writes `probe_bytes` to do so (a full disk

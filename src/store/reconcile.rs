@@ -522,7 +522,7 @@ impl Store {
             }
         };
         for e in &mut seen {
-            e.payload = self.open_text(PAYLOAD, std::mem::take(&mut e.payload))?;
+            e.payload = self.read_text(PAYLOAD, std::mem::take(&mut e.payload));
         }
         Ok(seen)
     }

@@ -127,7 +127,7 @@ impl Store {
             next,
             received,
         ) = raw;
-        let payload = self.open_text(PAYLOAD, payload)?;
+        let payload = self.read_text(PAYLOAD, payload);
         let data: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
         Ok(TriageRow {
             id,
@@ -139,7 +139,7 @@ impl Store {
             contact: crate::ingest::contact_email_in(&data).map(str::to_string),
             attempts,
             last_status,
-            last_error: self.open_opt(ERROR, last_error)?,
+            last_error: self.read_opt(ERROR, last_error),
             last_attempt_at: rfc3339(updated),
             next_attempt_at: next.map(rfc3339),
             received_at: rfc3339(received),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
+use serde_json::{json, Value};
 
 /// A CRM on loopback that answers `status` and then streams a body that never ends (as fast as the
 /// client reads it); returns its base URL.
@@ -701,4 +702,104 @@ async fn a_loopback_admin_listener_answers_only_requests_addressed_to_loopback()
         let resp = app.client.get(format!("{}/metrics", app.admin)).header("Host", &host).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{host}");
     }
+}
+
+const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+const KEY_B: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+
+async fn rows_sealed_with_a_removed_key_are_listed_as_unreadable(store_url: Option<String>) {
+    let keyed = |extra: &str| TestConfig {
+        schedule: vec!["1h"],
+        store_url: store_url.clone(),
+        store_extra: extra.to_string(),
+        ..TestConfig::default()
+    };
+    // A body planted before encryption was on: it looks sealed, and is not.
+    let app = spawn_app_with(keyed("")).await;
+    let planted =
+        app.client.post(format!("{}/hooks/learnybox", app.public)).body("lbxenc1:deadbeef:AAAA").send().await.unwrap();
+    assert_eq!(planted.status(), 200);
+    let (dir, crm) = app.stop().await;
+    // Under key A: one event waits for the CRM (down), one is delivered.
+    let app = start_in(dir, crm, &keyed(&format!("encryption_key = \"{KEY_A}\""))).await;
+    app.crm.respond_with(&[200]);
+    app.post_event(
+        &json!({"event": "contact.created", "id": "sealed-ok", "data": {"contact": {"email": "a@example.org"}}}),
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "delivered", || async { app.crm.count() == 1 }).await;
+    app.crm.always(503);
+    app.post_event(
+        &json!({"event": "contact.created", "id": "sealed-waiting", "data": {"contact": {"email": "b@example.org"}}}),
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "tried once", || async { app.crm.count() == 2 }).await;
+    let (dir, crm) = app.stop().await;
+
+    // Key A removed: the relay starts, says what is wrong, and serves what it can.
+    let app = start_in(dir, crm, &keyed(&format!("encryption_key = \"{KEY_B}\""))).await;
+    let ready = app.client.get(format!("{}/readyz", app.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("previous_encryption_keys") && why.contains("events.payload"), "{why}");
+    let events: Value = app.admin_get("/api/events").await.json().await.unwrap();
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{events}");
+    assert!(items.iter().all(|e| e["unreadable"] == json!(true)), "{events}");
+    assert_eq!(app.admin_get("/api/deliveries").await.status(), 200);
+    assert_eq!(app.admin_get("/api/deliveries/triage").await.status(), 200);
+    assert_eq!(app.admin_get("/api/types").await.status(), 200);
+    let erase =
+        app.client.delete(format!("{}/api/contacts/b@example.org?dry_run=true", app.admin)).bearer_auth(ADMIN_TOKEN);
+    assert_eq!(erase.send().await.unwrap().status(), 200, "erasure answers, not 503");
+    let q: Value = app.admin_get("/api/quarantine").await.json().await.unwrap();
+    let body = q["items"][0]["body_base64"].as_str().unwrap();
+    use base64::Engine;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(body).unwrap(),
+        b"lbxenc1:deadbeef:AAAA",
+        "kept as sent"
+    );
+    let id = items[0]["id"].as_str().unwrap();
+    let detail: Value = app.admin_get(&format!("/api/events/{id}")).await.json().await.unwrap();
+    assert!(detail["data"]["lbx_unreadable"].as_str().unwrap().contains("not configured"), "{detail}");
+    // The waiting delivery cannot be sent: it becomes a dead letter that says why, and a new
+    // event is delivered meanwhile.
+    app.crm.always(200);
+    assert_eq!(app.admin_post("/api/deliveries/retry?status=pending").await.status(), 200);
+    wait_until(Duration::from_secs(10), "the unreadable one failed", || async {
+        app.deliveries("status=failed").await.len() == 1
+    })
+    .await;
+    let failed = &app.deliveries("status=failed").await[0];
+    assert!(failed["last_error"].as_str().unwrap().contains("cannot be opened with the configured keys"), "{failed}");
+    app.post_event(&json!({"event": "contact.created", "id": "new", "data": {"contact": {"email": "c@example.org"}}}))
+        .await;
+    wait_until(Duration::from_secs(10), "a new event delivered", || async { app.crm.count() == 3 }).await;
+    let (dir, crm) = app.stop().await;
+
+    // The key put back: ready, readable, and the dead letter replays.
+    let both = format!("encryption_key = \"{KEY_B}\"\nprevious_encryption_keys = [\"{KEY_A}\"]");
+    let app = start_in(dir, crm, &keyed(&both)).await;
+    assert_eq!(app.client.get(format!("{}/readyz", app.admin)).send().await.unwrap().status(), 200);
+    let events: Value = app.admin_get("/api/events").await.json().await.unwrap();
+    assert!(events["items"].as_array().unwrap().iter().all(|e| e["unreadable"] == json!(false)));
+    assert_eq!(app.admin_post("/api/deliveries/retry?status=failed").await.status(), 200);
+    wait_until(Duration::from_secs(10), "replayed", || async { app.crm.count() == 4 }).await;
+    assert!(app.crm.received().last().unwrap().body.contains("b@example.org"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rows_sealed_with_a_removed_key_are_listed_as_unreadable_not_a_503() {
+    rows_sealed_with_a_removed_key_are_listed_as_unreadable(None).await;
+}
+
+#[tokio::test]
+async fn rows_sealed_with_a_removed_key_are_listed_as_unreadable_on_postgres() {
+    let Some(schema) = pg_schema("rows_sealed_with_a_removed_key_are_listed_as_unreadable_on_postgres").await else {
+        return;
+    };
+    rows_sealed_with_a_removed_key_are_listed_as_unreadable(Some(schema.url())).await;
+    schema.drop().await;
 }
