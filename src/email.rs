@@ -112,6 +112,38 @@ impl Email {
         }
     }
 
+    /// Every address written anywhere in `value` (string values and keys, alone or inside text
+    /// like `Ann <ann@example.org>`), lower-cased, each once.
+    pub fn all_in_json(value: &serde_json::Value) -> Vec<Email> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<Email>) {
+            use serde_json::Value;
+            match v {
+                Value::String(s) => from_text(s, out),
+                Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                Value::Object(map) => map.iter().for_each(|(k, v)| {
+                    from_text(k, out);
+                    walk(v, out)
+                }),
+                _ => {}
+            }
+        }
+        fn from_text(text: &str, out: &mut Vec<Email>) {
+            if !text.contains('@') {
+                return;
+            }
+            for word in text.split(|c: char| !(local_char(c) || c == '@')) {
+                if let Ok(e) = Email::parse(word.trim_end_matches('.')) {
+                    if !out.contains(&e) {
+                        out.push(e);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(value, &mut out);
+        out
+    }
+
     /// Whether a stored payload names this address: parsed as JSON when it is JSON (so escapes
     /// are read as the characters they stand for), else as text.
     pub fn is_in_payload(&self, payload: &str) -> bool {

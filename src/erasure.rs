@@ -75,6 +75,10 @@ pub async fn forget(store: &Store, rt: &Runtime, email: &Email) -> Result<Forgot
         store.delete_quarantined(id).await?;
         report.quarantined += 1;
     }
+    if report.events + report.quarantined > 0 {
+        // Erased means gone from the file and its WAL too, not only from the queries.
+        store.scrub().await?;
+    }
     tracing::info!(
         events = report.events,
         deliveries = report.deliveries,

@@ -419,6 +419,7 @@ pub async fn store_event(
         deliveries,
         origin: provenance.origin,
         alias: provenance.alias,
+        contacts: None,
     };
     let outcome = ctx.store.ingest(new).await?;
     ctx.dedup.remember(&event.source, &event.key, window);

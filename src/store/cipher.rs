@@ -124,6 +124,15 @@ impl Cipher {
         String::from_utf8(self.open(column, stored.as_bytes())?).map_err(|_| undecryptable(column, "not UTF-8"))
     }
 
+    /// What `deliveries.order_key` holds for an ordering key: a keyed hash under the current key
+    /// (equal keys stay equal, so ordering holds; the value, usually an e-mail, is not kept).
+    pub fn order_value(&self, key: &str) -> String {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.current.hmac_key).expect("HMAC takes any key length");
+        m.update(b"order_key\0");
+        m.update(key.as_bytes());
+        format!("o:{}", hex::encode(m.finalize().into_bytes()))
+    }
+
     /// What the contact index holds for `email` under the current key, then under each previous
     /// one (so erasure finds rows written before a rotation).
     pub fn index_values(&self, email: &str) -> Vec<String> {

@@ -134,6 +134,8 @@ pub struct NewEvent {
     /// A second dedup key that is only checked: a live one makes this a duplicate (a webhook for
     /// a transaction that reconciliation has already recovered).
     pub alias: Option<String>,
+    /// With encryption: keyed hashes of every other address the payload names (set by the store).
+    pub contacts: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -712,8 +714,22 @@ impl Store {
     /// Stores the event and its deliveries in one transaction unless its dedup key is live.
     pub async fn ingest(&self, mut event: NewEvent) -> Result<IngestOutcome, StoreError> {
         if let Some(c) = &self.cipher {
+            // Every address the payload names is indexed (erasure cannot read sealed payloads),
+            // and an ordering key (usually the e-mail) is kept as a keyed hash, never in clear.
+            let main = event.email.clone();
+            let others: Vec<String> = serde_json::from_str::<serde_json::Value>(&event.payload)
+                .map(|v| crate::email::Email::all_in_json(&v))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| main.as_deref() != Some(e.as_str()))
+                .filter_map(|e| c.index_values(e.as_str()).into_iter().next())
+                .collect();
+            event.contacts = (!others.is_empty()).then(|| others.join(" "));
             event.payload = c.seal_text(PAYLOAD, &event.payload);
             event.email = event.email.and_then(|e| c.index_values(&e).into_iter().next());
+            for d in &mut event.deliveries {
+                d.order_key = d.order_key.take().map(|k| c.order_value(&k));
+            }
         }
         dispatch!(self, s => s.ingest(event).await)
     }
@@ -977,6 +993,17 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// After an erasure: SQLite moves its WAL into the file and truncates it, so no copy of the
+    /// erased rows stays in the WAL (deleted content is zeroed in the file: `secure_delete`).
+    /// PostgreSQL: the rows are gone from every query at once; their dead versions stay in the
+    /// table's pages until VACUUM reuses them (docs/security.md).
+    pub async fn scrub(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.truncate_wal().await,
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
     /// Deletes these events with their deliveries and attempts.

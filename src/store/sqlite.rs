@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/003_quarantine_totals_contact_index_attempt_detail.sql"),
     include_str!("migrations/sqlite/004_field_coverage.sql"),
     include_str!("migrations/sqlite/005_reconcile.sql"),
+    include_str!("migrations/sqlite/006_contacts_index.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -107,8 +108,9 @@ impl SqliteStore {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Invalid(format!("could not switch {} to WAL mode", path.display())));
         }
-        // FULL: an acknowledged event survives power loss, not only a process crash.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")?;
+        // FULL: an acknowledged event survives power loss, not only a process crash. secure_delete:
+        // what is deleted (an erased contact) is overwritten, not left in free pages.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA secure_delete = ON;")?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         // Checkpoints stay on the writer (SQLite's autocheckpoint, after a commit): a checkpoint
@@ -143,6 +145,27 @@ impl SqliteStore {
             .map_err(|_| StoreError::Invalid("commit failed: the transaction could not start (see logs)".into()))?
     }
 
+    /// Moves the WAL into the database file and empties it (`wal_checkpoint(TRUNCATE)`), from a
+    /// connection of its own between the writer's transactions: after an erasure, the erased
+    /// rows' old versions leave the WAL (and `secure_delete` has zeroed them in the file).
+    pub async fn truncate_wal(&self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            for _ in 0..20 {
+                let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy == 0 {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(StoreError::Invalid("the WAL could not be checkpointed: the database stayed busy".into()))
+        })
+        .await
+        .map_err(|e| StoreError::failed("the checkpoint task", e))?
+    }
+
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
         self.call(move |c| {
             if let Some(alias) = &ev.alias {
@@ -168,8 +191,8 @@ impl SqliteStore {
             }
             let status = if ev.deliveries.is_empty() { "unrouted" } else { "routed" };
             c.prepare_cached(
-                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin, contacts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 ev.id,
@@ -180,7 +203,8 @@ impl SqliteStore {
                 ev.payload,
                 ev.received_at,
                 ev.email,
-                ev.origin
+                ev.origin,
+                ev.contacts
             ])?;
             let mut insert = c.prepare_cached(
                 "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
@@ -753,12 +777,16 @@ impl SqliteStore {
         let index = serde_json::to_string(&index).unwrap_or_else(|_| "[]".into());
         self.call(move |c| {
             let mut stmt = c.prepare(
-                "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key, e.email IN (SELECT value FROM json_each(?2)),
+                "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key,
+                        e.email IN (SELECT value FROM json_each(?2)) OR EXISTS (SELECT 1 FROM json_each(?2) j
+                            WHERE instr(' ' || e.contacts || ' ', ' ' || j.value || ' ') > 0),
                         (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
                         (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
                           WHERE d.event_id = e.id)
                  FROM events e
                  WHERE e.email IN (SELECT value FROM json_each(?2)) OR instr(lower(e.payload), ?1) > 0
+                    OR (e.contacts IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(?2) j
+                        WHERE instr(' ' || e.contacts || ' ', ' ' || j.value || ' ') > 0))
                  ORDER BY e.received_at, e.id",
             )?;
             let rows = stmt.query_map(rusqlite::params![needle, index], |r| {
@@ -1035,6 +1063,7 @@ mod tests {
         NewEvent {
             origin: None,
             alias: None,
+            contacts: None,
             id: id.into(),
             source: "s".into(),
             key: key.into(),

@@ -115,3 +115,79 @@ async fn forget_dry_run_on_the_command_line_lists_and_keeps() {
     assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);
     assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 1, "joann's note stays");
 }
+
+/// Whether `needle` stands anywhere in the database file or its WAL, as a disk image would show.
+fn on_disk(db: &std::path::Path, needle: &str) -> bool {
+    ["", "-wal"].iter().any(|suffix| {
+        let bytes = std::fs::read(format!("{}{suffix}", db.display())).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+#[tokio::test]
+async fn an_erased_address_is_gone_from_the_sqlite_file_and_its_wal() {
+    let app = spawn_app().await;
+    app.post_event(&contact("e-zed", "zed.quill@example.org")).await;
+    app.post_event(&contact("e-kept", "kept.person@example.net")).await;
+    wait_until(Duration::from_secs(10), "delivered", || async { app.crm.count() == 2 }).await;
+    assert!(on_disk(&app.db_path(), "zed.quill@example.org"), "the test must see the address before");
+    let resp = app.client.delete(format!("{}/api/contacts/zed.quill@example.org", app.admin)).bearer_auth(ADMIN_TOKEN);
+    assert_eq!(resp.send().await.unwrap().status(), 200);
+    assert!(!on_disk(&app.db_path(), "zed.quill@example.org"), "no copy in free pages or WAL frames");
+    assert!(on_disk(&app.db_path(), "kept.person@example.net"), "the other contact stays");
+    app.stop().await;
+}
+
+async fn encrypted_store_hashes_order_keys_and_indexes_every_address(store_url: Option<String>) {
+    let app = spawn_app_with(TestConfig {
+        schedule: vec!["1h"],
+        store_url: store_url.clone(),
+        store_extra: "encryption_key = \"QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\"".into(),
+        route_extra: "order_by = \"{{data.data.contact.email}}\"".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    app.crm.always(500);
+    let sale = serde_json::json!({"event": "transaction.created", "id": "e-sale",
+        "data": {"contact": {"email": "main.person@example.org"},
+                 "buyer": {"email": "Buyer Only <buyer.only@example.org>"}}});
+    app.post_event(&sale).await;
+    app.post_event(&contact("e-other", "someone@example.org")).await;
+    wait_until(Duration::from_secs(10), "two stored", || async { events_left(&app).await.len() == 2 }).await;
+    // The ordering key is an address: kept as a keyed hash, never in clear.
+    let order_keys: Vec<String> = match &store_url {
+        None => {
+            let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+            let mut stmt = conn.prepare("SELECT order_key FROM deliveries").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        }
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.query("SELECT order_key FROM deliveries", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+        }
+    };
+    assert_eq!(order_keys.len(), 2);
+    assert!(order_keys.iter().all(|k| k.starts_with("o:") && !k.contains('@')), "{order_keys:?}");
+    // An address outside the contact's place is found by erasure although payloads are sealed.
+    let resp = app.client.delete(format!("{}/api/contacts/BUYER.ONLY@example.org", app.admin)).bearer_auth(ADMIN_TOKEN);
+    let answer: serde_json::Value = resp.send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["removed"]["events"], 1, "{answer}");
+    assert_eq!(events_left(&app).await, ["e-other"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_encrypted_store_hashes_order_keys_and_indexes_every_address() {
+    encrypted_store_hashes_order_keys_and_indexes_every_address(None).await;
+}
+
+#[tokio::test]
+async fn an_encrypted_store_hashes_order_keys_and_indexes_every_address_on_postgres() {
+    let Some(schema) = pg_schema("an_encrypted_store_hashes_order_keys_and_indexes_every_address_on_postgres").await
+    else {
+        return;
+    };
+    encrypted_store_hashes_order_keys_and_indexes_every_address(Some(schema.url())).await;
+    schema.drop().await;
+}

@@ -32,6 +32,7 @@ fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
     NewEvent {
         origin: None,
         alias: None,
+        contacts: None,
         id: id.into(),
         source: "s".into(),
         key: key.into(),

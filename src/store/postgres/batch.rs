@@ -153,8 +153,8 @@ async fn write_batch(
             stored.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
         let received: Vec<i64> = stored.iter().map(|&i| evs[i].received_at).collect();
         tx.execute(
-            &tx.prepare_cached("INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[])").await?,
+            &tx.prepare_cached("INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin, contacts)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[])").await?,
             &[
                 &col(|e| &e.id),
                 &col(|e| &e.source),
@@ -165,6 +165,7 @@ async fn write_batch(
                 &received,
                 &stored.iter().map(|&i| evs[i].email.as_deref()).collect::<Vec<Option<&str>>>(),
                 &stored.iter().map(|&i| evs[i].origin).collect::<Vec<Option<&str>>>(),
+                &stored.iter().map(|&i| evs[i].contacts.as_deref()).collect::<Vec<Option<&str>>>(),
             ],
         )
         .await?;

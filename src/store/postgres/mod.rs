@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/003_quarantine_totals_contact_index_attempt_detail.sql"),
     include_str!("../migrations/postgres/004_field_coverage.sql"),
     include_str!("../migrations/postgres/005_reconcile.sql"),
+    include_str!("../migrations/postgres/006_contacts_index.sql"),
 ];
 
 /// Pool and timeout settings from `[store]`.
@@ -741,12 +742,14 @@ impl PgStore {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key, COALESCE(e.email = ANY($2), false),
+                        "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key,
+                            COALESCE(e.email = ANY($2), false) OR COALESCE(string_to_array(e.contacts, ' ') && $2, false),
                             (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
                             (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
                               WHERE d.event_id = e.id)
                          FROM events e
                          WHERE e.email = ANY($2) OR strpos(lower(e.payload), $1) > 0
+                            OR string_to_array(e.contacts, ' ') && $2
                          ORDER BY e.received_at, e.id",
                     )
                     .await?,
