@@ -40,6 +40,10 @@ pub struct Relay {
     pub reconcile_clients: Arc<crate::reconcile::Clients>,
     /// Sealed values the configured keys do not open, found at start (`/readyz` says them).
     pub key_problems: Vec<String>,
+    /// Requests in progress per client address on the public listener.
+    pub per_ip: Arc<http::per_ip::InFlight>,
+    /// Says "an address is over its cap" once a minute at most.
+    pub per_ip_log: crate::telemetry::LogLimiter,
 }
 
 impl Relay {
@@ -64,6 +68,8 @@ impl Relay {
             unknown_hooks: Default::default(),
             reconcile_clients: Default::default(),
             key_problems: Vec::new(),
+            per_ip: Default::default(),
+            per_ip_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
         }
     }
 

@@ -20,6 +20,7 @@ pub const DEAD_LETTERS: &str = "lbx_dead_letters";
 pub const DEFERRED: &str = "lbx_deliveries_deferred_total";
 pub const HOOKS_UNKNOWN: &str = "lbx_hooks_unknown_total";
 pub const RECONCILE_ITEMS: &str = "lbx_reconcile_items_total";
+pub const PER_IP_REFUSED: &str = "lbx_hooks_refused_per_ip_total";
 pub const RECONCILE_RUNS: &str = "lbx_reconcile_runs_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -141,6 +142,10 @@ fn describe() {
         "Items of Learnybox's API checked by reconciliation, by source and outcome (received, recovered, missing)"
     );
     metrics::describe_counter!(RECONCILE_RUNS, "Reconciliation runs, by source and outcome");
+    metrics::describe_counter!(
+        PER_IP_REFUSED,
+        "Webhook requests answered 429 because their address had max_connections_per_ip in progress"
+    );
     metrics::describe_counter!(
         DEFERRED,
         "Deliveries handed back to the queue by their route's rate limit, concurrency or pause"

@@ -123,6 +123,13 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Open connections the public listener keeps at most; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Requests one client address may have in progress on the public listener (0: no cap);
+    /// more are answered 429 at once, so one slow sender cannot hold every connection.
+    pub max_connections_per_ip: usize,
+    /// Addresses the per-address cap does not apply to (a reverse proxy or load tool on this host).
+    pub per_ip_exempt: Vec<std::net::IpAddr>,
+    /// Bytes per second a body must arrive at, on average, after its first second (else 408).
+    pub min_body_rate: u64,
     /// `env_file`, resolved against the config's directory: read again at every reload.
     pub env_file: Option<PathBuf>,
 }

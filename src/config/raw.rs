@@ -86,6 +86,9 @@ pub(super) struct RawServer {
     pub(super) body_timeout: String,
     pub(super) header_timeout: String,
     pub(super) max_connections: usize,
+    pub(super) max_connections_per_ip: usize,
+    pub(super) per_ip_exempt: Vec<String>,
+    pub(super) min_body_rate: String,
     /// KEY=VALUE lines consulted for `${VAR}` after the environment (read again on every reload).
     pub(super) env_file: Option<String>,
 }
@@ -101,6 +104,9 @@ impl Default for RawServer {
             body_timeout: "10s".into(),
             header_timeout: "5s".into(),
             max_connections: 512,
+            max_connections_per_ip: 64,
+            per_ip_exempt: vec!["127.0.0.1".into(), "::1".into()],
+            min_body_rate: "1KiB".into(),
             env_file: None,
         }
     }

@@ -42,6 +42,29 @@ pub(super) fn validate(
     }
     let body_timeout = duration(&raw.server.body_timeout, "server.body_timeout", &mut problem);
     let header_timeout = duration(&raw.server.header_timeout, "server.header_timeout", &mut problem);
+    let per_ip_exempt: Vec<std::net::IpAddr> = raw
+        .server
+        .per_ip_exempt
+        .iter()
+        .filter_map(|a| {
+            a.trim()
+                .parse()
+                .inspect_err(|_| {
+                    problem("server.per_ip_exempt", format!("{a:?} is not an IP address like \"10.0.0.5\""))
+                })
+                .ok()
+        })
+        .collect();
+    let min_body_rate = match raw.server.min_body_rate.trim().trim_end_matches("/s").parse::<bytesize::ByteSize>() {
+        Ok(b) => b.as_u64(),
+        Err(_) => {
+            problem(
+                "server.min_body_rate",
+                format!("{:?} is not a size per second like \"1KiB\" (0: off)", raw.server.min_body_rate),
+            );
+            0
+        }
+    };
     if raw.server.max_connections == 0 {
         problem("server.max_connections", "is 0: nothing could connect; use 1 or more".into());
     }
@@ -461,6 +484,9 @@ pub(super) fn validate(
             body_timeout,
             header_timeout,
             max_connections: raw.server.max_connections,
+            max_connections_per_ip: raw.server.max_connections_per_ip,
+            per_ip_exempt,
+            min_body_rate,
             env_file,
         },
         store,

@@ -32,6 +32,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the body was not received within server.body_timeout ({})", humantime::format_duration(*.0))]
     BodyTimeout(std::time::Duration),
+    #[error("the body arrives slower than server.min_body_rate ({0} bytes a second)")]
+    SlowBody(u64),
 }
 
 impl ResponseError for ApiError {
@@ -46,7 +48,7 @@ impl ResponseError for ApiError {
             ApiError::WrongHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTimeout(_) | ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -55,7 +57,7 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        if matches!(self, ApiError::BodyTimeout(_)) {
+        if matches!(self, ApiError::BodyTimeout(_) | ApiError::SlowBody(_)) {
             resp.force_close();
         }
         if let ApiError::Store(e) = self {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod error;
+pub mod per_ip;
 pub mod public;
 mod throttle;
 
@@ -17,21 +18,24 @@ pub use throttle::AuthThrottle;
 use crate::app::Relay;
 
 /// The public listener faces the internet: a sender gets `header_timeout` for its request head
-/// and `body_timeout` for its body (then 408), and at most `max_connections` are open at once, so
-/// slow senders cannot hold every file descriptor.
+/// and `body_timeout` for its body, which must also arrive at `min_body_rate` (then 408); at most
+/// `max_connections` are open at once and one address may have `max_connections_per_ip` requests
+/// in progress (then 429), so slow senders cannot hold every file descriptor.
 pub fn public_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
     let server = relay.runtime().config.server.clone();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let data = web::Data::from(relay);
-    Ok(HttpServer::new(move || App::new().app_data(data.clone()).configure(public::routes))
-        .workers(workers)
-        .max_connections(server.max_connections.div_ceil(workers).max(1))
-        .client_request_timeout(server.header_timeout)
-        .client_disconnect_timeout(std::time::Duration::from_secs(1))
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(30)
-        .run())
+    Ok(HttpServer::new(move || {
+        App::new().wrap(actix_web::middleware::from_fn(per_ip::cap)).app_data(data.clone()).configure(public::routes)
+    })
+    .workers(workers)
+    .max_connections(server.max_connections.div_ceil(workers).max(1))
+    .client_request_timeout(server.header_timeout)
+    .client_disconnect_timeout(std::time::Duration::from_secs(1))
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(30)
+    .run())
 }
 
 pub fn admin_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {

@@ -120,9 +120,10 @@ async fn receive(
     if !src.token_matches(token) {
         return Err(ApiError::NotFound);
     }
-    let (limit, body_timeout) = (rt.config.server.max_body, rt.config.server.body_timeout);
+    let (limit, body_timeout, min_rate) =
+        (rt.config.server.max_body, rt.config.server.body_timeout, rt.config.server.min_body_rate);
     drop(rt);
-    let body = tokio::time::timeout(body_timeout, read_limited(req, body, limit))
+    let body = tokio::time::timeout(body_timeout, read_limited(req, body, limit, min_rate))
         .await
         .map_err(|_| ApiError::BodyTimeout(body_timeout))??;
     let headers: Vec<(String, String)> = req
@@ -140,8 +141,15 @@ async fn receive(
     }
 }
 
-/// Reads the body, refusing it with 413 as soon as it is known to exceed `limit`.
-async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the body, refusing it with 413 as soon as it is known to exceed `limit`, and with 408 when,
+/// after its first second, it arrives slower than `min_rate` bytes a second on average (a trickle
+/// that would hold the connection until `body_timeout`).
+async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    min_rate: u64,
+) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -151,7 +159,22 @@ async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    let started = tokio::time::Instant::now();
+    loop {
+        // The next chunk must come before the average would fall under `min_rate`.
+        let next = payload.next();
+        let chunk = if min_rate == 0 {
+            next.await
+        } else {
+            let due = std::time::Duration::from_secs(1)
+                + std::time::Duration::from_secs_f64((body.len() as f64 + 1.0) / min_rate as f64);
+            let deadline = started + due;
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(c) => c,
+                Err(_) => return Err(ApiError::SlowBody(min_rate)),
+            }
+        };
+        let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));

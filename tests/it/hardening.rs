@@ -803,3 +803,72 @@ async fn rows_sealed_with_a_removed_key_are_listed_as_unreadable_on_postgres() {
     rows_sealed_with_a_removed_key_are_listed_as_unreadable(Some(schema.url())).await;
     schema.drop().await;
 }
+
+/// A connection from `source` (another loopback address: another client) that sends a request
+/// head and one byte of a body it never finishes.
+async fn slow_sender_from(source: &str, public: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut sock = socket.connect(public.trim_start_matches("http://").parse().unwrap()).await.unwrap();
+    let head = "POST /hooks/learnybox HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{";
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock
+}
+
+#[tokio::test]
+async fn one_address_trickling_hundreds_of_bodies_cannot_keep_a_real_sender_out() {
+    let app = spawn_app_with(TestConfig {
+        server_extra: "max_connections_per_ip = 16\nper_ip_exempt = []\nbody_timeout = \"30s\"".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        slow.push(slow_sender_from("127.0.0.2", &app.public).await);
+    }
+    // The real sender, from another address, is answered at once.
+    let started = std::time::Instant::now();
+    assert_eq!(app.post_event(&sample_events()[0]).await.status(), 200);
+    let waited = started.elapsed();
+    // Beyond its cap the trickling address is answered 429 and closed; within it, the minimum
+    // body rate cuts each one off (408) long before body_timeout.
+    let (mut refused, mut cut) = (0, 0);
+    for mut sock in slow {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(15), sock.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "still held open: {text}");
+        if text.starts_with("HTTP/1.1 429") {
+            refused += 1;
+        } else if text.starts_with("HTTP/1.1 408") {
+            cut += 1;
+        } else {
+            panic!("unexpected answer: {text}");
+        }
+    }
+    assert!(cut <= 16, "{cut} held at once from one address");
+    assert_eq!(refused + cut, 300);
+    let metrics = app.admin_get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("lbx_hooks_refused_per_ip_total"), "counted");
+    assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);
+    // Said with its cause; measured, not asserted as a timing: the real sender did not wait for
+    // the trickle (body_timeout is 30 s here).
+    eprintln!("the real sender waited {waited:?}");
+    assert!(waited < Duration::from_secs(30));
+}
+
+#[test]
+fn per_address_settings_are_checked() {
+    for (extra, expected) in [
+        ("per_ip_exempt = [\"localhost\"]", "server.per_ip_exempt"),
+        ("min_body_rate = \"fast\"", "server.min_body_rate"),
+        ("max_connections_per_ip = -1", "max_connections_per_ip"),
+    ] {
+        let text = format!("[server]\n{extra}\n[sources.s]\nsecret_keys = [\"k\"]\n");
+        let err = lbx_relay::config::Config::from_toml(&text, std::path::Path::new("routes.toml"), &|_| None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(expected), "{extra} → {err}");
+    }
+}
