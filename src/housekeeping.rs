@@ -15,6 +15,9 @@ use crate::telemetry::{
     DEAD_LETTERS, OLDEST_PENDING_AGE, QUARANTINE_BYTES, QUARANTINE_SIZE, QUEUE_DEPTH, SOURCE_LAST_EVENT, SOURCE_SILENT,
 };
 
+/// How often the summary line is said (and once more at shutdown).
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
 /// How often the purge runs.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -121,6 +124,7 @@ pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         _ = stop.cancelled() => {
             save_coverage(&upkeep).await;
+            summary(&upkeep).await;
             return;
         }
     }
@@ -131,7 +135,12 @@ pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
         }
     }
     let mut last_purge: Option<tokio::time::Instant> = None;
+    let mut last_summary = tokio::time::Instant::now();
     loop {
+        if last_summary.elapsed() >= SUMMARY_EVERY {
+            summary(&upkeep).await;
+            last_summary = tokio::time::Instant::now();
+        }
         save_coverage(&upkeep).await;
         let tick = {
             let rt = upkeep.runtime.load();
@@ -153,10 +162,17 @@ pub async fn run(upkeep: Upkeep, stop: CancellationToken) {
             _ = tokio::time::sleep(tick) => {}
             _ = stop.cancelled() => {
                 save_coverage(&upkeep).await;
+                summary(&upkeep).await;
                 return;
             }
         }
     }
+}
+
+/// The `info` line of what happened since the last one, with the queue depth.
+async fn summary(upkeep: &Upkeep) {
+    let depth = upkeep.store.gauges().await.ok().map(|g| g.queue_depth);
+    crate::telemetry::SUMMARY.say(depth);
 }
 
 /// Writes the field coverage counted since the last save.

@@ -19,7 +19,7 @@ use crate::store::{
     StoreError, StoredEvent, WriteHealth,
 };
 use crate::telemetry::LogLimiter;
-use crate::telemetry::{capped, mask_email, EVENTS_RECEIVED};
+use crate::telemetry::{capped, mask_email, Counted, EVENTS_RECEIVED, SUMMARY};
 use crate::templates::TemplateContext;
 
 /// What ingest shares with the rest of the relay, and nothing more.
@@ -295,6 +295,12 @@ pub async fn accept(
         Ok(_) => ctx.write_health.succeeded(),
         Err(IngestError::UnknownSource(_)) => {}
     }
+    match &result {
+        Ok(Outcome::Stored { .. } | Outcome::Unrouted { .. }) => SUMMARY.count(Counted::EventIn),
+        Ok(Outcome::Duplicate) => SUMMARY.count(Counted::Duplicate),
+        Ok(Outcome::Quarantined | Outcome::QuarantineDropped) => SUMMARY.count(Counted::Quarantined),
+        _ => {}
+    }
     let label = match &result {
         Ok(o) => o.label(),
         Err(IngestError::Unavailable(_)) => "store_unavailable",
@@ -377,7 +383,7 @@ pub async fn store_event(
     if ctx.dedup.seen(&event.source, &event.key)
         || provenance.alias.as_ref().is_some_and(|alias| ctx.dedup.seen(&event.source, alias))
     {
-        tracing::info!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate (cache)");
+        tracing::debug!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate (cache)");
         return Ok(Outcome::Duplicate);
     }
     let matched = rt.routes.matching(&rt.config, &rt.templates, &event);
@@ -427,15 +433,15 @@ pub async fn store_event(
         contact_email(&event).map(|email| if rt.config.server.log_pii { email.to_string() } else { mask_email(email) });
     match outcome {
         IngestOutcome::Duplicate => {
-            tracing::info!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate");
+            tracing::debug!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate");
             Ok(Outcome::Duplicate)
         }
         IngestOutcome::Stored if count == 0 => {
-            tracing::info!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, "stored, no route matched");
+            tracing::debug!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, "stored, no route matched");
             Ok(Outcome::Unrouted { event_id: event.id })
         }
         IngestOutcome::Stored => {
-            tracing::info!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, deliveries = count, "accepted");
+            tracing::debug!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, deliveries = count, "accepted");
             observe_fields(ctx, rt, &routed, &event.data);
             let all_handed = handed.len() == count;
             if let Some(payload) = handed_payload {

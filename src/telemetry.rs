@@ -152,6 +152,73 @@ fn describe() {
     );
 }
 
+/// What happened since the last summary line: counted by ingest and delivery, said at `info`
+/// once a minute (and at shutdown) by housekeeping, instead of a line per event.
+#[derive(Debug)]
+pub struct Summary {
+    events_in: std::sync::atomic::AtomicU64,
+    duplicates: std::sync::atomic::AtomicU64,
+    quarantined: std::sync::atomic::AtomicU64,
+    delivered: std::sync::atomic::AtomicU64,
+    retried: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+/// One thing the summary counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Counted {
+    EventIn,
+    Duplicate,
+    Quarantined,
+    Delivered,
+    Retried,
+    Failed,
+}
+
+/// The process's counts since the last summary line.
+pub static SUMMARY: Summary = Summary {
+    events_in: std::sync::atomic::AtomicU64::new(0),
+    duplicates: std::sync::atomic::AtomicU64::new(0),
+    quarantined: std::sync::atomic::AtomicU64::new(0),
+    delivered: std::sync::atomic::AtomicU64::new(0),
+    retried: std::sync::atomic::AtomicU64::new(0),
+    failed: std::sync::atomic::AtomicU64::new(0),
+};
+
+impl Summary {
+    pub fn count(&self, what: Counted) {
+        let counter = match what {
+            Counted::EventIn => &self.events_in,
+            Counted::Duplicate => &self.duplicates,
+            Counted::Quarantined => &self.quarantined,
+            Counted::Delivered => &self.delivered,
+            Counted::Retried => &self.retried,
+            Counted::Failed => &self.failed,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Logs the counts since the last call (when there are any, or work is queued) and restarts them.
+    pub fn say(&self, queue_depth: Option<i64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let [events_in, duplicates, quarantined, delivered, retried, failed] =
+            [&self.events_in, &self.duplicates, &self.quarantined, &self.delivered, &self.retried, &self.failed]
+                .map(|c| c.swap(0, Relaxed));
+        if events_in + duplicates + quarantined + delivered + retried + failed > 0 || queue_depth.unwrap_or(0) > 0 {
+            tracing::info!(
+                events_in,
+                duplicates,
+                quarantined,
+                delivered,
+                retried,
+                failed,
+                queue_depth,
+                "summary since the last one (per-event lines are at debug)"
+            );
+        }
+    }
+}
+
 /// Lets one log line through per interval, so a condition that repeats on every request (a full
 /// quarantine during a flood) is said without flooding the log.
 #[derive(Debug)]

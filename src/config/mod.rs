@@ -149,6 +149,19 @@ pub struct StoreConfig {
     pub encryption_key: Option<SecretString>,
     /// Keys that still open values written before a rotation.
     pub previous_encryption_keys: Vec<SecretString>,
+    /// How durable an acknowledged event is on SQLite (`[store] sync`).
+    pub sync: SyncMode,
+}
+
+/// `[store] sync`: what SQLite does before an event is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// `synchronous = FULL`: fsync before every 200; an acknowledged event survives a power loss.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL` in WAL: survives a crash of the relay; the last commits may be lost
+    /// on a power loss or an OS crash.
+    Normal,
 }
 
 #[derive(Debug, Clone)]

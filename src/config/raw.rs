@@ -122,6 +122,7 @@ pub(super) struct RawStore {
     pub(super) statement_timeout: String,
     pub(super) encryption_key: Option<String>,
     pub(super) previous_encryption_keys: Vec<String>,
+    pub(super) sync: String,
 }
 
 impl Default for RawStore {
@@ -134,6 +135,7 @@ impl Default for RawStore {
             statement_timeout: "10s".into(),
             encryption_key: None,
             previous_encryption_keys: Vec::new(),
+            sync: "full".into(),
         }
     }
 }

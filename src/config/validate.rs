@@ -85,7 +85,16 @@ pub(super) fn validate(
         problem("store.url", "must start with sqlite:// or postgres://".into());
         StoreBackend::Sqlite { path: dir.join("relay.db") }
     };
+    let sync = match raw.store.sync.as_str() {
+        "full" => SyncMode::Full,
+        "normal" => SyncMode::Normal,
+        other => {
+            problem("store.sync", format!("{other:?}: use \"full\" (fsync before every 200) or \"normal\""));
+            SyncMode::Full
+        }
+    };
     let store = StoreConfig {
+        sync,
         backend,
         retention: duration(&raw.store.retention, "store.retention", &mut problem),
         pool_size: raw.store.pool_size.max(2),

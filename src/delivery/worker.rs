@@ -395,18 +395,39 @@ fn record(ctx: &DeliveryContext, rt: &Runtime, c: Claimed, ran: Ran, next: Next,
         Verdict::Delivered => None,
         Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(mask(reason)),
     };
-    tracing::info!(
-        delivery = %c.delivery_id,
-        event_id = %c.event.id,
-        event = crate::telemetry::capped(&c.event.kind),
-        route = %c.route,
-        attempt = c.attempts + 1,
-        status = status,
-        duration_ms = duration.as_millis() as u64,
-        outcome = next.label(),
-        reason = reason,
-        "delivery attempt"
-    );
+    // A delivered attempt is said at debug (the summary counts it); a retry at info, a failure
+    // for good at warn.
+    macro_rules! attempt_line {
+        ($level:ident) => {
+            tracing::$level!(
+                delivery = %c.delivery_id,
+                event_id = %c.event.id,
+                event = crate::telemetry::capped(&c.event.kind),
+                route = %c.route,
+                attempt = c.attempts + 1,
+                status = status,
+                duration_ms = duration.as_millis() as u64,
+                outcome = next.label(),
+                reason = reason,
+                "delivery attempt"
+            )
+        };
+    }
+    use crate::telemetry::{Counted, SUMMARY};
+    match next {
+        Next::Delivered => {
+            SUMMARY.count(Counted::Delivered);
+            attempt_line!(debug)
+        }
+        Next::Failed => {
+            SUMMARY.count(Counted::Failed);
+            attempt_line!(warn)
+        }
+        Next::RetryAt(_) | Next::ThrottledUntil(_) => {
+            SUMMARY.count(Counted::Retried);
+            attempt_line!(info)
+        }
+    }
     Settlement {
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,

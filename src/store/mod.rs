@@ -653,7 +653,7 @@ impl Store {
             None => None,
         };
         let backend = match &config.backend {
-            StoreBackend::Sqlite { path } => Backend::Sqlite(sqlite::SqliteStore::open(path)?),
+            StoreBackend::Sqlite { path } => Backend::Sqlite(sqlite::SqliteStore::open_with(path, config.sync)?),
             StoreBackend::Postgres { url } => {
                 let opts = postgres::PgOptions {
                     pool_size: config.pool_size,

@@ -66,8 +66,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, applies migrations and starts the writer.
+    /// Opens (creating if needed) the database at `path`, applies migrations and starts the writer;
+    /// `synchronous = FULL`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, crate::config::SyncMode::Full)
+    }
+
+    /// The same, with `[store] sync`.
+    pub fn open_with(path: &Path, sync: crate::config::SyncMode) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::failed(format!("cannot create {}", dir.display()), e))?;
@@ -108,9 +114,16 @@ impl SqliteStore {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Invalid(format!("could not switch {} to WAL mode", path.display())));
         }
-        // FULL: an acknowledged event survives power loss, not only a process crash. secure_delete:
-        // what is deleted (an erased contact) is overwritten, not left in free pages.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA secure_delete = ON;")?;
+        // FULL (the default): an acknowledged event survives power loss, not only a process crash;
+        // NORMAL in WAL survives a crash of the relay. secure_delete: what is deleted (an erased
+        // contact) is overwritten, not left in free pages.
+        let synchronous = match sync {
+            crate::config::SyncMode::Full => "FULL",
+            crate::config::SyncMode::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; PRAGMA secure_delete = ON;"
+        ))?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         // Checkpoints stay on the writer (SQLite's autocheckpoint, after a commit): a checkpoint
@@ -1097,6 +1110,18 @@ mod tests {
         assert!(a.is_ok() != b.is_ok(), "exactly one of the clashing writes fails");
         assert!(c.is_ok());
         assert_eq!(s.queue_depth().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn store_sync_sets_what_sqlite_does_before_an_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, expected) in [(crate::config::SyncMode::Full, 2), (crate::config::SyncMode::Normal, 1)] {
+            let s = SqliteStore::open_with(&dir.path().join(format!("{expected}.db")), mode).unwrap();
+            let got: i64 = s.call(|c| c.query_row("PRAGMA synchronous", [], |r| r.get(0))).await.unwrap();
+            assert_eq!(got, expected, "{mode:?}");
+            let deleting: i64 = s.call(|c| c.query_row("PRAGMA secure_delete", [], |r| r.get(0))).await.unwrap();
+            assert_eq!(deleting, 1, "erased rows are overwritten");
+        }
     }
 
     #[tokio::test]

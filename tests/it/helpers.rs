@@ -543,8 +543,19 @@ pub fn write_process_config(dir: &Path, cfg: &TestConfig, crm_url: &str) -> (Str
 /// `lbx-relay serve` on the config in `dir`, with no variable from the calling shell (`RUST_LOG`,
 /// `LBX_CONFIG`, … would change what it does).
 pub fn start_process(dir: &Path, extra: &[&str], stderr: std::process::Stdio) -> std::process::Child {
+    start_process_with(dir, extra, stderr, &[])
+}
+
+/// The same, with these variables (and no other) in its environment.
+pub fn start_process_with(
+    dir: &Path,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
         .env_clear()
+        .envs(envs.iter().copied())
         .args(extra)
         .args(["serve", "-c"])
         .arg(dir.join("routes.toml"))

@@ -170,6 +170,7 @@ async fn replicas_follow_each_others_rotations_on_postgres() {
         statement_timeout: Duration::from_secs(10),
         encryption_key: None,
         previous_encryption_keys: Vec::new(),
+        sync: Default::default(),
     };
     let (store_a, store_b) = (
         lbx_relay::store::Store::open(&store_cfg).await.unwrap(),

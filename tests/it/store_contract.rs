@@ -25,6 +25,7 @@ fn store_config(backend: StoreBackend) -> StoreConfig {
         statement_timeout: Duration::from_secs(10),
         encryption_key: None,
         previous_encryption_keys: Vec::new(),
+        sync: Default::default(),
     }
 }
 
@@ -662,9 +663,14 @@ async fn encrypted_values_are_unreadable_in_the_database_and_read_back_after_a_r
     assert_eq!(detail.attempts[0].error.as_deref(), Some("HTTP 500: grace.hopper@example.org exists"));
     assert_eq!(b.oauth_refresh_token("app").await.unwrap().as_deref(), Some("refresh-token-value"));
     assert_eq!(b.list_quarantine(None, 10).await.unwrap()[0].body, b"grace.hopper@example.org in clear");
+    // Without A: the row is listed as unreadable (never a failed answer), and the key check says why.
     let only_b = Store::open(&with(key_b, &[])).await.unwrap();
-    let err = only_b.event_detail("sealed").await.unwrap_err().to_string();
-    assert!(err.contains("previous_encryption_keys"), "{err}");
+    let unreadable = only_b.event_detail("sealed").await.unwrap().unwrap();
+    assert!(unreadable.event.payload.contains("lbx_unreadable"), "{}", unreadable.event.payload);
+    assert!(unreadable.event.payload.contains("previous_encryption_keys"), "{}", unreadable.event.payload);
+    let problems = only_b.key_check().await.unwrap().join("\n");
+    assert!(problems.contains("events.payload") && problems.contains("previous_encryption_keys"), "{problems}");
+    assert!(b.key_check().await.unwrap().is_empty(), "with A kept, every sealed value opens");
     // Erasure finds the contact through the keyed index, under the old key too.
     let grace = Email::parse("Grace.Hopper@example.org").unwrap();
     assert_eq!(forget(&b, &grace).await.unwrap().events, 1);
