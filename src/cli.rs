@@ -283,6 +283,9 @@ pub struct BenchArgs {
     /// How long to wait for the sink to receive every accepted event.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// `[store] sync` of the started relays (SQLite): `full` (fsync before every 200) or `normal`.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    pub sync: String,
 }
 
 /// Runs the parsed command; errors are printed here, once.
@@ -948,6 +951,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         pid: args.pid,
         replicas: args.replicas,
         store_url: args.store_url,
+        sync: args.sync,
     };
     let report = crate::bench::run(&opts).await?;
     if args.json {

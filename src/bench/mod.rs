@@ -51,6 +51,8 @@ pub struct BenchOptions {
     pub replicas: usize,
     /// The store of the started relays (default: SQLite in a temporary directory).
     pub store_url: Option<String>,
+    /// `[store] sync` of the started relays: `full` or `normal`.
+    pub sync: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -234,6 +236,7 @@ fn write_config(
     admin: &str,
     workers: usize,
     store_url: &str,
+    sync: &str,
 ) -> anyhow::Result<PathBuf> {
     std::fs::write(
         dir.join("sink.json.hbs"),
@@ -247,6 +250,7 @@ admin_listen = "{admin}"
 max_body = "1MiB"
 [store]
 url = "{store_url}"
+sync = "{sync}"
 [sources.bench]
 secret_keys = ["{BENCH_SECRET}"]
 [delivery]
@@ -321,7 +325,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             for _ in 0..opts.replicas.max(1) {
                 let dir = tempfile::tempdir()?;
                 let (public, admin) = (free_addr()?, free_addr()?);
-                let config = write_config(dir.path(), &sink_url, &public, &admin, opts.workers, &store_url)?;
+                let config =
+                    write_config(dir.path(), &sink_url, &public, &admin, opts.workers, &store_url, &opts.sync)?;
                 let started = Instant::now();
                 let child = std::process::Command::new(std::env::current_exe()?)
                     .args(["serve", "-c"])
