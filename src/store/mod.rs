@@ -1074,7 +1074,7 @@ impl Store {
             let sql = format!("SELECT {column} FROM {table} WHERE {column} LIKE 'lbxenc1:%' ORDER BY {order} LIMIT 1");
             let newest: Option<String> = match &self.backend {
                 Backend::Sqlite(s) => {
-                    s.call(move |c| {
+                    s.read(move |c| {
                         use rusqlite::OptionalExtension;
                         c.query_row(&sql, [], |r| r.get(0)).optional()
                     })

@@ -432,7 +432,7 @@ impl Store {
         let sql = format!("SELECT {RUN_COLUMNS} FROM reconcile_runs ORDER BY started_at DESC, id DESC LIMIT {limit}");
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.call(move |c| c.prepare_cached(&sql)?.query_map([], run_from_sqlite)?.collect()).await
+                s.read(move |c| c.prepare_cached(&sql)?.query_map([], run_from_sqlite)?.collect()).await
             }
             Backend::Postgres(pg) => {
                 let client = pg.pool.get().await?;
@@ -447,7 +447,7 @@ impl Store {
                    GROUP BY source, day, outcome, reason ORDER BY source, day";
         let rows: Vec<(String, String, String, Option<String>, i64)> = match &self.backend {
             Backend::Sqlite(s) => {
-                s.call(move |c| {
+                s.read(move |c| {
                     c.prepare_cached(&sql.replace('$', "?"))?
                         .query_map([since_day], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                         .collect()
@@ -488,7 +488,7 @@ impl Store {
                    ORDER BY received_at, id LIMIT $5";
         let mut seen: Vec<SeenEvent> = match &self.backend {
             Backend::Sqlite(s) => {
-                s.call(move |c| {
+                s.read(move |c| {
                     c.prepare_cached(&sql.replace('$', "?"))?
                         .query_map(params![source, since, at, id, limit], |r| {
                             Ok(SeenEvent {

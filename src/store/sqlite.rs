@@ -29,6 +29,26 @@ type WriterCall = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
 pub struct SqliteStore {
     calls: mpsc::Sender<WriterCall>,
     path: PathBuf,
+    /// Read-only WAL connections for the console's reads, so they never wait for (nor delay)
+    /// the writer's group commits.
+    readers: std::sync::Arc<std::sync::Mutex<Vec<Connection>>>,
+}
+
+/// Read connections kept open at most (more are opened while needed, then closed).
+const READERS: usize = 4;
+
+/// A read-only connection to the database at `path` (WAL: it reads the last committed state).
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| StoreError::failed(format!("cannot open {} for reading", path.display()), e))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = MEMORY;")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -134,7 +154,30 @@ impl SqliteStore {
             .name("lbx-sqlite-writer".into())
             .spawn(move || writer(conn, rx, file))
             .map_err(|e| StoreError::failed("cannot start the writer thread", e))?;
-        Ok(SqliteStore { calls, path: path.to_path_buf() })
+        Ok(SqliteStore { calls, path: path.to_path_buf(), readers: Default::default() })
+    }
+
+    /// Runs a read-only `f` on one of the read connections, off the writer.
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (pool, path) = (self.readers.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            let out = f(&conn);
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            Ok(out?)
+        })
+        .await
+        .map_err(|e| StoreError::failed("a read task", e))?
     }
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
@@ -458,7 +501,7 @@ impl SqliteStore {
     }
 
     pub async fn list_deliveries(&self, f: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
                  FROM deliveries
@@ -474,7 +517,7 @@ impl SqliteStore {
     }
 
     pub async fn delivery_route(&self, id: String) -> Result<Option<String>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             c.prepare_cached("SELECT route FROM deliveries WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()
         })
         .await
@@ -535,7 +578,7 @@ impl SqliteStore {
     }
 
     pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             c.prepare_cached(
                 "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
                  FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
@@ -558,7 +601,7 @@ impl SqliteStore {
     }
 
     pub async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             c.prepare_cached("SELECT route, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY route")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
@@ -567,7 +610,7 @@ impl SqliteStore {
     }
 
     pub async fn queue_depth(&self) -> Result<i64, StoreError> {
-        self.call(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))).await
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))).await
     }
 
     /// Commits a one-row write: fails while writes fail (disk full, file deleted), not only when
@@ -587,7 +630,7 @@ impl SqliteStore {
     /// The stored event with `id` (used by tests and the API).
     pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let id = id.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
                 [id],
@@ -603,7 +646,7 @@ impl SqliteStore {
         limit: u32,
         newest_first: bool,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             c.prepare_cached(if newest_first {
                 "SELECT id, source, event_key, kind, status, payload, received_at FROM events
                  WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
@@ -623,7 +666,7 @@ impl SqliteStore {
         emails: Option<Vec<String>>,
         sealed: bool,
     ) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let text_filter = if sealed {
                 "(?10 IS NULL OR lower(e.kind) LIKE ?10 || '%' ESCAPE '\\')".to_string()
             } else {
@@ -681,7 +724,7 @@ impl SqliteStore {
     /// An event with its deliveries and every attempt of each.
     pub async fn event_detail(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
         let id = id.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let Some((event, origin)) = c
                 .query_row(
                     "SELECT id, source, event_key, kind, status, payload, received_at, origin FROM events WHERE id = ?1",
@@ -727,7 +770,7 @@ impl SqliteStore {
     }
 
     pub async fn list_quarantine(&self, after: Option<i64>, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             c.prepare_cached(
                 "SELECT id, source, received_at, headers, body, reason FROM quarantine
                  WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2",
@@ -788,7 +831,7 @@ impl SqliteStore {
         index: Vec<String>,
     ) -> Result<Vec<ContactCandidate>, StoreError> {
         let index = serde_json::to_string(&index).unwrap_or_else(|_| "[]".into());
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key,
                         e.email IN (SELECT value FROM json_each(?2)) OR EXISTS (SELECT 1 FROM json_each(?2) j
@@ -843,7 +886,7 @@ impl SqliteStore {
 
     /// Numbers for the gauges: (quarantined bodies, oldest due pending delivery's due time).
     pub async fn gauges(&self) -> Result<Gauges, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let queue_depth =
                 c.query_row("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'", [], |r| r.get(0))?;
             let (quarantined, quarantined_bytes) =
@@ -861,7 +904,7 @@ impl SqliteStore {
     /// The newest event time of each of `sources` (for the silence alert after a restart). One
     /// streaming aggregate per source: a GROUP BY would build a temporary tree over every event.
     pub async fn load_coverage(&self) -> Result<Vec<(String, String, Counts)>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt =
                 c.prepare("SELECT route, path, present, empty, absent, absent_streak FROM field_coverage")?;
             let rows = stmt.query_map([], |r| {
@@ -893,7 +936,7 @@ impl SqliteStore {
     /// Every (source, type) stored, with its count, first and last arrival, the routes its
     /// deliveries went to, and the payload of its newest event.
     pub async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT source, kind, COUNT(*), MIN(received_at), MAX(received_at) FROM events
                  GROUP BY source, kind ORDER BY source, kind",
@@ -928,7 +971,7 @@ impl SqliteStore {
     }
 
     pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached("SELECT MAX(received_at) FROM events WHERE source = ?1")?;
             let mut out = Vec::new();
             for source in sources {
@@ -1122,6 +1165,27 @@ mod tests {
             let deleting: i64 = s.call(|c| c.query_row("PRAGMA secure_delete", [], |r| r.get(0))).await.unwrap();
             assert_eq!(deleting, 1, "erased rows are overwritten");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn console_reads_are_answered_while_the_writer_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.ingest(event("e1", "k1", 0, &["r"])).await.unwrap();
+        // The writer is held inside a transaction until the test lets it go.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move { s.call(move |_| Ok(held.recv().is_ok())).await })
+        };
+        // Reads go to their own connections: answered now, with the last committed state.
+        assert_eq!(s.queue_depth().await.unwrap(), 1);
+        let (events, _) =
+            s.find_events(crate::store::EventFilter { limit: 10, ..Default::default() }, None, false).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(!writer.is_finished(), "the writer was still held while the reads were answered");
+        release.send(()).unwrap();
+        assert!(writer.await.unwrap().unwrap());
     }
 
     #[tokio::test]

@@ -157,7 +157,7 @@ impl Store {
         let glob = f.kind.as_deref().map(kind_glob);
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.call(move |c| {
+                s.read(move |c| {
                     c.prepare_cached(
                         "SELECT d.id, d.event_id, d.route, d.status, e.kind, e.event_key, e.payload, d.attempts,
                             d.last_status, d.last_error, d.updated_at, d.next_attempt_at, e.received_at
@@ -233,7 +233,7 @@ impl Store {
         let id = id.to_string();
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.call(move |c| {
+                s.read(move |c| {
                     use rusqlite::OptionalExtension;
                     c.prepare_cached("SELECT event_id FROM deliveries WHERE id = ?1")?
                         .query_row([id], |r| r.get(0))
@@ -254,7 +254,7 @@ impl Store {
                    GROUP BY route, status, attempts > 0";
         let rows: Vec<(String, String, bool, i64)> = match &self.backend {
             Backend::Sqlite(s) => {
-                s.call(move |c| {
+                s.read(move |c| {
                     c.prepare_cached(&sql.replace('$', "?"))?
                         .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                         .collect()
