@@ -324,24 +324,31 @@ impl Alerts {
             }
         }
         if let Some(threshold) = cfg.failure_rate {
-            if let Ok(facts) = upkeep.store.attempt_facts(now - cfg.window.as_millis() as i64, 100_000).await {
+            let since = now - cfg.window.as_millis() as i64;
+            // Counted by the database over the window (no attempt list is read).
+            if let Ok(counts) = upkeep.store.route_attempts(since, since, since).await {
+                let counts: BTreeMap<String, crate::store::triage::RouteAttempts> =
+                    counts.into_iter().map(|r| (r.route.clone(), r)).collect();
                 for route in upkeep.runtime.load().config.routes.iter().map(|r| r.name.clone()) {
-                    let settled: Vec<_> = facts.iter().filter(|f| f.route == route && f.outcome.is_settled()).collect();
-                    let failed = settled.iter().filter(|f| f.outcome.is_failure()).count();
-                    let rate = if settled.is_empty() { 0.0 } else { failed as f64 / settled.len() as f64 };
-                    let firing = settled.len() as u64 >= cfg.min_attempts && rate >= threshold;
+                    let c = counts.get(&route).cloned().unwrap_or_default();
+                    let (failed, all) = (c.failed, c.settled);
+                    let rate = if all == 0 { 0.0 } else { failed as f64 / all as f64 };
+                    let firing = all >= cfg.min_attempts && rate >= threshold;
                     let key = format!("failure_rate:{route}");
                     if let Some(state) = self.condition(&key, firing, now, cfg.repeat_after) {
                         let window = humantime::format_duration(cfg.window);
-                        let (all, pct, at) = (settled.len(), rate * 100.0, threshold * 100.0);
+                        let (pct, at) = (rate * 100.0, threshold * 100.0);
                         let view = format!("deliveries?route={}", crate::templates::url_escape(&route));
                         let see = go_to(cfg, &view, "");
                         let link = if see.is_empty() { String::new() } else { format!(" {see}") };
                         let text = if state == "firing" {
-                            let last = settled
-                                .iter()
-                                .find(|f| f.outcome.is_failure())
-                                .and_then(|f| f.error.as_deref().map(outside_text));
+                            let last = upkeep
+                                .store
+                                .last_failure_error(&route, since)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|e| outside_text(&e));
                             say(
                                 cfg,
                                 format!(

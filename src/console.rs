@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::event::rfc3339;
-use crate::store::{AttemptFact, AttemptOutcome, Store, StoreError};
+use crate::store::{AttemptOutcome, Store, StoreError};
 
-/// Attempts read for one answer at most (newest first); older ones are left out.
+/// Attempts counted (or read, for the series) for one answer at most, newest first; older ones are
+/// left out.
 pub const MAX_ATTEMPTS_READ: u32 = 200_000;
 const HOUR_MS: i64 = 3_600_000;
 
@@ -26,36 +27,37 @@ pub struct RouteHealth {
     pub queue_depth: i64,
 }
 
-/// Every configured route's health at `now` (Unix ms), from the last 7 days of attempts.
+/// Every configured route's health at `now` (Unix ms), from the last 7 days of attempts, counted
+/// by the database (no attempt list is read).
 pub async fn route_health(store: &Store, routes: &[String], now: i64) -> Result<Vec<RouteHealth>, StoreError> {
-    let facts = store.attempt_facts(now - 7 * 24 * HOUR_MS, MAX_ATTEMPTS_READ).await?;
+    let since = now - 7 * 24 * HOUR_MS;
+    let counts: BTreeMap<String, crate::store::triage::RouteAttempts> = store
+        .route_attempts(since, now - HOUR_MS, now - 24 * HOUR_MS)
+        .await?
+        .into_iter()
+        .map(|r| (r.route.clone(), r))
+        .collect();
     let pending: BTreeMap<String, i64> = store.pending_per_route().await?.into_iter().collect();
-    Ok(routes
-        .iter()
-        .map(|route| {
-            let mine: Vec<&AttemptFact> = facts.iter().filter(|f| &f.route == route).collect();
-            let rate = |since: i64| {
-                let settled: Vec<&&AttemptFact> =
-                    mine.iter().filter(|f| f.started_at >= since && f.outcome.is_settled()).collect();
-                let ok = settled.iter().filter(|f| f.outcome == AttemptOutcome::Delivered).count();
-                (!settled.is_empty()).then(|| ok as f64 / settled.len() as f64)
-            };
-            // Facts are newest first.
-            let success = mine.iter().find(|f| f.outcome == AttemptOutcome::Delivered);
-            let failure = mine.iter().find(|f| f.outcome.is_failure());
-            RouteHealth {
-                route: route.clone(),
-                success_rate_1h: rate(now - HOUR_MS),
-                success_rate_24h: rate(now - 24 * HOUR_MS),
-                attempts_24h: mine.iter().filter(|f| f.started_at >= now - 24 * HOUR_MS).count() as u64,
-                last_success: success.map(|f| rfc3339(f.started_at)),
-                last_failure: failure.map(|f| rfc3339(f.started_at)),
-                last_failure_error: failure
-                    .and_then(|f| f.error.clone().or_else(|| f.status.map(|s| format!("HTTP {s}")))),
-                queue_depth: pending.get(route).copied().unwrap_or(0),
-            }
-        })
-        .collect())
+    let mut out = Vec::with_capacity(routes.len());
+    for route in routes {
+        let c = counts.get(route).cloned().unwrap_or_default();
+        let rate = |ok: u64, settled: u64| (settled > 0).then(|| ok as f64 / settled as f64);
+        let last_failure_error = match c.last_failure {
+            Some(_) => store.last_failure_error(route, since).await?,
+            None => None,
+        };
+        out.push(RouteHealth {
+            route: route.clone(),
+            success_rate_1h: rate(c.delivered_1h, c.settled_1h),
+            success_rate_24h: rate(c.delivered_24h, c.settled_24h),
+            attempts_24h: c.attempts_24h,
+            last_success: c.last_success.map(rfc3339),
+            last_failure: c.last_failure.map(rfc3339),
+            last_failure_error,
+            queue_depth: pending.get(route).copied().unwrap_or(0),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Serialize, PartialEq)]

@@ -59,6 +59,26 @@ pub struct DeliveryCounts {
     pub retrying: u64,
 }
 
+/// One route's attempts, counted by the database (see `Store::route_attempts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteAttempts {
+    pub route: String,
+    pub settled_1h: u64,
+    pub delivered_1h: u64,
+    pub settled_24h: u64,
+    pub delivered_24h: u64,
+    pub attempts_24h: u64,
+    /// Since the `since` of the query (the alert's window).
+    pub settled: u64,
+    pub failed: u64,
+    pub last_success: Option<i64>,
+    pub last_failure: Option<i64>,
+}
+
+fn n(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
 /// Rows scanned at most for one page when the error filter leaves most of them out.
 const SCAN_CAP: usize = 20_000;
 
@@ -226,6 +246,121 @@ impl Store {
                     .map_err(StoreError::from)
             }
         }
+    }
+
+    /// Per route, attempt counts over the newest `MAX_ATTEMPTS_READ` attempts started since
+    /// `since` (Unix ms), computed by the database: settled and delivered ones since `t1` and
+    /// `t24`, all since `t24`, settled and failed ones since `since`, the last success and failure.
+    pub async fn route_attempts(&self, since: i64, t1: i64, t24: i64) -> Result<Vec<RouteAttempts>, StoreError> {
+        let cap = i64::from(crate::console::MAX_ATTEMPTS_READ);
+        // Settled: delivered, retry, failed. Failed: retry, failed (AttemptOutcome).
+        let sql = format!(
+            "SELECT d.route,
+                SUM(CASE WHEN a.started_at >= $2 AND a.outcome IN ('delivered','retry','failed') THEN 1 ELSE 0 END),
+                SUM(CASE WHEN a.started_at >= $2 AND a.outcome = 'delivered' THEN 1 ELSE 0 END),
+                SUM(CASE WHEN a.started_at >= $3 AND a.outcome IN ('delivered','retry','failed') THEN 1 ELSE 0 END),
+                SUM(CASE WHEN a.started_at >= $3 AND a.outcome = 'delivered' THEN 1 ELSE 0 END),
+                SUM(CASE WHEN a.started_at >= $3 THEN 1 ELSE 0 END),
+                SUM(CASE WHEN a.outcome IN ('delivered','retry','failed') THEN 1 ELSE 0 END),
+                SUM(CASE WHEN a.outcome IN ('retry','failed') THEN 1 ELSE 0 END),
+                MAX(CASE WHEN a.outcome = 'delivered' THEN a.started_at END),
+                MAX(CASE WHEN a.outcome IN ('retry','failed') THEN a.started_at END)
+             FROM (SELECT delivery_id, started_at, outcome FROM attempts WHERE started_at >= $1
+                   ORDER BY id DESC LIMIT {cap}) a
+             JOIN deliveries d ON d.id = a.delivery_id
+             GROUP BY d.route"
+        );
+        type Row = (String, i64, i64, i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| {
+                    c.prepare_cached(&sql.replace('$', "?"))?
+                        .query_map(params![since, t1, t24], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                                r.get(6)?,
+                                r.get(7)?,
+                                r.get(8)?,
+                                r.get(9)?,
+                            ))
+                        })?
+                        .collect()
+                })
+                .await?
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.pool.get().await?;
+                client
+                    .query(&sql, &[&since, &t1, &t24])
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                            r.try_get(5)?,
+                            r.try_get(6)?,
+                            r.try_get(7)?,
+                            r.try_get(8)?,
+                            r.try_get(9)?,
+                        ))
+                    })
+                    .collect::<Result<_, tokio_postgres::Error>>()?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(route, s1, ok1, s24, ok24, all24, settled, failed, last_ok, last_ko)| RouteAttempts {
+                route,
+                settled_1h: n(s1),
+                delivered_1h: n(ok1),
+                settled_24h: n(s24),
+                delivered_24h: n(ok24),
+                attempts_24h: n(all24),
+                settled: n(settled),
+                failed: n(failed),
+                last_success: last_ok,
+                last_failure: last_ko,
+            })
+            .collect())
+    }
+
+    /// The newest failed attempt of `route` since `since`: its error (or `HTTP status`).
+    pub async fn last_failure_error(&self, route: &str, since: i64) -> Result<Option<String>, StoreError> {
+        let route = route.to_string();
+        let sql = "SELECT a.error, a.status FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+                   WHERE d.route = $1 AND a.started_at >= $2 AND a.outcome IN ('retry','failed')
+                   ORDER BY a.started_at DESC, a.id DESC LIMIT 1";
+        let row: Option<(Option<String>, Option<i64>)> = match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| {
+                    use rusqlite::OptionalExtension;
+                    c.prepare_cached(&sql.replace('$', "?"))?
+                        .query_row(params![route, since], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .await?
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.pool.get().await?;
+                client
+                    .query_opt(sql, &[&route, &since])
+                    .await?
+                    .map(|r| {
+                        Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get::<_, Option<i32>>(1)?.map(i64::from)))
+                    })
+                    .transpose()?
+            }
+        };
+        Ok(row.and_then(|(error, status)| self.read_opt(ERROR, error).or_else(|| status.map(|s| format!("HTTP {s}")))))
     }
 
     /// The event a delivery belongs to (for a link to one delivery).
