@@ -21,6 +21,9 @@ pub const DEFERRED: &str = "lbx_deliveries_deferred_total";
 pub const HOOKS_UNKNOWN: &str = "lbx_hooks_unknown_total";
 pub const RECONCILE_ITEMS: &str = "lbx_reconcile_items_total";
 pub const PER_IP_REFUSED: &str = "lbx_hooks_refused_per_ip_total";
+pub const STORE_BATCH: &str = "lbx_store_batch_seconds";
+pub const STORE_BATCH_JOBS: &str = "lbx_store_batch_jobs";
+pub const STORE_WAIT: &str = "lbx_store_wait_seconds";
 pub const RECONCILE_RUNS: &str = "lbx_reconcile_runs_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -111,6 +114,21 @@ pub fn metrics() -> &'static PrometheusHandle {
                 Matcher::Full(DELIVERY_DURATION.to_string()),
                 &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )
+            .expect("static bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(STORE_BATCH.to_string()),
+                &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            )
+            .expect("static bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(STORE_WAIT.to_string()),
+                &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            )
+            .expect("static bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(STORE_BATCH_JOBS.to_string()),
+                &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1024.0],
+            )
             .expect("static bucket list is not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -142,6 +160,17 @@ fn describe() {
         "Items of Learnybox's API checked by reconciliation, by source and outcome (received, recovered, missing)"
     );
     metrics::describe_counter!(RECONCILE_RUNS, "Reconciliation runs, by source and outcome");
+    metrics::describe_histogram!(
+        STORE_BATCH,
+        metrics::Unit::Seconds,
+        "SQLite: one group transaction of the writer, from BEGIN to the end of COMMIT (its fsync)"
+    );
+    metrics::describe_histogram!(STORE_BATCH_JOBS, "SQLite: operations folded into one group transaction");
+    metrics::describe_histogram!(
+        STORE_WAIT,
+        metrics::Unit::Seconds,
+        "SQLite: how long an operation waited for the writer before it ran"
+    );
     metrics::describe_counter!(
         PER_IP_REFUSED,
         "Webhook requests answered 429 because their address had max_connections_per_ip in progress"

@@ -187,7 +187,9 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = std::time::Instant::now();
         let call: WriterCall = Box::new(move |conn| {
+            metrics::histogram!(crate::telemetry::STORE_WAIT).record(queued.elapsed().as_secs_f64());
             let result = f(conn);
             let ok = result.is_ok();
             let finish: Finisher = Box::new(move |commit| {
@@ -1061,6 +1063,8 @@ fn writer(conn: Connection, rx: mpsc::Receiver<WriterCall>, file: FileIdentity) 
                 Err(_) => break,
             }
         }
+        let began = std::time::Instant::now();
+        metrics::histogram!(crate::telemetry::STORE_BATCH_JOBS).record(batch.len() as f64);
         if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
             tracing::error!(error = %e, jobs = batch.len(), "sqlite: cannot begin a transaction");
             drop(batch); // every caller gets an error: nothing was written
@@ -1100,6 +1104,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<WriterCall>, file: FileIdentity) 
                 StoreError::Commit(crate::store::Cause::new(e))
             }),
         };
+        metrics::histogram!(crate::telemetry::STORE_BATCH).record(began.elapsed().as_secs_f64());
         for finish in finishers {
             finish(committed.clone());
         }
