@@ -152,6 +152,9 @@ async fn metrics_expose_the_documented_series() {
         "lbx_deliveries_total{route=\"crm\",outcome=\"delivered\"}",
         "lbx_delivery_duration_seconds_bucket",
         "lbx_queue_depth",
+        "lbx_store_batch_seconds_bucket{le=\"0.001\"}",
+        "lbx_store_batch_jobs_bucket{le=\"1\"}",
+        "lbx_store_wait_seconds_count",
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
