@@ -187,23 +187,7 @@ impl Store {
                            AND (?6 IS NULL OR d.id < ?6)
                          ORDER BY d.id DESC LIMIT ?7",
                     )?
-                    .query_map(params![status, route, glob, since, until, after, limit], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                            r.get(7)?,
-                            r.get(8)?,
-                            r.get(9)?,
-                            r.get(10)?,
-                            r.get(11)?,
-                            r.get(12)?,
-                        ))
-                    })?
+                    .query_map(params![status, route, glob, since, until, after, limit], |r| RawRow::try_from(r))?
                     .collect()
                 })
                 .await
@@ -275,20 +259,7 @@ impl Store {
             Backend::Sqlite(s) => {
                 s.read(move |c| {
                     c.prepare_cached(&sql.replace('$', "?"))?
-                        .query_map(params![since, t1, t24], |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                                r.get(6)?,
-                                r.get(7)?,
-                                r.get(8)?,
-                                r.get(9)?,
-                            ))
-                        })?
+                        .query_map(params![since, t1, t24], |r| Row::try_from(r))?
                         .collect()
                 })
                 .await?
