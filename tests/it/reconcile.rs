@@ -642,3 +642,28 @@ fn check_renders_each_reconciliation_template_and_says_where_a_recovered_sale_go
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("does not carry the item id at any of /data/transaction/id"), "{out}");
 }
+
+#[tokio::test]
+async fn a_run_that_cannot_read_the_api_alerts_without_leaking_the_key() {
+    let (lb, url) = start_learnybox();
+    *lb.echo_error.lock().unwrap() = true;
+    let alerts = FakeCrm::start().await;
+    let app = spawn_app_with(TestConfig {
+        source_extra: api_table(&url, ""),
+        server_extra: format!(
+            "\n[alerts]\nurl = \"{}/alert\"\ncheck_every = \"100ms\"\nformat = \"json\"\n",
+            alerts.url
+        ),
+        ..Default::default()
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "the failure alerted", || async { alerts.count() >= 1 }).await;
+    let alert = alerts.received()[0].json();
+    assert_eq!(alert["kind"], "reconcile_failed", "{alert}");
+    let text = alert["text"].as_str().unwrap();
+    assert!(text.contains("did not check everything") && text.contains("answered 400"), "{text}");
+    assert!(!text.contains(API_KEY) && !text.contains("access-token-"), "{text}");
+    let view: Value = app.admin_get("/api/reconcile").await.json().await.unwrap();
+    assert_eq!(view["sources"][0]["last_run"]["state"], "failed", "{view}");
+    app.stop().await;
+}
