@@ -209,6 +209,16 @@ struct EventsQuery {
     until: Option<String>,
 }
 
+/// A time given as a duration back from `now` (`24h`, at most a year), RFC 3339 or Unix ms.
+fn time_or_ago(name: &str, value: Option<String>, now: i64) -> Result<Option<i64>, ApiError> {
+    let Some(v) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    match humantime::parse_duration(v.trim()) {
+        Ok(ago) if ago <= std::time::Duration::from_secs(366 * 86_400) => Ok(Some(now - ago.as_millis() as i64)),
+        Ok(_) => Err(ApiError::BadRequest(format!("{name}: at most a year back"))),
+        Err(_) => time_param(name, Some(v)),
+    }
+}
+
 /// A time given as RFC 3339 (`2026-11-29T10:00:00Z`) or Unix milliseconds.
 fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
     let Some(v) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
@@ -655,16 +665,7 @@ async fn triage(_: Admin, relay: web::Data<Relay>, q: web::Query<TriageQuery>) -
     let status = q.status.filter(|s| !s.is_empty()).unwrap_or_else(|| "failed".into());
     check_status(Some(&status))?;
     let now = relay.delivery.now_ms();
-    let when = |name: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
-        match v.filter(|v| !v.trim().is_empty()) {
-            Some(v) if v.trim().chars().last().is_some_and(|c| c.is_ascii_alphabetic()) && !v.contains('T') => {
-                let back = humantime::parse_duration(v.trim())
-                    .map_err(|_| ApiError::BadRequest(format!("{name}: {v:?} is not a time or a duration like 24h")))?;
-                Ok(Some(now.saturating_sub(i64::try_from(back.as_millis()).unwrap_or(i64::MAX))))
-            }
-            other => time_param(name, other),
-        }
-    };
+    let when = |name: &str, v: Option<String>| time_or_ago(name, v, now);
     let filter = crate::store::triage::TriageFilter {
         status: Some(status),
         route: q.route.filter(|r| !r.is_empty()),
@@ -765,14 +766,7 @@ async fn stats_series(_: Admin, relay: web::Data<Relay>, q: web::Query<SeriesQue
     let now = crate::event::now_ms();
     // Every value is range-checked before any arithmetic: no parameter can overflow a sum.
     const YEAR_MS: i64 = 366 * 24 * 3_600_000;
-    let since = match q.since.as_deref() {
-        None => now - 24 * 3_600_000,
-        Some(text) => match humantime::parse_duration(text) {
-            Ok(ago) if ago.as_millis() <= YEAR_MS as u128 => now - ago.as_millis() as i64,
-            Ok(_) => return Err(ApiError::BadRequest("since: at most a year back".into())),
-            Err(_) => time_param("since", Some(text.to_string()))?.unwrap_or(now),
-        },
-    };
+    let since = time_or_ago("since", q.since, now)?.unwrap_or(now - 24 * 3_600_000);
     if !(now - YEAR_MS..=now).contains(&since) {
         return Err(ApiError::BadRequest("since must be within the last year, and not in the future".into()));
     }
