@@ -68,7 +68,8 @@ fn first_scalar_in(map: &Map<String, Value>, pointers: &[String]) -> Option<Stri
     })
 }
 
-fn scalar(v: &Value) -> Option<String> {
+/// A non-empty string (trimmed) or a number, as text: what an id or a type can be.
+pub fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
         Value::Number(n) => Some(n.to_string()),

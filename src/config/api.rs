@@ -180,18 +180,10 @@ impl ApiConfig {
 impl ApiList {
     /// The item id a received event carries, by the list's `match` pointers.
     pub fn matched_id(&self, data: &Value) -> Option<String> {
-        self.matches.iter().find_map(|p| scalar(data.pointer(p)?))
+        self.matches.iter().find_map(|p| crate::event::scalar(data.pointer(p)?))
     }
 }
 
-/// A non-empty string (trimmed) or a number, as text.
-pub fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
 
 /// Checks `[sources.NAME.api]`; every problem goes to `problem`.
 pub(super) fn validate_api(

@@ -17,7 +17,7 @@ mod lines;
 mod raw;
 mod validate;
 
-pub use api::{bundled_template, scalar, ApiConfig, ApiList};
+pub use api::{bundled_template, ApiConfig, ApiList};
 use interpolate::{interpolate_value, toml_message};
 pub use lines::line_of;
 use raw::RawConfig;

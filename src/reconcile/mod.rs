@@ -427,7 +427,7 @@ async fn judge(
             "mapping: the item is not a JSON object".into(),
         )));
     }
-    let Some(item_id) = item.pointer(&list.id).and_then(crate::config::scalar) else {
+    let Some(item_id) = item.pointer(&list.id).and_then(crate::event::scalar) else {
         return Ok(Some(missing(
             crate::event::content_key(item),
             now,
