@@ -349,20 +349,11 @@ pub(super) fn validate_api(
 /// `+01:00`, `-05:30`, `Z`.
 fn parse_offset(text: &str) -> Option<time::UtcOffset> {
     let t = text.trim();
-    if t.eq_ignore_ascii_case("z") || t == "+00:00" || t == "-00:00" {
+    if t.eq_ignore_ascii_case("z") {
         return Some(time::UtcOffset::UTC);
     }
-    let sign = match t.chars().next()? {
-        '+' => 1,
-        '-' => -1,
-        _ => return None,
-    };
-    let (h, m) = t.get(1..)?.split_once(':')?;
-    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
-    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
-        return None;
-    }
-    time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
+    let format = time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]");
+    time::UtcOffset::parse(t, &format).ok().filter(|o| o.whole_hours().abs() <= 14)
 }
 
 #[cfg(test)]
