@@ -696,10 +696,9 @@ impl Store {
         match self.open_text(column, value) {
             Ok(v) => v,
             Err(e) => {
-                static SAID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-                let now = crate::event::now_ms();
-                if now - SAID.load(std::sync::atomic::Ordering::Relaxed) > 60_000 {
-                    SAID.store(now, std::sync::atomic::Ordering::Relaxed);
+                static SAID: crate::telemetry::LogLimiter =
+                    crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60));
+                if SAID.should_log(crate::event::now_ms()) {
                     tracing::error!(column, error = %e, "a stored value cannot be opened with the configured keys; shown as unreadable");
                 }
                 unreadable(column, &e)
