@@ -143,7 +143,8 @@ pub struct SeenEvent {
     pub received_at: i64,
 }
 
-fn n(v: i64) -> u64 {
+/// A count read from the database (never negative).
+pub(super) fn n(v: i64) -> u64 {
     v.max(0) as u64
 }
 

@@ -6,6 +6,7 @@
 use rusqlite::params;
 use serde::Serialize;
 
+use super::reconcile::n;
 use super::{Backend, Store, StoreError, ERROR, PAYLOAD};
 use crate::event::rfc3339;
 
@@ -75,9 +76,6 @@ pub struct RouteAttempts {
     pub last_failure: Option<i64>,
 }
 
-fn n(v: i64) -> u64 {
-    v.max(0) as u64
-}
 
 /// Rows scanned at most for one page when the error filter leaves most of them out.
 const SCAN_CAP: usize = 20_000;
