@@ -184,7 +184,6 @@ impl ApiList {
     }
 }
 
-
 /// Checks `[sources.NAME.api]`; every problem goes to `problem`.
 pub(super) fn validate_api(
     raw: RawApi,

@@ -76,7 +76,6 @@ pub struct RouteAttempts {
     pub last_failure: Option<i64>,
 }
 
-
 /// Rows scanned at most for one page when the error filter leaves most of them out.
 const SCAN_CAP: usize = 20_000;
 

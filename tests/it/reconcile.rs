@@ -667,3 +667,43 @@ async fn a_run_that_cannot_read_the_api_alerts_without_leaking_the_key() {
     assert_eq!(view["sources"][0]["last_run"]["state"], "failed", "{view}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_reconcile_endpoints_refuse_hostile_parameters_by_name() {
+    let (lb, url) = start_learnybox();
+    *lb.transactions.lock().unwrap() = Vec::new();
+    let app = spawn_app_with(TestConfig { source_extra: api_table(&url, ""), ..Default::default() }).await;
+    for (method, path, why) in [
+        ("GET", "/api/reconcile?days=0", "between 1 and 400"),
+        ("GET", "/api/reconcile?days=401", "between 1 and 400"),
+        ("GET", "/api/reconcile?days=99999999999999", "number too large"),
+        ("GET", "/api/reconcile?dayz=3", "unknown field"),
+        ("POST", "/api/reconcile?since=soon", "not a duration"),
+        ("POST", "/api/reconcile?since=30s", "between 1m and 366days"),
+        ("POST", "/api/reconcile?since=300days", "store.retention"),
+        ("POST", "/api/reconcile?source=learnybx", "has no [sources.learnybx.api]"),
+        ("POST", "/api/reconcile?source=learnybox&dry-run=true", "unknown field"),
+    ] {
+        let req = if method == "GET" {
+            app.client.get(format!("{}{path}", app.admin))
+        } else {
+            app.client.post(format!("{}{path}", app.admin))
+        };
+        let resp = req.bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{method} {path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(why), "{method} {path}: {text}");
+    }
+    assert_eq!(app.admin_get("/api/reconcile?days=400").await.status(), 200);
+    app.stop().await;
+}
+
+#[test]
+fn a_wrong_store_sync_is_refused() {
+    let text = "[store]\nsync = \"fast\"\n[sources.s]\nsecret_keys = [\"k\"]\n";
+    let err = lbx_relay::config::Config::from_toml(text, std::path::Path::new("routes.toml"), &|_| None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("store.sync") && err.contains("\"fast\""), "{err}");
+}
