@@ -32,6 +32,16 @@ fn refund(id: &str, email: &str, tx: &str) -> Value {
 }
 
 /// Sends `events` in order, each delivered before the next.
+/// Ann signs up then leaves the list; Bob signs up then marks a message as spam.
+fn ann_unsubscribes_bob_complains() -> Vec<Value> {
+    vec![
+        contact_event("c1", "ann@example.com"),
+        unsubscribe("u1", "ann@example.com"),
+        contact_event("c2", "bob@example.com"),
+        spam("s1", "bob@example.com"),
+    ]
+}
+
 async fn send_all(relay: &Relay, events: &[Value]) {
     for (n, e) in events.iter().enumerate() {
         relay.send(e).await;
@@ -141,17 +151,9 @@ async fn brevo(api: &Vendor, extra: &[(&str, &str)]) -> Relay {
 async fn brevo_an_unsubscribe_leaves_the_list_and_spam_blocklists() {
     let api = Vendor::new("brevo");
     let relay = brevo(&api, &[]).await;
-    send_all(
-        &relay,
-        &[
-            contact_event("c1", "ann@example.com"),
-            unsubscribe("u1", "ann@example.com"),
-            contact_event("c2", "bob@example.com"),
-            spam("s1", "bob@example.com"),
-            unsubscribe("u2", "nobody@example.com"),
-        ],
-    )
-    .await;
+    let mut events = ann_unsubscribes_bob_complains();
+    events.push(unsubscribe("u2", "nobody@example.com"));
+    send_all(&relay, &events).await;
     let world = api.world.lock().unwrap();
     let ann = &world.contacts["ann@example.com"];
     assert_eq!((&ann["lists"], &ann["emailBlacklisted"]), (&json!([]), &json!(false)), "{ann}");
@@ -235,16 +237,7 @@ async fn salesforce(api: &Vendor, scope: Option<&str>) -> Relay {
 async fn salesforce_an_unsubscribe_is_recorded_without_email_opt_out_and_spam_opts_out() {
     let api = Vendor::new("salesforce");
     let relay = salesforce(&api, None).await;
-    send_all(
-        &relay,
-        &[
-            contact_event("c1", "ann@example.com"),
-            unsubscribe("u1", "ann@example.com"),
-            contact_event("c2", "bob@example.com"),
-            spam("s1", "bob@example.com"),
-        ],
-    )
-    .await;
+    send_all(&relay, &ann_unsubscribes_bob_complains()).await;
     let world = api.world.lock().unwrap();
     let ann = &world.contacts["ann@example_com"];
     assert!(ann.get("HasOptedOutOfEmail").is_none(), "{ann}");
