@@ -13,7 +13,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AlertFormat, AlertsConfig};
-use crate::event::now_ms;
 use crate::housekeeping::Upkeep;
 
 /// Notifications suppressed by `repeat_after` (counted, then said with the next message).
@@ -421,8 +420,13 @@ pub enum AlertError {
     Answered(reqwest::StatusCode),
 }
 
-/// Posts one notice; the error says why it was not delivered.
-pub async fn send(client: &reqwest::Client, cfg: &AlertsConfig, notice: &Notice) -> Result<(), AlertError> {
+/// Posts one notice, said at `now` (Unix ms); the error says why it was not delivered.
+pub async fn post_notice(
+    client: &reqwest::Client,
+    cfg: &AlertsConfig,
+    notice: &Notice,
+    now: i64,
+) -> Result<(), AlertError> {
     let text = if notice.state == "resolved" {
         format!("✅ lbx-relay: {}", notice.text)
     } else {
@@ -434,7 +438,7 @@ pub async fn send(client: &reqwest::Client, cfg: &AlertsConfig, notice: &Notice)
         AlertFormat::Slack => json!({ "text": text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;") }),
         AlertFormat::Json => json!({
             "source": "lbx-relay", "kind": notice.kind, "key": notice.key, "state": notice.state,
-            "text": notice.text, "at": crate::event::rfc3339(now_ms()),
+            "text": notice.text, "at": crate::event::rfc3339(now),
         }),
     };
     let resp = client
@@ -463,7 +467,7 @@ pub async fn run(upkeep: Upkeep, alerts: std::sync::Arc<Alerts>, client: reqwest
         }
         let Some(cfg) = cfg else { continue };
         for notice in alerts.evaluate(&upkeep, &cfg, upkeep.clock.now_ms()).await {
-            if let Err(e) = send(&client, &cfg, &notice).await {
+            if let Err(e) = post_notice(&client, &cfg, &notice, upkeep.clock.now_ms()).await {
                 let error = crate::telemetry::Chain(&e).to_string();
                 tracing::warn!(kind = notice.kind, error = %upkeep.runtime.load().config.secrets.mask(&error), "alert not sent");
             }

@@ -10,119 +10,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::Alerts;
 use crate::clock::Clock;
-use crate::delivery::{worker, DeliveryContext};
-use crate::housekeeping::{self, Silence, Upkeep};
+use crate::delivery::worker;
+use crate::housekeeping;
 use crate::http;
-use crate::ingest::IngestContext;
-use crate::runtime::{LiveRuntime, Runtime};
+use crate::relay::Relay;
+use crate::runtime::Runtime;
 use crate::store::Store;
-
-/// The running relay: each part's context, wired together here and nowhere else, plus what only
-/// the HTTP edge uses. Ingest, delivery and upkeep each see only their own context.
-pub struct Relay {
-    pub store: Store,
-    runtime: LiveRuntime,
-    /// Decrypt, dedup, route, store, hand over.
-    pub ingest: Arc<IngestContext>,
-    /// Claim, send, settle.
-    pub delivery: Arc<DeliveryContext>,
-    /// Silence checks, gauges, the retention purge and `[alerts]`.
-    pub upkeep: Upkeep,
-    /// Signals for `[alerts]`.
-    pub alerts: Arc<Alerts>,
-    /// Slows down repeated wrong admin tokens.
-    pub auth_failures: http::AuthThrottle,
-    /// Requests to hook URLs of sources that are not configured.
-    pub unknown_hooks: http::public::UnknownHooks,
-    /// Clients of Learnybox's API (reconciliation), shared by the schedule and the admin API.
-    pub reconcile_clients: Arc<crate::reconcile::Clients>,
-    /// Sealed values the configured keys do not open, found at start (`/readyz` says them).
-    pub key_problems: Vec<String>,
-    /// Requests in progress per client address on the public listener.
-    pub per_ip: Arc<http::per_ip::InFlight>,
-    /// Says "an address is over its cap" once a minute at most.
-    pub per_ip_log: crate::telemetry::LogLimiter,
-}
-
-impl Relay {
-    /// Wires the parts for `runtime` on `store`; every part reads "now" from `clock` (the system's
-    /// in production; tests drive retry and lease times with a manual one).
-    pub fn new(runtime: Runtime, store: Store, clock: Clock) -> Relay {
-        let runtime = LiveRuntime::new(runtime);
-        let alerts = Arc::new(Alerts::default());
-        let silence = Arc::new(Silence::new(clock.now_ms()));
-        let delivery = Arc::new(DeliveryContext::new(store.clone(), runtime.clone(), alerts.clone(), clock.clone()));
-        let coverage = Arc::new(crate::coverage::Coverage::default());
-        let ingest = Arc::new(IngestContext::new(delivery.clone(), silence.clone(), coverage.clone()));
-        let upkeep = Upkeep { store: store.clone(), runtime: runtime.clone(), silence, clock, coverage };
-        Relay {
-            store,
-            runtime,
-            ingest,
-            delivery,
-            upkeep,
-            alerts,
-            auth_failures: http::AuthThrottle::default(),
-            unknown_hooks: Default::default(),
-            reconcile_clients: Default::default(),
-            key_problems: Vec::new(),
-            per_ip: Default::default(),
-            per_ip_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
-        }
-    }
-
-    /// The configuration in force now.
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load()
-    }
-
-    /// Puts a new configuration in force; work already started keeps the old one.
-    pub fn replace_runtime(&self, runtime: Runtime) {
-        self.runtime.replace(runtime);
-    }
-
-    /// Re-reads the config file in force (`POST /api/reload`, SIGHUP) and puts it in force, or
-    /// keeps the running one and returns every problem. A config `check` would reject is refused.
-    pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
-        let old = self.runtime();
-        let path = old.config.path.clone();
-        let rt = crate::preflight::load(&path).inspect_err(|problems| {
-            tracing::error!(config = %path.display(), problems = %problems.join("; "), "reload refused; the running configuration is kept");
-        })?;
-        let mut needs_restart = Vec::new();
-        if rt.config.server.listen != old.config.server.listen {
-            needs_restart.push("server.listen");
-        }
-        if rt.config.server.admin_listen != old.config.server.admin_listen {
-            needs_restart.push("server.admin_listen");
-        }
-        if rt.config.store.backend != old.config.store.backend {
-            needs_restart.push("store.url");
-        }
-        if !needs_restart.is_empty() {
-            tracing::warn!(
-                settings = %needs_restart.join(", "),
-                "changed settings take effect at the next restart; the running ones are kept until then"
-            );
-        }
-        let routes = rt.config.routes.len();
-        self.replace_runtime(rt);
-        // A reload is the operator's "try again now": pauses held by a CRM's answer are lifted.
-        self.delivery.gates.unpause_all();
-        tracing::info!(config = %path.display(), routes, "configuration reloaded");
-        Ok(Reloaded { routes, needs_restart })
-    }
-}
-
-/// What a reload put in force.
-#[derive(Debug, serde::Serialize)]
-pub struct Reloaded {
-    pub routes: usize,
-    /// Changed settings that only a restart applies (listen addresses, the store).
-    pub needs_restart: Vec<&'static str>,
-}
 
 pub struct Application {
     relay: Arc<Relay>,
@@ -160,8 +54,9 @@ impl Application {
             TcpListener::bind(&admin_listen).with_context(|| format!("binding server.admin_listen {admin_listen}"))?;
         let public_addr = public_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let public = http::public_server(relay.clone(), public_listener)?;
-        let admin = http::admin_server(relay.clone(), admin_listener)?;
+        let edge = Arc::new(http::Edge::default());
+        let public = http::public_server(relay.ingest.clone(), edge.clone(), public_listener)?;
+        let admin = http::admin_server(relay.clone(), edge, admin_listener)?;
         Ok(Application { relay, public, admin, public_addr, admin_addr })
     }
 

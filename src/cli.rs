@@ -32,7 +32,8 @@ macro_rules! out {
         }
     }};
 }
-use crate::preflight::{self, event_from_json};
+use crate::clock::Clock;
+use crate::preflight;
 
 #[derive(Parser, Debug)]
 #[command(name = "lbx-relay", version, about = "Relay encrypted Learnybox webhooks to CRMs, durably")]
@@ -314,9 +315,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 reconcile(&config.config, since.as_deref(), dry_run, source.as_deref(), json).await
             }
             Command::Init { connector, dir } => init(&dir, connector.as_deref()),
-            Command::BaselineServer { listen } => {
-                crate::bench::baseline_server(&listen).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::BaselineServer { listen } => baseline_server(&listen).await,
             Command::SendTest {
                 secret,
                 url,
@@ -370,7 +369,7 @@ fn read_input(file: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
-    let runtime = preflight::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let runtime = preflight::load(path, Clock::system().now_ms()).map_err(|p| anyhow!("{}", p.join("\n")))?;
     for line in preflight::summary(&runtime.config) {
         tracing::info!("{line}");
     }
@@ -431,7 +430,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     for w in preflight::warnings(&rt.config) {
         out!("warning: {w}");
     }
-    let report = preflight::render_samples(&rt)?;
+    let report = preflight::render_samples(&rt, Clock::system().now_ms())?;
     for note in &report.notes {
         out!("note: {note}");
     }
@@ -493,7 +492,7 @@ async fn alert_test(path: &Path) -> anyhow::Result<ExitCode> {
         state: "firing",
         text: "a test notification (lbx-relay alert-test): alerts reach this channel".into(),
     };
-    crate::alerts::send(&crate::proxy::client_builder().build()?, cfg, &notice)
+    crate::alerts::post_notice(&crate::proxy::client_builder().build()?, cfg, &notice, Clock::system().now_ms())
         .await
         .map_err(|e| anyhow!(rt.config.secrets.mask(&crate::telemetry::Chain(&e).to_string())))?;
     out!("test alert sent");
@@ -554,7 +553,7 @@ async fn reconcile(
     let since = since.map(crate::reconcile::parse_since).transpose().map_err(|e| anyhow!(e))?;
     let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
-    let relay = crate::app::Relay::new(rt, store, crate::clock::Clock::system());
+    let relay = crate::relay::Relay::new(rt, store, Clock::system());
     let sources = crate::reconcile::sources(&relay.ingest, source)?;
     let stop = tokio_util::sync::CancellationToken::new();
     {
@@ -699,7 +698,7 @@ fn render(
     })?;
     let value: serde_json::Value =
         serde_json::from_slice(&read_input(event_file)?).with_context(|| format!("{event_file}: not valid JSON"))?;
-    let event = event_from_json(&rt, value)?;
+    let event = rt.event_from_json(value, Clock::system().now_ms())?;
     let have_answers = answers.is_some();
     let answers: serde_json::Value = match answers {
         Some(file) => serde_json::from_slice(&std::fs::read(file).with_context(|| format!("reading {file}"))?)
@@ -712,7 +711,7 @@ fn render(
             route.name, route.events, event.kind
         );
     }
-    let ctx = TemplateContext::new(&event, &route.vars, "render-preview").with_steps(&answers);
+    let ctx = TemplateContext::new(&event, &route.vars, "render-preview").with_steps(&answers).at(event.received_at);
     if !rt.templates.condition_holds(route, &ctx)? {
         eprintln!("note: the route's `when` condition is false for this event; it would not be sent");
     }
@@ -740,14 +739,8 @@ fn render(
                 from_env: true,
             });
         }
-        let headers: serde_json::Map<String, serde_json::Value> = req
-            .headers
-            .iter()
-            .map(|h| {
-                let v = if h.from_env { "***".to_string() } else { h.value.expose_secret().to_string() };
-                (h.name.clone(), serde_json::Value::String(v))
-            })
-            .collect();
+        let headers: serde_json::Map<String, serde_json::Value> =
+            req.headers.iter().map(|h| (h.name.clone(), serde_json::Value::String(h.shown()))).collect();
         let body = if req.body.is_empty() {
             serde_json::Value::Null
         } else {
@@ -825,7 +818,7 @@ async fn send_test(
             (Some(f), Some(id)) => f.newest(&client, id).await?,
             _ => None,
         };
-        let sent_at = crate::event::now_ms();
+        let sent_at = Clock::system().now_ms();
         let kind = serde_json::from_slice::<serde_json::Value>(&plaintext)
             .ok()
             .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
@@ -932,6 +925,27 @@ fn samples_leave_this_machine(url: &str, config: &Path) -> Option<String> {
     ))
 }
 
+/// Said by `bench` and `baseline-server` in a build without the load tool.
+#[cfg(not(feature = "bench"))]
+const NO_BENCH: &str =
+    "this build has no load tool: build it with `cargo build --release --features bench` (or `cargo run --release --features bench -- bench …`)";
+
+#[cfg(not(feature = "bench"))]
+async fn bench(_: BenchArgs) -> anyhow::Result<ExitCode> {
+    bail!(NO_BENCH)
+}
+
+#[cfg(not(feature = "bench"))]
+async fn baseline_server(_: &str) -> anyhow::Result<ExitCode> {
+    bail!(NO_BENCH)
+}
+
+#[cfg(feature = "bench")]
+async fn baseline_server(listen: &str) -> anyhow::Result<ExitCode> {
+    crate::bench::baseline_server(listen).await.map(|()| ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "bench")]
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let secret = if args.url.is_some() { Some(args.secret.get()?.expose_secret().to_string()) } else { None };
     let opts = crate::bench::BenchOptions {

@@ -9,9 +9,7 @@ use serde::Serialize;
 use crate::event::rfc3339;
 use crate::store::{AttemptOutcome, Store, StoreError};
 
-/// Attempts counted (or read, for the series) for one answer at most, newest first; older ones are
-/// left out.
-pub const MAX_ATTEMPTS_READ: u32 = 200_000;
+use crate::store::triage::MAX_ATTEMPTS_READ;
 const HOUR_MS: i64 = 3_600_000;
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -317,7 +315,7 @@ pub fn field_coverage(
 fn fields_in_samples(rt: &crate::runtime::Runtime) -> BTreeMap<String, std::collections::BTreeSet<String>> {
     let samples = crate::preflight::sample_events(&rt.config.dir).unwrap_or_default();
     let events: Vec<crate::event::Event> =
-        samples.into_iter().filter_map(|(_, s)| crate::preflight::event_from_json(rt, s).ok()).collect();
+        samples.into_iter().filter_map(|(_, s)| rt.event_from_json(s, 0).ok()).collect();
     rt.fields
         .iter()
         .map(|(route, fields)| {
@@ -329,7 +327,7 @@ fn fields_in_samples(rt: &crate::runtime::Runtime) -> BTreeMap<String, std::coll
                 .filter(|f| {
                     mine.iter().any(|data| {
                         std::iter::once(&f.path).chain(&f.alternatives).any(|p| {
-                            crate::lint::resolve(data, p)
+                            crate::fields::resolve(data, p)
                                 .is_some_and(|v| !v.as_str().is_some_and(|s| s.trim().is_empty()))
                         })
                     })

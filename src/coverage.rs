@@ -8,23 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use serde::Serialize;
 use serde_json::Value;
 
-use crate::lint::Field;
+use crate::fields::Field;
 
-/// A field absent from this many of a route's latest events in a row is said (log, alert).
-pub const DEFAULT_ALERT_AFTER: u64 = 20;
+pub use crate::config::DEFAULT_FIELD_ABSENT_AFTER as DEFAULT_ALERT_AFTER;
 
-/// How one field fared on a route's real events.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub present: u64,
-    pub empty: u64,
-    pub absent: u64,
-    /// Absent in this many of the route's latest events in a row.
-    pub absent_streak: u64,
-}
+pub use crate::store::Counts;
 
 /// A field just found absent in the `streak` latest events of `route`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +63,7 @@ impl Coverage {
         for f in fields {
             // Present when the path or an alternative has a value; empty when one exists, blank.
             let (mut present, mut seen_empty) = (false, false);
-            for v in std::iter::once(&f.path).chain(&f.alternatives).filter_map(|p| crate::lint::resolve(data, p)) {
+            for v in std::iter::once(&f.path).chain(&f.alternatives).filter_map(|p| crate::fields::resolve(data, p)) {
                 if is_empty(v) {
                     seen_empty = true;
                 } else {
@@ -99,7 +89,7 @@ impl Coverage {
                         route: route.to_string(),
                         path: f.path.clone(),
                         streak: c.absent_streak,
-                        nearest: crate::lint::nearest(&f.path, data),
+                        nearest: crate::fields::nearest(&f.path, data),
                     });
                 }
             }

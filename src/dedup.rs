@@ -1,6 +1,7 @@
 //! The fast path of deduplication: a bounded moka cache of (source, event id) pairs seen within
 //! their source's `dedup_window`, in front of the store's unique key (which alone is authoritative
-//! across restarts and replicas).
+//! across restarts and replicas). Whether a key is still live is read against the "now" the
+//! caller passes (the relay's clock); the cache's own expiry only bounds its memory.
 
 use std::time::{Duration, Instant};
 
@@ -10,16 +11,24 @@ use moka::Expiry;
 /// Entries kept at most; older ones fall back to the store's check.
 const CAPACITY: u64 = 50_000;
 
+/// An accepted key: live until `until` (Unix ms), dropped from memory after `window`.
+#[derive(Clone, Copy)]
+struct Live {
+    until: i64,
+    window: Duration,
+}
+
 struct WindowExpiry;
 
-impl Expiry<(String, String), Duration> for WindowExpiry {
-    fn expire_after_create(&self, _key: &(String, String), window: &Duration, _at: Instant) -> Option<Duration> {
-        Some(*window)
+impl Expiry<(String, String), Live> for WindowExpiry {
+    fn expire_after_create(&self, _key: &(String, String), live: &Live, _at: Instant) -> Option<Duration> {
+        // Capped, so no configured window can overflow the cache's own time arithmetic.
+        Some(live.window.min(Duration::from_secs(400 * 24 * 3600)))
     }
 }
 
 pub struct Dedup {
-    seen: Cache<(String, String), Duration>,
+    seen: Cache<(String, String), Live>,
 }
 
 impl std::fmt::Debug for Dedup {
@@ -35,14 +44,15 @@ impl Default for Dedup {
 }
 
 impl Dedup {
-    /// Whether this process has already accepted (source, key) within its window.
-    pub fn seen(&self, source: &str, key: &str) -> bool {
-        self.seen.contains_key(&(source.to_string(), key.to_string()))
+    /// Whether this process has accepted (source, key) within its window, at `now` (Unix ms).
+    pub fn seen(&self, source: &str, key: &str, now: i64) -> bool {
+        self.seen.get(&(source.to_string(), key.to_string())).is_some_and(|live| live.until > now)
     }
 
-    /// Records (source, key) as accepted for `window`.
-    pub fn remember(&self, source: &str, key: &str, window: Duration) {
-        self.seen.insert((source.to_string(), key.to_string()), window);
+    /// Records (source, key) as accepted at `now` (Unix ms) for `window`.
+    pub fn remember(&self, source: &str, key: &str, window: Duration, now: i64) {
+        let until = now.saturating_add(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        self.seen.insert((source.to_string(), key.to_string()), Live { until, window });
     }
 }
 
@@ -53,12 +63,16 @@ mod tests {
     #[test]
     fn keys_are_remembered_per_source_until_their_window_ends() {
         let d = Dedup::default();
-        d.remember("a", "1", Duration::from_secs(60));
-        d.remember("a", "2", Duration::from_millis(1));
-        assert!(d.seen("a", "1"));
-        assert!(!d.seen("b", "1"));
-        std::thread::sleep(Duration::from_millis(20));
-        d.seen.run_pending_tasks();
-        assert!(!d.seen("a", "2"));
+        let now = 1_700_000_000_000;
+        d.remember("a", "1", Duration::from_secs(60), now);
+        d.remember("a", "2", Duration::from_millis(1), now);
+        assert!(d.seen("a", "1", now));
+        assert!(d.seen("a", "2", now));
+        assert!(!d.seen("b", "1", now), "per source");
+        assert!(!d.seen("a", "2", now + 1), "its window ended");
+        assert!(d.seen("a", "1", now + 59_999));
+        assert!(!d.seen("a", "1", now + 60_000));
+        d.remember("a", "3", Duration::MAX, now);
+        assert!(d.seen("a", "3", i64::MAX - 1), "a huge window does not overflow");
     }
 }

@@ -154,6 +154,15 @@ impl Email {
     }
 }
 
+/// Where a contact's e-mail usually sits in a Learnybox event's data.
+const CONTACT_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/data/email", "/email"];
+
+/// The contact's address in an event's data, where Learnybox events usually carry it, when it
+/// is an address by [`Email::parse`] (as written, not lower-cased).
+pub fn contact_in(data: &serde_json::Value) -> Option<&str> {
+    CONTACT_POINTERS.iter().find_map(|p| data.pointer(p).and_then(|v| v.as_str())).filter(|e| Email::parse(e).is_ok())
+}
+
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -102,8 +102,9 @@ pub async fn refresh_gauges(upkeep: &Upkeep) {
 /// Deletes fully delivered events older than `store.retention`.
 pub async fn purge(upkeep: &Upkeep) -> Result<u64, crate::store::StoreError> {
     let retention = upkeep.runtime.load().config.store.retention;
-    let before = upkeep.clock.now_ms() - retention.as_millis() as i64;
-    let n = upkeep.store.purge(before).await?;
+    let now = upkeep.clock.now_ms();
+    let before = now - retention.as_millis() as i64;
+    let n = upkeep.store.purge(before, now).await?;
     // Reconciliation's verdicts and runs are kept as long as events.
     upkeep.store.reconcile_purge(before).await?;
     if n > 0 {

@@ -1,6 +1,7 @@
 //! `accept()`: one webhook body from decryption to a committed event — decrypt (or quarantine),
 //! parse, deduplicate, match routes, then store the event and its deliveries in one transaction.
-//! The HTTP handler, quarantine reprocessing and the CLI all go through here.
+//! The HTTP handler and quarantine reprocessing go through `accept`; reconciliation, which has
+//! its events already decrypted, through `store_event`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use crate::clock::Clock;
 use crate::crypto::{self, DecryptError, Sealed};
 use crate::dedup::Dedup;
 use crate::delivery::handoff::Place;
-use crate::delivery::DeliveryContext;
+use crate::delivery::{DeliveryContext, Producer};
 use crate::event::{new_id, Event};
 use crate::housekeeping::Silence;
 use crate::runtime::{LiveRuntime, Runtime};
@@ -36,7 +37,7 @@ pub struct IngestContext {
     /// Where quarantined bodies are signalled for `[alerts]`.
     pub alerts: Arc<Alerts>,
     /// Where stored deliveries go: handed to idle workers, or the workers are woken.
-    pub delivery: Arc<DeliveryContext>,
+    pub queue: Producer,
     /// "Now" for arrival times and hand-off leases (the delivery side's clock).
     pub clock: Clock,
     /// Field coverage of each route on the events it takes.
@@ -59,7 +60,7 @@ impl IngestContext {
             alerts: delivery.alerts.clone(),
             clock: delivery.clock.clone(),
             coverage,
-            delivery,
+            queue: Producer::new(delivery),
         }
     }
 }
@@ -100,13 +101,12 @@ impl Handed {
 /// Leases the deliveries the local workers have room for (unordered ones, of routes open now),
 /// to be handed to them straight after the commit instead of being found again by a claim.
 fn hand_over(ctx: &IngestContext, deliveries: &mut [NewDelivery]) -> Vec<Handed> {
-    let open: Vec<bool> =
-        deliveries.iter().map(|d| d.order_key.is_none() && !ctx.delivery.gates.is_closed(&d.route)).collect();
-    let mut places = ctx.delivery.handoff.reserve(open.iter().filter(|o| **o).count());
+    let open: Vec<bool> = deliveries.iter().map(|d| d.order_key.is_none() && ctx.queue.is_open(&d.route)).collect();
+    let mut places = ctx.queue.reserve(open.iter().filter(|o| **o).count());
     if places.is_empty() {
         return Vec::new();
     }
-    let lease = Lease { token: new_id(), until: ctx.clock.now_ms() + ctx.delivery.lease().as_millis() as i64 };
+    let lease = Lease { token: new_id(), until: ctx.queue.lease_until(ctx.clock.now_ms()) };
     let mut handed = Vec::with_capacity(places.len());
     for (d, _) in deliveries.iter_mut().zip(open).filter(|(_, open)| *open) {
         let Some(place) = places.pop() else { break };
@@ -163,17 +163,9 @@ pub enum IngestError {
     Unavailable(#[from] StoreError),
 }
 
-/// Where a contact's e-mail usually sits, for the (masked) log line.
-const EMAIL_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/data/email", "/email"];
-
 /// The contact's e-mail address, where Learnybox events usually carry it.
 pub fn contact_email(event: &Event) -> Option<&str> {
-    contact_email_in(&event.data)
-}
-
-/// The same in an event's data.
-pub fn contact_email_in(data: &serde_json::Value) -> Option<&str> {
-    EMAIL_POINTERS.iter().find_map(|p| data.pointer(p).and_then(|v| v.as_str())).filter(|e| e.contains('@'))
+    crate::email::contact_in(&event.data)
 }
 
 /// The value of an `X-…-Iv` header, if any.
@@ -337,7 +329,7 @@ fn age(rt: &Runtime, event: &Event) -> Age {
 /// Counts the fields each route that took this stored event reads; a field absent from a route's
 /// latest N events is logged and alerted.
 fn observe_fields(ctx: &IngestContext, rt: &Runtime, routes: &[String], data: &serde_json::Value) {
-    let after = rt.config.alerts.as_ref().map_or(crate::coverage::DEFAULT_ALERT_AFTER, |a| a.field_absent_after);
+    let after = rt.config.alerts.as_ref().map_or(crate::config::DEFAULT_FIELD_ABSENT_AFTER, |a| a.field_absent_after);
     for route in routes {
         let Some(fields) = rt.fields.get(route) else { continue };
         for d in ctx.coverage.observe(route, fields, data, after) {
@@ -380,8 +372,9 @@ pub async fn store_event(
     provenance: Provenance,
 ) -> Result<Outcome, IngestError> {
     let window = provenance.dedup_for;
-    if ctx.dedup.seen(&event.source, &event.key)
-        || provenance.alias.as_ref().is_some_and(|alias| ctx.dedup.seen(&event.source, alias))
+    let now = event.received_at;
+    if ctx.dedup.seen(&event.source, &event.key, now)
+        || provenance.alias.as_ref().is_some_and(|alias| ctx.dedup.seen(&event.source, alias, now))
     {
         tracing::debug!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate (cache)");
         return Ok(Outcome::Duplicate);
@@ -428,7 +421,7 @@ pub async fn store_event(
         contacts: None,
     };
     let outcome = ctx.store.ingest(new).await?;
-    ctx.dedup.remember(&event.source, &event.key, window);
+    ctx.dedup.remember(&event.source, &event.key, window, now);
     let contact =
         contact_email(&event).map(|email| if rt.config.server.log_pii { email.to_string() } else { mask_email(email) });
     match outcome {
@@ -450,7 +443,7 @@ pub async fn store_event(
                 }
             }
             if !all_handed {
-                ctx.delivery.wake.notify_one();
+                ctx.queue.wake();
             }
             Ok(Outcome::Stored { event_id: event.id, deliveries: count })
         }

@@ -2,23 +2,28 @@
 //! the CRM and automation APIs its routes name, with retries, deduplication and replay.
 //!
 //! # Layout
-//! The modules follow a request through the relay:
-//! - [`http`] receives (`POST /hooks/{source}`) and serves the admin API;
+//! The modules follow a request through the relay, and import one another without cycles
+//! (`tests/it/architecture.rs` checks it; README's "Architecture" draws the layers):
+//! - [`http`] receives (`POST /hooks/{source}`, given only the ingest context) and serves the
+//!   admin API (given the wired [`relay::Relay`]);
 //! - [`ingest`] runs one body through [`crypto`] (envelope detection, AES-256-CBC), [`event`]
-//!   (type and id), [`dedup`], [`routing`] and into the [`store`] in one transaction, seeing only
-//!   its `IngestContext`;
+//!   (type and id), [`dedup`], [`routing`] and into the [`store`] in one transaction, then hands
+//!   the new deliveries to delivery's [`delivery::Producer`];
 //! - [`delivery`] workers claim stored deliveries, render them with [`templates`], send them and
 //!   settle the outcome, seeing only the `DeliveryContext`;
-//! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`app`] wires the
-//!   parts' contexts (and only it does), [`clock`] is where every part reads "now",
-//!   [`cli`] is the command line, [`preflight`] what `check` reports and `serve` refuses,
-//!   [`telemetry`] the logs and metrics, and [`housekeeping`] the silence alert, gauges and
-//!   retention purge; [`rate_window`] is the sliding window both the delivery gates and the
-//!   PostgreSQL store use; [`reconcile`] compares Learnybox's API with the events received and
-//!   recovers the missing ones through ingest; [`bench`](mod@bench) is the load tool.
+//! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`relay`] wires the
+//!   parts' contexts (and only it does), [`app`] binds and serves them, [`clock`] is where every
+//!   part reads "now" (and the only module that reads the system time), [`cli`] is the command
+//!   line, [`preflight`] what `check` reports and `serve` refuses, [`fields`] the payload fields a
+//!   route reads, [`telemetry`] the logs and metrics, [`housekeeping`] the silence alert, gauges
+//!   and retention purge, [`alerts`] the `[alerts]` webhook; [`rate_window`] is the sliding
+//!   window both the delivery gates and the PostgreSQL store use; [`reconcile`] compares
+//!   Learnybox's API with the events received and recovers the missing ones through ingest; the
+//!   load tool (`bench`) is built only with the `bench` feature.
 
 pub mod alerts;
 pub mod app;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod clock;
@@ -31,6 +36,7 @@ pub mod delivery;
 pub mod email;
 pub mod erasure;
 pub mod event;
+pub mod fields;
 pub mod follow;
 pub mod housekeeping;
 pub mod http;
@@ -41,6 +47,7 @@ pub mod preflight;
 pub mod proxy;
 pub mod rate_window;
 pub mod reconcile;
+pub mod relay;
 pub mod routing;
 pub mod runtime;
 pub mod secrets;

@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 
 use crate::config::{Config, RouteConfig};
-use crate::event::{now_ms, Event};
+use crate::event::Event;
 use crate::runtime::Runtime;
 use crate::templates::TemplateContext;
 
@@ -48,15 +48,8 @@ pub fn sample_events(config_dir: &Path) -> anyhow::Result<Vec<(String, serde_jso
     Ok(out)
 }
 
-/// An event as the first source of `rt` would make it from a decrypted `value`.
-pub fn event_from_json(rt: &Runtime, value: serde_json::Value) -> anyhow::Result<Event> {
-    let serde_json::Value::Object(map) = value else { bail!("an event must be a JSON object") };
-    let (name, src) = rt.config.sources.iter().next().ok_or_else(|| anyhow!("the config has no source"))?;
-    Ok(Event::from_plaintext(name, map, None, &src.event_field, &src.id_field, now_ms()))
-}
-
 /// Renders every route the samples reach (and every other route once) and reports what failed.
-pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
+pub fn render_samples(rt: &Runtime, now: i64) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let samples = sample_events(&rt.config.dir)?;
     let mut exercised = HashSet::new();
@@ -64,7 +57,7 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
     // template and URL is exercised whatever branch a real delivery takes. A step's `schema` is
     // checked where the sample alone decides the body: the step applies and reads no answers.
     let render_one = |route: &RouteConfig, event: &Event, name: &str, report: &mut Report| {
-        let ctx = TemplateContext::new(event, &route.vars, "check");
+        let ctx = TemplateContext::new(event, &route.vars, "check").at(now);
         for (i, step) in route.steps.iter().enumerate() {
             let file = step.template.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| route.name.clone());
             let what = if route.is_multi_step() { format!(" step {}", step.name) } else { String::new() };
@@ -88,7 +81,7 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
         }
     };
     for (name, sample) in &samples {
-        let event = event_from_json(rt, sample.clone())?;
+        let event = rt.event_from_json(sample.clone(), now)?;
         let matched = rt.routes.matching(&rt.config, &rt.templates, &event);
         for (route, reason) in matched.skipped {
             report.problems.push(format!("route {route}: `when` failed: {reason} (with {name})"));
@@ -99,14 +92,14 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
             render_one(route, &event, name, &mut report);
         }
     }
-    check_api_items(rt, &mut report);
+    check_api_items(rt, &mut report, now);
     report.problems = merge_by_sample(std::mem::take(&mut report.problems));
     report.warnings = merge_by_sample(std::mem::take(&mut report.warnings));
     // A route no sample reaches is still rendered once, so its template is exercised.
     for route in rt.config.routes.iter().filter(|r| !exercised.contains(&r.name)) {
         if let Some((name, sample)) = samples.first() {
             report.notes.push(format!("no sample event matches route {}; rendered against {name}", route.name));
-            let event = event_from_json(rt, sample.clone())?;
+            let event = rt.event_from_json(sample.clone(), now)?;
             render_one(route, &event, name, &mut report);
         }
     }
@@ -116,15 +109,15 @@ pub fn render_samples(rt: &Runtime) -> anyhow::Result<Report> {
 /// Each reconciliation template, rendered against an item holding only an id and a date where
 /// the list's `id` and `date` say: it must give an event carrying that id where `match` looks (else
 /// no recovered event could ever be recognised); the routes that event would take are noted.
-fn check_api_items(rt: &Runtime, report: &mut Report) {
+fn check_api_items(rt: &Runtime, report: &mut Report, now: i64) {
     for (source, api) in rt.config.sources.iter().filter_map(|(n, s)| Some((n, s.api.as_ref()?))) {
         for list in &api.lists {
             let at = format!("sources.{source}.api.{}", list.name);
             let mut item = serde_json::Value::Object(Default::default());
             set_pointer(&mut item, &list.id, serde_json::json!("CHECK-1"));
-            set_pointer(&mut item, &list.date, serde_json::json!(crate::event::rfc3339(now_ms())));
+            set_pointer(&mut item, &list.date, serde_json::json!(crate::event::rfc3339(now)));
             let ctx = serde_json::json!({
-                "item": item, "item_id": "CHECK-1", "item_date": crate::event::rfc3339(now_ms()),
+                "item": item, "item_id": "CHECK-1", "item_date": crate::event::rfc3339(now),
                 "list": list.name, "type": list.kind, "source": source,
             });
             match rt.templates.render_api_item(source, &list.name, &ctx) {
@@ -138,7 +131,7 @@ fn check_api_items(rt: &Runtime, report: &mut Report) {
                     report.rendered += 1;
                     let Some(src) = rt.config.source(source) else { continue };
                     let Ok(map) = serde_json::from_value(data) else { continue };
-                    let mut event = Event::from_plaintext(source, map, None, &src.event_field, &src.id_field, now_ms());
+                    let mut event = Event::from_plaintext(source, map, None, &src.event_field, &src.id_field, now);
                     event.kind = list.kind.clone();
                     let routes = rt.routes.matching(&rt.config, &rt.templates, &event).routes;
                     let to = if routes.is_empty() { "no route".to_string() } else { routes.join(", ") };
@@ -237,10 +230,11 @@ pub fn lint(rt: &Runtime, seen: &[crate::store::TypeSeen]) -> anyhow::Result<Vec
     Ok(crate::lint::lint(rt, &text, &known, &exported))
 }
 
-/// A loaded configuration that also renders every sample: what `serve` and reload accept.
-pub fn load(path: &Path) -> Result<Runtime, Vec<String>> {
+/// A loaded configuration that also renders every sample (received at `now`, Unix ms): what
+/// `serve` and reload accept.
+pub fn load(path: &Path, now: i64) -> Result<Runtime, Vec<String>> {
     let rt = Runtime::load(path)?;
-    let report = render_samples(&rt).map_err(|e| vec![format!("{e:#}")])?;
+    let report = render_samples(&rt, now).map_err(|e| vec![format!("{e:#}")])?;
     if report.problems.is_empty() {
         Ok(rt)
     } else {

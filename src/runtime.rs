@@ -22,7 +22,7 @@ pub struct Runtime {
     pub templates: Templates,
     pub routes: RouteTable,
     /// The fields each route reads from events, by route name (field coverage counts them).
-    pub fields: BTreeMap<String, Vec<crate::lint::Field>>,
+    pub fields: BTreeMap<String, Vec<crate::fields::Field>>,
     /// Route → the paths of its fields that the bundled samples have: worked out once per
     /// configuration, on first use (see `console::field_coverage`).
     pub fields_in_samples: std::sync::OnceLock<BTreeMap<String, std::collections::BTreeSet<String>>>,
@@ -47,12 +47,21 @@ impl Runtime {
                 (name.clone(), SourceRuntime { keyring: Keyring::new(&s.secret_keys), hint: Hint::default() })
             })
             .collect();
-        let fields = config.routes.iter().map(|r| (r.name.clone(), crate::lint::route_fields(r))).collect();
+        let fields = config.routes.iter().map(|r| (r.name.clone(), crate::fields::route_fields(r))).collect();
         Ok(Runtime { config, templates, routes, fields, fields_in_samples: Default::default(), sources })
     }
 
     pub fn source(&self, name: &str) -> Option<&SourceRuntime> {
         self.sources.get(name)
+    }
+
+    /// An event as the first source would make it from a decrypted `value`, received at `now`
+    /// (Unix ms): how `check`, `render` and the console read the bundled samples.
+    pub fn event_from_json(&self, value: serde_json::Value, now: i64) -> anyhow::Result<crate::event::Event> {
+        let serde_json::Value::Object(map) = value else { anyhow::bail!("an event must be a JSON object") };
+        let (name, src) =
+            self.config.sources.iter().next().ok_or_else(|| anyhow::anyhow!("the config has no source"))?;
+        Ok(crate::event::Event::from_plaintext(name, map, None, &src.event_field, &src.id_field, now))
     }
 
     pub fn open_options(&self, source: &str) -> Option<OpenOptions> {

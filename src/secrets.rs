@@ -1,11 +1,12 @@
 //! What counts as a secret and how it is kept out of sight: the [`Masker`] replaces every known
 //! secret value (everything a config took from `${VAR}`, keys, tokens, credential headers) with
 //! `***` in error texts before they are logged, stored or answered; [`is_credential_header`]
-//! names the request headers that are never kept.
+//! names the request headers that are never kept; [`parse_key`] reads a configured 32-byte key
+//! (the store's encryption keys), so the configuration and the store check it alike.
 
-use secrecy::ExposeSecret;
-
-use crate::config::Config;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use zeroize::Zeroizing;
 
 /// Shorter values are not masked: they would blot out ordinary words and numbers.
 pub const MIN_MASKED_LEN: usize = 6;
@@ -35,40 +36,6 @@ impl Masker {
         values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         values.dedup();
         Masker { values }
-    }
-
-    /// Every secret of `config` plus `interpolated` (the values secret-named `${VAR}`s gave it).
-    pub fn for_config(config: &Config, interpolated: Vec<String>) -> Masker {
-        let mut values = interpolated;
-        let mut add = |s: &secrecy::SecretString| values.push(s.expose_secret().to_string());
-        if let Some(t) = &config.server.admin_token {
-            add(t);
-        }
-        for source in config.sources.values() {
-            source.secret_keys.iter().for_each(&mut add);
-            if let Some(t) = &source.path_token {
-                add(t);
-            }
-            if let Some(api) = &source.api {
-                add(&api.key);
-            }
-        }
-        for route in &config.routes {
-            if let Some(o) = &route.oauth {
-                add(&o.client_secret);
-                if let Some(t) = &o.refresh_token {
-                    add(t);
-                }
-            }
-            for step in &route.steps {
-                for h in step.headers.iter().filter(|h| is_credential_header(&h.name)) {
-                    let value = h.value.expose_secret();
-                    // `Bearer abc…`, `Basic …`: the credential is the last word.
-                    add(&value.rsplit(' ').next().unwrap_or(value).to_string().into());
-                }
-            }
-        }
-        Masker::new(values)
     }
 
     /// `text` with every known secret replaced by `***`.
@@ -114,6 +81,29 @@ pub fn is_credential_header(name: &str) -> bool {
         || ["key", "token", "secret", "password", "passwd", "auth", "session", "credential"]
             .iter()
             .any(|word| name.contains(word))
+}
+
+/// Why a configured store key is not usable (the key itself is never part of the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is neither 64 hex characters nor base64")]
+    NotEncoded,
+    #[error("decodes to {0} bytes, not 32 (make one with: openssl rand -base64 32)")]
+    WrongLength(usize),
+}
+
+/// A 32-byte key from its configured text: base64 or 64 hex characters.
+pub fn parse_key(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+        hex::decode(text).map_err(|_| KeyError::NotEncoded)?
+    } else {
+        STANDARD.decode(text).map_err(|_| KeyError::NotEncoded)?
+    };
+    if bytes.len() != 32 {
+        return Err(KeyError::WrongLength(bytes.len()));
+    }
+    Ok(Zeroizing::new(bytes))
 }
 
 #[cfg(test)]

@@ -63,6 +63,30 @@ pub struct TemplateContext<'a> {
     /// value through instead of failing.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub preview: bool,
+    /// What `{{now}}` gives: when the request is rendered ([`TemplateContext::at`]), or when the
+    /// event was received for what is not a request (`when` conditions, ingest's checks).
+    rendered_at: String,
+}
+
+/// `{{now}}`: the context's rendering time, RFC 3339 to the second (read from the root context,
+/// so it is the same inside `#each` blocks and usable as a subexpression).
+struct Now;
+
+impl handlebars::HelperDef for Now {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        _: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<handlebars::ScopedJson<'rc>, handlebars::RenderError> {
+        Ok(handlebars::ScopedJson::Derived(ctx.data().get("rendered_at").cloned().unwrap_or(Value::Null)))
+    }
+}
+
+fn rfc3339_seconds(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+        .to_string()
 }
 
 static NO_STEPS: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| Value::Object(Default::default()));
@@ -81,7 +105,14 @@ impl<'a> TemplateContext<'a> {
             delivery_id,
             steps: &NO_STEPS,
             preview: false,
+            rendered_at: rfc3339_seconds(event.received_at),
         }
+    }
+
+    /// The same context rendered at `now` (Unix ms), what `{{now}}` gives.
+    pub fn at(mut self, now: i64) -> Self {
+        self.rendered_at = rfc3339_seconds(now);
+        self
     }
 
     /// The same context with earlier steps' answers.
@@ -699,7 +730,6 @@ handlebars_helper!(replace: |v: Json, from: str, to: str| {
     let text = as_text(v);
     if from.is_empty() { text } else { text.replace(from, to) }
 });
-handlebars_helper!(now: | | humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
 // `{{words a b c}}`: the non-empty arguments, trimmed, joined by single spaces (a full name that is
 // empty, not " ", when both parts are missing).
 handlebars_helper!(words: |*args| {
@@ -783,7 +813,7 @@ fn register_helpers(h: &mut Handlebars<'static>) {
     h.register_helper("split", Box::new(split));
     h.register_helper("join", Box::new(join));
     h.register_helper("replace", Box::new(replace));
-    h.register_helper("now", Box::new(now));
+    h.register_helper("now", Box::new(Now));
     h.register_helper("words", Box::new(words));
     h.register_helper("date", Box::new(date));
     h.register_helper("pluck", Box::new(pluck));
@@ -884,7 +914,8 @@ vars = {{ list = "a b" }}
         let e = event(
             serde_json::json!({"empty": "", "prenom": "Zoë", "email": "AMELIE@Example.FR", "pad": "  x ", "csv": "a, b,c"}),
         );
-        let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
+        let ctx = TemplateContext::new(&e, &c.routes[0].vars, "d").at(1_700_000_000_000);
+        let req = t.render(&c.routes[0], &ctx).unwrap();
         let v: Value = serde_json::from_str(&req.body).unwrap();
         assert_eq!(v["c"], "Zoë");
         assert_eq!(v["d"], "fallback");
@@ -893,7 +924,10 @@ vars = {{ list = "a b" }}
         assert_eq!(v["t"], "x");
         assert_eq!(v["m"], hex::encode(<md5::Md5 as md5::Digest>::digest(b"amelie@example.fr")));
         assert_eq!(v["j"], "a|b|c");
-        assert!(v["now"].as_str().unwrap().starts_with("20"));
+        assert_eq!(v["now"], "2023-11-14T22:13:20Z", "the rendering time, by the relay's clock");
+        let unset = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
+        let v: Value = serde_json::from_str(&unset.body).unwrap();
+        assert_eq!(v["now"], rfc3339_seconds(e.received_at), "outside a delivery: when the event was received");
     }
 
     #[test]

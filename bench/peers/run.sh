@@ -13,7 +13,7 @@ SECRET=bench-peer-secret-bench-peer-sec
 BIN=target/release/lbx-relay
 OUT=${OUT:-target/bench-peers}
 mkdir -p "$OUT"
-cargo build --release --quiet
+cargo build --release --quiet --features bench
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # The relay reads nothing else from the caller's shell.

@@ -66,6 +66,10 @@ pub const DEFAULT_TIMESTAMP_FIELDS: &[&str] = &["/created_at", "/timestamp", "/d
 /// Event-id pointers tried when a source does not set `id_field`.
 pub const DEFAULT_ID_FIELDS: &[&str] = &["/id", "/event_id", "/uid"];
 
+/// A field absent from this many of a route's latest events in a row is said (log, alert):
+/// `[alerts] field_absent_after`'s default.
+pub const DEFAULT_FIELD_ABSENT_AFTER: u64 = 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
@@ -438,6 +442,18 @@ pub struct HeaderSpec {
     pub from_env: bool,
 }
 
+impl HeaderSpec {
+    /// What may be shown of the value (an attempt's record, `render`): `***` for a value taken
+    /// from the environment or a header that can carry a credential, else the value.
+    pub fn shown(&self) -> String {
+        if self.from_env || crate::secrets::is_credential_header(&self.name) {
+            "***".to_string()
+        } else {
+            secrecy::ExposeSecret::expose_secret(&self.value).to_string()
+        }
+    }
+}
+
 impl Config {
     /// Reads, interpolates and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -521,7 +537,7 @@ impl Config {
             }
             other => other,
         })?;
-        config.secrets = crate::secrets::Masker::for_config(&config, substituted);
+        config.secrets = masker_for(&config, substituted);
         Ok(config)
     }
 
@@ -534,9 +550,57 @@ impl Config {
     }
 }
 
+/// Every secret of `config` plus `interpolated` (the values secret-named `${VAR}`s gave it).
+pub(crate) fn masker_for(config: &Config, interpolated: Vec<String>) -> crate::secrets::Masker {
+    let mut values = interpolated;
+    let mut add = |s: &secrecy::SecretString| values.push(secrecy::ExposeSecret::expose_secret(s).to_string());
+    if let Some(t) = &config.server.admin_token {
+        add(t);
+    }
+    for source in config.sources.values() {
+        source.secret_keys.iter().for_each(&mut add);
+        if let Some(t) = &source.path_token {
+            add(t);
+        }
+        if let Some(api) = &source.api {
+            add(&api.key);
+        }
+    }
+    for route in &config.routes {
+        if let Some(o) = &route.oauth {
+            add(&o.client_secret);
+            if let Some(t) = &o.refresh_token {
+                add(t);
+            }
+        }
+        for step in &route.steps {
+            for h in step.headers.iter().filter(|h| crate::secrets::is_credential_header(&h.name)) {
+                let value = secrecy::ExposeSecret::expose_secret(&h.value);
+                // `Bearer abc…`, `Basic …`: the credential is the last word.
+                add(&value.rsplit(' ').next().unwrap_or(value).to_string().into());
+            }
+        }
+    }
+    crate::secrets::Masker::new(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_shows_its_value_unless_it_came_from_the_environment_or_can_carry_a_credential() {
+        let h = |name: &str, value: &str, from_env: bool| HeaderSpec {
+            name: name.into(),
+            value: value.to_string().into(),
+            from_env,
+        };
+        assert_eq!(h("Accept", "application/json", false).shown(), "application/json");
+        assert_eq!(h("Accept", "application/json", true).shown(), "***", "from the environment");
+        assert_eq!(h("Authorization", "Bearer typed-in-the-file", false).shown(), "***");
+        assert_eq!(h("X-Api-Key", "typed-in-the-file", false).shown(), "***");
+        assert_eq!(h("X-Requested-With", "lbx-relay", false).shown(), "lbx-relay", "not a credential name");
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {

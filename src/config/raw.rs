@@ -53,7 +53,7 @@ pub(super) struct RawAlerts {
 }
 
 pub(super) fn default_field_absent_after() -> u64 {
-    crate::coverage::DEFAULT_ALERT_AFTER
+    super::DEFAULT_FIELD_ABSENT_AFTER
 }
 
 pub(super) fn default_alert_format() -> String {

@@ -110,7 +110,7 @@ pub(super) fn validate(
             .collect(),
     };
     for (i, key) in store.encryption_key.iter().chain(&store.previous_encryption_keys).enumerate() {
-        if let Err(e) = crate::store::cipher::parse_key(key.expose_secret()) {
+        if let Err(e) = crate::secrets::parse_key(key.expose_secret()) {
             let at = if i == 0 && store.encryption_key.is_some() {
                 "store.encryption_key".to_string()
             } else {

@@ -38,7 +38,7 @@ pub struct DeliveryContext {
 impl DeliveryContext {
     pub fn new(store: Store, runtime: LiveRuntime, alerts: Arc<Alerts>, clock: Clock) -> DeliveryContext {
         DeliveryContext {
-            gates: Gates::new(store.shared_rate_windows()).with_clock(clock.clone()),
+            gates: Gates::new(store.shared_rate_windows(), clock.clone()),
             store,
             runtime,
             sender: HttpSender::new(clock.clone()),
@@ -76,5 +76,38 @@ impl DeliveryContext {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+}
+
+/// What ingest holds of the delivery side: a producer into its queue. It hands committed
+/// deliveries to idle local workers (places reserved before the commit), or wakes them; it sees
+/// nothing else of delivery.
+#[derive(Clone)]
+pub struct Producer(Arc<DeliveryContext>);
+
+impl Producer {
+    pub fn new(delivery: Arc<DeliveryContext>) -> Producer {
+        Producer(delivery)
+    }
+
+    /// Whether deliveries of `route` may be handed over now (its gate is not closed by a pause,
+    /// its rate or its concurrency).
+    pub fn is_open(&self, route: &str) -> bool {
+        !self.0.gates.is_closed(route)
+    }
+
+    /// Places in idle local workers, up to `wanted`.
+    pub fn reserve(&self, wanted: usize) -> Vec<super::handoff::Place> {
+        self.0.handoff.reserve(wanted)
+    }
+
+    /// Until when (Unix ms) a delivery handed over at `now` is leased to the worker taking it.
+    pub fn lease_until(&self, now: i64) -> i64 {
+        now + self.0.lease().as_millis() as i64
+    }
+
+    /// Wakes an idle worker: deliveries were committed that no place was reserved for.
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
     }
 }

@@ -20,7 +20,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 const MAX_WAIT_MS: i64 = MAX_WAIT.as_millis() as i64;
 
 /// The gates of every route that has a limit, or was paused, by route name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Gates {
     by_route: Mutex<HashMap<String, Arc<Gate>>>,
     clock: Clock,
@@ -57,15 +57,10 @@ pub enum Admission {
 }
 
 impl Gates {
-    /// Gates whose rate windows live in `shared` when replicas share the store.
-    pub fn new(shared: Option<SharedRateWindows>) -> Gates {
-        Gates { by_route: Mutex::default(), clock: Clock::system(), shared }
-    }
-
-    /// The same, reading time from `clock` (tests drive it with tokio's paused time).
-    pub fn with_clock(mut self, clock: Clock) -> Gates {
-        self.clock = clock;
-        self
+    /// Gates reading time from `clock` (tests drive it with tokio's paused time), whose rate
+    /// windows live in `shared` when replicas share the store.
+    pub fn new(shared: Option<SharedRateWindows>, clock: Clock) -> Gates {
+        Gates { by_route: Mutex::default(), clock, shared }
     }
 
     /// The gate of `route`, made anew when its limits changed (after a reload). A route without
@@ -148,7 +143,7 @@ impl Gate {
             return Admission::Later(paused);
         }
         if paused > now {
-            tokio::time::sleep(Duration::from_millis((paused - now) as u64)).await;
+            self.clock.sleep_until(paused).await;
         }
         let permit = match &self.slots {
             None => None,
@@ -184,7 +179,7 @@ impl Gate {
         };
         match reserved {
             Reservation::At(slot) => {
-                tokio::time::sleep(Duration::from_millis((slot - now).max(0) as u64)).await;
+                self.clock.sleep_until(slot).await;
                 Ok(())
             }
             Reservation::Full(free_at) => {
@@ -220,7 +215,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn admitted_requests_keep_to_the_rate_and_the_rest_is_handed_back() {
         // Paused time: every wait is driven, so the places are exact, not "no earlier than".
-        let gates = Gates::default().with_clock(Clock::tokio(1_000_000));
+        let gates = Gates::new(None, Clock::tokio(1_000_000));
         let gate = gates.gate(&route(Some("2/400ms"), None), None);
         let start = tokio::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
@@ -253,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_route_is_closed_to_claims_until_a_slot_frees() {
-        let gates = Gates::default();
+        let gates = Gates::new(None, Clock::manual(1_000_000));
         let gate = gates.gate(&route(None, Some(1)), None);
         let Admission::Go(permit) = gate.admit().await else { panic!("first one goes") };
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);
@@ -263,9 +258,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_hands_deliveries_back_until_it_ends() {
-        let gates = Gates::default();
+        let clock = Clock::manual(1_000_000);
+        let gates = Gates::new(None, clock.clone());
         let gate = gates.gate(&route(None, None), None);
-        let until = crate::event::now_ms() + 60_000;
+        let until = clock.now_ms() + 60_000;
         gate.pause_until(until);
         assert!(matches!(gate.admit().await, Admission::Later(at) if at == until));
         assert_eq!(gates.closed_routes(), vec!["r".to_string()]);

@@ -1,9 +1,11 @@
-//! Getting stored deliveries to the CRMs: `context` is what the delivery side shares, `worker`
+//! Getting stored deliveries to the CRMs: `context` is what the delivery side shares (and the
+//! producer ingest holds), `attempt` what one attempt gave, `worker`
 //! claims and settles, `handoff` passes new deliveries to the workers without a claim, `steps`
 //! runs a route's requests in order, `send` performs one HTTP request, `retry` decides what an
 //! answer means for the delivery, `limits` paces each route, `oauth` holds the routes' OAuth
 //! tokens, `guard` keeps templated hosts off private addresses.
 
+pub mod attempt;
 pub mod context;
 pub mod guard;
 pub mod handoff;
@@ -14,4 +16,4 @@ pub mod send;
 pub mod steps;
 pub mod worker;
 
-pub use context::DeliveryContext;
+pub use context::{DeliveryContext, Producer};

@@ -27,7 +27,7 @@ const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Tokens of every OAuth app in use, one slot per app; a slot's lock makes refreshes single-flight.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tokens {
     slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     /// When a token is due for refresh is read from this clock.
@@ -166,7 +166,7 @@ impl Tokens {
             self.remember(&new);
             let rotated = slot.refresh.as_ref().is_none_or(|old| old.expose_secret() != new);
             if rotated && slot.refresh.is_some() {
-                if let Err(e) = store.save_oauth_refresh_token(&key, &new).await {
+                if let Err(e) = store.save_oauth_refresh_token(&key, &new, self.clock.now_ms()).await {
                     tracing::error!(token_url = %cfg.token_url, error = %crate::telemetry::Chain(&e), "could not store the rotated refresh token; it is kept in memory only");
                 }
                 tracing::info!(token_url = %cfg.token_url, "refresh token rotated and stored");

@@ -3,23 +3,8 @@
 
 use std::time::Duration;
 
-use super::send::AttemptResult;
+use super::attempt::{AttemptResult, Verdict};
 use crate::config::{RetryOn, StepConfig, Success};
-
-/// What one attempt's result means for its delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Delivered,
-    /// Worth trying again; `retry_after` is the server's request, if any.
-    Retry {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    /// Trying again cannot help (a 4xx other than 408/425/429, a render error, an unknown route).
-    Fail {
-        reason: String,
-    },
-}
 
 /// The answer classes SPEC.md names: 2xx delivered; 408, 425, 429 and 5xx retried; other
 /// statuses failed at once.

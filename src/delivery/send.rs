@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 
-use super::retry::{classify_status, quota_exhausted, requested_wait, Verdict};
+use super::attempt::{AttemptResult, Verdict};
+use super::retry::{classify_status, quota_exhausted, requested_wait};
 use crate::templates::RenderedRequest;
 
 pub const USER_AGENT: &str = concat!("lbx-relay/", env!("CARGO_PKG_VERSION"));
@@ -16,29 +17,6 @@ const ERROR_BODY_LIMIT: usize = 300;
 pub const FAILED_BODY_KEPT: usize = 64 * 1024;
 /// The most of an answer body read for a step that branches on it; the rest is never read.
 pub const ANSWER_BODY_LIMIT: usize = 1024 * 1024;
-
-#[derive(Debug, Clone)]
-pub struct AttemptResult {
-    pub status: Option<u16>,
-    pub verdict: Verdict,
-    pub duration: Duration,
-    /// What went wrong, for `last_error` (the URL is never included: it may hold a token).
-    pub error: Option<String>,
-    /// The CRM said its quota is used up: nothing more on this route for this long.
-    pub pause: Option<Duration>,
-    /// The answer's body, when it was asked for (multi-step routes branch on it), and the first
-    /// [`FAILED_BODY_KEPT`] bytes of any answer that is not a success (`retry_on` matches on it).
-    pub body: Option<String>,
-    /// Each request as sent and its answer, for the attempt's record (see [`exchange`]).
-    pub exchanges: Vec<serde_json::Value>,
-    /// How long the answer's headers ask us to wait (`Retry-After`, reset headers), capped.
-    pub requested_wait: Option<Duration>,
-    /// The `Location` header of the answer, when it has one.
-    pub location: Option<String>,
-    /// The answer says "slow down" (a 429, or a `throttle_on` match): the route pauses and the
-    /// attempt uses up no step of the schedule.
-    pub throttled: bool,
-}
 
 /// How much of a request's and an answer's body an attempt's record keeps.
 pub const RECORDED_BODY: usize = 8 * 1024;
@@ -53,12 +31,7 @@ pub fn exchange(
     let mut headers = serde_json::Map::new();
     headers.insert("Idempotency-Key".into(), idempotency_key.into());
     for h in &req.headers {
-        let shown = if h.from_env || crate::secrets::is_credential_header(&h.name) {
-            "***".to_string()
-        } else {
-            h.value.expose_secret().to_string()
-        };
-        headers.insert(h.name.clone(), shown.into());
+        headers.insert(h.name.clone(), h.shown().into());
     }
     let response = answer.map(|(status, answer_headers, body)| {
         serde_json::json!({"status": status, "headers": answer_headers, "body": cut(body, RECORDED_BODY)})
@@ -91,29 +64,6 @@ fn cut(s: &str, limit: usize) -> &str {
     &s[..end]
 }
 
-impl AttemptResult {
-    /// A result with no answer from the CRM (network error, render error, token failure, …): the
-    /// verdict's reason is the error.
-    pub fn without_answer(verdict: Verdict, duration: Duration) -> AttemptResult {
-        let error = match &verdict {
-            Verdict::Delivered => None,
-            Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.clone()),
-        };
-        AttemptResult {
-            status: None,
-            verdict,
-            duration,
-            error,
-            pause: None,
-            body: None,
-            exchanges: Vec::new(),
-            requested_wait: None,
-            location: None,
-            throttled: false,
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct HttpSender {
     client: reqwest::Client,
@@ -142,23 +92,18 @@ impl HttpSender {
     }
 
     /// The HTTP client, for requests that are not deliveries (OAuth token requests).
+    /// "Now" by the relay's clock (Unix ms).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
-    /// Sends `req`; with `keep_body` the answer's body is returned whatever the status.
-    pub async fn send(
-        &self,
-        req: &RenderedRequest,
-        timeout: Duration,
-        idempotency_key: &str,
-        keep_body: bool,
-    ) -> AttemptResult {
-        self.send_via(req, timeout, idempotency_key, keep_body, super::guard::Reach::Listed).await
-    }
-
-    /// [`HttpSender::send`] through the client `reach` calls for.
-    pub async fn send_via(
+    /// Sends `req` (with its `Idempotency-Key`) through the client `reach` calls for, within
+    /// `timeout`; `keep_body` keeps the whole answer (a later step reads it).
+    pub async fn request(
         &self,
         req: &RenderedRequest,
         timeout: Duration,

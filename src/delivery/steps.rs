@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::attempt::{AttemptResult, Verdict};
 use super::limits::Gate;
 use super::oauth::Tokens;
-use super::retry::{judge, Verdict};
-use super::send::AttemptResult;
+use super::retry::judge;
 use super::send::HttpSender;
 use crate::config::{HeaderSpec, RouteConfig};
 use crate::event::Event;
@@ -57,7 +57,7 @@ pub struct AttemptInput<'a> {
 pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput<'_>) -> StepsResult {
     let AttemptInput { route, event, delivery_id, lease_token, state, gate } = input;
     if !route.is_multi_step() {
-        let ctx = TemplateContext::new(event, &route.vars, delivery_id);
+        let ctx = TemplateContext::new(event, &route.vars, delivery_id).at(cx.sender.now_ms());
         let mut result = match templates.render(route, &ctx) {
             Err(e) => render_failure(e.to_string(), Duration::ZERO),
             Ok(req) => send(cx, route, req, delivery_id, reads_body(route.first())).await,
@@ -81,7 +81,7 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
         if done.get(&step.name).is_some() {
             continue;
         }
-        let ctx = TemplateContext::new(event, &route.vars, delivery_id).with_steps(&done);
+        let ctx = TemplateContext::new(event, &route.vars, delivery_id).with_steps(&done).at(cx.sender.now_ms());
         let applies = match templates.step_applies(route, i, &ctx) {
             Ok(a) => a,
             Err(e) => return failed_step(&step.name, render_failure(e.to_string(), total), done, log),
@@ -187,7 +187,7 @@ async fn send(
         super::guard::Reach::Listed
     };
     let Some(oauth) = &route.oauth else {
-        return cx.sender.send_via(&req, timeout, key, keep_body, reach).await;
+        return cx.sender.request(&req, timeout, key, keep_body, reach).await;
     };
     let client = cx.sender.client();
     let mut rejected = None;
@@ -210,7 +210,7 @@ async fn send(
             value: format!("Bearer {}", token.expose_secret()).into(),
             from_env: true,
         });
-        let mut r = cx.sender.send_via(&req, timeout, key, keep_body, reach).await;
+        let mut r = cx.sender.request(&req, timeout, key, keep_body, reach).await;
         r.exchanges.splice(0..0, earlier.drain(..));
         spent += r.duration;
         r.duration = spent;

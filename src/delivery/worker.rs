@@ -10,8 +10,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::attempt::Verdict;
 use super::limits::{Admission, Gate};
-use super::retry::{next_delay, throttle_delay, Verdict};
+use super::retry::{next_delay, throttle_delay};
 use super::steps;
 use super::DeliveryContext;
 use crate::event::Event;

@@ -12,10 +12,11 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
-use crate::app::Relay;
+use super::Edge;
 use crate::event::rfc3339;
 use crate::housekeeping;
 use crate::ingest::{self, IngestError};
+use crate::relay::Relay;
 use crate::store::{DeliveryFilter, DeliveryStatus};
 use crate::telemetry::metrics;
 use crate::telemetry::Chain;
@@ -61,18 +62,18 @@ impl FromRequest for Admin {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let now = std::time::Instant::now();
         let ip = req.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        let relay = req.app_data::<web::Data<Relay>>().cloned();
+        let edge = req.app_data::<web::Data<Edge>>().cloned();
         // Past its budget an address is refused before its token is even compared.
-        if let Some(Err(wait)) = relay.as_ref().map(|r| r.auth_failures.check(ip, now)) {
+        if let Some(Err(wait)) = edge.as_ref().map(|e| e.auth_failures.check(ip, now)) {
             return Box::pin(async move { Err(ApiError::TooManyAttempts(wait)) });
         }
         let result = authorize(req);
-        let delay = match (&result, &relay) {
-            (Err(ApiError::Unauthorized), Some(relay)) => {
-                if let Some(n) = relay.auth_failures.should_say(now) {
+        let delay = match (&result, &edge) {
+            (Err(ApiError::Unauthorized), Some(edge)) => {
+                if let Some(n) = edge.auth_failures.should_say(now) {
                     tracing::warn!(client = %ip, wrong_tokens = n, "wrong admin tokens (said once a minute at most)");
                 }
-                relay.auth_failures.failed(ip, now)
+                edge.auth_failures.failed(ip, now)
             }
             _ => std::time::Duration::ZERO,
         };
@@ -105,14 +106,14 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
 /// Ready when the store commits a write now: not while the disk is full or the file is gone.
 async fn readyz(relay: web::Data<Relay>) -> HttpResponse {
     let check = match relay.ingest.write_health.failing() {
-        Some(last) => match relay.store.ping(crate::store::WriteHealth::PROBE_BYTES).await {
+        Some(last) => match relay.store.ping(crate::store::WriteHealth::PROBE_BYTES, relay.delivery.now_ms()).await {
             Ok(()) => {
                 relay.ingest.write_health.succeeded();
                 Ok(())
             }
             Err(e) => Err(format!("events cannot be stored: {} (last event write: {last})", Chain(&e))),
         },
-        None => relay.store.ping(0).await.map_err(|e| Chain(&e).to_string()),
+        None => relay.store.ping(0, relay.delivery.now_ms()).await.map_err(|e| Chain(&e).to_string()),
     };
     let check = check.and_then(|()| match relay.key_problems.first() {
         Some(_) => Err(format!(
@@ -163,10 +164,10 @@ async fn dashboard_style() -> HttpResponse {
     static_file("text/css; charset=utf-8", include_str!("../../assets/dashboard/dashboard.css"))
 }
 
-async fn stats(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
+async fn stats(_: Admin, relay: web::Data<Relay>, edge: web::Data<Edge>) -> Result<HttpResponse, ApiError> {
     let g = relay.store.gauges().await?;
     let rt = relay.runtime();
-    let (unknown_count, unknown_last) = relay.unknown_hooks.summary();
+    let (unknown_count, unknown_last) = edge.unknown_hooks.summary();
     Ok(HttpResponse::Ok().json(json!({
         "queue_depth": g.queue_depth,
         "failed": g.failed,
@@ -268,7 +269,7 @@ async fn list_events(_: Admin, relay: web::Data<Relay>, q: web::Query<EventsQuer
         .iter()
         .map(|e| {
             let data: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
-            let email = crate::ingest::contact_email_in(&data);
+            let email = crate::email::contact_in(&data);
             let unreadable = data.get(crate::store::UNREADABLE).is_some();
             json!({"id": e.id, "source": e.source, "learnybox_id": e.key, "event_key": e.key, "type": e.kind,
                    "event": e.kind, "email": email, "status": e.status, "received_at": rfc3339(e.received_at),
@@ -582,7 +583,7 @@ async fn reprocess(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, Ap
 /// Each route's success rate over 1 h and 24 h, last success, last failure and its error, queue.
 async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse, ApiError> {
     let names: Vec<String> = relay.runtime().config.routes.iter().map(|r| r.name.clone()).collect();
-    let now = crate::event::now_ms();
+    let now = relay.delivery.now_ms();
     let health = crate::console::route_health(&relay.store, &names, now).await?;
     // Health per delivery (what reached the CRM in the end), apart from attempts (retries count there).
     let per_1h: std::collections::BTreeMap<_, _> =
@@ -763,7 +764,7 @@ struct SeriesQuery {
 /// Per route and time bucket: delivered, failed and retried attempts, latency p50/p95.
 async fn stats_series(_: Admin, relay: web::Data<Relay>, q: web::Query<SeriesQuery>) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let now = crate::event::now_ms();
+    let now = relay.delivery.now_ms();
     // Every value is range-checked before any arithmetic: no parameter can overflow a sum.
     const YEAR_MS: i64 = 366 * 24 * 3_600_000;
     let since = time_or_ago("since", q.since, now)?.unwrap_or(now - 24 * 3_600_000);

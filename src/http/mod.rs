@@ -1,5 +1,6 @@
 //! The two actix-web servers: the public one (`POST /hooks/{source}`, `/healthz`) and the admin
-//! one (`/readyz`, `/metrics`, `/api/*`). Handlers are thin: they call `ingest` and the store.
+//! one (`/readyz`, `/metrics`, `/api/*`). The public one is given the ingest context and nothing
+//! else; the admin one the wired [`Relay`]; both share the [`Edge`].
 
 mod admin;
 mod error;
@@ -15,18 +16,48 @@ use actix_web::{web, App, HttpServer};
 pub use error::ApiError;
 pub use throttle::AuthThrottle;
 
-use crate::app::Relay;
+use crate::ingest::IngestContext;
+use crate::relay::Relay;
+
+/// What the HTTP edge itself keeps, shared by both listeners: wrong admin tokens per address,
+/// requests to unknown sources (shown by the admin API), requests in progress per address.
+pub struct Edge {
+    pub(crate) auth_failures: AuthThrottle,
+    pub(crate) unknown_hooks: public::UnknownHooks,
+    pub(crate) per_ip: Arc<per_ip::InFlight>,
+    /// Says "an address is over its cap" once a minute at most.
+    pub(crate) per_ip_log: crate::telemetry::LogLimiter,
+}
+
+impl Default for Edge {
+    fn default() -> Self {
+        Edge {
+            auth_failures: AuthThrottle::default(),
+            unknown_hooks: public::UnknownHooks::default(),
+            per_ip: Arc::default(),
+            per_ip_log: crate::telemetry::LogLimiter::every(std::time::Duration::from_secs(60)),
+        }
+    }
+}
 
 /// The public listener faces the internet: a sender gets `header_timeout` for its request head
 /// and `body_timeout` for its body, which must also arrive at `min_body_rate` (then 408); at most
 /// `max_connections` are open at once and one address may have `max_connections_per_ip` requests
 /// in progress (then 429), so slow senders cannot hold every file descriptor.
-pub fn public_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
-    let server = relay.runtime().config.server.clone();
+pub fn public_server(
+    ingest: Arc<IngestContext>,
+    edge: Arc<Edge>,
+    listener: TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = ingest.runtime.load().config.server.clone();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let data = web::Data::from(relay);
+    let (data, edge) = (web::Data::from(ingest), web::Data::from(edge));
     Ok(HttpServer::new(move || {
-        App::new().wrap(actix_web::middleware::from_fn(per_ip::cap)).app_data(data.clone()).configure(public::routes)
+        App::new()
+            .wrap(actix_web::middleware::from_fn(per_ip::cap))
+            .app_data(data.clone())
+            .app_data(edge.clone())
+            .configure(public::routes)
     })
     .workers(workers)
     .max_connections(server.max_connections.div_ceil(workers).max(1))
@@ -38,8 +69,13 @@ pub fn public_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Resul
     .run())
 }
 
-pub fn admin_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
-    let data = web::Data::from(relay);
+/// The admin listener serves the whole [`Relay`] (and what the public one counted, from `edge`).
+pub fn admin_server(
+    relay: Arc<Relay>,
+    edge: Arc<Edge>,
+    listener: TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let (data, edge) = (web::Data::from(relay), web::Data::from(edge));
     // Nothing the admin listener answers (events, contacts, errors) may be kept by a browser or proxy.
     let no_store = || actix_web::middleware::DefaultHeaders::new().add(("Cache-Control", "no-store"));
     // Bound to loopback, it answers only requests addressed to loopback: a web page whose domain
@@ -50,6 +86,7 @@ pub fn admin_server(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result
             .wrap(actix_web::middleware::Condition::new(loopback_only, actix_web::middleware::from_fn(loopback_host)))
             .wrap(no_store())
             .app_data(data.clone())
+            .app_data(edge.clone())
             .configure(admin::routes)
     })
     .listen(listener)?

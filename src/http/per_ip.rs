@@ -13,7 +13,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 
-use crate::app::Relay;
+use super::Edge;
+use crate::ingest::IngestContext;
 
 /// Requests in progress per client address.
 #[derive(Debug, Default)]
@@ -55,20 +56,22 @@ pub async fn cap(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let Some(relay) = req.app_data::<web::Data<Relay>>().cloned() else {
+    let (Some(ingest), Some(edge)) =
+        (req.app_data::<web::Data<IngestContext>>().cloned(), req.app_data::<web::Data<Edge>>().cloned())
+    else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let (cap, exempt) = {
-        let rt = relay.runtime();
+        let rt = ingest.runtime.load();
         (rt.config.server.max_connections_per_ip, rt.config.server.per_ip_exempt.clone())
     };
     let ip = req.peer_addr().map(|a| a.ip());
     let counted = match ip {
-        Some(ip) if cap > 0 && !exempt.contains(&ip) => match relay.per_ip.enter(ip, cap) {
+        Some(ip) if cap > 0 && !exempt.contains(&ip) => match edge.per_ip.enter(ip, cap) {
             Some(slot) => Some(slot),
             None => {
                 metrics::counter!(crate::telemetry::PER_IP_REFUSED).increment(1);
-                if relay.per_ip_log.should_log(crate::event::now_ms()) {
+                if edge.per_ip_log.should_log(ingest.clock.now_ms()) {
                     tracing::warn!(%ip, cap, "a client address has too many requests in progress; answered 429");
                 }
                 let resp = actix_web::HttpResponse::TooManyRequests()

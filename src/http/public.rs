@@ -6,8 +6,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::ApiError;
-use crate::app::Relay;
-use crate::ingest::{self, IngestError};
+use super::Edge;
+use crate::ingest::{self, IngestContext, IngestError};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(super::healthz))
@@ -86,35 +86,38 @@ async fn not_post() -> HttpResponse {
 }
 
 async fn hook(
-    relay: web::Data<Relay>,
+    ingest: web::Data<IngestContext>,
+    edge: web::Data<Edge>,
     path: web::Path<String>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    receive(&relay, &path.into_inner(), None, &req, body).await
+    receive(&ingest, &edge, &path.into_inner(), None, &req, body).await
 }
 
 async fn hook_with_token(
-    relay: web::Data<Relay>,
+    ingest: web::Data<IngestContext>,
+    edge: web::Data<Edge>,
     path: web::Path<(String, String)>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (source, token) = path.into_inner();
-    receive(&relay, &source, Some(&token), &req, body).await
+    receive(&ingest, &edge, &source, Some(&token), &req, body).await
 }
 
 async fn receive(
-    relay: &Relay,
+    ingest: &IngestContext,
+    edge: &Edge,
     source: &str,
     token: Option<&str>,
     req: &HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let rt = relay.runtime();
+    let rt = ingest.runtime.load();
     let Some(src) = rt.config.source(source) else {
         let configured: Vec<&str> = rt.config.sources.keys().map(String::as_str).collect();
-        relay.unknown_hooks.record(source, &configured, relay.delivery.now_ms());
+        edge.unknown_hooks.record(source, &configured, ingest.clock.now_ms());
         return Err(ApiError::NotFound);
     };
     if !src.token_matches(token) {
@@ -131,7 +134,7 @@ async fn receive(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    match ingest::accept(&relay.ingest, source, &body, &headers).await {
+    match ingest::accept(ingest, source, &body, &headers).await {
         Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))),
         Err(IngestError::UnknownSource(_)) => Err(ApiError::NotFound),
         Err(IngestError::Unavailable(e)) => {

@@ -59,6 +59,8 @@ pub struct LearnyboxApi {
     sent: Mutex<VecDeque<i64>>,
     epoch: tokio::time::Instant,
     token: Mutex<Token>,
+    /// "Now" for the dates of `Retry-After` answers.
+    clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for LearnyboxApi {
@@ -68,7 +70,7 @@ impl std::fmt::Debug for LearnyboxApi {
 }
 
 impl LearnyboxApi {
-    pub fn new(api: &ApiConfig) -> anyhow::Result<LearnyboxApi> {
+    pub fn new(api: &ApiConfig, clock: crate::clock::Clock) -> anyhow::Result<LearnyboxApi> {
         Ok(LearnyboxApi {
             client: crate::proxy::client_builder().redirect(reqwest::redirect::Policy::none()).build()?,
             base: api.url.clone(),
@@ -78,6 +80,7 @@ impl LearnyboxApi {
             sent: Mutex::default(),
             epoch: tokio::time::Instant::now(),
             token: Mutex::default(),
+            clock,
         })
     }
 
@@ -163,7 +166,7 @@ impl LearnyboxApi {
             }
             if status == 429 || (500..=599).contains(&status) {
                 tries += 1;
-                let wait = crate::delivery::retry::requested_wait(resp.headers(), crate::event::now_ms());
+                let wait = crate::delivery::retry::requested_wait(resp.headers(), self.clock.now_ms());
                 let message = message_of(&read(resp, SMALL_LIMIT).await.unwrap_or_default());
                 if tries >= TRIES {
                     return Err(ApiError::GaveUp { status, tries, message: self.masked(message).await });
@@ -260,7 +263,7 @@ impl LearnyboxApi {
                         let message = message_of(&read(r, SMALL_LIMIT).await.unwrap_or_default());
                         return Err(ApiError::GaveUp { status, tries, message: self.masked(message).await });
                     }
-                    let wait = crate::delivery::retry::requested_wait(r.headers(), crate::event::now_ms());
+                    let wait = crate::delivery::retry::requested_wait(r.headers(), self.clock.now_ms());
                     tokio::time::sleep(backoff(tries, wait)).await;
                 }
                 Ok(r) => break r,
@@ -356,7 +359,7 @@ mod tests {
     // Paused time: the waits are tokio's, so the test measures them without sleeping.
     #[tokio::test(start_paused = true)]
     async fn requests_never_exceed_the_configured_rate() {
-        let api = LearnyboxApi::new(&config("2/1s")).unwrap();
+        let api = LearnyboxApi::new(&config("2/1s"), crate::clock::Clock::tokio(0)).unwrap();
         let start = tokio::time::Instant::now();
         let mut at = Vec::new();
         for _ in 0..7 {

@@ -114,12 +114,17 @@ pub struct RunReport {
 pub struct Clients(tokio::sync::Mutex<HashMap<String, Arc<LearnyboxApi>>>);
 
 impl Clients {
-    async fn for_source(&self, source: &str, api: &ApiConfig) -> Result<Arc<LearnyboxApi>, ReconcileError> {
+    async fn for_source(
+        &self,
+        source: &str,
+        api: &ApiConfig,
+        clock: &crate::clock::Clock,
+    ) -> Result<Arc<LearnyboxApi>, ReconcileError> {
         let mut map = self.0.lock().await;
         if let Some(c) = map.get(source).filter(|c| c.serves(api)) {
             return Ok(c.clone());
         }
-        let c = Arc::new(LearnyboxApi::new(api).map_err(|e| ReconcileError::Client(e.to_string()))?);
+        let c = Arc::new(LearnyboxApi::new(api, clock.clone()).map_err(|e| ReconcileError::Client(e.to_string()))?);
         map.insert(source.to_string(), c.clone());
         Ok(c)
     }
@@ -168,7 +173,7 @@ pub async fn run_source(
         .source(source)
         .and_then(|s| s.api.clone())
         .ok_or_else(|| ReconcileError::NotConfigured(source.to_string()))?;
-    let client = clients.for_source(source, &api).await?;
+    let client = clients.for_source(source, &api, &ctx.clock).await?;
     let now = ctx.clock.now_ms();
     let lookback = opts.since.unwrap_or(api.lookback);
     if lookback + Duration::from_secs(3600) > rt.config.store.retention {
@@ -474,7 +479,7 @@ async fn judge(
             ),
         )));
     }
-    let contact = crate::ingest::contact_email_in(&data).map(mask_email);
+    let contact = crate::email::contact_in(&data).map(mask_email);
     let mut planned = Planned {
         list: list.name.clone(),
         item_id: item_id.clone(),

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::StoreError;
+use crate::secrets::{parse_key, KeyError};
 
 const PREFIX: &str = "lbxenc1:";
 
@@ -37,29 +38,6 @@ impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Cipher(key {}, {} previous)", self.current.id, self.previous.len())
     }
-}
-
-/// Why a configured store key is not usable (the key itself is never part of the message).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    #[error("is neither 64 hex characters nor base64")]
-    NotEncoded,
-    #[error("decodes to {0} bytes, not 32 (make one with: openssl rand -base64 32)")]
-    WrongLength(usize),
-}
-
-/// A 32-byte key from its configured text: base64 or 64 hex characters.
-pub fn parse_key(text: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    let text = text.trim();
-    let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
-        hex::decode(text).map_err(|_| KeyError::NotEncoded)?
-    } else {
-        STANDARD.decode(text).map_err(|_| KeyError::NotEncoded)?
-    };
-    if bytes.len() != 32 {
-        return Err(KeyError::WrongLength(bytes.len()));
-    }
-    Ok(Zeroizing::new(bytes))
 }
 
 impl Key {

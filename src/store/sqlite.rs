@@ -15,8 +15,8 @@ use super::{
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
     Settlement, StoreError, StoredEvent, TypeSeen,
 };
-use crate::coverage::Counts;
-use crate::event::{now_ms, rfc3339};
+use crate::event::rfc3339;
+use crate::store::Counts;
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 1024;
@@ -478,13 +478,13 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn save_oauth_refresh_token(&self, key: String, token: String) -> Result<(), StoreError> {
+    pub async fn save_oauth_refresh_token(&self, key: String, token: String, now: i64) -> Result<(), StoreError> {
         self.call(move |c| {
             c.prepare_cached(
                 "INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at",
             )?
-            .execute(params![key, token, now_ms()])?;
+            .execute(params![key, token, now])?;
             Ok(())
         })
         .await
@@ -617,13 +617,13 @@ impl SqliteStore {
 
     /// Commits a one-row write: fails while writes fail (disk full, file deleted), not only when
     /// the file cannot be read.
-    pub async fn ping(&self, probe_bytes: usize) -> Result<(), StoreError> {
+    pub async fn ping(&self, probe_bytes: usize, now: i64) -> Result<(), StoreError> {
         self.call(move |c| {
             c.prepare_cached(
                 "INSERT INTO heartbeat (id, at, probe) VALUES (1, ?1, zeroblob(?2))
                  ON CONFLICT (id) DO UPDATE SET at = excluded.at, probe = excluded.probe",
             )?
-            .execute(params![now_ms(), probe_bytes as i64])
+            .execute(params![now, probe_bytes as i64])
             .map(|_| ())
         })
         .await
@@ -805,9 +805,8 @@ impl SqliteStore {
 
     /// Deletes events older than `before` whose deliveries are all delivered (or that had none),
     /// with their deliveries and attempts, and dedup keys that have expired.
-    pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
+    pub async fn purge(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         self.call(move |c| {
-            let now = now_ms();
             c.execute_batch(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY);
                  DELETE FROM purge_ids;

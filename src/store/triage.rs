@@ -79,6 +79,10 @@ pub struct RouteAttempts {
 /// Rows scanned at most for one page when the error filter leaves most of them out.
 const SCAN_CAP: usize = 20_000;
 
+/// Attempts counted (or read, for the series) for one answer at most, newest first; older ones are
+/// left out.
+pub const MAX_ATTEMPTS_READ: u32 = 200_000;
+
 type RawRow =
     (String, String, String, String, String, String, String, u32, Option<u16>, Option<String>, i64, Option<i64>, i64);
 
@@ -153,7 +157,7 @@ impl Store {
             status,
             kind,
             learnybox_id: key,
-            contact: crate::ingest::contact_email_in(&data).map(str::to_string),
+            contact: crate::email::contact_in(&data).map(str::to_string),
             attempts,
             last_status,
             last_error: self.read_opt(ERROR, last_error),
@@ -233,7 +237,7 @@ impl Store {
     /// `since` (Unix ms), computed by the database: settled and delivered ones since `t1` and
     /// `t24`, all since `t24`, settled and failed ones since `since`, the last success and failure.
     pub async fn route_attempts(&self, since: i64, t1: i64, t24: i64) -> Result<Vec<RouteAttempts>, StoreError> {
-        let cap = i64::from(crate::console::MAX_ATTEMPTS_READ);
+        let cap = i64::from(MAX_ATTEMPTS_READ);
         // Settled: delivered, retry, failed. Failed: retry, failed (AttemptOutcome).
         let sql = format!(
             "SELECT d.route,

@@ -138,6 +138,7 @@ async fn send_test_posts_like_learnybox_and_prints_the_answer() {
     assert_eq!(app.count("SELECT COUNT(*) FROM quarantine"), 0);
 }
 
+#[cfg(feature = "bench")]
 #[tokio::test]
 async fn bench_starts_its_relay_and_reports_every_event_delivered() {
     // Off the test's runtime: the bench is a process of its own.
@@ -147,4 +148,12 @@ async fn bench_starts_its_relay_and_reports_every_event_delivered() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["accepted"], 200, "{report}");
     assert_eq!(report["delivered"], 200, "{report}");
+}
+
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_in_a_build_without_the_load_tool_says_how_to_get_it() {
+    let (code, out, err) = run_cli(&["bench", "-n", "10"], None, &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("--features bench"), "{err}");
 }

@@ -5,8 +5,9 @@
 //! answers as the vendor would; then the same event again (a replay), which must leave one deal.
 //! No example may send an empty value.
 
+use crate::helpers::now_ms;
 use lbx_relay::config::{Config, RouteConfig};
-use lbx_relay::event::{now_ms, Event};
+use lbx_relay::event::Event;
 use lbx_relay::runtime::Runtime;
 use lbx_relay::templates::TemplateContext;
 use secrecy::ExposeSecret;

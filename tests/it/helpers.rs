@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use lbx_relay::app::{Application, Relay};
+use lbx_relay::app::Application;
 use lbx_relay::config::Config;
 use lbx_relay::crypto::{self, KeyForm, Variant};
+use lbx_relay::relay::Relay;
 
 pub const SECRET: &str = "fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -18,6 +19,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// When it arrived by the relay's clock (Unix ms), for a CRM of a driven relay.
+    pub clock_ms: Option<i64>,
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -61,6 +64,8 @@ struct CrmState {
     answer_headers: Mutex<Vec<(String, String)>>,
     /// Whole answers (status, headers, body) to give to the next requests, before `script`.
     full_script: Mutex<VecDeque<FullAnswer>>,
+    /// The relay's clock, when it is driven: each request notes its time by it.
+    clock: Mutex<Option<lbx_relay::clock::Clock>>,
 }
 
 /// A loopback HTTP server standing in for a CRM.
@@ -80,6 +85,11 @@ impl FakeCrm {
         let state = Arc::new(CrmState::default());
         let url = serve_loopback(listener, state.clone(), crm_handler);
         FakeCrm { url, state }
+    }
+
+    /// Notes each request's arrival by `clock` too (a driven relay's).
+    pub fn use_clock(&self, clock: &lbx_relay::clock::Clock) {
+        *self.state.clock.lock().unwrap() = Some(clock.clone());
     }
 
     /// Answer these statuses to the next requests, then 200 (or the fallback).
@@ -169,6 +179,7 @@ async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::By
             .unwrap_or(200);
         received.push(Received {
             at: Instant::now(),
+            clock_ms: state.clock.lock().unwrap().as_ref().map(|c| c.now_ms()),
             method: req.method().to_string(),
             path: req.uri().to_string(),
             headers: req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
@@ -368,7 +379,7 @@ fn runtime_in(dir: &Path, crm: &FakeCrm, cfg: &TestConfig) -> lbx_relay::runtime
 /// Starts a relay on the config and database in `dir` (used to restart on the same file).
 pub async fn start_in(dir: tempfile::TempDir, crm: FakeCrm, cfg: &TestConfig) -> TestApp {
     let runtime = runtime_in(dir.path(), &crm, cfg);
-    let clock = cfg.clock.clone().unwrap_or_default();
+    let clock = cfg.clock.clone().unwrap_or_else(lbx_relay::clock::Clock::system);
     let app = Application::build_with_clock(runtime, clock).await.expect("app builds");
     let public = format!("http://{}", app.public_addr());
     let admin = format!("http://{}", app.admin_addr());
@@ -399,6 +410,7 @@ pub async fn driven_relay(cfg: TestConfig) -> DrivenRelay {
     let runtime = runtime_in(dir.path(), &crm, &cfg);
     let store = lbx_relay::store::Store::open(&runtime.config.store).await.expect("store opens");
     let clock = lbx_relay::clock::Clock::manual(DRIVEN_START_MS);
+    crm.use_clock(&clock);
     let relay = Arc::new(Relay::new(runtime, store, clock.clone()));
     DrivenRelay { relay, clock, crm, dir }
 }
@@ -530,10 +542,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Two different free ports (both held while the second is picked, so they cannot be the same).
+pub fn two_free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
 /// Writes routes.toml and the template for a relay process run from the built binary; returns
 /// (public, admin) addresses.
 pub fn write_process_config(dir: &Path, cfg: &TestConfig, crm_url: &str) -> (String, String) {
-    let (public, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let (p, a) = two_free_ports();
+    let (public, admin) = (format!("127.0.0.1:{p}"), format!("127.0.0.1:{a}"));
     std::fs::write(dir.join("crm.json.hbs"), cfg.template).unwrap();
     std::fs::write(dir.join("routes.toml"), cfg.toml(crm_url, &public, &admin)).unwrap();
     (public, admin)
@@ -644,4 +664,9 @@ impl PgSchema {
 
 fn uuid_simple() -> String {
     lbx_relay::event::new_id().replace('-', "")
+}
+
+/// Now by the system clock (Unix ms), for tests that stand in for the outside world.
+pub fn now_ms() -> i64 {
+    lbx_relay::clock::Clock::system().now_ms()
 }

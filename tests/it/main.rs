@@ -6,6 +6,8 @@ mod helpers;
 mod admin;
 mod alerts;
 mod answers;
+mod architecture;
+#[cfg(feature = "bench")]
 mod bench;
 mod check_lint;
 mod cli;

@@ -184,7 +184,10 @@ async fn replicas_follow_each_others_rotations_on_postgres() {
         scope: None,
     };
     let client = client();
-    let (a, b) = (lbx_relay::delivery::oauth::Tokens::default(), lbx_relay::delivery::oauth::Tokens::default());
+    let (a, b) = (
+        lbx_relay::delivery::oauth::Tokens::new(lbx_relay::clock::Clock::system()),
+        lbx_relay::delivery::oauth::Tokens::new(lbx_relay::clock::Clock::system()),
+    );
     use secrecy::ExposeSecret;
     assert_eq!(a.bearer(&app, &store_a, &client, None).await.unwrap().expose_secret(), "at-1");
     // Replica B starts later with rt-1 in its config; the server only accepts rt-2 now.

@@ -12,6 +12,18 @@ fn contact_event(id: &str, email: &str) -> Value {
     json!({"event": "contact.subscribed", "id": id, "data": {"contact": {"email": email, "prenom": id}}})
 }
 
+/// The arrival times at the CRM by the relay's clock, in order.
+fn arrivals(r: &DrivenRelay) -> Vec<i64> {
+    r.crm.received().iter().map(|x| x.clock_ms.expect("a driven relay's CRM notes its clock")).collect()
+}
+
+fn delivered(r: &DrivenRelay) -> i64 {
+    r.count("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'")
+}
+
+// The rate tests below measure real request times at a real CRM: a driven clock moved while a
+// request is in flight would stamp it late, so they run on the system clock.
+
 #[tokio::test]
 async fn a_rate_limited_route_never_exceeds_its_rate() {
     let app = spawn_app_with(TestConfig { route_extra: "rate_limit = \"3/1s\"".into(), ..TestConfig::default() }).await;
@@ -50,19 +62,24 @@ async fn concurrency_bounds_requests_in_flight() {
 async fn a_429_with_retry_after_pushes_the_next_attempt_out_and_never_fails_the_delivery() {
     // A one-step schedule of 50 ms: a plain retry would come at once and a second failure would
     // exhaust it. A 429 waits as asked and does not use up the schedule.
-    let app = spawn_app_with(TestConfig { schedule: vec!["50ms"], ..TestConfig::default() }).await;
-    app.crm.retry_after("3");
-    app.crm.respond_with(&[429, 429]);
-    app.post_event(&sample_events()[0]).await;
-    wait_until(Duration::from_secs(15), "three attempts", || async { app.crm.count() >= 3 }).await;
-    wait_until(Duration::from_secs(5), "delivered", || async { !app.deliveries("status=delivered").await.is_empty() })
-        .await;
-    let got = app.crm.received();
-    assert!(got[1].at - got[0].at >= Duration::from_secs(3), "waited {:?}", got[1].at - got[0].at);
-    assert!(got[2].at - got[1].at >= Duration::from_secs(3), "waited {:?}", got[2].at - got[1].at);
-    assert_eq!(got.iter().map(|r| r.status).collect::<Vec<_>>(), vec![429, 429, 200]);
-    let d = &app.deliveries("status=delivered").await[0];
-    assert_eq!(d["attempts"], 3);
+    let r = driven_relay(TestConfig { schedule: vec!["50ms"], ..TestConfig::default() }).await;
+    r.crm.retry_after("3");
+    r.crm.respond_with(&[429, 429]);
+    r.accept(&sample_events()[0]).await;
+    assert_eq!(r.round().await, 1, "the first attempt: 429");
+    r.advance_ms(2_999);
+    assert_eq!(r.round().await, 0, "a millisecond before Retry-After ends, nothing is sent");
+    r.advance_ms(1);
+    assert_eq!(r.round().await, 1, "the second attempt: 429 again");
+    r.advance_ms(2_999);
+    assert_eq!(r.round().await, 0);
+    r.advance_ms(1);
+    assert_eq!(r.round().await, 1, "the third attempt");
+    let at = arrivals(&r);
+    assert_eq!(at, vec![DRIVEN_START_MS, DRIVEN_START_MS + 3_000, DRIVEN_START_MS + 6_000]);
+    assert_eq!(r.crm.received().iter().map(|x| x.status).collect::<Vec<_>>(), vec![429, 429, 200]);
+    assert_eq!(delivered(&r), 1);
+    assert_eq!(r.count("SELECT attempts FROM deliveries"), 3);
 }
 
 #[tokio::test]

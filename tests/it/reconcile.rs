@@ -410,7 +410,7 @@ async fn the_api_key_and_tokens_never_show_in_errors_or_reports() {
 async fn a_dry_run_lists_what_would_be_created_and_changes_nothing() {
     let (lb, url) = start_learnybox();
     // The command runs on the system clock: items dated before now.
-    *lb.transactions.lock().unwrap() = sales_at(lbx_relay::event::now_ms());
+    *lb.transactions.lock().unwrap() = sales_at(crate::helpers::now_ms());
     let crm = FakeCrm::start().await;
     let dir = tempfile::tempdir().unwrap();
     write_process_config(dir.path(), &TestConfig { source_extra: api_table(&url, ""), ..Default::default() }, &crm.url);
@@ -448,7 +448,7 @@ async fn a_dry_run_lists_what_would_be_created_and_changes_nothing() {
 async fn the_relay_reconciles_on_its_schedule_delivers_and_alerts() {
     let (lb, url) = start_learnybox();
     // Dated just before now: the relay runs on the system clock here.
-    let now = lbx_relay::event::now_ms();
+    let now = crate::helpers::now_ms();
     *lb.transactions.lock().unwrap() = (1..=3)
         .map(|i| json!({"id_transaction": format!("TX-{i}"), "date": rfc3339(now - i * 3_600_000), "email": "a@example.org"}))
         .collect();
@@ -556,7 +556,7 @@ fn without_an_api_table_reconciliation_is_off_and_says_so() {
 async fn the_dashboard_shows_the_proof_per_day_and_marks_recovered_events() {
     let Some(mut page) = crate::dashboard::Page::launch().await else { return };
     let (lb, url) = start_learnybox();
-    let now = lbx_relay::event::now_ms();
+    let now = crate::helpers::now_ms();
     *lb.transactions.lock().unwrap() = vec![
         json!({"id_transaction": "TX-1", "date": rfc3339(now - 3_600_000), "email": "a@example.org"}),
         json!({"date": rfc3339(now - 3_600_000), "email": "b@example.org"}),
@@ -588,7 +588,7 @@ async fn the_dashboard_shows_the_proof_per_day_and_marks_recovered_events() {
 #[tokio::test]
 async fn a_relay_stopped_during_a_slow_page_stops_at_once_and_resumes_the_run_at_its_next_start() {
     let (lb, url) = start_learnybox();
-    let now = lbx_relay::event::now_ms();
+    let now = crate::helpers::now_ms();
     *lb.transactions.lock().unwrap() = sales_at(now);
     *lb.delay.lock().unwrap() = Duration::from_secs(3600);
     let cfg = TestConfig { source_extra: api_table(&url, ""), ..Default::default() };

@@ -2,12 +2,13 @@
 //! (its `SendContext`), not a running relay. A two-step route against a loopback CRM: the second
 //! step sees the first one's answer, and a retry resumes after the step that was done.
 
+use crate::helpers::now_ms;
 use lbx_relay::config::{Config, RouteConfig};
+use lbx_relay::delivery::attempt::Verdict;
 use lbx_relay::delivery::oauth::Tokens;
-use lbx_relay::delivery::retry::Verdict;
 use lbx_relay::delivery::send::HttpSender;
 use lbx_relay::delivery::steps::{self, AttemptInput, SendContext};
-use lbx_relay::event::{now_ms, Event};
+use lbx_relay::event::Event;
 use lbx_relay::store::{sqlite::SqliteStore, Backend, Store};
 use lbx_relay::templates::Templates;
 use serde_json::json;
@@ -45,7 +46,8 @@ template = "b.json.hbs"
     let config = Config::from_toml(&toml, &dir.path().join("routes.toml"), &|_| None).unwrap();
     let templates = Templates::compile(&config).unwrap();
     let store = Store::from_backend(Backend::Sqlite(SqliteStore::open(&dir.path().join("t.db")).unwrap()));
-    let (sender, tokens) = (HttpSender::new(lbx_relay::clock::Clock::system()), Tokens::default());
+    let (sender, tokens) =
+        (HttpSender::new(lbx_relay::clock::Clock::system()), Tokens::new(lbx_relay::clock::Clock::system()));
     let cx = SendContext { store: &store, sender: &sender, tokens: &tokens };
     let event = Event {
         id: "relay-1".into(),

@@ -4,13 +4,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::helpers::now_ms;
 use lbx_relay::config::{StoreBackend, StoreConfig};
 use lbx_relay::email::Email;
-use lbx_relay::event::now_ms;
 use lbx_relay::rate_window::Reservation;
 use lbx_relay::store::{
     AttemptRecord, Claimed, DeliveryFilter, Forgotten, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
-    QuarantineLimits, QuarantineOutcome, Retried, Settlement, Store,
+    QuarantineLimits, QuarantineOutcome, Retried, RetryFilter, Settlement, Store,
 };
 use secrecy::SecretString;
 
@@ -307,7 +307,16 @@ async fn retries_make_deliveries_due_again(s: Store) {
     assert_eq!(s.list_deliveries(failed.clone()).await.unwrap().len(), 2);
     assert_eq!(s.retry_delivery("e1-a", now_ms()).await.unwrap(), Retried::Yes);
     assert_eq!(s.retry_delivery("nope", now_ms()).await.unwrap(), Retried::Missing);
-    assert_eq!(s.retry_deliveries("failed", Some("b"), now_ms()).await.unwrap(), 1);
+    assert_eq!(
+        s.retry_matching(
+            RetryFilter { status: Some("failed".into()), route: Some("b".into()), ..Default::default() },
+            false,
+            now_ms()
+        )
+        .await
+        .unwrap(),
+        1
+    );
     assert!(s.list_deliveries(failed).await.unwrap().is_empty());
     let claimed = s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
     assert_eq!(claimed.len(), 2);
@@ -315,7 +324,13 @@ async fn retries_make_deliveries_due_again(s: Store) {
     assert_eq!(s.gauges().await.unwrap().queue_depth, 2);
     // One held by an attempt is left to it: its settlement would overwrite the retry.
     assert_eq!(s.retry_delivery(&claimed[0].delivery_id, now_ms()).await.unwrap(), Retried::InFlight);
-    assert_eq!(s.retry_deliveries("pending", None, now_ms()).await.unwrap(), 0, "bulk retries skip them too");
+    assert_eq!(
+        s.retry_matching(RetryFilter { status: Some("pending".into()), ..Default::default() }, false, now_ms())
+            .await
+            .unwrap(),
+        0,
+        "bulk retries skip them too"
+    );
 }
 
 async fn the_quarantine_is_bounded(s: Store) {
@@ -356,7 +371,7 @@ async fn purge_keeps_what_is_not_delivered(s: Store) {
         let next = if c.event.id == "done" { Next::Delivered } else { Next::RetryAt(now_ms() + 60_000) };
         finish(&s, c, 200, next).await;
     }
-    assert_eq!(s.purge(now_ms() - 5_000).await.unwrap(), 2, "the delivered one and the unrouted one");
+    assert_eq!(s.purge(now_ms() - 5_000, now_ms()).await.unwrap(), 2, "the delivered one and the unrouted one");
     let left: Vec<String> = s.list_events(None, 10, false).await.unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(left, vec!["open".to_string()]);
     assert!(s.event_detail("done").await.unwrap().is_none());
@@ -469,7 +484,7 @@ async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     let last = s.last_event_per_source(vec!["s".into(), "other".into()]).await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].0, "s");
-    s.ping(0).await.unwrap();
+    s.ping(0, now_ms()).await.unwrap();
 }
 
 /// Two PostgreSQL store handles stand for two replicas: the rate window they reserve from is one.
@@ -595,7 +610,7 @@ async fn postgres_over_tls_verifies_the_server_with_verify_full_and_encrypts_wit
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
     let encrypted_only = open(url("sslmode=require")).await.unwrap();
-    encrypted_only.ping(0).await.unwrap();
+    encrypted_only.ping(0, now_ms()).await.unwrap();
 
     assert!(open(url("sslmode=disable")).await.is_err(), "plaintext is refused by a TLS-only server");
     assert!(open(url("sslmode=sometimes")).await.unwrap_err().to_string().contains("unknown sslmode"));
@@ -632,7 +647,7 @@ async fn encrypted_values_are_unreadable_in_the_database_and_read_back_after_a_r
     )
     .await
     .unwrap();
-    a.save_oauth_refresh_token("app", "refresh-token-value").await.unwrap();
+    a.save_oauth_refresh_token("app", "refresh-token-value", now_ms()).await.unwrap();
     let c = a.claim(1, Duration::from_secs(60), vec![], now_ms()).await.unwrap().remove(0);
     assert!(c.event.payload.contains("grace.hopper@example.org"), "the relay reads it back");
     let mut attempt = attempt(500);

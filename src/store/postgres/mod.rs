@@ -19,8 +19,8 @@ use super::{
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
     Settlement, StoreError, StoredEvent, TypeSeen,
 };
-use crate::coverage::Counts;
-use crate::event::{now_ms, rfc3339};
+use crate::event::rfc3339;
+use crate::store::Counts;
 use batch::{batcher, Queued, BATCHERS};
 use notify::announcer;
 
@@ -354,13 +354,13 @@ impl PgStore {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
-    pub async fn save_oauth_refresh_token(&self, key: String, token: String) -> Result<(), StoreError> {
+    pub async fn save_oauth_refresh_token(&self, key: String, token: String, now: i64) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
             .execute(
                 &client.prepare_cached("INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at").await?,
-                &[&key, &token, &now_ms()],
+                &[&key, &token, &now],
             )
             .await?;
         Ok(())
@@ -700,7 +700,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
+    pub async fn purge(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let ids: Vec<String> = tx
@@ -727,7 +727,7 @@ impl PgStore {
         .await?;
         tx.execute(&tx.prepare_cached("DELETE FROM deliveries WHERE event_id = ANY($1)").await?, &[&ids]).await?;
         let n = tx.execute(&tx.prepare_cached("DELETE FROM events WHERE id = ANY($1)").await?, &[&ids]).await?;
-        tx.execute(&tx.prepare_cached("DELETE FROM dedup_keys WHERE expires_at <= $1").await?, &[&now_ms()]).await?;
+        tx.execute(&tx.prepare_cached("DELETE FROM dedup_keys WHERE expires_at <= $1").await?, &[&now]).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -902,7 +902,7 @@ impl PgStore {
         Ok(out)
     }
 
-    pub async fn ping(&self, _probe_bytes: usize) -> Result<(), StoreError> {
+    pub async fn ping(&self, _probe_bytes: usize, _now: i64) -> Result<(), StoreError> {
         self.pool.get().await?.query_one("SELECT 1", &[]).await?;
         Ok(())
     }

@@ -1,0 +1,66 @@
+//! What one attempt gave: the [`AttemptResult`] of a request (or of a failure before any), and
+//! the [`Verdict`] that says what it means for the delivery. `send` makes them, `retry` judges
+//! them, `steps` and `worker` act on them.
+
+use std::time::Duration;
+
+/// What one attempt's result means for its delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// Worth trying again; `retry_after` is the server's request, if any.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Trying again cannot help (a 4xx other than 408/425/429, a render error, an unknown route).
+    Fail {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub status: Option<u16>,
+    pub verdict: Verdict,
+    pub duration: Duration,
+    /// What went wrong, for `last_error` (the URL is never included: it may hold a token).
+    pub error: Option<String>,
+    /// The CRM said its quota is used up: nothing more on this route for this long.
+    pub pause: Option<Duration>,
+    /// The answer's body, when it was asked for (multi-step routes branch on it), and the first
+    /// [`FAILED_BODY_KEPT`](super::send::FAILED_BODY_KEPT) bytes of any answer that is not a success (`retry_on` matches on it).
+    pub body: Option<String>,
+    /// Each request as sent and its answer, for the attempt's record (see [`exchange`](super::send::exchange)).
+    pub exchanges: Vec<serde_json::Value>,
+    /// How long the answer's headers ask us to wait (`Retry-After`, reset headers), capped.
+    pub requested_wait: Option<Duration>,
+    /// The `Location` header of the answer, when it has one.
+    pub location: Option<String>,
+    /// The answer says "slow down" (a 429, or a `throttle_on` match): the route pauses and the
+    /// attempt uses up no step of the schedule.
+    pub throttled: bool,
+}
+
+impl AttemptResult {
+    /// A result with no answer from the CRM (network error, render error, token failure, …): the
+    /// verdict's reason is the error.
+    pub fn without_answer(verdict: Verdict, duration: Duration) -> AttemptResult {
+        let error = match &verdict {
+            Verdict::Delivered => None,
+            Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(reason.clone()),
+        };
+        AttemptResult {
+            status: None,
+            verdict,
+            duration,
+            error,
+            pause: None,
+            body: None,
+            exchanges: Vec::new(),
+            requested_wait: None,
+            location: None,
+            throttled: false,
+        }
+    }
+}
