@@ -28,7 +28,8 @@ impl Drop for Relay {
 impl Relay {
     pub(crate) async fn start(example: &str, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
-        let (public, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let (p, a) = two_free_ports();
+        let (public, admin) = (format!("127.0.0.1:{p}"), format!("127.0.0.1:{a}"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_lbx-relay"))
             .args(["serve", "-c", &format!("{}/examples/{example}.toml", env!("CARGO_MANIFEST_DIR"))])
             .env_clear()
