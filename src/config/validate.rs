@@ -3,7 +3,7 @@
 //! problem is collected and reported at once.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -22,28 +22,56 @@ pub(super) fn validate(
     let mut problems = Vec::new();
     let mut problem = |at: &str, msg: String| problems.push(format!("{shown}: {at}: {msg}"));
 
-    let max_body = match raw.server.max_body.parse::<bytesize::ByteSize>() {
+    let server = server(raw.server, &dir, &mut problem);
+    let store = store(raw.store, &dir, &mut problem);
+    let sources = sources(raw.sources, &dir, store.retention, &mut problem);
+    let quarantine = quarantine(&raw.quarantine, &mut problem);
+    let alerts = alerts(raw.alerts, &mut problem);
+    let retry = retry_policy(&raw.retry, None, "retry", &mut problem);
+    let delivery = delivery(&raw.delivery, &mut problem);
+    let routes = routes(raw.routes, uninterpolated, &retry, &dir, &mut problem);
+
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid { problems });
+    }
+    Ok(Config {
+        path,
+        dir,
+        server,
+        store,
+        sources,
+        retry,
+        delivery,
+        quarantine,
+        alerts,
+        routes,
+        secrets: crate::secrets::Masker::default(),
+    })
+}
+
+/// `[server]`: addresses, limits, timeouts, the admin token.
+fn server(raw: RawServer, dir: &Path, problem: &mut dyn FnMut(&str, String)) -> ServerConfig {
+    let max_body = match raw.max_body.parse::<bytesize::ByteSize>() {
         Ok(b) if b.as_u64() > 0 => usize::try_from(b.as_u64()).unwrap_or(usize::MAX),
         _ => {
-            problem("server.max_body", format!("{:?} is not a size like \"1MiB\"", raw.server.max_body));
+            problem("server.max_body", format!("{:?} is not a size like \"1MiB\"", raw.max_body));
             1 << 20
         }
     };
-    for (key, addr) in [("server.listen", &raw.server.listen), ("server.admin_listen", &raw.server.admin_listen)] {
+    for (key, addr) in [("server.listen", &raw.listen), ("server.admin_listen", &raw.admin_listen)] {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             problem(key, format!("{addr:?} is not an address like \"0.0.0.0:8080\""));
         }
     }
-    if same_listener(&raw.server.listen, &raw.server.admin_listen) {
+    if same_listener(&raw.listen, &raw.admin_listen) {
         problem(
             "server.admin_listen",
-            format!("{:?} is also server.listen: the two listeners need different addresses", raw.server.admin_listen),
+            format!("{:?} is also server.listen: the two listeners need different addresses", raw.admin_listen),
         );
     }
-    let body_timeout = duration(&raw.server.body_timeout, "server.body_timeout", &mut problem);
-    let header_timeout = duration(&raw.server.header_timeout, "server.header_timeout", &mut problem);
+    let body_timeout = duration(&raw.body_timeout, "server.body_timeout", problem);
+    let header_timeout = duration(&raw.header_timeout, "server.header_timeout", problem);
     let per_ip_exempt: Vec<std::net::IpAddr> = raw
-        .server
         .per_ip_exempt
         .iter()
         .filter_map(|a| {
@@ -55,20 +83,20 @@ pub(super) fn validate(
                 .ok()
         })
         .collect();
-    let min_body_rate = match raw.server.min_body_rate.trim().trim_end_matches("/s").parse::<bytesize::ByteSize>() {
+    let min_body_rate = match raw.min_body_rate.trim().trim_end_matches("/s").parse::<bytesize::ByteSize>() {
         Ok(b) => b.as_u64(),
         Err(_) => {
             problem(
                 "server.min_body_rate",
-                format!("{:?} is not a size per second like \"1KiB\" (0: off)", raw.server.min_body_rate),
+                format!("{:?} is not a size per second like \"1KiB\" (0: off)", raw.min_body_rate),
             );
             0
         }
     };
-    if raw.server.max_connections == 0 {
+    if raw.max_connections == 0 {
         problem("server.max_connections", "is 0: nothing could connect; use 1 or more".into());
     }
-    let admin_token = raw.server.admin_token.filter(|t| !t.is_empty()).map(SecretString::from);
+    let admin_token = raw.admin_token.filter(|t| !t.is_empty()).map(SecretString::from);
     if admin_token.as_ref().is_some_and(|t| t.expose_secret().chars().count() < MIN_ADMIN_TOKEN) {
         problem(
             "server.admin_token",
@@ -76,16 +104,42 @@ pub(super) fn validate(
         );
     }
 
-    let backend = if let Some(rest) = raw.store.url.strip_prefix("sqlite://") {
+    let env_file = raw.env_file.as_deref().filter(|f| !f.trim().is_empty()).map(|f| {
+        let f = PathBuf::from(f);
+        if f.is_absolute() {
+            f
+        } else {
+            dir.join(f)
+        }
+    });
+    ServerConfig {
+        listen: raw.listen,
+        admin_listen: raw.admin_listen,
+        admin_token,
+        max_body,
+        log_pii: raw.log_pii,
+        body_timeout,
+        header_timeout,
+        max_connections: raw.max_connections,
+        max_connections_per_ip: raw.max_connections_per_ip,
+        per_ip_exempt,
+        min_body_rate,
+        env_file,
+    }
+}
+
+/// `[store]`: the backend, retention, durability and the keys at rest.
+fn store(raw: RawStore, dir: &Path, problem: &mut dyn FnMut(&str, String)) -> StoreConfig {
+    let backend = if let Some(rest) = raw.url.strip_prefix("sqlite://") {
         let rel = PathBuf::from(rest);
         StoreBackend::Sqlite { path: if rel.is_absolute() { rel } else { dir.join(rel) } }
-    } else if raw.store.url.starts_with("postgres://") || raw.store.url.starts_with("postgresql://") {
-        StoreBackend::Postgres { url: SecretString::from(raw.store.url.clone()) }
+    } else if raw.url.starts_with("postgres://") || raw.url.starts_with("postgresql://") {
+        StoreBackend::Postgres { url: SecretString::from(raw.url.clone()) }
     } else {
         problem("store.url", "must start with sqlite:// or postgres://".into());
         StoreBackend::Sqlite { path: dir.join("relay.db") }
     };
-    let sync = match raw.store.sync.as_str() {
+    let sync = match raw.sync.as_str() {
         "full" => SyncMode::Full,
         "normal" => SyncMode::Normal,
         other => {
@@ -96,13 +150,12 @@ pub(super) fn validate(
     let store = StoreConfig {
         sync,
         backend,
-        retention: duration(&raw.store.retention, "store.retention", &mut problem),
-        pool_size: raw.store.pool_size.max(2),
-        connect_timeout: duration(&raw.store.connect_timeout, "store.connect_timeout", &mut problem),
-        statement_timeout: duration(&raw.store.statement_timeout, "store.statement_timeout", &mut problem),
-        encryption_key: raw.store.encryption_key.filter(|k| !k.trim().is_empty()).map(SecretString::from),
+        retention: duration(&raw.retention, "store.retention", problem),
+        pool_size: raw.pool_size.max(2),
+        connect_timeout: duration(&raw.connect_timeout, "store.connect_timeout", problem),
+        statement_timeout: duration(&raw.statement_timeout, "store.statement_timeout", problem),
+        encryption_key: raw.encryption_key.filter(|k| !k.trim().is_empty()).map(SecretString::from),
         previous_encryption_keys: raw
-            .store
             .previous_encryption_keys
             .into_iter()
             .filter(|k| !k.trim().is_empty())
@@ -123,11 +176,21 @@ pub(super) fn validate(
         problem("store.previous_encryption_keys", "needs store.encryption_key (the key new values use)".into());
     }
 
+    store
+}
+
+/// `[sources.NAME]`: each source's keys, envelope, dedup window, event fields and API.
+fn sources(
+    raw: BTreeMap<String, RawSource>,
+    dir: &Path,
+    retention: Duration,
+    problem: &mut dyn FnMut(&str, String),
+) -> BTreeMap<String, SourceConfig> {
     let mut sources = BTreeMap::new();
-    if raw.sources.is_empty() {
+    if raw.is_empty() {
         problem("sources", "no [sources.NAME] table: nothing could be received".into());
     }
-    for (name, s) in raw.sources {
+    for (name, s) in raw {
         let at = format!("sources.{name}");
         if !valid_name(&name) {
             problem(&at, "source names may use letters, digits, '-' and '_' only".into());
@@ -151,7 +214,7 @@ pub(super) fn validate(
                 "at least one non-empty secret key is needed (or allow_plaintext = true)".into(),
             );
         }
-        let dedup_window = duration(&s.dedup_window, &format!("{at}.dedup_window"), &mut problem);
+        let dedup_window = duration(&s.dedup_window, &format!("{at}.dedup_window"), problem);
         let pointers = |given: Option<Vec<String>>,
                         defaults: &[&str],
                         key: &str,
@@ -164,11 +227,11 @@ pub(super) fn validate(
             }
             list
         };
-        let alert_after = s.alert_after.as_deref().map(|a| duration(a, &format!("{at}.alert_after"), &mut problem));
-        let event_field = pointers(s.event_field, DEFAULT_EVENT_FIELDS, "event_field", &mut problem);
-        let id_field = pointers(s.id_field, DEFAULT_ID_FIELDS, "id_field", &mut problem);
-        let timestamp_field = pointers(s.timestamp_field, DEFAULT_TIMESTAMP_FIELDS, "timestamp_field", &mut problem);
-        let max_age = s.max_age.as_deref().map(|a| duration(a, &format!("{at}.max_age"), &mut problem));
+        let alert_after = s.alert_after.as_deref().map(|a| duration(a, &format!("{at}.alert_after"), problem));
+        let event_field = pointers(s.event_field, DEFAULT_EVENT_FIELDS, "event_field", problem);
+        let id_field = pointers(s.id_field, DEFAULT_ID_FIELDS, "id_field", problem);
+        let timestamp_field = pointers(s.timestamp_field, DEFAULT_TIMESTAMP_FIELDS, "timestamp_field", problem);
+        let max_age = s.max_age.as_deref().map(|a| duration(a, &format!("{at}.max_age"), problem));
         let accept_undated = match s.undated.as_deref() {
             None | Some("refuse") => false,
             Some("accept") => true,
@@ -180,7 +243,7 @@ pub(super) fn validate(
         if s.undated.is_some() && max_age.is_none() {
             problem(&format!("{at}.undated"), "only means something with max_age".into());
         }
-        let api = s.api.map(|a| super::api::validate_api(a, &format!("{at}.api"), &dir, store.retention, &mut problem));
+        let api = s.api.map(|a| super::api::validate_api(a, &format!("{at}.api"), dir, retention, problem));
         sources.insert(
             name.clone(),
             SourceConfig {
@@ -201,20 +264,26 @@ pub(super) fn validate(
         );
     }
 
-    let quarantine = QuarantineConfig {
-        max_items: raw.quarantine.max_items,
-        max_bytes: match raw.quarantine.max_bytes.parse::<bytesize::ByteSize>() {
+    sources
+}
+
+/// `[quarantine]`: how much undecryptable input is kept.
+fn quarantine(raw: &RawQuarantine, problem: &mut dyn FnMut(&str, String)) -> QuarantineConfig {
+    QuarantineConfig {
+        max_items: raw.max_items,
+        max_bytes: match raw.max_bytes.parse::<bytesize::ByteSize>() {
             Ok(b) => b.as_u64(),
             Err(_) => {
-                problem(
-                    "quarantine.max_bytes",
-                    format!("{:?} is not a size like \"100MiB\"", raw.quarantine.max_bytes),
-                );
+                problem("quarantine.max_bytes", format!("{:?} is not a size like \"100MiB\"", raw.max_bytes));
                 0
             }
         },
-    };
-    let alerts = raw.alerts.clone().map(|a| {
+    }
+}
+
+/// `[alerts]`: where and how notices are sent, and when.
+fn alerts(raw: Option<RawAlerts>, problem: &mut dyn FnMut(&str, String)) -> Option<AlertsConfig> {
+    raw.map(|a| {
         if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
             problem("alerts.url", "must be an http(s) URL (a Slack incoming webhook, or any JSON endpoint)".into());
         }
@@ -255,28 +324,41 @@ pub(super) fn validate(
             url: SecretString::from(a.url),
             format,
             failure_rate: a.failure_rate.filter(|r| *r > 0.0),
-            window: duration(&a.window, "alerts.window", &mut problem),
+            window: duration(&a.window, "alerts.window", problem),
             min_attempts: a.min_attempts.max(1),
-            repeat_after: duration(&a.repeat_after, "alerts.repeat_after", &mut problem),
-            check_every: duration(&a.check_every, "alerts.check_every", &mut problem),
+            repeat_after: duration(&a.repeat_after, "alerts.repeat_after", problem),
+            check_every: duration(&a.check_every, "alerts.check_every", problem),
             field_absent_after: a.field_absent_after,
         }
-    });
-    let retry = retry_policy(&raw.retry, None, "retry", &mut problem);
-    let delivery = DeliveryConfig {
-        workers: if raw.delivery.workers == 0 {
+    })
+}
+
+/// `[delivery]`: workers, lease, poll interval.
+fn delivery(raw: &RawDelivery, problem: &mut dyn FnMut(&str, String)) -> DeliveryConfig {
+    DeliveryConfig {
+        workers: if raw.workers == 0 {
             problem("delivery.workers", "is 0: nothing would ever be delivered; use 1 or more".into());
             1
         } else {
-            raw.delivery.workers
+            raw.workers
         },
-        lease: duration(&raw.delivery.lease, "delivery.lease", &mut problem),
-        poll_interval: duration(&raw.delivery.poll_interval, "delivery.poll_interval", &mut problem),
-    };
+        lease: duration(&raw.lease, "delivery.lease", problem),
+        poll_interval: duration(&raw.poll_interval, "delivery.poll_interval", problem),
+    }
+}
 
+/// `[[routes]]`: each route's events, steps, auth, pacing and retry policy (the top-level
+/// `retry` is each route's default); `uninterpolated` tells which header values came from `${VAR}`.
+fn routes(
+    raw: Vec<RawRoute>,
+    uninterpolated: &RawConfig,
+    retry: &RetryPolicy,
+    dir: &Path,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<RouteConfig> {
     let mut routes = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (i, r) in raw.routes.into_iter().enumerate() {
+    for (i, r) in raw.into_iter().enumerate() {
         let at = format!("routes[{i}] ({})", r.name);
         if !valid_name(&r.name) {
             problem(&at, "name may use letters, digits, '-', '_' and '.' only".into());
@@ -294,44 +376,8 @@ pub(super) fn validate(
         }
         let uninterpolated_route = uninterpolated.routes.get(i);
         let raw_headers = uninterpolated_route.map(|u| &u.headers).cloned().unwrap_or_default();
-        let mut headers = header_specs(&r.headers, &raw_headers, &at, &mut problem);
-        let mut oauth = None;
-        if let Some(auth) = &r.auth {
-            if headers.iter().any(|h| h.name.eq_ignore_ascii_case("authorization")) {
-                problem(&format!("{at}.auth"), "set either auth or an Authorization header, not both".into());
-            }
-            let value = match auth {
-                RawAuth::Basic { username, password } => {
-                    use base64::Engine;
-                    let pair = zeroize::Zeroizing::new(format!("{username}:{password}"));
-                    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())))
-                }
-                RawAuth::Bearer { token } => Some(format!("Bearer {token}")),
-                RawAuth::Oauth2 { token_url, client_id, client_secret, refresh_token, scope } => {
-                    if reqwest::Url::parse(token_url).map(|u| u.scheme().starts_with("http")) != Ok(true) {
-                        problem(&format!("{at}.auth.token_url"), format!("{token_url:?} is not an http(s) URL"));
-                    }
-                    oauth = Some(OAuthConfig {
-                        token_url: token_url.clone(),
-                        client_id: client_id.clone(),
-                        client_secret: SecretString::from(client_secret.clone()),
-                        refresh_token: refresh_token.clone().filter(|t| !t.is_empty()).map(SecretString::from),
-                        scope: scope.clone().filter(|s| !s.is_empty()),
-                    });
-                    None
-                }
-            };
-            if let Some(value) = value {
-                if reqwest::header::HeaderValue::from_str(&value).is_err() {
-                    problem(&format!("{at}.auth"), "the credentials do not make a valid header value".into());
-                }
-                headers.push(HeaderSpec {
-                    name: "Authorization".into(),
-                    value: SecretString::from(value),
-                    from_env: true,
-                });
-            }
-        }
+        let mut headers = header_specs(&r.headers, &raw_headers, &at, problem);
+        let oauth = r.auth.as_ref().and_then(|a| auth(a, &mut headers, &at, problem));
         let rate_limit = r
             .rate_limit
             .as_deref()
@@ -339,99 +385,7 @@ pub(super) fn validate(
         if r.concurrency == Some(0) {
             problem(&format!("{at}.concurrency"), "must be at least 1".into());
         }
-        let resolve = |p: &str| {
-            let p = PathBuf::from(p);
-            if p.is_absolute() {
-                p
-            } else {
-                dir.join(p)
-            }
-        };
-        let mut steps = Vec::new();
-        if r.steps.is_empty() {
-            let (Some(url), Some(template)) = (&r.url, &r.template) else {
-                problem(&at, "a route needs `url` and `template`, or `[[routes.steps]]`".into());
-                continue;
-            };
-            steps.push(StepConfig {
-                name: "request".into(),
-                when: None,
-                template: Some(resolve(template)),
-                url: check_url(url, &format!("{at}.url"), &mut problem),
-                method: method(r.method.as_deref(), &format!("{at}.method"), &mut problem),
-                headers: headers.clone(),
-                accept: accept(&r.accept, &format!("{at}.accept"), &mut problem),
-                retry_on: retry_on(&r.retry_on, &[], &format!("{at}.retry_on"), &mut problem),
-                success: success(r.success.as_ref(), &format!("{at}.success"), &mut problem),
-                throttle_on: throttle_on(&r.throttle_on, &[], &format!("{at}.throttle_on"), &mut problem),
-                omit_empty: r.omit_empty.unwrap_or(false),
-                schema: r.schema.as_deref().map(resolve),
-                retry_from: None,
-            });
-        } else {
-            for key in [
-                ("url", r.url.is_some()),
-                ("template", r.template.is_some()),
-                ("method", r.method.is_some()),
-                ("accept", !r.accept.is_empty()),
-                ("success", r.success.is_some()),
-                ("schema", r.schema.is_some()),
-            ] {
-                if key.1 {
-                    problem(&format!("{at}.{}", key.0), "set it on each of the route's steps instead".into());
-                }
-            }
-            let mut names = std::collections::HashSet::new();
-            for (j, st) in r.steps.iter().enumerate() {
-                let sat = format!("{at}.steps[{j}] ({})", st.name);
-                if !valid_name(&st.name) || st.name.contains('.') || st.name.contains('-') {
-                    problem(
-                        &sat,
-                        "step names may use letters, digits and '_' only (they are used as steps.NAME)".into(),
-                    );
-                }
-                if !names.insert(st.name.clone()) {
-                    problem(&sat, "a step with this name already exists in the route".into());
-                }
-                let raw_step_headers =
-                    uninterpolated_route.and_then(|u| u.steps.get(j)).map(|u| u.headers.clone()).unwrap_or_default();
-                let own = header_specs(&st.headers, &raw_step_headers, &sat, &mut problem);
-                let mut merged: Vec<HeaderSpec> = headers
-                    .iter()
-                    .filter(|h| !own.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)))
-                    .cloned()
-                    .collect();
-                merged.extend(own);
-                steps.push(StepConfig {
-                    name: st.name.clone(),
-                    when: st.when.clone().filter(|w| !w.trim().is_empty()),
-                    template: st.template.as_deref().map(resolve),
-                    url: check_url(&st.url, &format!("{sat}.url"), &mut problem),
-                    method: method(st.method.as_deref(), &format!("{sat}.method"), &mut problem),
-                    headers: merged,
-                    accept: accept(&st.accept, &format!("{sat}.accept"), &mut problem),
-                    retry_on: retry_on(&r.retry_on, &st.retry_on, &format!("{sat}.retry_on"), &mut problem),
-                    success: success(st.success.as_ref(), &format!("{sat}.success"), &mut problem),
-                    throttle_on: throttle_on(
-                        &r.throttle_on,
-                        &st.throttle_on,
-                        &format!("{sat}.throttle_on"),
-                        &mut problem,
-                    ),
-                    omit_empty: st.omit_empty.or(r.omit_empty).unwrap_or(false),
-                    schema: st.schema.as_deref().map(resolve),
-                    retry_from: st.retry_from.clone(),
-                });
-                if let Some(from) = &st.retry_from {
-                    if !r.steps[..j].iter().any(|earlier| &earlier.name == from) {
-                        problem(&format!("{sat}.retry_from"), format!("{from:?} is not an earlier step of this route"));
-                    }
-                }
-                if st.schema.is_some() && st.template.is_none() {
-                    problem(&format!("{sat}.schema"), "a schema checks the body: the step needs a `template`".into());
-                }
-            }
-        }
+        let Some(steps) = steps(&r, uninterpolated_route, &headers, &at, dir, problem) else { continue };
         for step in &steps {
             if templated_authority(&step.url) && !r.allow_templated_host {
                 problem(
@@ -447,7 +401,7 @@ pub(super) fn validate(
             }
         }
         let route_retry = match &r.retry {
-            Some(o) => retry_policy(o, Some(&retry), &format!("{at}.retry"), &mut problem),
+            Some(o) => retry_policy(o, Some(retry), &format!("{at}.retry"), problem),
             None => retry.clone(),
         };
         routes.push(RouteConfig {
@@ -466,47 +420,148 @@ pub(super) fn validate(
             throttle_pause: r
                 .throttle_pause
                 .as_deref()
-                .map_or(DEFAULT_THROTTLE_PAUSE, |t| duration(t, &format!("{at}.throttle_pause"), &mut problem)),
+                .map_or(DEFAULT_THROTTLE_PAUSE, |t| duration(t, &format!("{at}.throttle_pause"), problem)),
         });
     }
 
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid { problems });
+    routes
+}
+
+/// A route's `auth`: a Basic or Bearer `Authorization` header added to `headers`, or the OAuth 2.0
+/// settings (the token is fetched at send time).
+fn auth(
+    auth: &RawAuth,
+    headers: &mut Vec<HeaderSpec>,
+    at: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Option<OAuthConfig> {
+    let mut oauth = None;
+    if headers.iter().any(|h| h.name.eq_ignore_ascii_case("authorization")) {
+        problem(&format!("{at}.auth"), "set either auth or an Authorization header, not both".into());
     }
-    let env_file = raw.server.env_file.as_deref().filter(|f| !f.trim().is_empty()).map(|f| {
-        let f = PathBuf::from(f);
-        if f.is_absolute() {
-            f
-        } else {
-            dir.join(f)
+    let value = match auth {
+        RawAuth::Basic { username, password } => {
+            use base64::Engine;
+            let pair = zeroize::Zeroizing::new(format!("{username}:{password}"));
+            Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())))
         }
-    });
-    Ok(Config {
-        path,
-        dir,
-        server: ServerConfig {
-            listen: raw.server.listen,
-            admin_listen: raw.server.admin_listen,
-            admin_token,
-            max_body,
-            log_pii: raw.server.log_pii,
-            body_timeout,
-            header_timeout,
-            max_connections: raw.server.max_connections,
-            max_connections_per_ip: raw.server.max_connections_per_ip,
-            per_ip_exempt,
-            min_body_rate,
-            env_file,
-        },
-        store,
-        sources,
-        retry,
-        delivery,
-        quarantine,
-        alerts,
-        routes,
-        secrets: crate::secrets::Masker::default(),
-    })
+        RawAuth::Bearer { token } => Some(format!("Bearer {token}")),
+        RawAuth::Oauth2 { token_url, client_id, client_secret, refresh_token, scope } => {
+            if reqwest::Url::parse(token_url).map(|u| u.scheme().starts_with("http")) != Ok(true) {
+                problem(&format!("{at}.auth.token_url"), format!("{token_url:?} is not an http(s) URL"));
+            }
+            oauth = Some(OAuthConfig {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: SecretString::from(client_secret.clone()),
+                refresh_token: refresh_token.clone().filter(|t| !t.is_empty()).map(SecretString::from),
+                scope: scope.clone().filter(|s| !s.is_empty()),
+            });
+            None
+        }
+    };
+    if let Some(value) = value {
+        if reqwest::header::HeaderValue::from_str(&value).is_err() {
+            problem(&format!("{at}.auth"), "the credentials do not make a valid header value".into());
+        }
+        headers.push(HeaderSpec { name: "Authorization".into(), value: SecretString::from(value), from_env: true });
+    }
+    oauth
+}
+
+/// A route's requests: its one `url` + `template`, or its `[[routes.steps]]` (each with the
+/// route's headers under its own); `None` when it has neither.
+fn steps(
+    r: &RawRoute,
+    uninterpolated_route: Option<&RawRoute>,
+    headers: &[HeaderSpec],
+    at: &str,
+    dir: &Path,
+    problem: &mut dyn FnMut(&str, String),
+) -> Option<Vec<StepConfig>> {
+    let resolve = |p: &str| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            dir.join(p)
+        }
+    };
+    let mut steps = Vec::new();
+    if r.steps.is_empty() {
+        let (Some(url), Some(template)) = (&r.url, &r.template) else {
+            problem(at, "a route needs `url` and `template`, or `[[routes.steps]]`".into());
+            return None;
+        };
+        steps.push(StepConfig {
+            name: "request".into(),
+            when: None,
+            template: Some(resolve(template)),
+            url: check_url(url, &format!("{at}.url"), problem),
+            method: method(r.method.as_deref(), &format!("{at}.method"), problem),
+            headers: headers.to_vec(),
+            accept: accept(&r.accept, &format!("{at}.accept"), problem),
+            retry_on: retry_on(&r.retry_on, &[], &format!("{at}.retry_on"), problem),
+            success: success(r.success.as_ref(), &format!("{at}.success"), problem),
+            throttle_on: throttle_on(&r.throttle_on, &[], &format!("{at}.throttle_on"), problem),
+            omit_empty: r.omit_empty.unwrap_or(false),
+            schema: r.schema.as_deref().map(resolve),
+            retry_from: None,
+        });
+    } else {
+        for key in [
+            ("url", r.url.is_some()),
+            ("template", r.template.is_some()),
+            ("method", r.method.is_some()),
+            ("accept", !r.accept.is_empty()),
+            ("success", r.success.is_some()),
+            ("schema", r.schema.is_some()),
+        ] {
+            if key.1 {
+                problem(&format!("{at}.{}", key.0), "set it on each of the route's steps instead".into());
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (j, st) in r.steps.iter().enumerate() {
+            let sat = format!("{at}.steps[{j}] ({})", st.name);
+            if !valid_name(&st.name) || st.name.contains('.') || st.name.contains('-') {
+                problem(&sat, "step names may use letters, digits and '_' only (they are used as steps.NAME)".into());
+            }
+            if !names.insert(st.name.clone()) {
+                problem(&sat, "a step with this name already exists in the route".into());
+            }
+            let raw_step_headers =
+                uninterpolated_route.and_then(|u| u.steps.get(j)).map(|u| u.headers.clone()).unwrap_or_default();
+            let own = header_specs(&st.headers, &raw_step_headers, &sat, problem);
+            let mut merged: Vec<HeaderSpec> =
+                headers.iter().filter(|h| !own.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name))).cloned().collect();
+            merged.extend(own);
+            steps.push(StepConfig {
+                name: st.name.clone(),
+                when: st.when.clone().filter(|w| !w.trim().is_empty()),
+                template: st.template.as_deref().map(resolve),
+                url: check_url(&st.url, &format!("{sat}.url"), problem),
+                method: method(st.method.as_deref(), &format!("{sat}.method"), problem),
+                headers: merged,
+                accept: accept(&st.accept, &format!("{sat}.accept"), problem),
+                retry_on: retry_on(&r.retry_on, &st.retry_on, &format!("{sat}.retry_on"), problem),
+                success: success(st.success.as_ref(), &format!("{sat}.success"), problem),
+                throttle_on: throttle_on(&r.throttle_on, &st.throttle_on, &format!("{sat}.throttle_on"), problem),
+                omit_empty: st.omit_empty.or(r.omit_empty).unwrap_or(false),
+                schema: st.schema.as_deref().map(resolve),
+                retry_from: st.retry_from.clone(),
+            });
+            if let Some(from) = &st.retry_from {
+                if !r.steps[..j].iter().any(|earlier| &earlier.name == from) {
+                    problem(&format!("{sat}.retry_from"), format!("{from:?} is not an earlier step of this route"));
+                }
+            }
+            if st.schema.is_some() && st.template.is_none() {
+                problem(&format!("{sat}.schema"), "a schema checks the body: the step needs a `template`".into());
+            }
+        }
+    }
+    Some(steps)
 }
 
 /// The shortest admin token accepted.

@@ -1,15 +1,23 @@
 //! Handlebars rendering of route requests: every route's body, URL and `when` condition compiled
 //! once per config load; `.json.hbs` bodies escape values as JSON strings (never HTML) and must
 //! parse as JSON; URL templates percent-encode what they insert; `omit_empty` pruning and `schema`
-//! validation of rendered bodies; the helper set users rely on.
+//! validation of rendered bodies (`body`); the helper set users rely on (`helpers`); escaping
+//! (`escape`).
 
 use std::collections::BTreeMap;
 
-use handlebars::{
-    handlebars_helper, Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
-};
+use handlebars::Handlebars;
 use serde::Serialize;
 use serde_json::Value;
+
+mod body;
+mod escape;
+mod helpers;
+
+use body::{check_schema, load_schema};
+pub use body::{prune_empty, SchemaError};
+pub use escape::{has_dot_segment, json_escape, url_escape};
+use helpers::register_helpers;
 
 use crate::config::{Config, HeaderSpec, RouteConfig};
 use crate::event::{rfc3339, Event};
@@ -66,22 +74,6 @@ pub struct TemplateContext<'a> {
     /// What `{{now}}` gives: when the request is rendered ([`TemplateContext::at`]), or when the
     /// event was received for what is not a request (`when` conditions, ingest's checks).
     rendered_at: String,
-}
-
-/// `{{now}}`: the context's rendering time, RFC 3339 to the second (read from the root context,
-/// so it is the same inside `#each` blocks and usable as a subexpression).
-struct Now;
-
-impl handlebars::HelperDef for Now {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        _: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        ctx: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<handlebars::ScopedJson<'rc>, handlebars::RenderError> {
-        Ok(handlebars::ScopedJson::Derived(ctx.data().get("rendered_at").cloned().unwrap_or(Value::Null)))
-    }
 }
 
 fn rfc3339_seconds(ms: i64) -> String {
@@ -161,35 +153,6 @@ fn registry(escape: fn(&str) -> String) -> Handlebars<'static> {
     h.register_escape_fn(escape);
     register_helpers(&mut h);
     h
-}
-
-/// Escapes a value for the inside of a JSON string literal.
-pub fn json_escape(s: &str) -> String {
-    let quoted = serde_json::to_string(s).unwrap_or_default();
-    quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default().to_string()
-}
-
-/// Escapes a value for a URL path segment or query value.
-pub fn url_escape(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-        .to_string()
-        .replace("%2D", "-")
-        .replace("%2E", ".")
-        .replace("%5F", "_")
-        .replace("%7E", "~")
-}
-
-/// Whether the path of `url` has a `.` or `..` segment, written plainly or percent-encoded: URL
-/// parsers (WHATWG, reqwest's) resolve both away, so `/contacts/{{email}}/sub` with an e-mail of
-/// `..` would go out as `/sub`.
-pub fn has_dot_segment(url: &str) -> bool {
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let Some((_, path)) = after_scheme.split_once('/') else { return false };
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
 }
 
 fn body_key(route: &str, step: usize) -> String {
@@ -552,81 +515,6 @@ fn not_json(route: &RouteConfig, file: &str, e: &serde_json::Error, body: &str) 
     }
 }
 
-/// Why a step's `schema` file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SchemaError {
-    #[error("cannot read the schema")]
-    Read(#[source] std::io::Error),
-    #[error("the schema is not JSON")]
-    NotJson(#[source] serde_json::Error),
-    #[error("not a valid JSON Schema: {0}")]
-    Invalid(String),
-}
-
-/// Reads and compiles a JSON Schema file (its `$schema`, else draft 2020-12; formats are
-/// annotations, as the draft says). References to other files or URLs are not fetched.
-fn load_schema(path: &std::path::Path) -> Result<jsonschema::Validator, SchemaError> {
-    let text = std::fs::read_to_string(path).map_err(SchemaError::Read)?;
-    let value: Value = serde_json::from_str(&text).map_err(SchemaError::NotJson)?;
-    // The validator's error borrows the schema: its text is what can be kept.
-    jsonschema::validator_for(&value).map_err(|e| SchemaError::Invalid(e.to_string()))
-}
-
-/// At most this many violations are named in one message.
-const SCHEMA_PROBLEMS_SHOWN: usize = 3;
-
-fn check_schema(
-    route: &RouteConfig,
-    step: &crate::config::StepConfig,
-    validator: &jsonschema::Validator,
-    file: &str,
-    body: &Value,
-) -> Result<(), RenderError> {
-    let mut problems: Vec<String> = validator
-        .iter_errors(body)
-        .take(SCHEMA_PROBLEMS_SHOWN + 1)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            let at = if at.is_empty() { "the body".to_string() } else { at };
-            format!("{at}: {e}")
-        })
-        .collect();
-    if problems.is_empty() {
-        return Ok(());
-    }
-    if problems.len() > SCHEMA_PROBLEMS_SHOWN {
-        problems.truncate(SCHEMA_PROBLEMS_SHOWN);
-        problems.push("…".into());
-    }
-    let route = if route.is_multi_step() { format!("{} step {}", route.name, step.name) } else { route.name.clone() };
-    Err(RenderError::Schema { route, file: file.to_string(), problems: problems.join("; ") })
-}
-
-/// `omit_empty`: removes every object member whose value is null or a blank string, and every such
-/// array element, at any depth, so a sparse event never sends a value that would clear the CRM's.
-/// An array left empty by that is removed too; arrays and objects empty as rendered stay (they can
-/// be required, e.g. HubSpot's `associations: []`).
-pub fn prune_empty(value: &mut Value) {
-    /// Prunes below `v`; true when `v` itself is to go.
-    fn prune(v: &mut Value) -> bool {
-        match v {
-            Value::Null => true,
-            Value::String(s) => s.trim().is_empty(),
-            Value::Array(items) => {
-                let before = items.len();
-                items.retain_mut(|i| !prune(i));
-                before > 0 && items.is_empty()
-            }
-            Value::Object(map) => {
-                map.retain(|_, v| !prune(v));
-                false
-            }
-            _ => false,
-        }
-    }
-    prune(value);
-}
-
 /// Empty, `false`, `0`, `no` and `null` (trimmed, any case) are false; anything else is true.
 fn truthy(out: &str) -> bool {
     let v = out.trim().to_ascii_lowercase();
@@ -677,148 +565,6 @@ fn top_level_placeholders(template: &str) -> Vec<String> {
 
 fn template_error_message(e: &dyn std::fmt::Display) -> String {
     e.to_string().replace('\n', " ")
-}
-
-// ---- helpers ---------------------------------------------------------------------------------
-
-/// The text a value stands for in string helpers: strings as is, null as empty, others as JSON.
-fn as_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::String(s) => s.trim().is_empty(),
-        _ => false,
-    }
-}
-
-handlebars_helper!(coalesce: |*args| {
-    args.iter().find(|v| !is_empty(v)).map(|v| (*v).clone()).unwrap_or(Value::Null)
-});
-handlebars_helper!(default_helper: |v: Json, fallback: Json| {
-    if is_empty(v) { fallback.clone() } else { v.clone() }
-});
-handlebars_helper!(lower: |v: Json| as_text(v).to_lowercase());
-handlebars_helper!(upper: |v: Json| as_text(v).to_uppercase());
-handlebars_helper!(trim: |v: Json| as_text(v).trim().to_string());
-handlebars_helper!(md5_helper: |v: Json| {
-    use ::md5::{Digest, Md5};
-    hex::encode(Md5::digest(as_text(v).as_bytes()))
-});
-handlebars_helper!(split: |v: Json, sep: str| {
-    let text = as_text(v);
-    if text.is_empty() {
-        Value::Array(vec![])
-    } else {
-        Value::Array(text.split(sep).map(|s| Value::String(s.trim().to_string())).collect())
-    }
-});
-handlebars_helper!(join: |v: Json, sep: str| {
-    match v {
-        Value::Array(items) => items.iter().map(as_text).collect::<Vec<_>>().join(sep),
-        other => as_text(other),
-    }
-});
-// `{{replace s "." "_"}}`: every occurrence of the second argument replaced by the third.
-handlebars_helper!(replace: |v: Json, from: str, to: str| {
-    let text = as_text(v);
-    if from.is_empty() { text } else { text.replace(from, to) }
-});
-// `{{words a b c}}`: the non-empty arguments, trimmed, joined by single spaces (a full name that is
-// empty, not " ", when both parts are missing).
-handlebars_helper!(words: |*args| {
-    args.iter().map(|v| as_text(v).trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
-});
-// `{{date value}}`: the `YYYY-MM-DD` at the start of an RFC 3339 / ISO 8601 date, else empty.
-handlebars_helper!(date: |v: Json| {
-    let text = as_text(v);
-    let day = text.trim().get(..10).unwrap_or_default();
-    let b = day.as_bytes();
-    let ok = b.len() == 10 && b[4] == b'-' && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-    if ok { day.to_string() } else { String::new() }
-});
-// `{{pluck items "name"}}`: the `name` of every object in `items`, as an array (missing ones left out).
-handlebars_helper!(pluck: |items: Json, field: str| {
-    match items {
-        Value::Array(list) => Value::Array(list.iter().filter_map(|i| i.get(field)).filter(|v| !v.is_null()).cloned().collect()),
-        _ => Value::Array(vec![]),
-    }
-});
-// `{{slack_escape s}}`: Slack's control characters `&`, `<`, `>` as entities, so contact data is
-// shown as typed and never read as a link, mention or command.
-handlebars_helper!(slack_escape: |v: Json| {
-    as_text(v).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-});
-// `{{sheet_safe s}}`: a value a spreadsheet shows as text, never runs as a formula: one starting
-// with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'` (OWASP's CSV-injection rule).
-handlebars_helper!(sheet_safe: |v: Json| {
-    let text = as_text(v);
-    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}") } else { text }
-});
-
-/// `{{json value}}` writes the value as JSON, unescaped, so it can stand as a JSON value.
-fn json_helper(
-    h: &Helper<'_>,
-    _: &Handlebars<'_>,
-    _: &Context,
-    _: &mut RenderContext<'_, '_>,
-    out: &mut dyn Output,
-) -> HelperResult {
-    let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
-    let text = serde_json::to_string(&value).map_err(|e| RenderErrorReason::Other(e.to_string()))?;
-    out.write(&text)?;
-    Ok(())
-}
-
-/// `{{required value "what to set"}}` gives the value (escaped like any value), or fails the
-/// render with the message when it is missing or blank: a setting a connector cannot do without
-/// is named instead of sent empty.
-struct Required;
-
-impl handlebars::HelperDef for Required {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        ctx: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<handlebars::ScopedJson<'rc>, handlebars::RenderError> {
-        let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
-        let preview = ctx.data().get("preview") == Some(&Value::Bool(true));
-        if is_empty(&value) && !preview {
-            let what = h.param(1).and_then(|p| p.value().as_str().map(str::to_string)).unwrap_or_default();
-            let name = h.param(0).and_then(|p| p.relative_path().cloned()).unwrap_or_else(|| "a value".into());
-            return Err(RenderErrorReason::Other(format!("{name} is required: {what}")).into());
-        }
-        Ok(handlebars::ScopedJson::Derived(value))
-    }
-}
-
-fn register_helpers(h: &mut Handlebars<'static>) {
-    h.register_helper("json", Box::new(json_helper));
-    h.register_helper("required", Box::new(Required));
-    h.register_helper("coalesce", Box::new(coalesce));
-    h.register_helper("default", Box::new(default_helper));
-    h.register_helper("lower", Box::new(lower));
-    h.register_helper("upper", Box::new(upper));
-    h.register_helper("trim", Box::new(trim));
-    h.register_helper("md5", Box::new(md5_helper));
-    h.register_helper("split", Box::new(split));
-    h.register_helper("join", Box::new(join));
-    h.register_helper("replace", Box::new(replace));
-    h.register_helper("now", Box::new(Now));
-    h.register_helper("words", Box::new(words));
-    h.register_helper("date", Box::new(date));
-    h.register_helper("pluck", Box::new(pluck));
-    h.register_helper("slack_escape", Box::new(slack_escape));
-    h.register_helper("sheet_safe", Box::new(sheet_safe));
 }
 
 #[cfg(test)]
