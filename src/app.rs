@@ -3,6 +3,7 @@
 //! and the delivery workers; `run_until_stopped` serves until a shutdown future resolves, then
 //! drains in order: stop accepting, finish in-flight deliveries, stop the admin listener.
 
+use crate::store::UpkeepStore;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! (`GET /api/routes`) and delivered / failed / retried counts with latency percentiles per time
 //! bucket (`GET /api/stats/series`). The same for SQLite and PostgreSQL.
 
+use crate::store::ConsoleStore;
 use std::collections::BTreeMap;
 
 use serde::Serialize;

@@ -4,6 +4,8 @@
 //! every quarantined body that does (in clear, or once decrypted with the keys in force); the dry
 //! run lists them, the erasure removes them with their deliveries and attempts.
 
+use crate::store::ErasureStore;
+use crate::store::QuarantineStore;
 use serde::Serialize;
 
 use crate::email::{Email, EmailError};

@@ -2,6 +2,7 @@
 //! `alert_after`), the gauges, and the retention purge of fully delivered events. [`Upkeep`] is
 //! what it (and `[alerts]`) reads: the store, the configuration, the sources' silence, the clock.
 
+use crate::store::UpkeepStore;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! The HTTP handler and quarantine reprocessing go through `accept`; reconciliation, which has
 //! its events already decrypted, through `store_event`.
 
+use crate::store::{IngestStore, QuarantineStore};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 //! templates rendered against the sample events (bundled plus `samples/*.json` beside the config),
 //! and the warnings about a risky but valid setup (an admin listener open to the network).
 
+use crate::store::ConsoleStore;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 

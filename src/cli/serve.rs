@@ -1,5 +1,6 @@
 //! `lbx-relay serve`: load and check the configuration, build the relay, serve until SIGINT/SIGTERM.
 
+use crate::store::ConsoleStore;
 use std::path::Path;
 use std::process::ExitCode;
 

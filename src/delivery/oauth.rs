@@ -4,6 +4,7 @@
 //! rotated refresh token is written to the store and read back before each refresh, so a restart
 //! or another replica uses the newest one.
 
+use crate::store::QueueStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

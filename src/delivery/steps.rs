@@ -4,6 +4,7 @@
 //! query alone in `steps.NAME.location_path`),
 //! skipping those whose `when` is false, and resuming after the steps a previous attempt finished.
 
+use crate::store::QueueStore;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};

@@ -3,6 +3,7 @@
 //! sends, and settles the result in the store.
 //! `run_once` does one round synchronously, for tests and tools.
 
+use crate::store::QueueStore;
 use std::sync::Arc;
 use std::time::Duration;
 

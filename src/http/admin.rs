@@ -3,6 +3,7 @@
 //! cursor paging, single and bulk retry, the quarantine and its reprocessing, config reload and the
 //! retention purge.
 
+use crate::store::{ConsoleStore, QuarantineStore, UpkeepStore};
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use base64::Engine;
@@ -87,7 +88,7 @@ impl FromRequest for Admin {
 }
 
 fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
-    let relay = req.app_data::<web::Data<Relay>>().ok_or(ApiError::Unavailable)?;
+    let relay = req.app_data::<web::Data<Relay>>().ok_or(ApiError::Unauthorized)?;
     let rt = relay.runtime();
     let Some(expected) = &rt.config.server.admin_token else { return Err(ApiError::AdminDisabled) };
     let given = req

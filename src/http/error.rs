@@ -10,9 +10,11 @@ pub enum ApiError {
     NotFound,
     #[error("the body exceeds server.max_body ({0} bytes)")]
     PayloadTooLarge(usize),
-    #[error("the store is unavailable; retry later")]
-    Unavailable,
-    /// The store failed: answered like `Unavailable`, the cause logged once when answering.
+    /// A webhook the store did not take (the handler has logged why, with its source): the
+    /// sender retries.
+    #[error("the event was not stored; retry later")]
+    NotStored,
+    /// The store failed on an admin request: the cause is logged once, when answering.
     #[error("the store is unavailable; retry later")]
     Store(#[source] crate::store::StoreError),
     #[error("missing or wrong bearer token")]
@@ -41,7 +43,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotStored | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InFlight => StatusCode::CONFLICT,
@@ -66,7 +68,7 @@ impl ResponseError for ApiError {
         if let ApiError::TooManyAttempts(wait) = self {
             resp.insert_header(("Retry-After", wait.as_secs().max(1).to_string()));
         }
-        if matches!(self, ApiError::Unavailable | ApiError::Store(_)) {
+        if matches!(self, ApiError::NotStored | ApiError::Store(_)) {
             resp.insert_header(("Retry-After", "5"));
         }
         resp.json(serde_json::json!({ "error": self.to_string() }))

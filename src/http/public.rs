@@ -139,7 +139,7 @@ async fn receive(
         Err(IngestError::UnknownSource(_)) => Err(ApiError::NotFound),
         Err(IngestError::Unavailable(e)) => {
             tracing::error!(source, error = %crate::telemetry::Chain(&e), "event not stored; answered 503 so the sender retries");
-            Err(ApiError::Unavailable)
+            Err(ApiError::NotStored)
         }
     }
 }

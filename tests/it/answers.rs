@@ -2,6 +2,7 @@
 //! target), `throttle_on` answers pause the route without using up the schedule, `accept` entries
 //! match a body text, and a URL placeholder that renders empty is never sent.
 
+use lbx_relay::store::roles::*;
 use lbx_relay::store::DeliveryFilter;
 
 use crate::helpers::*;

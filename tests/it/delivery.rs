@@ -1,6 +1,7 @@
 //! Delivery behaviour against a CRM that fails: retries spaced by the schedule, permanent
 //! failures listed as dead letters and replayed, exhausted schedules, request headers.
 
+use lbx_relay::store::roles::*;
 use std::time::Duration;
 
 use serde_json::Value;

@@ -2,6 +2,7 @@
 //! `Retry-After` values are capped at 6 h and the request is sent once (SQLite and PostgreSQL), a
 //! pause is lifted by a manual retry or a reload, and a token answer is read no further than 64 KiB.
 
+use lbx_relay::store::roles::*;
 use lbx_relay::store::DeliveryFilter;
 
 use crate::helpers::*;

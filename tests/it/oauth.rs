@@ -2,6 +2,7 @@
 //! is cached, fetched again once it expires and once after a 401, and the rotated refresh token
 //! survives a restart of the relay.
 
+use lbx_relay::store::roles::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -3,6 +3,7 @@
 //! empty) and 429: sales no webhook brought are delivered once; webhooks and second runs that
 //! follow are duplicates; the API key and tokens never show.
 
+use lbx_relay::store::roles::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The store contract, run against both backends: the embedded SQLite file and PostgreSQL
 //! (when `LBX_TEST_POSTGRES_URL` is set; each test in its own schema).
 
+use lbx_relay::store::roles::*;
 use std::collections::HashSet;
 use std::time::Duration;
 

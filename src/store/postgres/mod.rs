@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{AttemptFact, AttemptOutcome, RetryFilter, COUNT_CAP, DERIVED_STATUS};
@@ -93,6 +94,30 @@ fn status_of(v: Option<i32>) -> Option<u16> {
 }
 
 impl PgStore {
+    /// One statement on a pooled connection (prepared once per connection); the rows it changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.execute(&client.prepare_cached(sql).await?, params).await?)
+    }
+
+    /// The rows of one query on a pooled connection.
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.query(&client.prepare_cached(sql).await?, params).await?)
+    }
+
+    /// The row of a query that gives at most one.
+    async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_opt(&client.prepare_cached(sql).await?, params).await?)
+    }
+
+    /// The row of a query that gives exactly one.
+    async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one(&client.prepare_cached(sql).await?, params).await?)
+    }
+
     /// Connects, applies migrations (under an advisory lock) and returns the store.
     pub async fn open(url: &SecretString, opts: &PgOptions) -> Result<PgStore, StoreError> {
         let (mut config, tls) = super::pg_tls::connect_settings(url.expose_secret())?;
@@ -258,51 +283,35 @@ impl PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Sets `set` (its value is `$1`) on delivery `id` if `lease_token` still holds its lease;
+    /// `false` when the lease was lost.
+    async fn under_lease(
+        &self,
+        set: &str,
+        value: &(dyn ToSql + Sync),
+        id: &str,
+        lease_token: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = format!("UPDATE deliveries SET {set} WHERE id = $2 AND lease_token = $3");
+        Ok(self.execute(&sql, &[value, &id, &lease_token]).await? == 1)
+    }
+
     pub async fn save_steps_state(
         &self,
         delivery_id: String,
         lease_token: String,
         state: String,
     ) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                &client
-                    .prepare_cached("UPDATE deliveries SET steps_state = $1 WHERE id = $2 AND lease_token = $3")
-                    .await?,
-                &[&state, &delivery_id, &lease_token],
-            )
-            .await?;
-        Ok(n == 1)
+        self.under_lease("steps_state = $1", &state, &delivery_id, &lease_token).await
     }
 
     pub async fn extend_lease(&self, delivery_id: String, lease_token: String, until: i64) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                &client
-                    .prepare_cached("UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND lease_token = $3")
-                    .await?,
-                &[&until, &delivery_id, &lease_token],
-            )
-            .await?;
-        Ok(n == 1)
+        self.under_lease("lease_until = $1", &until, &delivery_id, &lease_token).await
     }
 
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE deliveries SET next_attempt_at = $1, lease_token = NULL, lease_until = NULL
-                 WHERE id = $2 AND lease_token = $3",
-                    )
-                    .await?,
-                &[&at, &delivery_id, &lease_token],
-            )
-            .await?;
-        Ok(n == 1)
+        let set = "next_attempt_at = $1, lease_token = NULL, lease_until = NULL";
+        self.under_lease(set, &at, &delivery_id, &lease_token).await
     }
 
     /// The shared sliding window of `route`, reserved under a row lock so replicas never hand out
@@ -347,49 +356,29 @@ impl PgStore {
     }
 
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(&client.prepare_cached("SELECT refresh_token FROM oauth_tokens WHERE key = $1").await?, &[&key])
-            .await?;
+        let row = self.query_opt("SELECT refresh_token FROM oauth_tokens WHERE key = $1", &[&key]).await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     pub async fn save_oauth_refresh_token(&self, key: String, token: String, now: i64) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                &client.prepare_cached("INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at").await?,
-                &[&key, &token, &now],
-            )
-            .await?;
+        self.execute("INSERT INTO oauth_tokens (key, refresh_token, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at", &[&key, &token, &now]).await?;
         Ok(())
     }
 
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                &client.prepare_cached("SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'").await?,
-                &[],
-            )
-            .await?;
+        let row = self.query_one("SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'", &[]).await?;
         Ok(row.try_get(0)?)
     }
 
     pub async fn list_deliveries(&self, f: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
+        let rows = self
             .query(
-                &client
-                    .prepare_cached(
-                        "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
+                "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
                  FROM deliveries
                  WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR route = $2)
                    AND ($3::text IS NULL OR id > $3)
                  ORDER BY id LIMIT $4",
-                    )
-                    .await?,
                 &[&f.status, &f.route, &f.after, &(f.limit as i64)],
             )
             .await?;
@@ -397,10 +386,7 @@ impl PgStore {
     }
 
     pub async fn delivery_route(&self, id: String) -> Result<Option<String>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(&client.prepare_cached("SELECT route FROM deliveries WHERE id = $1").await?, &[&id])
-            .await?;
+        let row = self.query_opt("SELECT route FROM deliveries WHERE id = $1", &[&id]).await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -531,16 +517,11 @@ impl PgStore {
     }
 
     pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
+        let rows = self
             .query(
-                &client
-                    .prepare_cached(
-                        "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
+                "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
                  FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
                  WHERE a.started_at >= $1 ORDER BY a.id DESC LIMIT $2",
-                    )
-                    .await?,
                 &[&since, &(limit as i64)],
             )
             .await?;
@@ -560,15 +541,8 @@ impl PgStore {
     }
 
     pub async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached("SELECT route, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY route")
-                    .await?,
-                &[],
-            )
-            .await?;
+        let rows =
+            self.query("SELECT route, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY route", &[]).await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
@@ -664,15 +638,10 @@ impl PgStore {
     }
 
     pub async fn list_quarantine(&self, after: Option<i64>, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
+        let rows = self
             .query(
-                &client
-                    .prepare_cached(
-                        "SELECT id, source, received_at, headers, body, reason FROM quarantine
+                "SELECT id, source, received_at, headers, body, reason FROM quarantine
                  WHERE ($1::bigint IS NULL OR id > $1) ORDER BY id LIMIT $2",
-                    )
-                    .await?,
                 &[&after, &(limit as i64)],
             )
             .await?;
@@ -737,12 +706,7 @@ impl PgStore {
         needle: String,
         index: Vec<String>,
     ) -> Result<Vec<ContactCandidate>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT e.id, e.kind, e.received_at, e.payload, e.event_key,
+        let rows = self.query("SELECT e.id, e.kind, e.received_at, e.payload, e.event_key,
                             COALESCE(e.email = ANY($2), false) OR COALESCE(string_to_array(e.contacts, ' ') && $2, false),
                             (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
                             (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
@@ -750,12 +714,7 @@ impl PgStore {
                          FROM events e
                          WHERE e.email = ANY($2) OR strpos(lower(e.payload), $1) > 0
                             OR string_to_array(e.contacts, ' ') && $2
-                         ORDER BY e.received_at, e.id",
-                    )
-                    .await?,
-                &[&needle, &index],
-            )
-            .await?;
+                         ORDER BY e.received_at, e.id", &[&needle, &index]).await?;
         rows.iter()
             .map(|r| {
                 Ok(ContactCandidate {
@@ -792,18 +751,13 @@ impl PgStore {
     }
 
     pub async fn gauges(&self) -> Result<Gauges, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
+        let row = self
             .query_one(
-                &client
-                    .prepare_cached(
-                        "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
+                "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
                         (SELECT items FROM quarantine_totals WHERE id = 1),
                         (SELECT bytes FROM quarantine_totals WHERE id = 1),
                         (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'),
                         (SELECT COUNT(*) FROM deliveries WHERE status = 'failed')",
-                    )
-                    .await?,
                 &[],
             )
             .await?;
@@ -882,14 +836,9 @@ impl PgStore {
     }
 
     pub async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
+        let rows = self
             .query(
-                &client
-                    .prepare_cached(
-                        "SELECT s, (SELECT MAX(received_at) FROM events WHERE source = s) FROM unnest($1::text[]) AS s",
-                    )
-                    .await?,
+                "SELECT s, (SELECT MAX(received_at) FROM events WHERE source = s) FROM unnest($1::text[]) AS s",
                 &[&sources],
             )
             .await?;

@@ -1,10 +1,7 @@
-//! The embedded SQLite backend. One writer thread owns the connection and runs every operation
-//! that arrives while it is busy in one transaction (group commit: one fsync for many requests).
-//! Each operation runs in its own savepoint, so one failing operation does not undo the others, and
-//! nobody gets an answer before the transaction holding their write has committed.
+//! The embedded SQLite backend: opening and migrating the file, and every query. Writes go to the
+//! group-commit writer thread (`writer`), reads to a pool of read-only WAL connections (`readers`).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -17,38 +14,19 @@ use super::{
 };
 use crate::event::rfc3339;
 use crate::store::Counts;
+use readers::Readers;
+use writer::Writer;
 
-/// Most operations folded into one transaction.
-const MAX_BATCH: usize = 1024;
-
-type Finisher = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// One store operation, run on the writer thread inside the current group transaction.
-type WriterCall = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
+mod readers;
+mod writer;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    calls: mpsc::Sender<WriterCall>,
+    writer: Writer,
     path: PathBuf,
     /// Read-only WAL connections for the console's reads, so they never wait for (nor delay)
     /// the writer's group commits.
-    readers: std::sync::Arc<std::sync::Mutex<Vec<Connection>>>,
-}
-
-/// Read connections kept open at most (more are opened while needed, then closed).
-const READERS: usize = 4;
-
-/// A read-only connection to the database at `path` (WAL: it reads the last committed state).
-fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    use rusqlite::OpenFlags;
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-    )
-    .map_err(|e| StoreError::failed(format!("cannot open {} for reading", path.display()), e))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = MEMORY;")?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
+    readers: Readers,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -60,12 +38,12 @@ impl std::fmt::Debug for SqliteStore {
 /// The schema, one step per file, applied in order once each (the files of both backends sit
 /// side by side in `src/store/migrations/`, so their schemas can be compared).
 const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/sqlite/001_events_deliveries_attempts.sql"),
-    include_str!("migrations/sqlite/002_ordering_steps_oauth.sql"),
-    include_str!("migrations/sqlite/003_quarantine_totals_contact_index_attempt_detail.sql"),
-    include_str!("migrations/sqlite/004_field_coverage.sql"),
-    include_str!("migrations/sqlite/005_reconcile.sql"),
-    include_str!("migrations/sqlite/006_contacts_index.sql"),
+    include_str!("../migrations/sqlite/001_events_deliveries_attempts.sql"),
+    include_str!("../migrations/sqlite/002_ordering_steps_oauth.sql"),
+    include_str!("../migrations/sqlite/003_quarantine_totals_contact_index_attempt_detail.sql"),
+    include_str!("../migrations/sqlite/004_field_coverage.sql"),
+    include_str!("../migrations/sqlite/005_reconcile.sql"),
+    include_str!("../migrations/sqlite/006_contacts_index.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -148,59 +126,25 @@ impl SqliteStore {
         migrate(&mut conn)?;
         // Checkpoints stay on the writer (SQLite's autocheckpoint, after a commit): a checkpoint
         // running beside a busy writer never catches up, and the WAL would then grow without end.
-        let (calls, rx) = mpsc::channel::<WriterCall>();
-        let file = FileIdentity::of(path)?;
-        std::thread::Builder::new()
-            .name("lbx-sqlite-writer".into())
-            .spawn(move || writer(conn, rx, file))
-            .map_err(|e| StoreError::failed("cannot start the writer thread", e))?;
-        Ok(SqliteStore { calls, path: path.to_path_buf(), readers: Default::default() })
+        let writer = Writer::start(conn, path)?;
+        Ok(SqliteStore { writer, path: path.to_path_buf(), readers: Readers::new(path) })
     }
 
     /// Runs a read-only `f` on one of the read connections, off the writer.
-    pub(super) async fn read<T: Send + 'static>(
+    pub(in crate::store) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (pool, path) = (self.readers.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || {
-            let pooled = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => open_reader(&path)?,
-            };
-            let out = f(&conn);
-            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
-            Ok(out?)
-        })
-        .await
-        .map_err(|e| StoreError::failed("a read task", e))?
+        self.readers.read(f).await
     }
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
     /// transaction has committed.
-    pub(super) async fn call<T: Send + 'static>(
+    pub(in crate::store) async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let queued = std::time::Instant::now();
-        let call: WriterCall = Box::new(move |conn| {
-            metrics::histogram!(crate::telemetry::STORE_WAIT).record(queued.elapsed().as_secs_f64());
-            let result = f(conn);
-            let ok = result.is_ok();
-            let finish: Finisher = Box::new(move |commit| {
-                let _ = reply.send(commit.and_then(|()| result.map_err(StoreError::from)));
-            });
-            (ok, finish)
-        });
-        self.calls.send(call).map_err(|_| StoreError::Closed)?;
-        answer
-            .await
-            .map_err(|_| StoreError::Invalid("commit failed: the transaction could not start (see logs)".into()))?
+        self.writer.call(f).await
     }
 
     /// Moves the WAL into the database file and empties it (`wal_checkpoint(TRUNCATE)`), from a
@@ -218,7 +162,7 @@ impl SqliteStore {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(StoreError::Invalid("the WAL could not be checkpointed: the database stayed busy".into()))
+            Err(StoreError::Busy("the WAL could not be checkpointed: the database stayed busy".into()))
         })
         .await
         .map_err(|e| StoreError::failed("the checkpoint task", e))?
@@ -428,45 +372,38 @@ impl SqliteStore {
         .await
     }
 
-    /// Records the answers of a multi-step delivery's finished steps while it is still leased.
+    /// Sets `set` (its value is `?1`) on delivery `id` if `lease_token` still holds its lease;
+    /// `false` when the lease was lost.
+    async fn under_lease(
+        &self,
+        set: &'static str,
+        value: rusqlite::types::Value,
+        id: String,
+        lease_token: String,
+    ) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let sql = format!("UPDATE deliveries SET {set} WHERE id = ?2 AND lease_token = ?3");
+            Ok(c.prepare_cached(&sql)?.execute(params![value, id, lease_token])? == 1)
+        })
+        .await
+    }
+
     pub async fn save_steps_state(
         &self,
         delivery_id: String,
         lease_token: String,
         state: String,
     ) -> Result<bool, StoreError> {
-        self.call(move |c| {
-            let changed = c
-                .prepare_cached("UPDATE deliveries SET steps_state = ?1 WHERE id = ?2 AND lease_token = ?3")?
-                .execute(params![state, delivery_id, lease_token])?;
-            Ok(changed == 1)
-        })
-        .await
+        self.under_lease("steps_state = ?1", state.into(), delivery_id, lease_token).await
     }
 
     pub async fn extend_lease(&self, delivery_id: String, lease_token: String, until: i64) -> Result<bool, StoreError> {
-        self.call(move |c| {
-            let changed = c
-                .prepare_cached("UPDATE deliveries SET lease_until = ?1 WHERE id = ?2 AND lease_token = ?3")?
-                .execute(params![until, delivery_id, lease_token])?;
-            Ok(changed == 1)
-        })
-        .await
+        self.under_lease("lease_until = ?1", until.into(), delivery_id, lease_token).await
     }
 
-    /// Gives a claimed delivery back, due at `at`, without counting an attempt (a route's rate
-    /// limit or concurrency is full). `false` when the lease was lost.
     pub async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
-        self.call(move |c| {
-            let changed = c
-                .prepare_cached(
-                    "UPDATE deliveries SET next_attempt_at = ?1, lease_token = NULL, lease_until = NULL
-                     WHERE id = ?2 AND lease_token = ?3",
-                )?
-                .execute(params![at, delivery_id, lease_token])?;
-            Ok(changed == 1)
-        })
-        .await
+        let set = "next_attempt_at = ?1, lease_token = NULL, lease_until = NULL";
+        self.under_lease(set, at.into(), delivery_id, lease_token).await
     }
 
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
@@ -1012,108 +949,6 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 }
 
 /// Runs a parameterless statement through the statement cache (the writer runs these per job).
-fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
-/// Which file the database is (device and inode), to notice it being deleted or replaced under a
-/// running relay: SQLite would go on writing to the unlinked file, and everything acknowledged
-/// from then on would be gone at the next start.
-struct FileIdentity {
-    path: PathBuf,
-    id: (u64, u64),
-}
-
-impl FileIdentity {
-    fn of(path: &Path) -> Result<FileIdentity, StoreError> {
-        let id = Self::read(path).map_err(|e| StoreError::failed(format!("cannot read {}", path.display()), e))?;
-        Ok(FileIdentity { path: path.to_path_buf(), id })
-    }
-
-    fn read(path: &Path) -> std::io::Result<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path)?;
-        Ok((m.dev(), m.ino()))
-    }
-
-    /// `Err` with the reason once the file at the path is no longer the one opened.
-    fn check(&self) -> Result<(), StoreError> {
-        match Self::read(&self.path) {
-            Ok(id) if id == self.id => Ok(()),
-            found => Err(StoreError::Lost(format!(
-                "the database file {} was {} while the relay ran; nothing more is acknowledged. Restart \
-                 the relay (it opens the file at that path)",
-                self.path.display(),
-                if found.is_ok() { "replaced" } else { "deleted" }
-            ))),
-        }
-    }
-}
-
-/// The writer thread: take what is queued, run it in one transaction, commit, then answer.
-fn writer(conn: Connection, rx: mpsc::Receiver<WriterCall>, file: FileIdentity) {
-    let mut lost: Option<StoreError> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = Vec::with_capacity(64);
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let began = std::time::Instant::now();
-        metrics::histogram!(crate::telemetry::STORE_BATCH_JOBS).record(batch.len() as f64);
-        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, jobs = batch.len(), "sqlite: cannot begin a transaction");
-            drop(batch); // every caller gets an error: nothing was written
-            continue;
-        }
-        let mut finishers = Vec::with_capacity(batch.len());
-        for job in batch {
-            if let Err(e) = exec_cached(&conn, "SAVEPOINT job") {
-                tracing::error!(error = %e, "sqlite: savepoint failed");
-            }
-            let (ok, finish) = job(&conn);
-            if !ok {
-                if let Err(e) = exec_cached(&conn, "ROLLBACK TO job") {
-                    tracing::error!(error = %e, "sqlite: rolling back a savepoint failed");
-                }
-            }
-            if let Err(e) = exec_cached(&conn, "RELEASE job") {
-                tracing::error!(error = %e, "sqlite: releasing a savepoint failed");
-            }
-            finishers.push(finish);
-        }
-        // Checked before every commit (one stat): once the file is gone, no write is acknowledged.
-        if lost.is_none() {
-            if let Err(e) = file.check() {
-                tracing::error!(error = %crate::telemetry::Chain(&e), "sqlite: the database file is gone");
-                lost = Some(e);
-            }
-        }
-        let committed = match &lost {
-            Some(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e.clone())
-            }
-            None => exec_cached(&conn, "COMMIT").map_err(|e| {
-                tracing::error!(error = %e, "sqlite: commit failed");
-                let _ = conn.execute_batch("ROLLBACK");
-                StoreError::Commit(crate::store::Cause::new(e))
-            }),
-        };
-        metrics::histogram!(crate::telemetry::STORE_BATCH).record(began.elapsed().as_secs_f64());
-        for finish in finishers {
-            finish(committed.clone());
-        }
-    }
-    // Every handle is gone: leave a small database behind.
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-        tracing::warn!(error = %e, "sqlite: final checkpoint failed");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
