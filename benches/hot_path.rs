@@ -5,10 +5,10 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use lbx_relay::compiled::Compiled;
 use lbx_relay::config::Config;
 use lbx_relay::crypto::{self, EnvelopeMode, Hint, KeyForm, Keyring, OpenOptions, Sealed, Variant};
 use lbx_relay::event::Event;
-use lbx_relay::runtime::Runtime;
 use lbx_relay::templates::TemplateContext;
 use secrecy::SecretString;
 
@@ -63,7 +63,7 @@ fn routing_and_rendering(c: &mut Criterion) {
     };
     let text = std::fs::read_to_string(dir.join("routes.toml")).unwrap();
     let config = Config::from_toml(&text, &dir.join("routes.toml"), &env).unwrap();
-    let rt = Runtime::build(config).unwrap();
+    let rt = Compiled::build(config).unwrap();
     let serde_json::Value::Object(map) = sample() else { unreachable!() };
     let src = rt.config.source("learnybox").unwrap();
     let event = Event::from_plaintext("learnybox", map, None, &src.event_field, &src.id_field, 0);

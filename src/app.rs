@@ -1,5 +1,5 @@
 //! `Application::build` wires one configuration into a running relay: the store, the live
-//! [`Runtime`], the public and admin listeners (bound before anything is served, port 0 allowed)
+//! [`Compiled`], the public and admin listeners (bound before anything is served, port 0 allowed)
 //! and the delivery workers; `run_until_stopped` serves until a shutdown future resolves, then
 //! drains in order: stop accepting, finish in-flight deliveries, stop the admin listener.
 
@@ -12,11 +12,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::compiled::Compiled;
 use crate::delivery::worker;
 use crate::housekeeping;
 use crate::http;
 use crate::relay::Relay;
-use crate::runtime::Runtime;
 use crate::store::Store;
 
 pub struct Application {
@@ -29,13 +29,13 @@ pub struct Application {
 
 impl Application {
     /// Opens the store and binds both listeners for a configuration already compiled (and
-    /// checked) into a [`Runtime`]. Fails before serving anything if the store is not right.
-    pub async fn build(runtime: Runtime) -> anyhow::Result<Application> {
+    /// checked) into a [`Compiled`]. Fails before serving anything if the store is not right.
+    pub async fn build(runtime: Compiled) -> anyhow::Result<Application> {
         Application::build_with_clock(runtime, Clock::system()).await
     }
 
     /// The same, with the relay reading "now" from `clock`.
-    pub async fn build_with_clock(runtime: Runtime, clock: Clock) -> anyhow::Result<Application> {
+    pub async fn build_with_clock(runtime: Compiled, clock: Clock) -> anyhow::Result<Application> {
         let store = Store::open(&runtime.config.store).await.context("opening the store")?;
         let listen = runtime.config.server.listen.clone();
         let admin_listen = runtime.config.server.admin_listen.clone();

@@ -292,7 +292,7 @@ mod type_tests {
 /// of the events it took had it present, empty or absent, its current absent streak, and whether
 /// the bundled samples of its event types have it.
 pub fn field_coverage(
-    rt: &crate::runtime::Runtime,
+    rt: &crate::compiled::Compiled,
     route: &str,
     coverage: &crate::coverage::Coverage,
 ) -> Vec<serde_json::Value> {
@@ -313,7 +313,7 @@ pub fn field_coverage(
 }
 
 /// Route → the fields (by first path) that some bundled sample of its event types has, non-blank.
-fn fields_in_samples(rt: &crate::runtime::Runtime) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+fn fields_in_samples(rt: &crate::compiled::Compiled) -> BTreeMap<String, std::collections::BTreeSet<String>> {
     let samples = crate::preflight::sample_events(&rt.config.dir).unwrap_or_default();
     let events: Vec<crate::event::Event> =
         samples.into_iter().filter_map(|(_, s)| rt.event_from_json(s, 0).ok()).collect();

@@ -8,9 +8,9 @@ use crate::store::ErasureStore;
 use crate::store::QuarantineStore;
 use serde::Serialize;
 
+use crate::compiled::Compiled;
 use crate::email::{Email, EmailError};
 use crate::ingest;
-use crate::runtime::Runtime;
 use crate::store::{ContactEvent, Forgotten, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub fn parse(email: &str) -> Result<Email, ForgetError> {
 }
 
 /// Everything stored that names `email` (nothing is changed).
-pub async fn plan(store: &Store, rt: &Runtime, email: &Email) -> Result<Plan, ForgetError> {
+pub async fn plan(store: &Store, rt: &Compiled, email: &Email) -> Result<Plan, ForgetError> {
     let events = store.contact_events(email).await?;
     let mut quarantined = Vec::new();
     let mut after = None;
@@ -70,7 +70,7 @@ pub async fn plan(store: &Store, rt: &Runtime, email: &Email) -> Result<Plan, Fo
 }
 
 /// Erases every stored trace of `email`; returns the counts of what was removed.
-pub async fn forget(store: &Store, rt: &Runtime, email: &Email) -> Result<Forgotten, ForgetError> {
+pub async fn forget(store: &Store, rt: &Compiled, email: &Email) -> Result<Forgotten, ForgetError> {
     let plan = plan(store, rt, email).await?;
     let mut report = store.delete_events(plan.events.into_iter().map(|e| e.id).collect()).await?;
     for id in plan.quarantined {
@@ -93,7 +93,7 @@ pub async fn forget(store: &Store, rt: &Runtime, email: &Email) -> Result<Forgot
 }
 
 /// Whether a quarantined body decrypts, with the keys in force now, to a payload naming `email`.
-fn opened_names(rt: &Runtime, item: &crate::store::Quarantined, email: &Email) -> bool {
+fn opened_names(rt: &Compiled, item: &crate::store::Quarantined, email: &Email) -> bool {
     matches!(
         ingest::open_event(rt, &item.source, &item.body, &item.header_pairs(), item.received_at),
         Ok(Ok(event)) if email.is_in_json(&event.data)

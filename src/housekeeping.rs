@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::runtime::{LiveRuntime, Runtime};
+use crate::compiled::{Compiled, LiveConfig};
 use crate::store::Store;
 use crate::telemetry::{
     DEAD_LETTERS, OLDEST_PENDING_AGE, QUARANTINE_BYTES, QUARANTINE_SIZE, QUEUE_DEPTH, SOURCE_LAST_EVENT, SOURCE_SILENT,
@@ -25,12 +25,12 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// What the background checks read, and nothing more.
 #[derive(Clone)]
 pub struct Upkeep {
-    pub store: Store,
-    pub runtime: LiveRuntime,
-    pub silence: Arc<Silence>,
-    pub clock: Clock,
+    pub(crate) store: Store,
+    pub(crate) runtime: LiveConfig,
+    pub(crate) silence: Arc<Silence>,
+    pub(crate) clock: Clock,
     /// Field coverage, kept in the store so a restart keeps it.
-    pub coverage: Arc<crate::coverage::Coverage>,
+    pub(crate) coverage: Arc<crate::coverage::Coverage>,
 }
 
 /// When each source was last heard from, and which are in alert.
@@ -56,7 +56,7 @@ impl Silence {
     }
 
     /// Sources silent for longer than their `alert_after`, now.
-    pub fn check(&self, rt: &Runtime, now: i64) -> Vec<String> {
+    pub fn check(&self, rt: &Compiled, now: i64) -> Vec<String> {
         let last = self.last.lock().map(|m| m.clone()).unwrap_or_default();
         let mut silent = Vec::new();
         for (name, src) in &rt.config.sources {

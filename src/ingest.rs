@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use crate::alerts::Alerts;
 use crate::clock::Clock;
+use crate::compiled::{Compiled, LiveConfig};
 use crate::crypto::{self, DecryptError, Sealed};
 use crate::dedup::Dedup;
 use crate::delivery::handoff::Place;
 use crate::delivery::{DeliveryContext, Producer};
 use crate::event::{new_id, Event};
 use crate::housekeeping::Silence;
-use crate::runtime::{LiveRuntime, Runtime};
 use crate::store::{
     Claimed, IngestOutcome, Lease, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Store,
     StoreError, StoredEvent, WriteHealth,
@@ -26,23 +26,23 @@ use crate::templates::TemplateContext;
 
 /// What ingest shares with the rest of the relay, and nothing more.
 pub struct IngestContext {
-    pub store: Store,
-    pub runtime: LiveRuntime,
-    pub dedup: Dedup,
+    pub(crate) store: Store,
+    pub(crate) runtime: LiveConfig,
+    pub(crate) dedup: Dedup,
     /// When each source was last heard from (read by the silence alert).
-    pub silence: Arc<Silence>,
+    pub(crate) silence: Arc<Silence>,
     /// Whether event writes fail now (disk full), for `/readyz`.
-    pub write_health: WriteHealth,
+    pub(crate) write_health: WriteHealth,
     /// Says "the quarantine is full" once a minute at most.
-    pub quarantine_full_log: LogLimiter,
+    pub(crate) quarantine_full_log: LogLimiter,
     /// Where quarantined bodies are signalled for `[alerts]`.
-    pub alerts: Arc<Alerts>,
+    pub(crate) alerts: Arc<Alerts>,
     /// Where stored deliveries go: handed to idle workers, or the workers are woken.
-    pub queue: Producer,
+    pub(crate) queue: Producer,
     /// "Now" for arrival times and hand-off leases (the delivery side's clock).
-    pub clock: Clock,
+    pub(crate) clock: Clock,
     /// Field coverage of each route on the events it takes.
-    pub coverage: Arc<crate::coverage::Coverage>,
+    pub(crate) coverage: Arc<crate::coverage::Coverage>,
 }
 
 impl IngestContext {
@@ -75,8 +75,8 @@ struct Handed {
 }
 
 impl Handed {
-    /// Passes it to the workers (its event has committed).
-    fn send(self, event: &Event, payload: String) {
+    /// Passes it to the workers (its event has committed), with the event's data as parsed here.
+    fn send(self, event: &Event, data: std::sync::Arc<serde_json::Value>) {
         let Handed { place, delivery_id, route, lease_token } = self;
         place.send(Claimed {
             delivery_id,
@@ -90,11 +90,12 @@ impl Handed {
                 key: event.key.clone(),
                 kind: event.kind.clone(),
                 status: "routed".into(),
-                payload,
+                payload: String::new(),
                 received_at: event.received_at,
             },
             steps_state: None,
             keyed: false,
+            data: Some(data),
         });
     }
 }
@@ -182,7 +183,7 @@ pub fn iv_header(headers: &[(String, String)]) -> Option<&str> {
 
 /// Decrypts and parses a body for `source` with the keys of `rt`.
 pub fn open_event(
-    rt: &Runtime,
+    rt: &Compiled,
     source: &str,
     body: &[u8],
     headers: &[(String, String)],
@@ -313,7 +314,7 @@ enum Age {
     Undated,
 }
 
-fn age(rt: &Runtime, event: &Event) -> Age {
+fn age(rt: &Compiled, event: &Event) -> Age {
     let Some(src) = rt.config.source(&event.source) else { return Age::Fresh };
     let Some(max_age) = src.max_age.map(|a| a.as_millis() as i64) else { return Age::Fresh };
     let Some(at) = crate::event::timestamp_ms(&event.data, &src.timestamp_field) else {
@@ -329,7 +330,7 @@ fn age(rt: &Runtime, event: &Event) -> Age {
 
 /// Counts the fields each route that took this stored event reads; a field absent from a route's
 /// latest N events is logged and alerted.
-fn observe_fields(ctx: &IngestContext, rt: &Runtime, routes: &[String], data: &serde_json::Value) {
+fn observe_fields(ctx: &IngestContext, rt: &Compiled, routes: &[String], data: &serde_json::Value) {
     let after = rt.config.alerts.as_ref().map_or(crate::config::DEFAULT_FIELD_ABSENT_AFTER, |a| a.field_absent_after);
     for route in routes {
         let Some(fields) = rt.fields.get(route) else { continue };
@@ -348,7 +349,7 @@ fn observe_fields(ctx: &IngestContext, rt: &Runtime, routes: &[String], data: &s
 /// Deduplicates, routes and stores an already-parsed event that came by webhook. When the
 /// source reconciles with Learnybox's API, a webhook for an item reconciliation has already
 /// recovered is a duplicate.
-pub async fn accept_event(ctx: &IngestContext, rt: &Runtime, event: Event) -> Result<Outcome, IngestError> {
+pub async fn accept_event(ctx: &IngestContext, rt: &Compiled, event: Event) -> Result<Outcome, IngestError> {
     let src = rt.config.source(&event.source);
     let window = src.map(|s| s.dedup_window).unwrap_or(Duration::from_secs(86_400));
     let alias = src.and_then(|s| s.api.as_ref()).and_then(|api| api.alias_of(&event.kind, &event.data));
@@ -368,8 +369,8 @@ pub struct Provenance {
 /// Deduplicates, routes and stores an event (webhook or recovered).
 pub async fn store_event(
     ctx: &IngestContext,
-    rt: &Runtime,
-    event: Event,
+    rt: &Compiled,
+    mut event: Event,
     provenance: Provenance,
 ) -> Result<Outcome, IngestError> {
     let window = provenance.dedup_for;
@@ -406,7 +407,6 @@ pub async fn store_event(
     let email = contact_email(&event).map(str::to_lowercase);
     let payload = event.payload();
     let handed = hand_over(ctx, &mut deliveries);
-    let handed_payload = (!handed.is_empty()).then(|| payload.clone());
     let new = NewEvent {
         id: event.id.clone(),
         source: event.source.clone(),
@@ -438,9 +438,10 @@ pub async fn store_event(
             tracing::debug!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, deliveries = count, "accepted");
             observe_fields(ctx, rt, &routed, &event.data);
             let all_handed = handed.len() == count;
-            if let Some(payload) = handed_payload {
+            if !handed.is_empty() {
+                let data = std::sync::Arc::new(std::mem::take(&mut event.data));
                 for h in handed {
-                    h.send(&event, payload.clone());
+                    h.send(&event, data.clone());
                 }
             }
             if !all_handed {
@@ -465,7 +466,7 @@ pub enum Reprocessed1 {
 /// Tries one quarantined body again with the keys in force now.
 pub async fn reprocess_item(
     ctx: &IngestContext,
-    rt: &Runtime,
+    rt: &Compiled,
     item: &crate::store::Quarantined,
 ) -> Result<Reprocessed1, IngestError> {
     let opened = match open_event(rt, &item.source, &item.body, &item.header_pairs(), item.received_at) {

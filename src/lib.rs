@@ -11,7 +11,7 @@
 //!   the new deliveries to delivery's [`delivery::Producer`];
 //! - [`delivery`] workers claim stored deliveries, render them with [`templates`], send them and
 //!   settle the outcome, seeing only the `DeliveryContext`;
-//! - [`config`] reads routes.toml, [`runtime`] holds one loaded configuration, [`relay`] wires the
+//! - [`config`] reads routes.toml, [`compiled`] holds one loaded configuration, [`relay`] wires the
 //!   parts' contexts (and only it does), [`app`] binds and serves them, [`clock`] is where every
 //!   part reads "now" (and the only module that reads the system time), [`cli`] is the command
 //!   line, [`preflight`] what `check` reports and `serve` refuses, [`fields`] the payload fields a
@@ -27,6 +27,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod compiled;
 pub mod config;
 pub mod console;
 pub mod coverage;
@@ -49,7 +50,6 @@ pub mod rate_window;
 pub mod reconcile;
 pub mod relay;
 pub mod routing;
-pub mod runtime;
 pub mod secrets;
 pub mod store;
 pub mod suggest;

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use crate::compiled::Compiled;
 use crate::config::RouteConfig;
 use crate::fields::{closest_path, expressions, resolve, route_sources};
-use crate::runtime::Runtime;
 use crate::store::TypeSeen;
 
 /// The events the config is checked against: the samples and the payloads the store has seen.
@@ -25,7 +25,7 @@ pub struct Known {
 impl Known {
     /// The samples (`(label, JSON)`, as `check` reads them) and the stored types, as the first
     /// source of `rt` would make events of them.
-    pub fn new(rt: &Runtime, samples: &[(String, Value)], seen: &[TypeSeen]) -> Known {
+    pub fn new(rt: &Compiled, samples: &[(String, Value)], seen: &[TypeSeen]) -> Known {
         let mut known = Known::default();
         for (_, sample) in samples {
             // Only the type and the data of a sample are read here, not when it was received.
@@ -51,7 +51,7 @@ impl Known {
 
 /// Every warning for `rt` (whose file's text is `text`), given what is known and the variables
 /// the environment exports.
-pub fn lint(rt: &Runtime, text: &str, known: &Known, exported: &[String]) -> Vec<String> {
+pub fn lint(rt: &Compiled, text: &str, known: &Known, exported: &[String]) -> Vec<String> {
     let shown = rt.config.path.display().to_string();
     let at = |key: &str| match crate::config::line_of(text, key) {
         Some(line) => format!("{shown}:{line}: {key}"),
@@ -141,7 +141,7 @@ fn paths_known(route: &RouteConfig, known: &Known, warn: &mut dyn FnMut(String))
 
 /// A `when` that no sample satisfies (of those the route's `events` take), or that reads a `vars`
 /// value that is empty (its variable unset).
-fn condition_satisfiable(rt: &Runtime, route: &RouteConfig, known: &Known, warn: &mut dyn FnMut(String)) {
+fn condition_satisfiable(rt: &Compiled, route: &RouteConfig, known: &Known, warn: &mut dyn FnMut(String)) {
     let Some(when) = &route.when else { return };
     for (name, value) in &route.vars {
         if value.as_str().is_some_and(|v| v.trim().is_empty()) && when.contains(&format!("vars.{name}")) {

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::compiled::Compiled;
 use crate::config::{Config, RouteConfig};
 use crate::event::Event;
-use crate::runtime::Runtime;
 use crate::templates::TemplateContext;
 
 /// The sample events bundled with the binary (one per known Learnybox event kind).
@@ -50,7 +50,7 @@ pub fn sample_events(config_dir: &Path) -> anyhow::Result<Vec<(String, serde_jso
 }
 
 /// Renders every route the samples reach (and every other route once) and reports what failed.
-pub fn render_samples(rt: &Runtime, now: i64) -> anyhow::Result<Report> {
+pub fn render_samples(rt: &Compiled, now: i64) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let samples = sample_events(&rt.config.dir)?;
     let mut exercised = HashSet::new();
@@ -110,7 +110,7 @@ pub fn render_samples(rt: &Runtime, now: i64) -> anyhow::Result<Report> {
 /// Each reconciliation template, rendered against an item holding only an id and a date where
 /// the list's `id` and `date` say: it must give an event carrying that id where `match` looks (else
 /// no recovered event could ever be recognised); the routes that event would take are noted.
-fn check_api_items(rt: &Runtime, report: &mut Report, now: i64) {
+fn check_api_items(rt: &Compiled, report: &mut Report, now: i64) {
     for (source, api) in rt.config.sources.iter().filter_map(|(n, s)| Some((n, s.api.as_ref()?))) {
         for list in &api.lists {
             let at = format!("sources.{source}.api.{}", list.name);
@@ -223,7 +223,7 @@ pub async fn seen_types(config: &Config) -> (Vec<crate::store::TypeSeen>, Option
 }
 
 /// `check`'s data-loss warnings ([`crate::lint`]) for `rt`, knowing the samples and `seen`.
-pub fn lint(rt: &Runtime, seen: &[crate::store::TypeSeen]) -> anyhow::Result<Vec<String>> {
+pub fn lint(rt: &Compiled, seen: &[crate::store::TypeSeen]) -> anyhow::Result<Vec<String>> {
     let samples = sample_events(&rt.config.dir)?;
     let known = crate::lint::Known::new(rt, &samples, seen);
     let text = std::fs::read_to_string(&rt.config.path).unwrap_or_default();
@@ -233,8 +233,8 @@ pub fn lint(rt: &Runtime, seen: &[crate::store::TypeSeen]) -> anyhow::Result<Vec
 
 /// A loaded configuration that also renders every sample (received at `now`, Unix ms): what
 /// `serve` and reload accept.
-pub fn load(path: &Path, now: i64) -> Result<Runtime, Vec<String>> {
-    let rt = Runtime::load(path)?;
+pub fn load(path: &Path, now: i64) -> Result<Compiled, Vec<String>> {
+    let rt = Compiled::load(path)?;
     let report = render_samples(&rt, now).map_err(|e| vec![format!("{e:#}")])?;
     if report.problems.is_empty() {
         Ok(rt)

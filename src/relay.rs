@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use crate::alerts::Alerts;
 use crate::clock::Clock;
+use crate::compiled::{Compiled, LiveConfig};
 use crate::delivery::DeliveryContext;
 use crate::housekeeping::{Silence, Upkeep};
 use crate::ingest::IngestContext;
-use crate::runtime::{LiveRuntime, Runtime};
 use crate::store::Store;
 
 /// The running relay: each part's context, wired together here and nowhere else. Ingest sees its
@@ -17,26 +17,26 @@ use crate::store::Store;
 /// is served from the whole.
 pub struct Relay {
     pub store: Store,
-    runtime: LiveRuntime,
+    runtime: LiveConfig,
     /// Decrypt, dedup, route, store, hand over.
     pub ingest: Arc<IngestContext>,
     /// Claim, send, settle.
     pub delivery: Arc<DeliveryContext>,
     /// Silence checks, gauges, the retention purge and `[alerts]`.
-    pub upkeep: Upkeep,
+    pub(crate) upkeep: Upkeep,
     /// Signals for `[alerts]`.
-    pub alerts: Arc<Alerts>,
+    pub(crate) alerts: Arc<Alerts>,
     /// Clients of Learnybox's API (reconciliation), shared by the schedule and the admin API.
-    pub reconcile_clients: Arc<crate::reconcile::Clients>,
+    pub(crate) reconcile_clients: Arc<crate::reconcile::Clients>,
     /// Sealed values the configured keys do not open, found at start (`/readyz` says them).
-    pub key_problems: Vec<String>,
+    pub(crate) key_problems: Vec<String>,
 }
 
 impl Relay {
     /// Wires the parts for `runtime` on `store`; every part reads "now" from `clock` (the system's
     /// in production; tests drive retry and lease times with a manual one).
-    pub fn new(runtime: Runtime, store: Store, clock: Clock) -> Relay {
-        let runtime = LiveRuntime::new(runtime);
+    pub fn new(runtime: Compiled, store: Store, clock: Clock) -> Relay {
+        let runtime = LiveConfig::new(runtime);
         let alerts = Arc::new(Alerts::default());
         let silence = Arc::new(Silence::new(clock.now_ms()));
         let delivery = Arc::new(DeliveryContext::new(store.clone(), runtime.clone(), alerts.clone(), clock.clone()));
@@ -56,12 +56,12 @@ impl Relay {
     }
 
     /// The configuration in force now.
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub fn runtime(&self) -> Arc<Compiled> {
         self.runtime.load()
     }
 
     /// Puts a new configuration in force; work already started keeps the old one.
-    pub fn replace_runtime(&self, runtime: Runtime) {
+    pub fn replace_runtime(&self, runtime: Compiled) {
         self.runtime.replace(runtime);
     }
 

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 
 use crate::clock::Clock;
-use crate::runtime::Runtime;
+use crate::compiled::Compiled;
 
 pub(super) async fn alert_test(path: &Path) -> anyhow::Result<ExitCode> {
-    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let rt = Compiled::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let Some(cfg) = &rt.config.alerts else { bail!("{}: no [alerts] section: nothing to test", path.display()) };
     let notice = crate::alerts::Notice {
         kind: "test",

@@ -4,11 +4,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::clock::Clock;
+use crate::compiled::Compiled;
 use crate::preflight;
-use crate::runtime::Runtime;
 
 pub(super) async fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let rt = match Runtime::load(path) {
+    let rt = match Compiled::load(path) {
         Ok(rt) => rt,
         Err(problems) => {
             for p in problems {

@@ -5,13 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 
-use crate::runtime::Runtime;
+use crate::compiled::Compiled;
 
 /// The same erasure as `DELETE /api/contacts/{email}`, on the store the config names (SQLite can
 /// be open in a running relay at the same time).
 pub(super) async fn forget(path: &Path, email: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
     let email = crate::erasure::parse(email)?;
-    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let rt = Compiled::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
     if dry_run {
         let plan = crate::erasure::plan(&store, &rt, &email).await?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 
 use crate::clock::Clock;
-use crate::runtime::Runtime;
+use crate::compiled::Compiled;
 
 /// `lbx-relay reconcile`: the same runs as the relay's schedule, on the store the config names;
 /// the events it creates are delivered by the running relay (or by the next one started).
@@ -19,7 +19,7 @@ pub(super) async fn reconcile(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let since = since.map(crate::reconcile::parse_since).transpose().map_err(|e| anyhow!(e))?;
-    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let rt = Compiled::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
     let relay = crate::relay::Relay::new(rt, store, Clock::system());
     let sources = crate::reconcile::sources(&relay.ingest, source)?;

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context};
 
 use super::read_input;
 use crate::clock::Clock;
-use crate::runtime::Runtime;
+use crate::compiled::Compiled;
 use crate::templates::TemplateContext;
 
 pub(super) fn render(
@@ -17,7 +17,7 @@ pub(super) fn render(
     answers: Option<&str>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let rt = Compiled::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let route = rt.config.route(route_name).ok_or_else(|| {
         let names: Vec<&str> = rt.config.routes.iter().map(|r| r.name.as_str()).collect();
         anyhow!("no route named {route_name:?}; routes: {}", names.join(", "))

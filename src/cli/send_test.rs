@@ -10,8 +10,8 @@ use anyhow::{anyhow, Context};
 use super::crypt::seal_input;
 use super::{read_input, SecretArg};
 use crate::clock::Clock;
+use crate::compiled::Compiled;
 use crate::preflight::SAMPLE_EVENTS;
-use crate::runtime::Runtime;
 
 /// What `send-test` sends.
 pub(super) struct SendInput<'a> {
@@ -115,7 +115,7 @@ pub(super) fn samples_leave_this_machine(url: &str, config: &Path) -> Option<Str
              {relay_host}, which delivers them to its CRMs like real ones. Run again with --yes to go ahead."
         ));
     }
-    let rt = match Runtime::load(config) {
+    let rt = match Compiled::load(config) {
         Ok(rt) => rt,
         Err(_) => {
             return Some(format!(

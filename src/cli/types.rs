@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 
-use crate::runtime::Runtime;
+use crate::compiled::Compiled;
 
 /// `lbx-relay types`: the same report as `GET /api/types`, read from the store the config names.
 pub(super) async fn types(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let rt = Runtime::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
+    let rt = Compiled::load(path).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let store = crate::store::Store::open(&rt.config.store).await.context("opening the store")?;
     let report = crate::console::types(&store, &rt.config).await?;
     if json {

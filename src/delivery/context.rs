@@ -14,29 +14,29 @@ use super::send::HttpSender;
 use super::steps::SendContext;
 use crate::alerts::Alerts;
 use crate::clock::Clock;
-use crate::runtime::{LiveRuntime, Runtime};
+use crate::compiled::{Compiled, LiveConfig};
 use crate::store::Store;
 
 pub struct DeliveryContext {
-    pub store: Store,
-    pub runtime: LiveRuntime,
-    pub sender: HttpSender,
+    pub(crate) store: Store,
+    pub(crate) runtime: LiveConfig,
+    pub(crate) sender: HttpSender,
     /// Per-route rate limits, concurrency and pauses.
-    pub gates: Gates,
+    pub(crate) gates: Gates,
     /// OAuth access tokens of the routes that use them.
-    pub tokens: Tokens,
+    pub(crate) tokens: Tokens,
     /// New deliveries passed to the local workers without a claim.
-    pub handoff: Handoff,
+    pub(crate) handoff: Handoff,
     /// Wakes idle workers when new deliveries were committed or released for a retry.
-    pub wake: Notify,
+    pub(crate) wake: Notify,
     /// Where dead letters are signalled for `[alerts]`.
-    pub alerts: Arc<Alerts>,
+    pub(crate) alerts: Arc<Alerts>,
     /// "Now" for claims, retry times, pauses and leases.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
 }
 
 impl DeliveryContext {
-    pub fn new(store: Store, runtime: LiveRuntime, alerts: Arc<Alerts>, clock: Clock) -> DeliveryContext {
+    pub fn new(store: Store, runtime: LiveConfig, alerts: Arc<Alerts>, clock: Clock) -> DeliveryContext {
         DeliveryContext {
             gates: Gates::new(store.shared_rate_windows(), clock.clone()),
             store,
@@ -51,7 +51,7 @@ impl DeliveryContext {
     }
 
     /// The configuration in force now.
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub fn runtime(&self) -> Arc<Compiled> {
         self.runtime.load()
     }
 

@@ -16,8 +16,8 @@ use super::limits::{Admission, Gate};
 use super::retry::{next_delay, throttle_delay};
 use super::steps;
 use super::DeliveryContext;
+use crate::compiled::Compiled;
 use crate::event::Event;
-use crate::runtime::Runtime;
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
 use crate::telemetry::{DEFERRED, DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 
@@ -292,7 +292,7 @@ struct Ran {
 
 /// Sends the route's requests for the delivery's event, holding its lease; `Err(at)` when the
 /// route's rate window filled between steps (handed back, no attempt counted).
-async fn send(ctx: &DeliveryContext, rt: &Runtime, c: &Claimed, gate: Option<&Gate>) -> Result<Ran, i64> {
+async fn send(ctx: &DeliveryContext, rt: &Compiled, c: &Claimed, gate: Option<&Gate>) -> Result<Ran, i64> {
     let Some(route) = rt.config.route(&c.route) else {
         let reason = format!("route {} is no longer configured", c.route);
         return Ok(Ran {
@@ -306,7 +306,10 @@ async fn send(ctx: &DeliveryContext, rt: &Runtime, c: &Claimed, gate: Option<&Ga
             throttled: false,
         });
     };
-    let data = serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null);
+    let data = match &c.data {
+        Some(data) => data.as_ref().clone(),
+        None => serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null),
+    };
     let event = Event {
         id: c.event.id.clone(),
         source: c.event.source.clone(),
@@ -367,7 +370,7 @@ fn decide_next(ran: &Ran, tries: u32, gate: Option<&Gate>, now: i64) -> Next {
 }
 
 /// Counts, logs and alerts on the attempt, and builds its settlement (secrets masked).
-fn record(ctx: &DeliveryContext, rt: &Runtime, c: Claimed, ran: Ran, next: Next, started_at: i64) -> Settlement {
+fn record(ctx: &DeliveryContext, rt: &Compiled, c: Claimed, ran: Ran, next: Next, started_at: i64) -> Settlement {
     let Ran { verdict, status, error, duration, steps_state, exchanges, .. } = ran;
     metrics::counter!(DELIVERIES, "route" => c.route.clone(), "outcome" => next.label()).increment(1);
     metrics::histogram!(DELIVERY_DURATION, "route" => c.route.clone()).record(duration.as_secs_f64());

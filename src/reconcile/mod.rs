@@ -397,7 +397,7 @@ struct Judged {
 #[allow(clippy::too_many_arguments)]
 async fn judge(
     ctx: &IngestContext,
-    rt: &crate::runtime::Runtime,
+    rt: &crate::compiled::Compiled,
     source: &str,
     list: &ApiList,
     item: &Value,

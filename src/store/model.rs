@@ -111,6 +111,9 @@ pub struct Claimed {
     pub steps_state: Option<String>,
     /// It has an ordering key (`order_by`).
     pub keyed: bool,
+    /// The event's data as ingest parsed it, when ingest handed the delivery over (then
+    /// `event.payload` is left empty); `None` when claimed from the store.
+    pub data: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone)]

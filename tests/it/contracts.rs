@@ -6,9 +6,9 @@
 //! No example may send an empty value.
 
 use crate::helpers::now_ms;
+use lbx_relay::compiled::Compiled;
 use lbx_relay::config::{Config, RouteConfig};
 use lbx_relay::event::Event;
-use lbx_relay::runtime::Runtime;
 use lbx_relay::templates::TemplateContext;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -36,12 +36,12 @@ const PACK: &[(&str, Option<&str>)] = &[
 /// Tag maps as a user fills them in (the examples ship them empty).
 const TAG_IDS: &str = "tag_ids = { VIP = 7, client = 8, \"webinar-2026\" = 9 }";
 
-fn runtime(name: &str, extra_env: &[(&str, &str)]) -> Runtime {
+fn runtime(name: &str, extra_env: &[(&str, &str)]) -> Compiled {
     let path = std::path::PathBuf::from(example(name));
     let text = std::fs::read_to_string(&path).unwrap().replace("tag_ids = { }", TAG_IDS);
     let env = |var: &str| extra_env.iter().chain(ENV).find(|(k, _)| *k == var).map(|(_, v)| v.to_string());
     let config = Config::from_toml(&text, &path, &env).unwrap_or_else(|e| panic!("{name}: {e}"));
-    Runtime::build(config).unwrap_or_else(|e| panic!("{name}: {e:?}"))
+    Compiled::build(config).unwrap_or_else(|e| panic!("{name}: {e:?}"))
 }
 
 /// The sample events, each with its contact as sent, hostile, and sparse in two ways.
@@ -80,7 +80,7 @@ fn events() -> Vec<(String, Value)> {
     out
 }
 
-fn event(rt: &Runtime, value: &Value) -> Event {
+fn event(rt: &Compiled, value: &Value) -> Event {
     let (name, src) = rt.config.sources.iter().next().unwrap();
     Event::from_plaintext(name, value.as_object().unwrap().clone(), None, &src.event_field, &src.id_field, now_ms())
 }
@@ -100,7 +100,7 @@ fn empty_values(v: &Value, at: &str, lists: bool, out: &mut Vec<String>) {
 
 /// One delivery of `event` by `route`, step by step as the worker runs it, against `vendor` (or
 /// just rendered, for free-form webhooks). Returns the steps sent, or what went wrong.
-fn deliver(rt: &Runtime, route: &RouteConfig, event: &Event, vendor: Option<&Vendor>) -> Result<Vec<String>, String> {
+fn deliver(rt: &Compiled, route: &RouteConfig, event: &Event, vendor: Option<&Vendor>) -> Result<Vec<String>, String> {
     let mut done = serde_json::Map::new();
     let mut sent = Vec::new();
     for (i, step) in route.steps.iter().enumerate() {

@@ -157,7 +157,7 @@ async fn an_unreachable_crm_is_retried_like_a_5xx() {
         TestConfig { schedule: vec!["50ms"], ..TestConfig::default() }.toml(&dead_url, "127.0.0.1:0", "127.0.0.1:0");
     let path = app.dir.path().join("routes.toml");
     std::fs::write(&path, text).unwrap();
-    app.relay.replace_runtime(lbx_relay::runtime::Runtime::load(&path).unwrap());
+    app.relay.replace_runtime(lbx_relay::compiled::Compiled::load(&path).unwrap());
     app.post_event(&sample_events()[7]).await;
     wait_until(Duration::from_secs(5), "failed after retries", || async {
         app.deliveries("status=failed").await.len() == 1
@@ -186,7 +186,7 @@ async fn a_template_that_renders_invalid_json_fails_at_once_and_a_fixed_template
     // Fix the template, reload, replay: the template is rendered at send time.
     std::fs::write(app.dir.path().join("crm.json.hbs"), r#"{"amount": {{default data.data.transaction.amount 0}} }"#)
         .unwrap();
-    app.relay.replace_runtime(lbx_relay::runtime::Runtime::load(&app.dir.path().join("routes.toml")).unwrap());
+    app.relay.replace_runtime(lbx_relay::compiled::Compiled::load(&app.dir.path().join("routes.toml")).unwrap());
     app.admin_post("/api/deliveries/retry?status=failed").await;
     wait_until(Duration::from_secs(5), "delivered after the fix", || async { app.crm.count() == 1 }).await;
     assert_eq!(app.crm.received()[0].json()["amount"], 0);

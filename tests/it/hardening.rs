@@ -228,7 +228,7 @@ async fn a_damaged_database_is_refused_at_start_with_a_clear_error() {
     assert!(len > 8192, "{len}");
     std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len / 2).unwrap();
     let config = lbx_relay::config::Config::load(&dir.path().join("routes.toml")).unwrap();
-    let runtime = lbx_relay::runtime::Runtime::build(config).unwrap();
+    let runtime = lbx_relay::compiled::Compiled::build(config).unwrap();
     let err = match lbx_relay::app::Application::build(runtime).await {
         Ok(_) => panic!("a damaged database must not be served"),
         Err(e) => format!("{e:#}"),

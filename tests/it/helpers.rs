@@ -366,14 +366,14 @@ pub async fn spawn_app_with(cfg: TestConfig) -> TestApp {
 }
 
 /// Writes the test config and template into `dir` and compiles them.
-fn runtime_in(dir: &Path, crm: &FakeCrm, cfg: &TestConfig) -> lbx_relay::runtime::Runtime {
+fn runtime_in(dir: &Path, crm: &FakeCrm, cfg: &TestConfig) -> lbx_relay::compiled::Compiled {
     std::fs::write(dir.join("crm.json.hbs"), cfg.template).unwrap();
     let path = dir.join("routes.toml");
     std::fs::write(&path, cfg.toml(&crm.url, "127.0.0.1:0", "127.0.0.1:0")).unwrap();
     // Variables come from nothing the calling shell exports: the test config names its defaults.
     let text = std::fs::read_to_string(&path).unwrap();
     let config = Config::from_toml(&text, &path, &|_| None).expect("test config is valid");
-    lbx_relay::runtime::Runtime::build(config).expect("test config compiles")
+    lbx_relay::compiled::Compiled::build(config).expect("test config compiles")
 }
 
 /// Starts a relay on the config and database in `dir` (used to restart on the same file).

@@ -329,7 +329,7 @@ async fn a_template_that_loses_the_id_is_a_mapping_error_not_a_delivery() {
     );
     std::fs::write(d.dir.path().join("routes.toml"), &text).unwrap();
     let config = lbx_relay::config::Config::from_toml(&text, &d.dir.path().join("routes.toml"), &|_| None).unwrap();
-    d.relay.replace_runtime(lbx_relay::runtime::Runtime::build(config).unwrap());
+    d.relay.replace_runtime(lbx_relay::compiled::Compiled::build(config).unwrap());
     let report = run(&d, &Clients::default(), false).await;
     assert!(report.recovered.is_empty());
     assert!(report.missing[0].reason.contains("does not carry the item id"), "{:?}", report.missing);
@@ -496,7 +496,7 @@ fn problems_of(api: &str) -> String {
     std::fs::write(dir.path().join("t.json.hbs"), "{}").unwrap();
     let path = dir.path().join("routes.toml");
     std::fs::write(&path, &text).unwrap();
-    match lbx_relay::runtime::Runtime::load(&path) {
+    match lbx_relay::compiled::Compiled::load(&path) {
         Ok(_) => String::new(),
         Err(p) => p.join("\n"),
     }

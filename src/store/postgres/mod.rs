@@ -271,6 +271,7 @@ impl PgStore {
                 event,
                 steps_state: r.try_get(5)?,
                 keyed: r.try_get(6)?,
+                data: None,
             });
         }
         Ok(out)

@@ -308,6 +308,7 @@ impl SqliteStore {
                     event,
                     steps_state,
                     keyed,
+                    data: None,
                 });
             }
             Ok(out)

@@ -1,6 +1,6 @@
-//! `Runtime`: one loaded configuration with everything derived from it — compiled templates, the
+//! `Compiled`: one loaded configuration with everything derived from it — compiled templates, the
 //! route table and each source's keyring. Built by `serve`, `check` and reload alike; swapped
-//! whole on reload so in-flight work keeps the runtime it started with.
+//! whole on reload (`LiveConfig`) so in-flight work keeps the configuration it started with.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,13 +11,13 @@ use crate::routing::RouteTable;
 use crate::templates::Templates;
 
 #[derive(Debug)]
-pub struct SourceRuntime {
+pub struct SourceKeys {
     pub keyring: Keyring,
     pub hint: Hint,
 }
 
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Compiled {
     pub config: Config,
     pub templates: Templates,
     pub routes: RouteTable,
@@ -26,17 +26,17 @@ pub struct Runtime {
     /// Route → the paths of its fields that the bundled samples have: worked out once per
     /// configuration, on first use (see `console::field_coverage`).
     pub fields_in_samples: std::sync::OnceLock<BTreeMap<String, std::collections::BTreeSet<String>>>,
-    sources: BTreeMap<String, SourceRuntime>,
+    sources: BTreeMap<String, SourceKeys>,
 }
 
-impl Runtime {
+impl Compiled {
     /// Reads the file and builds everything; every problem found is returned, one per line.
-    pub fn load(path: &Path) -> Result<Runtime, Vec<String>> {
+    pub fn load(path: &Path) -> Result<Compiled, Vec<String>> {
         let config = Config::load(path).map_err(|e: ConfigError| e.problems())?;
-        Runtime::build(config)
+        Compiled::build(config)
     }
 
-    pub fn build(config: Config) -> Result<Runtime, Vec<String>> {
+    pub fn build(config: Config) -> Result<Compiled, Vec<String>> {
         let templates =
             Templates::compile(&config).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let routes = RouteTable::new(&config);
@@ -44,14 +44,14 @@ impl Runtime {
             .sources
             .iter()
             .map(|(name, s)| {
-                (name.clone(), SourceRuntime { keyring: Keyring::new(&s.secret_keys), hint: Hint::default() })
+                (name.clone(), SourceKeys { keyring: Keyring::new(&s.secret_keys), hint: Hint::default() })
             })
             .collect();
         let fields = config.routes.iter().map(|r| (r.name.clone(), crate::fields::route_fields(r))).collect();
-        Ok(Runtime { config, templates, routes, fields, fields_in_samples: Default::default(), sources })
+        Ok(Compiled { config, templates, routes, fields, fields_in_samples: Default::default(), sources })
     }
 
-    pub fn source(&self, name: &str) -> Option<&SourceRuntime> {
+    pub fn source(&self, name: &str) -> Option<&SourceKeys> {
         self.sources.get(name)
     }
 
@@ -72,20 +72,20 @@ impl Runtime {
 /// The runtime in force, shared by the parts of a running relay and replaced whole on reload:
 /// each `load` is a snapshot that work already started keeps.
 #[derive(Clone)]
-pub struct LiveRuntime(std::sync::Arc<arc_swap::ArcSwap<Runtime>>);
+pub struct LiveConfig(std::sync::Arc<arc_swap::ArcSwap<Compiled>>);
 
-impl LiveRuntime {
-    pub fn new(runtime: Runtime) -> LiveRuntime {
-        LiveRuntime(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(runtime)))
+impl LiveConfig {
+    pub fn new(runtime: Compiled) -> LiveConfig {
+        LiveConfig(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(runtime)))
     }
 
     /// The configuration in force now.
-    pub fn load(&self) -> std::sync::Arc<Runtime> {
+    pub fn load(&self) -> std::sync::Arc<Compiled> {
         self.0.load_full()
     }
 
     /// Puts a new configuration in force for every part that shares this handle.
-    pub fn replace(&self, runtime: Runtime) {
+    pub fn replace(&self, runtime: Compiled) {
         self.0.store(std::sync::Arc::new(runtime));
     }
 }
