@@ -21,9 +21,11 @@ pub const ANSWER_BODY_LIMIT: usize = 1024 * 1024;
 /// How much of a request's and an answer's body an attempt's record keeps.
 pub const RECORDED_BODY: usize = 8 * 1024;
 
-/// One request as sent (credentials masked, body cut at [`RECORDED_BODY`]) and its answer.
+/// One request as sent (credentials masked, body cut at [`RECORDED_BODY`]), when it was sent by the
+/// relay's clock, and its answer.
 pub fn exchange(
     req: &RenderedRequest,
+    sent_at: i64,
     idempotency_key: &str,
     answer: Option<(u16, serde_json::Map<String, serde_json::Value>, &str)>,
     error: Option<&str>,
@@ -38,6 +40,7 @@ pub fn exchange(
     });
     serde_json::json!({
         "request": {"method": req.method.as_str(), "url": req.url, "headers": headers, "body": cut(&req.body, RECORDED_BODY)},
+        "sent_at": crate::event::rfc3339(sent_at),
         "response": response,
         "error": error,
     })
@@ -112,6 +115,7 @@ impl HttpSender {
         reach: super::guard::Reach,
     ) -> AttemptResult {
         let started = Instant::now();
+        let sent_at = self.clock.now_ms();
         let client = match reach {
             super::guard::Reach::Listed => &self.client,
             super::guard::Reach::PublicOnly => &self.public_only,
@@ -143,7 +147,7 @@ impl HttpSender {
                     (false, true) => RECORDED_BODY,
                 };
                 let read = read_prefix(resp, limit).await;
-                let recorded = exchange(req, idempotency_key, Some((status, answer_headers, &read)), None);
+                let recorded = exchange(req, sent_at, idempotency_key, Some((status, answer_headers, &read)), None);
                 let body = if keep_body || !delivered { Some(read) } else { None };
                 let error = if delivered {
                     None
@@ -176,14 +180,14 @@ impl HttpSender {
                     let reason = format!("connection refused by the relay: {}", error_chain(&e.without_url()));
                     let mut r =
                         AttemptResult::without_answer(Verdict::Fail { reason: reason.clone() }, started.elapsed());
-                    r.exchanges.push(exchange(req, idempotency_key, None, Some(&reason)));
+                    r.exchanges.push(exchange(req, sent_at, idempotency_key, None, Some(&reason)));
                     return r;
                 } else if e.is_connect() {
                     format!("connection failed: {}", error_chain(&e.without_url()))
                 } else {
                     format!("request failed: {}", error_chain(&e.without_url()))
                 };
-                let recorded = exchange(req, idempotency_key, None, Some(&reason));
+                let recorded = exchange(req, sent_at, idempotency_key, None, Some(&reason));
                 let mut r =
                     AttemptResult::without_answer(Verdict::Retry { reason, retry_after: None }, started.elapsed());
                 r.exchanges.push(recorded);

@@ -106,9 +106,8 @@ impl Page {
     }
 
     pub(crate) async fn eval(&mut self, js: &str) -> Value {
-        let r = self
-            .call("Runtime.evaluate", json!({"expression": js, "returnByValue": true, "awaitPromise": true}))
-            .await;
+        let r =
+            self.call("Runtime.evaluate", json!({"expression": js, "returnByValue": true, "awaitPromise": true})).await;
         assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
         r["result"]["value"].clone()
     }

@@ -429,6 +429,44 @@ impl DrivenRelay {
         lbx_relay::delivery::worker::run_once(&self.relay.delivery).await
     }
 
+    /// Runs delivery rounds until `done`, moving the clock `step_ms` forward whenever a round is
+    /// waiting (a gate waits on the relay's clock for a rate window or a pause) and between
+    /// rounds; fails past `max_ms` of driven time. Time is driven, never waited for: the short
+    /// real pauses only let the round's requests reach the CRM on loopback.
+    pub async fn drive(&self, step_ms: i64, max_ms: i64, done: impl Fn(&Self) -> bool) {
+        let start = self.clock.now_ms();
+        while !done(self) {
+            assert!(self.clock.now_ms() - start <= max_ms, "not done after {max_ms} ms of driven time");
+            let delivery = self.relay.delivery.clone();
+            let mut round = tokio::spawn(async move { lbx_relay::delivery::worker::run_once(&delivery).await });
+            loop {
+                tokio::select! {
+                    r = &mut round => { r.unwrap(); break }
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => self.advance_ms(step_ms),
+                }
+            }
+            self.advance_ms(step_ms);
+        }
+    }
+
+    /// When each request of every attempt was sent, by the relay's clock (Unix ms), in order:
+    /// what the relay recorded, not when the CRM saw it.
+    pub fn sent_times(&self) -> Vec<i64> {
+        let conn = rusqlite::Connection::open(self.dir.path().join("relay.db")).unwrap();
+        let mut stmt = conn.prepare("SELECT detail FROM attempts WHERE detail IS NOT NULL").unwrap();
+        let details: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        let mut times: Vec<i64> = details
+            .iter()
+            .flat_map(|d| serde_json::from_str::<Vec<serde_json::Value>>(d).unwrap())
+            .map(|x| {
+                let at = humantime::parse_rfc3339(x["sent_at"].as_str().expect("each request says when it was sent"));
+                at.unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+            })
+            .collect();
+        times.sort();
+        times
+    }
+
     /// Moves the relay's clock forward by `ms` milliseconds.
     pub fn advance_ms(&self, ms: i64) {
         self.clock.advance(Duration::from_millis(ms as u64));
