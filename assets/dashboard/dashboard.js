@@ -839,6 +839,8 @@ async function refresh() {
     $("main").hidden = false;
     showState("");
     text($("updated"), t("updated", new Date().toLocaleTimeString(LOCALE)));
+    // How many refreshes have completed (the time shown has only a second's precision).
+    $("updated").dataset.n = String(Number($("updated").dataset.n || 0) + 1);
   } catch (e) {
     showState(e.message, "error");
     if (e.kind !== "down") $("main").hidden = true;

@@ -222,8 +222,9 @@ async fn the_dashboard_finds_an_event_by_contact_shows_its_attempts_and_replays(
     assert!(widest <= 400, "the page is {widest} px wide at 400 px");
     page.call("Emulation.clearDeviceMetricsOverride", json!({})).await;
     // A refresh keeps the scroll position and the open event.
-    page.eval("window.scrollTo(0, 300); window.__before = document.getElementById('updated').textContent; true").await;
-    page.wait_for("document.getElementById('updated').textContent !== window.__before").await;
+    // (This one waits for the page's own timer; later ones call what the timer calls.)
+    page.eval("window.scrollTo(0, 300); window.__before = document.getElementById('updated').dataset.n; true").await;
+    page.wait_for("document.getElementById('updated').dataset.n !== window.__before").await;
     assert_eq!(page.eval("Math.round(window.scrollY)").await, json!(300));
     assert!(!page.eval("document.getElementById('detail').hidden").await.as_bool().unwrap());
 
@@ -338,19 +339,19 @@ async fn the_console_on_a_bad_morning_keeps_the_trace_triages_and_tells_the_trut
     page.eval("document.querySelector('#d_deliveries details').open = true; window.scrollTo(0, 420); true").await;
     let y = page.eval("Math.round(window.scrollY)").await;
     for _ in 0..2 {
-        page.eval("window.__before = document.getElementById('updated').textContent; true").await;
-        page.wait_for("document.getElementById('updated').textContent !== window.__before").await;
+        page.eval("window.__before = document.getElementById('updated').dataset.n; tick(); true").await;
+        page.wait_for("document.getElementById('updated').dataset.n !== window.__before").await;
     }
     assert_eq!(page.eval("document.querySelector('#d_deliveries details').open").await, json!(true));
     assert_eq!(page.eval("Math.round(window.scrollY)").await, y);
     // Text selected: the refresh waits, and says so.
-    page.eval("window.getSelection().selectAllChildren(document.getElementById('d_summary')); window.__before = document.getElementById('updated').textContent; true").await;
+    page.eval("window.getSelection().selectAllChildren(document.getElementById('d_summary')); window.__before = document.getElementById('updated').dataset.n; tick(); true").await;
     page.wait_for("!document.getElementById('pause').hidden").await;
-    assert_eq!(page.eval("document.getElementById('updated').textContent === window.__before").await, json!(true));
+    assert_eq!(page.eval("document.getElementById('updated').dataset.n === window.__before").await, json!(true));
     assert!(page.text_of("#pause").await.contains("paused while you read"));
     page.eval("document.getElementById('pause').click(); true").await;
     page.wait_for(
-        "document.getElementById('pause').hidden && document.getElementById('updated').textContent !== window.__before",
+        "document.getElementById('pause').hidden && document.getElementById('updated').dataset.n !== window.__before",
     )
     .await;
     // Reload lands on the same view.
@@ -374,8 +375,8 @@ async fn the_console_on_a_bad_morning_keeps_the_trace_triages_and_tells_the_trut
     page.wait_for("!document.getElementById('reload_result').hidden").await;
     let problems = page.text_of("#reload_problems").await;
     assert!(problems.contains("routes.toml:") && problems.contains("schedul"), "{problems}");
-    page.eval("window.__before = document.getElementById('updated').textContent; true").await;
-    page.wait_for("document.getElementById('updated').textContent !== window.__before").await;
+    page.eval("window.__before = document.getElementById('updated').dataset.n; tick(); true").await;
+    page.wait_for("document.getElementById('updated').dataset.n !== window.__before").await;
     assert_eq!(page.eval("document.getElementById('reload_result').hidden").await, json!(false));
     page.eval("document.getElementById('reload_dismiss').click(); true").await;
     assert_eq!(page.eval("document.getElementById('reload_result').hidden").await, json!(true));
