@@ -4,6 +4,9 @@
 //! per check interval and each alert key is said at most once per `repeat_after` (no flood during
 //! an outage); conditions that clear (failure rate, silence) send a recovery message.
 
+use std::sync::Arc;
+
+use crate::signals::{Signal, Signals};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -58,55 +61,10 @@ fn drift_text_fr(route: &str, path: &str, streak: u64, nearest: Option<&str>) ->
     )
 }
 
-/// What the field-absent alert (and its log line) says.
-pub fn drift_text(route: &str, path: &str, streak: u64, nearest: Option<&str>) -> String {
-    let carry = nearest.map(|n| format!("; the real events carry {n}")).unwrap_or_default();
-    format!(
-        "route {route}: {path} absent in {streak} of the last {streak} events{carry}. Learnybox's payload differs \
-         from what the template reads: fix the template (GET /api/types shows a real payload), reload, replay"
-    )
-}
-
-/// Something that happened, for the next check.
-#[derive(Debug, Clone)]
-pub enum Signal {
-    DeadLetter {
-        route: String,
-        error: Option<String>,
-        /// The delivery, so the alert points at one to open (`GET /api/events/…` lists it).
-        delivery_id: String,
-    },
-    Quarantined {
-        source: String,
-        reason: String,
-    },
-    /// A field a route reads was absent in its `streak` latest events.
-    FieldAbsent {
-        route: String,
-        path: String,
-        streak: u64,
-        nearest: Option<String>,
-    },
-    /// A reconciliation run created events for items no webhook brought.
-    Reconciled {
-        source: String,
-        recovered: u64,
-        kinds: Vec<String>,
-        /// The earliest and latest item dates (RFC 3339).
-        first: String,
-        last: String,
-    },
-    /// A reconciliation run failed, stopped at its page budget, or met items it cannot map.
-    ReconcileFailed {
-        source: String,
-        error: String,
-    },
-}
-
-/// Signals waiting for the next check, and what each alert key last said.
+/// What each alert key last said; the signals come from [`Signals`].
 #[derive(Debug, Default)]
 pub struct Alerts {
-    pending: Mutex<Vec<Signal>>,
+    signals: Arc<Signals>,
     state: Mutex<HashMap<String, KeyState>>,
 }
 
@@ -131,12 +89,14 @@ pub struct Notice {
 }
 
 impl Alerts {
-    pub fn signal(&self, s: Signal) {
-        if let Ok(mut p) = self.pending.lock() {
-            if p.len() < 10_000 {
-                p.push(s);
-            }
-        }
+    /// Alerts on what is recorded in `signals`.
+    pub fn new(signals: Arc<Signals>) -> Alerts {
+        Alerts { signals, state: Mutex::default() }
+    }
+
+    /// Where what happened is recorded (tests record there directly).
+    pub fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     /// Whether `key` may fire now; counts a suppression when not.
@@ -179,7 +139,7 @@ impl Alerts {
 
     /// What to say now: grouped signals, failure rates and silent sources.
     pub async fn evaluate(&self, upkeep: &Upkeep, cfg: &AlertsConfig, now: i64) -> Vec<Notice> {
-        let signals = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let signals = self.signals.take();
         let mut notices = Vec::new();
         let mut dead: BTreeMap<String, (u64, Option<String>, String)> = BTreeMap::new();
         let mut quarantined: BTreeMap<String, (u64, String)> = BTreeMap::new();
@@ -292,7 +252,7 @@ impl Alerts {
                     state: "firing",
                     text: say(
                         cfg,
-                        drift_text(&route, &path, streak, nearest.as_deref()),
+                        crate::coverage::drift_text(&route, &path, streak, nearest.as_deref()),
                         drift_text_fr(&route, &path, streak, nearest.as_deref()),
                     ) + &link,
                 });

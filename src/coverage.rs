@@ -139,6 +139,15 @@ impl Coverage {
     }
 }
 
+/// What the field-absent alert (and its log line) says.
+pub fn drift_text(route: &str, path: &str, streak: u64, nearest: Option<&str>) -> String {
+    let carry = nearest.map(|n| format!("; the real events carry {n}")).unwrap_or_default();
+    format!(
+        "route {route}: {path} absent in {streak} of the last {streak} events{carry}. Learnybox's payload differs \
+         from what the template reads: fix the template (GET /api/types shows a real payload), reload, replay"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

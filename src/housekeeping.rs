@@ -2,8 +2,9 @@
 //! `alert_after`), the gauges, and the retention purge of fully delivered events. [`Upkeep`] is
 //! what it (and `[alerts]`) reads: the store, the configuration, the sources' silence, the clock.
 
+use crate::signals::Signals;
 use crate::store::UpkeepStore;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,31 +34,28 @@ pub struct Upkeep {
     pub(crate) coverage: Arc<crate::coverage::Coverage>,
 }
 
-/// When each source was last heard from, and which are in alert.
+/// Which sources are silent, from when each was last heard from ([`Signals`]).
 #[derive(Debug)]
 pub struct Silence {
-    last: Mutex<HashMap<String, i64>>,
+    signals: Arc<Signals>,
     alerted: Mutex<HashSet<String>>,
     started_at: i64,
 }
 
 impl Silence {
     /// Silence counted from `started_at` (Unix ms) for sources not heard from yet.
-    pub fn new(started_at: i64) -> Silence {
-        Silence { last: Mutex::default(), alerted: Mutex::default(), started_at }
+    pub fn new(started_at: i64, signals: Arc<Signals>) -> Silence {
+        Silence { signals, alerted: Mutex::default(), started_at }
     }
 
     /// Records that a body arrived for `source` at `at` (Unix ms).
     pub fn heard(&self, source: &str, at: i64) {
-        if let Ok(mut last) = self.last.lock() {
-            let e = last.entry(source.to_string()).or_insert(at);
-            *e = (*e).max(at);
-        }
+        self.signals.heard(source, at);
     }
 
     /// Sources silent for longer than their `alert_after`, now.
     pub fn check(&self, rt: &Compiled, now: i64) -> Vec<String> {
-        let last = self.last.lock().map(|m| m.clone()).unwrap_or_default();
+        let last = self.signals.last_heard();
         let mut silent = Vec::new();
         for (name, src) in &rt.config.sources {
             let heard = last.get(name).copied();

@@ -3,11 +3,11 @@
 //! The HTTP handler and quarantine reprocessing go through `accept`; reconciliation, which has
 //! its events already decrypted, through `store_event`.
 
+use crate::signals::{Signal, Signals};
 use crate::store::{IngestStore, QuarantineStore};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::compiled::{Compiled, LiveConfig};
 use crate::crypto::{self, DecryptError, Sealed};
@@ -15,7 +15,6 @@ use crate::dedup::Dedup;
 use crate::delivery::handoff::Place;
 use crate::delivery::{DeliveryContext, Producer};
 use crate::event::{new_id, Event};
-use crate::housekeeping::Silence;
 use crate::store::{
     Claimed, IngestOutcome, Lease, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Store,
     StoreError, StoredEvent, WriteHealth,
@@ -29,14 +28,13 @@ pub struct IngestContext {
     pub(crate) store: Store,
     pub(crate) runtime: LiveConfig,
     pub(crate) dedup: Dedup,
-    /// When each source was last heard from (read by the silence alert).
-    pub(crate) silence: Arc<Silence>,
     /// Whether event writes fail now (disk full), for `/readyz`.
     pub(crate) write_health: WriteHealth,
     /// Says "the quarantine is full" once a minute at most.
     pub(crate) quarantine_full_log: LogLimiter,
-    /// Where quarantined bodies are signalled for `[alerts]`.
-    pub(crate) alerts: Arc<Alerts>,
+    /// Where quarantined bodies, fields gone absent and arrivals per source are recorded for
+    /// `[alerts]` and the silence check.
+    pub(crate) signals: Arc<Signals>,
     /// Where stored deliveries go: handed to idle workers, or the workers are woken.
     pub(crate) queue: Producer,
     /// "Now" for arrival times and hand-off leases (the delivery side's clock).
@@ -46,19 +44,14 @@ pub struct IngestContext {
 }
 
 impl IngestContext {
-    pub fn new(
-        delivery: Arc<DeliveryContext>,
-        silence: Arc<Silence>,
-        coverage: Arc<crate::coverage::Coverage>,
-    ) -> IngestContext {
+    pub fn new(delivery: Arc<DeliveryContext>, coverage: Arc<crate::coverage::Coverage>) -> IngestContext {
         IngestContext {
             store: delivery.store.clone(),
             runtime: delivery.runtime.clone(),
             dedup: Dedup::default(),
-            silence,
             write_health: WriteHealth::default(),
             quarantine_full_log: LogLimiter::every(Duration::from_secs(60)),
-            alerts: delivery.alerts.clone(),
+            signals: delivery.signals.clone(),
             clock: delivery.clock.clone(),
             coverage,
             queue: Producer::new(delivery),
@@ -252,7 +245,7 @@ pub async fn accept(
                 .filter(|(k, _)| !crate::secrets::is_credential_header(k))
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
-            ctx.alerts.signal(crate::alerts::Signal::Quarantined { source: source.to_string(), reason: e.to_string() });
+            ctx.signals.signal(Signal::Quarantined { source: source.to_string(), reason: e.to_string() });
             let item = NewQuarantined {
                 source: source.to_string(),
                 received_at,
@@ -283,7 +276,7 @@ pub async fn accept(
             }
         }
     };
-    ctx.silence.heard(source, received_at);
+    ctx.signals.heard(source, received_at);
     match &result {
         Err(IngestError::Unavailable(e)) => ctx.write_health.failed(e),
         Ok(_) => ctx.write_health.succeeded(),
@@ -335,8 +328,8 @@ fn observe_fields(ctx: &IngestContext, rt: &Compiled, routes: &[String], data: &
     for route in routes {
         let Some(fields) = rt.fields.get(route) else { continue };
         for d in ctx.coverage.observe(route, fields, data, after) {
-            tracing::warn!("{}", crate::alerts::drift_text(&d.route, &d.path, d.streak, d.nearest.as_deref()));
-            ctx.alerts.signal(crate::alerts::Signal::FieldAbsent {
+            tracing::warn!("{}", crate::coverage::drift_text(&d.route, &d.path, d.streak, d.nearest.as_deref()));
+            ctx.signals.signal(Signal::FieldAbsent {
                 route: d.route,
                 path: d.path,
                 streak: d.streak,

@@ -16,7 +16,8 @@
 //!   part reads "now" (and the only module that reads the system time), [`cli`] is the command
 //!   line, [`preflight`] what `check` reports and `serve` refuses, [`fields`] the payload fields a
 //!   route reads, [`telemetry`] the logs and metrics, [`housekeeping`] the silence alert, gauges
-//!   and retention purge, [`alerts`] the `[alerts]` webhook; [`rate_window`] is the sliding
+//!   and retention purge, [`alerts`] the `[alerts]` webhook, both reading what ingest and
+//!   delivery record in [`signals`]; [`rate_window`] is the sliding
 //!   window both the delivery gates and the PostgreSQL store use; [`reconcile`] compares
 //!   Learnybox's API with the events received and recovers the missing ones through ingest; the
 //!   load tool (`bench`) is built only with the `bench` feature.
@@ -51,6 +52,7 @@ pub mod reconcile;
 pub mod relay;
 pub mod routing;
 pub mod secrets;
+pub mod signals;
 pub mod store;
 pub mod suggest;
 pub mod telemetry;

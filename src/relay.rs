@@ -10,6 +10,7 @@ use crate::compiled::{Compiled, LiveConfig};
 use crate::delivery::DeliveryContext;
 use crate::housekeeping::{Silence, Upkeep};
 use crate::ingest::IngestContext;
+use crate::signals::Signals;
 use crate::store::Store;
 
 /// The running relay: each part's context, wired together here and nowhere else. Ingest sees its
@@ -37,11 +38,12 @@ impl Relay {
     /// in production; tests drive retry and lease times with a manual one).
     pub fn new(runtime: Compiled, store: Store, clock: Clock) -> Relay {
         let runtime = LiveConfig::new(runtime);
-        let alerts = Arc::new(Alerts::default());
-        let silence = Arc::new(Silence::new(clock.now_ms()));
-        let delivery = Arc::new(DeliveryContext::new(store.clone(), runtime.clone(), alerts.clone(), clock.clone()));
+        let signals = Arc::new(Signals::default());
+        let alerts = Arc::new(Alerts::new(signals.clone()));
+        let silence = Arc::new(Silence::new(clock.now_ms(), signals.clone()));
+        let delivery = Arc::new(DeliveryContext::new(store.clone(), runtime.clone(), signals, clock.clone()));
         let coverage = Arc::new(crate::coverage::Coverage::default());
-        let ingest = Arc::new(IngestContext::new(delivery.clone(), silence.clone(), coverage.clone()));
+        let ingest = Arc::new(IngestContext::new(delivery.clone(), coverage.clone()));
         let upkeep = Upkeep { store: store.clone(), runtime: runtime.clone(), silence, clock, coverage };
         Relay {
             store,

@@ -12,9 +12,9 @@ use super::limits::Gates;
 use super::oauth::Tokens;
 use super::send::HttpSender;
 use super::steps::SendContext;
-use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::compiled::{Compiled, LiveConfig};
+use crate::signals::Signals;
 use crate::store::Store;
 
 pub struct DeliveryContext {
@@ -29,14 +29,14 @@ pub struct DeliveryContext {
     pub(crate) handoff: Handoff,
     /// Wakes idle workers when new deliveries were committed or released for a retry.
     pub(crate) wake: Notify,
-    /// Where dead letters are signalled for `[alerts]`.
-    pub(crate) alerts: Arc<Alerts>,
+    /// Where dead letters are recorded for `[alerts]`.
+    pub(crate) signals: Arc<Signals>,
     /// "Now" for claims, retry times, pauses and leases.
     pub(crate) clock: Clock,
 }
 
 impl DeliveryContext {
-    pub fn new(store: Store, runtime: LiveConfig, alerts: Arc<Alerts>, clock: Clock) -> DeliveryContext {
+    pub fn new(store: Store, runtime: LiveConfig, signals: Arc<Signals>, clock: Clock) -> DeliveryContext {
         DeliveryContext {
             gates: Gates::new(store.shared_rate_windows(), clock.clone()),
             store,
@@ -45,7 +45,7 @@ impl DeliveryContext {
             tokens: Tokens::new(clock.clone()),
             handoff: Handoff::default(),
             wake: Notify::new(),
-            alerts,
+            signals,
             clock,
         }
     }

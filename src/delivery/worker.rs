@@ -204,7 +204,7 @@ async fn attempt(ctx: &DeliveryContext, c: Claimed) -> Finish {
     ));
     tracing::error!(delivery = %delivery_id, route = %route, error = %error, "a delivery attempt panicked; recorded as failed");
     metrics::counter!(DELIVERIES, "route" => route.clone(), "outcome" => Next::Failed.label()).increment(1);
-    ctx.alerts.signal(crate::alerts::Signal::DeadLetter {
+    ctx.signals.signal(crate::signals::Signal::DeadLetter {
         route,
         error: Some(error.clone()),
         delivery_id: delivery_id.clone(),
@@ -389,7 +389,7 @@ fn record(ctx: &DeliveryContext, rt: &Compiled, c: Claimed, ran: Ran, next: Next
     let mask = |text: &str| ctx.tokens.mask(secrets.mask(text));
     let error = error.map(|e| mask(&e));
     if next == Next::Failed {
-        ctx.alerts.signal(crate::alerts::Signal::DeadLetter {
+        ctx.signals.signal(crate::signals::Signal::DeadLetter {
             route: c.route.clone(),
             error: error.clone(),
             delivery_id: c.delivery_id.clone(),

@@ -368,7 +368,7 @@ fn signal(ctx: &IngestContext, run: &Run, report: &RunReport) {
         kinds.sort();
         kinds.dedup();
         let dates: Vec<&str> = report.recovered.iter().map(|p| p.item_date.as_str()).collect();
-        ctx.alerts.signal(crate::alerts::Signal::Reconciled {
+        ctx.signals.signal(crate::signals::Signal::Reconciled {
             source: run.source.clone(),
             recovered: report.recovered.len() as u64,
             kinds,
@@ -380,7 +380,7 @@ fn signal(ctx: &IngestContext, run: &Run, report: &RunReport) {
         let error = run.error.clone().unwrap_or_else(|| {
             format!("{} item(s) could not become events (mapping or template); see GET /api/reconcile", run.missing)
         });
-        ctx.alerts.signal(crate::alerts::Signal::ReconcileFailed { source: run.source.clone(), error });
+        ctx.signals.signal(crate::signals::Signal::ReconcileFailed { source: run.source.clone(), error });
     }
 }
 
