@@ -303,8 +303,8 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
                         .unwrap_or(Value::Array(Vec::new()));
                     // When the next attempt was made, or (the last one) is due: SPEC's "next attempt".
                     row["next_attempt_at"] = match mine.get(i + 1) {
-                        Some(next) => next.started_at.clone().into(),
-                        None if del.status == "pending" => del.next_attempt_at.clone().into(),
+                        Some(next) => rfc3339(next.started_at).into(),
+                        None if del.status == "pending" => del.next_attempt_at.map(rfc3339).into(),
                         None => Value::Null,
                     };
                     row

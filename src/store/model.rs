@@ -267,7 +267,8 @@ pub struct DeliveryRow {
     pub attempts: u32,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
-    pub next_attempt_at: Option<String>,
+    #[serde(serialize_with = "crate::event::shown_as_rfc3339::option::serialize")]
+    pub next_attempt_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -282,7 +283,8 @@ pub struct DeliveryFilter {
 pub struct AttemptRow {
     pub delivery_id: String,
     pub attempt: u32,
-    pub started_at: String,
+    #[serde(serialize_with = "crate::event::shown_as_rfc3339::serialize")]
+    pub started_at: i64,
     pub duration_ms: i64,
     pub status: Option<u16>,
     pub error: Option<String>,

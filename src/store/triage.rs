@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::reconcile::n;
 use super::{Backend, Store, StoreError, ERROR, PAYLOAD};
-use crate::event::rfc3339;
 
 /// Which deliveries to list, newest first.
 #[derive(Debug, Clone, Default)]
@@ -43,10 +42,13 @@ pub struct TriageRow {
     pub attempts: u32,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
-    /// When it was last attempted (or changed), RFC 3339.
-    pub last_attempt_at: String,
-    pub next_attempt_at: Option<String>,
-    pub received_at: String,
+    /// When it was last attempted (or changed).
+    #[serde(serialize_with = "crate::event::shown_as_rfc3339::serialize")]
+    pub last_attempt_at: i64,
+    #[serde(serialize_with = "crate::event::shown_as_rfc3339::option::serialize")]
+    pub next_attempt_at: Option<i64>,
+    #[serde(serialize_with = "crate::event::shown_as_rfc3339::serialize")]
+    pub received_at: i64,
 }
 
 /// Deliveries of one route created in a period, by state.
@@ -161,9 +163,9 @@ impl Store {
             attempts,
             last_status,
             last_error: self.read_opt(ERROR, last_error),
-            last_attempt_at: rfc3339(updated),
-            next_attempt_at: next.map(rfc3339),
-            received_at: rfc3339(received),
+            last_attempt_at: updated,
+            next_attempt_at: next,
+            received_at: received,
         })
     }
 

@@ -20,7 +20,6 @@ use super::{
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
     Settlement, StoreError, StoredEvent, TypeSeen,
 };
-use crate::event::rfc3339;
 use crate::store::Counts;
 use batch::{batcher, Queued, BATCHERS};
 use notify::announcer;
@@ -626,7 +625,7 @@ impl PgStore {
                 Ok(AttemptRow {
                     delivery_id: r.try_get(0)?,
                     attempt: r.try_get::<_, i32>(1)? as u32,
-                    started_at: rfc3339(r.try_get(2)?),
+                    started_at: r.try_get(2)?,
                     duration_ms: r.try_get(3)?,
                     status: status_of(r.try_get(4)?),
                     error: r.try_get(5)?,
@@ -896,6 +895,6 @@ fn delivery_from_row(r: &Row) -> Result<DeliveryRow, StoreError> {
         attempts: r.try_get::<_, i32>(4)? as u32,
         last_status: status_of(r.try_get(5)?),
         last_error: r.try_get(6)?,
-        next_attempt_at: r.try_get::<_, Option<i64>>(7)?.map(rfc3339),
+        next_attempt_at: r.try_get(7)?,
     })
 }

@@ -12,7 +12,6 @@ use super::{
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
     Settlement, StoreError, StoredEvent, TypeSeen,
 };
-use crate::event::rfc3339;
 use crate::store::Counts;
 use readers::Readers;
 use writer::Writer;
@@ -692,7 +691,7 @@ impl SqliteStore {
                     Ok(AttemptRow {
                         delivery_id: r.get(0)?,
                         attempt: r.get(1)?,
-                        started_at: rfc3339(r.get(2)?),
+                        started_at: r.get(2)?,
                         duration_ms: r.get(3)?,
                         status: r.get(4)?,
                         error: r.get(5)?,
@@ -933,7 +932,7 @@ fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         attempts: r.get(4)?,
         last_status: r.get(5)?,
         last_error: r.get(6)?,
-        next_attempt_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+        next_attempt_at: r.get(7)?,
     })
 }
 
