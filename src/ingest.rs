@@ -69,7 +69,7 @@ struct Handed {
 
 impl Handed {
     /// Passes it to the workers (its event has committed), with the event's data as parsed here.
-    fn send(self, event: &Event, data: std::sync::Arc<serde_json::Value>) {
+    fn pass_on(self, event: &Event, data: std::sync::Arc<serde_json::Value>) {
         let Handed { place, delivery_id, route, lease_token } = self;
         place.send(Claimed {
             delivery_id,
@@ -434,7 +434,7 @@ pub async fn store_event(
             if !handed.is_empty() {
                 let data = std::sync::Arc::new(std::mem::take(&mut event.data));
                 for h in handed {
-                    h.send(&event, data.clone());
+                    h.pass_on(&event, data.clone());
                 }
             }
             if !all_handed {
