@@ -1,8 +1,9 @@
 //! Where "now" comes from, and the only place that reads the system time: every part is handed a
-//! [`Clock`] (or a "now" read from one) by whoever wires it. Production reads the system clock; a test can hand a part the
-//! [`Clock::tokio`] clock, which follows tokio's (pausable) time, and then drive time with
-//! `tokio::time::advance` or paused sleeps instead of waiting for it, or a [`Clock::manual`] one
-//! that moves only when told (for a whole relay, whose sockets cannot run on paused time).
+//! [`Clock`] (or a "now" read from one) by whoever wires it. Production reads the system clock; a
+//! test can hand a part the [`Clock::tokio`] clock, which follows tokio's (pausable) time, and then
+//! drive time with `tokio::time::advance` or paused sleeps instead of waiting for it, or a
+//! [`Clock::manual`] one that moves only when told (for a whole relay, whose sockets cannot run on
+//! paused time).
 
 /// Unix milliseconds, from the system or from tokio's clock.
 #[derive(Clone, Debug)]

@@ -1,4 +1,5 @@
-//! `lbx-relay check`: every problem of a configuration, the sample renders and the data-loss warnings.
+//! `lbx-relay check`: every problem of a configuration, the sample renders and the data-loss
+//! warnings.
 
 use std::path::Path;
 use std::process::ExitCode;

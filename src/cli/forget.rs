@@ -1,4 +1,5 @@
-//! `lbx-relay forget`: a contact's data erased from the store the config names (or the plan, dry run).
+//! `lbx-relay forget`: a contact's data erased from the store the config names (or the plan, dry
+//! run).
 
 use std::path::Path;
 use std::process::ExitCode;

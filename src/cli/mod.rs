@@ -136,7 +136,8 @@ pub enum Command {
         config: ConfigArg,
         #[arg(long)]
         route: String,
-        /// Print {"method","url","headers","body"} as JSON (for a multi-step route, {"steps": [...]}).
+        /// Print {"method","url","headers","body"} as JSON (for a multi-step route, {"steps":
+        /// [...]}).
         #[arg(long)]
         json: bool,
         /// Multi-step routes: a JSON file of earlier steps' answers, e.g.
@@ -147,7 +148,8 @@ pub enum Command {
     },
     /// Load-test a relay: unique encrypted events, ack latency, delivery latency, memory.
     Bench(BenchArgs),
-    /// (for bench) A bare actix-web server answering 200: the ceiling any HTTP ingest can reach here.
+    /// (for bench) A bare actix-web server answering 200: the ceiling any HTTP ingest can reach
+    /// here.
     #[command(hide = true)]
     BaselineServer {
         #[arg(long)]
@@ -156,7 +158,8 @@ pub enum Command {
     /// Write a working routes.toml (and the templates and contracts it names) into DIR, then
     /// print the variables to set.
     Init {
-        /// One of the shipped connectors (brevo, hubspot, pipedrive, …); the default setup if absent.
+        /// One of the shipped connectors (brevo, hubspot, pipedrive, …); the default setup if
+        /// absent.
         #[arg(long)]
         connector: Option<String>,
         #[arg(default_value = ".")]
@@ -264,7 +267,8 @@ pub struct BenchArgs {
     /// Total requests per second (default: as fast as the concurrency allows).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Send for this long: with --rate, rate × duration events; without, stop after it or -n events.
+    /// Send for this long: with --rate, rate × duration events; without, stop after it or -n
+    /// events.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<std::time::Duration>,
     /// Threads of the load generator (like wrk's -t).

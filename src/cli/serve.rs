@@ -1,4 +1,5 @@
-//! `lbx-relay serve`: load and check the configuration, build the relay, serve until SIGINT/SIGTERM.
+//! `lbx-relay serve`: load and check the configuration, build the relay, serve until
+//! SIGINT/SIGTERM.
 
 use crate::store::ConsoleStore;
 use std::path::Path;

@@ -1,8 +1,10 @@
-//! What the admin API and the console read and change: deliveries, events, attempts, the quarantine, retries.
+//! What the admin API and the console read and change: deliveries, events, attempts, the
+//! quarantine, retries.
 
 use crate::store::*;
 
-/// What the admin API and the console read and change: deliveries, events, attempts, the quarantine, retries.
+/// What the admin API and the console read and change: deliveries, events, attempts, the
+/// quarantine, retries.
 pub trait ConsoleStore {
     fn list_deliveries(
         &self,

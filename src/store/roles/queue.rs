@@ -1,8 +1,10 @@
-//! The queue the delivery workers take work from: claims, leases, hand-backs and settlements, and the OAuth refresh tokens they keep.
+//! The queue the delivery workers take work from: claims, leases, hand-backs and settlements, and
+//! the OAuth refresh tokens they keep.
 
 use crate::store::*;
 
-/// The queue the delivery workers take work from: claims, leases, hand-backs and settlements, and the OAuth refresh tokens they keep.
+/// The queue the delivery workers take work from: claims, leases, hand-backs and settlements, and
+/// the OAuth refresh tokens they keep.
 pub trait QueueStore {
     /// Leases up to `limit` deliveries due at `now` (Unix ms) for `lease`, none of `skip_routes`
     /// (paused by their rate limit or concurrency), and of ordered routes only the oldest pending

@@ -1,8 +1,10 @@
-//! What upkeep runs: the retention purge, gauges, silence, field coverage, readiness and key checks.
+//! What upkeep runs: the retention purge, gauges, silence, field coverage, readiness and key
+//! checks.
 
 use crate::store::*;
 
-/// What upkeep runs: the retention purge, gauges, silence, field coverage, readiness and key checks.
+/// What upkeep runs: the retention purge, gauges, silence, field coverage, readiness and key
+/// checks.
 pub trait UpkeepStore {
     /// Deletes fully delivered events received before `before` (Unix ms), and dedup keys expired
     /// at `now`; returns how many events.
