@@ -18,7 +18,9 @@ impl handlebars::HelperDef for Now {
         ctx: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<handlebars::ScopedJson<'rc>, handlebars::RenderError> {
-        Ok(handlebars::ScopedJson::Derived(ctx.data().get("rendered_at").cloned().unwrap_or(Value::Null)))
+        // Formatted only here: most templates never ask for it.
+        let at = ctx.data().get("rendered_at").and_then(Value::as_i64);
+        Ok(handlebars::ScopedJson::Derived(at.map_or(Value::Null, |ms| super::rfc3339_seconds(ms).into())))
     }
 }
 

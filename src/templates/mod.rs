@@ -73,10 +73,10 @@ pub struct TemplateContext<'a> {
     pub preview: bool,
     /// What `{{now}}` gives: when the request is rendered ([`TemplateContext::at`]), or when the
     /// event was received for what is not a request (`when` conditions, ingest's checks).
-    rendered_at: String,
+    rendered_at: i64,
 }
 
-fn rfc3339_seconds(ms: i64) -> String {
+pub(super) fn rfc3339_seconds(ms: i64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
         .to_string()
 }
@@ -97,13 +97,13 @@ impl<'a> TemplateContext<'a> {
             delivery_id,
             steps: &NO_STEPS,
             preview: false,
-            rendered_at: rfc3339_seconds(event.received_at),
+            rendered_at: event.received_at,
         }
     }
 
     /// The same context rendered at `now` (Unix ms), what `{{now}}` gives.
     pub fn at(mut self, now: i64) -> Self {
-        self.rendered_at = rfc3339_seconds(now);
+        self.rendered_at = now;
         self
     }
 
