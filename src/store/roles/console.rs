@@ -74,10 +74,6 @@ impl ConsoleStore for Store {
         Ok(rows)
     }
 
-    /// Makes one delivery due at `now` with a fresh schedule, whatever its status: failed
-    /// (replay), pending (send now) or delivered (send again, every step anew); `false` when it
-    /// does not exist.
-    /// The route of delivery `id`, if it exists.
     async fn delivery_route(&self, id: &str) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.delivery_route(id.to_string()).await)
     }
@@ -86,7 +82,6 @@ impl ConsoleStore for Store {
         dispatch!(self, s => s.retry_one(id.to_string(), now).await)
     }
 
-    /// Attempts started at or after `since` (Unix ms), newest first, at most `limit`.
     async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
         let mut facts = dispatch!(self, s => s.attempt_facts(since, limit).await)?;
         for f in &mut facts {
@@ -95,18 +90,14 @@ impl ConsoleStore for Store {
         Ok(facts)
     }
 
-    /// Pending deliveries per route.
     async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
         dispatch!(self, s => s.pending_per_route().await)
     }
 
-    /// Makes every delivery `filter` matches due at `now` with a fresh schedule (delivered ones
-    /// send every step again); with `dry_run` only counts them. Returns how many.
     async fn retry_matching(&self, filter: RetryFilter, dry_run: bool, now: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.retry_matching(filter, dry_run, now).await)
     }
 
-    /// Stored events matching `filter`, each with its derived status, and how many match.
     async fn find_events(&self, mut filter: EventFilter) -> Result<(Vec<StoredEvent>, Matching), StoreError> {
         let emails = filter.email.take().map(|e| match &self.cipher {
             Some(c) => c.index_values(&e),
@@ -125,7 +116,6 @@ impl ConsoleStore for Store {
         Ok((events, matching))
     }
 
-    /// Stored events, oldest first (or newest first), after the cursor `after` in that order.
     async fn list_events(
         &self,
         after: Option<String>,
@@ -152,7 +142,6 @@ impl ConsoleStore for Store {
         Ok(Some(d))
     }
 
-    /// The event types stored, per source (within retention), with their newest payload.
     async fn event_types(&self) -> Result<Vec<TypeSeen>, StoreError> {
         let mut types = dispatch!(self, s => s.event_types().await)?;
         for t in &mut types {

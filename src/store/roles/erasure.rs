@@ -26,9 +26,6 @@ pub trait ErasureStore {
 }
 
 impl ErasureStore for Store {
-    /// Every stored event that names `email` as a whole address (never a substring): by the
-    /// contact index (a keyed hash under every configured key when encrypted), or, in a payload
-    /// the store can read, as any string value. Oldest first.
     async fn contact_events(&self, email: &Email) -> Result<Vec<ContactEvent>, StoreError> {
         let index = match &self.cipher {
             Some(c) => c.index_values(email.as_str()),
@@ -55,7 +52,6 @@ impl ErasureStore for Store {
         Ok(found)
     }
 
-    /// Deletes these events with their deliveries and attempts.
     async fn delete_events(&self, ids: Vec<String>) -> Result<Forgotten, StoreError> {
         if ids.is_empty() {
             return Ok(Forgotten::default());
@@ -63,10 +59,6 @@ impl ErasureStore for Store {
         dispatch!(self, s => s.delete_events(ids).await)
     }
 
-    /// After an erasure: SQLite moves its WAL into the file and truncates it, so no copy of the
-    /// erased rows stays in the WAL (deleted content is zeroed in the file: `secure_delete`).
-    /// PostgreSQL: the rows are gone from every query at once; their dead versions stay in the
-    /// table's pages until VACUUM reuses them (docs/security.md).
     async fn scrub(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.truncate_wal().await,

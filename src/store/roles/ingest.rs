@@ -16,7 +16,6 @@ pub trait IngestStore {
 }
 
 impl IngestStore for Store {
-    /// Stores the event and its deliveries in one transaction unless its dedup key is live.
     async fn ingest(&self, mut event: NewEvent) -> Result<IngestOutcome, StoreError> {
         if let Some(c) = &self.cipher {
             // Every address the payload names is indexed (erasure cannot read sealed payloads),
@@ -39,7 +38,6 @@ impl IngestStore for Store {
         dispatch!(self, s => s.ingest(event).await)
     }
 
-    /// Keeps an undecryptable body unless that would cross a bound (then `Full`, nothing written).
     async fn quarantine(
         &self,
         mut item: NewQuarantined,

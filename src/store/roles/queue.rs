@@ -65,9 +65,6 @@ pub trait QueueStore {
 }
 
 impl QueueStore for Store {
-    /// Leases up to `limit` deliveries due at `now` (Unix ms) for `lease`, none of `skip_routes`
-    /// (paused by their rate limit or concurrency), and of ordered routes only the oldest pending
-    /// delivery per key. `now` is passed in, so a test moves time instead of waiting for it.
     async fn claim(
         &self,
         limit: usize,
@@ -117,25 +114,19 @@ impl QueueStore for Store {
         Ok(claimed)
     }
 
-    /// Keeps the answers of a multi-step delivery's finished steps as soon as each step is done,
-    /// so a crash mid-attempt does not repeat them. `false` when the lease was lost.
     async fn save_steps_state(&self, delivery_id: &str, lease_token: &str, state: String) -> Result<bool, StoreError> {
         let state = self.seal(STEPS, state);
         dispatch!(self, s => s.save_steps_state(delivery_id.to_string(), lease_token.to_string(), state).await)
     }
 
-    /// Keeps a claimed delivery reserved until `until` (Unix ms) while its attempt runs; `false`
-    /// when the lease was lost.
     async fn extend_lease(&self, delivery_id: &str, lease_token: &str, until: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.extend_lease(delivery_id.to_string(), lease_token.to_string(), until).await)
     }
 
-    /// Gives a claimed delivery back, due at `at` (Unix ms), without counting an attempt.
     async fn defer(&self, delivery_id: String, lease_token: String, at: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.defer(delivery_id, lease_token, at).await)
     }
 
-    /// Records an attempt and the delivery's next state; `false` when the lease was lost.
     async fn settle(&self, mut settlement: Settlement) -> Result<bool, StoreError> {
         if let Some(c) = &self.cipher {
             settlement.steps_state = settlement.steps_state.map(|v| c.seal_text(STEPS, &v));
@@ -146,18 +137,15 @@ impl QueueStore for Store {
         dispatch!(self, s => s.settle(settlement).await)
     }
 
-    /// When the next pending delivery becomes due (Unix ms), if any.
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         dispatch!(self, s => s.next_due().await)
     }
 
-    /// The newest refresh token stored for an OAuth app (`OAuthConfig::cache_key`).
     async fn oauth_refresh_token(&self, key: &str) -> Result<Option<String>, StoreError> {
         let token = dispatch!(self, s => s.oauth_refresh_token(key.to_string()).await)?;
         self.open_opt(REFRESH, token)
     }
 
-    /// Keeps a rotated refresh token, so a restart does not fall back to a revoked one.
     async fn save_oauth_refresh_token(&self, key: &str, token: &str, now: i64) -> Result<(), StoreError> {
         let token = self.seal(REFRESH, token.to_string());
         dispatch!(self, s => s.save_oauth_refresh_token(key.to_string(), token, now).await)

@@ -41,8 +41,6 @@ pub trait UpkeepStore {
 }
 
 impl UpkeepStore for Store {
-    /// Deletes fully delivered events received before `before` (Unix ms), and dedup keys expired
-    /// at `now`; returns how many events.
     async fn purge(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         dispatch!(self, s => s.purge(before, now).await)
     }
@@ -51,31 +49,22 @@ impl UpkeepStore for Store {
         dispatch!(self, s => s.gauges().await)
     }
 
-    /// The newest event time of each of `sources`, for those that have one.
     async fn last_event_per_source(&self, sources: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
         dispatch!(self, s => s.last_event_per_source(sources).await)
     }
 
-    /// Field coverage kept by earlier runs.
     async fn load_coverage(&self) -> Result<Vec<(String, String, Counts)>, StoreError> {
         dispatch!(self, s => s.load_coverage().await)
     }
 
-    /// Keeps the field coverage counts (whole numbers per route and path).
     async fn save_coverage(&self, rows: Vec<(String, String, Counts)>) -> Result<(), StoreError> {
         dispatch!(self, s => s.save_coverage(rows).await)
     }
 
-    /// Checks that the store commits now; SQLite writes `probe_bytes` to do so (a full disk
-    /// refuses an event-sized write before a tiny one).
     async fn ping(&self, probe_bytes: usize, now: i64) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping(probe_bytes, now).await)
     }
 
-    /// With `encryption_key` set: the newest sealed value of each sealed column (event payloads,
-    /// attempt errors, quarantined headers, refresh tokens), opened with the configured keys. Each
-    /// that does not open is a problem, said at start and by `/readyz`: a key removed while values
-    /// sealed with it remain (put it back in `previous_encryption_keys`).
     async fn key_check(&self) -> Result<Vec<String>, StoreError> {
         if self.cipher.is_none() {
             return Ok(Vec::new());
