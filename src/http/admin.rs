@@ -304,7 +304,7 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
                     // When the next attempt was made, or (the last one) is due: SPEC's "next attempt".
                     row["next_attempt_at"] = match mine.get(i + 1) {
                         Some(next) => rfc3339(next.started_at).into(),
-                        None if del.status == "pending" => del.next_attempt_at.map(rfc3339).into(),
+                        None if del.status == DeliveryStatus::Pending => del.next_attempt_at.map(rfc3339).into(),
                         None => Value::Null,
                     };
                     row
@@ -318,9 +318,9 @@ async fn get_event(_: Admin, relay: web::Data<Relay>, id: web::Path<String>) -> 
     // The same derived status as the list shows.
     let status = if d.deliveries.is_empty() {
         "unrouted"
-    } else if d.deliveries.iter().any(|x| x.status == "failed") {
+    } else if d.deliveries.iter().any(|x| x.status == DeliveryStatus::Failed) {
         "failed"
-    } else if d.deliveries.iter().any(|x| x.status == "pending") {
+    } else if d.deliveries.iter().any(|x| x.status == DeliveryStatus::Pending) {
         "pending"
     } else {
         "delivered"

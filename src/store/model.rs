@@ -227,6 +227,31 @@ pub enum DeliveryStatus {
     Failed,
 }
 
+/// A status compares equal to its name as stored and shown (`"pending"`, `"failed"`, …).
+impl PartialEq<&str> for DeliveryStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<&str> for AttemptOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for DeliveryStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for AttemptOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl DeliveryStatus {
     pub const ALL: [DeliveryStatus; 3] = [DeliveryStatus::Pending, DeliveryStatus::Delivered, DeliveryStatus::Failed];
 
@@ -263,7 +288,7 @@ pub struct DeliveryRow {
     pub id: String,
     pub event_id: String,
     pub route: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: u32,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
@@ -288,7 +313,7 @@ pub struct AttemptRow {
     pub duration_ms: i64,
     pub status: Option<u16>,
     pub error: Option<String>,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// The attempt's requests and answers (JSON), when recorded.
     #[serde(skip)]
     pub detail: Option<String>,

@@ -33,7 +33,7 @@ pub struct TriageRow {
     pub id: String,
     pub event_id: String,
     pub route: String,
-    pub status: String,
+    pub status: super::DeliveryStatus,
     /// The event type.
     #[serde(rename = "type")]
     pub kind: String,
@@ -85,8 +85,21 @@ const SCAN_CAP: usize = 20_000;
 /// left out.
 pub const MAX_ATTEMPTS_READ: u32 = 200_000;
 
-type RawRow =
-    (String, String, String, String, String, String, String, u32, Option<u16>, Option<String>, i64, Option<i64>, i64);
+type RawRow = (
+    String,
+    String,
+    String,
+    super::DeliveryStatus,
+    String,
+    String,
+    String,
+    u32,
+    Option<u16>,
+    Option<String>,
+    i64,
+    Option<i64>,
+    i64,
+);
 
 /// A glob as given, or a bare word as a prefix.
 fn kind_glob(kind: &str) -> String {

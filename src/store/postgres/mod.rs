@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{AttemptFact, AttemptOutcome, RetryFilter, COUNT_CAP, DERIVED_STATUS};
+use super::{AttemptFact, AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
@@ -884,6 +884,33 @@ fn event_from_row(r: &Row) -> Result<StoredEvent, StoreError> {
         payload: r.try_get(5)?,
         received_at: r.try_get(6)?,
     })
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for DeliveryStatus {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
+        DeliveryStatus::parse(text).ok_or_else(|| format!("unknown delivery status {text:?}").into())
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::FromSql>::accepts(ty)
+    }
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for AttemptOutcome {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(AttemptOutcome::parse(<&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::FromSql>::accepts(ty)
+    }
 }
 
 fn delivery_from_row(r: &Row) -> Result<DeliveryRow, StoreError> {

@@ -923,6 +923,20 @@ impl SqliteStore {
     }
 }
 
+impl rusqlite::types::FromSql for DeliveryStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = v.as_str()?;
+        DeliveryStatus::parse(text)
+            .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("unknown delivery status {text:?}").into()))
+    }
+}
+
+impl rusqlite::types::FromSql for AttemptOutcome {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Ok(AttemptOutcome::parse(v.as_str()?))
+    }
+}
+
 fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
     Ok(DeliveryRow {
         id: r.get(0)?,
