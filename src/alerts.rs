@@ -4,11 +4,8 @@
 //! per check interval and each alert key is said at most once per `repeat_after` (no flood during
 //! an outage); conditions that clear (failure rate, silence) send a recovery message.
 
-use std::sync::Arc;
-
-use crate::signals::{Signal, Signals};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -17,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AlertFormat, AlertsConfig};
 use crate::housekeeping::Upkeep;
+use crate::signals::{Signal, Signals};
 
 /// Notifications suppressed by `repeat_after` (counted, then said with the next message).
 pub const ALERTS_SUPPRESSED: &str = "lbx_alerts_suppressed_total";

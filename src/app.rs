@@ -3,7 +3,6 @@
 //! and the delivery workers; `run_until_stopped` serves until a shutdown future resolves, then
 //! drains in order: stop accepting, finish in-flight deliveries, stop the admin listener.
 
-use crate::store::UpkeepStore;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use crate::housekeeping;
 use crate::http;
 use crate::relay::Relay;
 use crate::store::Store;
+use crate::store::UpkeepStore;
 
 pub struct Application {
     relay: Arc<Relay>,

@@ -2,12 +2,12 @@
 //! (`GET /api/routes`) and delivered / failed / retried counts with latency percentiles per time
 //! bucket (`GET /api/stats/series`). The same for SQLite and PostgreSQL.
 
-use crate::store::ConsoleStore;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::event::rfc3339;
+use crate::store::ConsoleStore;
 use crate::store::{AttemptOutcome, Store, StoreError};
 
 use crate::store::triage::MAX_ATTEMPTS_READ;

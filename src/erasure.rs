@@ -4,13 +4,13 @@
 //! every quarantined body that does (in clear, or once decrypted with the keys in force); the dry
 //! run lists them, the erasure removes them with their deliveries and attempts.
 
-use crate::store::ErasureStore;
-use crate::store::QuarantineStore;
 use serde::Serialize;
 
 use crate::compiled::Compiled;
 use crate::email::{Email, EmailError};
 use crate::ingest;
+use crate::store::ErasureStore;
+use crate::store::QuarantineStore;
 use crate::store::{ContactEvent, Forgotten, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

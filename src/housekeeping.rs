@@ -2,8 +2,6 @@
 //! `alert_after`), the gauges, and the retention purge of fully delivered events. [`Upkeep`] is
 //! what it (and `[alerts]`) reads: the store, the configuration, the sources' silence, the clock.
 
-use crate::signals::Signals;
-use crate::store::UpkeepStore;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::compiled::{Compiled, LiveConfig};
+use crate::signals::Signals;
 use crate::store::Store;
+use crate::store::UpkeepStore;
 use crate::telemetry::{
     DEAD_LETTERS, OLDEST_PENDING_AGE, QUARANTINE_BYTES, QUARANTINE_SIZE, QUEUE_DEPTH, SOURCE_LAST_EVENT, SOURCE_SILENT,
 };

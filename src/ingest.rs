@@ -3,8 +3,6 @@
 //! The HTTP handler and quarantine reprocessing go through `accept`; reconciliation, which has
 //! its events already decrypted, through `store_event`.
 
-use crate::signals::{Signal, Signals};
-use crate::store::{IngestStore, QuarantineStore};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +13,12 @@ use crate::dedup::Dedup;
 use crate::delivery::handoff::Place;
 use crate::delivery::{DeliveryContext, Producer};
 use crate::event::{new_id, Event};
+use crate::signals::{Signal, Signals};
 use crate::store::{
     Claimed, IngestOutcome, Lease, NewDelivery, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Store,
     StoreError, StoredEvent, WriteHealth,
 };
+use crate::store::{IngestStore, QuarantineStore};
 use crate::telemetry::LogLimiter;
 use crate::telemetry::{capped, mask_email, Counted, EVENTS_RECEIVED, SUMMARY};
 use crate::templates::TemplateContext;

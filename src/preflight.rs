@@ -2,7 +2,6 @@
 //! templates rendered against the sample events (bundled plus `samples/*.json` beside the config),
 //! and the warnings about a risky but valid setup (an admin listener open to the network).
 
-use crate::store::ConsoleStore;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +10,7 @@ use anyhow::Context;
 use crate::compiled::Compiled;
 use crate::config::{Config, RouteConfig};
 use crate::event::Event;
+use crate::store::ConsoleStore;
 use crate::templates::TemplateContext;
 
 /// The sample events bundled with the binary (one per known Learnybox event kind).

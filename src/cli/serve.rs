@@ -1,7 +1,6 @@
 //! `lbx-relay serve`: load and check the configuration, build the relay, serve until
 //! SIGINT/SIGTERM.
 
-use crate::store::ConsoleStore;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -10,6 +9,7 @@ use anyhow::anyhow;
 use crate::app::Application;
 use crate::clock::Clock;
 use crate::preflight;
+use crate::store::ConsoleStore;
 
 pub(super) async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let runtime = preflight::load(path, Clock::system().now_ms()).map_err(|p| anyhow!("{}", p.join("\n")))?;

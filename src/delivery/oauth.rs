@@ -4,13 +4,13 @@
 //! rotated refresh token is written to the store and read back before each refresh, so a restart
 //! or another replica uses the newest one.
 
-use crate::store::QueueStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::config::OAuthConfig;
+use crate::store::QueueStore;
 use crate::store::Store;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;

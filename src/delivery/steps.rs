@@ -4,7 +4,6 @@
 //! query alone in `steps.NAME.location_path`),
 //! skipping those whose `when` is false, and resuming after the steps a previous attempt finished.
 
-use crate::store::QueueStore;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -16,6 +15,7 @@ use super::retry::judge;
 use super::send::HttpSender;
 use crate::config::{HeaderSpec, RouteConfig};
 use crate::event::Event;
+use crate::store::QueueStore;
 use crate::store::Store;
 use crate::templates::{RenderedRequest, TemplateContext, Templates};
 

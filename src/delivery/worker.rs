@@ -1,9 +1,9 @@
 //! The worker pool: takes the deliveries ingest hands over and claims other due ones under a
 //! lease (at most `delivery.workers` in flight), renders each route's template at send time,
 //! sends, and settles the result in the store.
-//! `run_once` does one round synchronously, for tests and tools.
+//! `run_once` is one round: it claims what is due now, attempts it all, settles it, and returns
+//! how many it attempted (tests drive a relay's deliveries with it).
 
-use crate::store::QueueStore;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use super::steps;
 use super::DeliveryContext;
 use crate::compiled::Compiled;
 use crate::event::Event;
+use crate::store::QueueStore;
 use crate::store::{AttemptRecord, Claimed, Next, Settlement};
 use crate::telemetry::{DEFERRED, DELIVERIES, DELIVERY_ATTEMPTS, DELIVERY_DURATION};
 

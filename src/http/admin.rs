@@ -3,7 +3,6 @@
 //! cursor paging, single and bulk retry, the quarantine and its reprocessing, config reload and the
 //! retention purge.
 
-use crate::store::{ConsoleStore, QuarantineStore, UpkeepStore};
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use base64::Engine;
@@ -18,6 +17,7 @@ use crate::event::rfc3339;
 use crate::housekeeping;
 use crate::ingest::{self, IngestError};
 use crate::relay::Relay;
+use crate::store::{ConsoleStore, QuarantineStore, UpkeepStore};
 use crate::store::{DeliveryFilter, DeliveryStatus};
 use crate::telemetry::metrics;
 use crate::telemetry::Chain;

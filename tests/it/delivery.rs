@@ -1,12 +1,12 @@
 //! Delivery behaviour against a CRM that fails: retries spaced by the schedule, permanent
 //! failures listed as dead letters and replayed, exhausted schedules, request headers.
 
-use lbx_relay::store::roles::*;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::helpers::*;
+use lbx_relay::store::roles::*;
 
 /// The stored time of the one delivery's next attempt, in ms since the driven clock started.
 fn next_attempt_ms(r: &DrivenRelay) -> i64 {

@@ -2,7 +2,6 @@
 //! is cached, fetched again once it expires and once after a 401, and the rotated refresh token
 //! survives a restart of the relay.
 
-use lbx_relay::store::roles::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::helpers::*;
+use lbx_relay::store::roles::*;
 
 #[derive(Default)]
 struct TokenServer {

@@ -3,7 +3,6 @@
 //! empty) and 429: sales no webhook brought are delivered once; webhooks and second runs that
 //! follow are duplicates; the API key and tokens never show.
 
-use lbx_relay::store::roles::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use crate::helpers::*;
 use lbx_relay::event::rfc3339;
 use lbx_relay::reconcile::{self, Clients, RunOptions};
 use lbx_relay::store::reconcile::RunState;
+use lbx_relay::store::roles::*;
 
 const API_KEY: &str = "lbx-api-key-7f3e9a1c55";
 

@@ -1,7 +1,6 @@
 //! The store contract, run against both backends: the embedded SQLite file and PostgreSQL
 //! (when `LBX_TEST_POSTGRES_URL` is set; each test in its own schema).
 
-use lbx_relay::store::roles::*;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use crate::helpers::now_ms;
 use lbx_relay::config::{StoreBackend, StoreConfig};
 use lbx_relay::email::Email;
 use lbx_relay::rate_window::Reservation;
+use lbx_relay::store::roles::*;
 use lbx_relay::store::{
     AttemptRecord, Claimed, DeliveryFilter, Forgotten, IngestOutcome, NewDelivery, NewEvent, NewQuarantined, Next,
     QuarantineLimits, QuarantineOutcome, Retried, RetryFilter, Settlement, Store,
