@@ -52,11 +52,18 @@ pub struct AttemptInput<'a> {
     pub state: Option<&'a str>,
     /// The route's pacing (a further rate place is taken before each step after the first).
     pub gate: Option<&'a Gate>,
+    /// Masks the configuration's secrets and the OAuth tokens in what is kept of sent requests.
+    pub mask: &'a (dyn Fn(&str) -> String + Sync),
 }
+
+/// The key, in a multi-step delivery's kept state, of the requests sent by attempts handed back
+/// between steps (no step name can contain `-`): they belong in the record of the attempt that
+/// next settles, so the console shows every request the CRM received.
+const SENT: &str = "lbx-sent";
 
 /// Sends what the delivery's route sends for its event, starting after the steps already recorded.
 pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput<'_>) -> StepsResult {
-    let AttemptInput { route, event, delivery_id, lease_token, state, gate } = input;
+    let AttemptInput { route, event, delivery_id, lease_token, state, gate, mask } = input;
     if !route.is_multi_step() {
         let ctx = TemplateContext::new(event, &route.vars, delivery_id).at(cx.sender.now_ms());
         let mut result = match templates.render(route, &ctx) {
@@ -70,12 +77,17 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
         result.body = None;
         return StepsResult { result, state: None, deferred: None };
     }
-    let mut done =
-        Value::Object(state.and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok()).unwrap_or_default());
+    let mut kept = state.and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok()).unwrap_or_default();
+    // Every request this attempt makes, in order, for its record, after those of attempts handed
+    // back since the last one recorded.
+    let mut log: Vec<Value> = match kept.remove(SENT) {
+        Some(Value::Array(sent)) => sent,
+        Some(other) => vec![other],
+        None => Vec::new(),
+    };
+    let mut done = Value::Object(kept);
     let mut total = Duration::ZERO;
     let mut last: Option<AttemptResult> = None;
-    // Every request this attempt makes, in order, for its record.
-    let mut log: Vec<Value> = Vec::new();
     // The delivery's admission took the rate place of its first request.
     let mut first_request = true;
     for (i, step) in route.steps.iter().enumerate() {
@@ -101,7 +113,15 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
                 None => None,
             } {
                 let result = last.unwrap_or_else(|| render_failure("deferred".into(), total));
-                return StepsResult { result, state: Some(done.to_string()), deferred: Some(at) };
+                // Kept with the finished steps' answers, for the attempt that next settles.
+                let sent = mask(&Value::Array(log).to_string());
+                let mut state = done.clone();
+                set(&mut state, SENT, serde_json::from_str(&sent).unwrap_or(Value::String(sent)));
+                let state = state.to_string();
+                if let Err(e) = cx.store.save_steps_state(delivery_id, lease_token, state.clone()).await {
+                    tracing::warn!(delivery = %delivery_id, error = %crate::telemetry::Chain(&e), "could not keep the requests sent before handing the delivery back");
+                }
+                return StepsResult { result, state: Some(state), deferred: Some(at) };
             }
         }
         first_request = false;

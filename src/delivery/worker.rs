@@ -319,6 +319,7 @@ async fn send(ctx: &DeliveryContext, rt: &Compiled, c: &Claimed, gate: Option<&G
         received_at: c.event.received_at,
         data,
     };
+    let mask = |text: &str| ctx.tokens.mask(rt.config.secrets.mask(text));
     let input = steps::AttemptInput {
         route,
         event: &event,
@@ -326,6 +327,7 @@ async fn send(ctx: &DeliveryContext, rt: &Compiled, c: &Claimed, gate: Option<&G
         lease_token: &c.lease_token,
         state: c.steps_state.as_deref(),
         gate,
+        mask: &mask,
     };
     let out =
         holding_lease(ctx, &c.delivery_id, &c.lease_token, steps::run(ctx.send_context(), &rt.templates, input)).await;

@@ -18,7 +18,6 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// One request the fake CRM received.
 #[derive(Debug, Clone)]
 pub struct Received {
-    pub at: Instant,
     /// When it arrived by the relay's clock (Unix ms), for a CRM of a driven relay.
     pub clock_ms: Option<i64>,
     pub method: String,
@@ -178,7 +177,6 @@ async fn crm_handler(state: web::Data<CrmState>, req: HttpRequest, body: web::By
             .or(*state.fallback.lock().unwrap())
             .unwrap_or(200);
         received.push(Received {
-            at: Instant::now(),
             clock_ms: state.clock.lock().unwrap().as_ref().map(|c| c.now_ms()),
             method: req.method().to_string(),
             path: req.uri().to_string(),

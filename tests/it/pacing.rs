@@ -111,31 +111,78 @@ async fn order_by_keeps_arrival_order_per_key_while_keys_proceed_in_parallel() {
     assert!(app.crm.max_in_flight() > 1, "different keys went out in parallel");
 }
 
-// On the system clock: a request sent before a delivery is handed back between steps is not in
-// any attempt's record, so the relay's own send times cannot be read back for all nine.
+// On the driven clock, like the single-step one. A delivery whose rate window fills between steps
+// is handed back; the requests it already sent are kept and recorded with its next attempt, so all
+// nine are read back with the times the relay sent them.
 #[tokio::test]
 async fn a_multi_step_route_counts_every_request_against_its_rate() {
     let steps = ["one", "two", "three"]
         .iter()
         .map(|n| format!("[[routes.steps]]\nname = \"{n}\"\nurl = \"{{crm}}/{n}\"\ntemplate = \"crm.json.hbs\"\n"))
         .collect::<String>();
-    let app = spawn_app_with(TestConfig {
+    let r = driven_relay(TestConfig {
         route_extra: "rate_limit = \"2/1s\"".into(),
         steps: Some(steps),
         ..TestConfig::default()
     })
     .await;
     for i in 0..3 {
-        app.post_event(&contact_event(&format!("m{i}"), "a@example.com")).await;
+        r.accept(&contact_event(&format!("m{i}"), "a@example.com")).await;
     }
-    wait_until(Duration::from_secs(20), "three deliveries of three steps", || async {
-        app.deliveries("status=delivered").await.len() == 3
+    r.drive(50, 60_000, |r| delivered(r) == 3).await;
+    assert_eq!(r.crm.count(), 9, "each step once");
+    let at = r.sent_times();
+    assert_eq!(at.len(), 9, "every request the CRM received is in an attempt's record: {at:?}");
+    for w in at.windows(3) {
+        assert!(w[2] - w[0] >= 1000, "3 requests within {} ms: {at:?}", w[2] - w[0]);
+    }
+    assert_eq!(r.count("SELECT COUNT(*) FROM attempts"), 3, "handing back between steps is not an attempt");
+    let handed_back = r.count("SELECT COUNT(*) FROM deliveries WHERE steps_state LIKE '%lbx-sent%'");
+    assert_eq!(handed_back, 0, "once recorded, the kept requests leave the delivery's state");
+}
+
+// A delivery handed back between steps keeps the requests it sent for its next attempt's record,
+// with the configuration's secrets masked there too (here the source key, put in a URL).
+#[tokio::test]
+async fn requests_sent_before_a_hand_back_are_kept_masked_and_recorded_once() {
+    let steps = ["one", "two", "three"]
+        .iter()
+        .map(|n| {
+            format!("[[routes.steps]]\nname = \"{n}\"\nurl = \"{{crm}}/{n}?k={SECRET}\"\ntemplate = \"crm.json.hbs\"\n")
+        })
+        .collect::<String>();
+    let r = driven_relay(TestConfig {
+        route_extra: "rate_limit = \"1/2s\"".into(),
+        steps: Some(steps),
+        ..TestConfig::default()
     })
     .await;
-    let got = app.crm.received();
-    assert_eq!(got.len(), 9, "each step once");
-    for w in got.windows(3) {
-        assert!(w[2].at - w[0].at >= Duration::from_millis(950), "3 requests within {:?}", w[2].at - w[0].at);
-    }
-    assert_eq!(app.count("SELECT COUNT(*) FROM attempts"), 3, "handing back between steps is not an attempt");
+    r.accept(&contact_event("h1", "a@example.com")).await;
+    let state = || {
+        let conn = rusqlite::Connection::open(r.dir.path().join("relay.db")).unwrap();
+        conn.query_row("SELECT COALESCE(steps_state, '') FROM deliveries", [], |row| row.get::<_, String>(0)).unwrap()
+    };
+    assert_eq!(r.round().await, 1);
+    assert_eq!(r.crm.count(), 1, "step one sent, then the window is full: handed back");
+    let kept = state();
+    assert!(kept.contains("lbx-sent") && kept.contains("/one?k=***"), "{kept}");
+    assert!(!kept.contains(SECRET), "the source key is masked in what is kept: {kept}");
+    r.advance_ms(2_000);
+    assert_eq!(r.round().await, 1);
+    assert_eq!(r.crm.count(), 2, "step two, handed back again");
+    r.advance_ms(2_000);
+    assert_eq!(r.round().await, 1);
+    assert_eq!(r.crm.count(), 3);
+    assert_eq!(delivered(&r), 1);
+    assert_eq!(r.count("SELECT COUNT(*) FROM attempts"), 1, "one attempt, holding all three requests");
+    let detail: String = rusqlite::Connection::open(r.dir.path().join("relay.db"))
+        .unwrap()
+        .query_row("SELECT detail FROM attempts", [], |row| row.get(0))
+        .unwrap();
+    let sent: Vec<serde_json::Value> = serde_json::from_str(&detail).unwrap();
+    let steps: Vec<&str> = sent.iter().map(|x| x["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["one", "two", "three"], "each request once, in order");
+    assert!(!detail.contains(SECRET));
+    assert!(!state().contains("lbx-sent"), "nothing kept once recorded");
+    assert_eq!(r.sent_times(), vec![DRIVEN_START_MS, DRIVEN_START_MS + 2_000, DRIVEN_START_MS + 4_000]);
 }

@@ -17,7 +17,15 @@ use crate::helpers::*;
 
 /// One attempt of delivery `d1` (no pacing gate).
 fn input<'a>(route: &'a RouteConfig, event: &'a Event, state: Option<&'a str>) -> AttemptInput<'a> {
-    AttemptInput { route, event, delivery_id: "d1", lease_token: "t1", state, gate: None }
+    AttemptInput {
+        route,
+        event,
+        delivery_id: "d1",
+        lease_token: "t1",
+        state,
+        gate: None,
+        mask: &|t: &str| t.to_string(),
+    }
 }
 
 #[tokio::test]
