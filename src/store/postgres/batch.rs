@@ -121,59 +121,20 @@ async fn write_batch(
         order.retain(|i| !duplicates.contains(i));
     }
     if !order.is_empty() {
+        // One statement, one round trip: take the dedup keys (a live key is a duplicate; an
+        // expired one, as of the event's arrival, is taken over), then store the events whose key
+        // was taken and their deliveries. The sub-statements share one snapshot, as the three
+        // statements this replaces did for what they read.
         let col = |f: fn(&NewEvent) -> &str| order.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
-        let (sources, keys, ids) = (col(|e| &e.source), col(|e| &e.key), col(|e| &e.id));
+        let opt = |f: fn(&NewEvent) -> Option<&str>| order.iter().map(|&i| f(evs[i])).collect::<Vec<Option<&str>>>();
         let expires: Vec<i64> = order.iter().map(|&i| evs[i].dedup_until).collect();
         let received: Vec<i64> = order.iter().map(|&i| evs[i].received_at).collect();
-        // A live key is a duplicate; an expired one (as of the event's arrival) is taken over.
-        let claimed: std::collections::HashSet<String> = tx
-            .query(
-                &tx.prepare_cached(
-                    "WITH input AS (
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
-                        AS t(source, event_key, event_id, expires_at, received_at))
-                 INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
-                 SELECT source, event_key, event_id, expires_at FROM input
-                 ON CONFLICT (source, event_key) DO UPDATE
-                    SET event_id = excluded.event_id, expires_at = excluded.expires_at
-                    WHERE dedup_keys.expires_at <= (SELECT i.received_at FROM input i
-                        WHERE i.source = excluded.source AND i.event_key = excluded.event_key)
-                 RETURNING event_id",
-                )
-                .await?,
-                &[&sources, &keys, &ids, &expires, &received],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        let stored: Vec<usize> = order.iter().copied().filter(|&i| claimed.contains(&evs[i].id)).collect();
-        let col = |f: fn(&NewEvent) -> &str| stored.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
         let statuses: Vec<&str> =
-            stored.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
-        let received: Vec<i64> = stored.iter().map(|&i| evs[i].received_at).collect();
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin, contacts)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[])").await?,
-            &[
-                &col(|e| &e.id),
-                &col(|e| &e.source),
-                &col(|e| &e.key),
-                &col(|e| &e.kind),
-                &statuses,
-                &col(|e| &e.payload),
-                &received,
-                &stored.iter().map(|&i| evs[i].email.as_deref()).collect::<Vec<Option<&str>>>(),
-                &stored.iter().map(|&i| evs[i].origin).collect::<Vec<Option<&str>>>(),
-                &stored.iter().map(|&i| evs[i].contacts.as_deref()).collect::<Vec<Option<&str>>>(),
-            ],
-        )
-        .await?;
+            order.iter().map(|&i| if evs[i].deliveries.is_empty() { "unrouted" } else { "routed" }).collect();
         let (mut d_ids, mut d_events, mut d_routes, mut d_at, mut d_keys) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut d_tokens, mut d_until) = (Vec::new(), Vec::new());
-        for &i in &stored {
-            outcomes[i] = IngestOutcome::Stored;
+        for &i in &order {
             for d in &evs[i].deliveries {
                 d_ids.push(d.id.as_str());
                 d_events.push(evs[i].id.as_str());
@@ -184,22 +145,74 @@ async fn write_batch(
                 d_until.push(d.lease.as_ref().map(|l| l.until));
             }
         }
-        if !d_ids.is_empty() {
-            // WITH ORDINALITY keeps arrival order in `seq`, which per-key ordering relies on.
-            tx.execute(
-                &tx.prepare_cached("INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
-                    lease_token, lease_until)
-                 SELECT id, event_id, route, 'pending',
-                    GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
-                        WHERE h.route = d.route AND h.order_key = d.order_key AND h.status = 'pending'
-                        ORDER BY h.seq LIMIT 1), at)),
-                    at, at, order_key, lease_token, lease_until
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[])
-                    WITH ORDINALITY AS d(id, event_id, route, at, order_key, lease_token, lease_until, n)
-                 ORDER BY n").await?,
-                &[&d_ids, &d_events, &d_routes, &d_at, &d_keys, &d_tokens, &d_until],
+        let claimed: std::collections::HashSet<String> = tx
+            .query(
+                &tx.prepare_cached(
+                    "WITH input AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+                        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+                        AS t(source, event_key, event_id, expires_at, received_at, kind, status, payload, email,
+                            origin, contacts)),
+                 claimed AS (
+                    INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
+                    SELECT source, event_key, event_id, expires_at FROM input
+                    ON CONFLICT (source, event_key) DO UPDATE
+                       SET event_id = excluded.event_id, expires_at = excluded.expires_at
+                       WHERE dedup_keys.expires_at <= (SELECT i.received_at FROM input i
+                           WHERE i.source = excluded.source AND i.event_key = excluded.event_key)
+                    RETURNING event_id),
+                 stored AS (
+                    INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin,
+                        contacts)
+                    SELECT event_id, source, event_key, kind, status, payload, received_at, email, origin, contacts
+                    FROM input WHERE event_id IN (SELECT event_id FROM claimed)
+                    RETURNING id),
+                 queued AS (
+                    INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at,
+                        order_key, lease_token, lease_until)
+                    SELECT id, event_id, route, 'pending',
+                       GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
+                           WHERE h.route = d.route AND h.order_key = d.order_key AND h.status = 'pending'
+                           ORDER BY h.seq LIMIT 1), at)),
+                       at, at, order_key, lease_token, lease_until
+                    FROM unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[], $17::text[],
+                        $18::bigint[])
+                       WITH ORDINALITY AS d(id, event_id, route, at, order_key, lease_token, lease_until, n)
+                    WHERE d.event_id IN (SELECT event_id FROM claimed)
+                    ORDER BY n
+                    RETURNING 1)
+                 SELECT event_id FROM claimed",
+                )
+                .await?,
+                &[
+                    &col(|e| &e.source),
+                    &col(|e| &e.key),
+                    &col(|e| &e.id),
+                    &expires,
+                    &received,
+                    &col(|e| &e.kind),
+                    &statuses,
+                    &col(|e| &e.payload),
+                    &opt(|e| e.email.as_deref()),
+                    &opt(|e| e.origin),
+                    &opt(|e| e.contacts.as_deref()),
+                    &d_ids,
+                    &d_events,
+                    &d_routes,
+                    &d_at,
+                    &d_keys,
+                    &d_tokens,
+                    &d_until,
+                ],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for &i in &order {
+            if claimed.contains(&evs[i].id) {
+                outcomes[i] = IngestOutcome::Stored;
+            }
         }
     }
 
