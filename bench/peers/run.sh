@@ -35,6 +35,8 @@ kill $BASE; wait $BASE 2>/dev/null || true
 
 echo "== lbx-relay, SQLite (durable: synchronous=FULL), full speed, with the ceiling in the same run"
 bench -n "$N" -c "$C" --baseline --json > "$OUT/sqlite.json"
+echo "== lbx-relay, SQLite with [store] sync = normal (survives a relay crash, not a power loss), full speed"
+bench -n "$N" -c "$C" --sync normal --json > "$OUT/sqlite-normal.json"
 RATE=$(python3 -c "import json; print(int(json.load(open('$OUT/sqlite.json'))['accepted_per_second'] / 2))")
 echo "== lbx-relay, SQLite, steady at half that rate ($RATE/s) for 20 s"
 bench --rate "$RATE" --duration 20s -c "$C" --json > "$OUT/sqlite-steady.json"

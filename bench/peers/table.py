@@ -23,8 +23,8 @@ if gen and os.path.exists(wrk_path):
     print(f"generator vs wrk on the bare handler: {gen['accepted_per_second']:,.0f} vs {wrk:,.0f} req/s "
           f"({gen['accepted_per_second'] / wrk:.2f})")
 print()
-print("| what | ingest/s (share of ceiling) | ack p99 | end to end/s (share) | delivered while ingesting | delivery p99 | RSS peak |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| what | ingest/s (share of ceiling) | ack p99 (max) | end to end/s (share) | delivered while ingesting | delivery p99 | relay CPU per event | RSS peak |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def row(label, r):
@@ -37,16 +37,18 @@ def row(label, r):
     cells = [
         label,
         f"{ingest:,.0f} ({ingest / ceiling:.3f})",
-        f"{r['ack_latency']['p99_ms']:.1f} ms",
+        f"{r['ack_latency']['p99_ms']:.1f} ms ({r['ack_latency']['max_ms']:.0f} ms)",
         f"{e2e:,.0f} ({e2e / ceiling:.3f})" if e2e and r.get("delivered") else "n/a",
         f"{during:,.0f}/s ({100 * during / ingest:.0f} %)" if during and r.get("delivered") else "n/a",
         f"{dl['p99_ms']:,.0f} ms" if dl and r.get("delivered") else "n/a",
+        f"{r['relay_cpu_us_per_event']:.0f} µs" if r.get("relay_cpu_us_per_event") else "n/a",
         f"{r['relay_rss_peak_mb']:.0f} MiB" if r.get("relay_rss_peak_mb") else "n/a",
     ]
     print("| " + " | ".join(cells) + " |")
 
 
-row("lbx-relay, SQLite, durable", sqlite)
+row("lbx-relay, SQLite, durable (sync = full)", sqlite)
+row("lbx-relay, SQLite, sync = normal", load("sqlite-normal.json"))
 steady = load("sqlite-steady.json")
 if steady:
     peak = max((s["backlog"] for s in steady["series"]), default=0)

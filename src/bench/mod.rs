@@ -95,6 +95,11 @@ pub struct BenchReport {
     pub relay_rss_idle_mb: Option<f64>,
     pub relay_rss_peak_mb: Option<f64>,
     pub relay_startup_ms: Option<f64>,
+    /// CPU (user + system) the relay processes used from the first request to the last delivery
+    /// (or the end of ingest when nothing is delivered), all replicas together.
+    pub relay_cpu_seconds: Option<f64>,
+    /// That CPU time per accepted event, in microseconds.
+    pub relay_cpu_us_per_event: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize, Clone, Copy)]
@@ -190,6 +195,21 @@ fn rss_mb(pid: u32) -> Option<(f64, f64)> {
         Some(kb / 1024.0)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system) a process has used so far, in seconds (Linux: `/proc/<pid>/stat`,
+/// in clock ticks of `USER_HZ`, which is 100 on every architecture the relay builds for).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// The CPU time of all these processes together; `None` when one cannot be read.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| cpu_seconds(p)).sum()
 }
 
 const BENCH_SECRET: &str = "bench-secret-bench-secret-bench!";
@@ -375,6 +395,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     if relays.is_empty() {
         report.relay_rss_idle_mb = pid.and_then(rss_mb).map(|(rss, _)| rss);
     }
+    let pids: Vec<u32> =
+        if relays.is_empty() { opts.pid.into_iter().collect() } else { relays.iter().map(|r| r.child.id()).collect() };
+    let cpu_before = cpu_of(&pids);
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
@@ -431,6 +454,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.delivered_per_second = Some(delivered as f64 / (last as f64 / 1e6).max(1e-9));
         report.delivered_during_ingest_per_second = Some(during as f64 / ingest.as_secs_f64().max(1e-9));
         report.delivery_latency = Some(latency(&e2e));
+    }
+    if let (Some(before), Some(after)) = (cpu_before, cpu_of(&pids)) {
+        report.relay_cpu_seconds = Some(after - before);
+        report.relay_cpu_us_per_event = Some((after - before) * 1e6 / (report.accepted.max(1) as f64));
     }
     sampling.store(false, Ordering::Relaxed);
     report.series = sampler.await?;
@@ -600,6 +627,9 @@ pub fn table(r: &BenchReport) -> String {
     }
     if let (Some(idle), Some(peak)) = (r.relay_rss_idle_mb, r.relay_rss_peak_mb) {
         row("relay RSS", format!("idle {idle:.1} MB, peak {peak:.1} MB"));
+    }
+    if let (Some(cpu), Some(per)) = (r.relay_cpu_seconds, r.relay_cpu_us_per_event) {
+        row("relay CPU (user + system)", format!("{cpu:.2} s, {per:.0} µs per accepted event"));
     }
     out
 }
