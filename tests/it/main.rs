@@ -27,6 +27,7 @@ mod hostile_crm;
 mod ingest;
 mod lifecycle;
 mod lost_hooks;
+mod migration;
 mod multistep;
 mod oauth;
 mod pacing;

@@ -116,6 +116,8 @@ macro_rules! contract {
 
 contract!(
     dedup_keys_hold_within_their_window_only,
+    a_key_outlives_its_purged_or_erased_event_for_its_whole_window,
+    an_alias_is_checked_against_live_keys_only,
     an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle,
     concurrent_claimers_never_get_the_same_delivery,
     retries_make_deliveries_due_again,
@@ -226,6 +228,60 @@ async fn dedup_keys_hold_within_their_window_only(s: Store) {
     assert_eq!(s.ingest(event("e2", "k", 999, &["r"])).await.unwrap(), IngestOutcome::Duplicate);
     assert_eq!(s.ingest(event("e3", "k", 1000, &["r"])).await.unwrap(), IngestOutcome::Stored);
     assert_eq!(s.list_events(None, 10, false).await.unwrap().len(), 2);
+}
+
+async fn a_key_outlives_its_purged_or_erased_event_for_its_whole_window(s: Store) {
+    let t = now_ms() - 10_000;
+    let in_window = |id: &str, key: &str| {
+        let mut e = event(id, key, t, &["a"]);
+        e.dedup_until = t + 60_000;
+        e.email = Some("ada@example.org".into());
+        e
+    };
+    // One event delivered, then purged (older than the retention, inside its dedup window)…
+    s.ingest(in_window("purged", "k-purged")).await.unwrap();
+    for c in s.claim(10, Duration::from_secs(60), vec![], now_ms()).await.unwrap() {
+        finish(&s, c, 200, Next::Delivered).await;
+    }
+    assert_eq!(s.purge(now_ms(), now_ms()).await.unwrap(), 1);
+    // …and one whose contact is forgotten.
+    s.ingest(in_window("erased", "k-erased")).await.unwrap();
+    assert_eq!(forget(&s, &Email::parse("ada@example.org").unwrap()).await.unwrap().events, 1);
+    assert!(s.list_events(None, 10, false).await.unwrap().is_empty());
+    // Learnybox retries both within the window: still duplicates, the contact does not come back.
+    for key in ["k-purged", "k-erased"] {
+        let retry = event(&format!("{key}-retry"), key, t + 59_999, &["a"]);
+        assert_eq!(s.ingest(retry).await.unwrap(), IngestOutcome::Duplicate, "{key}");
+    }
+    // A purge inside the window keeps the keys; after it they are new events again.
+    s.purge(t, t + 30_000).await.unwrap();
+    assert_eq!(s.ingest(event("late", "k-purged", t + 59_999, &[])).await.unwrap(), IngestOutcome::Duplicate);
+    assert_eq!(s.ingest(event("new", "k-purged", t + 60_000, &[])).await.unwrap(), IngestOutcome::Stored);
+    s.purge(t, t + 60_000).await.unwrap();
+    assert_eq!(s.ingest(event("new-2", "k-erased", t + 60_000, &[])).await.unwrap(), IngestOutcome::Stored);
+}
+
+async fn an_alias_is_checked_against_live_keys_only(s: Store) {
+    s.ingest(event("recovered", "api:T1", 0, &[])).await.unwrap();
+    let with_alias = |id: &str, key: &str, alias: &str, at: i64| {
+        let mut e = event(id, key, at, &[]);
+        e.alias = Some(alias.into());
+        e
+    };
+    assert_eq!(s.ingest(with_alias("hook", "hook-1", "api:T1", 500)).await.unwrap(), IngestOutcome::Duplicate);
+    assert_eq!(
+        s.ingest(with_alias("hook-near", "hook-2", "api:T", 500)).await.unwrap(),
+        IngestOutcome::Stored,
+        "a prefix of a key is another key"
+    );
+    assert_eq!(s.ingest(with_alias("hook-late", "hook-3", "api:T1", 1000)).await.unwrap(), IngestOutcome::Stored);
+    // An alias is checked, never claimed: its own key stays free.
+    assert_eq!(s.ingest(event("api", "api:T2", 1000, &[])).await.unwrap(), IngestOutcome::Stored);
+    assert_eq!(s.ingest(with_alias("x", "hook-4", "api:T2", 1500)).await.unwrap(), IngestOutcome::Duplicate);
+    assert_eq!(s.ingest(event("other-source", "api:T2", 1500, &[])).await.unwrap(), IngestOutcome::Duplicate);
+    let mut elsewhere = event("elsewhere", "api:T2", 1500, &[]);
+    elsewhere.source = "other".into();
+    assert_eq!(s.ingest(elsewhere).await.unwrap(), IngestOutcome::Stored, "keys are per source");
 }
 
 async fn an_expired_lease_returns_the_delivery_and_the_old_holder_cannot_settle(s: Store) {

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/004_field_coverage.sql"),
     include_str!("../migrations/sqlite/005_reconcile.sql"),
     include_str!("../migrations/sqlite/006_contacts_index.sql"),
+    include_str!("../migrations/sqlite/007_dedup_on_the_event_row.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -61,6 +62,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit()?;
     Ok(())
 }
+
+/// Copies the dedup keys of events about to be deleted into dedup_keys (followed by the ids and a
+/// condition on `e`, then [`ON_KEY`]), so a key is honoured for its whole window without its event.
+const KEEP_LIVE_KEYS: &str = "INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
+     SELECT e.source, e.event_key, e.id, e.dedup_until FROM events e WHERE e.id IN";
+const ON_KEY: &str = " ON CONFLICT (source, event_key) DO UPDATE
+     SET event_id = excluded.event_id, expires_at = excluded.expires_at WHERE excluded.expires_at > dedup_keys.expires_at";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations and starts the writer;
@@ -169,31 +177,22 @@ impl SqliteStore {
 
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
         self.call(move |c| {
-            if let Some(alias) = &ev.alias {
-                let live = c
-                    .prepare_cached(
-                        "SELECT 1 FROM dedup_keys WHERE source = ?1 AND event_key = ?2 AND expires_at > ?3",
-                    )?
-                    .exists(params![ev.source, alias, ev.received_at])?;
-                if live {
+            // A key is live on the event row that claimed it (the single writer makes check-then-
+            // insert safe), or in dedup_keys once that event was purged or erased in its window.
+            let mut live = c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE event_key = ?2 AND source = ?1 AND dedup_until > ?3)
+                     OR EXISTS (SELECT 1 FROM dedup_keys WHERE source = ?1 AND event_key = ?2 AND expires_at > ?3)",
+            )?;
+            for key in std::iter::once(&ev.key).chain(&ev.alias) {
+                if live.query_row(params![ev.source, key, ev.received_at], |r| r.get::<_, bool>(0))? {
                     return Ok(IngestOutcome::Duplicate);
                 }
             }
-            let claimed = c
-                .prepare_cached(
-                    "INSERT INTO dedup_keys (source, event_key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (source, event_key) DO UPDATE
-                        SET event_id = excluded.event_id, expires_at = excluded.expires_at
-                        WHERE dedup_keys.expires_at <= ?5",
-                )?
-                .execute(params![ev.source, ev.key, ev.id, ev.dedup_until, ev.received_at])?;
-            if claimed == 0 {
-                return Ok(IngestOutcome::Duplicate);
-            }
             let status = if ev.deliveries.is_empty() { "unrouted" } else { "routed" };
             c.prepare_cached(
-                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin, contacts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin, contacts,
+                    dedup_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 ev.id,
@@ -205,7 +204,8 @@ impl SqliteStore {
                 ev.received_at,
                 ev.email,
                 ev.origin,
-                ev.contacts
+                ev.contacts,
+                ev.dedup_until
             ])?;
             let mut insert = c.prepare_cached(
                 "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, order_key,
@@ -741,7 +741,8 @@ impl SqliteStore {
     }
 
     /// Deletes events older than `before` whose deliveries are all delivered (or that had none),
-    /// with their deliveries and attempts, and dedup keys that have expired.
+    /// with their deliveries and attempts, and dedup keys that have expired; a purged event's key
+    /// that is still live moves to dedup_keys.
     pub async fn purge(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         self.call(move |c| {
             c.execute_batch(&format!(
@@ -749,6 +750,7 @@ impl SqliteStore {
                  DELETE FROM purge_ids;
                  INSERT INTO purge_ids SELECT e.id FROM events e WHERE e.received_at < {before}
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered');
+                 {KEEP_LIVE_KEYS} (SELECT id FROM purge_ids) AND e.dedup_until > {now}{ON_KEY};
                  DELETE FROM attempts WHERE delivery_id IN
                    (SELECT d.id FROM deliveries d JOIN purge_ids p ON d.event_id = p.id);
                  DELETE FROM deliveries WHERE event_id IN (SELECT id FROM purge_ids);
@@ -808,6 +810,10 @@ impl SqliteStore {
                 "CREATE TEMP TABLE IF NOT EXISTS forget_ids (id TEXT PRIMARY KEY); DELETE FROM forget_ids;",
             )?;
             c.execute("INSERT OR IGNORE INTO forget_ids SELECT value FROM json_each(?1)", [&ids])?;
+            // A Learnybox retry of an erased event must not bring the contact back: its key stays.
+            c.execute_batch(&format!(
+                "{KEEP_LIVE_KEYS} (SELECT id FROM forget_ids) AND e.dedup_until IS NOT NULL{ON_KEY};"
+            ))?;
             let attempts = c.execute(
                 "DELETE FROM attempts WHERE delivery_id IN
                     (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids))",

@@ -1,0 +1,114 @@
+//! Upgrading a store written by the previous release (`tests/fixtures/store-v6.db`, schema 6, made
+//! by lbx-relay 65e425b as `tests/fixtures/README.md` tells): every event, delivery, attempt and
+//! live dedup key is there after the migration, in the new layout.
+
+use std::time::Duration;
+
+use lbx_relay::config::{StoreBackend, StoreConfig};
+use lbx_relay::store::roles::*;
+use lbx_relay::store::{IngestOutcome, NewEvent, Store};
+
+/// When the fixture's events were received (Unix ms); their dedup window is the default 24 h.
+const FX_A: i64 = 1_796_574_732_180;
+
+fn open_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v6.db"), &path).unwrap();
+    (dir, path)
+}
+
+fn config(path: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        backend: StoreBackend::Sqlite { path: path.to_path_buf() },
+        retention: Duration::from_secs(30 * 86_400),
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(10),
+        encryption_key: None,
+        previous_encryption_keys: Vec::new(),
+        sync: Default::default(),
+    }
+}
+
+fn retry_of(key: &str, at: i64) -> NewEvent {
+    NewEvent {
+        id: format!("{key}-again-{at}"),
+        source: "learnybox".into(),
+        key: key.into(),
+        kind: "contact.subscribed".into(),
+        payload: "{}".into(),
+        received_at: at,
+        email: None,
+        dedup_until: at + 86_400_000,
+        deliveries: Vec::new(),
+        origin: None,
+        alias: None,
+        contacts: None,
+    }
+}
+
+#[tokio::test]
+async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_and_dedup_keys() {
+    let (_dir, path) = open_copy();
+    let store = Store::open(&config(&path)).await.unwrap();
+
+    // fx-a (delivered once) and fx-b (its CRM was down: pending, one failed attempt); fx-c was
+    // delivered and purged, only its key is left.
+    let events = store.list_events(None, 10, false).await.unwrap();
+    let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["fx-a", "fx-b"]);
+    let a = store.event_detail(&events[0].id).await.unwrap().unwrap();
+    assert_eq!(a.deliveries.len(), 1);
+    assert_eq!(a.deliveries[0].status, "delivered");
+    assert_eq!(a.attempts.len(), 1);
+    assert_eq!(a.attempts[0].status, Some(200));
+    assert!(a.event.payload.contains("ada@example.test"));
+    let b = store.event_detail(&events[1].id).await.unwrap().unwrap();
+    assert_eq!((b.deliveries[0].status.as_str(), b.deliveries[0].attempts), ("pending", 1));
+    assert_eq!(b.attempts[0].outcome, "retry");
+    assert_eq!(store.pending_per_route().await.unwrap(), [("down".to_string(), 1)]);
+    let due = store.claim(10, Duration::from_secs(60), vec![], FX_A + 2 * 3_600_000).await.unwrap();
+    assert_eq!(due.len(), 1, "the pending delivery is claimed at its retry");
+    assert_eq!(due[0].event.key, "fx-b");
+
+    // Learnybox retrying any of the three within the window is a duplicate, whatever layout the key
+    // now has (on its event's row, or left alone after a purge); a new key is an event.
+    for key in ["fx-a", "fx-b", "fx-c"] {
+        assert_eq!(store.ingest(retry_of(key, FX_A + 60_000)).await.unwrap(), IngestOutcome::Duplicate, "{key}");
+    }
+    assert_eq!(store.ingest(retry_of("fx-d", FX_A + 60_000)).await.unwrap(), IngestOutcome::Stored);
+    assert_eq!(store.ingest(retry_of("fx-a", FX_A + 86_400_000)).await.unwrap(), IngestOutcome::Stored);
+    drop(store);
+
+    // The new layout: version 7, the keys of stored events on their rows, dedup_keys holding
+    // only the key whose event is gone.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 7);
+    let left: Vec<String> = c
+        .prepare("SELECT event_key FROM dedup_keys ORDER BY event_key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, ["fx-c"]);
+    let on_rows: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE event_key IN ('fx-a', 'fx-b') AND dedup_until IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(on_rows, 3, "fx-a, fx-b and the new fx-a");
+}
+
+#[tokio::test]
+async fn a_store_reopened_after_the_migration_is_not_migrated_twice() {
+    let (_dir, path) = open_copy();
+    drop(Store::open(&config(&path)).await.unwrap());
+    let store = Store::open(&config(&path)).await.unwrap();
+    assert_eq!(store.list_events(None, 10, false).await.unwrap().len(), 2);
+    assert_eq!(store.ingest(retry_of("fx-c", FX_A + 60_000)).await.unwrap(), IngestOutcome::Duplicate);
+}
