@@ -409,7 +409,7 @@ impl SqliteStore {
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
         self.call(move |c| {
             c.prepare_cached("SELECT refresh_token FROM oauth_tokens WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
+                .query_row([&key], |r| r.get(0))
                 .optional()
         })
         .await
@@ -1003,15 +1003,31 @@ mod tests {
     async fn a_failing_operation_does_not_undo_the_others_in_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        // The same event id twice (a primary-key violation) alongside a good one, all at once.
-        let (a, b, c) = tokio::join!(
-            s.ingest(event("same", "k1", 0, &["r"])),
-            s.ingest(event("same", "k2", 0, &["r"])),
+        // The writer is held until all three are queued, so they run as one batch: two events
+        // whose deliveries share an id (the second fails after writing its event row) and a good
+        // one.
+        let clashing = |id: &str, key: &str| {
+            let mut e = event(id, key, 0, &["r"]);
+            e.deliveries[0].id = "same-delivery".into();
+            e
+        };
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = s.call(move |_| Ok(held.recv().is_ok()));
+        let (held_ok, a, b, c, ()) = tokio::join!(
+            hold,
+            s.ingest(clashing("x1", "k1")),
+            s.ingest(clashing("x2", "k2")),
             s.ingest(event("other", "k3", 0, &["r"])),
+            async { release.send(()).unwrap() }
         );
-        assert!(a.is_ok() != b.is_ok(), "exactly one of the clashing writes fails");
-        assert!(c.is_ok());
+        assert!(held_ok.unwrap());
+        assert!(a.is_ok() != b.is_ok(), "exactly one of the clashing writes fails: {a:?} {b:?}");
+        assert_eq!(a.or(b).unwrap(), IngestOutcome::Stored);
+        assert_eq!(c.unwrap(), IngestOutcome::Stored);
         assert_eq!(s.queue_depth().await.unwrap(), 2);
+        let keys: Vec<String> = s.list_events(None, 10, false).await.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys.len(), 2, "the failed one left no event row: {keys:?}");
+        assert!(keys.contains(&"k3".to_string()));
     }
 
     #[tokio::test]
