@@ -178,7 +178,8 @@ impl SqliteStore {
     pub async fn ingest(&self, ev: NewEvent) -> Result<IngestOutcome, StoreError> {
         self.call(move |c| {
             // A key is live on the event row that claimed it (the single writer makes check-then-
-            // insert safe), or in dedup_keys once that event was purged or erased in its window.
+            // insert safe), or in dedup_keys: written before schema 7, or its event purged or
+            // erased inside its window.
             let mut live = c.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM events WHERE event_key = ?2 AND source = ?1 AND dedup_until > ?3)
                      OR EXISTS (SELECT 1 FROM dedup_keys WHERE source = ?1 AND event_key = ?2 AND expires_at > ?3)",
