@@ -1,5 +1,5 @@
 //! The fast path of deduplication: a bounded moka cache of (source, event id) pairs seen within
-//! their source's `dedup_window`, in front of the store's unique key (which alone is authoritative
+//! their source's `dedup_window`, in front of the store's dedup key (which alone is authoritative
 //! across restarts and replicas). Whether a key is still live is read against the "now" the
 //! caller passes (the relay's clock); the cache's own expiry only bounds its memory.
 
