@@ -8,6 +8,15 @@ use deadpool_postgres::Pool;
 use super::opt_i32;
 use crate::store::{AttemptOutcome, DeliveryStatus, IngestOutcome, NewEvent, Settlement, StoreError};
 
+/// The settle of a batch: each delivery whose lease token still matches gets its attempt's outcome.
+pub(super) const SETTLE: &str = "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at,
+        attempts = d.attempts + 1, tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
+        last_status = u.last_status, last_error = u.last_error, updated_at = u.settled_at, steps_state = u.state
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[], $7::bigint[])
+        AS u(id, token, status, next_at, last_status, last_error, used, state, settled_at)
+     WHERE d.id = u.id AND d.lease_token = u.token
+     RETURNING d.id, d.attempts";
+
 /// Group-commit tasks per process: while one commits, the next batch gathers.
 pub(super) const BATCHERS: usize = 2;
 /// Most ingests and settlements folded into one transaction.
@@ -230,13 +239,7 @@ async fn write_batch(
         let settled_at: Vec<i64> = sts.iter().map(|s| s.settled_at).collect();
         let updated: HashMap<String, i32> = tx
             .query(
-                &tx.prepare_cached("UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, attempts = d.attempts + 1,
-                    tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
-                    last_status = u.last_status, last_error = u.last_error, updated_at = u.settled_at, steps_state = u.state
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[], $7::bigint[])
-                    AS u(id, token, status, next_at, last_status, last_error, used, state, settled_at)
-                 WHERE d.id = u.id AND d.lease_token = u.token
-                 RETURNING d.id, d.attempts").await?,
+                &tx.prepare_cached(SETTLE).await?,
                 &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &settled_at, &steps_used, &states],
             )
             .await?
