@@ -706,3 +706,17 @@ fn uuid_simple() -> String {
 pub fn now_ms() -> i64 {
     lbx_relay::clock::Clock::system().now_ms()
 }
+
+/// `[store]` as a test wants it: the given backend, an hour of retention, small pools.
+pub fn store_config(backend: lbx_relay::config::StoreBackend) -> lbx_relay::config::StoreConfig {
+    lbx_relay::config::StoreConfig {
+        backend,
+        retention: Duration::from_secs(3600),
+        pool_size: 8,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(10),
+        encryption_key: None,
+        previous_encryption_keys: Vec::new(),
+        sync: Default::default(),
+    }
+}

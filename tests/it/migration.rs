@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use lbx_relay::config::{StoreBackend, StoreConfig};
+use crate::helpers::store_config;
+use lbx_relay::config::StoreBackend;
 use lbx_relay::store::roles::*;
 use lbx_relay::store::{IngestOutcome, NewEvent, Store};
 
@@ -16,19 +17,6 @@ fn open_copy() -> (tempfile::TempDir, std::path::PathBuf) {
     let path = dir.path().join("relay.db");
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v6.db"), &path).unwrap();
     (dir, path)
-}
-
-fn config(path: &std::path::Path) -> StoreConfig {
-    StoreConfig {
-        backend: StoreBackend::Sqlite { path: path.to_path_buf() },
-        retention: Duration::from_secs(30 * 86_400),
-        pool_size: 4,
-        connect_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(10),
-        encryption_key: None,
-        previous_encryption_keys: Vec::new(),
-        sync: Default::default(),
-    }
 }
 
 fn retry_of(key: &str, at: i64) -> NewEvent {
@@ -51,7 +39,7 @@ fn retry_of(key: &str, at: i64) -> NewEvent {
 #[tokio::test]
 async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_and_dedup_keys() {
     let (_dir, path) = open_copy();
-    let store = Store::open(&config(&path)).await.unwrap();
+    let store = Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap();
 
     // fx-a (delivered once) and fx-b (its CRM was down: pending, one failed attempt); fx-c was
     // delivered and purged, only its key is left.
@@ -86,29 +74,19 @@ async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_an
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, 7);
-    let left: Vec<String> = c
-        .prepare("SELECT event_key FROM dedup_keys ORDER BY event_key")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(left, ["fx-a", "fx-b", "fx-c"]);
-    let on_rows: Vec<String> = c
-        .prepare("SELECT event_key FROM events WHERE dedup_until IS NOT NULL ORDER BY event_key")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let keys = |sql: &str| -> Vec<String> {
+        c.prepare(sql).unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+    assert_eq!(keys("SELECT event_key FROM dedup_keys ORDER BY event_key"), ["fx-a", "fx-b", "fx-c"]);
+    let on_rows = keys("SELECT event_key FROM events WHERE dedup_until IS NOT NULL ORDER BY event_key");
     assert_eq!(on_rows, ["fx-a", "fx-d"], "the two events stored after the upgrade");
 }
 
 #[tokio::test]
 async fn a_store_reopened_after_the_migration_is_not_migrated_twice() {
     let (_dir, path) = open_copy();
-    drop(Store::open(&config(&path)).await.unwrap());
-    let store = Store::open(&config(&path)).await.unwrap();
+    drop(Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap());
+    let store = Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap();
     assert_eq!(store.list_events(None, 10, false).await.unwrap().len(), 2);
     assert_eq!(store.ingest(retry_of("fx-c", FX_A + 60_000)).await.unwrap(), IngestOutcome::Duplicate);
 }

@@ -163,16 +163,7 @@ async fn a_refused_token_request_is_retried_with_its_reason_and_no_secret() {
 async fn replicas_follow_each_others_rotations_on_postgres() {
     let Some(schema) = pg_schema("replicas_follow_each_others_rotations_on_postgres").await else { return };
     let (token_url, server) = start_token_server(3600).await;
-    let store_cfg = lbx_relay::config::StoreConfig {
-        backend: lbx_relay::config::StoreBackend::Postgres { url: schema.url().into() },
-        retention: Duration::from_secs(3600),
-        pool_size: 4,
-        connect_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(10),
-        encryption_key: None,
-        previous_encryption_keys: Vec::new(),
-        sync: Default::default(),
-    };
+    let store_cfg = store_config(lbx_relay::config::StoreBackend::Postgres { url: schema.url().into() });
     let (store_a, store_b) = (
         lbx_relay::store::Store::open(&store_cfg).await.unwrap(),
         lbx_relay::store::Store::open(&store_cfg).await.unwrap(),

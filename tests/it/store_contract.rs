@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::helpers::now_ms;
-use lbx_relay::config::{StoreBackend, StoreConfig};
+use lbx_relay::config::StoreBackend;
 use lbx_relay::email::Email;
 use lbx_relay::rate_window::Reservation;
 use lbx_relay::store::roles::*;
@@ -16,19 +16,6 @@ use lbx_relay::store::{
 use secrecy::SecretString;
 
 use crate::helpers::*;
-
-fn store_config(backend: StoreBackend) -> StoreConfig {
-    StoreConfig {
-        backend,
-        retention: Duration::from_secs(3600),
-        pool_size: 8,
-        connect_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(10),
-        encryption_key: None,
-        previous_encryption_keys: Vec::new(),
-        sync: Default::default(),
-    }
-}
 
 fn event(id: &str, key: &str, at: i64, routes: &[&str]) -> NewEvent {
     NewEvent {
