@@ -63,12 +63,18 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Copies the dedup keys of events about to be deleted into dedup_keys (followed by the ids and a
-/// condition on `e`, then [`ON_KEY`]), so a key is honoured for its whole window without its event.
-const KEEP_LIVE_KEYS: &str = "INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
-     SELECT e.source, e.event_key, e.id, e.dedup_until FROM events e WHERE e.id IN";
-const ON_KEY: &str = " ON CONFLICT (source, event_key) DO UPDATE
-     SET event_id = excluded.event_id, expires_at = excluded.expires_at WHERE excluded.expires_at > dedup_keys.expires_at";
+/// The statement that copies into dedup_keys the keys of the events listed in the temporary table
+/// `ids` that are about to be deleted, those matching `keep` (a condition on `e.dedup_until`), so a
+/// key is honoured for its whole window without its event.
+fn keep_keys_of(ids: &str, keep: &str) -> String {
+    format!(
+        "INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
+         SELECT e.source, e.event_key, e.id, e.dedup_until FROM events e
+         WHERE e.id IN (SELECT id FROM {ids}) AND {keep}
+         ON CONFLICT (source, event_key) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at
+         WHERE excluded.expires_at > dedup_keys.expires_at;"
+    )
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies migrations and starts the writer;
@@ -410,7 +416,7 @@ impl SqliteStore {
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
         self.call(move |c| {
             c.prepare_cached("SELECT refresh_token FROM oauth_tokens WHERE key = ?1")?
-                .query_row([&key], |r| r.get(0))
+                .query_row([key], |r| r.get(0))
                 .optional()
         })
         .await
@@ -751,11 +757,12 @@ impl SqliteStore {
                  DELETE FROM purge_ids;
                  INSERT INTO purge_ids SELECT e.id FROM events e WHERE e.received_at < {before}
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered');
-                 {KEEP_LIVE_KEYS} (SELECT id FROM purge_ids) AND e.dedup_until > {now}{ON_KEY};
+                 {keep}
                  DELETE FROM attempts WHERE delivery_id IN
                    (SELECT d.id FROM deliveries d JOIN purge_ids p ON d.event_id = p.id);
                  DELETE FROM deliveries WHERE event_id IN (SELECT id FROM purge_ids);
-                 DELETE FROM dedup_keys WHERE expires_at <= {now};"
+                 DELETE FROM dedup_keys WHERE expires_at <= {now};",
+                keep = keep_keys_of("purge_ids", &format!("e.dedup_until > {now}"))
             ))?;
             let n = c.execute("DELETE FROM events WHERE id IN (SELECT id FROM purge_ids)", [])?;
             c.execute_batch("DELETE FROM purge_ids;")?;
@@ -812,9 +819,7 @@ impl SqliteStore {
             )?;
             c.execute("INSERT OR IGNORE INTO forget_ids SELECT value FROM json_each(?1)", [&ids])?;
             // A Learnybox retry of an erased event must not bring the contact back: its key stays.
-            c.execute_batch(&format!(
-                "{KEEP_LIVE_KEYS} (SELECT id FROM forget_ids) AND e.dedup_until IS NOT NULL{ON_KEY};"
-            ))?;
+            c.execute_batch(&keep_keys_of("forget_ids", "e.dedup_until IS NOT NULL"))?;
             let attempts = c.execute(
                 "DELETE FROM attempts WHERE delivery_id IN
                     (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids))",
@@ -969,7 +974,6 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-/// Runs a parameterless statement through the statement cache (the writer runs these per job).
 #[cfg(test)]
 mod tests {
     use super::*;
