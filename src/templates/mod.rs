@@ -164,6 +164,22 @@ fn step_when_key(route: &str, step: usize) -> String {
 fn url_key(route: &str, step: usize) -> String {
     format!("{route}#{step}#url")
 }
+/// Renders template `name` of `route` from `registry`; an error names the route and `what` (the
+/// part: `when`, `body`, `url`, …).
+fn render_part(
+    registry: &Handlebars<'_>,
+    route: &RouteConfig,
+    name: &str,
+    what: &'static str,
+    ctx: &TemplateContext<'_>,
+) -> Result<String, RenderError> {
+    registry.render(name, ctx).map_err(|e| RenderError::Render {
+        route: route.name.clone(),
+        what,
+        message: template_error_message(&e),
+    })
+}
+
 fn when_key(route: &str) -> String {
     format!("{route}#when")
 }
@@ -328,11 +344,7 @@ impl Templates {
         if route.when.is_none() {
             return Ok(true);
         }
-        let out = self.plain.render(&when_key(&route.name), ctx).map_err(|e| RenderError::Render {
-            route: route.name.clone(),
-            what: "when",
-            message: template_error_message(&e),
-        })?;
+        let out = render_part(&self.plain, route, &when_key(&route.name), "when", ctx)?;
         Ok(truthy(&out))
     }
 
@@ -342,11 +354,7 @@ impl Templates {
         if route.order_by.is_none() {
             return Ok(None);
         }
-        let out = self.plain.render(&order_key(&route.name), ctx).map_err(|e| RenderError::Render {
-            route: route.name.clone(),
-            what: "order_by",
-            message: template_error_message(&e),
-        })?;
+        let out = render_part(&self.plain, route, &order_key(&route.name), "order_by", ctx)?;
         let key = out.trim();
         Ok((!key.is_empty()).then(|| key.to_string()))
     }
@@ -357,11 +365,7 @@ impl Templates {
         if route.steps.get(i).is_none_or(|s| s.when.is_none()) {
             return Ok(true);
         }
-        let out = self.plain.render(&step_when_key(&route.name, i), ctx).map_err(|e| RenderError::Render {
-            route: route.name.clone(),
-            what: "step when",
-            message: template_error_message(&e),
-        })?;
+        let out = render_part(&self.plain, route, &step_when_key(&route.name, i), "step when", ctx)?;
         Ok(truthy(&out))
     }
 
@@ -414,11 +418,7 @@ impl Templates {
             String::new()
         } else {
             let registry = if json_file.is_some() { &self.json } else { &self.plain };
-            let body = registry.render(&key, ctx).map_err(|e| RenderError::Render {
-                route: route.name.clone(),
-                what: "body",
-                message: template_error_message(&e),
-            })?;
+            let body = render_part(registry, route, &key, "body", ctx)?;
             let schema = self.schemas.get(&key).filter(|_| validate);
             match json_file {
                 // A preview of a step that would be skipped, or whose answers are unknown, may
@@ -460,11 +460,7 @@ impl Templates {
         // A URL without placeholders was validated with the config; only templated ones are
         // rendered and checked per request.
         let url = if step.url.contains("{{") {
-            let url = self.url.render(&url_key(&route.name, i), ctx).map_err(|e| RenderError::Render {
-                route: route.name.clone(),
-                what: "url",
-                message: template_error_message(&e),
-            })?;
+            let url = render_part(&self.url, route, &url_key(&route.name, i), "url", ctx)?;
             // A preview (`validate` off) shows what it can; a real request never has a hole.
             if validate {
                 for (expression, key) in self.url_parts.get(&url_key(&route.name, i)).into_iter().flatten() {
