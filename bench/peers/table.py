@@ -60,3 +60,30 @@ row("Node-RED (no decryption, no durability)", load("node-red.json"))
 pg = load("postgres-1.json")
 if pg:
     print(f"\nPostgreSQL 1 replica / SQLite ingest: {pg['accepted_per_second'] / sqlite['accepted_per_second']:.2f}")
+
+
+def cores(r):
+    span = r.get("end_to_end_seconds") or r["ingest_seconds"]
+    if not r.get("relay_cpu_seconds") or not r.get("bench_cpu_seconds"):
+        return "n/a"
+    return f"{r['relay_cpu_seconds'] / span:.2f} + {r['bench_cpu_seconds'] / span:.2f}"
+
+
+def ms(v):
+    return "> 1 s" if v is None else f"≤ {v:g} ms"
+
+
+print("\nWhere the ack tail is: the SQLite writer's own times (bucket bounds from its /metrics) against the acks")
+print("| run | ack p99 (max) | slowest second's ack max | writer batch p99 (max) | wait for the writer p99 (max) | operations per transaction | cores used: relay + bench (of 2) |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for label, name in [("full speed, sync = full", "sqlite.json"), ("full speed, sync = normal", "sqlite-normal.json"),
+                    ("steady half rate", "sqlite-steady.json")]:
+    r = load(name)
+    w = r and r.get("relay_writer")
+    if not w:
+        continue
+    slowest = max(r["series"], key=lambda s: s.get("ack_max_ms", 0))
+    print(f"| {label} | {r['ack_latency']['p99_ms']:.1f} ms ({r['ack_latency']['max_ms']:.0f} ms) "
+          f"| {slowest.get('ack_max_ms', 0):.0f} ms (second {slowest['second']}) "
+          f"| {ms(w['batch_p99_le_ms'])} ({ms(w['batch_max_le_ms'])}) | {ms(w['wait_p99_le_ms'])} ({ms(w['wait_max_le_ms'])}) "
+          f"| {w['operations'] / max(w['batches'], 1):.1f} | {cores(r)} |")

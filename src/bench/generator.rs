@@ -32,6 +32,8 @@ pub struct Progress {
     pub start: Instant,
     /// Microseconds since `start` at which request `n` was written (0: not yet).
     pub sent_at: Vec<AtomicU64>,
+    /// Ack latency of request `n` in microseconds, as in [`Totals::ack`] (0: not answered yet).
+    pub ack_us: Vec<AtomicU64>,
     /// Requests answered 200 so far.
     pub accepted: AtomicUsize,
     /// Requests answered otherwise, or not at all.
@@ -43,6 +45,7 @@ impl Progress {
         Progress {
             start: Instant::now(),
             sent_at: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            ack_us: (0..n).map(|_| AtomicU64::new(0)).collect(),
             accepted: AtomicUsize::new(0),
             errors: AtomicUsize::new(0),
         }
@@ -145,7 +148,9 @@ async fn connection(shared: Arc<Shared>, started: Instant) -> Histogram<u64> {
         shared.progress.sent_at[n].store(shared.progress.now_us().max(1), Ordering::Relaxed);
         let slot = &mut streams[n % load.addrs.len()];
         let ok = exchange(slot, load.addrs[n % load.addrs.len()], request, &mut buf).await;
-        let _ = hist.record(due.unwrap_or(written).elapsed().as_micros().max(1) as u64);
+        let took = due.unwrap_or(written).elapsed().as_micros().max(1) as u64;
+        let _ = hist.record(took);
+        shared.progress.ack_us[n].store(took, Ordering::Relaxed);
         if ok {
             shared.progress.accepted.fetch_add(1, Ordering::Relaxed);
         } else {

@@ -100,6 +100,74 @@ pub struct BenchReport {
     pub relay_cpu_seconds: Option<f64>,
     /// That CPU time per accepted event, in microseconds.
     pub relay_cpu_us_per_event: Option<f64>,
+    /// The bench process's own CPU (generator, sink) over the same span: on a shared machine, what
+    /// the relay could not use.
+    pub bench_cpu_seconds: Option<f64>,
+    /// The SQLite writer of the started relay, from its `/metrics` at the end: where an ack
+    /// tail that is not the writer's shows (absent with `--url`, and for PostgreSQL).
+    pub relay_writer: Option<WriterTimes>,
+}
+
+/// The writer's histograms (`lbx_store_batch_seconds`, `lbx_store_wait_seconds`), read as the
+/// upper bounds, in ms, of the buckets holding the 99th percentile and the slowest observation
+/// (`null`: above the largest bucket, 1 s).
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct WriterTimes {
+    /// Transactions the writer committed (group commits).
+    pub batches: u64,
+    /// Operations they carried (ingests, settles, leases, …).
+    pub operations: u64,
+    pub batch_p99_le_ms: Option<f64>,
+    pub batch_max_le_ms: Option<f64>,
+    /// From an operation's hand-off to the writer to its start there.
+    pub wait_p99_le_ms: Option<f64>,
+    pub wait_max_le_ms: Option<f64>,
+}
+
+impl WriterTimes {
+    /// From a Prometheus text exposition; `None` when it has no writer histogram (PostgreSQL).
+    pub fn from_metrics(text: &str) -> Option<WriterTimes> {
+        let batch = Buckets::read(text, crate::telemetry::STORE_BATCH)?;
+        let wait = Buckets::read(text, crate::telemetry::STORE_WAIT)?;
+        Some(WriterTimes {
+            batches: batch.count(),
+            operations: wait.count(),
+            batch_p99_le_ms: batch.le_ms(0.99),
+            batch_max_le_ms: batch.le_ms(1.0),
+            wait_p99_le_ms: wait.le_ms(0.99),
+            wait_max_le_ms: wait.le_ms(1.0),
+        })
+    }
+}
+
+/// A histogram's cumulative buckets: (upper bound in seconds, count at or below it).
+struct Buckets(Vec<(f64, u64)>);
+
+impl Buckets {
+    fn read(text: &str, name: &str) -> Option<Buckets> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|line| {
+                let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (!buckets.is_empty() && buckets.last().is_some_and(|b| b.1 > 0)).then_some(Buckets(buckets))
+    }
+
+    fn count(&self) -> u64 {
+        self.0.last().map_or(0, |b| b.1)
+    }
+
+    /// The upper bound (ms) of the first bucket holding `share` of the observations.
+    fn le_ms(&self, share: f64) -> Option<f64> {
+        let need = (self.count() as f64 * share).ceil() as u64;
+        let le = self.0.iter().find(|b| b.1 >= need)?.0;
+        le.is_finite().then_some(le * 1e3)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Clone, Copy)]
@@ -108,6 +176,8 @@ pub struct Sample {
     pub accepted: usize,
     pub delivered: usize,
     pub backlog: usize,
+    /// The slowest ack of the requests sent in this second, in ms (where a stall shows).
+    pub ack_max_ms: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -235,6 +305,7 @@ fn plaintext_with(n: usize, pad: String) -> Vec<u8> {
 
 struct RelayProcess {
     child: std::process::Child,
+    admin: String,
     _dir: tempfile::TempDir,
 }
 
@@ -356,7 +427,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .context("starting the relay")?;
-                let relay = RelayProcess { child, _dir: dir };
+                let relay = RelayProcess { child, admin: admin.clone(), _dir: dir };
                 wait_ready(&client, &admin, Duration::from_secs(10)).await?;
                 report.relay_startup_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
                 targets.push(format!("http://{public}/hooks/bench"));
@@ -398,8 +469,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let pids: Vec<u32> =
         if relays.is_empty() { opts.pid.into_iter().collect() } else { relays.iter().map(|r| r.child.id()).collect() };
     let cpu_before = cpu_of(&pids);
+    let own_cpu_before = cpu_seconds(std::process::id());
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let series_start_us = progress.now_us();
     let sampler = {
         let (peak, sampling, progress, timeline) = (peak.clone(), sampling.clone(), progress.clone(), timeline.clone());
         tokio::spawn(async move {
@@ -415,7 +488,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                     let accepted = progress.accepted.load(Ordering::Relaxed);
                     let delivered = timeline.received.load(Ordering::Relaxed);
                     let backlog = accepted.saturating_sub(delivered);
-                    series.push(Sample { second: n / 10, accepted, delivered, backlog });
+                    series.push(Sample { second: n / 10, accepted, delivered, backlog, ack_max_ms: 0.0 });
                 }
                 n += 1;
             }
@@ -455,15 +528,30 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.delivered_during_ingest_per_second = Some(during as f64 / ingest.as_secs_f64().max(1e-9));
         report.delivery_latency = Some(latency(&e2e));
     }
+    if let (Some(before), Some(after)) = (own_cpu_before, cpu_seconds(std::process::id())) {
+        report.bench_cpu_seconds = Some(after - before);
+    }
     if let (Some(before), Some(after)) = (cpu_before, cpu_of(&pids)) {
         report.relay_cpu_seconds = Some(after - before);
         report.relay_cpu_us_per_event = Some((after - before) * 1e6 / (report.accepted.max(1) as f64));
     }
     sampling.store(false, Ordering::Relaxed);
     report.series = sampler.await?;
+    for (sent, ack) in progress.sent_at.iter().zip(&progress.ack_us) {
+        let (s, a) = (sent.load(Ordering::Relaxed), ack.load(Ordering::Relaxed));
+        if let Some(sample) = report.series.get_mut((s.saturating_sub(series_start_us) / 1_000_000) as usize).filter(|_| s > 0 && a > 0) {
+            sample.ack_max_ms = sample.ack_max_ms.max(a as f64 / 1e3);
+        }
+    }
     if let Some(pid) = pid {
         let hwm = rss_mb(pid).map(|(_, h)| h).unwrap_or(0.0);
         report.relay_rss_peak_mb = Some(hwm.max(peak.load(Ordering::Relaxed) as f64 / 1024.0));
+    }
+    if let Some(relay) = relays.first() {
+        let metrics = client.get(format!("http://{}/metrics", relay.admin)).send().await;
+        if let Ok(text) = async { metrics?.error_for_status()?.text().await }.await {
+            report.relay_writer = WriterTimes::from_metrics(&text);
+        }
     }
     drop(relays);
     Ok(report)
@@ -632,4 +720,46 @@ pub fn table(r: &BenchReport) -> String {
         row("relay CPU (user + system)", format!("{cpu:.2} s, {per:.0} µs per accepted event"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriterTimes;
+
+    const METRICS: &str = r#"# TYPE lbx_store_batch_seconds histogram
+lbx_store_batch_seconds_bucket{le="0.0005"} 90
+lbx_store_batch_seconds_bucket{le="0.001"} 99
+lbx_store_batch_seconds_bucket{le="0.005"} 100
+lbx_store_batch_seconds_bucket{le="+Inf"} 100
+lbx_store_batch_seconds_sum 0.05
+lbx_store_batch_seconds_count 100
+lbx_store_wait_seconds_bucket{le="0.001"} 150
+lbx_store_wait_seconds_bucket{le="1"} 199
+lbx_store_wait_seconds_bucket{le="+Inf"} 200
+lbx_store_wait_seconds_count 200
+"#;
+
+    #[test]
+    fn the_writer_histograms_are_read_as_bucket_bounds() {
+        let times = WriterTimes::from_metrics(METRICS).unwrap();
+        assert_eq!(times.batches, 100);
+        assert_eq!(times.operations, 200);
+        assert_eq!(times.batch_p99_le_ms, Some(1.0), "99 of 100 at or below 1 ms");
+        assert_eq!(times.batch_max_le_ms, Some(5.0));
+        assert_eq!(times.wait_p99_le_ms, Some(1000.0), "199 of 200 needs the 1 s bucket");
+        assert_eq!(times.wait_max_le_ms, None, "the slowest is above the largest bound");
+    }
+
+    #[test]
+    fn metrics_without_the_writer_histograms_give_nothing() {
+        assert_eq!(WriterTimes::from_metrics(""), None);
+        assert_eq!(WriterTimes::from_metrics("lbx_store_batch_seconds_bucket{le=\"0.001\"} 3\n"), None, "no wait");
+        let near_miss = METRICS.replace("lbx_store_wait_seconds_bucket", "lbx_store_wait_secondsbucket");
+        assert_eq!(WriterTimes::from_metrics(&near_miss), None);
+        let garbage = METRICS.replace("} 150", "} 1e999x");
+        let times = WriterTimes::from_metrics(&garbage).unwrap();
+        assert_eq!(times.operations, 200, "an unreadable line is skipped, not a panic");
+        let empty = "lbx_store_batch_seconds_bucket{le=\"+Inf\"} 0\nlbx_store_wait_seconds_bucket{le=\"+Inf\"} 0\n";
+        assert_eq!(WriterTimes::from_metrics(empty), None, "a writer that never ran says nothing");
+    }
 }

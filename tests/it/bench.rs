@@ -96,4 +96,13 @@ async fn bench_at_a_steady_rate_reports_deliveries_and_the_backlog_each_second()
     assert!(last["accepted"].as_u64().unwrap() <= 600);
     assert!(report["delivery_latency"]["p99_ms"].as_f64().unwrap() > 0.0);
     assert!(report["delivered_during_ingest_per_second"].as_f64().unwrap() > 0.0);
+    let slowest = series.iter().map(|s| s["ack_max_ms"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(slowest > 0.0, "each second says its slowest ack: {report}");
+    assert!(slowest <= report["ack_latency"]["max_ms"].as_f64().unwrap() + 0.01, "{report}");
+    assert!(report["bench_cpu_seconds"].as_f64().unwrap() > 0.0, "the generator's own CPU: {report}");
+    let writer = &report["relay_writer"];
+    let operations = writer["operations"].as_u64().unwrap();
+    assert!(operations >= 1200, "at least an ingest and a settle per event: {writer}");
+    assert!(writer["batches"].as_u64().unwrap() <= operations, "{writer}");
+    assert!(writer["batch_max_le_ms"].as_f64().unwrap() >= writer["batch_p99_le_ms"].as_f64().unwrap());
 }
