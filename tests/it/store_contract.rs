@@ -102,6 +102,7 @@ macro_rules! contract {
 }
 
 contract!(
+    the_series_counts_outcomes_and_latency_percentiles_per_route_and_bucket,
     dedup_keys_hold_within_their_window_only,
     a_key_outlives_its_purged_or_erased_event_for_its_whole_window,
     an_alias_is_checked_against_live_keys_only,
@@ -246,6 +247,73 @@ async fn a_key_outlives_its_purged_or_erased_event_for_its_whole_window(s: Store
     assert_eq!(s.ingest(event("new", "k-purged", t + 60_000, &[])).await.unwrap(), IngestOutcome::Stored);
     s.purge(t, t + 60_000).await.unwrap();
     assert_eq!(s.ingest(event("new-2", "k-erased", t + 60_000, &[])).await.unwrap(), IngestOutcome::Stored);
+}
+
+async fn the_series_counts_outcomes_and_latency_percentiles_per_route_and_bucket(s: Store) {
+    let since = now_ms() - 100_000;
+    let step = 10_000;
+    let end = since + 5 * step;
+    // (route, received_at, attempt started_at, duration, what came of it); the latency of a
+    // delivery is started_at + duration - received_at.
+    let mut plan: Vec<(&str, i64, i64, i64, Next)> = Vec::new();
+    // Route a, bucket 0: twenty deliveries, latencies 10, 20, …, 200 ms, recorded out of order.
+    for i in [7, 1, 19, 3, 12, 5, 16, 9, 0, 14, 2, 18, 6, 11, 4, 17, 8, 13, 10, 15] {
+        let started = since + 100 + i;
+        plan.push(("a", started - 10 * (i + 1) + 3, started, 3, Next::Delivered));
+    }
+    // Route a, bucket 2: a failure, a retry, a throttle, and a delivery whose event "arrived"
+    // after the attempt ended (a clock step): its latency counts as 0.
+    let b2 = since + 2 * step;
+    plan.push(("a", b2 - 50, b2, 5, Next::Failed));
+    plan.push(("a", b2 - 50, b2 + 1, 5, Next::RetryAt(i64::MAX / 2)));
+    plan.push(("a", b2 - 50, b2 + 2, 5, Next::ThrottledUntil(i64::MAX / 2)));
+    plan.push(("a", b2 + 500, b2 + 3, 5, Next::Delivered));
+    // Route b, the last millisecond of bucket 1: latencies 5, 7 and 1000.
+    let b1_end = since + 2 * step - 1;
+    for latency in [1000, 5, 7] {
+        plan.push(("b", b1_end - latency, b1_end, 0, Next::Delivered));
+    }
+    // Before the window, and after its last bucket: not counted. A route no longer configured
+    // ("gone") is left out.
+    plan.push(("a", since - 5_000, since - 1, 1, Next::Delivered));
+    plan.push(("b", end - 5_000, end, 1, Next::Failed));
+    plan.push(("gone", since, since + 10, 1, Next::Delivered));
+
+    let mut attempts = std::collections::HashMap::new();
+    for (n, (route, received, started, duration, next)) in plan.into_iter().enumerate() {
+        let id = format!("series-{n}");
+        s.ingest(event(&id, &id, received, &[route])).await.unwrap();
+        attempts.insert(format!("{id}-{route}"), (started, duration, next));
+    }
+    let claimed = s.claim(100, Duration::from_secs(60), vec![], now_ms()).await.unwrap();
+    assert_eq!(claimed.len(), attempts.len());
+    for c in claimed {
+        let (started_at, duration_ms, next) = attempts[&c.delivery_id];
+        let attempt = AttemptRecord { started_at, duration_ms, status: Some(200), error: None, detail: None };
+        let settlement = Settlement {
+            keyed: c.keyed,
+            steps_state: None,
+            delivery_id: c.delivery_id,
+            lease_token: c.lease_token,
+            attempt,
+            next,
+            settled_at: now_ms(),
+        };
+        assert!(s.settle(settlement).await.unwrap());
+    }
+
+    let routes = vec!["a".to_string(), "b".to_string(), "idle".to_string()];
+    let series = lbx_relay::console::series(&s, &routes, since, step, end - 1).await.unwrap();
+    let seen = |route: &str| -> Vec<(u64, u64, u64, Option<i64>, Option<i64>)> {
+        series[route].iter().map(|b| (b.delivered, b.failed, b.retried, b.latency_p50_ms, b.latency_p95_ms)).collect()
+    };
+    let none = (0, 0, 0, None, None);
+    // Nearest rank of 20 values: the 10th (100 ms) and the 19th (190 ms); of 3: the 2nd and 3rd.
+    assert_eq!(seen("a"), vec![(20, 0, 0, Some(100), Some(190)), none, (1, 1, 2, Some(0), Some(0)), none, none]);
+    assert_eq!(seen("b"), vec![none, (3, 0, 0, Some(7), Some(1000)), none, none, none]);
+    assert_eq!(seen("idle"), vec![none; 5], "a route without attempts has its empty buckets");
+    assert_eq!(series.len(), 3, "only the routes asked for");
+    assert_eq!(series["a"][1].start, lbx_relay::event::rfc3339(since + step));
 }
 
 async fn an_alias_is_checked_against_live_keys_only(s: Store) {
