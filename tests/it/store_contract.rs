@@ -304,7 +304,9 @@ async fn the_series_counts_outcomes_and_latency_percentiles_per_route_and_bucket
 
     let routes = vec!["a".to_string(), "b".to_string(), "idle".to_string()];
     let series = lbx_relay::console::series(&s, &routes, since, step, end - 1).await.unwrap();
-    let seen = |route: &str| -> Vec<(u64, u64, u64, Option<i64>, Option<i64>)> {
+    /// Delivered, failed, retried, latency p50 and p95 of one bucket.
+    type Seen = (u64, u64, u64, Option<i64>, Option<i64>);
+    let seen = |route: &str| -> Vec<Seen> {
         series[route].iter().map(|b| (b.delivered, b.failed, b.retried, b.latency_p50_ms, b.latency_p95_ms)).collect()
     };
     let none = (0, 0, 0, None, None);
