@@ -155,7 +155,7 @@ impl Buckets {
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        (!buckets.is_empty() && buckets.last().is_some_and(|b| b.1 > 0)).then_some(Buckets(buckets))
+        buckets.last().is_some_and(|b| b.1 > 0).then_some(Buckets(buckets))
     }
 
     fn count(&self) -> u64 {

@@ -50,12 +50,17 @@ fn keyed(id: &str, route: &str, key: &str) -> NewEvent {
 
 /// Settles a claimed delivery with one attempt answered `status`.
 async fn finish(s: &Store, c: Claimed, status: u16, next: Next) -> bool {
+    settle_with(s, c, attempt(status), next).await
+}
+
+/// Settles a claimed delivery with `attempt`.
+async fn settle_with(s: &Store, c: Claimed, attempt: AttemptRecord, next: Next) -> bool {
     let settlement = Settlement {
         keyed: c.keyed,
         steps_state: None,
         delivery_id: c.delivery_id,
         lease_token: c.lease_token,
-        attempt: attempt(status),
+        attempt,
         next,
         settled_at: now_ms(),
     };
@@ -290,16 +295,7 @@ async fn the_series_counts_outcomes_and_latency_percentiles_per_route_and_bucket
     for c in claimed {
         let (started_at, duration_ms, next) = attempts[&c.delivery_id];
         let attempt = AttemptRecord { started_at, duration_ms, status: Some(200), error: None, detail: None };
-        let settlement = Settlement {
-            keyed: c.keyed,
-            steps_state: None,
-            delivery_id: c.delivery_id,
-            lease_token: c.lease_token,
-            attempt,
-            next,
-            settled_at: now_ms(),
-        };
-        assert!(s.settle(settlement).await.unwrap());
+        assert!(settle_with(&s, c, attempt, next).await);
     }
 
     let routes = vec!["a".to_string(), "b".to_string(), "idle".to_string()];
