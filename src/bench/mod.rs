@@ -320,6 +320,13 @@ fn free_addr() -> anyhow::Result<String> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
+/// Two different free addresses (both held while the second is picked).
+fn two_free_addrs() -> anyhow::Result<(String, String)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.to_string(), b.local_addr()?.to_string()))
+}
+
 fn write_config(
     dir: &Path,
     sink_url: &str,
@@ -414,22 +421,39 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             let mut targets = Vec::new();
             let mut relays = Vec::new();
             for _ in 0..opts.replicas.max(1) {
-                let dir = tempfile::tempdir()?;
-                let (public, admin) = (free_addr()?, free_addr()?);
-                let config =
-                    write_config(dir.path(), &sink_url, &public, &admin, opts.workers, &store_url, &opts.sync)?;
-                let started = Instant::now();
-                let child = std::process::Command::new(std::env::current_exe()?)
-                    .args(["serve", "-c"])
-                    .arg(&config)
-                    .env("RUST_LOG", &opts.relay_log)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .context("starting the relay")?;
-                let relay = RelayProcess { child, admin: admin.clone(), _dir: dir };
-                wait_ready(&client, &admin, Duration::from_secs(10)).await?;
-                report.relay_startup_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
+                // The ports are free when picked, not reserved: a relay that lost one to another
+                // program exits on start, and is started again on two new ports.
+                let mut tries = 0;
+                let (relay, public) = loop {
+                    let dir = tempfile::tempdir()?;
+                    let (public, admin) = two_free_addrs()?;
+                    let config =
+                        write_config(dir.path(), &sink_url, &public, &admin, opts.workers, &store_url, &opts.sync)?;
+                    let started = Instant::now();
+                    let child = std::process::Command::new(std::env::current_exe()?)
+                        .args(["serve", "-c"])
+                        .arg(&config)
+                        .env("RUST_LOG", &opts.relay_log)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .context("starting the relay")?;
+                    let mut relay = RelayProcess { child, admin: admin.clone(), _dir: dir };
+                    let ready = wait_ready(&client, &admin, Duration::from_secs(10)).await;
+                    let exited = relay.child.try_wait()?;
+                    tries += 1;
+                    match (ready, exited) {
+                        (Ok(_), None) => {
+                            report.relay_startup_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
+                            break (relay, public);
+                        }
+                        (_, Some(status)) if tries < 3 => {
+                            eprintln!("bench: the relay exited on start ({status}); starting it on other ports");
+                        }
+                        (_, Some(status)) => bail!("the relay exited on start ({status}), three times"),
+                        (Err(e), None) => return Err(e),
+                    }
+                };
                 targets.push(format!("http://{public}/hooks/bench"));
                 relays.push(relay);
             }

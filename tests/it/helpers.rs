@@ -574,15 +574,40 @@ pub fn client() -> reqwest::Client {
 }
 
 /// A port that was free a moment ago (for configs handed to a separate process).
+/// A port for a relay process to listen on: free now, never handed to another test of this run,
+/// and below the kernel's ephemeral range. A port picked with `bind(0)` and released comes from
+/// that range, where the kernel hands ports to every other `bind(0)` and outgoing connection of
+/// the suite, so one could take it before the spawned relay binds it (the relay then exits, or a
+/// test talks to somebody else's server).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 15_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_low().clamp(LOW + 1_000, 32_768);
+    let span = high - LOW;
+    // Runs of the suite started together (or one right after another) begin at different places.
+    let start = (std::process::id() * 7_919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left in {LOW}..{high}");
+        let port = (LOW + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
-/// Two different free ports (both held while the second is picked, so they cannot be the same).
+/// The first port of the kernel's ephemeral range (32768 by default).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Two different free ports (see `free_port`).
 pub fn two_free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+    (free_port(), free_port())
 }
 
 /// Writes routes.toml and the template for a relay process run from the built binary; returns
@@ -719,4 +744,16 @@ pub fn store_config(backend: lbx_relay::config::StoreBackend) -> lbx_relay::conf
         previous_encryption_keys: Vec::new(),
         sync: Default::default(),
     }
+}
+
+#[test]
+fn relay_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+    let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+    let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+    assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    let low = ephemeral_low();
+    if low >= 16_000 {
+        assert!(ports.iter().all(|&p| u32::from(p) < low), "{ports:?} reach the ephemeral range from {low}");
+    }
+    assert!(ports.iter().all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()), "{ports:?}");
 }

@@ -43,8 +43,11 @@ impl Relay {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        wait_ready(&admin).await;
-        Relay { child, public, admin, _dir: dir }
+        let mut relay = Relay { child, public, admin, _dir: dir };
+        wait_ready(&relay.admin).await;
+        // A relay that could not bind has exited: the one answering is not ours.
+        assert!(relay.child.try_wait().unwrap().is_none(), "the relay exited on start: {:?}", relay.child.try_wait());
+        relay
     }
 
     pub(crate) async fn send(&self, event: &Value) {
