@@ -34,6 +34,10 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Bytes the WAL file is cut back to once it is reset: four times what the autocheckpoint (1,000
+/// pages) lets it reach in steady operation, so only a burst's growth is ever truncated.
+const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
 /// The schema, one step per file, applied in order once each (the files of both backends sit
 /// side by side in `src/store/migrations/`, so their schemas can be compared).
 const MIGRATIONS: &[&str] = &[
@@ -127,13 +131,16 @@ impl SqliteStore {
         }
         // FULL (the default): an acknowledged event survives power loss, not only a process crash;
         // NORMAL in WAL survives a crash of the relay. secure_delete: what is deleted (an erased
-        // contact) is overwritten, not left in free pages.
+        // contact) is overwritten, not left in free pages. journal_size_limit: a WAL grown by a
+        // burst (or by a long console read holding back the checkpoint) is cut back to this size
+        // when it is next reset, instead of keeping its peak size on disk until shutdown.
         let synchronous = match sync {
             crate::config::SyncMode::Full => "FULL",
             crate::config::SyncMode::Normal => "NORMAL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; PRAGMA secure_delete = ON;"
+            "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; PRAGMA secure_delete = ON;
+             PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
         ))?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
@@ -1045,6 +1052,39 @@ mod tests {
             let deleting: i64 = s.call(|c| c.query_row("PRAGMA secure_delete", [], |r| r.get(0))).await.unwrap();
             assert_eq!(deleting, 1, "erased rows are overwritten");
         }
+    }
+
+    #[tokio::test]
+    async fn a_wal_grown_past_its_limit_is_cut_back_once_readers_let_it_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.ingest(event("e0", "k0", 0, &["r"])).await.unwrap();
+        let wal = dir.path().join("t.db-wal");
+        let wal_size = || std::fs::metadata(&wal).unwrap().len();
+        // A reader inside a transaction holds back every checkpoint: the WAL can only grow.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM events;").unwrap();
+        let big = "x".repeat(200_000);
+        let mut n = 0;
+        while wal_size() <= WAL_SIZE_LIMIT as u64 + 4_000_000 {
+            n += 1;
+            let mut e = event(&format!("e{n}"), &format!("k{n}"), 0, &["r"]);
+            e.payload = format!("{{\"pad\": \"{big}\"}}");
+            s.ingest(e).await.unwrap();
+        }
+        let grown = wal_size();
+        reader.execute_batch("COMMIT").unwrap();
+        drop(reader);
+        // The next commits checkpoint the whole WAL, then start it again from the top, cut back.
+        for m in 0..3000 {
+            s.ingest(event(&format!("f{m}"), &format!("j{m}"), 0, &["r"])).await.unwrap();
+            if wal_size() <= WAL_SIZE_LIMIT as u64 {
+                break;
+            }
+        }
+        assert!(wal_size() <= WAL_SIZE_LIMIT as u64, "the WAL grew to {grown} B and stayed at {} B", wal_size());
+        assert_eq!(s.event(&format!("e{n}")).await.unwrap().map(|e| e.id), Some(format!("e{n}")), "nothing lost");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
