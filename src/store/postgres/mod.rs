@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/004_field_coverage.sql"),
     include_str!("../migrations/postgres/005_reconcile.sql"),
     include_str!("../migrations/postgres/006_contacts_index.sql"),
+    include_str!("../migrations/postgres/007_queue_autovacuum.sql"),
 ];
 
 /// Pool and timeout settings from `[store]`.
@@ -937,17 +938,15 @@ fn delivery_from_row(r: &Row) -> Result<DeliveryRow, StoreError> {
 mod tests {
     use super::*;
 
-    /// The settle statement, prepared on a pooled connection while `deliveries` is empty and run
-    /// as often as PostgreSQL needs to settle on a plan, finds deliveries by their key once the
-    /// table has grown (with the default plan cache it keeps scanning the whole table).
-    #[tokio::test]
-    async fn a_statement_prepared_on_an_empty_table_uses_its_key_once_the_table_has_grown() {
+    /// A store on a schema of its own in the test database, the admin connection and the schema's
+    /// name; `None` (said on stderr) without `LBX_TEST_POSTGRES_URL`.
+    async fn scratch_store(what: &str) -> Option<(PgStore, tokio_postgres::Client, String)> {
         let Ok(base) = std::env::var("LBX_TEST_POSTGRES_URL") else {
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped a postgres plan test: LBX_TEST_POSTGRES_URL is not set");
-            return;
+            let _ = writeln!(std::io::stderr(), "skipped {what}: LBX_TEST_POSTGRES_URL is not set");
+            return None;
         };
-        let schema = format!("lbx_plan_{}", crate::event::new_id().replace('-', ""));
+        let schema = format!("lbx_unit_{}", crate::event::new_id().replace('-', ""));
         let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
@@ -958,7 +957,32 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
         };
-        let store = PgStore::open(&url, &opts).await.unwrap();
+        Some((PgStore::open(&url, &opts).await.unwrap(), admin, schema))
+    }
+
+    /// The queue table is vacuumed once 1 % of it is dead, not at PostgreSQL's default fifth.
+    #[tokio::test]
+    async fn the_queue_table_is_vacuumed_early() {
+        let Some((store, admin, schema)) = scratch_store("a postgres autovacuum test").await else { return };
+        let client = store.pool.get().await.unwrap();
+        let options: Vec<String> = client
+            .query_one("SELECT reloptions FROM pg_class WHERE oid = 'deliveries'::regclass", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(options.contains(&"autovacuum_vacuum_scale_factor=0.01".to_string()), "{options:?}");
+        assert!(options.contains(&"autovacuum_vacuum_threshold=1000".to_string()), "{options:?}");
+        drop(client);
+        drop(store);
+        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
+    /// The settle statement, prepared on a pooled connection while `deliveries` is empty and run
+    /// as often as PostgreSQL needs to settle on a plan, finds deliveries by their key once the
+    /// table has grown (with the default plan cache it keeps scanning the whole table).
+    #[tokio::test]
+    async fn a_statement_prepared_on_an_empty_table_uses_its_key_once_the_table_has_grown() {
+        let Some((store, admin, schema)) = scratch_store("a postgres plan test").await else { return };
         let client = store.pool.get().await.unwrap();
         let args = "ARRAY['d1', 'd2'], ARRAY['t', 't'], ARRAY['delivered', 'delivered'], ARRAY[NULL, NULL]::bigint[],
             ARRAY[200, 200], ARRAY[NULL, NULL]::text[], ARRAY[0, 0]::bigint[], ARRAY[0, 0], ARRAY[NULL, NULL]::text[]";
