@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the per-event hot path: envelope detection and decryption (first
-//! contact and with the remembered variant), routing, and rendering a typical CRM template.
+//! contact and with the remembered variant), the deduplication cache, routing, and rendering a
+//! typical CRM template.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -80,5 +81,25 @@ fn routing_and_rendering(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decryption, routing_and_rendering);
+fn deduplication(c: &mut Criterion) {
+    // A full cache, as after the first 50,000 events: each new event is looked up, then remembered.
+    let dedup = lbx_relay::dedup::Dedup::default();
+    let window = std::time::Duration::from_secs(86_400);
+    let now = 1_700_000_000_000;
+    for n in 0..60_000 {
+        dedup.remember("learnybox", &format!("evt_{n:012}"), window, now);
+    }
+    let mut n = 60_000u64;
+    c.bench_function("dedup: a new key looked up then remembered (full cache)", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = format!("evt_{n:012}");
+            if !dedup.seen("learnybox", black_box(&key), now) {
+                dedup.remember("learnybox", &key, window, now);
+            }
+        })
+    });
+}
+
+criterion_group!(benches, decryption, deduplication, routing_and_rendering);
 criterion_main!(benches);
