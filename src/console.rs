@@ -10,7 +10,6 @@ use crate::event::rfc3339;
 use crate::store::ConsoleStore;
 use crate::store::{AttemptOutcome, Store, StoreError};
 
-use crate::store::triage::MAX_ATTEMPTS_READ;
 const HOUR_MS: i64 = 3_600_000;
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -70,7 +69,8 @@ pub struct Bucket {
     pub latency_p95_ms: Option<i64>,
 }
 
-/// Per route, one bucket of `step` ms from `since` to `now`.
+/// Per route, one bucket of `step` ms from `since` to `now`, from every attempt of the window
+/// (counted by the database, see `Store::attempt_histogram`).
 pub async fn series(
     store: &Store,
     routes: &[String],
@@ -78,51 +78,67 @@ pub async fn series(
     step: i64,
     now: i64,
 ) -> Result<BTreeMap<String, Vec<Bucket>>, StoreError> {
-    let facts = store.attempt_facts(since, MAX_ATTEMPTS_READ).await?;
+    let step = step.max(1);
     let buckets = ((now - since) / step + 1).clamp(1, 10_000) as usize;
-    let mut out = BTreeMap::new();
-    for route in routes {
-        let mut latencies: Vec<Vec<i64>> = vec![Vec::new(); buckets];
-        let mut rows: Vec<Bucket> = (0..buckets)
-            .map(|i| Bucket {
-                start: rfc3339(since + i as i64 * step),
-                delivered: 0,
-                failed: 0,
-                retried: 0,
-                latency_p50_ms: None,
-                latency_p95_ms: None,
-            })
-            .collect();
-        for f in facts.iter().filter(|f| &f.route == route) {
-            let i = ((f.started_at - since) / step) as usize;
-            let Some(b) = rows.get_mut(i) else { continue };
-            match f.outcome {
-                AttemptOutcome::Delivered => {
-                    b.delivered += 1;
-                    latencies[i].push((f.started_at + f.duration_ms - f.received_at).max(0));
-                }
-                AttemptOutcome::Failed => b.failed += 1,
-                AttemptOutcome::Retry | AttemptOutcome::Throttled => b.retried += 1,
-                AttemptOutcome::LeaseLost | AttemptOutcome::Other => {}
+    let until = since.saturating_add(step.saturating_mul(buckets as i64));
+    // Per route and bucket: (latency, how many delivered attempts took it).
+    let mut latencies: BTreeMap<(&str, usize), Vec<(i64, u64)>> = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<Bucket>> = routes
+        .iter()
+        .map(|route| {
+            let rows = (0..buckets)
+                .map(|i| Bucket {
+                    start: rfc3339(since + i as i64 * step),
+                    delivered: 0,
+                    failed: 0,
+                    retried: 0,
+                    latency_p50_ms: None,
+                    latency_p95_ms: None,
+                })
+                .collect();
+            (route.clone(), rows)
+        })
+        .collect();
+    let counts = store.attempt_histogram(since, until, step).await?;
+    for c in &counts {
+        let Some(rows) = out.get_mut(&c.route) else { continue }; // a route no longer configured
+        let Some(b) = usize::try_from(c.bucket).ok().and_then(|i| rows.get_mut(i)) else { continue };
+        match c.outcome {
+            AttemptOutcome::Delivered => {
+                b.delivered += c.count;
+                let at = (c.route.as_str(), c.bucket as usize);
+                latencies.entry(at).or_default().push((c.latency_ms.unwrap_or(0), c.count));
             }
+            AttemptOutcome::Failed => b.failed += c.count,
+            AttemptOutcome::Retry | AttemptOutcome::Throttled => b.retried += c.count,
+            AttemptOutcome::LeaseLost | AttemptOutcome::Other => {}
         }
-        for (b, mut l) in rows.iter_mut().zip(latencies) {
-            l.sort_unstable();
+    }
+    for ((route, i), mut l) in latencies {
+        l.sort_unstable();
+        if let Some(b) = out.get_mut(route).and_then(|rows| rows.get_mut(i)) {
             b.latency_p50_ms = percentile(&l, 50);
             b.latency_p95_ms = percentile(&l, 95);
         }
-        out.insert(route.clone(), rows);
     }
     Ok(out)
 }
 
-/// The nearest-rank percentile of sorted values.
-fn percentile(sorted: &[i64], p: usize) -> Option<i64> {
-    if sorted.is_empty() {
+/// The nearest-rank percentile of sorted values, each given with how many times it occurs.
+fn percentile(sorted: &[(i64, u64)], p: u64) -> Option<i64> {
+    let total: u64 = sorted.iter().map(|(_, n)| n).sum();
+    if total == 0 {
         return None;
     }
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied()
+    let rank = (p * total).div_ceil(100).max(1);
+    let mut seen = 0;
+    sorted
+        .iter()
+        .find(|(_, n)| {
+            seen += n;
+            seen >= rank
+        })
+        .map(|(v, _)| *v)
 }
 
 #[cfg(test)]
@@ -131,11 +147,31 @@ mod tests {
 
     #[test]
     fn percentiles_are_nearest_rank() {
-        let v: Vec<i64> = (1..=100).collect();
+        let v: Vec<(i64, u64)> = (1..=100).map(|v| (v, 1)).collect();
         assert_eq!(percentile(&v, 50), Some(50));
         assert_eq!(percentile(&v, 95), Some(95));
-        assert_eq!(percentile(&[7], 95), Some(7));
+        assert_eq!(percentile(&[(7, 1)], 95), Some(7));
         assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile(&[(3, 0)], 50), None, "no value at all");
+        // 19 values of 10 then one of 900: the 95th of 20 is the 19th.
+        assert_eq!(percentile(&[(10, 19), (900, 1)], 95), Some(10));
+        assert_eq!(percentile(&[(10, 18), (900, 2)], 95), Some(900));
+    }
+
+    proptest::proptest! {
+        /// Counted values give the percentile of the same values listed one by one.
+        #[test]
+        fn counted_values_give_the_percentile_of_the_values_listed(
+            mut counted in proptest::collection::vec((0i64..5_000, 1u64..50), 1..40),
+            p in 1u64..=100,
+        ) {
+            counted.sort_unstable();
+            let mut listed: Vec<i64> =
+                counted.iter().flat_map(|&(v, n)| std::iter::repeat_n(v, n as usize)).collect();
+            listed.sort_unstable();
+            let rank = (p as usize * listed.len()).div_ceil(100).max(1);
+            proptest::prop_assert_eq!(percentile(&counted, p), Some(listed[rank - 1]));
+        }
     }
 }
 

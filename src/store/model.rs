@@ -358,19 +358,6 @@ pub struct EventFilter {
     pub newest_first: bool,
 }
 
-/// One attempt as the console's numbers need it.
-#[derive(Debug, Clone)]
-pub struct AttemptFact {
-    pub route: String,
-    pub started_at: i64,
-    pub duration_ms: i64,
-    pub outcome: AttemptOutcome,
-    pub status: Option<u16>,
-    pub error: Option<String>,
-    /// When the attempt's event was received (for end-to-end latency).
-    pub received_at: i64,
-}
-
 /// Which deliveries a bulk retry takes; every field narrows.
 #[derive(Debug, Clone, Default)]
 pub struct RetryFilter {

@@ -4,6 +4,8 @@
 //! not per attempt.
 
 use rusqlite::params;
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::reconcile::n;
@@ -62,6 +64,9 @@ pub struct DeliveryCounts {
     pub retrying: u64,
 }
 
+/// Deliveries counted per route.
+pub type PerRoute = Vec<(String, DeliveryCounts)>;
+
 /// One route's attempts, counted by the database (see `Store::route_attempts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteAttempts {
@@ -81,9 +86,18 @@ pub struct RouteAttempts {
 /// Rows scanned at most for one page when the error filter leaves most of them out.
 const SCAN_CAP: usize = 20_000;
 
-/// Attempts counted (or read, for the series) for one answer at most, newest first; older ones are
-/// left out.
-pub const MAX_ATTEMPTS_READ: u32 = 200_000;
+/// Attempts of one route that started in one time bucket with one outcome and, for delivered
+/// ones, one latency (see `Store::attempt_histogram`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptCount {
+    pub route: String,
+    /// The bucket: `(started_at - since) / step`.
+    pub bucket: i64,
+    pub outcome: super::AttemptOutcome,
+    /// For delivered attempts: from the event's arrival to the attempt's end, ms (at least 0).
+    pub latency_ms: Option<i64>,
+    pub count: u64,
+}
 
 type RawRow = (
     String,
@@ -248,14 +262,13 @@ impl Store {
         }
     }
 
-    /// Per route, attempt counts over the newest `MAX_ATTEMPTS_READ` attempts started since
-    /// `since` (Unix ms), computed by the database: settled and delivered ones since `t1` and
-    /// `t24`, all since `t24`, settled and failed ones since `since`, the last success and failure.
+    /// Per route, counts of every attempt started since `since` (Unix ms), computed by the
+    /// database: settled and delivered ones since `t1` and `t24`, all since `t24`, settled and
+    /// failed ones since `since`, the last success and failure. Reads the window's attempts only
+    /// (through their start-time index), never the whole table.
     pub async fn route_attempts(&self, since: i64, t1: i64, t24: i64) -> Result<Vec<RouteAttempts>, StoreError> {
-        let cap = i64::from(MAX_ATTEMPTS_READ);
         // Settled: delivered, retry, failed. Failed: retry, failed (AttemptOutcome).
-        let sql = format!(
-            "SELECT d.route,
+        let sql = "SELECT d.route,
                 SUM(CASE WHEN a.started_at >= $2 AND a.outcome IN ('delivered','retry','failed') THEN 1 ELSE 0 END),
                 SUM(CASE WHEN a.started_at >= $2 AND a.outcome = 'delivered' THEN 1 ELSE 0 END),
                 SUM(CASE WHEN a.started_at >= $3 AND a.outcome IN ('delivered','retry','failed') THEN 1 ELSE 0 END),
@@ -265,11 +278,9 @@ impl Store {
                 SUM(CASE WHEN a.outcome IN ('retry','failed') THEN 1 ELSE 0 END),
                 MAX(CASE WHEN a.outcome = 'delivered' THEN a.started_at END),
                 MAX(CASE WHEN a.outcome IN ('retry','failed') THEN a.started_at END)
-             FROM (SELECT delivery_id, started_at, outcome FROM attempts WHERE started_at >= $1
-                   ORDER BY id DESC LIMIT {cap}) a
-             JOIN deliveries d ON d.id = a.delivery_id
-             GROUP BY d.route"
-        );
+             FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+             WHERE a.started_at >= $1
+             GROUP BY d.route";
         type Row = (String, i64, i64, i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
         let rows: Vec<Row> = match &self.backend {
             Backend::Sqlite(s) => {
@@ -283,7 +294,7 @@ impl Store {
             Backend::Postgres(pg) => {
                 let client = pg.pool.get().await?;
                 client
-                    .query(&sql, &[&since, &t1, &t24])
+                    .query(sql, &[&since, &t1, &t24])
                     .await?
                     .iter()
                     .map(|r| {
@@ -316,6 +327,52 @@ impl Store {
                 failed: n(failed),
                 last_success: last_ok,
                 last_failure: last_ko,
+            })
+            .collect())
+    }
+
+    /// Every attempt started in `[since, until)` (Unix ms), counted by the database per route,
+    /// bucket of `step` ms, outcome and — for delivered ones — latency from the event's arrival to
+    /// the attempt's end: as exact as reading each attempt, without moving them out of the store.
+    pub async fn attempt_histogram(&self, since: i64, until: i64, step: i64) -> Result<Vec<AttemptCount>, StoreError> {
+        let step = step.max(1);
+        let sql = |greatest: &str| {
+            format!(
+                "SELECT d.route, (a.started_at - $1) / $3, a.outcome,
+                    CASE WHEN a.outcome = 'delivered' THEN {greatest}(a.started_at + a.duration_ms - e.received_at, 0) END,
+                    COUNT(*)
+                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
+                 WHERE a.started_at >= $1 AND a.started_at < $2
+                 GROUP BY 1, 2, 3, 4"
+            )
+        };
+        type Row = (String, i64, String, Option<i64>, i64);
+        let rows: Vec<Row> = match &self.backend {
+            Backend::Sqlite(s) => {
+                let sql = sql("max").replace('$', "?");
+                s.read(move |c| {
+                    c.prepare_cached(&sql)?.query_map(params![since, until, step], |r| Row::try_from(r))?.collect()
+                })
+                .await?
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.pool.get().await?;
+                client
+                    .query(&sql("GREATEST"), &[&since, &until, &step])
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+                    .collect::<Result<_, tokio_postgres::Error>>()?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(route, bucket, outcome, latency_ms, count)| AttemptCount {
+                route,
+                bucket,
+                outcome: super::AttemptOutcome::parse(&outcome),
+                latency_ms,
+                count: n(count),
             })
             .collect())
     }
@@ -370,15 +427,16 @@ impl Store {
         }
     }
 
-    /// Per route, the deliveries created since `since` (Unix ms) by state.
-    pub async fn delivery_counts(&self, since: i64) -> Result<Vec<(String, DeliveryCounts)>, StoreError> {
-        let sql = "SELECT route, status, attempts > 0, COUNT(*) FROM deliveries WHERE created_at >= $1
-                   GROUP BY route, status, attempts > 0";
-        let rows: Vec<(String, String, bool, i64)> = match &self.backend {
+    /// Per route, the deliveries created since `t1` and since `t24` (Unix ms, `t24 <= t1`) by
+    /// state, in one read of the table.
+    pub async fn delivery_counts(&self, t1: i64, t24: i64) -> Result<(PerRoute, PerRoute), StoreError> {
+        let sql = "SELECT route, status, attempts > 0, created_at >= $2, COUNT(*) FROM deliveries
+                   WHERE created_at >= $1 GROUP BY route, status, attempts > 0, created_at >= $2";
+        let rows: Vec<(String, String, bool, bool, i64)> = match &self.backend {
             Backend::Sqlite(s) => {
                 s.read(move |c| {
                     c.prepare_cached(&sql.replace('$', "?"))?
-                        .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .query_map([t24, t1], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                         .collect()
                 })
                 .await?
@@ -386,25 +444,29 @@ impl Store {
             Backend::Postgres(pg) => {
                 let client = pg.pool.get().await?;
                 client
-                    .query(sql, &[&since])
+                    .query(sql, &[&t24, &t1])
                     .await?
                     .iter()
-                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
                     .collect::<Result<_, tokio_postgres::Error>>()?
             }
         };
-        let mut by_route: std::collections::BTreeMap<String, DeliveryCounts> = Default::default();
-        for (route, status, tried, n) in rows {
-            let c = by_route.entry(route).or_default();
+        let (mut last_hour, mut last_day): (BTreeMap<String, DeliveryCounts>, BTreeMap<String, DeliveryCounts>) =
+            Default::default();
+        for (route, status, tried, recent, n) in rows {
             let n = n.max(0) as u64;
-            match (status.as_str(), tried) {
-                ("delivered", _) => c.delivered += n,
-                ("failed", _) => c.failed += n,
-                ("pending", true) => c.retrying += n,
-                _ => c.pending += n,
+            let periods = if recent { vec![&mut last_hour, &mut last_day] } else { vec![&mut last_day] };
+            for by_route in periods {
+                let c = by_route.entry(route.clone()).or_default();
+                match (status.as_str(), tried) {
+                    ("delivered", _) => c.delivered += n,
+                    ("failed", _) => c.failed += n,
+                    ("pending", true) => c.retrying += n,
+                    _ => c.pending += n,
+                }
             }
         }
-        Ok(by_route.into_iter().collect())
+        Ok((last_hour.into_iter().collect(), last_day.into_iter().collect()))
     }
 }
 

@@ -56,6 +56,12 @@ async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_an
     assert_eq!((b.deliveries[0].status.as_str(), b.deliveries[0].attempts), ("pending", 1));
     assert_eq!(b.attempts[0].outcome, "retry");
     assert_eq!(store.pending_per_route().await.unwrap(), [("down".to_string(), 1)]);
+    // The attempts written before the upgrade are counted through the new start-time index.
+    let counted = store.route_attempts(FX_A - 3_600_000, FX_A - 3_600_000, FX_A - 3_600_000).await.unwrap();
+    let by_route: Vec<(u64, u64)> = counted.iter().map(|r| (r.settled, r.failed)).collect();
+    assert_eq!(by_route.len(), 2, "{counted:?}");
+    let failed = counted.iter().find(|r| r.route == "down").map(|r| (r.settled, r.failed));
+    assert_eq!(failed, Some((1, 1)), "{counted:?}");
     let due = store.claim(10, Duration::from_secs(60), vec![], FX_A + 2 * 3_600_000).await.unwrap();
     assert_eq!(due.len(), 1, "the pending delivery is claimed at its retry");
     assert_eq!(due[0].event.key, "fx-b");
@@ -69,11 +75,15 @@ async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_an
     assert_eq!(store.ingest(retry_of("fx-a", FX_A + 86_400_000)).await.unwrap(), IngestOutcome::Stored);
     drop(store);
 
-    // The new layout: version 7; the keys written before it stay in dedup_keys (no event row is
-    // rewritten by the upgrade), the keys of new events are on their rows.
+    // The new layout: version 8; the keys written before it stay in dedup_keys (no event row is
+    // rewritten by the upgrade), the keys of new events are on their rows; attempts are indexed by
+    // when they started.
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
+    let index: String =
+        c.query_row("SELECT sql FROM sqlite_master WHERE name = 'attempts_started'", [], |r| r.get(0)).unwrap();
+    assert!(index.contains("attempts(started_at)"), "{index}");
     let keys = |sql: &str| -> Vec<String> {
         c.prepare(sql).unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
     };

@@ -108,6 +108,7 @@ macro_rules! contract {
 
 contract!(
     the_series_counts_outcomes_and_latency_percentiles_per_route_and_bucket,
+    route_health_counts_deliveries_per_period_and_attempts_per_window,
     dedup_keys_hold_within_their_window_only,
     a_key_outlives_its_purged_or_erased_event_for_its_whole_window,
     an_alias_is_checked_against_live_keys_only,
@@ -252,6 +253,48 @@ async fn a_key_outlives_its_purged_or_erased_event_for_its_whole_window(s: Store
     assert_eq!(s.ingest(event("new", "k-purged", t + 60_000, &[])).await.unwrap(), IngestOutcome::Stored);
     s.purge(t, t + 60_000).await.unwrap();
     assert_eq!(s.ingest(event("new-2", "k-erased", t + 60_000, &[])).await.unwrap(), IngestOutcome::Stored);
+}
+
+async fn route_health_counts_deliveries_per_period_and_attempts_per_window(s: Store) {
+    const MIN: i64 = 60_000;
+    let now = now_ms();
+    // (id, route, received minutes ago, what came of its one attempt; None: not attempted yet).
+    let plan: [(&str, &str, i64, Option<Next>); 7] = [
+        ("h1", "a", 30, Some(Next::Delivered)),
+        ("h2", "a", 30, Some(Next::Failed)),
+        ("d1", "a", 5 * 60, Some(Next::Delivered)),
+        ("d2", "a", 5 * 60, None),
+        ("old", "a", 30 * 60, Some(Next::Delivered)),
+        ("b1", "b", 10, Some(Next::RetryAt(i64::MAX / 2))),
+        ("edge", "b", 60, Some(Next::Delivered)), // exactly an hour ago: in the hour
+    ];
+    let mut attempts = std::collections::HashMap::new();
+    for (id, route, ago, next) in plan {
+        let at = now - ago * MIN;
+        s.ingest(event(id, id, at, &[route])).await.unwrap();
+        attempts.insert(format!("{id}-{route}"), (at + 100, next));
+    }
+    for c in s.claim(100, Duration::from_secs(60), vec![], now).await.unwrap() {
+        let (started_at, next) = attempts.remove(&c.delivery_id).unwrap();
+        let attempt = AttemptRecord { started_at, duration_ms: 5, status: Some(200), error: None, detail: None };
+        if let Some(next) = next {
+            assert!(settle_with(&s, c, attempt, next).await);
+        }
+    }
+    let (hour, day) = s.delivery_counts(now - 60 * MIN, now - 24 * 60 * MIN).await.unwrap();
+    let counts = |v: &[(String, lbx_relay::store::triage::DeliveryCounts)]| -> Vec<(String, [u64; 4])> {
+        v.iter().map(|(r, c)| (r.clone(), [c.delivered, c.failed, c.pending, c.retrying])).collect()
+    };
+    assert_eq!(counts(&hour), [("a".to_string(), [1, 1, 0, 0]), ("b".to_string(), [1, 0, 0, 1])]);
+    assert_eq!(counts(&day), [("a".to_string(), [2, 1, 1, 0]), ("b".to_string(), [1, 0, 0, 1])]);
+    // Attempts by start time: the 15-minute window an alert reads holds b1's only.
+    let window = s.route_attempts(now - 15 * MIN, now - 15 * MIN, now - 15 * MIN).await.unwrap();
+    let seen: Vec<(&str, u64, u64)> = window.iter().map(|r| (r.route.as_str(), r.settled, r.failed)).collect();
+    assert_eq!(seen, [("b", 1, 1)]);
+    let week = s.route_attempts(now - 7 * 24 * 60 * MIN, now - 60 * MIN, now - 24 * 60 * MIN).await.unwrap();
+    let a = week.iter().find(|r| r.route == "a").unwrap();
+    assert_eq!((a.settled, a.failed, a.settled_1h, a.settled_24h, a.attempts_24h), (4, 1, 2, 3, 3));
+    assert_eq!(a.last_success, Some(now - 30 * MIN + 100));
 }
 
 async fn the_series_counts_outcomes_and_latency_percentiles_per_route_and_bucket(s: Store) {

@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{AttemptFact, AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
+use super::{AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/005_reconcile.sql"),
     include_str!("../migrations/postgres/006_contacts_index.sql"),
     include_str!("../migrations/postgres/007_queue_autovacuum.sql"),
+    include_str!("../migrations/postgres/008_attempts_by_start.sql"),
 ];
 
 /// Pool and timeout settings from `[store]`.
@@ -522,30 +523,6 @@ impl PgStore {
         let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
         let counted = counted as u64;
         Ok((events, Matching { total: counted.min(COUNT_CAP), exact: counted <= COUNT_CAP }))
-    }
-
-    pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
-                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
-                 WHERE a.started_at >= $1 ORDER BY a.id DESC LIMIT $2",
-                &[&since, &(limit as i64)],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AttemptFact {
-                    route: r.try_get(0)?,
-                    started_at: r.try_get(1)?,
-                    duration_ms: r.try_get(2)?,
-                    outcome: AttemptOutcome::parse(r.try_get(3)?),
-                    status: status_of(r.try_get(4)?),
-                    error: r.try_get(5)?,
-                    received_at: r.try_get(6)?,
-                })
-            })
-            .collect()
     }
 
     pub async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {

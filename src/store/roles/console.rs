@@ -23,13 +23,6 @@ pub trait ConsoleStore {
         now: i64,
     ) -> impl std::future::Future<Output = Result<Retried, StoreError>> + Send;
 
-    /// Attempts started at or after `since` (Unix ms), newest first, at most `limit`.
-    fn attempt_facts(
-        &self,
-        since: i64,
-        limit: u32,
-    ) -> impl std::future::Future<Output = Result<Vec<AttemptFact>, StoreError>> + Send;
-
     /// Pending deliveries per route.
     fn pending_per_route(&self) -> impl std::future::Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
 
@@ -80,14 +73,6 @@ impl ConsoleStore for Store {
 
     async fn retry_delivery(&self, id: &str, now: i64) -> Result<Retried, StoreError> {
         dispatch!(self, s => s.retry_one(id.to_string(), now).await)
-    }
-
-    async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
-        let mut facts = dispatch!(self, s => s.attempt_facts(since, limit).await)?;
-        for f in &mut facts {
-            f.error = self.read_opt(ERROR, f.error.take());
-        }
-        Ok(facts)
     }
 
     async fn pending_per_route(&self) -> Result<Vec<(String, i64)>, StoreError> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{AttemptFact, AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
+use super::{AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
     IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/005_reconcile.sql"),
     include_str!("../migrations/sqlite/006_contacts_index.sql"),
     include_str!("../migrations/sqlite/007_dedup_on_the_event_row.sql"),
+    include_str!("../migrations/sqlite/008_attempts_by_start.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -526,29 +527,6 @@ impl SqliteStore {
                 .execute(params![now, f.status, f.route, f.kind, f.since, f.until])?
             };
             Ok(n as u64)
-        })
-        .await
-    }
-
-    pub async fn attempt_facts(&self, since: i64, limit: u32) -> Result<Vec<AttemptFact>, StoreError> {
-        self.read(move |c| {
-            c.prepare_cached(
-                "SELECT d.route, a.started_at, a.duration_ms, a.outcome, a.status, a.error, e.received_at
-                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
-                 WHERE a.started_at >= ?1 ORDER BY a.id DESC LIMIT ?2",
-            )?
-            .query_map(params![since, limit], |r| {
-                Ok(AttemptFact {
-                    route: r.get(0)?,
-                    started_at: r.get(1)?,
-                    duration_ms: r.get(2)?,
-                    outcome: AttemptOutcome::parse(&r.get::<_, String>(3)?),
-                    status: r.get::<_, Option<i64>>(4)?.and_then(|s| u16::try_from(s).ok()),
-                    error: r.get(5)?,
-                    received_at: r.get(6)?,
-                })
-            })?
-            .collect()
         })
         .await
     }
