@@ -164,7 +164,7 @@ impl Next {
 }
 
 /// What one attempt came to, as recorded in `attempts.outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttemptOutcome {
     Delivered,
     /// Failed; another try is scheduled (a step of the schedule used).
