@@ -3,9 +3,9 @@
 //! deliveries of a period by state (delivered, failed, pending, in retry) — health per delivery,
 //! not per attempt.
 
-use rusqlite::params;
 use std::collections::BTreeMap;
 
+use rusqlite::params;
 use serde::Serialize;
 
 use super::reconcile::n;
