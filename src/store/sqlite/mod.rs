@@ -71,6 +71,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// The statement that copies into dedup_keys the keys of the events listed in the temporary table
 /// `ids` that are about to be deleted, those matching `keep` (a condition on `e.dedup_until`), so a
 /// key is honoured for its whole window without its event.
+/// The purge's attempts, found from the purged events (through `deliveries_event`): joined the
+/// other way round, SQLite read every row of `deliveries` on the writer each hour.
+const PURGE_ATTEMPTS: &str =
+    "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM purge_ids))";
+
 fn keep_keys_of(ids: &str, keep: &str) -> String {
     format!(
         "INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
@@ -743,8 +748,7 @@ impl SqliteStore {
                  INSERT INTO purge_ids SELECT e.id FROM events e WHERE e.received_at < {before}
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered');
                  {keep}
-                 DELETE FROM attempts WHERE delivery_id IN
-                   (SELECT d.id FROM deliveries d JOIN purge_ids p ON d.event_id = p.id);
+                 {PURGE_ATTEMPTS};
                  DELETE FROM deliveries WHERE event_id IN (SELECT id FROM purge_ids);
                  DELETE FROM dedup_keys WHERE expires_at <= {now};",
                 keep = keep_keys_of("purge_ids", &format!("e.dedup_until > {now}"))
@@ -1030,6 +1034,21 @@ mod tests {
             let deleting: i64 = s.call(|c| c.query_row("PRAGMA secure_delete", [], |r| r.get(0))).await.unwrap();
             assert_eq!(deleting, 1, "erased rows are overwritten");
         }
+    }
+
+    #[tokio::test]
+    async fn the_purge_finds_attempts_from_the_purged_events_not_by_reading_every_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let plan: Vec<String> = s
+            .call(|c| {
+                c.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY);")?;
+                c.prepare(&format!("EXPLAIN QUERY PLAN {PURGE_ATTEMPTS}"))?.query_map([], |r| r.get(3))?.collect()
+            })
+            .await
+            .unwrap();
+        assert!(plan.iter().any(|p| p.starts_with("SEARCH deliveries USING")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.starts_with("SCAN")), "{plan:?}");
     }
 
     #[tokio::test]
