@@ -563,9 +563,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     report.series = sampler.await?;
     for (sent, ack) in progress.sent_at.iter().zip(&progress.ack_us) {
         let (s, a) = (sent.load(Ordering::Relaxed), ack.load(Ordering::Relaxed));
-        if let Some(sample) =
-            report.series.get_mut((s.saturating_sub(series_start_us) / 1_000_000) as usize).filter(|_| s > 0 && a > 0)
-        {
+        if s == 0 || a == 0 {
+            continue; // not sent, or not answered
+        }
+        if let Some(sample) = report.series.get_mut((s.saturating_sub(series_start_us) / 1_000_000) as usize) {
             sample.ack_max_ms = sample.ack_max_ms.max(a as f64 / 1e3);
         }
     }

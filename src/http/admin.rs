@@ -588,8 +588,6 @@ async fn routes_health(_: Admin, relay: web::Data<Relay>) -> Result<HttpResponse
     let health = crate::console::route_health(&relay.store, &names, now).await?;
     // Health per delivery (what reached the CRM in the end), apart from attempts (retries count there).
     let (per_1h, per_24h) = relay.store.delivery_counts(now - 3_600_000, now - 24 * 3_600_000).await?;
-    let (per_1h, per_24h): (std::collections::BTreeMap<_, _>, std::collections::BTreeMap<_, _>) =
-        (per_1h.into_iter().collect(), per_24h.into_iter().collect());
     let mut routes = serde_json::to_value(health).unwrap_or_else(|_| json!([]));
     let rt = relay.runtime();
     for r in routes.as_array_mut().into_iter().flatten() {

@@ -65,7 +65,7 @@ pub struct DeliveryCounts {
 }
 
 /// Deliveries counted per route.
-pub type PerRoute = Vec<(String, DeliveryCounts)>;
+pub type PerRoute = BTreeMap<String, DeliveryCounts>;
 
 /// One route's attempts, counted by the database (see `Store::route_attempts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -481,22 +481,21 @@ impl Store {
                     .collect::<Result<_, tokio_postgres::Error>>()?
             }
         };
-        let (mut last_hour, mut last_day): (BTreeMap<String, DeliveryCounts>, BTreeMap<String, DeliveryCounts>) =
-            Default::default();
+        let (mut last_hour, mut last_day) = (PerRoute::new(), PerRoute::new());
+        let add = |c: &mut DeliveryCounts, status: &str, tried: bool, n: u64| match (status, tried) {
+            ("delivered", _) => c.delivered += n,
+            ("failed", _) => c.failed += n,
+            ("pending", true) => c.retrying += n,
+            _ => c.pending += n,
+        };
         for (route, status, tried, recent, n) in rows {
             let n = n.max(0) as u64;
-            let periods = if recent { vec![&mut last_hour, &mut last_day] } else { vec![&mut last_day] };
-            for by_route in periods {
-                let c = by_route.entry(route.clone()).or_default();
-                match (status.as_str(), tried) {
-                    ("delivered", _) => c.delivered += n,
-                    ("failed", _) => c.failed += n,
-                    ("pending", true) => c.retrying += n,
-                    _ => c.pending += n,
-                }
+            if recent {
+                add(last_hour.entry(route.clone()).or_default(), &status, tried, n);
             }
+            add(last_day.entry(route).or_default(), &status, tried, n);
         }
-        Ok((last_hour.into_iter().collect(), last_day.into_iter().collect()))
+        Ok((last_hour, last_day))
     }
 }
 

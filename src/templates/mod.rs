@@ -164,6 +164,7 @@ fn step_when_key(route: &str, step: usize) -> String {
 fn url_key(route: &str, step: usize) -> String {
     format!("{route}#{step}#url")
 }
+
 /// Renders template `name` of `route` from `registry`; an error names the route and `what` (the
 /// part: `when`, `body`, `url`, …).
 fn render_part(

@@ -46,7 +46,8 @@ impl Relay {
         let mut relay = Relay { child, public, admin, _dir: dir };
         wait_ready(&relay.admin).await;
         // A relay that could not bind has exited: the one answering is not ours.
-        assert!(relay.child.try_wait().unwrap().is_none(), "the relay exited on start: {:?}", relay.child.try_wait());
+        let exited = relay.child.try_wait().unwrap();
+        assert!(exited.is_none(), "the relay exited on start: {exited:?}");
         relay
     }
 

@@ -282,7 +282,7 @@ async fn route_health_counts_deliveries_per_period_and_attempts_per_window(s: St
         }
     }
     let (hour, day) = s.delivery_counts(now - 60 * MIN, now - 24 * 60 * MIN).await.unwrap();
-    let counts = |v: &[(String, lbx_relay::store::triage::DeliveryCounts)]| -> Vec<(String, [u64; 4])> {
+    let counts = |v: &lbx_relay::store::triage::PerRoute| -> Vec<(String, [u64; 4])> {
         v.iter().map(|(r, c)| (r.clone(), [c.delivered, c.failed, c.pending, c.retrying])).collect()
     };
     assert_eq!(counts(&hour), [("a".to_string(), [1, 1, 0, 0]), ("b".to_string(), [1, 0, 0, 1])]);

@@ -68,14 +68,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The statement that copies into dedup_keys the keys of the events listed in the temporary table
-/// `ids` that are about to be deleted, those matching `keep` (a condition on `e.dedup_until`), so a
-/// key is honoured for its whole window without its event.
 /// The purge's attempts, found from the purged events (through `deliveries_event`): joined the
 /// other way round, SQLite read every row of `deliveries` on the writer each hour.
 const PURGE_ATTEMPTS: &str =
     "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM purge_ids))";
 
+/// The statement that copies into dedup_keys the keys of the events listed in the temporary table
+/// `ids` that are about to be deleted, those matching `keep` (a condition on `e.dedup_until`), so a
+/// key is honoured for its whole window without its event.
 fn keep_keys_of(ids: &str, keep: &str) -> String {
     format!(
         "INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
