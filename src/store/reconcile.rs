@@ -248,7 +248,7 @@ impl Store {
                                     run.cursor
                                 ],
                             )?;
-                            Ok(Begun::Started(run))
+                            Ok(Begun::Started(run.clone()))
                         }
                     }
                 })

@@ -165,10 +165,10 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the writer thread inside the current group transaction and answers once that
-    /// transaction has committed.
+    /// transaction has committed. `f` may run twice: see `writer`.
     pub(in crate::store) async fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.writer.call(f).await
     }
@@ -429,7 +429,7 @@ impl SqliteStore {
     pub async fn oauth_refresh_token(&self, key: String) -> Result<Option<String>, StoreError> {
         self.call(move |c| {
             c.prepare_cached("SELECT refresh_token FROM oauth_tokens WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
+                .query_row([&key], |r| r.get(0))
                 .optional()
         })
         .await
@@ -993,6 +993,22 @@ mod tests {
         }
     }
 
+    /// A writer operation that waits until `release` is sent, the first time it runs: a batch run
+    /// again after another operation failed does not wait a second time.
+    fn held_once() -> (std::sync::mpsc::Sender<()>, impl Fn(&Connection) -> rusqlite::Result<bool> + Send + 'static) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(Some(held));
+        (release, move |_: &Connection| Ok(held.lock().unwrap().take().is_none_or(|h| h.recv().is_ok())))
+    }
+
+    /// Holds the writer inside a transaction until `release` is sent.
+    fn hold_writer(
+        s: &SqliteStore,
+    ) -> (std::sync::mpsc::Sender<()>, impl std::future::Future<Output = Result<bool, StoreError>> + '_) {
+        let (release, held) = held_once();
+        (release, s.call(held))
+    }
+
     #[tokio::test]
     async fn a_failing_operation_does_not_undo_the_others_in_its_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -1005,8 +1021,7 @@ mod tests {
             e.deliveries[0].id = "same-delivery".into();
             e
         };
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let hold = s.call(move |_| Ok(held.recv().is_ok()));
+        let (release, hold) = hold_writer(&s);
         let (held_ok, a, b, c, ()) = tokio::join!(
             hold,
             s.ingest(clashing("x1", "k1")),
@@ -1022,6 +1037,48 @@ mod tests {
         let keys: Vec<String> = s.list_events(None, 10, false).await.unwrap().into_iter().map(|e| e.key).collect();
         assert_eq!(keys.len(), 2, "the failed one left no event row: {keys:?}");
         assert!(keys.contains(&"k3".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_batch_run_again_after_a_failure_answers_what_it_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        // One batch: an event, a retry of it (a duplicate only because the first is in the same
+        // transaction), an operation that writes then fails, and the event's key again. The batch
+        // runs a first time, fails at the third operation, is rolled back and runs again: every
+        // answer must come from that second run, the one that committed.
+        let (release, hold) = hold_writer(&s);
+        let half_written = s.call(|c| {
+            c.execute(
+                "INSERT INTO quarantine (source, received_at, headers, body, reason) VALUES ('s', 0, '{}', x'00', 'r')",
+                [],
+            )?;
+            c.execute("INSERT INTO no_such_table VALUES (1)", []).map(|_| ())
+        });
+        let retry = || {
+            let mut e = event("second", "k1", 0, &["r"]);
+            e.deliveries[0].id = "second-d".into();
+            e
+        };
+        let (held_ok, first, second, failed, third, ()) = tokio::join!(
+            hold,
+            s.ingest(event("first", "k1", 0, &["r"])),
+            s.ingest(retry()),
+            half_written,
+            s.ingest(event("third", "k1", 0, &["r"])),
+            async { release.send(()).unwrap() }
+        );
+        assert!(held_ok.unwrap());
+        assert_eq!(first.unwrap(), IngestOutcome::Stored);
+        assert_eq!(second.unwrap(), IngestOutcome::Duplicate);
+        assert!(failed.is_err());
+        assert_eq!(third.unwrap(), IngestOutcome::Duplicate);
+        let stored: Vec<String> = s.list_events(None, 10, false).await.unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(stored, ["first"], "one event row, from the committed run");
+        let quarantined: i64 =
+            s.call(|c| c.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(quarantined, 0, "the failed operation's first write was undone with it");
+        assert_eq!(s.queue_depth().await.unwrap(), 1);
     }
 
     #[tokio::test]
@@ -1090,10 +1147,10 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         s.ingest(event("e1", "k1", 0, &["r"])).await.unwrap();
         // The writer is held inside a transaction until the test lets it go.
-        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (release, held) = held_once();
         let writer = {
             let s = s.clone();
-            tokio::spawn(async move { s.call(move |_| Ok(held.recv().is_ok())).await })
+            tokio::spawn(async move { s.call(held).await })
         };
         // Reads go to their own connections: answered now, with the last committed state.
         assert_eq!(s.queue_depth().await.unwrap(), 1);
