@@ -121,7 +121,7 @@ impl HttpSender {
             super::guard::Reach::PublicOnly => &self.public_only,
         };
         let mut builder = client
-            .request(req.method.clone(), &req.url)
+            .request(req.method.clone(), req.target.clone())
             .timeout(timeout)
             .header("Idempotency-Key", idempotency_key)
             .body(req.body.clone());
