@@ -652,22 +652,12 @@ vars = {{ list = "a b" }}
 
     #[test]
     fn a_url_without_placeholders_is_sent_as_written_from_its_compiled_parse() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("t.json.hbs"), "{}").unwrap();
-        let text = r#"
-[sources.lbx]
-secret_keys = ["x"]
-[[routes]]
-name = "r"
-events = ["*"]
-template = "t.json.hbs"
-url = "https://crm.test/v1/contacts?list=7&x=%20"
-"#;
-        let c = Config::from_toml(text, &dir.path().join("routes.toml"), &|_| None).unwrap();
-        let t = Templates::compile(&c).unwrap();
+        let static_route = "[[routes]]\nname = \"s\"\nevents = [\"*\"]\ntemplate = \"t.json.hbs\"\n\
+                            url = \"https://crm.test/v1/contacts?list=7&x=%20\"";
+        let (_d, c, t) = setup("t.json.hbs", "{}", static_route);
         let e = event(serde_json::json!({}));
         for _ in 0..2 {
-            let req = t.render(&c.routes[0], &TemplateContext::new(&e, &c.routes[0].vars, "d")).unwrap();
+            let req = t.render(&c.routes[1], &TemplateContext::new(&e, &c.routes[1].vars, "d")).unwrap();
             assert_eq!(req.url, "https://crm.test/v1/contacts?list=7&x=%20");
             assert_eq!(req.target.as_str(), req.url);
         }
