@@ -49,7 +49,8 @@ where
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
-        // Never run (the transaction could not begin): the caller's answer is the channel closing.
+        // Every job of a batch that reaches here has run; one never run (its transaction could
+        // not begin) is dropped instead, and its caller's answer is the channel closing.
         if let Some(result) = self.result {
             let _ = self.reply.send(commit.and_then(|()| result.map_err(StoreError::from)));
         }
