@@ -432,14 +432,17 @@ async fn judge(
             "mapping: the item is not a JSON object".into(),
         )));
     }
+    // An item is counted on the day Learnybox dated it, even when it cannot become an event; on
+    // the day of the run only when it carries no readable date.
+    let dated = item.pointer(&list.date).and_then(|v| item_time(v, list.utc_offset));
     let Some(item_id) = item.pointer(&list.id).and_then(crate::event::scalar) else {
         return Ok(Some(missing(
             crate::event::content_key(item),
-            now,
+            dated.unwrap_or(now),
             format!("mapping: no id at {} (set id = \"/…\" in [..api.{}])", list.id, list.name),
         )));
     };
-    let Some(at) = item.pointer(&list.date).and_then(|v| item_time(v, list.utc_offset)) else {
+    let Some(at) = dated else {
         return Ok(Some(missing(
             item_id,
             now,

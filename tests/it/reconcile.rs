@@ -313,6 +313,24 @@ async fn items_that_cannot_become_events_are_reported_and_never_delivered() {
 }
 
 #[tokio::test]
+async fn an_item_without_an_id_is_counted_on_the_day_learnybox_dated_it() {
+    let (lb, url) = start_learnybox();
+    // 30 hours before the run: always another calendar day than the run's, inside the lookback.
+    let dated = DRIVEN_START_MS - 30 * 3_600_000;
+    *lb.transactions.lock().unwrap() = vec![json!({"date": rfc3339(dated), "email": "noid@example.org"})];
+    let d = driven_relay(TestConfig { source_extra: api_table(&url, ""), ..Default::default() }).await;
+    run(&d, &Clients::default(), false).await;
+    let view = reconcile::overview(&d.relay.ingest, 7).await.unwrap();
+    let days: Vec<(String, u64)> = view["sources"][0]["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["day"].as_str().unwrap().to_string(), d["missing"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(days, [(rfc3339(dated)[..10].to_string(), 1)], "not the run's day");
+}
+
+#[tokio::test]
 async fn a_template_that_loses_the_id_is_a_mapping_error_not_a_delivery() {
     let (lb, url) = start_learnybox();
     *lb.transactions.lock().unwrap() = vec![transaction("TX-1", "ann@example.org", 2)];
