@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -80,6 +81,18 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application { relay, public, admin, public_addr, admin_addr } = self;
         tracing::info!(%public_addr, %admin_addr, "lbx-relay listening");
+        // The listeners' threads start now, on this thread (`serve`'s own), so they keep its CPU
+        // priority; the runtime's threads, where deliveries run, go `[delivery] nice` below it.
+        let (mut public, mut admin) = (public, admin);
+        let _ = (&mut public).now_or_never();
+        let _ = (&mut admin).now_or_never();
+        let nice = relay.runtime().config.delivery.nice;
+        match crate::delivery::priority::lower_deliveries(nice) {
+            Some(at) if nice > 0 => {
+                tracing::info!(nice = at, "deliveries run at a lower CPU priority than the listener")
+            }
+            _ => {}
+        }
         let public_handle = public.handle();
         let admin_handle = admin.handle();
         let stop = CancellationToken::new();

@@ -85,6 +85,9 @@ impl Relay {
         if rt.config.store.backend != old.config.store.backend {
             needs_restart.push("store.url");
         }
+        if rt.config.delivery.nice != old.config.delivery.nice {
+            needs_restart.push("delivery.nice");
+        }
         if !needs_restart.is_empty() {
             tracing::warn!(
                 settings = %needs_restart.join(", "),

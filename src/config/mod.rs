@@ -227,6 +227,10 @@ pub struct DeliveryConfig {
     pub lease: Duration,
     /// Longest sleep of an idle worker; new events wake it at once.
     pub poll_interval: Duration,
+    /// How many steps (0–19) below the listener's and the store writer's the delivery threads'
+    /// CPU priority is (`nice`): a burst is acknowledged first, deliveries catch up after it.
+    /// 10 by default with SQLite, 0 with PostgreSQL.
+    pub nice: u8,
 }
 
 /// Where and when alerts are sent (`[alerts]`).

@@ -192,11 +192,12 @@ pub(super) struct RawDelivery {
     pub(super) workers: usize,
     pub(super) lease: String,
     pub(super) poll_interval: String,
+    pub(super) nice: Option<i64>,
 }
 
 impl Default for RawDelivery {
     fn default() -> Self {
-        RawDelivery { workers: 16, lease: "30s".into(), poll_interval: "1s".into() }
+        RawDelivery { workers: 16, lease: "30s".into(), poll_interval: "1s".into(), nice: None }
     }
 }
 

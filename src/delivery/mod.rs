@@ -3,7 +3,8 @@
 //! claims and settles, `handoff` passes new deliveries to the workers without a claim, `steps`
 //! runs a route's requests in order, `send` performs one HTTP request, `retry` decides what an
 //! answer means for the delivery, `limits` paces each route, `oauth` holds the routes' OAuth
-//! tokens, `guard` keeps templated hosts off private addresses.
+//! tokens, `guard` keeps templated hosts off private addresses, `priority` runs deliveries below the
+//! listener in CPU priority.
 
 pub mod attempt;
 pub mod context;
@@ -11,6 +12,7 @@ pub mod guard;
 pub mod handoff;
 pub mod limits;
 pub mod oauth;
+pub mod priority;
 pub mod retry;
 pub mod send;
 pub mod steps;

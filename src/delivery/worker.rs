@@ -42,6 +42,7 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     let spawn = |in_flight: &mut JoinSet<()>, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit| {
         let ctx = ctx.clone();
         in_flight.spawn(async move {
+            super::priority::enter();
             // The permit bounds outbound requests; recording the result need not hold it.
             let outcome = attempt(&ctx, c).await;
             drop(permit);

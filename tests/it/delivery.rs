@@ -253,3 +253,65 @@ async fn retry_on_keeps_an_answer_the_route_names_on_the_retry_schedule() {
     .await;
     assert_eq!(app.crm.received().iter().map(|r| r.status).collect::<Vec<_>>(), vec![403, 403, 200]);
 }
+
+/// The name and nice value of each thread of process `pid` (Linux: /proc), its main thread first.
+fn threads_nice(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        // After "pid (comm) ", the fields start at the state (field 3); nice is field 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        let main = dir.file_name().is_some_and(|t| t.to_string_lossy() == pid.to_string());
+        out.insert(if main { 0 } else { out.len() }, (comm.trim().to_string(), nice));
+    }
+    out
+}
+
+/// `[delivery] nice`: the threads that ran deliveries sit that many steps below the relay's own
+/// CPU priority; the public and admin listeners' threads and the SQLite writer keep it, so a
+/// burst is acknowledged before it is forwarded. `nice = 0` leaves every thread where it was.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn deliveries_run_below_the_listeners_and_the_writer_in_cpu_priority() {
+    for nice in [7, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let crm = FakeCrm::start().await;
+        let cfg = TestConfig { delivery_extra: format!("nice = {nice}"), ..TestConfig::default() };
+        let (public, admin) = write_process_config(dir.path(), &cfg, &crm.url);
+        let mut relay = start_process(dir.path(), &[], std::process::Stdio::null());
+        wait_ready(&admin).await;
+        let client = client();
+        for i in 0..40 {
+            let e = serde_json::json!({"event": "contact.subscribed", "id": format!("nice-{i}"), "data": {"n": i}});
+            let resp = client
+                .post(format!("http://{public}/hooks/learnybox"))
+                .body(seal(&e, SECRET).body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        wait_until(Duration::from_secs(20), "40 deliveries", || async { crm.count() >= 40 }).await;
+
+        let threads = threads_nice(relay.id());
+        let own = threads.first().map(|(_, n)| *n).unwrap();
+        let lowered = (own + nice).min(19);
+        let of =
+            |prefix: &str| threads.iter().filter(|(c, _)| c.starts_with(prefix)).map(|(_, n)| *n).collect::<Vec<_>>();
+        let (workers, writer) = (of("actix-server w"), of("lbx-sqlite-writ"));
+        assert!(workers.len() >= 2, "the public and admin listeners' workers: {threads:?}");
+        assert!(workers.iter().all(|n| *n == own), "listener threads at {own}: {threads:?}");
+        assert_eq!(writer, vec![own], "the SQLite writer at {own}: {threads:?}");
+        let runtime = of("tokio-r");
+        assert!(runtime.contains(&lowered), "a thread that ran deliveries is at {lowered}: {threads:?}");
+        assert!(threads.iter().all(|(_, n)| *n == own || *n == lowered), "{threads:?}");
+        relay.kill().unwrap();
+        relay.wait().unwrap();
+    }
+}

@@ -67,6 +67,28 @@ fn check_in(dir: &tempfile::TempDir) -> (i32, String) {
 }
 
 #[test]
+fn check_refuses_a_nice_outside_0_to_19_and_says_what_it_is() {
+    for bad in ["-1", "20", "255", "9223372036854775807"] {
+        let dir = config_dir(|t| t.replace("workers = 8", &format!("workers = 8\nnice = {bad}")));
+        let (code, out) = check_in(&dir);
+        assert_eq!(code, 1, "nice = {bad}: {out}");
+        assert!(out.contains(&format!("delivery.nice: is {bad}")), "nice = {bad}: {out}");
+        assert!(out.contains("from 0 (the same) to 19 (the lowest)"), "{out}");
+    }
+    // A typo of the key is refused, not ignored.
+    let dir = config_dir(|t| t.replace("workers = 8", "workers = 8\nnicee = 5"));
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nicee"), "{out}");
+    for good in ["0", "19"] {
+        let dir = config_dir(|t| t.replace("workers = 8", &format!("workers = 8\nnice = {good}")));
+        let (code, out) = check_in(&dir);
+        assert!(!out.contains("delivery.nice"), "nice = {good}: {out}");
+        assert_ne!(code, 1, "nice = {good}: {out}");
+    }
+}
+
+#[test]
 fn check_refuses_zero_workers_one_address_for_both_listeners_and_a_short_admin_token() {
     let dir = config_dir(|t| t.replace("workers = 8", "workers = 0"));
     let (code, out) = check_in(&dir);
@@ -134,7 +156,7 @@ async fn serve_refuses_a_config_whose_templates_check_rejects() {
 }
 
 #[tokio::test]
-async fn a_reload_that_changes_the_store_says_it_needs_a_restart() {
+async fn a_reload_that_changes_the_store_or_the_delivery_priority_says_it_needs_a_restart() {
     let app = spawn_app().await;
     let path = app.dir.path().join("routes.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace("sqlite://relay.db", "sqlite://other.db");
@@ -143,6 +165,13 @@ async fn a_reload_that_changes_the_store_says_it_needs_a_restart() {
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["needs_restart"], serde_json::json!(["store.url"]), "{body}");
+
+    // `[delivery] nice` is set on threads as they start delivering: a restart applies a change.
+    // (The file in force now names other.db: only `nice` changes.)
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("workers = 8", "workers = 8\nnice = 3")).unwrap();
+    let body: serde_json::Value = app.admin_post("/api/reload").await.json().await.unwrap();
+    assert_eq!(body["needs_restart"], serde_json::json!(["delivery.nice"]), "{body}");
 }
 
 #[tokio::test]

@@ -244,6 +244,8 @@ pub struct TestConfig {
     pub server_extra: String,
     /// Extra lines for the `[store]` table.
     pub store_extra: String,
+    /// Extra lines for the `[delivery]` table.
+    pub delivery_extra: String,
     /// The relay's clock; the system's when `None`.
     pub clock: Option<lbx_relay::clock::Clock>,
 }
@@ -269,6 +271,7 @@ impl Default for TestConfig {
             steps: None,
             server_extra: String::new(),
             store_extra: String::new(),
+            delivery_extra: String::new(),
             clock: None,
         }
     }
@@ -307,6 +310,7 @@ timeout = "2s"
 workers = 8
 lease = "500ms"
 poll_interval = "20ms"
+{delivery_extra}
 
 [[routes]]
 name = "crm"
@@ -326,6 +330,7 @@ headers = {{ "api-key" = "${{TEST_CRM_KEY:-crm-secret-key}}" }}
             max_body = self.max_body,
             server_extra = self.server_extra,
             store_extra = self.store_extra,
+            delivery_extra = self.delivery_extra,
             quarantine_max = self.quarantine_max,
             schedule = schedule.join(", "),
             events = self.events,
