@@ -81,20 +81,15 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application { relay, public, admin, public_addr, admin_addr } = self;
         tracing::info!(%public_addr, %admin_addr, "lbx-relay listening");
-        // The listeners' threads start now, on this thread (`serve`'s own), so they keep its CPU
-        // priority; the runtime's threads, where deliveries run, go `[delivery] nice` below it.
-        let (mut public, mut admin) = (public, admin);
-        let _ = (&mut public).now_or_never();
-        let _ = (&mut admin).now_or_never();
+        // The listeners' threads start below, on this thread (`serve`'s own), so they keep its
+        // CPU priority; the runtime's threads, where deliveries run, go `[delivery] nice` below it.
         let nice = relay.runtime().config.delivery.nice;
-        match crate::delivery::priority::lower_deliveries(nice) {
-            Some(at) if nice > 0 => {
-                tracing::info!(nice = at, "deliveries run at a lower CPU priority than the listener")
-            }
-            _ => {}
+        if let Some(at) = crate::delivery::priority::lower_deliveries(nice).filter(|_| nice > 0) {
+            tracing::info!(nice = at, "deliveries run at a lower CPU priority than the listener");
         }
         let public_handle = public.handle();
         let admin_handle = admin.handle();
+        let (public, admin) = (started_here(public), started_here(admin));
         let stop = CancellationToken::new();
         let mut tasks = Supervised::default();
         tasks.spawn("the public listener", async move {
@@ -140,6 +135,19 @@ impl Application {
         tasks.drain().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Polls `server` once on the calling thread, which starts its worker threads there (they inherit
+/// its CPU priority); the future returned serves on, or gives what the server ended with if it
+/// ended at once (it must not be polled again then).
+fn started_here(mut server: actix_web::dev::Server) -> impl Future<Output = std::io::Result<()>> {
+    let ended = (&mut server).now_or_never();
+    async move {
+        match ended {
+            Some(result) => result,
+            None => server.await,
+        }
     }
 }
 
