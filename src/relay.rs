@@ -85,6 +85,10 @@ impl Relay {
         if rt.config.store.backend != old.config.store.backend {
             needs_restart.push("store.url");
         }
+        // The number of workers sizes the permits the delivery loop took when it started.
+        if rt.config.delivery.workers != old.config.delivery.workers {
+            needs_restart.push("delivery.workers");
+        }
         if rt.config.delivery.nice != old.config.delivery.nice {
             needs_restart.push("delivery.nice");
         }

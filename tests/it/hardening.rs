@@ -156,7 +156,7 @@ async fn serve_refuses_a_config_whose_templates_check_rejects() {
 }
 
 #[tokio::test]
-async fn a_reload_that_changes_the_store_or_the_delivery_priority_says_it_needs_a_restart() {
+async fn a_reload_that_changes_the_store_or_the_delivery_workers_or_priority_says_it_needs_a_restart() {
     let app = spawn_app().await;
     let path = app.dir.path().join("routes.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace("sqlite://relay.db", "sqlite://other.db");
@@ -172,6 +172,12 @@ async fn a_reload_that_changes_the_store_or_the_delivery_priority_says_it_needs_
     std::fs::write(&path, text.replace("workers = 8", "workers = 8\nnice = 3")).unwrap();
     let body: serde_json::Value = app.admin_post("/api/reload").await.json().await.unwrap();
     assert_eq!(body["needs_restart"], serde_json::json!(["delivery.nice"]), "{body}");
+
+    // So is `workers`, which sizes the delivery loop's permits when it starts.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("workers = 8", "workers = 9")).unwrap();
+    let body: serde_json::Value = app.admin_post("/api/reload").await.json().await.unwrap();
+    assert_eq!(body["needs_restart"], serde_json::json!(["delivery.workers"]), "{body}");
 }
 
 #[tokio::test]
