@@ -346,21 +346,22 @@ fn delivery(raw: &RawDelivery, backend: &StoreBackend, problem: &mut dyn FnMut(&
         poll_interval: duration(&raw.poll_interval, "delivery.poll_interval", problem),
         // With PostgreSQL the pool's connections serve ingest and delivery alike, and those a
         // delivery opened run on the delivery threads: lowering them slowed ingest (5-9 %).
-        nice: match raw.nice.map(u8::try_from) {
+        nice: match raw.nice {
             None if matches!(backend, StoreBackend::Postgres { .. }) => 0,
             None => 10,
-            Some(Ok(n)) if n <= 19 => n,
-            Some(_) => {
-                problem(
-                    "delivery.nice",
-                    format!(
-                        "is {}: it is how many steps below the listener's the delivery threads' CPU priority is, \
-                         from 0 (the same) to 19 (the lowest)",
-                        raw.nice.unwrap_or_default()
-                    ),
-                );
-                10
-            }
+            Some(n) => match u8::try_from(n) {
+                Ok(n) if n <= 19 => n,
+                _ => {
+                    problem(
+                        "delivery.nice",
+                        format!(
+                            "is {n}: it is how many steps below the listener's the delivery threads' CPU priority \
+                             is, from 0 (the same) to 19 (the lowest)"
+                        ),
+                    );
+                    10
+                }
+            },
         },
     }
 }

@@ -38,14 +38,11 @@ pub fn lower_deliveries(nice: u8) -> Option<i32> {
 /// Puts the calling thread at the delivery threads' priority, once per thread (a no-op before
 /// [`lower_deliveries`] or with `nice = 0`). Called where each delivery starts.
 pub fn enter() {
+    // Not fixed (a delivery run outside `serve`): nothing to do.
+    let Some(&target) = TARGET.get() else { return };
     if LOWERED.with(|l| l.replace(true)) {
         return;
     }
-    let Some(&target) = TARGET.get() else {
-        // Not fixed yet (a delivery run outside `serve`): look again next time.
-        LOWERED.with(|l| l.set(false));
-        return;
-    };
     if own_nice().is_some_and(|own| own >= target) {
         return;
     }
@@ -59,12 +56,12 @@ pub fn enter() {
 
 /// The calling thread's nice value (on Linux each thread has its own).
 #[cfg(target_os = "linux")]
-pub fn own_nice() -> Option<i32> {
+fn own_nice() -> Option<i32> {
     rustix::process::getpriority_process(Some(rustix::thread::gettid())).ok()
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn own_nice() -> Option<i32> {
+fn own_nice() -> Option<i32> {
     None
 }
 
