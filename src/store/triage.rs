@@ -268,7 +268,9 @@ impl Store {
     /// (through their start-time index), never the whole table.
     pub async fn route_attempts(&self, since: i64, t1: i64, t24: i64) -> Result<Vec<RouteAttempts>, StoreError> {
         // Settled: delivered, retry, failed. Failed: retry, failed (AttemptOutcome).
-        let sql = "SELECT d.route,
+        // Attempts with a row of their own, and those kept on their delivery's row (migration 9),
+        // each through its start-time index and no wider than the counts need.
+        let sql = "SELECT a.route,
                 SUM(CASE WHEN a.started_at >= $2 AND a.outcome IN ('delivered','retry','failed') THEN 1 ELSE 0 END),
                 SUM(CASE WHEN a.started_at >= $2 AND a.outcome = 'delivered' THEN 1 ELSE 0 END),
                 SUM(CASE WHEN a.started_at >= $3 AND a.outcome IN ('delivered','retry','failed') THEN 1 ELSE 0 END),
@@ -278,9 +280,11 @@ impl Store {
                 SUM(CASE WHEN a.outcome IN ('retry','failed') THEN 1 ELSE 0 END),
                 MAX(CASE WHEN a.outcome = 'delivered' THEN a.started_at END),
                 MAX(CASE WHEN a.outcome IN ('retry','failed') THEN a.started_at END)
-             FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-             WHERE a.started_at >= $1
-             GROUP BY d.route";
+             FROM (SELECT d.route, a.started_at, a.outcome
+                   FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE a.started_at >= $1
+                   UNION ALL
+                   SELECT route, ok_started_at, 'delivered' FROM deliveries WHERE ok_started_at >= $1) a
+             GROUP BY a.route";
         type Row = (String, i64, i64, i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
         let rows: Vec<Row> = match &self.backend {
             Backend::Sqlite(s) => {
@@ -344,7 +348,11 @@ impl Store {
                     let mut stmt = c.prepare_cached(
                         "SELECT d.route, a.started_at, a.duration_ms, a.outcome, e.received_at
                          FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
-                         WHERE a.started_at >= ?1 AND a.started_at < ?2",
+                         WHERE a.started_at >= ?1 AND a.started_at < ?2
+                         UNION ALL
+                         SELECT d.route, d.ok_started_at, d.ok_duration_ms, 'delivered', e.received_at
+                         FROM deliveries d JOIN events e ON e.id = d.event_id
+                         WHERE d.ok_started_at >= ?1 AND d.ok_started_at < ?2",
                     )?;
                     type Key = (i64, super::AttemptOutcome, Option<i64>);
                     let mut by_route: BTreeMap<String, std::collections::HashMap<Key, u64>> = BTreeMap::new();
@@ -382,11 +390,16 @@ impl Store {
                 let client = pg.pool.get().await?;
                 let rows = client
                     .query(
-                        "SELECT d.route, (a.started_at - $1) / $3, a.outcome,
-                            CASE WHEN a.outcome = 'delivered' THEN GREATEST(a.started_at + a.duration_ms - e.received_at, 0) END,
+                        "SELECT a.route, (a.started_at - $1) / $3, a.outcome,
+                            CASE WHEN a.outcome = 'delivered' THEN GREATEST(a.started_at + a.duration_ms - a.received_at, 0) END,
                             COUNT(*)
-                         FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
-                         WHERE a.started_at >= $1 AND a.started_at < $2
+                         FROM (SELECT d.route, a.started_at, a.duration_ms, a.outcome, e.received_at
+                               FROM attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id
+                               WHERE a.started_at >= $1 AND a.started_at < $2
+                               UNION ALL
+                               SELECT d.route, d.ok_started_at, d.ok_duration_ms, 'delivered', e.received_at
+                               FROM deliveries d JOIN events e ON e.id = d.event_id
+                               WHERE d.ok_started_at >= $1 AND d.ok_started_at < $2) a
                          GROUP BY 1, 2, 3, 4",
                         &[&since, &until, &step],
                     )

@@ -115,7 +115,7 @@ async fn purge_removes_delivered_events_past_retention_and_keeps_the_rest() {
     assert_eq!(r["purged"], 1);
     assert_eq!(app.count("SELECT COUNT(*) FROM events"), 1);
     assert_eq!(app.count("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'"), 1);
-    assert_eq!(app.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'delivered'"), 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM attempt_log WHERE outcome = 'delivered'"), 0);
 }
 
 #[tokio::test]

@@ -184,6 +184,6 @@ async fn an_event_shows_each_attempt_with_the_request_as_sent_and_the_crm_answer
     assert_eq!(log[1]["exchanges"][0]["response"]["status"], 200);
     assert_eq!(log[0]["outcome"], "retry");
     assert!(log[0]["started_at"].as_str().unwrap().ends_with('Z') && log[0]["duration_ms"].is_number());
-    let stored = app.count("SELECT MAX(length(detail)) FROM attempts");
+    let stored = app.count("SELECT MAX(length(detail)) FROM attempt_log");
     assert!(stored < 4 * 8 * 1024, "bounded: {stored}");
 }

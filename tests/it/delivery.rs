@@ -62,9 +62,9 @@ async fn a_crm_failing_500_then_503_gets_three_attempts_spaced_by_the_schedule()
     assert_eq!(rows[0].id, key);
     assert_eq!(rows[0].attempts, 3);
     assert_eq!(rows[0].last_status, Some(200));
-    assert_eq!(r.count("SELECT COUNT(*) FROM attempts"), 3);
+    assert_eq!(r.count("SELECT COUNT(*) FROM attempt_log"), 3);
     // Each attempt's start is recorded on the relay's clock.
-    assert_eq!(r.count("SELECT MIN(started_at) FROM attempts"), DRIVEN_START_MS);
+    assert_eq!(r.count("SELECT MIN(started_at) FROM attempt_log"), DRIVEN_START_MS);
 }
 
 #[tokio::test]

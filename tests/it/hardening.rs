@@ -484,7 +484,7 @@ async fn a_secret_echoed_by_a_token_endpoint_is_masked_in_the_api_and_the_stored
     assert!(listed.contains("invalid_client"), "the error is kept: {listed}");
     let conn = rusqlite::Connection::open(app.db_path()).unwrap();
     let stored: String =
-        conn.query_row("SELECT group_concat(coalesce(error, ''), ' | ') FROM attempts", [], |r| r.get(0)).unwrap();
+        conn.query_row("SELECT group_concat(coalesce(error, ''), ' | ') FROM attempt_log", [], |r| r.get(0)).unwrap();
     let detail_id = app.deliveries("").await[0]["event_id"].as_str().unwrap().to_string();
     let detail = app.admin_get(&format!("/api/events/{detail_id}")).await.text().await.unwrap();
     for place in [&listed, &stored, &detail] {
@@ -605,7 +605,7 @@ async fn a_contact_is_erased_from_events_attempts_and_the_quarantine_through_the
     app.post_hook(r#"{"note": "ada.lovelace@example.org", "broken": "#, &[]).await;
     app.post_hook("unrelated junk", &[]).await;
     wait_until(Duration::from_secs(10), "two failed attempts", || async {
-        app.count("SELECT COUNT(*) FROM attempts") >= 2
+        app.count("SELECT COUNT(*) FROM attempt_log") >= 2
     })
     .await;
 

@@ -456,7 +456,7 @@ impl DrivenRelay {
     /// what the relay recorded, not when the CRM saw it.
     pub fn sent_times(&self) -> Vec<i64> {
         let conn = rusqlite::Connection::open(self.dir.path().join("relay.db")).unwrap();
-        let mut stmt = conn.prepare("SELECT detail FROM attempts WHERE detail IS NOT NULL").unwrap();
+        let mut stmt = conn.prepare("SELECT detail FROM attempt_log WHERE detail IS NOT NULL").unwrap();
         let details: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
         let mut times: Vec<i64> = details
             .iter()

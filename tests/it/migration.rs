@@ -1,6 +1,7 @@
-//! Upgrading a store written by the previous release (`tests/fixtures/store-v6.db`, schema 6, made
-//! by lbx-relay 65e425b as `tests/fixtures/README.md` tells): every event, delivery, attempt and
-//! live dedup key is there after the migration, in the new layout.
+//! Upgrading a store written by an earlier release (`tests/fixtures/store-v6.db`, schema 6, made by
+//! lbx-relay 65e425b, and `store-v8.db`, schema 8, made by 9159283, as `tests/fixtures/README.md`
+//! tells): every event, delivery, attempt and live dedup key is there after the migration, in the
+//! new layout.
 
 use std::time::Duration;
 
@@ -12,10 +13,17 @@ use lbx_relay::store::{IngestOutcome, NewEvent, Store};
 /// When the fixture's events were received (Unix ms); their dedup window is the default 24 h.
 const FX_A: i64 = 1_796_574_732_180;
 
+/// When the schema 8 fixture's events were received (Unix ms).
+const FX8_A: i64 = 1_796_612_534_659;
+
 fn open_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    open_fixture("store-v6.db")
+}
+
+fn open_fixture(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.db");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v6.db"), &path).unwrap();
+    std::fs::copy(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name), &path).unwrap();
     (dir, path)
 }
 
@@ -75,12 +83,12 @@ async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_an
     assert_eq!(store.ingest(retry_of("fx-a", FX_A + 86_400_000)).await.unwrap(), IngestOutcome::Stored);
     drop(store);
 
-    // The new layout: version 8; the keys written before it stay in dedup_keys (no event row is
+    // The new layout: version 9; the keys written before it stay in dedup_keys (no event row is
     // rewritten by the upgrade), the keys of new events are on their rows; attempts are indexed by
     // when they started.
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     let index: String =
         c.query_row("SELECT sql FROM sqlite_master WHERE name = 'attempts_started'", [], |r| r.get(0)).unwrap();
     assert!(index.contains("attempts(started_at)"), "{index}");
@@ -99,4 +107,76 @@ async fn a_store_reopened_after_the_migration_is_not_migrated_twice() {
     let store = Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap();
     assert_eq!(store.list_events(None, 10, false).await.unwrap().len(), 2);
     assert_eq!(store.ingest(retry_of("fx-c", FX_A + 60_000)).await.unwrap(), IngestOutcome::Duplicate);
+}
+
+/// Settles `c` as delivered with an answer of `status`.
+async fn deliver(store: &Store, c: lbx_relay::store::Claimed, status: u16, at: i64) -> bool {
+    store
+        .settle(lbx_relay::store::Settlement {
+            keyed: c.keyed,
+            steps_state: None,
+            delivery_id: c.delivery_id,
+            lease_token: c.lease_token,
+            attempt: lbx_relay::store::AttemptRecord {
+                started_at: at,
+                duration_ms: 4,
+                status: Some(status),
+                error: None,
+                detail: Some(format!("answered {status}")),
+            },
+            next: lbx_relay::store::Next::Delivered,
+            settled_at: at + 4,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_store_of_schema_8_keeps_its_delivered_attempts_and_records_new_ones_on_the_delivery_row() {
+    let (_dir, path) = open_fixture("store-v8.db");
+    let store = Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap();
+    let events = store.list_events(None, 10, false).await.unwrap();
+    let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["fx-a", "fx-b"]);
+    // fx-a's delivered attempt, written as a row of attempts by schema 8, is shown with its detail.
+    let a = store.event_detail(&events[0].id).await.unwrap().unwrap();
+    let shown: Vec<(u32, &str, Option<u16>)> =
+        a.attempts.iter().map(|x| (x.attempt, x.outcome.as_str(), x.status)).collect();
+    assert_eq!(shown, [(1, "delivered", Some(200))]);
+    assert!(a.attempts[0].detail.as_deref().is_some_and(|d| d.contains("crm-1")), "{:?}", a.attempts[0].detail);
+    let since = FX8_A - 3_600_000;
+    let health = store.route_attempts(since, since, since).await.unwrap();
+    let per_route: Vec<(&str, u64, u64)> = health.iter().map(|r| (r.route.as_str(), r.settled, r.failed)).collect();
+    assert_eq!(per_route.len(), 2, "{per_route:?}");
+    assert!(per_route.contains(&("ok", 1, 0)) && per_route.contains(&("down", 1, 1)), "{per_route:?}");
+
+    // fx-b's CRM is back: its delivering attempt goes on the delivery's row, after its failure.
+    let later = FX8_A + 2 * 3_600_000;
+    let due = store.claim(10, Duration::from_secs(60), vec![], later).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(deliver(&store, due.into_iter().next().unwrap(), 201, later).await);
+    let b = store.event_detail(&events[1].id).await.unwrap().unwrap();
+    let shown: Vec<(u32, &str, Option<u16>)> =
+        b.attempts.iter().map(|x| (x.attempt, x.outcome.as_str(), x.status)).collect();
+    assert_eq!(shown, [(1, "retry", None), (2, "delivered", Some(201))]);
+    // fx-a sent again: its old attempt stays, the new one follows it.
+    assert_eq!(store.retry_delivery(&a.deliveries[0].id, later).await.unwrap(), lbx_relay::store::Retried::Yes);
+    let again = store.claim(10, Duration::from_secs(60), vec![], later).await.unwrap();
+    assert!(deliver(&store, again.into_iter().next().unwrap(), 202, later).await);
+    let a = store.event_detail(&events[0].id).await.unwrap().unwrap();
+    let shown: Vec<(u32, &str, Option<u16>)> =
+        a.attempts.iter().map(|x| (x.attempt, x.outcome.as_str(), x.status)).collect();
+    assert_eq!(shown, [(1, "delivered", Some(200)), (2, "delivered", Some(202))]);
+    for key in ["fx-a", "fx-b", "fx-c"] {
+        assert_eq!(store.ingest(retry_of(key, FX8_A + 60_000)).await.unwrap(), IngestOutcome::Duplicate, "{key}");
+    }
+    drop(store);
+
+    // The layout: the attempts written by schema 8 are where they were; the two new delivering
+    // attempts are on their deliveries' rows, not in attempts.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let n = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(n("PRAGMA user_version"), 9);
+    assert_eq!(n("SELECT COUNT(*) FROM attempts"), 2, "fx-a's first and fx-b's failure");
+    assert_eq!(n("SELECT COUNT(*) FROM deliveries WHERE ok_started_at IS NOT NULL"), 2);
 }

@@ -38,7 +38,7 @@ async fn a_rate_limited_route_never_exceeds_its_rate() {
     }
     assert!(at[9] - at[0] >= 3000, "10 at 3/s span three windows");
     assert_eq!(r.crm.count(), 10);
-    assert_eq!(r.count("SELECT COUNT(*) FROM attempts"), 10, "waiting for the rate is not an attempt");
+    assert_eq!(r.count("SELECT COUNT(*) FROM attempt_log"), 10, "waiting for the rate is not an attempt");
 }
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn a_multi_step_route_counts_every_request_against_its_rate() {
     for w in at.windows(3) {
         assert!(w[2] - w[0] >= 1000, "3 requests within {} ms: {at:?}", w[2] - w[0]);
     }
-    assert_eq!(r.count("SELECT COUNT(*) FROM attempts"), 3, "handing back between steps is not an attempt");
+    assert_eq!(r.count("SELECT COUNT(*) FROM attempt_log"), 3, "handing back between steps is not an attempt");
     let handed_back = r.count("SELECT COUNT(*) FROM deliveries WHERE steps_state LIKE '%lbx-sent%'");
     assert_eq!(handed_back, 0, "once recorded, the kept requests leave the delivery's state");
 }
@@ -174,10 +174,10 @@ async fn requests_sent_before_a_hand_back_are_kept_masked_and_recorded_once() {
     assert_eq!(r.round().await, 1);
     assert_eq!(r.crm.count(), 3);
     assert_eq!(delivered(&r), 1);
-    assert_eq!(r.count("SELECT COUNT(*) FROM attempts"), 1, "one attempt, holding all three requests");
+    assert_eq!(r.count("SELECT COUNT(*) FROM attempt_log"), 1, "one attempt, holding all three requests");
     let detail: String = rusqlite::Connection::open(r.dir.path().join("relay.db"))
         .unwrap()
-        .query_row("SELECT detail FROM attempts", [], |row| row.get(0))
+        .query_row("SELECT detail FROM attempt_log", [], |row| row.get(0))
         .unwrap();
     let sent: Vec<serde_json::Value> = serde_json::from_str(&detail).unwrap();
     let steps: Vec<&str> = sent.iter().map(|x| x["step"].as_str().unwrap()).collect();

@@ -126,6 +126,7 @@ contract!(
     erasure_takes_whole_addresses_only,
     event_types_are_counted_with_their_routes_and_newest_payload,
     field_coverage_is_kept_and_replaced_whole,
+    the_delivering_attempt_is_shown_and_counted_and_kept_when_sent_again,
 );
 
 async fn field_coverage_is_kept_and_replaced_whole(s: Store) {
@@ -615,6 +616,95 @@ async fn finished_steps_survive_a_lost_lease(s: Store) {
     );
 }
 
+fn with_detail(status: u16, detail: &str) -> AttemptRecord {
+    AttemptRecord { detail: Some(detail.into()), ..attempt(status) }
+}
+
+/// Each attempt of an event as the console lists it: (delivery, number, outcome, status, detail).
+async fn attempts_of(s: &Store, event: &str) -> Vec<(String, u32, String, Option<u16>, Option<String>)> {
+    let d = s.event_detail(event).await.unwrap().unwrap();
+    let mut out: Vec<_> = d
+        .attempts
+        .into_iter()
+        .map(|a| (a.delivery_id, a.attempt, a.outcome.as_str().into(), a.status, a.detail))
+        .collect();
+    out.sort_by(|x, y| x.0.cmp(&y.0)); // by delivery (a stable sort); each delivery's own order is the store's
+    out
+}
+
+/// The attempt that delivers is stored with its delivery (one row update at settle): the console
+/// still shows it with its detail, the health and the series still count it, and sending the
+/// delivery again (one retry, a bulk retry) keeps it beside the next ones.
+async fn the_delivering_attempt_is_shown_and_counted_and_kept_when_sent_again(s: Store) {
+    let t0 = now_ms() - 10;
+    s.ingest(event("e1", "k1", t0, &["a", "b"])).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let mut claimed = s.claim(10, lease, vec![], now_ms()).await.unwrap();
+    claimed.sort_by(|x, y| x.route.cmp(&y.route));
+    let (b, a) = (claimed.pop().unwrap(), claimed.pop().unwrap());
+    assert!(settle_with(&s, a, with_detail(500, "a first"), Next::RetryAt(now_ms())).await);
+    assert!(settle_with(&s, b, with_detail(201, "b first"), Next::Delivered).await);
+    let row = |d: &str, n: u32, outcome: &str, status: u16, detail: &str| {
+        (d.to_string(), n, outcome.to_string(), Some(status), Some(detail.to_string()))
+    };
+    assert_eq!(
+        attempts_of(&s, "e1").await,
+        [row("e1-a", 1, "retry", 500, "a first"), row("e1-b", 1, "delivered", 201, "b first")]
+    );
+
+    let a = s.claim(10, lease, vec![], now_ms()).await.unwrap().remove(0);
+    assert!(settle_with(&s, a, with_detail(200, "a second"), Next::Delivered).await);
+    let shown = attempts_of(&s, "e1").await;
+    assert_eq!(
+        shown,
+        [
+            row("e1-a", 1, "retry", 500, "a first"),
+            row("e1-a", 2, "delivered", 200, "a second"),
+            row("e1-b", 1, "delivered", 201, "b first")
+        ]
+    );
+    let since = t0 - 60_000;
+    let health = s.route_attempts(since, since, since).await.unwrap();
+    let counts = |route: &str| {
+        let r = health.iter().find(|r| r.route == route).unwrap_or_else(|| panic!("{route}: {health:?}"));
+        (r.settled, r.delivered_1h, r.failed, r.attempts_24h, r.last_success.is_some())
+    };
+    assert_eq!((counts("a"), counts("b")), ((2, 1, 1, 2, true), (1, 1, 0, 1, true)));
+    let series = s.attempt_histogram(since, now_ms() + 1, 3_600_000).await.unwrap();
+    let delivered: u64 = series.iter().filter(|c| c.outcome.as_str() == "delivered").map(|c| c.count).sum();
+    assert_eq!(delivered, 2, "{series:?}");
+    assert!(series.iter().filter(|c| c.outcome.as_str() == "delivered").all(|c| c.latency_ms.is_some()));
+
+    // Sent again: the delivered attempt stays listed, and the next one is listed after it.
+    assert_eq!(s.retry_delivery("e1-b", now_ms()).await.unwrap(), Retried::Yes);
+    assert_eq!(attempts_of(&s, "e1").await[2], row("e1-b", 1, "delivered", 201, "b first"));
+    let b = s.claim(10, lease, vec![], now_ms()).await.unwrap().remove(0);
+    assert_eq!(b.attempts, 1);
+    assert!(settle_with(&s, b, with_detail(202, "b again"), Next::Delivered).await);
+    let retried = RetryFilter { status: Some("delivered".into()), route: Some("a".into()), ..Default::default() };
+    assert_eq!(s.retry_matching(retried, false, now_ms()).await.unwrap(), 1);
+    let a = s.claim(10, lease, vec![], now_ms()).await.unwrap().remove(0);
+    assert!(settle_with(&s, a, with_detail(422, "a third"), Next::Failed).await);
+    assert_eq!(
+        attempts_of(&s, "e1").await,
+        [
+            row("e1-a", 1, "retry", 500, "a first"),
+            row("e1-a", 2, "delivered", 200, "a second"),
+            row("e1-a", 3, "failed", 422, "a third"),
+            row("e1-b", 1, "delivered", 201, "b first"),
+            row("e1-b", 2, "delivered", 202, "b again")
+        ]
+    );
+    let health = s.route_attempts(since, since, since).await.unwrap();
+    let b = health.iter().find(|r| r.route == "b").unwrap();
+    assert_eq!((b.settled, b.delivered_1h, b.failed), (2, 2, 0));
+    let a = health.iter().find(|r| r.route == "a").unwrap();
+    assert_eq!((a.settled, a.delivered_1h, a.failed), (3, 1, 2));
+    // Erasure counts every attempt it removes, wherever it was kept.
+    let forgotten = s.delete_events(vec!["e1".into()]).await.unwrap();
+    assert_eq!((forgotten.events, forgotten.deliveries, forgotten.attempts), (1, 2, 5));
+}
+
 async fn an_event_is_listed_with_its_deliveries_and_attempts(s: Store) {
     s.ingest(event("e1", "k1", now_ms() - 10, &["a"])).await.unwrap();
     s.ingest(event("e2", "k2", now_ms() - 10, &[])).await.unwrap();
@@ -818,6 +908,11 @@ async fn encrypted_values_are_unreadable_in_the_database_and_read_back_after_a_r
         .await
         .unwrap();
     assert!(settled);
+    // Delivered at its retry: the answer's detail, which names the contact, is kept on the
+    // delivery's row, sealed like any attempt's.
+    let c = a.claim(1, Duration::from_secs(60), vec![], now_ms() + 61_000).await.unwrap().remove(0);
+    let delivered = with_detail(201, r#"[{"response":{"body":"created grace.hopper@example.org"}}]"#);
+    assert!(settle_with(&a, c, delivered, Next::Delivered).await);
 
     let dump = raw("grace.hopper").await;
     assert_eq!(dump, "", "no stored column holds the address in clear");
@@ -829,6 +924,8 @@ async fn encrypted_values_are_unreadable_in_the_database_and_read_back_after_a_r
     let detail = b.event_detail("sealed").await.unwrap().unwrap();
     assert!(detail.event.payload.contains("grace.hopper"));
     assert_eq!(detail.attempts[0].error.as_deref(), Some("HTTP 500: grace.hopper@example.org exists"));
+    assert_eq!(detail.attempts[1].status, Some(201));
+    assert!(detail.attempts[1].detail.as_deref().is_some_and(|d| d.contains("created grace.hopper")));
     assert_eq!(b.oauth_refresh_token("app").await.unwrap().as_deref(), Some("refresh-token-value"));
     assert_eq!(b.list_quarantine(None, 10).await.unwrap()[0].body, b"grace.hopper@example.org in clear");
     // Without A: the row is listed as unreadable (never a failed answer), and the key check says why.
@@ -856,8 +953,8 @@ async fn encryption_at_rest_on_sqlite() {
             let mut found = Vec::new();
             for (table, cols) in [
                 ("events", "payload || coalesce(email, '')"),
-                ("deliveries", "coalesce(last_error, '') || coalesce(steps_state, '')"),
-                ("attempts", "coalesce(error, '')"),
+                ("deliveries", "coalesce(last_error, '') || coalesce(steps_state, '') || coalesce(ok_detail, '')"),
+                ("attempts", "coalesce(error, '') || coalesce(detail, '')"),
                 ("quarantine", "CAST(body AS TEXT) || headers"),
                 ("oauth_tokens", "refresh_token"),
             ] {
@@ -887,8 +984,8 @@ async fn encryption_at_rest_on_postgres() {
             let mut found = Vec::new();
             for (table, cols) in [
                 ("events", "payload || coalesce(email, '')"),
-                ("deliveries", "coalesce(last_error, '') || coalesce(steps_state, '')"),
-                ("attempts", "coalesce(error, '')"),
+                ("deliveries", "coalesce(last_error, '') || coalesce(steps_state, '') || coalesce(ok_detail, '')"),
+                ("attempts", "coalesce(error, '') || coalesce(detail, '')"),
                 ("quarantine", "convert_from(body, 'UTF8') || headers"),
                 ("oauth_tokens", "refresh_token"),
             ] {

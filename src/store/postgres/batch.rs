@@ -9,11 +9,14 @@ use super::opt_i32;
 use crate::store::{AttemptOutcome, DeliveryStatus, IngestOutcome, NewEvent, Settlement, StoreError};
 
 /// The settle of a batch: each delivery whose lease token still matches gets its attempt's outcome.
+/// The attempt that delivers is kept on the delivery's row (`ok_*`, see migration 9).
 pub(super) const SETTLE: &str = "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at,
         attempts = d.attempts + 1, tries = d.tries + u.used, lease_token = NULL, lease_until = NULL,
-        last_status = u.last_status, last_error = u.last_error, updated_at = u.settled_at, steps_state = u.state
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[], $7::bigint[])
-        AS u(id, token, status, next_at, last_status, last_error, used, state, settled_at)
+        last_status = u.last_status, last_error = u.last_error, updated_at = u.settled_at, steps_state = u.state,
+        ok_started_at = u.ok_at, ok_duration_ms = u.ok_ms, ok_detail = u.ok_detail
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[], $8::int[], $9::text[], $7::bigint[],
+                 $10::bigint[], $11::bigint[], $12::text[])
+        AS u(id, token, status, next_at, last_status, last_error, used, state, settled_at, ok_at, ok_ms, ok_detail)
      WHERE d.id = u.id AND d.lease_token = u.token
      RETURNING d.id, d.attempts";
 
@@ -237,10 +240,30 @@ async fn write_batch(
         let last_status: Vec<Option<i32>> = sts.iter().map(|s| opt_i32(s.attempt.status)).collect();
         let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
         let settled_at: Vec<i64> = sts.iter().map(|s| s.settled_at).collect();
+        let on_row: Vec<bool> = sts.iter().map(|s| s.next.columns().0 == DeliveryStatus::Delivered).collect();
+        let ok_at: Vec<Option<i64>> =
+            sts.iter().zip(&on_row).map(|(s, &r)| r.then_some(s.attempt.started_at)).collect();
+        let ok_ms: Vec<Option<i64>> =
+            sts.iter().zip(&on_row).map(|(s, &r)| r.then_some(s.attempt.duration_ms)).collect();
+        let ok_detail: Vec<Option<&str>> =
+            sts.iter().zip(&on_row).map(|(s, &r)| s.attempt.detail.as_deref().filter(|_| r)).collect();
         let updated: HashMap<String, i32> = tx
             .query(
                 &tx.prepare_cached(SETTLE).await?,
-                &[&ids, &tokens, &statuses, &next_at, &last_status, &last_error, &settled_at, &steps_used, &states],
+                &[
+                    &ids,
+                    &tokens,
+                    &statuses,
+                    &next_at,
+                    &last_status,
+                    &last_error,
+                    &settled_at,
+                    &steps_used,
+                    &states,
+                    &ok_at,
+                    &ok_ms,
+                    &ok_detail,
+                ],
             )
             .await?
             .iter()
@@ -269,17 +292,27 @@ async fn write_batch(
             )
             .await?;
         }
-        let attempt_no: Vec<i32> = sts.iter().map(|s| updated.get(&s.delivery_id).copied().unwrap_or(0)).collect();
-        let labels: Vec<&str> = sts
+        // Every attempt but those now kept on their delivery's row gets a row of its own.
+        let own_row: Vec<(&Settlement, Option<i32>)> = sts
             .iter()
-            .map(|s| {
-                if updated.contains_key(&s.delivery_id) { s.next.outcome() } else { AttemptOutcome::LeaseLost }.as_str()
-            })
+            .zip(&on_row)
+            .map(|(s, &kept_on_row)| (*s, updated.get(&s.delivery_id).copied(), kept_on_row))
+            .filter(|(_, n, kept_on_row)| !(*kept_on_row && n.is_some()))
+            .map(|(s, n, _)| (s, n))
             .collect();
-        let started: Vec<i64> = sts.iter().map(|s| s.attempt.started_at).collect();
-        let details: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.detail.as_deref()).collect();
-        let durations: Vec<i64> = sts.iter().map(|s| s.attempt.duration_ms).collect();
-        tx.execute(
+        let ids: Vec<&str> = own_row.iter().map(|(s, _)| s.delivery_id.as_str()).collect();
+        let attempt_no: Vec<i32> = own_row.iter().map(|(_, n)| n.unwrap_or(0)).collect();
+        let labels: Vec<&str> = own_row
+            .iter()
+            .map(|(s, n)| if n.is_some() { s.next.outcome() } else { AttemptOutcome::LeaseLost }.as_str())
+            .collect();
+        let last_status: Vec<Option<i32>> = own_row.iter().map(|(s, _)| opt_i32(s.attempt.status)).collect();
+        let last_error: Vec<Option<&str>> = own_row.iter().map(|(s, _)| s.attempt.error.as_deref()).collect();
+        let started: Vec<i64> = own_row.iter().map(|(s, _)| s.attempt.started_at).collect();
+        let details: Vec<Option<&str>> = own_row.iter().map(|(s, _)| s.attempt.detail.as_deref()).collect();
+        let durations: Vec<i64> = own_row.iter().map(|(s, _)| s.attempt.duration_ms).collect();
+        if !own_row.is_empty() {
+            tx.execute(
             &tx.prepare_cached(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
              SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[],
@@ -289,6 +322,7 @@ async fn write_batch(
             &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels, &details],
         )
         .await?;
+        }
         for (k, s) in kept.iter_mut().zip(sts) {
             *k = updated.contains_key(&s.delivery_id);
         }

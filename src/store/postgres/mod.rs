@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/006_contacts_index.sql"),
     include_str!("../migrations/postgres/007_queue_autovacuum.sql"),
     include_str!("../migrations/postgres/008_attempts_by_start.sql"),
+    include_str!("../migrations/postgres/009_delivered_attempt_on_the_delivery.sql"),
 ];
 
 /// Pool and timeout settings from `[store]`.
@@ -92,6 +93,30 @@ fn opt_i32(v: Option<u16>) -> Option<i32> {
 
 fn status_of(v: Option<i32>) -> Option<u16> {
     v.and_then(|s| u16::try_from(s).ok())
+}
+
+/// One statement that sends the deliveries matching `filter` (a `WHERE` clause on `deliveries`,
+/// `$1` being now) again and moves the delivered attempt each kept on its row into `attempts`
+/// (see migration 9), answering how many it sent again. The rows are locked and read as they are
+/// when locked, so an attempt settled meanwhile is moved, not lost.
+fn send_again(filter: &str) -> String {
+    format!(
+        "WITH sent AS (
+            UPDATE deliveries d SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
+                steps_state = CASE WHEN o.status = 'delivered' THEN NULL ELSE o.steps_state END,
+                {moved}
+            FROM (SELECT id, status, steps_state, attempts, ok_started_at, ok_duration_ms, last_status, last_error,
+                         ok_detail
+                  FROM deliveries WHERE {filter} FOR UPDATE) o
+            WHERE d.id = o.id
+            RETURNING o.*),
+         kept AS (
+            INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
+            SELECT id, attempts, ok_started_at, ok_duration_ms, last_status, last_error, 'delivered', ok_detail
+            FROM sent WHERE ok_started_at IS NOT NULL)
+         SELECT COUNT(*) FROM sent",
+        moved = crate::store::DELIVERED_ATTEMPT_MOVED
+    )
 }
 
 impl PgStore {
@@ -402,17 +427,12 @@ impl PgStore {
     pub async fn retry_one(&self, id: String, now: i64) -> Result<Retried, StoreError> {
         let client = self.pool.get().await?;
         let n = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
-                    steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                 WHERE id = $2 AND (lease_until IS NULL OR lease_until <= $1)",
-                    )
-                    .await?,
+            .query_one(
+                &client.prepare_cached(&send_again("id = $2 AND (lease_until IS NULL OR lease_until <= $1)")).await?,
                 &[&now, &id],
             )
-            .await?;
+            .await?
+            .try_get::<_, i64>(0)? as u64;
         if n > 0 {
             // Retrying a keyed head now releases what was parked behind its old retry time.
             client
@@ -546,16 +566,7 @@ impl PgStore {
                 .await?;
             row.try_get::<_, i64>(0)? as u64
         } else {
-            let n = client
-                .execute(
-                    &format!(
-                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1,
-                            steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                         WHERE {filter}"
-                    ),
-                    &args,
-                )
-                .await?;
+            let n = client.query_one(&send_again(filter), &args).await?.try_get::<_, i64>(0)? as u64;
             if n > 0 {
                 self.announce.notify_one();
             }
@@ -599,7 +610,7 @@ impl PgStore {
                 &client
                     .prepare_cached(
                         "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail
-                 FROM attempts WHERE delivery_id = ANY($1) ORDER BY id",
+                 FROM attempt_log WHERE delivery_id = ANY($1) ORDER BY id IS NULL, id, started_at",
                     )
                     .await?,
                 &[&ids],
@@ -694,7 +705,7 @@ impl PgStore {
         let rows = self.query("SELECT e.id, e.kind, e.received_at, e.payload, e.event_key,
                             COALESCE(e.email = ANY($2), false) OR COALESCE(string_to_array(e.contacts, ' ') && $2, false),
                             (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
-                            (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
+                            (SELECT COUNT(*) FROM attempt_log a JOIN deliveries d ON a.delivery_id = d.id
                               WHERE d.event_id = e.id)
                          FROM events e
                          WHERE e.email = ANY($2) OR strpos(lower(e.payload), $1) > 0
@@ -728,11 +739,21 @@ impl PgStore {
                 &[&ids],
             )
             .await?;
-        let deliveries =
-            tx.execute(&tx.prepare_cached("DELETE FROM deliveries WHERE event_id = ANY($1)").await?, &[&ids]).await?;
+        // A delivery's row also holds the attempt that delivered it (migration 9).
+        let gone = tx
+            .query_one(
+                &tx.prepare_cached(
+                    "WITH gone AS (DELETE FROM deliveries WHERE event_id = ANY($1) RETURNING ok_started_at)
+                     SELECT COUNT(*), COUNT(ok_started_at) FROM gone",
+                )
+                .await?,
+                &[&ids],
+            )
+            .await?;
+        let (deliveries, on_rows) = (gone.try_get::<_, i64>(0)? as u64, gone.try_get::<_, i64>(1)? as u64);
         let events = tx.execute(&tx.prepare_cached("DELETE FROM events WHERE id = ANY($1)").await?, &[&ids]).await?;
         tx.commit().await?;
-        Ok(Forgotten { events, deliveries, attempts, quarantined: 0 })
+        Ok(Forgotten { events, deliveries, attempts: attempts + on_rows, quarantined: 0 })
     }
 
     pub async fn gauges(&self) -> Result<Gauges, StoreError> {
@@ -962,10 +983,12 @@ mod tests {
         let Some((store, admin, schema)) = scratch_store("a postgres plan test").await else { return };
         let client = store.pool.get().await.unwrap();
         let args = "ARRAY['d1', 'd2'], ARRAY['t', 't'], ARRAY['delivered', 'delivered'], ARRAY[NULL, NULL]::bigint[],
-            ARRAY[200, 200], ARRAY[NULL, NULL]::text[], ARRAY[0, 0]::bigint[], ARRAY[0, 0], ARRAY[NULL, NULL]::text[]";
+            ARRAY[200, 200], ARRAY[NULL, NULL]::text[], ARRAY[0, 0]::bigint[], ARRAY[0, 0], ARRAY[NULL, NULL]::text[],
+            ARRAY[0, 0]::bigint[], ARRAY[3, 3]::bigint[], ARRAY[NULL, NULL]::text[]";
         client
             .batch_execute(&format!(
-                "PREPARE settle (text[], text[], text[], bigint[], int[], text[], bigint[], int[], text[]) AS {};
+                "PREPARE settle (text[], text[], text[], bigint[], int[], text[], bigint[], int[], text[], bigint[],
+                    bigint[], text[]) AS {};
                  {}",
                 batch::SETTLE,
                 format!("EXECUTE settle ({args});").repeat(8)

@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/006_contacts_index.sql"),
     include_str!("../migrations/sqlite/007_dedup_on_the_event_row.sql"),
     include_str!("../migrations/sqlite/008_attempts_by_start.sql"),
+    include_str!("../migrations/sqlite/009_delivered_attempt_on_the_delivery.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -339,11 +340,19 @@ impl SqliteStore {
         self.call(move |c| {
             let now = s.settled_at;
             let (status, next_at, try_used) = s.next.columns();
+            // The attempt that delivers is kept on the row itself (see migration 9): one update.
+            let on_row = status == DeliveryStatus::Delivered;
+            let (ok_at, ok_ms, ok_detail) = if on_row {
+                (Some(s.attempt.started_at), Some(s.attempt.duration_ms), s.attempt.detail.as_deref())
+            } else {
+                (None, None, None)
+            };
             let changed = c
                 .prepare_cached(
                     "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, attempts = attempts + 1,
                         tries = tries + ?8, lease_token = NULL, lease_until = NULL,
-                        last_status = ?3, last_error = ?4, updated_at = ?5, steps_state = ?9
+                        last_status = ?3, last_error = ?4, updated_at = ?5, steps_state = ?9,
+                        ok_started_at = ?10, ok_duration_ms = ?11, ok_detail = ?12
                      WHERE id = ?6 AND lease_token = ?7",
                 )?
                 .execute(params![
@@ -355,8 +364,14 @@ impl SqliteStore {
                     s.delivery_id,
                     s.lease_token,
                     try_used,
-                    s.steps_state
+                    s.steps_state,
+                    ok_at,
+                    ok_ms,
+                    ok_detail
                 ])?;
+            if changed == 1 && on_row {
+                return Ok(true);
+            }
             // A keyed head that waits for a retry parks the deliveries queued behind it until then:
             // claims then skip them through the due index instead of scanning a blocked backlog.
             if let (1, Some(at), true) = (changed, next_at.filter(|_| status == DeliveryStatus::Pending), s.keyed) {
@@ -484,12 +499,15 @@ impl SqliteStore {
 
     pub async fn retry_one(&self, id: String, now: i64) -> Result<Retried, StoreError> {
         self.call(move |c| {
+            let filter = "id = ?2 AND (lease_until IS NULL OR lease_until <= ?1)";
+            c.prepare_cached(&crate::store::keep_delivered_attempt(filter))?.execute(params![now, id])?;
             let n = c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
-                        steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                     WHERE id = ?2 AND (lease_until IS NULL OR lease_until <= ?1)",
-                )?
+                        steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END, {}
+                     WHERE {filter}",
+                    crate::store::DELIVERED_ATTEMPT_MOVED
+                ))?
                 .execute(params![now, id])?;
             if n == 0 {
                 let exists: i64 = c
@@ -524,12 +542,15 @@ impl SqliteStore {
                     .query_row(params![now, f.status, f.route, f.kind, f.since, f.until], |r| r.get::<_, i64>(0))?
                     as usize
             } else {
+                let args = params![now, f.status, f.route, f.kind, f.since, f.until];
+                c.prepare_cached(&crate::store::keep_delivered_attempt(filter))?.execute(args)?;
                 c.prepare_cached(&format!(
                     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
-                        steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END
-                     WHERE {filter}"
+                        steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END, {}
+                     WHERE {filter}",
+                    crate::store::DELIVERED_ATTEMPT_MOVED
                 ))?
-                .execute(params![now, f.status, f.route, f.kind, f.since, f.until])?
+                .execute(args)?
             };
             Ok(n as u64)
         })
@@ -681,7 +702,7 @@ impl SqliteStore {
             let mut attempts = Vec::new();
             let mut stmt = c.prepare_cached(
                 "SELECT delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail
-                 FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+                 FROM attempt_log WHERE delivery_id = ?1 ORDER BY id IS NULL, id",
             )?;
             for d in &deliveries {
                 let rows = stmt.query_map([&d.id], |r| {
@@ -774,7 +795,7 @@ impl SqliteStore {
                         e.email IN (SELECT value FROM json_each(?2)) OR EXISTS (SELECT 1 FROM json_each(?2) j
                             WHERE instr(' ' || e.contacts || ' ', ' ' || j.value || ' ') > 0),
                         (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
-                        (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
+                        (SELECT COUNT(*) FROM attempt_log a JOIN deliveries d ON a.delivery_id = d.id
                           WHERE d.event_id = e.id)
                  FROM events e
                  WHERE e.email IN (SELECT value FROM json_each(?2)) OR instr(lower(e.payload), ?1) > 0
@@ -814,11 +835,17 @@ impl SqliteStore {
                     (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids))",
                 [],
             )? as u64;
-            let deliveries =
-                c.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids)", [])? as u64;
+            // A delivery's row also holds the attempt that delivered it (migration 9).
+            let (deliveries, on_rows) = c.query_row(
+                "WITH gone AS (SELECT ok_started_at FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids))
+                 SELECT COUNT(*), COUNT(ok_started_at) FROM gone",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?;
+            c.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids)", [])?;
             let events = c.execute("DELETE FROM events WHERE id IN (SELECT id FROM forget_ids)", [])? as u64;
             c.execute_batch("DELETE FROM forget_ids;")?;
-            Ok(Forgotten { events, deliveries, attempts, quarantined: 0 })
+            Ok(Forgotten { events, deliveries, attempts: attempts + on_rows, quarantined: 0 })
         })
         .await
     }
