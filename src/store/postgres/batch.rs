@@ -312,16 +312,18 @@ async fn write_batch(
         let details: Vec<Option<&str>> = own_row.iter().map(|(s, _)| s.attempt.detail.as_deref()).collect();
         let durations: Vec<i64> = own_row.iter().map(|(s, _)| s.attempt.duration_ms).collect();
         if !own_row.is_empty() {
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
+                     SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[],
+                                          $7::text[], $8::text[])",
+                )
+                .await?;
             tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
-             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[],
-                                  $8::text[])",
+                &insert,
+                &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels, &details],
             )
-            .await?,
-            &[&ids, &attempt_no, &started, &durations, &last_status, &last_error, &labels, &details],
-        )
-        .await?;
+            .await?;
         }
         for (k, s) in kept.iter_mut().zip(sts) {
             *k = updated.contains_key(&s.delivery_id);
