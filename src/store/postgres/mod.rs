@@ -705,8 +705,9 @@ impl PgStore {
         let rows = self.query("SELECT e.id, e.kind, e.received_at, e.payload, e.event_key,
                             COALESCE(e.email = ANY($2), false) OR COALESCE(string_to_array(e.contacts, ' ') && $2, false),
                             (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
-                            (SELECT COUNT(*) FROM attempt_log a JOIN deliveries d ON a.delivery_id = d.id
+                            (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
                               WHERE d.event_id = e.id)
+                            + (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id AND d.ok_started_at IS NOT NULL)
                          FROM events e
                          WHERE e.email = ANY($2) OR strpos(lower(e.payload), $1) > 0
                             OR string_to_array(e.contacts, ' ') && $2

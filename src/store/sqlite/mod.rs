@@ -795,8 +795,9 @@ impl SqliteStore {
                         e.email IN (SELECT value FROM json_each(?2)) OR EXISTS (SELECT 1 FROM json_each(?2) j
                             WHERE instr(' ' || e.contacts || ' ', ' ' || j.value || ' ') > 0),
                         (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id),
-                        (SELECT COUNT(*) FROM attempt_log a JOIN deliveries d ON a.delivery_id = d.id
+                        (SELECT COUNT(*) FROM attempts a JOIN deliveries d ON a.delivery_id = d.id
                           WHERE d.event_id = e.id)
+                        + (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id AND d.ok_started_at IS NOT NULL)
                  FROM events e
                  WHERE e.email IN (SELECT value FROM json_each(?2)) OR instr(lower(e.payload), ?1) > 0
                     OR (e.contacts IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(?2) j
