@@ -959,6 +959,87 @@ mod tests {
         Some((PgStore::open(&url, &opts).await.unwrap(), admin, schema))
     }
 
+    /// A database at schema 8 with a delivered event (its attempt a row of `attempts`, as that
+    /// schema wrote it) upgrades to 9 without losing it, and then keeps new delivering attempts on
+    /// the delivery's row, moving one into `attempts` when the delivery is sent again.
+    #[tokio::test]
+    async fn a_schema_8_database_keeps_its_attempts_and_then_keeps_new_ones_on_the_row() {
+        let Ok(base) = std::env::var("LBX_TEST_POSTGRES_URL") else {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped a postgres upgrade test: LBX_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let schema = format!("lbx_unit_{}", crate::event::new_id().replace('-', ""));
+        let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}; SET search_path = {schema}")).await.unwrap();
+        for sql in &MIGRATIONS[..8] {
+            admin.batch_execute(sql).await.unwrap();
+        }
+        admin
+            .batch_execute(
+                "CREATE TABLE lbx_schema_version (version INTEGER NOT NULL); INSERT INTO lbx_schema_version VALUES (8);
+                 INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
+                     VALUES ('e1', 's', 'k1', 'contact.created', 'routed', '{}', 1000);
+                 INSERT INTO deliveries (id, event_id, route, status, attempts, created_at, updated_at, last_status)
+                     VALUES ('d1', 'e1', 'crm', 'delivered', 1, 1000, 1010, 200);
+                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, outcome, detail)
+                     VALUES ('d1', 1, 1005, 5, 200, 'delivered', 'written by schema 8');",
+            )
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = SecretString::from(format!("{base}{sep}options=-c%20search_path%3D{schema}"));
+        let opts = PgOptions {
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+        };
+        let store = PgStore::open(&url, &opts).await.unwrap();
+        let version: i32 = admin.query_one("SELECT version FROM lbx_schema_version", &[]).await.unwrap().get(0);
+        assert_eq!(version, 9);
+        let shown = |d: EventDetail| -> Vec<(u32, Option<String>)> {
+            d.attempts.into_iter().map(|a| (a.attempt, a.detail)).collect()
+        };
+        assert_eq!(shown(store.event_detail("e1").await.unwrap().unwrap()), [(1, Some("written by schema 8".into()))]);
+
+        let send_again_and_deliver = |detail: &'static str| {
+            let store = &store;
+            async move {
+                assert_eq!(store.retry_one("d1".into(), 3000).await.unwrap(), Retried::Yes);
+                let c = store.claim(1, Duration::from_secs(60), vec![], 3000).await.unwrap().remove(0);
+                let settled = store
+                    .settle(Settlement {
+                        delivery_id: c.delivery_id,
+                        lease_token: c.lease_token,
+                        attempt: crate::store::AttemptRecord {
+                            started_at: 3000,
+                            duration_ms: 4,
+                            status: Some(201),
+                            error: None,
+                            detail: Some(detail.into()),
+                        },
+                        next: crate::store::Next::Delivered,
+                        steps_state: None,
+                        keyed: false,
+                        settled_at: 3004,
+                    })
+                    .await
+                    .unwrap();
+                assert!(settled);
+            }
+        };
+        send_again_and_deliver("second").await;
+        send_again_and_deliver("third").await;
+        let expected = [(1, Some("written by schema 8".into())), (2, Some("second".into())), (3, Some("third".into()))];
+        assert_eq!(shown(store.event_detail("e1").await.unwrap().unwrap()), expected);
+        let rows: i64 = admin.query_one("SELECT COUNT(*) FROM attempts", &[]).await.unwrap().get(0);
+        let on_row: Option<String> = admin.query_one("SELECT ok_detail FROM deliveries", &[]).await.unwrap().get(0);
+        assert_eq!((rows, on_row.as_deref()), (2, Some("third")), "the first two in attempts, the last on the row");
+        drop(store);
+        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
     /// The queue table is vacuumed once 1 % of it is dead, not at PostgreSQL's default fifth.
     #[tokio::test]
     async fn the_queue_table_is_vacuumed_early() {
