@@ -199,18 +199,18 @@ const QHEADERS: &str = "quarantine.headers";
 const REFRESH: &str = "oauth_tokens.refresh_token";
 const DETAIL: &str = "attempts.detail";
 
-/// Moves the delivered attempt kept on the rows of deliveries matching `filter` (a `WHERE` clause
-/// on `deliveries`) into `attempts`, before they are sent again: the row will hold the next one.
-/// Paired with [`DELIVERED_ATTEMPT_MOVED`] in the update that sends them again.
-pub(crate) fn keep_delivered_attempt(filter: &str) -> String {
+/// Copies into `attempts` the delivered attempt kept on each delivery row of `rows` (a table,
+/// subquery or CTE with the columns of `deliveries`) that holds one, before those deliveries are
+/// sent again: their rows will hold the next one. Paired with [`DELIVERED_ATTEMPT_MOVED`] in the
+/// update that sends them again.
+pub(crate) fn keep_delivered_attempts(rows: &str) -> String {
     format!(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
          SELECT id, attempts, ok_started_at, ok_duration_ms, last_status, last_error, 'delivered', ok_detail
-         FROM deliveries WHERE ok_started_at IS NOT NULL AND {filter}"
+         FROM {rows} WHERE ok_started_at IS NOT NULL"
     )
 }
 
-/// The `SET` part that empties a delivery's own delivered attempt once it is in `attempts`.
 pub(crate) const DELIVERED_ATTEMPT_MOVED: &str = "ok_started_at = NULL, ok_duration_ms = NULL, ok_detail = NULL";
 
 impl Store {

@@ -16,10 +16,6 @@ const FX_A: i64 = 1_796_574_732_180;
 /// When the schema 8 fixture's events were received (Unix ms).
 const FX8_A: i64 = 1_796_612_534_659;
 
-fn open_copy() -> (tempfile::TempDir, std::path::PathBuf) {
-    open_fixture("store-v6.db")
-}
-
 fn open_fixture(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.db");
@@ -46,7 +42,7 @@ fn retry_of(key: &str, at: i64) -> NewEvent {
 
 #[tokio::test]
 async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_and_dedup_keys() {
-    let (_dir, path) = open_copy();
+    let (_dir, path) = open_fixture("store-v6.db");
     let store = Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap();
 
     // fx-a (delivered once) and fx-b (its CRM was down: pending, one failed attempt); fx-c was
@@ -102,7 +98,7 @@ async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_an
 
 #[tokio::test]
 async fn a_store_reopened_after_the_migration_is_not_migrated_twice() {
-    let (_dir, path) = open_copy();
+    let (_dir, path) = open_fixture("store-v6.db");
     drop(Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap());
     let store = Store::open(&store_config(StoreBackend::Sqlite { path: path.clone() })).await.unwrap();
     assert_eq!(store.list_events(None, 10, false).await.unwrap().len(), 2);

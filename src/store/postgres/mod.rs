@@ -110,12 +110,10 @@ fn send_again(filter: &str) -> String {
                   FROM deliveries WHERE {filter} FOR UPDATE) o
             WHERE d.id = o.id
             RETURNING o.*),
-         kept AS (
-            INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail)
-            SELECT id, attempts, ok_started_at, ok_duration_ms, last_status, last_error, 'delivered', ok_detail
-            FROM sent WHERE ok_started_at IS NOT NULL)
+         kept AS ({kept})
          SELECT COUNT(*) FROM sent",
-        moved = crate::store::DELIVERED_ATTEMPT_MOVED
+        moved = crate::store::DELIVERED_ATTEMPT_MOVED,
+        kept = crate::store::keep_delivered_attempts("sent")
     )
 }
 
@@ -940,6 +938,13 @@ mod tests {
     /// A store on a schema of its own in the test database, the admin connection and the schema's
     /// name; `None` (said on stderr) without `LBX_TEST_POSTGRES_URL`.
     async fn scratch_store(what: &str) -> Option<(PgStore, tokio_postgres::Client, String)> {
+        let (admin, schema, url) = scratch_schema(what).await?;
+        Some((open_on(&url).await, admin, schema))
+    }
+
+    /// An empty schema of its own in the test database: the admin connection (its search path
+    /// set to the schema), the schema's name and a store URL for it; `None` as above.
+    async fn scratch_schema(what: &str) -> Option<(tokio_postgres::Client, String, SecretString)> {
         let Ok(base) = std::env::var("LBX_TEST_POSTGRES_URL") else {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "skipped {what}: LBX_TEST_POSTGRES_URL is not set");
@@ -948,15 +953,19 @@ mod tests {
         let schema = format!("lbx_unit_{}", crate::event::new_id().replace('-', ""));
         let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}; SET search_path = {schema}")).await.unwrap();
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = SecretString::from(format!("{base}{sep}options=-c%20search_path%3D{schema}"));
+        Some((admin, schema, url))
+    }
+
+    async fn open_on(url: &SecretString) -> PgStore {
         let opts = PgOptions {
             pool_size: 1,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
         };
-        Some((PgStore::open(&url, &opts).await.unwrap(), admin, schema))
+        PgStore::open(url, &opts).await.unwrap()
     }
 
     /// A database at schema 8 with a delivered event (its attempt a row of `attempts`, as that
@@ -964,15 +973,7 @@ mod tests {
     /// the delivery's row, moving one into `attempts` when the delivery is sent again.
     #[tokio::test]
     async fn a_schema_8_database_keeps_its_attempts_and_then_keeps_new_ones_on_the_row() {
-        let Ok(base) = std::env::var("LBX_TEST_POSTGRES_URL") else {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped a postgres upgrade test: LBX_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        let schema = format!("lbx_unit_{}", crate::event::new_id().replace('-', ""));
-        let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        admin.batch_execute(&format!("CREATE SCHEMA {schema}; SET search_path = {schema}")).await.unwrap();
+        let Some((admin, schema, url)) = scratch_schema("a postgres upgrade test").await else { return };
         for sql in &MIGRATIONS[..8] {
             admin.batch_execute(sql).await.unwrap();
         }
@@ -988,14 +989,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = SecretString::from(format!("{base}{sep}options=-c%20search_path%3D{schema}"));
-        let opts = PgOptions {
-            pool_size: 2,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(10),
-        };
-        let store = PgStore::open(&url, &opts).await.unwrap();
+        let store = open_on(&url).await;
         let version: i32 = admin.query_one("SELECT version FROM lbx_schema_version", &[]).await.unwrap().get(0);
         assert_eq!(version, 9);
         let shown = |d: EventDetail| -> Vec<(u32, Option<String>)> {

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
-    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
+    IngestOutcome, Matching, NewEvent, NewQuarantined, Next, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
     Settlement, StoreError, StoredEvent, TypeSeen,
 };
 use crate::store::Counts;
@@ -341,7 +341,7 @@ impl SqliteStore {
             let now = s.settled_at;
             let (status, next_at, try_used) = s.next.columns();
             // The attempt that delivers is kept on the row itself (see migration 9): one update.
-            let on_row = status == DeliveryStatus::Delivered;
+            let on_row = s.next == Next::Delivered;
             let (ok_at, ok_ms, ok_detail) = if on_row {
                 (Some(s.attempt.started_at), Some(s.attempt.duration_ms), s.attempt.detail.as_deref())
             } else {
@@ -500,7 +500,8 @@ impl SqliteStore {
     pub async fn retry_one(&self, id: String, now: i64) -> Result<Retried, StoreError> {
         self.call(move |c| {
             let filter = "id = ?2 AND (lease_until IS NULL OR lease_until <= ?1)";
-            c.prepare_cached(&crate::store::keep_delivered_attempt(filter))?.execute(params![now, id])?;
+            let kept = crate::store::keep_delivered_attempts(&format!("(SELECT * FROM deliveries WHERE {filter})"));
+            c.prepare_cached(&kept)?.execute(params![now, id])?;
             let n = c
                 .prepare_cached(&format!(
                     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
@@ -543,7 +544,8 @@ impl SqliteStore {
                     as usize
             } else {
                 let args = params![now, f.status, f.route, f.kind, f.since, f.until];
-                c.prepare_cached(&crate::store::keep_delivered_attempt(filter))?.execute(args)?;
+                let kept = crate::store::keep_delivered_attempts(&format!("(SELECT * FROM deliveries WHERE {filter})"));
+                c.prepare_cached(&kept)?.execute(args)?;
                 c.prepare_cached(&format!(
                     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?1, updated_at = ?1,
                         steps_state = CASE WHEN status = 'delivered' THEN NULL ELSE steps_state END, {}
@@ -837,13 +839,15 @@ impl SqliteStore {
                 [],
             )? as u64;
             // A delivery's row also holds the attempt that delivered it (migration 9).
-            let (deliveries, on_rows) = c.query_row(
-                "WITH gone AS (SELECT ok_started_at FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids))
-                 SELECT COUNT(*), COUNT(ok_started_at) FROM gone",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )?;
-            c.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids)", [])?;
+            let kept_on_row: Vec<bool> = c
+                .prepare(
+                    "DELETE FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids)
+                     RETURNING ok_started_at IS NOT NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let (deliveries, on_rows) =
+                (kept_on_row.len() as u64, kept_on_row.iter().filter(|kept| **kept).count() as u64);
             let events = c.execute("DELETE FROM events WHERE id IN (SELECT id FROM forget_ids)", [])? as u64;
             c.execute_batch("DELETE FROM forget_ids;")?;
             Ok(Forgotten { events, deliveries, attempts: attempts + on_rows, quarantined: 0 })

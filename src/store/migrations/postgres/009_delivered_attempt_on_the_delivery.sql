@@ -9,7 +9,7 @@ ALTER TABLE deliveries ADD COLUMN ok_duration_ms BIGINT;
 ALTER TABLE deliveries ADD COLUMN ok_detail TEXT;
 -- The console's windows (route health, time series, alerts) count delivered attempts by start.
 CREATE INDEX deliveries_ok_started ON deliveries(ok_started_at) WHERE ok_started_at IS NOT NULL;
--- Every attempt, wherever it is kept: what the console and the alerts read.
+-- Every attempt, wherever it is kept: what the console's event detail reads.
 CREATE VIEW attempt_log (id, delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail) AS
     SELECT id, delivery_id, attempt, started_at, duration_ms, status, error, outcome, detail FROM attempts
     UNION ALL
