@@ -115,86 +115,135 @@ impl HttpSender {
         reach: super::guard::Reach,
     ) -> AttemptResult {
         let started = Instant::now();
-        let sent_at = self.clock.now_ms();
         let client = match reach {
             super::guard::Reach::Listed => &self.client,
             super::guard::Reach::PublicOnly => &self.public_only,
         };
-        let mut builder = client
-            .request(req.method.clone(), req.target.clone())
-            .timeout(timeout)
-            .header("Idempotency-Key", idempotency_key)
-            .body(req.body.clone());
-        for h in &req.headers {
-            builder = builder.header(h.name.as_str(), h.value.expose_secret());
-        }
-        match builder.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = requested_wait(resp.headers(), self.clock.now_ms());
-                let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
-                let verdict = classify_status(status, retry_after);
-                let delivered = matches!(verdict, Verdict::Delivered);
-                // Taken before the body is read (which consumes the answer), without copying the map.
-                let answer_headers = recorded_headers(resp.headers());
-                let location = resp
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                let limit = match (keep_body, delivered) {
-                    (true, _) => ANSWER_BODY_LIMIT,
-                    (false, false) => FAILED_BODY_KEPT,
-                    (false, true) => RECORDED_BODY,
-                };
-                let read = read_prefix(resp, limit).await;
-                let recorded = exchange(req, sent_at, idempotency_key, Some((status, answer_headers, &read)), None);
-                let body = if keep_body || !delivered { Some(read) } else { None };
-                let error = if delivered {
-                    None
-                } else {
-                    let snippet: String = body.as_deref().unwrap_or_default().chars().take(ERROR_BODY_LIMIT).collect();
-                    Some(if snippet.trim().is_empty() {
-                        format!("HTTP {status}")
-                    } else {
-                        format!("HTTP {status}: {}", snippet.trim())
-                    })
-                };
-                AttemptResult {
-                    status: Some(status),
-                    verdict,
-                    duration: started.elapsed(),
-                    error,
-                    pause,
-                    body,
-                    exchanges: vec![recorded],
-                    requested_wait: retry_after,
-                    location,
-                    throttled: status == 429,
+        // A try whose connection was closed before any answer, sent again once at once.
+        let mut closed: Option<serde_json::Value> = None;
+        let (resp, sent_at) = loop {
+            let sent_at = self.clock.now_ms();
+            // The second try gets what the first left of the route's timeout.
+            let left = timeout.saturating_sub(started.elapsed());
+            let mut builder = client
+                .request(req.method.clone(), req.target.clone())
+                .timeout(left)
+                .header("Idempotency-Key", idempotency_key)
+                .body(req.body.clone());
+            for h in &req.headers {
+                builder = builder.header(h.name.as_str(), h.value.expose_secret());
+            }
+            match builder.send().await {
+                Ok(resp) => break (resp, sent_at),
+                Err(e) if closed.is_none() && closed_before_answer(&e) && !left.is_zero() => {
+                    let reason = format!(
+                        "request failed: {}; sent again at once on a new connection (the CRM closed a kept-alive \
+                         connection as the request went out: it did not take it)",
+                        error_chain(&e.without_url())
+                    );
+                    tracing::debug!(url = %req.url, %reason, "connection closed before any answer");
+                    closed = Some(exchange(req, sent_at, idempotency_key, None, Some(&reason)));
+                    continue;
                 }
+                Err(e) => return self.failed(req, e, started, sent_at, timeout, idempotency_key, closed),
             }
-            Err(e) => {
-                let reason = if e.is_timeout() {
-                    format!("timed out after {}", humantime::format_duration(timeout))
-                } else if e.is_connect() && error_chain(&e).contains(super::guard::REFUSED) {
-                    // The resolver refused a non-public address: no retry will change that.
-                    let reason = format!("connection refused by the relay: {}", error_chain(&e.without_url()));
-                    let mut r =
-                        AttemptResult::without_answer(Verdict::Fail { reason: reason.clone() }, started.elapsed());
-                    r.exchanges.push(exchange(req, sent_at, idempotency_key, None, Some(&reason)));
-                    return r;
-                } else if e.is_connect() {
-                    format!("connection failed: {}", error_chain(&e.without_url()))
-                } else {
-                    format!("request failed: {}", error_chain(&e.without_url()))
-                };
-                let recorded = exchange(req, sent_at, idempotency_key, None, Some(&reason));
-                let mut r =
-                    AttemptResult::without_answer(Verdict::Retry { reason, retry_after: None }, started.elapsed());
-                r.exchanges.push(recorded);
-                r
-            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = requested_wait(resp.headers(), self.clock.now_ms());
+        let pause = if status == 429 || quota_exhausted(resp.headers()) { retry_after } else { None };
+        let verdict = classify_status(status, retry_after);
+        let delivered = matches!(verdict, Verdict::Delivered);
+        // Taken before the body is read (which consumes the answer), without copying the map.
+        let answer_headers = recorded_headers(resp.headers());
+        let location =
+            resp.headers().get(reqwest::header::LOCATION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let limit = match (keep_body, delivered) {
+            (true, _) => ANSWER_BODY_LIMIT,
+            (false, false) => FAILED_BODY_KEPT,
+            (false, true) => RECORDED_BODY,
+        };
+        let read = read_prefix(resp, limit).await;
+        let recorded = exchange(req, sent_at, idempotency_key, Some((status, answer_headers, &read)), None);
+        let body = if keep_body || !delivered { Some(read) } else { None };
+        let error = if delivered {
+            None
+        } else {
+            let snippet: String = body.as_deref().unwrap_or_default().chars().take(ERROR_BODY_LIMIT).collect();
+            Some(if snippet.trim().is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {}", snippet.trim())
+            })
+        };
+        AttemptResult {
+            status: Some(status),
+            verdict,
+            duration: started.elapsed(),
+            error,
+            pause,
+            body,
+            exchanges: closed.into_iter().chain([recorded]).collect(),
+            requested_wait: retry_after,
+            location,
+            throttled: status == 429,
         }
     }
+
+    /// The attempt when the request got no answer: refused by the resolver (failed: no retry will
+    /// change that), or a timeout or a network error (retried on the schedule).
+    #[allow(clippy::too_many_arguments)]
+    fn failed(
+        &self,
+        req: &RenderedRequest,
+        e: reqwest::Error,
+        started: Instant,
+        sent_at: i64,
+        timeout: Duration,
+        idempotency_key: &str,
+        closed: Option<serde_json::Value>,
+    ) -> AttemptResult {
+        let (verdict, reason) = if e.is_timeout() {
+            let reason = format!("timed out after {}", humantime::format_duration(timeout));
+            (Verdict::Retry { reason: reason.clone(), retry_after: None }, reason)
+        } else if e.is_connect() && error_chain(&e).contains(super::guard::REFUSED) {
+            let reason = format!("connection refused by the relay: {}", error_chain(&e.without_url()));
+            (Verdict::Fail { reason: reason.clone() }, reason)
+        } else {
+            let reason = if e.is_connect() {
+                format!("connection failed: {}", error_chain(&e.without_url()))
+            } else {
+                format!("request failed: {}", error_chain(&e.without_url()))
+            };
+            (Verdict::Retry { reason: reason.clone(), retry_after: None }, reason)
+        };
+        let mut r = AttemptResult::without_answer(verdict, started.elapsed());
+        r.exchanges.extend(closed);
+        r.exchanges.push(exchange(req, sent_at, idempotency_key, None, Some(&reason)));
+        r
+    }
+}
+
+/// Whether a request failed because its connection was closed (or reset) before any answer came:
+/// what a CRM does to a kept-alive connection it times out just as the relay reuses it. Neither a
+/// timeout (the CRM may be working on it) nor a refused connection (never sent) is one.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    if e.is_timeout() || e.is_connect() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
+            return true;
+        }
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Reads at most `limit` bytes of an answer's body, chunk by chunk, and drops the rest unread (a

@@ -1,6 +1,7 @@
 //! A CRM (or its token server) cannot break an attempt or hold a route for ever: absurd reset and
 //! `Retry-After` values are capped at 6 h and the request is sent once (SQLite and PostgreSQL), a
-//! pause is lifted by a manual retry or a reload, and a token answer is read no further than 64 KiB.
+//! pause is lifted by a manual retry or a reload, a token answer is read no further than 64 KiB, and
+//! a kept-alive connection the CRM closes unanswered costs one resend at once, not a retry.
 
 use lbx_relay::store::roles::*;
 use lbx_relay::store::DeliveryFilter;
@@ -128,4 +129,134 @@ async fn a_token_server_answering_megabytes_is_read_no_further_than_64_kib() {
     assert_eq!(r.crm.count(), 0, "no token was taken from a cut answer");
     let rows = r.relay.store.list_deliveries(DeliveryFilter { limit: 1, ..DeliveryFilter::default() }).await.unwrap();
     assert!(rows[0].last_error.as_deref().unwrap_or_default().contains("oauth"), "{rows:?}");
+}
+
+/// A loopback CRM speaking plain HTTP/1.1 over TCP: it answers 200 to the first request on its
+/// first connection and keeps that connection alive, then closes it when the next request comes
+/// on it, unanswered (what a CRM whose keep-alive timer fired does to a request already on its
+/// way). Later connections are answered. Each request is logged: "answered" or "closed".
+async fn crm_closing_its_kept_alive_connection() -> (String, std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let log = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for request in 0.. {
+                    // One whole request: its head, then the body its Content-Length announces.
+                    let body_at = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < body_at + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..body_at + length);
+                    if connection == 0 && request == 1 {
+                        log.lock().unwrap().push("closed");
+                        return; // dropped: the relay reads the end of the connection, no answer
+                    }
+                    log.lock().unwrap().push("answered");
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"id\":\"c1\"}";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, log)
+}
+
+#[tokio::test]
+async fn a_request_on_a_connection_the_crm_closes_unanswered_is_sent_again_at_once_on_a_new_one() {
+    let (url, log) = crm_closing_its_kept_alive_connection().await;
+    let steps = format!("[[routes.steps]]\nname = \"upsert\"\nurl = \"{url}/contacts\"\ntemplate = \"crm.json.hbs\"\n");
+    let r = driven_relay(TestConfig { schedule: vec!["1m"], steps: Some(steps), ..TestConfig::default() }).await;
+    let events = sample_events();
+    r.accept(&events[0]).await;
+    assert_eq!(r.round().await, 1);
+    assert_eq!(statuses(&r).await, (0, 1, 0));
+    assert_eq!(*log.lock().unwrap(), ["answered"]);
+
+    // The second delivery goes out on the kept-alive connection, which the CRM closes unanswered.
+    let second = events.iter().find(|e| e["event"] != events[0]["event"]).unwrap_or(&events[1]);
+    let lbx_relay::ingest::Outcome::Stored { event_id, .. } = r.accept(second).await else { panic!("stored") };
+    assert_eq!(r.round().await, 1);
+    assert_eq!(*log.lock().unwrap(), ["answered", "closed", "answered"], "sent again on a new connection");
+    assert_eq!(statuses(&r).await, (0, 2, 0), "delivered now, not a minute later by the retry schedule");
+    // Not a failed attempt (route health and alerts count those): one attempt, both requests shown.
+    r.advance_ms(120_000);
+    assert_eq!(r.round().await, 0, "nothing left to send");
+    let attempts = r.relay.store.event_detail(&event_id).await.unwrap().unwrap().attempts;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].status, Some(200));
+    let exchanges: Vec<serde_json::Value> = serde_json::from_str(attempts[0].detail.as_deref().unwrap()).unwrap();
+    assert_eq!(exchanges.len(), 2, "{exchanges:?}");
+    let first_error = exchanges[0]["error"].as_str().unwrap();
+    assert!(first_error.contains("closed") && first_error.contains("sent again"), "{first_error}");
+    assert!(exchanges[0]["response"].is_null());
+    assert_eq!(exchanges[1]["response"]["status"], 200);
+    assert!(exchanges[1]["error"].is_null());
+}
+
+#[tokio::test]
+async fn a_crm_closing_every_connection_unanswered_gets_two_requests_then_the_retry_schedule() {
+    // Every connection is closed when its request arrives: one resend, then the schedule's retry.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    let steps = format!("[[routes.steps]]\nname = \"upsert\"\nurl = \"{url}/contacts\"\ntemplate = \"crm.json.hbs\"\n");
+    let r = driven_relay(TestConfig { schedule: vec!["1m"], steps: Some(steps), ..TestConfig::default() }).await;
+    r.accept(&sample_events()[0]).await;
+    assert_eq!(r.round().await, 1);
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 2, "the request and one resend, no more");
+    assert_eq!(statuses(&r).await, (1, 0, 0), "left for the retry schedule");
+    let rows = r.relay.store.list_deliveries(DeliveryFilter { limit: 1, ..DeliveryFilter::default() }).await.unwrap();
+    let error = rows[0].last_error.as_deref().unwrap();
+    assert!(error.starts_with("request failed") && !error.contains("sent again"), "{error}");
+    // The schedule's minute, with its ±10 % jitter.
+    r.advance_ms(53_000);
+    assert_eq!(r.round().await, 0, "the schedule's minute, not at once");
+    r.advance_ms(14_000);
+    assert_eq!(r.round().await, 1);
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
