@@ -45,7 +45,8 @@ impl Event {
 
     /// The canonical JSON text that is stored.
     pub fn payload(&self) -> String {
-        self.data.to_string()
+        // Serialized straight into a string: `Value`'s `Display` writes through a formatter.
+        serde_json::to_string(&self.data).unwrap_or_else(|_| self.data.to_string())
     }
 }
 

@@ -397,7 +397,8 @@ pub async fn store_event(
         .collect();
     let count = deliveries.len();
     let routed: Vec<String> = deliveries.iter().map(|d| d.route.clone()).collect();
-    let email = contact_email(&event).map(str::to_lowercase);
+    let contact = contact_email(&event);
+    let email = contact.map(str::to_lowercase);
     let payload = event.payload();
     let handed = hand_over(ctx, &mut deliveries);
     let new = NewEvent {
@@ -416,19 +417,19 @@ pub async fn store_event(
     };
     let outcome = ctx.store.ingest(new).await?;
     ctx.dedup.remember(&event.source, &event.key, window, now);
-    let contact =
-        contact_email(&event).map(|email| if rt.config.server.log_pii { email.to_string() } else { mask_email(email) });
+    // Only for the debug lines below: built when they are written.
+    let shown = |email: &str| if rt.config.server.log_pii { email.to_string() } else { mask_email(email) };
     match outcome {
         IngestOutcome::Duplicate => {
             tracing::debug!(source = %event.source, event = capped(&event.kind), key = capped(&event.key), "duplicate");
             Ok(Outcome::Duplicate)
         }
         IngestOutcome::Stored if count == 0 => {
-            tracing::debug!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, "stored, no route matched");
+            tracing::debug!(source = %event.source, event = capped(&event.kind), id = %event.id, contact = contact.map(shown), "stored, no route matched");
             Ok(Outcome::Unrouted { event_id: event.id })
         }
         IngestOutcome::Stored => {
-            tracing::debug!(source = %event.source, event = capped(&event.kind), id = %event.id, contact, deliveries = count, "accepted");
+            tracing::debug!(source = %event.source, event = capped(&event.kind), id = %event.id, contact = contact.map(shown), deliveries = count, "accepted");
             observe_fields(ctx, rt, &routed, &event.data);
             let all_handed = handed.len() == count;
             if !handed.is_empty() {

@@ -392,8 +392,8 @@ fn record(ctx: &DeliveryContext, rt: &Compiled, c: Claimed, ran: Ran, next: Next
     // A CRM or token server may echo what it was sent: no known secret is logged or stored.
     // …nor any OAuth token the relay fetched (a CRM echoing its request headers).
     let secrets = &rt.config.secrets;
-    let mask = |text: &str| ctx.tokens.mask(secrets.mask(text));
-    let error = error.map(|e| mask(&e));
+    let mask = |text: String| ctx.tokens.mask(secrets.mask_owned(text));
+    let error = error.map(mask);
     if next == Next::Failed {
         ctx.signals.signal(crate::signals::Signal::DeadLetter {
             route: c.route.clone(),
@@ -401,10 +401,13 @@ fn record(ctx: &DeliveryContext, rt: &Compiled, c: Claimed, ran: Ran, next: Next
             delivery_id: c.delivery_id.clone(),
         });
     }
-    let detail = (!exchanges.is_empty()).then(|| mask(&serde_json::Value::Array(exchanges).to_string()));
+    // Serialized straight into a string: `Value`'s `Display` writes through a formatter.
+    let detail = (!exchanges.is_empty())
+        .then(|| serde_json::to_string(&exchanges).unwrap_or_else(|_| serde_json::Value::Array(exchanges).to_string()))
+        .map(mask);
     let reason = match &verdict {
         Verdict::Delivered => None,
-        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(mask(reason)),
+        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(mask(reason.clone())),
     };
     // A delivered attempt is said at debug (the summary counts it); a retry at info, a failure
     // for good at warn.
