@@ -112,6 +112,29 @@ impl<'a> TemplateContext<'a> {
         self.steps = steps;
         self
     }
+
+    /// What a template sees: the JSON this context serializes to, built field by field (cloning
+    /// the event's data is about half the work of serializing it into a new value), once for
+    /// every part of a request.
+    fn handlebars(&self) -> handlebars::Context {
+        let text = |s: &str| Value::String(s.to_string());
+        let mut root = serde_json::Map::new();
+        root.insert("event".into(), text(self.event));
+        root.insert("id".into(), text(self.id));
+        root.insert("learnybox_id".into(), text(self.learnybox_id));
+        root.insert("relay_event_id".into(), text(self.relay_event_id));
+        root.insert("source".into(), text(self.source));
+        root.insert("received_at".into(), text(&self.received_at));
+        root.insert("data".into(), self.data.clone());
+        root.insert("vars".into(), Value::Object(self.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
+        root.insert("delivery_id".into(), text(self.delivery_id));
+        root.insert("steps".into(), self.steps.clone());
+        if self.preview {
+            root.insert("preview".into(), Value::Bool(true));
+        }
+        root.insert("rendered_at".into(), Value::from(self.rendered_at));
+        handlebars::Context::from(Value::Object(root))
+    }
 }
 
 /// A request ready to send.
@@ -177,9 +200,9 @@ fn render_part(
     route: &RouteConfig,
     name: &str,
     what: &'static str,
-    ctx: &TemplateContext<'_>,
+    ctx: &handlebars::Context,
 ) -> Result<String, RenderError> {
-    registry.render(name, ctx).map_err(|e| RenderError::Render {
+    registry.render_with_context(name, ctx).map_err(|e| RenderError::Render {
         route: route.name.clone(),
         what,
         message: template_error_message(&e),
@@ -356,7 +379,7 @@ impl Templates {
         if route.when.is_none() {
             return Ok(true);
         }
-        let out = render_part(&self.plain, route, &when_key(&route.name), "when", ctx)?;
+        let out = render_part(&self.plain, route, &when_key(&route.name), "when", &ctx.handlebars())?;
         Ok(truthy(&out))
     }
 
@@ -366,7 +389,7 @@ impl Templates {
         if route.order_by.is_none() {
             return Ok(None);
         }
-        let out = render_part(&self.plain, route, &order_key(&route.name), "order_by", ctx)?;
+        let out = render_part(&self.plain, route, &order_key(&route.name), "order_by", &ctx.handlebars())?;
         let key = out.trim();
         Ok((!key.is_empty()).then(|| key.to_string()))
     }
@@ -377,7 +400,7 @@ impl Templates {
         if route.steps.get(i).is_none_or(|s| s.when.is_none()) {
             return Ok(true);
         }
-        let out = render_part(&self.plain, route, &step_when_key(&route.name, i), "step when", ctx)?;
+        let out = render_part(&self.plain, route, &step_when_key(&route.name, i), "step when", &ctx.handlebars())?;
         Ok(truthy(&out))
     }
 
@@ -414,13 +437,9 @@ impl Templates {
         validate: bool,
     ) -> Result<RenderedRequest, RenderError> {
         let step = route.steps.get(i).ok_or_else(|| RenderError::UnknownRoute(route.name.clone()))?;
-        let previewed;
-        let ctx = if validate {
-            ctx
-        } else {
-            previewed = TemplateContext { preview: true, ..ctx.clone() };
-            &previewed
-        };
+        let ctx =
+            if validate { ctx.handlebars() } else { TemplateContext { preview: true, ..ctx.clone() }.handlebars() };
+        let ctx = &ctx;
         if !self.url.has_template(&url_key(&route.name, i)) {
             return Err(RenderError::UnknownRoute(route.name.clone()));
         }
@@ -478,7 +497,7 @@ impl Templates {
                 for (expression, key) in self.url_parts.get(&url_key(&route.name, i)).into_iter().flatten() {
                     let blank =
                         |out: String| percent_encoding::percent_decode_str(&out).decode_utf8_lossy().trim().is_empty();
-                    if self.url.render(key, ctx).is_ok_and(blank) {
+                    if self.url.render_with_context(key, ctx).is_ok_and(blank) {
                         return Err(RenderError::EmptyInUrl {
                             route: route.name.clone(),
                             step: route.is_multi_step().then(|| step.name.clone()),
@@ -603,6 +622,18 @@ vars = {{ list = "a b" }}
         let config = Config::from_toml(&text, &dir.path().join("routes.toml"), &|_| None).unwrap();
         let t = Templates::compile(&config).unwrap();
         (dir, config, t)
+    }
+
+    #[test]
+    fn the_context_templates_see_is_the_serialized_template_context() {
+        let e = event(serde_json::json!({"email": "a@b.fr", "n": 1.5, "list": [1, {"x": null}]}));
+        let vars: BTreeMap<String, Value> = [("list".to_string(), serde_json::json!("a b"))].into();
+        let steps = serde_json::json!({"search": {"status": 200, "body": {"id": 7}}});
+        for preview in [false, true] {
+            let ctx = TemplateContext { preview, ..TemplateContext::new(&e, &vars, "d1").at(1_700_000_000_123) }
+                .with_steps(&steps);
+            assert_eq!(ctx.handlebars().data(), &serde_json::to_value(&ctx).unwrap(), "preview {preview}");
+        }
     }
 
     fn event(data: Value) -> Event {
