@@ -404,6 +404,7 @@ fn object_candidates(map: &Map<String, Value>, iv_header: Option<&str>, out: &mu
     for field in CIPHERTEXT_FIELDS {
         let Some(s) = map.get(*field).and_then(Value::as_str) else { continue };
         let s = s.trim();
+        let decoded = decode_b64(s);
         if let Some(iv) = iv_field.or(iv_header) {
             let variant_b64 = if iv_field.is_some() { Variant::JsonDataIv } else { Variant::IvHeader };
             if is_hex(s) {
@@ -412,17 +413,25 @@ fn object_candidates(map: &Map<String, Value>, iv_header: Option<&str>, out: &mu
                     out.push(Candidate { variant, ct, iv, mac: None });
                 }
             }
-            if let Some(ct) = decode_b64(s) {
-                out.push(Candidate { variant: variant_b64, ct, iv, mac: None });
+            if let Some(ct) = &decoded {
+                out.push(Candidate { variant: variant_b64, ct: ct.clone(), iv, mac: None });
             }
         }
-        blob_candidates(s, Variant::IvPrefixed, out);
+        if let Some(blob) = decoded {
+            decoded_blob_candidates(blob, Variant::IvPrefixed, out);
+        }
     }
 }
 
 /// Candidates hidden in one base64 string: Laravel JSON, `base64(ct)::iv`, or `iv ‖ ct`.
 fn blob_candidates(text: &str, iv_prefixed_variant: Variant, out: &mut Vec<Candidate>) {
-    let Some(blob) = decode_b64(text) else { return };
+    if let Some(blob) = decode_b64(text) {
+        decoded_blob_candidates(blob, iv_prefixed_variant, out);
+    }
+}
+
+/// The same, on the string already decoded (decoded once for every reading of a field).
+fn decoded_blob_candidates(blob: Vec<u8>, iv_prefixed_variant: Variant, out: &mut Vec<Candidate>) {
     if blob.first() == Some(&b'{') {
         if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&blob) {
             let iv_b64 = m.get("iv").and_then(Value::as_str);
@@ -452,7 +461,9 @@ fn blob_candidates(text: &str, iv_prefixed_variant: Variant, out: &mut Vec<Candi
     if blob.len() >= 32 && blob.len() % 16 == 0 {
         let mut iv = [0u8; 16];
         iv.copy_from_slice(&blob[..16]);
-        out.push(Candidate { variant: iv_prefixed_variant, ct: blob[16..].to_vec(), iv, mac: None });
+        let mut ct = blob;
+        ct.drain(..16);
+        out.push(Candidate { variant: iv_prefixed_variant, ct, iv, mac: None });
     }
 }
 
