@@ -433,9 +433,16 @@ pub async fn store_event(
             observe_fields(ctx, rt, &routed, &event.data);
             let all_handed = handed.len() == count;
             if !handed.is_empty() {
+                // The last one takes this reference: a worker alone with the data uses it uncopied.
                 let data = std::sync::Arc::new(std::mem::take(&mut event.data));
-                for h in handed {
-                    h.pass_on(&event, data.clone());
+                let mut handed = handed.into_iter().peekable();
+                while let Some(h) = handed.next() {
+                    if handed.peek().is_some() {
+                        h.pass_on(&event, data.clone());
+                    } else {
+                        h.pass_on(&event, data);
+                        break;
+                    }
                 }
             }
             if !all_handed {

@@ -248,7 +248,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Waits for the route's turn, renders and sends one claimed delivery; returns what to record.
 /// Four steps: admit (the route's pacing), send (its requests), decide what comes next, record.
-async fn attempt_steps(ctx: &DeliveryContext, c: Claimed) -> Finish {
+async fn attempt_steps(ctx: &DeliveryContext, mut c: Claimed) -> Finish {
     let rt = ctx.runtime();
     let gate = rt.config.route(&c.route).map(|route| ctx.gates.gate(route, route_budget(&rt.config)));
     let _permit = match admit(gate.as_deref()).await {
@@ -256,7 +256,8 @@ async fn attempt_steps(ctx: &DeliveryContext, c: Claimed) -> Finish {
         Err(at) => return deferred(c, at, "route paced; handed back to the queue"),
     };
     let started_at = ctx.now_ms();
-    let ran = match send(ctx, &rt, &c, gate.as_deref()).await {
+    let data = c.data.take();
+    let ran = match send(ctx, &rt, &c, data, gate.as_deref()).await {
         Ok(ran) => ran,
         Err(at) => return deferred(c, at, "rate window full between steps; handed back"),
     };
@@ -296,7 +297,13 @@ struct Ran {
 
 /// Sends the route's requests for the delivery's event, holding its lease; `Err(at)` when the
 /// route's rate window filled between steps (handed back, no attempt counted).
-async fn send(ctx: &DeliveryContext, rt: &Compiled, c: &Claimed, gate: Option<&Gate>) -> Result<Ran, i64> {
+async fn send(
+    ctx: &DeliveryContext,
+    rt: &Compiled,
+    c: &Claimed,
+    data: Option<std::sync::Arc<serde_json::Value>>,
+    gate: Option<&Gate>,
+) -> Result<Ran, i64> {
     let Some(route) = rt.config.route(&c.route) else {
         let reason = format!("route {} is no longer configured", c.route);
         return Ok(Ran {
@@ -310,8 +317,9 @@ async fn send(ctx: &DeliveryContext, rt: &Compiled, c: &Claimed, gate: Option<&G
             throttled: false,
         });
     };
-    let data = match &c.data {
-        Some(data) => data.as_ref().clone(),
+    let data = match data {
+        // Copied only when other deliveries of the event share it.
+        Some(data) => std::sync::Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone()),
         None => serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null),
     };
     let event = Event {
