@@ -80,11 +80,13 @@ pub fn is_secret_name(name: &str) -> bool {
 /// Whether a request header may carry a credential: the standard ones and anything named like a
 /// key, token, secret, password or session.
 pub fn is_credential_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    matches!(name.as_str(), "authorization" | "cookie" | "proxy-authorization" | "set-cookie")
-        || ["key", "token", "secret", "password", "passwd", "auth", "session", "credential"]
-            .iter()
-            .any(|word| name.contains(word))
+    // Compared in place, in any ASCII case: called for every header of every answer recorded.
+    let name = name.as_bytes();
+    let holds = |word: &str| name.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word.as_bytes()));
+    ["authorization", "cookie", "proxy-authorization", "set-cookie"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        || ["key", "token", "secret", "password", "passwd", "auth", "session", "credential"].iter().any(|w| holds(w))
 }
 
 /// Why a configured store key is not usable (the key itself is never part of the message).
@@ -124,10 +126,31 @@ mod tests {
 
     #[test]
     fn credential_headers_are_recognised() {
-        for h in ["Authorization", "X-Api-Key", "api-key", "X-Auth-Token", "Cookie", "x-client-secret"] {
+        for h in [
+            "Authorization",
+            "X-Api-Key",
+            "api-key",
+            "X-Auth-Token",
+            "Cookie",
+            "x-client-secret",
+            "SET-COOKIE",
+            "Proxy-Authorization",
+            "X-SESSION-ID",
+            "PaSsWd",
+            "é-key",
+        ] {
             assert!(is_credential_header(h), "{h}");
         }
-        for h in ["Content-Type", "X-Learnybox-Signature", "X-Learnybox-Iv", "User-Agent"] {
+        for h in [
+            "Content-Type",
+            "X-Learnybox-Signature",
+            "X-Learnybox-Iv",
+            "User-Agent",
+            "",
+            "ke",
+            "Keep-Alive",
+            "cookies-",
+        ] {
             assert!(!is_credential_header(h), "{h}");
         }
     }
