@@ -140,6 +140,9 @@ const RESET_HEADERS: &[&str] = &["ratelimit-reset", "x-ratelimit-reset", "x-sib-
 /// the header says (huge, negative, not a number, not UTF-8), the answer is at most
 /// [`MAX_RETRY_AFTER`] and reading it never panics.
 pub fn requested_wait(headers: &reqwest::header::HeaderMap, now_ms: i64) -> Option<Duration> {
+    if !speaks_of_limits(headers) {
+        return None;
+    }
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let wait = match get("retry-after").and_then(|v| parse_retry_after(v, now_ms)) {
         Some(d) => Some(d),
@@ -167,18 +170,28 @@ fn hubspot_wait<'a>(get: &dyn Fn(&str) -> Option<&'a str>) -> Option<Duration> {
     None
 }
 
+/// Whether an answer has a header the waits and quotas are read from: each of their names is
+/// `retry-after` or holds `ratelimit`. Most answers have none, and then no name is looked up.
+fn speaks_of_limits(headers: &reqwest::header::HeaderMap) -> bool {
+    headers.keys().any(|k| {
+        let k = k.as_str().as_bytes(); // header names are lower-case
+        k == b"retry-after" || k.windows(9).any(|w| w == b"ratelimit")
+    })
+}
+
 /// Whether the answer says the quota is used up (`X-RateLimit-Remaining: 0` or `RateLimit-Remaining: 0`).
 pub fn quota_exhausted(headers: &reqwest::header::HeaderMap) -> bool {
-    [
-        "ratelimit-remaining",
-        "x-ratelimit-remaining",
-        "x-sib-ratelimit-remaining",
-        "x-hubspot-ratelimit-remaining",
-        "x-hubspot-ratelimit-daily-remaining",
-    ]
-    .iter()
-    .any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
+    speaks_of_limits(headers)
+        && QUOTA_HEADERS.iter().any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
 }
+
+const QUOTA_HEADERS: &[&str] = &[
+    "ratelimit-remaining",
+    "x-ratelimit-remaining",
+    "x-sib-ratelimit-remaining",
+    "x-hubspot-ratelimit-remaining",
+    "x-hubspot-ratelimit-daily-remaining",
+];
 
 /// Seconds as a duration, capped at [`MAX_RETRY_AFTER`]; `None` for what is not a finite,
 /// non-negative number.
@@ -216,6 +229,25 @@ pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_header_read_for_a_wait_or_a_quota_is_noticed_and_near_misses_are_not() {
+        let hubspot = ["x-hubspot-ratelimit-interval-milliseconds", "x-hubspot-ratelimit-daily-remaining"];
+        let read = RESET_HEADERS.iter().chain(QUOTA_HEADERS).chain(&hubspot).chain(&["retry-after"]);
+        for name in read {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("content-type", "application/json".parse().unwrap());
+            h.insert(reqwest::header::HeaderName::from_static(name), "0".parse().unwrap());
+            assert!(speaks_of_limits(&h), "{name}");
+        }
+        for name in ["content-type", "x-rate-limit-remaining", "retry", "retry-after-ms", "ratelimi"] {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::HeaderName::from_static(name), "0".parse().unwrap());
+            assert!(!speaks_of_limits(&h), "{name}");
+            assert_eq!(requested_wait(&h, 0), None);
+            assert!(!quota_exhausted(&h));
+        }
+    }
 
     #[test]
     fn statuses_are_classified_as_the_spec_says() {
