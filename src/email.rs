@@ -40,6 +40,12 @@ impl Email {
     /// part of address characters, and a domain of non-empty labels of letters, digits and `-`.
     pub fn parse(text: &str) -> Result<Email, EmailError> {
         let text = text.trim();
+        Self::check(text)?;
+        Ok(Email(text.to_lowercase()))
+    }
+
+    /// Whether `text` (already trimmed) is an address by [`Email::parse`], without a copy.
+    fn check(text: &str) -> Result<(), EmailError> {
         if text.chars().count() > 254 {
             return Err(EmailError::TooLong);
         }
@@ -66,7 +72,7 @@ impl Email {
         if !labels_ok {
             return Err(EmailError::BadDomain);
         }
-        Ok(Email(text.to_lowercase()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -154,13 +160,19 @@ impl Email {
     }
 }
 
-/// Where a contact's e-mail usually sits in a Learnybox event's data.
-const CONTACT_POINTERS: &[&str] = &["/data/contact/email", "/contact/email", "/data/email", "/email"];
+/// Where a contact's e-mail usually sits in a Learnybox event's data: `/data/contact/email`,
+/// `/contact/email`, `/data/email`, `/email`, as keys (read for every event: a JSON pointer
+/// would be parsed, and its keys copied, at each read).
+const CONTACT_PATHS: &[&[&str]] =
+    &[&["data", "contact", "email"], &["contact", "email"], &["data", "email"], &["email"]];
 
 /// The contact's address in an event's data, where Learnybox events usually carry it, when it
 /// is an address by [`Email::parse`] (as written, not lower-cased).
 pub fn contact_in(data: &serde_json::Value) -> Option<&str> {
-    CONTACT_POINTERS.iter().find_map(|p| data.pointer(p).and_then(|v| v.as_str())).filter(|e| Email::parse(e).is_ok())
+    CONTACT_PATHS
+        .iter()
+        .find_map(|path| path.iter().try_fold(data, |v, key| v.get(key)).and_then(|v| v.as_str()))
+        .filter(|e| Email::check(e.trim()).is_ok())
 }
 
 impl fmt::Display for Email {
@@ -179,6 +191,28 @@ impl fmt::Debug for Email {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_contact_is_read_where_learnybox_events_carry_it() {
+        use serde_json::json;
+        let nested =
+            json!({"data": {"contact": {"email": " Ann@Example.org "}, "email": "b@example.org"}, "email": "c@x.fr"});
+        assert_eq!(contact_in(&nested), Some(" Ann@Example.org "), "as written, the first place first");
+        assert_eq!(contact_in(&json!({"contact": {"email": "d@example.org"}})), Some("d@example.org"));
+        assert_eq!(contact_in(&json!({"data": {"email": "e@example.org"}})), Some("e@example.org"));
+        assert_eq!(contact_in(&json!({"email": "f@example.org"})), Some("f@example.org"));
+        assert_eq!(
+            contact_in(&json!({"data": {"contact": {"email": 42}}, "email": "g@example.org"})),
+            Some("g@example.org")
+        );
+        assert_eq!(
+            contact_in(&json!({"data": {"contact": {"email": "not an address"}}, "email": "h@example.org"})),
+            None
+        );
+        assert_eq!(contact_in(&json!({"data": [{"contact": {"email": "i@example.org"}}]})), None);
+        assert_eq!(contact_in(&json!({"Email": "j@example.org", "emails": "k@example.org"})), None);
+        assert_eq!(contact_in(&json!("l@example.org")), None);
+    }
 
     #[test]
     fn only_local_at_domain_is_an_address() {
