@@ -233,14 +233,14 @@ impl SqliteStore {
                     lease_token, lease_until)
                  VALUES (?1, ?2, ?3, 'pending', ?4, ?6, ?6, ?5, ?7, ?8)",
             )?;
-            let mut head_due = c.prepare_cached(
-                "SELECT next_attempt_at FROM deliveries
-                 WHERE route = ?1 AND order_key = ?2 AND status = 'pending' ORDER BY rowid LIMIT 1",
-            )?;
             for d in &ev.deliveries {
                 // Queued behind a keyed head that waits for a retry: due no earlier than it.
                 let due = match &d.order_key {
-                    Some(key) => head_due
+                    Some(key) => c
+                        .prepare_cached(
+                            "SELECT next_attempt_at FROM deliveries
+                             WHERE route = ?1 AND order_key = ?2 AND status = 'pending' ORDER BY rowid LIMIT 1",
+                        )?
                         .query_row(params![d.route, key], |r| r.get::<_, i64>(0))
                         .optional()?
                         .map_or(ev.received_at, |at| at.max(ev.received_at)),
