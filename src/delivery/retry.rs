@@ -185,6 +185,7 @@ pub fn quota_exhausted(headers: &reqwest::header::HeaderMap) -> bool {
         && QUOTA_HEADERS.iter().any(|n| headers.get(*n).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "0"))
 }
 
+/// The headers whose `0` says the quota is used up.
 const QUOTA_HEADERS: &[&str] = &[
     "ratelimit-remaining",
     "x-ratelimit-remaining",
