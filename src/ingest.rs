@@ -435,14 +435,13 @@ pub async fn store_event(
             if !handed.is_empty() {
                 // The last one takes this reference: a worker alone with the data uses it uncopied.
                 let data = std::sync::Arc::new(std::mem::take(&mut event.data));
-                let mut handed = handed.into_iter().peekable();
-                while let Some(h) = handed.next() {
-                    if handed.peek().is_some() {
-                        h.pass_on(&event, data.clone());
-                    } else {
-                        h.pass_on(&event, data);
-                        break;
-                    }
+                let mut handed = handed;
+                let last = handed.pop();
+                for h in handed {
+                    h.pass_on(&event, data.clone());
+                }
+                if let Some(h) = last {
+                    h.pass_on(&event, data);
                 }
             }
             if !all_handed {

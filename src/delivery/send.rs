@@ -145,7 +145,13 @@ impl HttpSender {
                     closed = Some(exchange(req, sent_at, idempotency_key, None, Some(&reason)));
                     continue;
                 }
-                Err(e) => return self.failed(req, e, started, sent_at, timeout, idempotency_key, closed),
+                Err(e) => {
+                    let (verdict, reason) = no_answer(e, timeout);
+                    let mut r = AttemptResult::without_answer(verdict, started.elapsed());
+                    r.exchanges.extend(closed);
+                    r.exchanges.push(exchange(req, sent_at, idempotency_key, None, Some(&reason)));
+                    return r;
+                }
             }
         };
         let status = resp.status().as_u16();
@@ -188,38 +194,21 @@ impl HttpSender {
             throttled: status == 429,
         }
     }
+}
 
-    /// The attempt when the request got no answer: refused by the resolver (failed: no retry will
-    /// change that), or a timeout or a network error (retried on the schedule).
-    #[allow(clippy::too_many_arguments)]
-    fn failed(
-        &self,
-        req: &RenderedRequest,
-        e: reqwest::Error,
-        started: Instant,
-        sent_at: i64,
-        timeout: Duration,
-        idempotency_key: &str,
-        closed: Option<serde_json::Value>,
-    ) -> AttemptResult {
-        let (verdict, reason) = if e.is_timeout() {
-            let reason = format!("timed out after {}", humantime::format_duration(timeout));
-            (Verdict::Retry { reason: reason.clone(), retry_after: None }, reason)
-        } else if e.is_connect() && error_chain(&e).contains(super::guard::REFUSED) {
-            let reason = format!("connection refused by the relay: {}", error_chain(&e.without_url()));
-            (Verdict::Fail { reason: reason.clone() }, reason)
-        } else {
-            let reason = if e.is_connect() {
-                format!("connection failed: {}", error_chain(&e.without_url()))
-            } else {
-                format!("request failed: {}", error_chain(&e.without_url()))
-            };
-            (Verdict::Retry { reason: reason.clone(), retry_after: None }, reason)
-        };
-        let mut r = AttemptResult::without_answer(verdict, started.elapsed());
-        r.exchanges.extend(closed);
-        r.exchanges.push(exchange(req, sent_at, idempotency_key, None, Some(&reason)));
-        r
+/// What a request that got no answer comes to, and why: refused by the resolver (failed: no
+/// retry will change that), or a timeout or a network error (retried on the schedule).
+fn no_answer(e: reqwest::Error, timeout: Duration) -> (Verdict, String) {
+    if e.is_timeout() {
+        let reason = format!("timed out after {}", humantime::format_duration(timeout));
+        (Verdict::Retry { reason: reason.clone(), retry_after: None }, reason)
+    } else if e.is_connect() && error_chain(&e).contains(super::guard::REFUSED) {
+        let reason = format!("connection refused by the relay: {}", error_chain(&e.without_url()));
+        (Verdict::Fail { reason: reason.clone() }, reason)
+    } else {
+        let what = if e.is_connect() { "connection failed" } else { "request failed" };
+        let reason = format!("{what}: {}", error_chain(&e.without_url()));
+        (Verdict::Retry { reason: reason.clone(), retry_after: None }, reason)
     }
 }
 

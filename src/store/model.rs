@@ -283,6 +283,14 @@ pub struct Settlement {
     pub settled_at: i64,
 }
 
+impl Settlement {
+    /// Whether the attempt is kept on its delivery's row (`ok_*`, migration 9) rather than as a
+    /// row of `attempts`: the attempt that delivers.
+    pub fn kept_on_row(&self) -> bool {
+        self.next == Next::Delivered
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DeliveryRow {
     pub id: String,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use deadpool_postgres::Pool;
 
 use super::opt_i32;
-use crate::store::{AttemptOutcome, DeliveryStatus, IngestOutcome, NewEvent, Next, Settlement, StoreError};
+use crate::store::{AttemptOutcome, DeliveryStatus, IngestOutcome, NewEvent, Settlement, StoreError};
 
 /// The settle of a batch: each delivery whose lease token still matches gets its attempt's outcome.
 /// The attempt that delivers is kept on the delivery's row (`ok_*`, see migration 9).
@@ -240,7 +240,7 @@ async fn write_batch(
         let last_status: Vec<Option<i32>> = sts.iter().map(|s| opt_i32(s.attempt.status)).collect();
         let last_error: Vec<Option<&str>> = sts.iter().map(|s| s.attempt.error.as_deref()).collect();
         let settled_at: Vec<i64> = sts.iter().map(|s| s.settled_at).collect();
-        let on_row: Vec<bool> = sts.iter().map(|s| s.next == Next::Delivered).collect();
+        let on_row: Vec<bool> = sts.iter().map(|s| s.kept_on_row()).collect();
         let ok_at: Vec<Option<i64>> =
             sts.iter().zip(&on_row).map(|(s, &r)| r.then_some(s.attempt.started_at)).collect();
         let ok_ms: Vec<Option<i64>> =
@@ -296,9 +296,10 @@ async fn write_batch(
         let own_row: Vec<(&Settlement, Option<i32>)> = sts
             .iter()
             .zip(&on_row)
-            .map(|(s, &kept_on_row)| (*s, updated.get(&s.delivery_id).copied(), kept_on_row))
-            .filter(|(_, n, kept_on_row)| !(*kept_on_row && n.is_some()))
-            .map(|(s, n, _)| (s, n))
+            .filter_map(|(s, &kept_on_row)| {
+                let n = updated.get(&s.delivery_id).copied();
+                (!(kept_on_row && n.is_some())).then_some((*s, n))
+            })
             .collect();
         let ids: Vec<&str> = own_row.iter().map(|(s, _)| s.delivery_id.as_str()).collect();
         let attempt_no: Vec<i32> = own_row.iter().map(|(_, n)| n.unwrap_or(0)).collect();

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{AttemptOutcome, DeliveryStatus, RetryFilter, COUNT_CAP, DERIVED_STATUS};
 use super::{
     AttemptRow, Claimed, ContactCandidate, DeliveryFilter, DeliveryRow, EventDetail, EventFilter, Forgotten, Gauges,
-    IngestOutcome, Matching, NewEvent, NewQuarantined, Next, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
+    IngestOutcome, Matching, NewEvent, NewQuarantined, QuarantineLimits, QuarantineOutcome, Quarantined, Retried,
     Settlement, StoreError, StoredEvent, TypeSeen,
 };
 use crate::store::Counts;
@@ -341,7 +341,7 @@ impl SqliteStore {
             let now = s.settled_at;
             let (status, next_at, try_used) = s.next.columns();
             // The attempt that delivers is kept on the row itself (see migration 9): one update.
-            let on_row = s.next == Next::Delivered;
+            let on_row = s.kept_on_row();
             let (ok_at, ok_ms, ok_detail) = if on_row {
                 (Some(s.attempt.started_at), Some(s.attempt.duration_ms), s.attempt.detail.as_deref())
             } else {
