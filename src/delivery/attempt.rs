@@ -32,7 +32,7 @@ pub struct AttemptResult {
     /// [`FAILED_BODY_KEPT`](super::send::FAILED_BODY_KEPT) bytes of any answer that is not a success (`retry_on` matches on it).
     pub body: Option<String>,
     /// Each request as sent and its answer, for the attempt's record (see [`exchange`](super::send::exchange)).
-    pub exchanges: Vec<serde_json::Value>,
+    pub exchanges: Vec<super::send::Recorded>,
     /// How long the answer's headers ask us to wait (`Retry-After`, reset headers), capped.
     pub requested_wait: Option<Duration>,
     /// The `Location` header of the answer, when it has one.

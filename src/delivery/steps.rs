@@ -12,7 +12,7 @@ use super::attempt::{AttemptResult, Verdict};
 use super::limits::Gate;
 use super::oauth::Tokens;
 use super::retry::judge;
-use super::send::HttpSender;
+use super::send::{HttpSender, Recorded};
 use crate::config::{HeaderSpec, RouteConfig};
 use crate::event::Event;
 use crate::store::QueueStore;
@@ -80,9 +80,9 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
     let mut kept = state.and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok()).unwrap_or_default();
     // Every request this attempt makes, in order, for its record, after those of attempts handed
     // back since the last one recorded.
-    let mut log: Vec<Value> = match kept.remove(SENT) {
-        Some(Value::Array(sent)) => sent,
-        Some(other) => vec![other],
+    let mut log: Vec<Recorded> = match kept.remove(SENT) {
+        Some(Value::Array(sent)) => sent.into_iter().map(Recorded::Kept).collect(),
+        Some(other) => vec![Recorded::Kept(other)],
         None => Vec::new(),
     };
     let mut done = Value::Object(kept);
@@ -114,7 +114,7 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
             } {
                 let result = last.unwrap_or_else(|| render_failure("deferred".into(), total));
                 // Kept with the finished steps' answers, for the attempt that next settles.
-                let sent = mask(&Value::Array(log).to_string());
+                let sent = mask(&serde_json::to_string(&log).unwrap_or_default());
                 let mut state = done.clone();
                 set(&mut state, SENT, serde_json::from_str(&sent).unwrap_or(Value::String(sent)));
                 let state = state.to_string();
@@ -129,7 +129,7 @@ pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput
         let key = format!("{delivery_id}.{}", step.name);
         let mut r = send(cx, route, req, &key, true).await;
         for mut x in r.exchanges.drain(..) {
-            x["step"] = step.name.clone().into();
+            x.set_step(&step.name);
             log.push(x);
         }
         total += r.duration;
@@ -213,7 +213,7 @@ async fn send(
     let client = cx.sender.client();
     let mut rejected = None;
     // The 401's exchange, kept for the attempt's record when the request is sent again.
-    let mut earlier: Vec<Value> = Vec::new();
+    let mut earlier: Vec<Recorded> = Vec::new();
     let mut spent = Duration::ZERO;
     loop {
         let token = match cx.tokens.bearer(oauth, cx.store, client, rejected.as_ref()).await {
@@ -268,7 +268,7 @@ fn render_failure(message: String, duration: Duration) -> AttemptResult {
 }
 
 /// The attempt stops at `step`; what finished before it is kept for the retry.
-fn failed_step(step: &str, mut r: AttemptResult, done: Value, log: Vec<Value>) -> StepsResult {
+fn failed_step(step: &str, mut r: AttemptResult, done: Value, log: Vec<Recorded>) -> StepsResult {
     r.exchanges = log;
     r.error = r.error.map(|e| format!("step {step}: {e}"));
     r.verdict = match r.verdict {

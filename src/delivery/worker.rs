@@ -290,7 +290,7 @@ struct Ran {
     duration: Duration,
     schedule: Vec<Duration>,
     steps_state: Option<String>,
-    exchanges: Vec<serde_json::Value>,
+    exchanges: Vec<super::send::Recorded>,
     /// A 429 or a `throttle_on` answer.
     throttled: bool,
 }
@@ -409,10 +409,8 @@ fn record(ctx: &DeliveryContext, rt: &Compiled, c: Claimed, ran: Ran, next: Next
             delivery_id: c.delivery_id.clone(),
         });
     }
-    // Serialized straight into a string: `Value`'s `Display` writes through a formatter.
-    let detail = (!exchanges.is_empty())
-        .then(|| serde_json::to_string(&exchanges).unwrap_or_else(|_| serde_json::Value::Array(exchanges).to_string()))
-        .map(mask);
+    // Serializing owned strings, maps and `Value`s cannot fail.
+    let detail = (!exchanges.is_empty()).then(|| serde_json::to_string(&exchanges).unwrap_or_default()).map(mask);
     let reason = match &verdict {
         Verdict::Delivered => None,
         Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(mask(reason.clone())),
