@@ -45,7 +45,8 @@ pub struct StepsResult {
 /// One claimed delivery, as the step runner needs it.
 pub struct AttemptInput<'a> {
     pub route: &'a RouteConfig,
-    pub event: &'a Event,
+    /// Taken: a plain route moves its data into the template context.
+    pub event: &'a mut Event,
     pub delivery_id: &'a str,
     pub lease_token: &'a str,
     /// Answers of the steps finished by earlier attempts.
@@ -65,8 +66,10 @@ const SENT: &str = "lbx-sent";
 pub async fn run(cx: SendContext<'_>, templates: &Templates, input: AttemptInput<'_>) -> StepsResult {
     let AttemptInput { route, event, delivery_id, lease_token, state, gate, mask } = input;
     if !route.is_multi_step() {
+        // Rendered once: the event's data is moved into the template context, not copied.
+        let data = std::mem::take(&mut event.data);
         let ctx = TemplateContext::new(event, &route.vars, delivery_id).at(cx.sender.now_ms());
-        let mut result = match templates.render(route, &ctx) {
+        let mut result = match templates.render_taking(route, &ctx, data) {
             Err(e) => render_failure(e.to_string(), Duration::ZERO),
             Ok(req) => send(cx, route, req, delivery_id, reads_body(route.first())).await,
         };

@@ -322,7 +322,7 @@ async fn send(
         Some(data) => std::sync::Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone()),
         None => serde_json::from_str(&c.event.payload).unwrap_or(serde_json::Value::Null),
     };
-    let event = Event {
+    let mut event = Event {
         id: c.event.id.clone(),
         source: c.event.source.clone(),
         kind: c.event.kind.clone(),
@@ -333,7 +333,7 @@ async fn send(
     let mask = |text: &str| ctx.tokens.mask(rt.config.secrets.mask(text));
     let input = steps::AttemptInput {
         route,
-        event: &event,
+        event: &mut event,
         delivery_id: &c.delivery_id,
         lease_token: &c.lease_token,
         state: c.steps_state.as_deref(),

@@ -117,6 +117,11 @@ impl<'a> TemplateContext<'a> {
     /// the event's data takes 0.7 of the instructions of serializing it into a new value), and
     /// built once for all the parts of a request.
     fn handlebars(&self) -> handlebars::Context {
+        self.handlebars_with(self.data.clone())
+    }
+
+    /// [`TemplateContext::handlebars`] with `data` moved in as the event's data.
+    fn handlebars_with(&self, data: Value) -> handlebars::Context {
         let text = |s: &str| Value::String(s.to_string());
         let mut root = serde_json::Map::new();
         root.insert("event".into(), text(self.event));
@@ -125,7 +130,7 @@ impl<'a> TemplateContext<'a> {
         root.insert("relay_event_id".into(), text(self.relay_event_id));
         root.insert("source".into(), text(self.source));
         root.insert("received_at".into(), text(&self.received_at));
-        root.insert("data".into(), self.data.clone());
+        root.insert("data".into(), data);
         root.insert("vars".into(), Value::Object(self.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
         root.insert("delivery_id".into(), text(self.delivery_id));
         root.insert("steps".into(), self.steps.clone());
@@ -436,10 +441,31 @@ impl Templates {
         ctx: &TemplateContext<'_>,
         validate: bool,
     ) -> Result<RenderedRequest, RenderError> {
-        let step = route.steps.get(i).ok_or_else(|| RenderError::UnknownRoute(route.name.clone()))?;
-        let ctx =
+        let hb =
             if validate { ctx.handlebars() } else { TemplateContext { preview: true, ..ctx.clone() }.handlebars() };
-        let ctx = &ctx;
+        self.render_prepared(route, i, &hb, validate)
+    }
+
+    /// [`Templates::render`] with the event's data moved into the template context instead of
+    /// copied (`ctx.data` is not read): for a delivery that renders its one request once.
+    pub fn render_taking(
+        &self,
+        route: &RouteConfig,
+        ctx: &TemplateContext<'_>,
+        data: Value,
+    ) -> Result<RenderedRequest, RenderError> {
+        self.render_prepared(route, 0, &ctx.handlebars_with(data), true)
+    }
+
+    /// Renders step `i` of `route` in the template context `ctx` (see [`Templates::render_step_with`]).
+    fn render_prepared(
+        &self,
+        route: &RouteConfig,
+        i: usize,
+        ctx: &handlebars::Context,
+        validate: bool,
+    ) -> Result<RenderedRequest, RenderError> {
+        let step = route.steps.get(i).ok_or_else(|| RenderError::UnknownRoute(route.name.clone()))?;
         if !self.url.has_template(&url_key(&route.name, i)) {
             return Err(RenderError::UnknownRoute(route.name.clone()));
         }
@@ -660,6 +686,33 @@ vars = {{ list = "a b" }}
         assert_eq!(parsed["n"], 97);
         assert_eq!(parsed["raw"], serde_json::json!(["a", "b\"c"]));
         assert!(req.headers.iter().any(|h| h.name == "Content-Type"));
+    }
+
+    /// A delivery renders with its event's data moved in: the request is the one `render` makes
+    /// (body, templated URL, headers), and a render error is the same error.
+    #[test]
+    fn rendering_with_the_data_moved_in_makes_the_same_request() {
+        let (_d, c, t) = setup("t.json.hbs", r#"{"name": "{{data.name}}", "at": "{{received_at}}"}"#, "");
+        let data = serde_json::json!({"name": "Zoé \"Z\"", "email": "z@ex.fr"});
+        let mut e = event(data.clone());
+        let vars = &c.routes[0].vars;
+        let copied = t.render(&c.routes[0], &TemplateContext::new(&e, vars, "d1").at(5)).unwrap();
+        let taken = std::mem::take(&mut e.data);
+        let moved = t.render_taking(&c.routes[0], &TemplateContext::new(&e, vars, "d1").at(5), taken).unwrap();
+        assert_eq!(moved.body, copied.body);
+        assert_eq!(moved.url, "https://crm.test/lists/a%20b/z%40ex.fr");
+        let names = |r: &RenderedRequest| r.headers.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&moved), names(&copied));
+        assert_eq!((moved.url, moved.target), (copied.url, copied.target));
+        // Without the address the URL has a hole: refused, whichever way the data came in.
+        let e = event(serde_json::json!({"name": "x"}));
+        let copied = t.render(&c.routes[0], &TemplateContext::new(&e, vars, "d1")).unwrap_err().to_string();
+        let moved = t
+            .render_taking(&c.routes[0], &TemplateContext::new(&e, vars, "d1"), e.data.clone())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(moved, copied);
+        assert!(moved.contains("data.email"), "{moved}");
     }
 
     #[test]
