@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 
-use super::attempt::{AttemptResult, Verdict};
+use super::attempt::{Answer, AttemptResult, Exchange, Recorded, SentRequest, Verdict};
 use super::retry::{classify_status, quota_exhausted, requested_wait};
 use crate::templates::RenderedRequest;
 
@@ -21,61 +21,6 @@ pub const ANSWER_BODY_LIMIT: usize = 1024 * 1024;
 
 /// How much of a request's and an answer's body an attempt's record keeps.
 pub const RECORDED_BODY: usize = 8 * 1024;
-
-/// One request as sent (credentials masked, body cut at [`RECORDED_BODY`]), when it was sent by the
-/// relay's clock, and its answer: an entry of an attempt's record, whose JSON the console shows.
-/// Typed rather than built as a `serde_json::Value`: one is made for every request, and a tree of
-/// `Value`s cost a map and a string per key (3 % of the relay's CPU per event). Fields are listed
-/// in the order the JSON has always had them (sorted, as `Value` objects are).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Exchange {
-    pub error: Option<String>,
-    pub request: SentRequest,
-    pub response: Option<Answer>,
-    pub sent_at: String,
-    /// The step of a multi-step route that sent it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-}
-
-/// A request as sent: its headers with credentials shown as `***`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SentRequest {
-    pub body: String,
-    pub headers: BTreeMap<String, String>,
-    pub method: String,
-    pub url: String,
-}
-
-/// The answer to a request: its headers without credential-looking ones, its body cut.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Answer {
-    pub body: String,
-    pub headers: BTreeMap<String, String>,
-    pub status: u16,
-}
-
-/// An entry of an attempt's record: an exchange of this attempt, or one kept as JSON in the
-/// delivery's steps state by an attempt handed back before it settled.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(untagged)]
-pub enum Recorded {
-    Sent(Exchange),
-    Kept(serde_json::Value),
-}
-
-impl Recorded {
-    /// Names the step that sent it (entries kept from earlier attempts already name theirs).
-    pub fn set_step(&mut self, step: &str) {
-        match self {
-            Recorded::Sent(x) => x.step = Some(step.to_string()),
-            Recorded::Kept(serde_json::Value::Object(map)) => {
-                map.insert("step".into(), step.into());
-            }
-            Recorded::Kept(_) => {}
-        }
-    }
-}
 
 /// The record of `req`, sent at `sent_at` with `idempotency_key`, and of its answer or error.
 pub fn exchange(

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::attempt::{AttemptResult, Verdict};
+use super::attempt::{AttemptResult, Recorded, Verdict};
 use super::limits::Gate;
 use super::oauth::Tokens;
 use super::retry::judge;
-use super::send::{HttpSender, Recorded};
+use super::send::HttpSender;
 use crate::config::{HeaderSpec, RouteConfig};
 use crate::event::Event;
 use crate::store::QueueStore;

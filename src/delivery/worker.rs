@@ -290,7 +290,7 @@ struct Ran {
     duration: Duration,
     schedule: Vec<Duration>,
     steps_state: Option<String>,
-    exchanges: Vec<super::send::Recorded>,
+    exchanges: Vec<super::attempt::Recorded>,
     /// A 429 or a `throttle_on` answer.
     throttled: bool,
 }

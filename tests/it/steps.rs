@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 /// One attempt of delivery `d1` (no pacing gate).
-fn input<'a>(route: &'a RouteConfig, event: &'a Event, state: Option<&'a str>) -> AttemptInput<'a> {
+fn input<'a>(route: &'a RouteConfig, event: &'a mut Event, state: Option<&'a str>) -> AttemptInput<'a> {
     AttemptInput {
         route,
         event,
@@ -57,7 +57,7 @@ template = "b.json.hbs"
     let (sender, tokens) =
         (HttpSender::new(lbx_relay::clock::Clock::system()), Tokens::new(lbx_relay::clock::Clock::system()));
     let cx = SendContext { store: &store, sender: &sender, tokens: &tokens };
-    let event = Event {
+    let mut event = Event {
         id: "relay-1".into(),
         source: "lbx".into(),
         kind: "contact.created".into(),
@@ -69,13 +69,13 @@ template = "b.json.hbs"
 
     // The second step fails: the first one's answer is kept for the next attempt.
     crm.respond_with(&[200, 503]);
-    let out = steps::run(cx, &templates, input(route, &event, None)).await;
+    let out = steps::run(cx, &templates, input(route, &mut event, None)).await;
     assert!(matches!(out.result.verdict, Verdict::Retry { .. }), "{:?}", out.result.verdict);
     let state = out.state.expect("multi-step progress");
     assert!(state.contains("\"first\"") && !state.contains("\"second\""), "{state}");
 
     // The next attempt starts at the second step, which sees the first one's status.
-    let out = steps::run(cx, &templates, input(route, &event, Some(&state))).await;
+    let out = steps::run(cx, &templates, input(route, &mut event, Some(&state))).await;
     assert!(matches!(out.result.verdict, Verdict::Delivered), "{:?}", out.result.verdict);
     let paths: Vec<String> = crm.received().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/first", "/second/200", "/second/200"], "the first step was not sent again");
