@@ -1,7 +1,6 @@
 //! What one attempt gave: the [`AttemptResult`] of a request (or of a failure before any), the
 //! record of each request it sent ([`Exchange`]), and the [`Verdict`] that says what it means for
-//! the delivery. `send` makes them, `retry` judges
-//! them, `steps` and `worker` act on them.
+//! the delivery. `send` makes them, `retry` judges them, `steps` and `worker` act on them.
 
 use std::time::Duration;
 
@@ -66,11 +65,12 @@ impl AttemptResult {
     }
 }
 
-/// One request as sent (credentials masked, body cut at [`RECORDED_BODY`](super::send::RECORDED_BODY)), when it was sent by the
-/// relay's clock, and its answer: an entry of an attempt's record, whose JSON the console shows.
-/// Typed rather than built as a `serde_json::Value`: one is made for every request, and a tree of
-/// `Value`s cost a map and a string per key (3 % of the relay's CPU per event). Fields are listed
-/// in the order the JSON has always had them (sorted, as `Value` objects are).
+/// One request as sent (credentials masked, body cut at
+/// [`RECORDED_BODY`](super::send::RECORDED_BODY)), when it was sent by the relay's clock, and its
+/// answer: an entry of an attempt's record, whose JSON the console shows. Typed rather than built
+/// as a `serde_json::Value`: one is made for every request, and a tree of `Value`s cost a map and a
+/// string per key (about 3 % of the relay's instructions per event). Fields are listed in the
+/// order the JSON has always had them (sorted, as `Value` objects are).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Exchange {
     pub error: Option<String>,
