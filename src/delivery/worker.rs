@@ -411,9 +411,9 @@ fn record(ctx: &DeliveryContext, rt: &Compiled, c: Claimed, ran: Ran, next: Next
     }
     // Serializing owned strings, maps and `Value`s cannot fail.
     let detail = (!exchanges.is_empty()).then(|| serde_json::to_string(&exchanges).unwrap_or_default()).map(mask);
-    let reason = match &verdict {
+    let reason = match verdict {
         Verdict::Delivered => None,
-        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(mask(reason.clone())),
+        Verdict::Retry { reason, .. } | Verdict::Fail { reason } => Some(mask(reason)),
     };
     // A delivered attempt is said at debug (the summary counts it); a retry at info, a failure
     // for good at warn.

@@ -211,6 +211,7 @@ pub(crate) fn keep_delivered_attempts(rows: &str) -> String {
     )
 }
 
+/// The `SET` part that empties a delivery's own delivered attempt once it is in `attempts`.
 pub(crate) const DELIVERED_ATTEMPT_MOVED: &str = "ok_started_at = NULL, ok_duration_ms = NULL, ok_detail = NULL";
 
 impl Store {

@@ -839,15 +839,15 @@ impl SqliteStore {
                 [],
             )? as u64;
             // A delivery's row also holds the attempt that delivered it (migration 9).
-            let kept_on_row: Vec<bool> = c
+            let (deliveries, on_rows) = c
                 .prepare(
                     "DELETE FROM deliveries WHERE event_id IN (SELECT id FROM forget_ids)
                      RETURNING ok_started_at IS NOT NULL",
                 )?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let (deliveries, on_rows) =
-                (kept_on_row.len() as u64, kept_on_row.iter().filter(|kept| **kept).count() as u64);
+                .query_map([], |r| r.get::<_, bool>(0))?
+                .try_fold((0u64, 0u64), |(n, on_row), kept| {
+                    Ok::<_, rusqlite::Error>((n + 1, on_row + u64::from(kept?)))
+                })?;
             let events = c.execute("DELETE FROM events WHERE id IN (SELECT id FROM forget_ids)", [])? as u64;
             c.execute_batch("DELETE FROM forget_ids;")?;
             Ok(Forgotten { events, deliveries, attempts: attempts + on_rows, quarantined: 0 })
