@@ -340,8 +340,10 @@ async fn send(
         gate,
         mask: &mask,
     };
-    let out =
-        holding_lease(ctx, &c.delivery_id, &c.lease_token, steps::run(ctx.send_context(), &rt.templates, input)).await;
+    // Pinned here and lent: the steps' state (4.7 KB) lives once in this future, not also in
+    // holding_lease's (moving it there kept two copies, and every spawned delivery copied both).
+    let attempt = std::pin::pin!(steps::run(ctx.send_context(), &rt.templates, input));
+    let out = holding_lease(ctx, &c.delivery_id, &c.lease_token, attempt).await;
     if let Some(at) = out.deferred {
         return Err(at);
     }
@@ -466,17 +468,18 @@ async fn holding_lease<F: std::future::Future>(
     ctx: &DeliveryContext,
     delivery_id: &str,
     lease_token: &str,
-    attempt: F,
+    mut attempt: std::pin::Pin<&mut F>,
 ) -> F::Output {
     let lease = ctx.lease();
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
-    tokio::pin!(attempt);
     loop {
         tokio::select! {
             out = &mut attempt => return out,
             _ = renew.tick() => {
                 let until = ctx.now_ms() + lease.as_millis() as i64;
-                match ctx.store.extend_lease(delivery_id, lease_token, until).await {
+                // Boxed: a renewal is rare, and its state (2.3 KB) would otherwise be carried by
+                // every delivery's future.
+                match Box::pin(ctx.store.extend_lease(delivery_id, lease_token, until)).await {
                     Ok(true) => tracing::debug!(delivery = %delivery_id, "lease renewed while the attempt runs"),
                     Ok(false) => tracing::warn!(delivery = %delivery_id, "the lease was lost while the attempt ran"),
                     Err(e) => tracing::warn!(delivery = %delivery_id, error = %crate::telemetry::Chain(&e), "could not renew the lease"),
