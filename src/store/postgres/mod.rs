@@ -957,6 +957,19 @@ mod tests {
         Some((admin, schema, url))
     }
 
+    /// The plan PostgreSQL would run `sql` with, as `EXPLAIN` prints it.
+    async fn plan_of(client: &tokio_postgres::Client, sql: &str) -> String {
+        let rows = client.simple_query(&format!("EXPLAIN {sql}")).await.unwrap();
+        let lines: Vec<String> = rows
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        lines.join("\n")
+    }
+
     async fn open_on(url: &SecretString) -> PgStore {
         let opts = PgOptions {
             pool_size: 1,
@@ -1067,20 +1080,6 @@ mod tests {
             )
             .await
             .unwrap();
-        let explain = |sql: &str| {
-            let client = &client;
-            let sql = format!("EXPLAIN {sql}");
-            async move {
-                let rows = client.simple_query(&sql).await.unwrap();
-                rows.into_iter()
-                    .filter_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-        };
         // The dead-letter list as the store runs it: a named statement, executed often enough for
         // PostgreSQL to weigh a generic plan (which could not use a partial index) against it.
         client
@@ -1095,7 +1094,7 @@ mod tests {
             ("EXECUTE list ('failed', NULL, NULL, 50)", "deliveries_failed"),
             ("SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'", "deliveries_due"),
         ] {
-            let plan = explain(sql).await;
+            let plan = plan_of(&client, sql).await;
             assert!(plan.contains(index), "{sql}:\n{plan}");
             assert!(!plan.contains("Seq Scan"), "{sql}:\n{plan}");
         }
@@ -1137,17 +1136,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let plan: Vec<String> = client
-            .simple_query(&format!("EXPLAIN EXECUTE settle ({args})"))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .collect();
-        let plan = plan.join("\n");
+        let plan = plan_of(&client, &format!("EXECUTE settle ({args})")).await;
         assert!(plan.contains("Index Scan using deliveries_pkey"), "{plan}");
         assert!(!plan.contains("Seq Scan"), "{plan}");
         drop(client);
