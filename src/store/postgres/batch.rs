@@ -20,6 +20,45 @@ pub(super) const SETTLE: &str = "UPDATE deliveries d SET status = u.status, next
      WHERE d.id = u.id AND d.lease_token = u.token
      RETURNING d.id, d.attempts";
 
+/// The ingest of a batch in one statement, one round trip: take the dedup keys (a live key is a
+/// duplicate; an expired one, as of the event's arrival, is taken over), then store the events
+/// whose key was taken and their deliveries. The sub-statements share one snapshot, as the three
+/// statements this replaced did for what they read.
+pub(super) const INGEST: &str = "WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+            AS t(source, event_key, event_id, expires_at, received_at, kind, status, payload, email,
+                origin, contacts)),
+     claimed AS (
+        INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
+        SELECT source, event_key, event_id, expires_at FROM input
+        ON CONFLICT (source, event_key) DO UPDATE
+           SET event_id = excluded.event_id, expires_at = excluded.expires_at
+           WHERE dedup_keys.expires_at <= (SELECT i.received_at FROM input i
+               WHERE i.source = excluded.source AND i.event_key = excluded.event_key)
+        RETURNING event_id),
+     stored AS (
+        INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin,
+            contacts)
+        SELECT event_id, source, event_key, kind, status, payload, received_at, email, origin, contacts
+        FROM input WHERE event_id IN (SELECT event_id FROM claimed)
+        RETURNING id),
+     queued AS (
+        INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at,
+            order_key, lease_token, lease_until)
+        SELECT id, event_id, route, 'pending',
+           GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
+               WHERE h.route = d.route AND h.order_key = d.order_key AND h.status = 'pending'
+               ORDER BY h.seq LIMIT 1), at)),
+           at, at, order_key, lease_token, lease_until
+        FROM unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[], $17::text[],
+            $18::bigint[])
+           WITH ORDINALITY AS d(id, event_id, route, at, order_key, lease_token, lease_until, n)
+        WHERE d.event_id IN (SELECT event_id FROM claimed)
+        ORDER BY n
+        RETURNING 1)
+     SELECT event_id FROM claimed";
+
 /// Group-commit tasks per process: while one commits, the next batch gathers.
 pub(super) const BATCHERS: usize = 2;
 /// Most ingests and settlements folded into one transaction.
@@ -133,10 +172,7 @@ async fn write_batch(
         order.retain(|i| !duplicates.contains(i));
     }
     if !order.is_empty() {
-        // One statement, one round trip: take the dedup keys (a live key is a duplicate; an
-        // expired one, as of the event's arrival, is taken over), then store the events whose key
-        // was taken and their deliveries. The sub-statements share one snapshot, as the three
-        // statements this replaces did for what they read.
+        // One statement, one round trip (see INGEST).
         let col = |f: fn(&NewEvent) -> &str| order.iter().map(|&i| f(evs[i])).collect::<Vec<&str>>();
         let opt = |f: fn(&NewEvent) -> Option<&str>| order.iter().map(|&i| f(evs[i])).collect::<Vec<Option<&str>>>();
         let expires: Vec<i64> = order.iter().map(|&i| evs[i].dedup_until).collect();
@@ -159,43 +195,7 @@ async fn write_batch(
         }
         let claimed: std::collections::HashSet<String> = tx
             .query(
-                &tx.prepare_cached(
-                    "WITH input AS (
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
-                        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-                        AS t(source, event_key, event_id, expires_at, received_at, kind, status, payload, email,
-                            origin, contacts)),
-                 claimed AS (
-                    INSERT INTO dedup_keys (source, event_key, event_id, expires_at)
-                    SELECT source, event_key, event_id, expires_at FROM input
-                    ON CONFLICT (source, event_key) DO UPDATE
-                       SET event_id = excluded.event_id, expires_at = excluded.expires_at
-                       WHERE dedup_keys.expires_at <= (SELECT i.received_at FROM input i
-                           WHERE i.source = excluded.source AND i.event_key = excluded.event_key)
-                    RETURNING event_id),
-                 stored AS (
-                    INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email, origin,
-                        contacts)
-                    SELECT event_id, source, event_key, kind, status, payload, received_at, email, origin, contacts
-                    FROM input WHERE event_id IN (SELECT event_id FROM claimed)
-                    RETURNING id),
-                 queued AS (
-                    INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at,
-                        order_key, lease_token, lease_until)
-                    SELECT id, event_id, route, 'pending',
-                       GREATEST(at, COALESCE((SELECT h.next_attempt_at FROM deliveries h
-                           WHERE h.route = d.route AND h.order_key = d.order_key AND h.status = 'pending'
-                           ORDER BY h.seq LIMIT 1), at)),
-                       at, at, order_key, lease_token, lease_until
-                    FROM unnest($12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[], $17::text[],
-                        $18::bigint[])
-                       WITH ORDINALITY AS d(id, event_id, route, at, order_key, lease_token, lease_until, n)
-                    WHERE d.event_id IN (SELECT event_id FROM claimed)
-                    ORDER BY n
-                    RETURNING 1)
-                 SELECT event_id FROM claimed",
-                )
-                .await?,
+                &tx.prepare_cached(INGEST).await?,
                 &[
                     &col(|e| &e.source),
                     &col(|e| &e.key),

@@ -44,6 +44,26 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/010_fewer_queue_index_writes.sql"),
 ];
 
+/// A claim: up to `$4` due deliveries, oldest first, leased to `$1` until `$2` (keyed ones only at
+/// the head of their key, routes in `$5` skipped). Runs on the `hot` pool.
+const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_until = $2
+     WHERE id IN (
+        SELECT id FROM deliveries d
+        WHERE status = 'pending' AND next_attempt_at <= $3
+          AND (lease_until IS NULL OR lease_until <= $3)
+          AND route <> ALL($5)
+          AND (order_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM deliveries h
+                WHERE h.route = d.route AND h.order_key = d.order_key
+                  AND h.status = 'pending' AND h.seq < d.seq))
+        ORDER BY next_attempt_at, id LIMIT $4
+        FOR UPDATE SKIP LOCKED)
+     RETURNING id, event_id, route, tries, attempts, steps_state, order_key IS NOT NULL";
+
+/// The events of claimed deliveries.
+const CLAIMED_EVENTS: &str =
+    "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ANY($1)";
+
 /// The console's list of deliveries (the dead letters: `status = 'failed'`), a page at a time.
 const LIST_DELIVERIES: &str = "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
      FROM deliveries
@@ -61,6 +81,13 @@ pub struct PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pub(super) pool: Pool,
+    /// Connections for the statements every event runs: the group commits and the claims. Their
+    /// plans are made once per connection (`plan_cache_mode = force_generic_plan`): planning them
+    /// at every execution cost the server a fifth of its time per event. Each finds its rows by
+    /// key or by the due index; `enable_seqscan = off` keeps it so in a plan made on a young store
+    /// (a few rows, no statistics yet), where PostgreSQL would otherwise settle by scanning the
+    /// whole table for as long as the connection lives (a unit test shows both).
+    hot: Pool,
     /// Set when work was committed that other replicas have not been told about yet.
     announce: std::sync::Arc<tokio::sync::Notify>,
     /// Ingests and settlements waiting to share a transaction.
@@ -72,8 +99,28 @@ pub struct PgStore {
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PgStore(pool of {})", self.pool.status().max_size)
+        write!(f, "PgStore(pools of {} and {})", self.pool.status().max_size, self.hot.status().max_size)
     }
+}
+
+/// Connections of the `hot` pool: one per group-commit task, one for claims.
+const HOT_CONNECTIONS: usize = BATCHERS + 1;
+
+fn connection_pool(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    size: usize,
+    connect_timeout: Duration,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(connect_timeout))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(connect_timeout))
+        .build()
+        .map_err(|e| StoreError::failed("cannot build the connection pool", e))
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -158,34 +205,40 @@ impl PgStore {
         }
         let statement_timeout = opts.statement_timeout.as_millis();
         let existing = config.get_options().unwrap_or("").to_string();
+        // Every setting is given first, so the URL's `options` may override it.
+        let with_options = |settings: &str| {
+            let mut c = config.clone();
+            c.options(format!("{settings} {existing} -c statement_timeout={statement_timeout}").trim());
+            c
+        };
         // Statements are prepared once per connection. With PostgreSQL's default plan cache, a
         // connection that prepared them while the tables were small keeps a generic plan that
         // scans the whole table (seen: the settle of every batch read all of `deliveries`, and
-        // ingest fell from 4,800/s to 3,200/s between 20,000 and 60,000 events): plan each
-        // execution for the data there is. Set first, so the URL's `options` may override it.
-        config.options(
-            format!("-c plan_cache_mode=force_custom_plan {existing} -c statement_timeout={statement_timeout}").trim(),
-        );
-        let manager = Manager::from_config(
-            config.clone(),
+        // ingest fell from 4,800/s to 3,200/s between 20,000 and 60,000 events): the console's
+        // and housekeeping's statements are planned at each execution for the data there is.
+        let main = with_options("-c plan_cache_mode=force_custom_plan");
+        let pool = connection_pool(
+            main.clone(),
             tls.clone(),
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(opts.pool_size.max(2))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(opts.connect_timeout))
-            .create_timeout(Some(opts.connect_timeout))
-            .recycle_timeout(Some(opts.connect_timeout))
-            .build()
-            .map_err(|e| StoreError::failed("cannot build the connection pool", e))?;
+            opts.pool_size.saturating_sub(HOT_CONNECTIONS).max(2),
+            opts.connect_timeout,
+        )?;
+        // The statements of every event (see `PgStore::hot`) are planned once per connection, by
+        // their indexes.
+        let hot = connection_pool(
+            with_options("-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"),
+            tls.clone(),
+            HOT_CONNECTIONS,
+            opts.connect_timeout,
+        )?;
         let (batches, rx) = tokio::sync::mpsc::unbounded_channel();
-        let store = PgStore { pool, config: std::sync::Arc::new(config), tls, announce: Default::default(), batches };
+        let store =
+            PgStore { pool, hot, config: std::sync::Arc::new(main), tls, announce: Default::default(), batches };
         store.migrate().await?;
         tokio::spawn(announcer(store.pool.clone(), store.announce.clone()));
         let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..BATCHERS {
-            tokio::spawn(batcher(store.pool.clone(), rx.clone(), store.announce.clone()));
+            tokio::spawn(batcher(store.hot.clone(), rx.clone(), store.announce.clone()));
         }
         Ok(store)
     }
@@ -260,41 +313,17 @@ impl PgStore {
         skip_routes: Vec<String>,
         now: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.hot.get().await?;
         let token = crate::event::new_id();
         let until = now + lease.as_millis() as i64;
         let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "UPDATE deliveries SET lease_token = $1, lease_until = $2
-                 WHERE id IN (
-                    SELECT id FROM deliveries d
-                    WHERE status = 'pending' AND next_attempt_at <= $3
-                      AND (lease_until IS NULL OR lease_until <= $3)
-                      AND route <> ALL($5)
-                      AND (order_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM deliveries h
-                            WHERE h.route = d.route AND h.order_key = d.order_key
-                              AND h.status = 'pending' AND h.seq < d.seq))
-                    ORDER BY next_attempt_at, id LIMIT $4
-                    FOR UPDATE SKIP LOCKED)
-                 RETURNING id, event_id, route, tries, attempts, steps_state, order_key IS NOT NULL",
-                    )
-                    .await?,
-                &[&token, &until, &now, &(limit as i64), &skip_routes],
-            )
+            .query(&client.prepare_cached(CLAIM).await?, &[&token, &until, &now, &(limit as i64), &skip_routes])
             .await?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let event_ids: Vec<String> = rows.iter().map(|r| r.try_get::<_, String>(1)).collect::<Result<_, _>>()?;
-        let events = client
-            .query(
-                &client.prepare_cached("SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ANY($1)").await?,
-                &[&event_ids],
-            )
-            .await?;
+        let events = client.query(&client.prepare_cached(CLAIMED_EVENTS).await?, &[&event_ids]).await?;
         let events: std::collections::HashMap<String, StoredEvent> =
             events.iter().map(event_from_row).map(|e| e.map(|e| (e.id.clone(), e))).collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1109,36 +1138,74 @@ mod tests {
         admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 
-    /// The settle statement, prepared on a pooled connection while `deliveries` is empty and run
-    /// as often as PostgreSQL needs to settle on a plan, finds deliveries by their key once the
-    /// table has grown (with the default plan cache it keeps scanning the whole table).
+    /// The statements of every event (settle, claim, ingest) run on connections that plan each
+    /// once: prepared and run on a store that has just started (a few rows, no statistics), they
+    /// still find rows by their indexes once the tables have grown and before any `ANALYZE`
+    /// (without `enable_seqscan = off` the settle's plan is a hash join over a scan of the whole
+    /// table). The console's connections still plan at each execution.
     #[tokio::test]
-    async fn a_statement_prepared_on_an_empty_table_uses_its_key_once_the_table_has_grown() {
+    async fn the_statements_of_every_event_planned_on_a_young_store_use_their_indexes_once_it_has_grown() {
         let Some((store, admin, schema)) = scratch_store("a postgres plan test").await else { return };
-        let client = store.pool.get().await.unwrap();
-        let args = "ARRAY['d1', 'd2'], ARRAY['t', 't'], ARRAY['delivered', 'delivered'], ARRAY[NULL, NULL]::bigint[],
+        let main = store.pool.get().await.unwrap();
+        let mode: String = main.query_one("SHOW plan_cache_mode", &[]).await.unwrap().get(0);
+        assert_eq!(mode, "force_custom_plan");
+        drop(main);
+        let client = store.hot.get().await.unwrap();
+        let mode: String = client.query_one("SHOW plan_cache_mode", &[]).await.unwrap().get(0);
+        assert_eq!(mode, "force_generic_plan");
+        let settle = "ARRAY['d1', 'd2'], ARRAY['t', 't'], ARRAY['delivered', 'delivered'], ARRAY[NULL, NULL]::bigint[],
             ARRAY[200, 200], ARRAY[NULL, NULL]::text[], ARRAY[0, 0]::bigint[], ARRAY[0, 0], ARRAY[NULL, NULL]::text[],
             ARRAY[0, 0]::bigint[], ARRAY[3, 3]::bigint[], ARRAY[NULL, NULL]::text[]";
+        let claim = "'t2', 10, 5, 8, ARRAY[]::text[]";
+        let ingest = ["ARRAY['bench']", "ARRAY['k1']", "ARRAY['e1']", "ARRAY[9]::bigint[]", "ARRAY[0]::bigint[]"]
+            .into_iter()
+            .chain(["ARRAY['contact.subscribed']", "ARRAY['routed']", "ARRAY['{}']"])
+            .chain(["ARRAY[NULL]::text[]"; 3])
+            .chain(["ARRAY['d1']", "ARRAY['e1']", "ARRAY['crm']", "ARRAY[0]::bigint[]", "ARRAY[NULL]::text[]"])
+            .chain(["ARRAY[NULL]::text[]", "ARRAY[NULL]::bigint[]"])
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A store that has just started: a few rows, no statistics taken yet.
+        client
+            .batch_execute(
+                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, lease_token)
+                 SELECT 'd' || n, 'e' || n, 'crm', 'pending', n, 0, 0, 't' FROM generate_series(2, 200) n;
+                 INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
+                 SELECT 'e' || n, 'bench', 'k' || n, 'contact.subscribed', 'routed', '{}', n FROM generate_series(2, 200) n",
+            )
+            .await
+            .unwrap();
         client
             .batch_execute(&format!(
                 "PREPARE settle (text[], text[], text[], bigint[], int[], text[], bigint[], int[], text[], bigint[],
                     bigint[], text[]) AS {};
-                 {}",
+                 PREPARE claim AS {CLAIM};
+                 PREPARE ingest AS {};
+                 EXECUTE ingest ({ingest}); {}",
                 batch::SETTLE,
-                format!("EXECUTE settle ({args});").repeat(8)
+                batch::INGEST,
+                format!("EXECUTE settle ({settle}); EXECUTE claim ({claim});").repeat(8)
             ))
             .await
             .unwrap();
         client
             .batch_execute(
                 "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, lease_token)
-                 SELECT 'd' || n, 'e' || n, 'crm', 'pending', n, 0, 0, 't' FROM generate_series(1, 20000) n",
+                 SELECT 'd' || n, 'e' || n, 'crm', 'pending', n, 0, 0, 't' FROM generate_series(201, 20000) n;
+                 INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
+                 SELECT 'e' || n, 'bench', 'k' || n, 'contact.subscribed', 'routed', '{}', n FROM generate_series(201, 20000) n",
             )
             .await
             .unwrap();
-        let plan = plan_of(&client, &format!("EXECUTE settle ({args})")).await;
-        assert!(plan.contains("Index Scan using deliveries_pkey"), "{plan}");
-        assert!(!plan.contains("Seq Scan"), "{plan}");
+        for (statement, index) in [
+            (format!("EXECUTE settle ({settle})"), "deliveries_pkey"),
+            (format!("EXECUTE claim ({claim})"), "deliveries_due"),
+            (format!("EXECUTE ingest ({ingest})"), "deliveries_order"),
+        ] {
+            let plan = plan_of(&client, &statement).await;
+            assert!(plan.contains(&format!("Index Scan using {index}")), "{statement}:\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{statement}:\n{plan}");
+        }
         drop(client);
         drop(store);
         admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
