@@ -106,6 +106,8 @@ impl std::fmt::Debug for PgStore {
 /// Connections of the `hot` pool: one per group-commit task, one for claims.
 const HOT_CONNECTIONS: usize = BATCHERS + 1;
 
+/// A pool of at most `size` connections made with `config`; waiting for, making or checking one
+/// gives up after `connect_timeout`.
 fn connection_pool(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
