@@ -988,6 +988,12 @@ mod tests {
         Some((admin, schema, url))
     }
 
+    /// Closes the store's connections and drops its scratch schema.
+    async fn discard(store: PgStore, admin: &tokio_postgres::Client, schema: &str) {
+        drop(store);
+        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
     /// The plan PostgreSQL would run `sql` with, as `EXPLAIN` prints it.
     async fn plan_of(client: &tokio_postgres::Client, sql: &str) -> String {
         let rows = client.simple_query(&format!("EXPLAIN {sql}")).await.unwrap();
@@ -1072,8 +1078,7 @@ mod tests {
         let rows: i64 = admin.query_one("SELECT COUNT(*) FROM attempts", &[]).await.unwrap().get(0);
         let on_row: Option<String> = admin.query_one("SELECT ok_detail FROM deliveries", &[]).await.unwrap().get(0);
         assert_eq!((rows, on_row.as_deref()), (2, Some("third")), "the first two in attempts, the last on the row");
-        drop(store);
-        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+        discard(store, &admin, &schema).await;
     }
 
     /// The queue table is vacuumed once 1 % of it is dead, not at PostgreSQL's default fifth.
@@ -1091,8 +1096,7 @@ mod tests {
         // Room on each page for a claim's lease to be rewritten in place (migration 10).
         assert!(options.contains(&"fillfactor=80".to_string()), "{options:?}");
         drop(client);
-        drop(store);
-        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+        discard(store, &admin, &schema).await;
     }
 
     /// Failed deliveries (the gauge, the dead-letter list) are found through an index of their
@@ -1136,8 +1140,7 @@ mod tests {
         assert_eq!(listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>()[..2], ["d10000", "d15000"]);
         assert_eq!(listed.len(), 10);
         drop(client);
-        drop(store);
-        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+        discard(store, &admin, &schema).await;
     }
 
     /// The statements of every event (settle, claim, ingest) run on connections that plan each
@@ -1209,7 +1212,6 @@ mod tests {
             assert!(!plan.contains("Seq Scan"), "{statement}:\n{plan}");
         }
         drop(client);
-        drop(store);
-        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+        discard(store, &admin, &schema).await;
     }
 }
