@@ -1162,24 +1162,29 @@ mod tests {
             ARRAY[200, 200], ARRAY[NULL, NULL]::text[], ARRAY[0, 0]::bigint[], ARRAY[0, 0], ARRAY[NULL, NULL]::text[],
             ARRAY[0, 0]::bigint[], ARRAY[3, 3]::bigint[], ARRAY[NULL, NULL]::text[]";
         let claim = "'t2', 10, 5, 8, ARRAY[]::text[]";
-        let ingest = ["ARRAY['bench']", "ARRAY['k1']", "ARRAY['e1']", "ARRAY[9]::bigint[]", "ARRAY[0]::bigint[]"]
-            .into_iter()
-            .chain(["ARRAY['contact.subscribed']", "ARRAY['routed']", "ARRAY['{}']"])
-            .chain(["ARRAY[NULL]::text[]"; 3])
-            .chain(["ARRAY['d1']", "ARRAY['e1']", "ARRAY['crm']", "ARRAY[0]::bigint[]", "ARRAY[NULL]::text[]"])
-            .chain(["ARRAY[NULL]::text[]", "ARRAY[NULL]::bigint[]"])
-            .collect::<Vec<_>>()
-            .join(", ");
+        let ingest = "ARRAY['bench'], ARRAY['k1'], ARRAY['e1'], ARRAY[9]::bigint[], ARRAY[0]::bigint[],
+            ARRAY['contact.subscribed'], ARRAY['routed'], ARRAY['{}'], ARRAY[NULL]::text[], ARRAY[NULL]::text[],
+            ARRAY[NULL]::text[], ARRAY['d1'], ARRAY['e1'], ARRAY['crm'], ARRAY[0]::bigint[], ARRAY[NULL]::text[],
+            ARRAY[NULL]::text[], ARRAY[NULL]::bigint[]";
+        // Deliveries `from..=to`, each with its event, as ingest leaves them (leased, pending).
+        let add = |from: u32, to: u32| {
+            let client = &client;
+            async move {
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at,
+                             lease_token)
+                         SELECT 'd' || n, 'e' || n, 'crm', 'pending', n, 0, 0, 't' FROM generate_series({from}, {to}) n;
+                         INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
+                         SELECT 'e' || n, 'bench', 'k' || n, 'contact.subscribed', 'routed', '{{}}', n
+                         FROM generate_series({from}, {to}) n"
+                    ))
+                    .await
+                    .unwrap()
+            }
+        };
         // A store that has just started: a few rows, no statistics taken yet.
-        client
-            .batch_execute(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, lease_token)
-                 SELECT 'd' || n, 'e' || n, 'crm', 'pending', n, 0, 0, 't' FROM generate_series(2, 200) n;
-                 INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
-                 SELECT 'e' || n, 'bench', 'k' || n, 'contact.subscribed', 'routed', '{}', n FROM generate_series(2, 200) n",
-            )
-            .await
-            .unwrap();
+        add(2, 200).await;
         client
             .batch_execute(&format!(
                 "PREPARE settle (text[], text[], text[], bigint[], int[], text[], bigint[], int[], text[], bigint[],
@@ -1193,15 +1198,7 @@ mod tests {
             ))
             .await
             .unwrap();
-        client
-            .batch_execute(
-                "INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at, lease_token)
-                 SELECT 'd' || n, 'e' || n, 'crm', 'pending', n, 0, 0, 't' FROM generate_series(201, 20000) n;
-                 INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
-                 SELECT 'e' || n, 'bench', 'k' || n, 'contact.subscribed', 'routed', '{}', n FROM generate_series(201, 20000) n",
-            )
-            .await
-            .unwrap();
+        add(201, 20000).await;
         for (statement, index) in [
             (format!("EXECUTE settle ({settle})"), "deliveries_pkey"),
             (format!("EXECUTE claim ({claim})"), "deliveries_due"),
