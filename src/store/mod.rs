@@ -214,6 +214,22 @@ pub(crate) fn keep_delivered_attempts(rows: &str) -> String {
 /// The `SET` part that empties a delivery's own delivered attempt once it is in `attempts`.
 pub(crate) const DELIVERED_ATTEMPT_MOVED: &str = "ok_started_at = NULL, ok_duration_ms = NULL, ok_detail = NULL";
 
+/// How a SQLite query filtered on status `status` reads the deliveries (schema 10): the pending
+/// ones through `deliveries_due` and the failed ones through `deliveries_failed`, partial indexes
+/// that SQLite uses only for a query naming its status as a literal, not through a parameter.
+/// Returns what to put after the table (`INDEXED BY deliveries_failed`: the dead letters in id
+/// order) and the literal term to put before the query's own `status = ?N` filter (`column` is the
+/// status column as the query names it: `status`, `d.status`). A list of pending deliveries is
+/// left to the planner: reading the table in id order or sorting the queue, whichever it judges
+/// cheaper, as before.
+pub(crate) fn sqlite_by_status(column: &str, status: Option<&str>) -> (&'static str, String) {
+    match status {
+        Some("pending") => ("", format!("{column} = 'pending' AND ")),
+        Some("failed") => (" INDEXED BY deliveries_failed", format!("{column} = 'failed' AND ")),
+        _ => ("", String::new()),
+    }
+}
+
 impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let cipher = match &config.encryption_key {

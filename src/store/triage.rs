@@ -207,18 +207,11 @@ impl Store {
         let glob = f.kind.as_deref().map(kind_glob);
         match &self.backend {
             Backend::Sqlite(s) => {
+                let sql = sqlite_chunk_sql(&status);
                 s.read(move |c| {
-                    c.prepare_cached(
-                        "SELECT d.id, d.event_id, d.route, d.status, e.kind, e.event_key, e.payload, d.attempts,
-                            d.last_status, d.last_error, d.updated_at, d.next_attempt_at, e.received_at
-                         FROM deliveries d JOIN events e ON e.id = d.event_id
-                         WHERE d.status = ?1 AND (?2 IS NULL OR d.route = ?2) AND (?3 IS NULL OR e.kind GLOB ?3)
-                           AND (?4 IS NULL OR e.received_at >= ?4) AND (?5 IS NULL OR e.received_at < ?5)
-                           AND (?6 IS NULL OR d.id < ?6)
-                         ORDER BY d.id DESC LIMIT ?7",
-                    )?
-                    .query_map(params![status, route, glob, since, until, after, limit], |r| RawRow::try_from(r))?
-                    .collect()
+                    c.prepare_cached(&sql)?
+                        .query_map(params![status, route, glob, since, until, after, limit], |r| RawRow::try_from(r))?
+                        .collect()
                 })
                 .await
             }
@@ -510,6 +503,21 @@ impl Store {
         }
         Ok((last_hour, last_day))
     }
+}
+
+/// One page of the triage list on SQLite: deliveries of status `?1` (route `?2`, event type glob
+/// `?3`, received from `?4` until `?5`, ids below `?6`), newest first, `?7` at most.
+pub(super) fn sqlite_chunk_sql(status: &str) -> String {
+    let (index, term) = super::sqlite_by_status("d.status", Some(status));
+    format!(
+        "SELECT d.id, d.event_id, d.route, d.status, e.kind, e.event_key, e.payload, d.attempts,
+            d.last_status, d.last_error, d.updated_at, d.next_attempt_at, e.received_at
+         FROM deliveries d{index} JOIN events e ON e.id = d.event_id
+         WHERE {term}d.status = ?1 AND (?2 IS NULL OR d.route = ?2) AND (?3 IS NULL OR e.kind GLOB ?3)
+           AND (?4 IS NULL OR e.received_at >= ?4) AND (?5 IS NULL OR e.received_at < ?5)
+           AND (?6 IS NULL OR d.id < ?6)
+         ORDER BY d.id DESC LIMIT ?7"
+    )
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ async fn a_store_of_the_previous_release_keeps_its_events_deliveries_attempts_an
     // when they started.
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
     let index: String =
         c.query_row("SELECT sql FROM sqlite_master WHERE name = 'attempts_started'", [], |r| r.get(0)).unwrap();
     assert!(index.contains("attempts(started_at)"), "{index}");
@@ -146,6 +146,18 @@ async fn a_store_of_schema_8_keeps_its_delivered_attempts_and_records_new_ones_o
     assert_eq!(per_route.len(), 2, "{per_route:?}");
     assert!(per_route.contains(&("ok", 1, 0)) && per_route.contains(&("down", 1, 1)), "{per_route:?}");
 
+    // The queue's index, rebuilt by the upgrade for the pending deliveries alone, finds fx-b's.
+    let pending = store
+        .list_deliveries(lbx_relay::store::DeliveryFilter {
+            status: Some("pending".into()),
+            limit: 10,
+            ..lbx_relay::store::DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    let pending: Vec<&str> = pending.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(pending, [events[1].id.as_str()]);
+
     // fx-b's CRM is back: its delivering attempt goes on the delivery's row, after its failure.
     let later = FX8_A + 2 * 3_600_000;
     let due = store.claim(10, Duration::from_secs(60), vec![], later).await.unwrap();
@@ -172,7 +184,13 @@ async fn a_store_of_schema_8_keeps_its_delivered_attempts_and_records_new_ones_o
     // attempts are on their deliveries' rows, not in attempts.
     let c = rusqlite::Connection::open(&path).unwrap();
     let n = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(n("PRAGMA user_version"), 9);
+    assert_eq!(n("PRAGMA user_version"), 10);
     assert_eq!(n("SELECT COUNT(*) FROM attempts"), 2, "fx-a's first and fx-b's failure");
     assert_eq!(n("SELECT COUNT(*) FROM deliveries WHERE ok_started_at IS NOT NULL"), 2);
+    // Schema 10: the queue's index holds the pending deliveries only (none is left).
+    let due: String =
+        c.query_row("SELECT sql FROM sqlite_master WHERE name = 'deliveries_due'", [], |r| r.get(0)).unwrap();
+    assert!(due.ends_with("WHERE status = 'pending'"), "{due}");
+    assert_eq!(n("SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due WHERE status = 'pending'"), 0);
+    assert_eq!(n("SELECT COUNT(*) FROM deliveries"), 2);
 }

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/007_dedup_on_the_event_row.sql"),
     include_str!("../migrations/sqlite/008_attempts_by_start.sql"),
     include_str!("../migrations/sqlite/009_delivered_attempt_on_the_delivery.sql"),
+    include_str!("../migrations/sqlite/010_partial_status_indexes.sql"),
 ];
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -73,6 +74,32 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// other way round, SQLite read every row of `deliveries` on the writer each hour.
 const PURGE_ATTEMPTS: &str =
     "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM purge_ids))";
+
+/// Leases up to `?4` deliveries due at `?3` to token `?1` until `?2`, the earliest first, skipping
+/// the routes listed in `?5` (JSON) and any delivery queued behind a pending one of its order key.
+const CLAIM: &str = "UPDATE deliveries SET lease_token = ?1, lease_until = ?2
+     WHERE id IN (
+        SELECT id FROM deliveries d
+        WHERE status = 'pending' AND next_attempt_at <= ?3
+          AND (lease_until IS NULL OR lease_until <= ?3)
+          AND route NOT IN (SELECT value FROM json_each(?5))
+          AND (order_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM deliveries h
+                WHERE h.route = d.route AND h.order_key = d.order_key
+                  AND h.status = 'pending' AND h.rowid < d.rowid))
+        ORDER BY next_attempt_at, id LIMIT ?4)
+     RETURNING id, event_id, route, tries, attempts, steps_state, order_key IS NOT NULL";
+
+/// The console's deliveries, by id, of status `?1`, route `?2`, after id `?3`, `?4` at most.
+fn list_deliveries_sql(status: Option<&str>) -> String {
+    let (index, term) = crate::store::sqlite_by_status("status", status);
+    format!(
+        "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
+         FROM deliveries{index}
+         WHERE {term}(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR id > ?3)
+         ORDER BY id LIMIT ?4"
+    )
+}
 
 /// The statement that copies into dedup_keys the keys of the events listed in the temporary table
 /// `ids` that are about to be deleted, those matching `keep` (a condition on `e.dedup_until`), so a
@@ -295,20 +322,7 @@ impl SqliteStore {
             let until = now + lease.as_millis() as i64;
             #[allow(clippy::type_complexity)]
             let rows: Vec<(String, String, String, u32, u32, Option<String>, bool)> = c
-                .prepare_cached(
-                    "UPDATE deliveries SET lease_token = ?1, lease_until = ?2
-                     WHERE id IN (
-                        SELECT id FROM deliveries d
-                        WHERE status = 'pending' AND next_attempt_at <= ?3
-                          AND (lease_until IS NULL OR lease_until <= ?3)
-                          AND route NOT IN (SELECT value FROM json_each(?5))
-                          AND (order_key IS NULL OR NOT EXISTS (
-                                SELECT 1 FROM deliveries h
-                                WHERE h.route = d.route AND h.order_key = d.order_key
-                                  AND h.status = 'pending' AND h.rowid < d.rowid))
-                        ORDER BY next_attempt_at, id LIMIT ?4)
-                     RETURNING id, event_id, route, tries, attempts, steps_state, order_key IS NOT NULL",
-                )?
+                .prepare_cached(CLAIM)?
                 .query_map(params![token, until, now, limit as i64, skip], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                 })?
@@ -475,13 +489,9 @@ impl SqliteStore {
     }
 
     pub async fn list_deliveries(&self, f: DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        let sql = list_deliveries_sql(f.status.as_deref());
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, event_id, route, status, attempts, last_status, last_error, next_attempt_at
-                 FROM deliveries
-                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR id > ?3)
-                 ORDER BY id LIMIT ?4",
-            )?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params![f.status, f.route, f.after, f.limit], delivery_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -532,12 +542,13 @@ impl SqliteStore {
     }
 
     pub async fn retry_matching(&self, f: RetryFilter, dry_run: bool, now: i64) -> Result<u64, StoreError> {
+        let (_, indexed) = crate::store::sqlite_by_status("status", f.status.as_deref());
         self.call(move |c| {
             // One in flight (leased) is left to its attempt: its settlement would overwrite the retry.
-            let filter = "(lease_until IS NULL OR lease_until <= ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR route = ?3)
+            let filter = &format!("{indexed}(lease_until IS NULL OR lease_until <= ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR route = ?3)
                  AND ((?4 IS NULL AND ?5 IS NULL AND ?6 IS NULL) OR event_id IN (SELECT e.id FROM events e
                       WHERE (?4 IS NULL OR e.kind GLOB ?4) AND (?5 IS NULL OR e.received_at >= ?5)
-                        AND (?6 IS NULL OR e.received_at < ?6)))";
+                        AND (?6 IS NULL OR e.received_at < ?6)))");
             let n = if dry_run {
                 c.prepare_cached(&format!("SELECT COUNT(*) FROM deliveries WHERE ?1 IS NOT NULL AND {filter}"))?
                     .query_row(params![now, f.status, f.route, f.kind, f.since, f.until], |r| r.get::<_, i64>(0))?
@@ -1123,6 +1134,70 @@ mod tests {
             let deleting: i64 = s.call(|c| c.query_row("PRAGMA secure_delete", [], |r| r.get(0))).await.unwrap();
             assert_eq!(deleting, 1, "erased rows are overwritten");
         }
+    }
+
+    /// The plan SQLite makes for `sql` (its parameters NULL), one line per step.
+    fn plan_of(c: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let nulls = rusqlite::params_from_iter(std::iter::repeat_n(rusqlite::types::Null, stmt.parameter_count()));
+        let plan = stmt.query_map(nulls, |r| r.get(3))?.collect();
+        plan
+    }
+
+    #[tokio::test]
+    async fn pending_and_failed_deliveries_are_found_by_their_partial_indexes_among_many_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        // 50,000 delivered deliveries, three pending (two due at 50) and two failed. The queue and
+        // the dead letters are read through their partial indexes, not by reading every delivery.
+        s.call(|c| {
+            c.execute_batch(
+                "INSERT INTO events (id, source, event_key, kind, status, payload, received_at)
+                     VALUES ('e', 's', 'k', 'k', 'routed', '{}', 0);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
+                 INSERT INTO deliveries (id, event_id, route, status, created_at, updated_at)
+                     SELECT printf('d%06d', i), 'e', 'r', 'delivered', 0, 0 FROM n;
+                 INSERT INTO deliveries (id, event_id, route, status, next_attempt_at, created_at, updated_at) VALUES
+                     ('p1', 'e', 'r', 'pending', 10, 1, 0), ('p2', 'e', 'r', 'pending', 20, 2, 0),
+                     ('p3', 'e', 'r', 'pending', 99999, 3, 0),
+                     ('f1', 'e', 'r', 'failed', NULL, 0, 0), ('f2', 'e', 'r', 'failed', NULL, 0, 0);",
+            )
+        })
+        .await
+        .unwrap();
+
+        let statements = [
+            ("claim", CLAIM.to_string(), "deliveries_due"),
+            ("dead letters", list_deliveries_sql(Some("failed")), "deliveries_failed"),
+            ("failed triage", crate::store::triage::sqlite_chunk_sql("failed"), "deliveries_failed"),
+        ];
+        for (name, sql, index) in statements {
+            let plan = s.call(move |c| plan_of(c, &sql)).await.unwrap();
+            assert!(plan.iter().any(|p| p.contains(index)), "{name} does not use {index}: {plan:?}");
+            let scans: Vec<&String> = plan
+                .iter()
+                .filter(|p| p.starts_with("SCAN") && !p.contains(index) && !p.contains("VIRTUAL TABLE"))
+                .collect();
+            assert!(scans.is_empty(), "{name} reads a table whole: {plan:?}");
+        }
+
+        // And they answer what the store holds.
+        let g = s.gauges().await.unwrap();
+        assert_eq!((g.queue_depth, g.failed, g.oldest_pending_at), (3, 2, Some(1)));
+        assert_eq!(s.next_due().await.unwrap(), Some(10));
+        for (status, ids) in [("failed", vec!["f1", "f2"]), ("pending", vec!["p1", "p2", "p3"])] {
+            let f = DeliveryFilter { status: Some(status.into()), route: None, after: None, limit: 10 };
+            let listed: Vec<String> = s.list_deliveries(f).await.unwrap().into_iter().map(|d| d.id).collect();
+            assert_eq!(listed, ids, "{status}");
+        }
+        let claimed: Vec<String> = s
+            .claim(10, Duration::from_secs(60), vec![], 50)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.delivery_id)
+            .collect();
+        assert_eq!(claimed, ["p1", "p2"]);
     }
 
     #[tokio::test]
