@@ -299,21 +299,41 @@ pub fn open(sealed: &Sealed<'_>, keys: &Keyring, opts: &OpenOptions, hint: &Hint
         return Err(DecryptError::Empty);
     }
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let mut candidates = Vec::new();
-    let mut envelope = None;
-    match parsed {
-        Some(Value::Object(map)) => {
-            object_candidates(&map, sealed.iv_header, &mut candidates);
-            envelope = Some(map);
+    // The candidates of one variant (`want`), or of all, in the order they are tried.
+    let collect = |want: Option<Variant>| {
+        let mut out = Vec::new();
+        match &parsed {
+            Some(Value::Object(map)) => object_candidates(map, sealed.iv_header, want, &mut out),
+            Some(Value::String(s)) => blob_candidates(s, Variant::BodyString, want, &mut out),
+            Some(_) => {}
+            None => {
+                if let Ok(text) = std::str::from_utf8(body) {
+                    blob_candidates(text, Variant::BodyBase64, want, &mut out);
+                }
+            }
         }
-        Some(Value::String(s)) => blob_candidates(&s, Variant::BodyString, &mut candidates),
-        Some(_) => {}
-        None => {
-            if let Ok(text) = std::str::from_utf8(body) {
-                blob_candidates(text, Variant::BodyBase64, &mut candidates);
+        out
+    };
+    let envelope_of = |parsed: Option<Value>| match parsed {
+        Some(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+
+    // What opened this source's last body opens this one, most of the time: only the candidate
+    // of that variant is made (the rest, decoded and copied for nothing, is most of the work).
+    // If it fails, everything is tried below, this one again included.
+    if let Some((variant, ki)) = hint.get().filter(|(v, _)| !matches!(opts.mode, EnvelopeMode::Fixed(m) if m != *v)) {
+        if let (Some(k), Some(c)) = (keys.keys.get(ki), collect(Some(variant)).first()) {
+            let mac_ok = c.mac.as_ref().is_none_or(|mac| laravel_mac_ok(mac, k));
+            if let Some(plaintext) = mac_ok.then(|| decrypt_object(&c.ct, &c.iv, &k.key)).flatten() {
+                let (key_form, secret_index) = (Some(k.form), Some(k.secret_index));
+                return Ok(Opened { plaintext, envelope: envelope_of(parsed), variant, key_form, secret_index });
             }
         }
     }
+
+    let mut candidates = collect(None);
+    let envelope = envelope_of(parsed);
     if let EnvelopeMode::Fixed(v) = opts.mode {
         candidates.retain(|c| c.variant == v);
     }
@@ -398,41 +418,62 @@ fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn object_candidates(map: &Map<String, Value>, iv_header: Option<&str>, out: &mut Vec<Candidate>) {
+/// Whether candidates of `variant` are made when those of `want` are asked for (`None`: all).
+fn wanted(want: Option<Variant>, variant: Variant) -> bool {
+    want.is_none_or(|w| w == variant)
+}
+
+fn object_candidates(
+    map: &Map<String, Value>,
+    iv_header: Option<&str>,
+    want: Option<Variant>,
+    out: &mut Vec<Candidate>,
+) {
     let iv_field = IV_FIELDS.iter().find_map(|f| map.get(*f).and_then(Value::as_str)).and_then(decode_iv);
     let iv_header = iv_header.and_then(decode_iv);
+    let blobs = [Variant::Laravel, Variant::PhpDoubleColon, Variant::IvPrefixed].into_iter().any(|v| wanted(want, v));
     for field in CIPHERTEXT_FIELDS {
         let Some(s) = map.get(*field).and_then(Value::as_str) else { continue };
         let s = s.trim();
-        let decoded = decode_b64(s);
+        let mut decoded = decode_b64(s);
         if let Some(iv) = iv_field.or(iv_header) {
             let variant_b64 = if iv_field.is_some() { Variant::JsonDataIv } else { Variant::IvHeader };
-            if is_hex(s) {
+            let variant_hex = if iv_field.is_some() { Variant::JsonDataIvHex } else { Variant::IvHeader };
+            if wanted(want, variant_hex) && is_hex(s) {
                 if let Ok(ct) = hex::decode(s) {
-                    let variant = if iv_field.is_some() { Variant::JsonDataIvHex } else { Variant::IvHeader };
-                    out.push(Candidate { variant, ct, iv, mac: None });
+                    out.push(Candidate { variant: variant_hex, ct, iv, mac: None });
                 }
             }
-            if let Some(ct) = &decoded {
-                out.push(Candidate { variant: variant_b64, ct: ct.clone(), iv, mac: None });
+            if wanted(want, variant_b64) {
+                // Copied only when the blob readings below need it too.
+                if let Some(ct) = if blobs { decoded.clone() } else { decoded.take() } {
+                    out.push(Candidate { variant: variant_b64, ct, iv, mac: None });
+                }
             }
         }
-        if let Some(blob) = decoded {
-            decoded_blob_candidates(blob, Variant::IvPrefixed, out);
+        if let Some(blob) = decoded.filter(|_| blobs) {
+            decoded_blob_candidates(blob, Variant::IvPrefixed, want, out);
         }
     }
 }
 
 /// Candidates hidden in one base64 string: Laravel JSON, `base64(ct)::iv`, or `iv ‖ ct`.
-fn blob_candidates(text: &str, iv_prefixed_variant: Variant, out: &mut Vec<Candidate>) {
-    if let Some(blob) = decode_b64(text) {
-        decoded_blob_candidates(blob, iv_prefixed_variant, out);
+fn blob_candidates(text: &str, iv_prefixed_variant: Variant, want: Option<Variant>, out: &mut Vec<Candidate>) {
+    if [Variant::Laravel, Variant::PhpDoubleColon, iv_prefixed_variant].into_iter().any(|v| wanted(want, v)) {
+        if let Some(blob) = decode_b64(text) {
+            decoded_blob_candidates(blob, iv_prefixed_variant, want, out);
+        }
     }
 }
 
 /// The same, on the string already decoded (decoded once for every reading of a field).
-fn decoded_blob_candidates(blob: Vec<u8>, iv_prefixed_variant: Variant, out: &mut Vec<Candidate>) {
-    if blob.first() == Some(&b'{') {
+fn decoded_blob_candidates(
+    blob: Vec<u8>,
+    iv_prefixed_variant: Variant,
+    want: Option<Variant>,
+    out: &mut Vec<Candidate>,
+) {
+    if blob.first() == Some(&b'{') && wanted(want, Variant::Laravel) {
         if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&blob) {
             let iv_b64 = m.get("iv").and_then(Value::as_str);
             let value_b64 = m.get("value").and_then(Value::as_str);
@@ -450,7 +491,15 @@ fn decoded_blob_candidates(blob: Vec<u8>, iv_prefixed_variant: Variant, out: &mu
             return;
         }
     }
-    if let Some(pos) = blob.windows(2).position(|w| w == b"::") {
+    if !wanted(want, Variant::Laravel)
+        && blob.first() == Some(&b'{')
+        && matches!(serde_json::from_slice::<Value>(&blob), Ok(Value::Object(_)))
+    {
+        return; // a JSON object is read as Laravel's envelope only, as above
+    }
+    let double_colon =
+        if wanted(want, Variant::PhpDoubleColon) { blob.windows(2).position(|w| w == b"::") } else { None };
+    if let Some(pos) = double_colon {
         let (left, right) = (&blob[..pos], &blob[pos + 2..]);
         let iv: Option<[u8; 16]> =
             right.try_into().ok().or_else(|| std::str::from_utf8(right).ok().and_then(decode_iv));
@@ -458,7 +507,7 @@ fn decoded_blob_candidates(blob: Vec<u8>, iv_prefixed_variant: Variant, out: &mu
             out.push(Candidate { variant: Variant::PhpDoubleColon, ct, iv, mac: None });
         }
     }
-    if blob.len() >= 32 && blob.len() % 16 == 0 {
+    if blob.len() >= 32 && blob.len() % 16 == 0 && wanted(want, iv_prefixed_variant) {
         let mut iv = [0u8; 16];
         iv.copy_from_slice(&blob[..16]);
         let mut ct = blob;
@@ -616,6 +665,51 @@ mod tests {
         let opened =
             open(&Sealed { body: b.body.as_bytes(), iv_header: None }, &keyring(secret), &AUTO, &hint).unwrap();
         assert_eq!(opened.variant, Variant::JsonDataIv);
+    }
+
+    /// What `open` gave, as text: the same for the same outcome.
+    fn outcome(body: &SealedBody, ring: &Keyring, opts: &OpenOptions, hint: &Hint) -> String {
+        let iv_header = body.headers.first().map(|(_, v)| v.as_str());
+        match open(&Sealed { body: body.body.as_bytes(), iv_header }, ring, opts, hint) {
+            Ok(o) => {
+                format!("{:?} {:?} {:?} {:?} {:?}", o.plaintext, o.envelope, o.variant, o.key_form, o.secret_index)
+            }
+            Err(e) => format!("error {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_remembered_variant_opens_a_body_as_trying_them_all_would() {
+        // Two secrets (the second a hex key), so a remembered key can be the wrong one too.
+        let (a, b) = ("fCRUwnAmjwESpfv8YsPwFaCIQe0nXLkY", "ab".repeat(32));
+        let ring = Keyring::new(&[SecretString::from(a.to_string()), SecretString::from(b.clone())]);
+        let bodies: Vec<(Variant, SealedBody)> = Variant::encrypted()
+            .into_iter()
+            .flat_map(|v| {
+                let one = seal(br#"{"event":"x","n":1}"#, a, v, KeyForm::Raw, random_iv()).unwrap();
+                let two = seal(br#"{"event":"y","n":2}"#, &b, v, KeyForm::Hex, random_iv()).unwrap();
+                [(v, one), (v, two)]
+            })
+            .collect();
+        let mut tampered = seal(br#"{"n":3}"#, a, Variant::Laravel, KeyForm::Raw, random_iv()).unwrap();
+        let inner = String::from_utf8(STANDARD.decode(tampered.body.split('"').nth(3).unwrap()).unwrap()).unwrap();
+        let forged = inner.replace("\"mac\":\"", "\"mac\":\"00");
+        assert_ne!(inner, forged);
+        tampered.body = format!("{{\"data\":\"{}\"}}", STANDARD.encode(forged));
+        let fixed = OpenOptions { mode: EnvelopeMode::Fixed(Variant::JsonDataIv), allow_plaintext: false };
+        for opts in [&AUTO, &fixed] {
+            for (primed_by, primer) in &bodies {
+                for (v, body) in bodies.iter().map(|(v, b)| (v, b)).chain([(&Variant::Laravel, &tampered)]) {
+                    let hint = Hint::default();
+                    let _ = outcome(primer, &ring, &AUTO, &hint);
+                    assert_eq!(hint.get().map(|h| h.0), Some(*primed_by));
+                    let fresh = outcome(body, &ring, opts, &Hint::default());
+                    let remembered = outcome(body, &ring, opts, &hint);
+                    assert_eq!(remembered, fresh, "{} after {}", v.name(), primed_by.name());
+                }
+            }
+        }
+        assert_eq!(outcome(&tampered, &ring, &AUTO, &Hint::default()), "error BadMac");
     }
 
     #[test]
