@@ -3,6 +3,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml build.rs routes.toml ./
+COPY .cargo ./.cargo
 COPY examples ./examples
 COPY templates ./templates
 COPY contracts ./contracts

@@ -1136,6 +1136,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_bundled_sqlite_is_built_with_the_flags_of_cargo_config() {
+        // .cargo/config.toml passes LIBSQLITE3_FLAGS (fdatasync, no allocation statistics, a page
+        // cache per connection) to the build of the bundled SQLite; SQLite lists two of them.
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+        assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+    }
+
     /// The plan SQLite makes for `sql` (its parameters NULL), one line per step.
     fn plan_of(c: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
         let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
