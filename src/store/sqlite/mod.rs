@@ -17,6 +17,7 @@ use readers::Readers;
 use writer::Writer;
 
 mod readers;
+mod wal_buffer;
 mod writer;
 
 #[derive(Clone)]
@@ -127,8 +128,18 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::failed(format!("cannot create {}", dir.display()), e))?;
         }
-        let mut conn =
-            Connection::open(path).map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
+        // With FULL, the writer's WAL writes are gathered until each commit's sync (see wal_buffer).
+        let vfs = match sync {
+            crate::config::SyncMode::Full => wal_buffer::register()
+                .inspect_err(|e| tracing::warn!(error = %e, "sqlite: WAL writes are not gathered"))
+                .ok(),
+            crate::config::SyncMode::Normal => None,
+        };
+        let opened = match vfs {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs),
+            None => Connection::open(path),
+        };
+        let mut conn = opened.map_err(|e| StoreError::failed(format!("cannot open {}", path.display()), e))?;
         // The file holds contacts and CRM answers: its owner only. SQLite gives its -wal and -shm
         // files the database file's mode; those left by an earlier run are narrowed too.
         {
