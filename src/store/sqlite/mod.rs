@@ -128,13 +128,10 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::failed(format!("cannot create {}", dir.display()), e))?;
         }
-        // With FULL, the writer's WAL writes are gathered until each commit's sync (see wal_buffer).
-        let vfs = match sync {
-            crate::config::SyncMode::Full => wal_buffer::register()
-                .inspect_err(|e| tracing::warn!(error = %e, "sqlite: WAL writes are not gathered"))
-                .ok(),
-            crate::config::SyncMode::Normal => None,
-        };
+        // The writer's WAL writes are gathered until each commit frame (see wal_buffer).
+        let vfs = wal_buffer::register()
+            .inspect_err(|e| tracing::warn!(error = %e, "sqlite: WAL writes are not gathered"))
+            .ok();
         let opened = match vfs {
             Some(vfs) => Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs),
             None => Connection::open(path),

@@ -1,19 +1,21 @@
 //! The writer's WAL writes, gathered: a SQLite VFS that wraps the default one and, for WAL files
-//! only, holds consecutive writes in memory until the next sync, read or other file operation,
-//! then writes them with one system call.
+//! only, holds the frames a transaction appends in memory until its commit frame is written (or
+//! the next sync, read or other file operation), then writes them with one system call.
 //!
 //! SQLite appends each WAL frame with two `pwrite` calls (its 24-byte header, then the page), so a
-//! group commit of 50 pages made 100 system calls before its `fdatasync`; this was a sixth of the
-//! writer thread's time (docs/performance.md, twelfth round). With this VFS a commit makes one.
+//! group commit of 50 pages made 100 system calls before its sync; this was a sixth of the writer
+//! thread's time (docs/performance.md, twelfth round). With this VFS a commit makes one.
 //!
-//! It is safe only where every commit syncs the WAL: with `synchronous = FULL`, SQLite syncs the
-//! WAL after writing a commit's frames and before it publishes them to readers in the WAL index, and
-//! the sync is where the gathered writes reach the file (an error then fails the commit, and nothing
-//! is acknowledged). With `synchronous = NORMAL` a commit does not sync, so readers could be sent to
-//! frames not yet written: that mode opens its writer on the default VFS. Writes are kept in order:
-//! one that does not continue the gathered ones (a frame rewritten in place, the WAL header after a
-//! reset) first writes out what is gathered. Every other file (the database, its shared memory)
-//! is the default VFS's own, untouched.
+//! What a commit writes is in the file when SQLite's `xWrite` of the commit frame returns: the
+//! frame whose header holds the database size (non-zero only in a transaction's last frame) writes
+//! out everything gathered with it. That is before SQLite publishes the commit to readers in the WAL
+//! index, and before `COMMIT` returns, so a reader is never sent to a frame not yet written, and a
+//! crash of the process after a commit finds it in the file (the promise of `sync = "normal"`);
+//! with `sync = "full"` the sync follows, as before. An error writing them fails the commit. A
+//! write that does not append to the WAL (a frame or checksum rewritten in place) writes out what is
+//! gathered and then goes straight to the file, so the order of writes is kept and nothing written
+//! after a commit frame waits in memory. Every other file (the database, its shared memory) is the
+//! default VFS's own, untouched.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
@@ -68,7 +70,15 @@ struct Pending {
     bytes: Vec<u8>,
     /// The file offset of `bytes[0]`.
     at: i64,
+    /// Where the WAL written since its header ends: a write from here on appends to it.
+    end: i64,
+    /// The last write was the header of a commit frame: its page ends the commit.
+    commit_page_next: bool,
 }
+
+/// A WAL frame's header: 24 bytes, the database size in pages at bytes 4..8 (non-zero only in a
+/// commit frame). SQLite writes it with a call of its own, before the frame's page.
+const FRAME_HEADER: usize = 24;
 
 unsafe fn register_once() -> Result<(), String> {
     let base = ffi::sqlite3_vfs_find(std::ptr::null());
@@ -176,23 +186,49 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
 
 unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
     let Ok(len) = usize::try_from(amount) else { return ffi::SQLITE_IOERR_WRITE };
-    let gathered = {
+    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+    let (appends, ends_commit) = {
+        let pending = &mut *(*file.cast::<Gathering>()).pending;
+        if offset == 0 {
+            // The WAL's header: a new or reset WAL, written again from its start.
+            pending.end = 0;
+            pending.commit_page_next = false;
+        }
+        let appends = offset >= pending.end;
+        let ends_commit = appends && std::mem::take(&mut pending.commit_page_next);
+        if appends && len == FRAME_HEADER {
+            pending.commit_page_next = bytes[4..8] != [0; 4];
+        }
+        (appends, ends_commit)
+    };
+    let gathered_end = {
         let pending = &*(*file.cast::<Gathering>()).pending;
         (!pending.bytes.is_empty()).then(|| pending.at + pending.bytes.len() as i64)
     };
-    if gathered != Some(offset) {
+    if !appends || gathered_end.is_some_and(|end| end != offset) {
         let rc = flush(file);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
-        (*(*file.cast::<Gathering>()).pending).at = offset;
+    }
+    if !appends {
+        // Rewritten in place: straight to the file.
+        let (real, methods) = real(file);
+        return match methods.xWrite {
+            Some(write) => write(real, data, amount, offset),
+            None => ffi::SQLITE_IOERR_WRITE,
+        };
     }
     let full = {
         let pending = &mut *(*file.cast::<Gathering>()).pending;
-        pending.bytes.extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len));
+        if pending.bytes.is_empty() {
+            pending.at = offset;
+        }
+        pending.bytes.extend_from_slice(bytes);
+        pending.end = offset + len as i64;
         pending.bytes.len() >= MAX_GATHERED
     };
-    if full {
+    if full || ends_commit {
         return flush(file);
     }
     ffi::SQLITE_OK
@@ -271,6 +307,7 @@ unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
 #[cfg(test)]
 mod tests {
     use rusqlite::{Connection, OpenFlags};
+    use std::path::Path;
 
     /// The write system calls this thread has made, from /proc (Linux).
     fn writes_so_far() -> Option<u64> {
@@ -278,17 +315,38 @@ mod tests {
         io.lines().find_map(|l| l.strip_prefix("syscw: ")).and_then(|n| n.trim().parse().ok())
     }
 
-    fn open(path: &std::path::Path, vfs: Option<&str>) -> Connection {
+    fn open(path: &Path, vfs: Option<&str>, synchronous: &str) -> Connection {
         let conn = match vfs {
             Some(vfs) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs).unwrap(),
             None => Connection::open(path).unwrap(),
         };
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;")
-            .unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0;"
+        ))
+        .unwrap();
         conn
     }
 
-    /// A commit of many pages: what a reader on the default VFS sees, and how many writes it took.
+    /// What a crash of the process would leave: the database and WAL files as the kernel has them
+    /// (nothing held in the process's memory), copied aside and opened on the default VFS.
+    fn left_by_a_crash(path: &Path, dir: &Path) -> Connection {
+        let copy = dir.join(format!("crash-{}.db", rand::random::<u64>()));
+        std::fs::copy(path, &copy).unwrap();
+        std::fs::copy(format!("{}-wal", path.display()), format!("{}-wal", copy.display())).unwrap();
+        let conn = Connection::open(&copy).unwrap();
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        conn
+    }
+
+    fn rows_of(conn: &Connection, round: i64) -> (i64, i64) {
+        conn.query_row("SELECT count(*), coalesce(sum(length(body)), 0) FROM t WHERE round = ?1", [round], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+    }
+
+    /// A commit of many pages; the write calls it took.
     fn commit_many_pages(conn: &Connection, round: i64) -> u64 {
         let before = writes_so_far().unwrap_or(0);
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -302,49 +360,57 @@ mod tests {
     }
 
     #[test]
-    fn gathered_wal_writes_are_what_readers_and_a_reopened_database_see_in_far_fewer_calls() {
+    fn a_gathered_commit_is_in_the_file_when_it_returns_for_readers_and_a_crash_in_far_fewer_calls() {
         super::register().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        let writer = open(&path, Some(super::NAME));
-        writer.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, round INTEGER, body TEXT)").unwrap();
-        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        let mut gathered = Vec::new();
-        for round in 0..5 {
-            gathered.push(commit_many_pages(&writer, round));
-            // A reader on the default VFS sees every committed row, as the writer wrote it.
-            let (rows, bytes): (i64, i64) = reader
-                .query_row("SELECT count(*), sum(length(body)) FROM t WHERE round = ?1", [round], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+        for synchronous in ["FULL", "NORMAL"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("store.db");
+            let writer = open(&path, Some(super::NAME), synchronous);
+            writer.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, round INTEGER, body TEXT)").unwrap();
+            let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            let mut gathered = Vec::new();
+            for round in 0..5 {
+                gathered.push(commit_many_pages(&writer, round));
+                // Seen, as written, by a reader on the default VFS and in the files as they are.
+                for conn in [&reader, &left_by_a_crash(&path, dir.path())] {
+                    let (rows, bytes) = rows_of(conn, round);
+                    assert_eq!(rows, 200, "{synchronous}, round {round}");
+                    assert!(bytes > 200 * 2000);
+                }
+            }
+            // Pages rewritten inside one transaction (a spilled cache) rewrite frames and their
+            // checksums in place, some after the commit frame: all in the file when COMMIT returns.
+            writer.execute_batch("PRAGMA cache_size = 2; BEGIN; UPDATE t SET body = body || 'y'; COMMIT;").unwrap();
+            let crashed = left_by_a_crash(&path, dir.path());
+            let ys: i64 = crashed.query_row("SELECT count(*) FROM t WHERE body LIKE '%y'", [], |r| r.get(0)).unwrap();
+            assert_eq!(ys, 1000, "{synchronous}");
+            // A checkpoint reads the WAL back through the VFS; the WAL is then written again from
+            // its start (a new header).
+            let (_, _, done): (i64, i64, i64) = writer
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .unwrap();
-            assert_eq!(rows, 200);
-            assert!(bytes > 200 * 2000);
-        }
-        // A checkpoint reads the WAL back through the VFS; a rewrite of pages inside one
-        // transaction (a spilled cache) rewrites frames in place.
-        writer.execute_batch("PRAGMA cache_size = 2; BEGIN; UPDATE t SET body = body || 'y'; COMMIT;").unwrap();
-        let (_, _, done): (i64, i64, i64) =
-            writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
-        assert!(done > 0);
-        drop(reader);
-        drop(writer);
-        let reopened = Connection::open(&path).unwrap();
-        let check: String = reopened.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-        assert_eq!(check, "ok");
-        let (rows, ys): (i64, i64) = reopened
-            .query_row("SELECT count(*), sum(body LIKE '%y') FROM t", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap();
-        assert_eq!((rows, ys), (1000, 1000));
+            assert!(done > 0);
+            commit_many_pages(&writer, 5);
+            assert_eq!(rows_of(&left_by_a_crash(&path, dir.path()), 5).0, 200, "{synchronous}, after a reset");
+            drop(reader);
+            drop(writer);
+            let reopened = Connection::open(&path).unwrap();
+            let check: String = reopened.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+            assert_eq!(check, "ok");
+            let (rows, ys): (i64, i64) = reopened
+                .query_row("SELECT count(*), sum(body LIKE '%y') FROM t", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            assert_eq!((rows, ys), (1200, 1000), "{synchronous}");
 
-        // The same commits on the default VFS make at least two writes per page; gathered, a few.
-        if writes_so_far().is_some() {
-            let plain_path = dir.path().join("plain.db");
-            let plain = open(&plain_path, None);
-            plain.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, round INTEGER, body TEXT)").unwrap();
-            let direct = commit_many_pages(&plain, 0);
-            assert!(direct >= 200, "the default VFS made {direct} writes for a commit of ~200 pages");
-            assert!(gathered.iter().all(|&n| n <= 10), "gathered commits made {gathered:?} writes");
+            // The same commit on the default VFS makes at least two writes per page; gathered, a few.
+            if writes_so_far().is_some() {
+                let plain_path = dir.path().join("plain.db");
+                let plain = open(&plain_path, None, synchronous);
+                plain.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, round INTEGER, body TEXT)").unwrap();
+                let direct = commit_many_pages(&plain, 0);
+                assert!(direct >= 200, "{synchronous}: the default VFS made {direct} writes for ~200 pages");
+                assert!(gathered.iter().all(|&n| n <= 10), "{synchronous}: gathered commits made {gathered:?} writes");
+            }
         }
     }
 }
