@@ -26,7 +26,7 @@ use rusqlite::ffi;
 pub(super) const NAME: &str = "lbx-wal-buffer";
 const NAME_C: &CStr = c"lbx-wal-buffer";
 
-/// Gathered bytes written out once they reach this size, without waiting for the sync.
+/// Gathered bytes written out once they reach this size, without waiting for the commit frame.
 const MAX_GATHERED: usize = 4 << 20;
 
 /// The most one call to the default VFS's `xWrite` takes: SQLite's unix VFS writes at most
@@ -110,7 +110,7 @@ unsafe extern "C" fn open(
     out_flags: *mut c_int,
 ) -> c_int {
     let Some(Base(base)) = BASE.get() else { return ffi::SQLITE_CANTOPEN };
-    let base_open = (**base).xOpen.expect("checked at registration");
+    let Some(base_open) = (**base).xOpen else { return ffi::SQLITE_CANTOPEN };
     if flags & ffi::SQLITE_OPEN_WAL == 0 {
         return base_open(*base, name, file, flags, out_flags);
     }
@@ -186,6 +186,13 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
 
 unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
     let Ok(len) = usize::try_from(amount) else { return ffi::SQLITE_IOERR_WRITE };
+    // SQLite never writes nothing nor from nowhere; a slice must not be made of either.
+    if len == 0 {
+        return ffi::SQLITE_OK;
+    }
+    if data.is_null() {
+        return ffi::SQLITE_IOERR_WRITE;
+    }
     let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
     let (appends, ends_commit) = {
         let pending = &mut *(*file.cast::<Gathering>()).pending;
