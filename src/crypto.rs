@@ -473,29 +473,31 @@ fn decoded_blob_candidates(
     want: Option<Variant>,
     out: &mut Vec<Candidate>,
 ) {
-    if blob.first() == Some(&b'{') && wanted(want, Variant::Laravel) {
-        if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&blob) {
-            let iv_b64 = m.get("iv").and_then(Value::as_str);
-            let value_b64 = m.get("value").and_then(Value::as_str);
-            if let (Some(iv_b64), Some(value_b64)) = (iv_b64, value_b64) {
-                if let (Some(iv), Some(ct)) = (decode_iv(iv_b64), decode_b64(value_b64)) {
-                    let mac =
-                        m.get("mac").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|mac_hex| LaravelMac {
-                            iv_b64: iv_b64.to_string(),
-                            value_b64: value_b64.to_string(),
-                            mac_hex: mac_hex.to_string(),
-                        });
-                    out.push(Candidate { variant: Variant::Laravel, ct, iv, mac });
-                }
-            }
+    // A JSON object is read as Laravel's envelope only.
+    let object = match blob.first() {
+        Some(b'{') => match serde_json::from_slice::<Value>(&blob) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(m) = object {
+        if !wanted(want, Variant::Laravel) {
             return;
         }
-    }
-    if !wanted(want, Variant::Laravel)
-        && blob.first() == Some(&b'{')
-        && matches!(serde_json::from_slice::<Value>(&blob), Ok(Value::Object(_)))
-    {
-        return; // a JSON object is read as Laravel's envelope only, as above
+        let iv_b64 = m.get("iv").and_then(Value::as_str);
+        let value_b64 = m.get("value").and_then(Value::as_str);
+        if let (Some(iv_b64), Some(value_b64)) = (iv_b64, value_b64) {
+            if let (Some(iv), Some(ct)) = (decode_iv(iv_b64), decode_b64(value_b64)) {
+                let mac = m.get("mac").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|mac_hex| LaravelMac {
+                    iv_b64: iv_b64.to_string(),
+                    value_b64: value_b64.to_string(),
+                    mac_hex: mac_hex.to_string(),
+                });
+                out.push(Candidate { variant: Variant::Laravel, ct, iv, mac });
+            }
+        }
+        return;
     }
     let double_colon =
         if wanted(want, Variant::PhpDoubleColon) { blob.windows(2).position(|w| w == b"::") } else { None };

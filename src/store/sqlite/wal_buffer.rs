@@ -160,9 +160,15 @@ unsafe fn real(file: *mut ffi::sqlite3_file) -> (*mut ffi::sqlite3_file, &'stati
     (real, &*(*real).pMethods)
 }
 
+/// What is gathered for a WAL file of ours. Each caller takes it anew and drops it before `flush`,
+/// which takes it too.
+unsafe fn pending<'a>(file: *mut ffi::sqlite3_file) -> &'a mut Pending {
+    &mut *(*file.cast::<Gathering>()).pending
+}
+
 /// Writes out what is gathered (in one call); SQLite's error code if that failed.
 unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
-    let pending = &mut *(*file.cast::<Gathering>()).pending;
+    let pending = pending(file);
     if pending.bytes.is_empty() {
         return ffi::SQLITE_OK;
     }
@@ -194,8 +200,8 @@ unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, am
         return ffi::SQLITE_IOERR_WRITE;
     }
     let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
-    let (appends, ends_commit) = {
-        let pending = &mut *(*file.cast::<Gathering>()).pending;
+    let (appends, ends_commit, gathered_end) = {
+        let pending = pending(file);
         if offset == 0 {
             // The WAL's header: a new or reset WAL, written again from its start.
             pending.end = 0;
@@ -206,11 +212,8 @@ unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, am
         if appends && len == FRAME_HEADER {
             pending.commit_page_next = bytes[4..8] != [0; 4];
         }
-        (appends, ends_commit)
-    };
-    let gathered_end = {
-        let pending = &*(*file.cast::<Gathering>()).pending;
-        (!pending.bytes.is_empty()).then(|| pending.at + pending.bytes.len() as i64)
+        let gathered_end = (!pending.bytes.is_empty()).then(|| pending.at + pending.bytes.len() as i64);
+        (appends, ends_commit, gathered_end)
     };
     if !appends || gathered_end.is_some_and(|end| end != offset) {
         let rc = flush(file);
@@ -227,7 +230,7 @@ unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, am
         };
     }
     let full = {
-        let pending = &mut *(*file.cast::<Gathering>()).pending;
+        let pending = pending(file);
         if pending.bytes.is_empty() {
             pending.at = offset;
         }
