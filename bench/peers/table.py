@@ -47,6 +47,20 @@ def row(label, r):
     print("| " + " | ".join(cells) + " |")
 
 
+def cores(r):
+    span = r.get("end_to_end_seconds") or r["ingest_seconds"]
+    if not r.get("relay_cpu_seconds") or not r.get("bench_cpu_seconds"):
+        return "n/a"
+    return f"{r['relay_cpu_seconds'] / span:.2f} + {r['bench_cpu_seconds'] / span:.2f}"
+
+
+def machine(r):
+    m = r.get("machine_cpu")
+    if not m:
+        return "n/a"
+    return f"{100 * m['busy_share']:.0f} % ({100 * m['steal_share']:.0f} %)"
+
+
 row("lbx-relay, SQLite, durable (sync = full)", sqlite)
 row("lbx-relay, SQLite, sync = normal", load("sqlite-normal.json"))
 steady = load("sqlite-steady.json")
@@ -60,13 +74,11 @@ row("Node-RED (no decryption, no durability)", load("node-red.json"))
 pg = load("postgres-1.json")
 if pg:
     print(f"\nPostgreSQL 1 replica / SQLite ingest: {pg['accepted_per_second'] / sqlite['accepted_per_second']:.2f}")
-
-
-def cores(r):
-    span = r.get("end_to_end_seconds") or r["ingest_seconds"]
-    if not r.get("relay_cpu_seconds") or not r.get("bench_cpu_seconds"):
-        return "n/a"
-    return f"{r['relay_cpu_seconds'] / span:.2f} + {r['bench_cpu_seconds'] / span:.2f}"
+    for name in ["postgres-1.json", "postgres-3.json"]:
+        r = load(name)
+        if r:
+            print(f"{name}: machine busy (stolen) {machine(r)}, relay + bench cores {cores(r)}; the rest of the busy "
+                  f"time is the PostgreSQL server's")
 
 
 def ms(v):
@@ -74,8 +86,8 @@ def ms(v):
 
 
 print("\nWhere the ack tail is: the SQLite writer's own times (bucket bounds from its /metrics) against the acks")
-print("| run | ack p99 (max) | slowest second's ack max | writer batch p99 (max) | wait for the writer p99 (max) | operations per transaction | cores used: relay + bench (of 2) |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| run | ack p99 (max) | slowest second's ack max | writer batch p99 (max) | wait for the writer p99 (max) | operations per transaction | cores used: relay + bench (of 2) | machine busy (stolen) |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for label, name in [("full speed, sync = full", "sqlite.json"), ("full speed, sync = normal", "sqlite-normal.json"),
                     ("steady half rate", "sqlite-steady.json")]:
     r = load(name)
@@ -86,4 +98,4 @@ for label, name in [("full speed, sync = full", "sqlite.json"), ("full speed, sy
     print(f"| {label} | {r['ack_latency']['p99_ms']:.1f} ms ({r['ack_latency']['max_ms']:.0f} ms) "
           f"| {slowest.get('ack_max_ms', 0):.0f} ms (second {slowest['second']}) "
           f"| {ms(w['batch_p99_le_ms'])} ({ms(w['batch_max_le_ms'])}) | {ms(w['wait_p99_le_ms'])} ({ms(w['wait_max_le_ms'])}) "
-          f"| {w['operations'] / max(w['batches'], 1):.1f} | {cores(r)} |")
+          f"| {w['operations'] / max(w['batches'], 1):.1f} | {cores(r)} | {machine(r)} |")

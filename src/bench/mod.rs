@@ -106,6 +106,60 @@ pub struct BenchReport {
     /// The SQLite writer of the started relay, from its `/metrics` at the end: where an ack
     /// tail that is not the writer's shows (absent with `--url`, and for PostgreSQL).
     pub relay_writer: Option<WriterTimes>,
+    /// The whole machine over the same span (Linux: `/proc/stat`): whether its cores were full,
+    /// with everything on it counted (a PostgreSQL server, other programs) and what the
+    /// hypervisor took. A tail at a steady rate on a machine with no idle time is its scheduler's.
+    pub machine_cpu: Option<MachineCpu>,
+}
+
+/// Shares of the machine's CPU time over a span, from two readings of `/proc/stat`'s `cpu` line.
+#[derive(Debug, Default, Serialize, Clone, Copy, PartialEq)]
+pub struct MachineCpu {
+    pub cores: usize,
+    /// Running anything: user, nice, system, interrupts.
+    pub busy_share: f64,
+    /// Waiting for the disk with nothing else to run.
+    pub iowait_share: f64,
+    /// Taken by the hypervisor for other guests: time the machine wanted and did not get.
+    pub steal_share: f64,
+}
+
+/// The first ten counters of `/proc/stat`'s aggregate `cpu` line (user nice system idle iowait
+/// irq softirq steal guest guest_nice, in clock ticks); `None` when it is not there or not numbers.
+fn cpu_ticks(stat: &str) -> Option<[u64; 8]> {
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some("cpu"))?;
+    let mut fields = line.split_whitespace().skip(1).map(|f| f.parse::<u64>().ok());
+    let mut ticks = [0u64; 8];
+    for t in &mut ticks {
+        *t = fields.next()??;
+    }
+    Some(ticks)
+}
+
+impl MachineCpu {
+    /// The shares between two readings of `/proc/stat`; `None` when either cannot be read or no
+    /// time passed between them. (Guest time is already inside user time: not added again.)
+    pub fn between(before: &str, after: &str) -> Option<MachineCpu> {
+        let (a, b) = (cpu_ticks(before)?, cpu_ticks(after)?);
+        // In f64: counters near u64::MAX (a hostile or broken file) must not overflow a sum.
+        let d: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y.saturating_sub(*x) as f64).collect();
+        let total: f64 = d.iter().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let share = |n: f64| n / total;
+        let cores = after.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
+        Some(MachineCpu {
+            cores,
+            busy_share: share(d[0] + d[1] + d[2] + d[5] + d[6]),
+            iowait_share: share(d[4]),
+            steal_share: share(d[7]),
+        })
+    }
+}
+
+fn proc_stat() -> Option<String> {
+    std::fs::read_to_string("/proc/stat").ok()
 }
 
 /// The writer's histograms (`lbx_store_batch_seconds`, `lbx_store_wait_seconds`), read as the
@@ -494,6 +548,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         if relays.is_empty() { opts.pid.into_iter().collect() } else { relays.iter().map(|r| r.child.id()).collect() };
     let cpu_before = cpu_of(&pids);
     let own_cpu_before = cpu_seconds(std::process::id());
+    let machine_before = proc_stat();
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let series_start_us = progress.now_us();
@@ -554,6 +609,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     if let (Some(before), Some(after)) = (own_cpu_before, cpu_seconds(std::process::id())) {
         report.bench_cpu_seconds = Some(after - before);
+    }
+    if let (Some(before), Some(after)) = (machine_before, proc_stat()) {
+        report.machine_cpu = MachineCpu::between(&before, &after);
     }
     if let (Some(before), Some(after)) = (cpu_before, cpu_of(&pids)) {
         report.relay_cpu_seconds = Some(after - before);
@@ -746,12 +804,70 @@ pub fn table(r: &BenchReport) -> String {
     if let (Some(cpu), Some(per)) = (r.relay_cpu_seconds, r.relay_cpu_us_per_event) {
         row("relay CPU (user + system)", format!("{cpu:.2} s, {per:.0} µs per accepted event"));
     }
+    if let Some(m) = r.machine_cpu {
+        row(
+            "machine CPU",
+            format!(
+                "{:.0} % busy of {} cores (iowait {:.0} %, stolen by the hypervisor {:.0} %)",
+                100.0 * m.busy_share,
+                m.cores,
+                100.0 * m.iowait_share,
+                100.0 * m.steal_share
+            ),
+        );
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::WriterTimes;
+    use super::{MachineCpu, WriterTimes};
+
+    const STAT_BEFORE: &str = "cpu  1000 100 300 5000 50 0 40 10 0 0
+cpu0 500 50 150 2500 25 0 20 5 0 0
+cpu1 500 50 150 2500 25 0 20 5 0 0
+intr 12345
+ctxt 999
+";
+    const STAT_AFTER: &str = "cpu  1600 200 500 5600 150 0 100 50 7 0
+cpu0 800 100 250 2800 75 0 50 25 3 0
+cpu1 800 100 250 2800 75 0 50 25 4 0
+intr 22345
+ctxt 1999
+";
+
+    /// 1,700 ticks passed: 600 user + 100 nice + 200 system + 60 softirq busy, 600 idle, 100
+    /// iowait, 40 stolen; guest time (inside user) is not counted twice.
+    #[test]
+    fn the_machine_cpu_is_read_as_shares_of_the_span() {
+        let m = MachineCpu::between(STAT_BEFORE, STAT_AFTER).unwrap();
+        assert_eq!(m.cores, 2);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(m.busy_share, 960.0 / 1700.0), "{m:?}");
+        assert!(close(m.iowait_share, 100.0 / 1700.0), "{m:?}");
+        assert!(close(m.steal_share, 40.0 / 1700.0), "{m:?}");
+    }
+
+    #[test]
+    fn a_proc_stat_that_cannot_be_read_gives_nothing_and_never_panics() {
+        // No aggregate line: `cpu0` is not `cpu`, nor is `cpuX`.
+        assert_eq!(MachineCpu::between("cpu0 1 2 3 4 5 6 7 8\n", "cpu0 2 3 4 5 6 7 8 9\n"), None);
+        assert_eq!(MachineCpu::between("cpux 1 2 3 4 5 6 7 8\n", "cpux 2 3 4 5 6 7 8 9\n"), None);
+        // Too few counters, or not numbers.
+        assert_eq!(MachineCpu::between("cpu 1 2 3\n", "cpu 2 3 4\n"), None);
+        assert_eq!(MachineCpu::between("cpu a b c d e f g h\n", STAT_AFTER), None);
+        assert_eq!(MachineCpu::between("cpu -1 2 3 4 5 6 7 8\n", STAT_AFTER), None);
+        assert_eq!(MachineCpu::between("", ""), None);
+        // No time passed, or counters that went backwards: nothing to say.
+        assert_eq!(MachineCpu::between(STAT_AFTER, STAT_AFTER), None);
+        assert_eq!(MachineCpu::between(STAT_AFTER, STAT_BEFORE), None);
+        // Counters at the top of u64: no overflow.
+        let max = u64::MAX;
+        let huge = format!("cpu {max} {max} {max} {max} {max} {max} {max} {max} 0 0\n");
+        let m = MachineCpu::between("cpu 0 0 0 0 0 0 0 0 0 0\n", &huge).unwrap();
+        assert!((m.busy_share - 5.0 / 8.0).abs() < 1e-9, "{m:?}");
+        assert_eq!(m.cores, 0, "no per-core lines");
+    }
 
     const METRICS: &str = r#"# TYPE lbx_store_batch_seconds histogram
 lbx_store_batch_seconds_bucket{le="0.0005"} 90

@@ -100,6 +100,11 @@ async fn bench_at_a_steady_rate_reports_deliveries_and_the_backlog_each_second()
     assert!(slowest > 0.0, "each second says its slowest ack: {report}");
     assert!(slowest <= report["ack_latency"]["max_ms"].as_f64().unwrap() + 0.01, "{report}");
     assert!(report["bench_cpu_seconds"].as_f64().unwrap() > 0.0, "the generator's own CPU: {report}");
+    let machine = &report["machine_cpu"];
+    assert!(machine["cores"].as_u64().unwrap() >= 1, "{machine}");
+    let shares = ["busy_share", "iowait_share", "steal_share"].map(|k| machine[k].as_f64().unwrap());
+    assert!(shares[0] > 0.0, "the relay and the generator ran: {machine}");
+    assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)) && shares.iter().sum::<f64>() <= 1.0 + 1e-9, "{machine}");
     let writer = &report["relay_writer"];
     let operations = writer["operations"].as_u64().unwrap();
     assert!(operations >= 1200, "at least an ingest and a settle per event: {writer}");
