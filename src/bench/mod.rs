@@ -124,8 +124,9 @@ pub struct MachineCpu {
     pub steal_share: f64,
 }
 
-/// The first ten counters of `/proc/stat`'s aggregate `cpu` line (user nice system idle iowait
-/// irq softirq steal guest guest_nice, in clock ticks); `None` when it is not there or not numbers.
+/// The first eight counters of `/proc/stat`'s aggregate `cpu` line (user nice system idle iowait
+/// irq softirq steal, in clock ticks; the guest times after them are already inside user and
+/// nice); `None` when the line is not there or its counters are not numbers.
 fn cpu_ticks(stat: &str) -> Option<[u64; 8]> {
     let line = stat.lines().find(|l| l.split_whitespace().next() == Some("cpu"))?;
     let mut fields = line.split_whitespace().skip(1).map(|f| f.parse::<u64>().ok());
