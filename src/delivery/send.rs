@@ -83,12 +83,12 @@ pub struct HttpSender {
 
 impl HttpSender {
     pub fn new(clock: crate::clock::Clock) -> HttpSender {
-        let builder = || {
-            crate::proxy::client_builder()
-                .user_agent(USER_AGENT)
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(64)
-        };
+        // No cap on idle connections per host: every connection a worker opened stays for the
+        // next delivery (until 90 s idle, reqwest's default); there are never more of them than
+        // requests were once in flight. A cap of 64 made a relay with more workers close
+        // connections after each burst and open them again for the next (a TLS handshake each).
+        let builder =
+            || crate::proxy::client_builder().user_agent(USER_AGENT).redirect(reqwest::redirect::Policy::none());
         let client = builder().build().expect("a reqwest client with static settings always builds");
         // Never through a proxy: the proxy would resolve the host, past the resolver's filter.
         let public_only = builder()
@@ -285,6 +285,95 @@ mod tests {
                 HeaderSpec { name: "X-From-Env".into(), value: "env-value".to_string().into(), from_env: true },
             ],
             body,
+        }
+    }
+
+    /// A loopback CRM over plain HTTP/1.1 keep-alive that holds every answer until `wave`
+    /// requests are waiting, then answers them together; it counts the connections it accepted.
+    async fn crm_answering_in_waves(wave: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/contacts", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(wave));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let body_at = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        while buf.len() < body_at + length {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..body_at + length);
+                        barrier.wait().await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// More workers than the old cap of 64 idle connections: the next burst reuses every
+    /// connection the first one opened, instead of opening (for a CRM: handshaking) again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_as_wide_as_the_workers_reuses_every_connection_the_last_one_opened() {
+        const WIDE: usize = 80;
+        let (url, accepted) = crm_answering_in_waves(WIDE).await;
+        let sender = std::sync::Arc::new(HttpSender::new(crate::clock::Clock::system()));
+        let target = reqwest::Url::parse(&url).unwrap();
+        for burst in 1..=3 {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..WIDE {
+                let (sender, target, url) = (sender.clone(), target.clone(), url.clone());
+                set.spawn(async move {
+                    let req = RenderedRequest {
+                        method: reqwest::Method::POST,
+                        target,
+                        url,
+                        headers: Vec::new(),
+                        body: format!("{{\"n\":{i}}}"),
+                    };
+                    let key = format!("d-{burst}-{i}");
+                    sender.request(&req, Duration::from_secs(20), &key, false, super::super::guard::Reach::Listed).await
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                let r = done.unwrap();
+                assert_eq!(r.status, Some(200), "{:?}", r.error);
+            }
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                WIDE,
+                "burst {burst}: {WIDE} connections in all, each opened once"
+            );
         }
     }
 
