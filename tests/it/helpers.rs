@@ -690,9 +690,9 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i3
 }
 
 /// A fresh schema on the test PostgreSQL (`LBX_TEST_POSTGRES_URL`), or `None` (and a note that
-/// the test was skipped) when the variable is not set.
+/// the test was skipped) when the variable is not set or empty.
 pub async fn pg_schema(test: &str) -> Option<PgSchema> {
-    let Ok(base) = std::env::var("LBX_TEST_POSTGRES_URL") else {
+    let Some(base) = std::env::var("LBX_TEST_POSTGRES_URL").ok().filter(|v| !v.trim().is_empty()) else {
         // Written past the test harness's capture so the skip is visible in the run's output.
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "skipped {test}: LBX_TEST_POSTGRES_URL is not set");
@@ -761,4 +761,33 @@ fn relay_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
         assert!(ports.iter().all(|&p| u32::from(p) < low), "{ports:?} reach the ephemeral range from {low}");
     }
     assert!(ports.iter().all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()), "{ports:?}");
+}
+
+/// Reads one whole HTTP/1.1 request from `stream` into `buf` (its head, then the body its
+/// `Content-Length` announces) and drops it from `buf`, keeping what came after it; `false` once
+/// the peer has closed the connection (or it failed). For loopback CRMs that speak raw TCP.
+pub async fn read_http_request(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let body_at = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap_or(0));
+    while buf.len() < body_at + length {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..body_at + length);
+    true
 }

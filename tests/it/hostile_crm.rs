@@ -1,7 +1,8 @@
 //! A CRM (or its token server) cannot break an attempt or hold a route for ever: absurd reset and
 //! `Retry-After` values are capped at 6 h and the request is sent once (SQLite and PostgreSQL), a
 //! pause is lifted by a manual retry or a reload, a token answer is read no further than 64 KiB, and
-//! a kept-alive connection the CRM closes unanswered costs one resend at once, not a retry.
+//! a kept-alive connection the CRM closes unanswered costs one resend at once, not a retry, and a
+//! connection is reused however many workers opened them (no cap on idle ones to close).
 
 use lbx_relay::store::roles::*;
 use lbx_relay::store::DeliveryFilter;
@@ -136,7 +137,7 @@ async fn a_token_server_answering_megabytes_is_read_no_further_than_64_kib() {
 /// on it, unanswered (what a CRM whose keep-alive timer fired does to a request already on its
 /// way). Later connections are answered. Each request is logged: "answered" or "closed".
 async fn crm_closing_its_kept_alive_connection() -> (String, std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -148,30 +149,9 @@ async fn crm_closing_its_kept_alive_connection() -> (String, std::sync::Arc<std:
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 for request in 0.. {
-                    // One whole request: its head, then the body its Content-Length announces.
-                    let body_at = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    while buf.len() < body_at + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    if !read_http_request(&mut stream, &mut buf).await {
+                        return;
                     }
-                    buf.drain(..body_at + length);
                     if connection == 0 && request == 1 {
                         log.lock().unwrap().push("closed");
                         return; // dropped: the relay reads the end of the connection, no answer
@@ -259,4 +239,71 @@ async fn a_crm_closing_every_connection_unanswered_gets_two_requests_then_the_re
     r.advance_ms(14_000);
     assert_eq!(r.round().await, 1);
     assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
+
+/// A loopback CRM over plain HTTP/1.1 keep-alive that holds every answer until `wave` requests are
+/// waiting, then answers them together; it counts the connections it accepted.
+async fn crm_answering_in_waves(wave: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/contacts", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(wave));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_http_request(&mut stream, &mut buf).await {
+                    barrier.wait().await;
+                    if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// More requests in flight than the 64 idle connections per host the HTTP client once kept: the
+/// next burst reuses every connection the first one opened, instead of opening (for a CRM over
+/// TLS: handshaking) them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_as_wide_as_the_workers_reuses_every_connection_the_last_one_opened() {
+    use lbx_relay::delivery::{guard::Reach, send::HttpSender};
+    const WIDE: usize = 80;
+    let (url, accepted) = crm_answering_in_waves(WIDE).await;
+    let sender = std::sync::Arc::new(HttpSender::new(lbx_relay::clock::Clock::system()));
+    let target = reqwest::Url::parse(&url).unwrap();
+    for burst in 1..=3 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..WIDE {
+            let (sender, target, url) = (sender.clone(), target.clone(), url.clone());
+            set.spawn(async move {
+                let req = lbx_relay::templates::RenderedRequest {
+                    method: reqwest::Method::POST,
+                    target,
+                    url,
+                    headers: Vec::new(),
+                    body: format!("{{\"n\":{i}}}"),
+                };
+                let key = format!("d-{burst}-{i}");
+                sender.request(&req, std::time::Duration::from_secs(20), &key, false, Reach::Listed).await
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            let r = done.unwrap();
+            assert_eq!(r.status, Some(200), "{:?}", r.error);
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            WIDE,
+            "burst {burst}: {WIDE} connections in all, each opened once"
+        );
+    }
 }
