@@ -466,6 +466,19 @@ fn blob_candidates(text: &str, iv_prefixed_variant: Variant, want: Option<Varian
     }
 }
 
+/// Laravel's envelope (`{"iv", "value", "mac"}`) as a candidate, when its iv and value decode.
+fn laravel_candidate(envelope: &serde_json::Map<String, Value>) -> Option<Candidate> {
+    let iv_b64 = envelope.get("iv")?.as_str()?;
+    let value_b64 = envelope.get("value")?.as_str()?;
+    let (iv, ct) = (decode_iv(iv_b64)?, decode_b64(value_b64)?);
+    let mac = envelope.get("mac").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|mac_hex| LaravelMac {
+        iv_b64: iv_b64.to_string(),
+        value_b64: value_b64.to_string(),
+        mac_hex: mac_hex.to_string(),
+    });
+    Some(Candidate { variant: Variant::Laravel, ct, iv, mac })
+}
+
 /// The same, on the string already decoded (decoded once for every reading of a field).
 fn decoded_blob_candidates(
     blob: Vec<u8>,
@@ -474,28 +487,12 @@ fn decoded_blob_candidates(
     out: &mut Vec<Candidate>,
 ) {
     // A JSON object is read as Laravel's envelope only.
-    let object = match blob.first() {
-        Some(b'{') => match serde_json::from_slice::<Value>(&blob) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        },
-        _ => None,
-    };
-    if let Some(m) = object {
-        if !wanted(want, Variant::Laravel) {
-            return;
-        }
-        let iv_b64 = m.get("iv").and_then(Value::as_str);
-        let value_b64 = m.get("value").and_then(Value::as_str);
-        if let (Some(iv_b64), Some(value_b64)) = (iv_b64, value_b64) {
-            if let (Some(iv), Some(ct)) = (decode_iv(iv_b64), decode_b64(value_b64)) {
-                let mac = m.get("mac").and_then(Value::as_str).filter(|s| !s.is_empty()).map(|mac_hex| LaravelMac {
-                    iv_b64: iv_b64.to_string(),
-                    value_b64: value_b64.to_string(),
-                    mac_hex: mac_hex.to_string(),
-                });
-                out.push(Candidate { variant: Variant::Laravel, ct, iv, mac });
-            }
+    let object = (blob.first() == Some(&b'{'))
+        .then(|| serde_json::from_slice::<serde_json::Map<String, Value>>(&blob).ok())
+        .flatten();
+    if let Some(envelope) = object {
+        if wanted(want, Variant::Laravel) {
+            out.extend(laravel_candidate(&envelope));
         }
         return;
     }
