@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::compiled::{Compiled, LiveConfig};
 use crate::crypto::{self, DecryptError, Sealed};
 use crate::dedup::Dedup;
-use crate::delivery::handoff::Place;
+use crate::delivery::handoff::{Handover, Place};
 use crate::delivery::{DeliveryContext, Producer};
 use crate::event::{new_id, Event};
 use crate::signals::{Signal, Signals};
@@ -64,17 +64,17 @@ struct Handed {
     place: Place,
     delivery_id: String,
     route: String,
-    lease_token: String,
+    lease: Lease,
 }
 
 impl Handed {
     /// Passes it to the workers (its event has committed), with the event's data as parsed here.
     fn pass_on(self, event: &Event, data: std::sync::Arc<serde_json::Value>) {
-        let Handed { place, delivery_id, route, lease_token } = self;
-        place.send(Claimed {
+        let Handed { place, delivery_id, route, lease } = self;
+        let claimed = Claimed {
             delivery_id,
             route,
-            lease_token,
+            lease_token: lease.token,
             tries: 0,
             attempts: 0,
             event: StoredEvent {
@@ -89,7 +89,8 @@ impl Handed {
             steps_state: None,
             keyed: false,
             data: Some(data),
-        });
+        };
+        place.send(Handover { claimed, lease_until: lease.until });
     }
 }
 
@@ -106,12 +107,7 @@ fn hand_over(ctx: &IngestContext, deliveries: &mut [NewDelivery]) -> Vec<Handed>
     for (d, _) in deliveries.iter_mut().zip(open).filter(|(_, open)| *open) {
         let Some(place) = places.pop() else { break };
         d.lease = Some(lease.clone());
-        handed.push(Handed {
-            place,
-            delivery_id: d.id.clone(),
-            route: d.route.clone(),
-            lease_token: lease.token.clone(),
-        });
+        handed.push(Handed { place, delivery_id: d.id.clone(), route: d.route.clone(), lease: lease.clone() });
     }
     handed
 }

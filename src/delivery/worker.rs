@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::Verdict;
+use super::handoff::Handover;
 use super::limits::{Admission, Gate};
 use super::retry::{next_delay, throttle_delay};
 use super::steps;
@@ -41,13 +42,14 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     let mut in_flight = JoinSet::new();
     let spawn = |in_flight: &mut JoinSet<()>, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit| {
         let ctx = ctx.clone();
-        in_flight.spawn(async move {
-            super::priority::enter();
-            // The permit bounds outbound requests; recording the result need not hold it.
-            let outcome = attempt(&ctx, c).await;
-            drop(permit);
-            finish(&ctx, outcome).await;
-        });
+        in_flight.spawn(async move { attempt_and_settle(&ctx, c, permit, false).await });
+    };
+    // A delivery passed over by ingest may have waited for a worker: its lease is renewed first
+    // when it ran low.
+    let spawn_handed = |in_flight: &mut JoinSet<()>, h: Handover, permit: tokio::sync::OwnedSemaphorePermit| {
+        let renew = h.renew_first(ctx.now_ms(), ctx.lease().as_millis() as i64);
+        let ctx = ctx.clone();
+        in_flight.spawn(async move { attempt_and_settle(&ctx, h.claimed, permit, renew).await });
     };
     // Look in the store at start: deliveries may be waiting from before.
     let mut claim_now = true;
@@ -65,8 +67,8 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
         let mut took = 0;
         while let Ok(permit) = permits.clone().try_acquire_owned() {
             match handed.try_recv() {
-                Ok(c) => {
-                    spawn(&mut in_flight, c, permit);
+                Ok(h) => {
+                    spawn_handed(&mut in_flight, h, permit);
                     took += 1;
                 }
                 Err(_) => break,
@@ -116,9 +118,9 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
         let poll = ctx.runtime().config.delivery.poll_interval;
         let until = look_again.unwrap_or_else(|| tokio::time::Instant::now() + poll);
         tokio::select! {
-            Some(c) = handed.recv() => {
+            Some(h) = handed.recv() => {
                 if let Ok(permit) = permits.clone().acquire_owned().await {
-                    spawn(&mut in_flight, c, permit);
+                    spawn_handed(&mut in_flight, h, permit);
                 }
             }
             _ = ctx.wake.notified() => claim_now = true,
@@ -137,7 +139,7 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     // rather than when its lease expires.
     ctx.handoff.close();
     handed.close();
-    while let Some(c) = handed.recv().await {
+    while let Some(Handover { claimed: c, .. }) = handed.recv().await {
         if let Err(e) = ctx.store.defer(c.delivery_id.clone(), c.lease_token, ctx.now_ms()).await {
             tracing::warn!(delivery = %c.delivery_id, error = %crate::telemetry::Chain(&e), "could not hand a delivery back; its lease will expire");
         }
@@ -147,6 +149,36 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
         tracing::info!(in_flight = n, "waiting for in-flight deliveries to finish");
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// One delivery on a worker of the pool: its attempt, then its settle. With `renew_first`, its
+/// lease is renewed before anything is sent, and nothing is sent when it was lost.
+async fn attempt_and_settle(
+    ctx: &DeliveryContext,
+    c: Claimed,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    renew_first: bool,
+) {
+    super::priority::enter();
+    if renew_first {
+        let until = ctx.now_ms() + ctx.lease().as_millis() as i64;
+        // Boxed, as in `holding_lease`: rare, and every delivery's future would carry its state.
+        match Box::pin(ctx.store.extend_lease(&c.delivery_id, &c.lease_token, until)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(delivery = %c.delivery_id, "the lease ran out while the delivery waited for a worker; whoever holds it now sends it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %c.delivery_id, error = %crate::telemetry::Chain(&e), "could not renew the lease of a delivery that waited for a worker; it is sent once the lease expires");
+                return;
+            }
+        }
+    }
+    // The permit bounds outbound requests; recording the result need not hold it.
+    let outcome = attempt(ctx, c).await;
+    drop(permit);
+    finish(ctx, outcome).await;
 }
 
 /// Claims and processes every delivery due now, concurrently; returns how many were attempted.
