@@ -42,14 +42,19 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     let mut in_flight = JoinSet::new();
     let spawn = |in_flight: &mut JoinSet<()>, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit| {
         let ctx = ctx.clone();
-        in_flight.spawn(async move { attempt_and_settle(&ctx, c, permit, false).await });
+        in_flight.spawn(async move { attempt_and_settle(&ctx, c, permit).await });
     };
     // A delivery passed over by ingest may have waited for a worker: its lease is renewed first
-    // when it ran low.
+    // when it ran low, and nothing is sent when it was lost.
     let spawn_handed = |in_flight: &mut JoinSet<()>, h: Handover, permit: tokio::sync::OwnedSemaphorePermit| {
         let renew = h.renew_first(ctx.now_ms(), ctx.lease().as_millis() as i64);
         let ctx = ctx.clone();
-        in_flight.spawn(async move { attempt_and_settle(&ctx, h.claimed, permit, renew).await });
+        in_flight.spawn(async move {
+            if renew && !renewed(&ctx, &h.claimed).await {
+                return;
+            }
+            attempt_and_settle(&ctx, h.claimed, permit).await
+        });
     };
     // Look in the store at start: deliveries may be waiting from before.
     let mut claim_now = true;
@@ -151,34 +156,31 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     while in_flight.join_next().await.is_some() {}
 }
 
-/// One delivery on a worker of the pool: its attempt, then its settle. With `renew_first`, its
-/// lease is renewed before anything is sent, and nothing is sent when it was lost.
-async fn attempt_and_settle(
-    ctx: &DeliveryContext,
-    c: Claimed,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    renew_first: bool,
-) {
+/// One delivery on a worker of the pool: its attempt, then its settle.
+async fn attempt_and_settle(ctx: &DeliveryContext, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit) {
     super::priority::enter();
-    if renew_first {
-        let until = ctx.now_ms() + ctx.lease().as_millis() as i64;
-        // Boxed, as in `holding_lease`: rare, and every delivery's future would carry its state.
-        match Box::pin(ctx.store.extend_lease(&c.delivery_id, &c.lease_token, until)).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(delivery = %c.delivery_id, "the lease ran out while the delivery waited for a worker; whoever holds it now sends it");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(delivery = %c.delivery_id, error = %crate::telemetry::Chain(&e), "could not renew the lease of a delivery that waited for a worker; it is sent once the lease expires");
-                return;
-            }
-        }
-    }
     // The permit bounds outbound requests; recording the result need not hold it.
     let outcome = attempt(ctx, c).await;
     drop(permit);
     finish(ctx, outcome).await;
+}
+
+/// Renews the lease of a delivery that waited for a worker; `false` (nothing may be sent) when the
+/// lease was lost or could not be renewed.
+async fn renewed(ctx: &DeliveryContext, c: &Claimed) -> bool {
+    let until = ctx.now_ms() + ctx.lease().as_millis() as i64;
+    // Boxed, as in `holding_lease`: rare, and every delivery's future would carry its state.
+    match Box::pin(ctx.store.extend_lease(&c.delivery_id, &c.lease_token, until)).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(delivery = %c.delivery_id, "the lease ran out while the delivery waited for a worker; whoever holds it now sends it");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(delivery = %c.delivery_id, error = %crate::telemetry::Chain(&e), "could not renew the lease of a delivery that waited for a worker; it is sent once the lease expires");
+            false
+        }
+    }
 }
 
 /// Claims and processes every delivery due now, concurrently; returns how many were attempted.
