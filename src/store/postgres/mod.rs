@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/008_attempts_by_start.sql"),
     include_str!("../migrations/postgres/009_delivered_attempt_on_the_delivery.sql"),
     include_str!("../migrations/postgres/010_fewer_queue_index_writes.sql"),
+    include_str!("../migrations/postgres/011_keys_in_byte_order.sql"),
 ];
 
 /// A claim: up to `$4` due deliveries, oldest first, leased to `$1` until `$2` (keyed ones only at
@@ -1078,6 +1079,99 @@ mod tests {
         let rows: i64 = admin.query_one("SELECT COUNT(*) FROM attempts", &[]).await.unwrap().get(0);
         let on_row: Option<String> = admin.query_one("SELECT ok_detail FROM deliveries", &[]).await.unwrap().get(0);
         assert_eq!((rows, on_row.as_deref()), (2, Some("third")), "the first two in attempts, the last on the row");
+        discard(store, &admin, &schema).await;
+    }
+
+    /// A database at schema 10 upgrades to 11 without losing a row: its keys are then compared
+    /// byte by byte ("C"), its dedup keys still hold, and the console still finds its events by
+    /// Learnybox id and by address.
+    #[tokio::test]
+    async fn a_schema_10_database_keeps_its_rows_and_then_compares_its_keys_byte_by_byte() {
+        let Some((admin, schema, url)) = scratch_schema("a postgres upgrade test").await else { return };
+        for sql in &MIGRATIONS[..10] {
+            admin.batch_execute(sql).await.unwrap();
+        }
+        admin
+            .batch_execute(
+                "CREATE TABLE lbx_schema_version (version INTEGER NOT NULL); INSERT INTO lbx_schema_version VALUES (10);
+                 INSERT INTO events (id, source, event_key, kind, status, payload, received_at, email)
+                     VALUES ('e1', 's', 'K1', 'contact.created', 'routed', '{}', 1000, 'ana@example.org');
+                 INSERT INTO dedup_keys (source, event_key, event_id, expires_at) VALUES ('s', 'K1', 'e1', 999999);
+                 INSERT INTO deliveries (id, event_id, route, status, attempts, created_at, updated_at, last_status,
+                     ok_started_at, ok_duration_ms, ok_detail)
+                     VALUES ('d1', 'e1', 'Crm', 'delivered', 2, 1000, 1010, 200, 1005, 5, 'on the row');
+                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status, outcome, detail)
+                     VALUES ('d1', 1, 1001, 3, 503, 'retry', 'in attempts');",
+            )
+            .await
+            .unwrap();
+        let store = open_on(&url).await;
+        let version: i32 = admin.query_one("SELECT version FROM lbx_schema_version", &[]).await.unwrap().get(0);
+        assert_eq!(version, 11);
+        let collations: Vec<(String, String, Option<String>)> = admin
+            .query(
+                "SELECT table_name::text, column_name::text, collation_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND data_type = 'text' AND table_name IN ('events', 'dedup_keys', 'deliveries', 'attempts')
+                   AND column_name IN ('id', 'source', 'event_key', 'email', 'event_id', 'route', 'order_key', 'delivery_id')
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(collations.len(), 12, "{collations:?}");
+        assert!(collations.iter().all(|(_, _, c)| c.as_deref() == Some("C")), "{collations:?}");
+
+        let detail = store.event_detail("e1").await.unwrap().unwrap();
+        let attempts: Vec<(u32, Option<String>)> = detail.attempts.into_iter().map(|a| (a.attempt, a.detail)).collect();
+        assert_eq!(attempts, [(1, Some("in attempts".into())), (2, Some("on the row".into()))]);
+        let by = |key: Option<&str>, email: Option<&str>| {
+            let store = &store;
+            let f = EventFilter {
+                kind: None,
+                status: None,
+                route: None,
+                email: email.map(str::to_string),
+                key: key.map(str::to_string),
+                text: None,
+                since: None,
+                until: None,
+                after: None,
+                limit: 10,
+                newest_first: true,
+            };
+            let emails = email.map(|e| vec![e.to_string()]);
+            async move { store.find_events(f, emails, false).await.unwrap().0.into_iter().map(|e| e.id).collect::<Vec<_>>() }
+        };
+        assert_eq!(by(Some("K1"), None).await, ["e1"]);
+        assert!(by(Some("k1"), None).await.is_empty(), "an id differing in case is another id");
+        assert_eq!(by(None, Some("ana@example.org")).await, ["e1"]);
+
+        let event = |id: &str, key: &str| NewEvent {
+            id: id.into(),
+            source: "s".into(),
+            key: key.into(),
+            kind: "contact.created".into(),
+            payload: "{}".into(),
+            received_at: 2000,
+            email: None,
+            dedup_until: 999999,
+            deliveries: vec![crate::store::NewDelivery {
+                id: format!("d-{id}"),
+                route: "Crm".into(),
+                order_key: None,
+                lease: None,
+            }],
+            origin: None,
+            alias: None,
+            contacts: None,
+        };
+        assert_eq!(store.ingest(event("e2", "K1")).await.unwrap(), IngestOutcome::Duplicate);
+        assert_eq!(store.ingest(event("e3", "k1")).await.unwrap(), IngestOutcome::Stored);
+        let pending = store.pending_per_route().await.unwrap();
+        assert_eq!(pending, [("Crm".to_string(), 1)]);
         discard(store, &admin, &schema).await;
     }
 
