@@ -168,9 +168,7 @@ async fn attempt_and_settle(ctx: &DeliveryContext, c: Claimed, permit: tokio::sy
 /// Renews the lease of a delivery that waited for a worker; `false` (nothing may be sent) when the
 /// lease was lost or could not be renewed.
 async fn renewed(ctx: &DeliveryContext, c: &Claimed) -> bool {
-    let until = ctx.now_ms() + ctx.lease().as_millis() as i64;
-    // Boxed, as in `holding_lease`: rare, and every delivery's future would carry its state.
-    match Box::pin(ctx.store.extend_lease(&c.delivery_id, &c.lease_token, until)).await {
+    match extend_lease(ctx, &c.delivery_id, &c.lease_token).await {
         Ok(true) => true,
         Ok(false) => {
             tracing::warn!(delivery = %c.delivery_id, "the lease ran out while the delivery waited for a worker; whoever holds it now sends it");
@@ -510,10 +508,7 @@ async fn holding_lease<F: std::future::Future>(
         tokio::select! {
             out = &mut attempt => return out,
             _ = renew.tick() => {
-                let until = ctx.now_ms() + lease.as_millis() as i64;
-                // Boxed: a renewal is rare, and its state (2.3 KB) would otherwise be carried by
-                // every delivery's future.
-                match Box::pin(ctx.store.extend_lease(delivery_id, lease_token, until)).await {
+                match extend_lease(ctx, delivery_id, lease_token).await {
                     Ok(true) => tracing::debug!(delivery = %delivery_id, "lease renewed while the attempt runs"),
                     Ok(false) => tracing::warn!(delivery = %delivery_id, "the lease was lost while the attempt ran"),
                     Err(e) => tracing::warn!(delivery = %delivery_id, error = %crate::telemetry::Chain(&e), "could not renew the lease"),
@@ -521,6 +516,18 @@ async fn holding_lease<F: std::future::Future>(
             }
         }
     }
+}
+
+/// Extends the delivery's lease to a whole lease from now; `Ok(false)` when it is no longer ours.
+async fn extend_lease(
+    ctx: &DeliveryContext,
+    delivery_id: &str,
+    lease_token: &str,
+) -> Result<bool, crate::store::StoreError> {
+    let until = ctx.now_ms() + ctx.lease().as_millis() as i64;
+    // Boxed: a renewal is rare, and its state (2.3 KB) would otherwise be carried by every
+    // delivery's future.
+    Box::pin(ctx.store.extend_lease(delivery_id, lease_token, until)).await
 }
 
 /// Records an attempt; the lease keeps anyone else off the delivery until this commits.
