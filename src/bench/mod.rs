@@ -251,6 +251,35 @@ pub async fn baseline_server(listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When the sink received the events, on the drive's clock.
+struct Deliveries {
+    /// Request sent → sink received, µs.
+    latency: Histogram<u64>,
+    /// The last arrival, µs after the first request.
+    last_us: u64,
+    /// Arrivals before the last request was answered.
+    during: usize,
+}
+
+impl Deliveries {
+    /// `sent_at` and `arrived` are µs on the bench's clock, which starts before the relay, the
+    /// event preparation and the baseline; the drive (the first request) starts at `drive_start_us`
+    /// on it and lasts `ingest`. Spans are counted from the drive's start, not the clock's.
+    fn measure(sent_at: &[AtomicU64], arrived: &[AtomicU64], drive_start_us: u64, ingest: Duration) -> Deliveries {
+        let mut out = Deliveries { latency: histogram(), last_us: 0, during: 0 };
+        let ingest_end_us = drive_start_us + ingest.as_micros() as u64;
+        for (sent, arrived) in sent_at.iter().zip(arrived) {
+            let (s, a) = (sent.load(Ordering::Relaxed), arrived.load(Ordering::Relaxed));
+            if s > 0 && a > 0 {
+                let _ = out.latency.record(a.saturating_sub(s).max(1));
+                out.last_us = out.last_us.max(a.saturating_sub(drive_start_us));
+                out.during += usize::from(a <= ingest_end_us);
+            }
+        }
+        out
+    }
+}
+
 fn latency(h: &Histogram<u64>) -> Latency {
     let ms = |us: u64| us as f64 / 1000.0;
     Latency {
@@ -552,6 +581,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let machine_before = proc_stat();
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // The drive's start on the bench's clock: spans and seconds count from here.
     let series_start_us = progress.now_us();
     let sampler = {
         let (peak, sampling, progress, timeline) = (peak.clone(), sampling.clone(), progress.clone(), timeline.clone());
@@ -589,24 +619,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         while timeline.received.load(Ordering::Relaxed) < report.accepted && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut e2e = histogram();
-        let mut last = 0u64;
-        let ingest_end_us = ingest.as_micros() as u64;
-        let mut during = 0usize;
-        for (sent, arrived) in progress.sent_at.iter().zip(&timeline.arrived) {
-            let (s, a) = (sent.load(Ordering::Relaxed), arrived.load(Ordering::Relaxed));
-            if s > 0 && a > 0 {
-                let _ = e2e.record(a.saturating_sub(s).max(1));
-                last = last.max(a);
-                during += usize::from(a <= ingest_end_us);
-            }
-        }
+        let span = Deliveries::measure(&progress.sent_at, &timeline.arrived, series_start_us, ingest);
         let delivered = timeline.received.load(Ordering::Relaxed);
         report.delivered = Some(delivered);
-        report.end_to_end_seconds = Some(last as f64 / 1e6);
-        report.delivered_per_second = Some(delivered as f64 / (last as f64 / 1e6).max(1e-9));
-        report.delivered_during_ingest_per_second = Some(during as f64 / ingest.as_secs_f64().max(1e-9));
-        report.delivery_latency = Some(latency(&e2e));
+        report.end_to_end_seconds = Some(span.last_us as f64 / 1e6);
+        report.delivered_per_second = Some(delivered as f64 / (span.last_us as f64 / 1e6).max(1e-9));
+        report.delivered_during_ingest_per_second = Some(span.during as f64 / ingest.as_secs_f64().max(1e-9));
+        report.delivery_latency = Some(latency(&span.latency));
     }
     if let (Some(before), Some(after)) = (own_cpu_before, cpu_seconds(std::process::id())) {
         report.bench_cpu_seconds = Some(after - before);
@@ -822,7 +841,28 @@ pub fn table(r: &BenchReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{MachineCpu, WriterTimes};
+    use super::{Deliveries, MachineCpu, WriterTimes};
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// The bench's clock starts long before the first request (the relay starts, events are
+    /// encrypted, the baseline runs): 5 s here. Ingest lasts 2 s from there; one event is
+    /// delivered during it, one 1 s after it, one is never delivered.
+    #[test]
+    fn end_to_end_counts_from_the_first_request_not_from_the_bench_start() {
+        let at = |v: &[u64]| v.iter().map(|&x| AtomicU64::new(x)).collect::<Vec<_>>();
+        let sent = at(&[5_000_100, 6_000_000, 6_900_000]);
+        let arrived = at(&[5_000_600, 8_000_000, 0]);
+        let d = Deliveries::measure(&sent, &arrived, 5_000_000, Duration::from_secs(2));
+        assert_eq!(d.last_us, 3_000_000, "the last delivery, 3 s after the first request");
+        assert_eq!(d.during, 1, "only the first arrived before the last ack");
+        assert_eq!(d.latency.len(), 2);
+        assert_eq!(d.latency.min(), 500);
+        // An arrival exactly at the end of ingest counts as during; nothing before the clock's
+        // start (a sink slot set by a stray request) underflows.
+        let d = Deliveries::measure(&at(&[1, 2]), &at(&[7_000_000, 3]), 5_000_000, Duration::from_secs(2));
+        assert_eq!((d.last_us, d.during), (2_000_000, 2));
+    }
 
     const STAT_BEFORE: &str = "cpu  1000 100 300 5000 50 0 40 10 0 0
 cpu0 500 50 150 2500 25 0 20 5 0 0
