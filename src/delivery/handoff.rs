@@ -66,15 +66,26 @@ struct Open {
     /// The pool's worker slots: a place is given only while a worker is idle.
     idle: Arc<Semaphore>,
     reserved: Arc<AtomicUsize>,
+    /// Deliveries the pool claimed ahead from the store and that wait for a worker: older than
+    /// anything ingest would pass over now, so they take the idle workers first.
+    claimed_ahead: Arc<AtomicUsize>,
 }
 
 impl Handoff {
     /// Opens the queue (the worker pool calls this when it starts, with its worker slots).
     pub fn open(&self, workers: Arc<Semaphore>) -> mpsc::Receiver<Handover> {
         let (tx, rx) = mpsc::channel(workers.available_permits().max(1) * 2);
-        let open = Open { tx, idle: workers, reserved: Arc::default() };
+        let open = Open { tx, idle: workers, reserved: Arc::default(), claimed_ahead: Arc::default() };
         *self.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
         rx
+    }
+
+    /// Says how many deliveries the pool has claimed ahead and not started yet: the idle workers
+    /// are theirs before any new delivery's.
+    pub fn claimed_ahead(&self, n: usize) {
+        if let Some(open) = &*self.open.lock().unwrap_or_else(|p| p.into_inner()) {
+            open.claimed_ahead.store(n, Ordering::Relaxed);
+        }
     }
 
     /// Closes it: from now on every delivery waits for a claim.
@@ -87,14 +98,19 @@ impl Handoff {
         if n == 0 {
             return Vec::new();
         }
-        let (tx, idle, reserved) = match &*self.open.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(open) => (open.tx.clone(), open.idle.available_permits(), open.reserved.clone()),
+        let (tx, idle, reserved, ahead) = match &*self.open.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(open) => (
+                open.tx.clone(),
+                open.idle.available_permits(),
+                open.reserved.clone(),
+                open.claimed_ahead.load(Ordering::Relaxed),
+            ),
             None => return Vec::new(),
         };
-        // Workers idle now, less the deliveries already passed over and not yet taken; the places
-        // still waiting for their commit are bounded only by the queue's size.
+        // Workers idle now, less the deliveries already passed over or claimed ahead and not yet
+        // taken; the places still waiting for their commit are bounded only by the queue's size.
         let outstanding = tx.max_capacity() - tx.capacity();
-        let waiting = outstanding.saturating_sub(reserved.load(Ordering::Relaxed));
+        let waiting = outstanding.saturating_sub(reserved.load(Ordering::Relaxed)) + ahead;
         let room = idle.saturating_sub(waiting).min(n);
         let mut places = Vec::with_capacity(room);
         for _ in 0..room {
@@ -161,6 +177,12 @@ mod tests {
         let _busy_too = workers.clone().try_acquire_owned().unwrap();
         assert!(handoff.reserve(1).is_empty(), "every worker busy: new deliveries wait for a claim, in order");
         drop(busy);
+        // One worker idle again, but the pool claimed one delivery ahead from the store: it is
+        // older than anything new, so it takes that worker.
+        handoff.claimed_ahead(1);
+        assert!(handoff.reserve(1).is_empty(), "the idle worker is the delivery claimed ahead's");
+        handoff.claimed_ahead(0);
+        assert_eq!(handoff.reserve(2).len(), 1);
         handoff.close();
         assert!(handoff.reserve(1).is_empty());
         drop(rx);

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::OptionFuture;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,20 +34,18 @@ pub fn route_budget(config: &crate::config::Config) -> Option<usize> {
 }
 
 /// Runs until `stop` is cancelled, then lets in-flight deliveries finish (each is bounded by its
-/// route's timeout) before returning. Deliveries handed over by ingest go first; a claim looks
-/// for the rest when ingest left some in the store, when a due time comes, or at the poll interval.
+/// route's timeout) before returning. Deliveries claimed ahead from the store go first, then those
+/// ingest hands over. A claim looks for deliveries in the store when ingest left some there, when
+/// a due time comes, or at the poll interval; it runs beside the workers, not between them, and
+/// takes ahead up to a pool's worth, so the wait for its commit never leaves a worker idle.
 pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     let workers = ctx.runtime().config.delivery.workers;
     let permits = Arc::new(Semaphore::new(workers));
     let mut handed = ctx.handoff.open(permits.clone());
     let mut in_flight = JoinSet::new();
-    let spawn = |in_flight: &mut JoinSet<()>, c: Claimed, permit: tokio::sync::OwnedSemaphorePermit| {
-        let ctx = ctx.clone();
-        in_flight.spawn(async move { attempt_and_settle(&ctx, c, permit).await });
-    };
-    // A delivery passed over by ingest may have waited for a worker: its lease is renewed first
-    // when it ran low, and nothing is sent when it was lost.
-    let spawn_handed = |in_flight: &mut JoinSet<()>, h: Handover, permit: tokio::sync::OwnedSemaphorePermit| {
+    // A delivery that waited for a worker (passed over by ingest, or claimed ahead) has its lease
+    // renewed first when it ran low, and nothing is sent when it was lost.
+    let spawn = |in_flight: &mut JoinSet<()>, h: Handover, permit: tokio::sync::OwnedSemaphorePermit| {
         let renew = h.renew_first(ctx.now_ms(), ctx.lease().as_millis() as i64);
         let ctx = ctx.clone();
         in_flight.spawn(async move {
@@ -56,76 +55,73 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
             attempt_and_settle(&ctx, h.claimed, permit).await
         });
     };
+    // Claimed from the store and waiting for a worker, oldest first; at most a pool's worth.
+    let mut ahead: std::collections::VecDeque<Handover> = std::collections::VecDeque::new();
+    let mut said_ahead = 0;
+    let mut claiming: Option<tokio::task::JoinHandle<ClaimAhead>> = None;
     // Look in the store at start: deliveries may be waiting from before.
     let mut claim_now = true;
     let mut look_again: Option<tokio::time::Instant> = None;
     let mut after_a_finish = false;
     while !stop.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
-        if permits.available_permits() == 0 {
-            tokio::select! {
-                _ = in_flight.join_next() => {}
-                _ = stop.cancelled() => break,
-            }
-            continue;
-        }
-        let mut took = 0;
         while let Ok(permit) = permits.clone().try_acquire_owned() {
-            match handed.try_recv() {
-                Ok(h) => {
-                    spawn_handed(&mut in_flight, h, permit);
-                    took += 1;
-                }
+            match ahead.pop_front().map(Ok).unwrap_or_else(|| handed.try_recv()) {
+                Ok(h) => spawn(&mut in_flight, h, permit),
                 Err(_) => break,
             }
         }
-        let free = permits.available_permits();
-        if claim_now && free > 0 {
-            claim_now = false;
-            let claimed = match ctx.store.claim(free, ctx.lease(), ctx.gates.closed_routes(), ctx.now_ms()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %crate::telemetry::Chain(&e), "claiming deliveries failed; retrying shortly");
-                    look_again = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    Vec::new()
-                }
-            };
-            if claimed.is_empty() {
-                let next = ctx.store.next_due().await.ok().flatten();
-                let now = ctx.now_ms();
-                let poll = ctx.runtime().config.delivery.poll_interval;
-                // Due deliveries that cannot be claimed now (their key's head is in flight, their
-                // route is paced): look again when a delivery finishes or shortly, never in a spin.
-                let held_back = next.is_some_and(|at| at <= now);
-                after_a_finish = held_back;
-                let wait = match next {
-                    _ if held_back => HELD_BACK_RECHECK,
-                    Some(at) => Duration::from_millis((at - now) as u64).min(poll),
-                    None => poll,
-                };
-                look_again = Some(
-                    look_again
-                        .map_or(tokio::time::Instant::now() + wait, |l| l.min(tokio::time::Instant::now() + wait)),
-                );
-            } else {
-                // There may be more: claim again as soon as there is room.
-                claim_now = true;
-                for c in claimed {
-                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                    spawn(&mut in_flight, c, permit);
-                }
-            }
-            continue;
+        if ahead.len() != said_ahead {
+            said_ahead = ahead.len();
+            ctx.handoff.claimed_ahead(said_ahead);
         }
-        if took > 0 {
-            continue;
+        if claim_now && claiming.is_none() && ahead.len() < workers {
+            claim_now = false;
+            claiming = Some(tokio::spawn(claim_ahead(ctx.clone(), workers - ahead.len())));
         }
         let poll = ctx.runtime().config.delivery.poll_interval;
         let until = look_again.unwrap_or_else(|| tokio::time::Instant::now() + poll);
+        let idle = permits.available_permits() > 0;
         tokio::select! {
-            Some(h) = handed.recv() => {
+            biased;
+            _ = stop.cancelled() => {}
+            Some(claimed) = OptionFuture::from(claiming.as_mut()), if claiming.is_some() => {
+                claiming = None;
+                match claimed {
+                    Ok(ClaimAhead::Claimed(claimed)) => {
+                        // There may be more: claim again as soon as there is room.
+                        claim_now = true;
+                        ahead.extend(claimed);
+                    }
+                    Ok(ClaimAhead::Nothing { next }) => {
+                        let now = ctx.now_ms();
+                        // Due deliveries that cannot be claimed now (their key's head is in flight,
+                        // their route is paced): look again when a delivery finishes or shortly,
+                        // never in a spin.
+                        let held_back = next.is_some_and(|at| at <= now);
+                        after_a_finish = held_back;
+                        let wait = match next {
+                            _ if held_back => HELD_BACK_RECHECK,
+                            Some(at) => Duration::from_millis((at - now) as u64).min(poll),
+                            None => poll,
+                        };
+                        let at = tokio::time::Instant::now() + wait;
+                        look_again = Some(look_again.map_or(at, |l| l.min(at)));
+                    }
+                    Ok(ClaimAhead::Failed) | Err(_) => {
+                        look_again = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+            Some(h) = handed.recv(), if idle && ahead.is_empty() => {
                 if let Ok(permit) = permits.clone().acquire_owned().await {
-                    spawn_handed(&mut in_flight, h, permit);
+                    spawn(&mut in_flight, h, permit);
+                }
+            }
+            // Every worker busy: the first to finish its attempt takes the next delivery.
+            Ok(permit) = permits.clone().acquire_owned(), if !idle => {
+                if let Some(h) = ahead.pop_front().map(Ok).unwrap_or_else(|| handed.try_recv()).ok() {
+                    spawn(&mut in_flight, h, permit);
                 }
             }
             _ = ctx.wake.notified() => claim_now = true,
@@ -137,14 +133,23 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
                 claim_now = true;
                 after_a_finish = false;
             }
-            _ = stop.cancelled() => {}
         }
     }
-    // Nothing more is handed over; what was (leased, not started) goes back to the queue now
-    // rather than when its lease expires.
+    // Nothing more is handed over; what was (leased, not started), and what was claimed ahead,
+    // goes back to the queue now rather than when its lease expires.
     ctx.handoff.close();
     handed.close();
-    while let Some(Handover { claimed: c, .. }) = handed.recv().await {
+    if let Some(Ok(ClaimAhead::Claimed(claimed))) = match claiming {
+        Some(claim) => Some(claim.await),
+        None => None,
+    } {
+        ahead.extend(claimed);
+    }
+    let mut back = ahead;
+    while let Some(h) = handed.recv().await {
+        back.push_back(h);
+    }
+    for Handover { claimed: c, .. } in back {
         if let Err(e) = ctx.store.defer(c.delivery_id.clone(), c.lease_token, ctx.now_ms()).await {
             tracing::warn!(delivery = %c.delivery_id, error = %crate::telemetry::Chain(&e), "could not hand a delivery back; its lease will expire");
         }
@@ -154,6 +159,32 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
         tracing::info!(in_flight = n, "waiting for in-flight deliveries to finish");
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// What a claim ahead found.
+enum ClaimAhead {
+    /// Deliveries now leased to this pool, oldest first.
+    Claimed(Vec<Handover>),
+    /// None claimable now; when the next one is due, if any.
+    Nothing { next: Option<i64> },
+    /// The store refused (logged); try again shortly.
+    Failed,
+}
+
+/// Claims up to `limit` due deliveries, each with the end of its lease.
+async fn claim_ahead(ctx: Arc<DeliveryContext>, limit: usize) -> ClaimAhead {
+    let now = ctx.now_ms();
+    let lease_until = now + ctx.lease().as_millis() as i64;
+    match ctx.store.claim(limit, ctx.lease(), ctx.gates.closed_routes(), now).await {
+        Ok(claimed) if claimed.is_empty() => ClaimAhead::Nothing { next: ctx.store.next_due().await.ok().flatten() },
+        Ok(claimed) => {
+            ClaimAhead::Claimed(claimed.into_iter().map(|claimed| Handover { claimed, lease_until }).collect())
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::telemetry::Chain(&e), "claiming deliveries failed; retrying shortly");
+            ClaimAhead::Failed
+        }
+    }
 }
 
 /// One delivery on a worker of the pool: its attempt, then its settle.

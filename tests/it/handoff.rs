@@ -1,6 +1,6 @@
 //! New deliveries handed straight from ingest to idle workers: delivered once each whether they
-//! were handed over or left for a claim (every worker busy), and nothing is left leased when the
-//! relay stops.
+//! were handed over or left for a claim (every worker busy), at most a pool's worth claimed ahead
+//! of the workers, and nothing is left leased when the relay stops.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -33,6 +33,35 @@ async fn every_event_is_delivered_once_whether_it_was_handed_over_or_claimed() {
     let ids = ids_received(&app.crm);
     assert_eq!(ids.len(), 60, "one request per event, none sent twice: {ids:?}");
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 60);
+    assert!(app.crm.max_in_flight() <= 8, "never more than `workers` requests at once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn while_every_worker_is_busy_a_pools_worth_is_claimed_ahead_and_no_more() {
+    let app = spawn_app().await;
+    app.crm.delay(Duration::from_millis(1500));
+    for n in 0..20 {
+        assert_eq!(app.post_event(&contact_event(n)).await.status(), 200);
+    }
+    // The 8 workers are at the CRM; the 12 other deliveries were left in the store. The pool
+    // claims 8 of them ahead (leased, waiting for a worker), so the wait for a claim's commit
+    // never leaves a worker idle, and no more: the rest stay claimable by other replicas.
+    let leased = "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND lease_token IS NOT NULL";
+    wait_until(Duration::from_secs(10), "8 at the CRM and 8 claimed ahead", || async {
+        app.crm.max_in_flight() == 8 && app.count(leased) == 16
+    })
+    .await;
+    let mut most = 0;
+    wait_until(Duration::from_secs(20), "20 deliveries", || {
+        most = most.max(app.count(leased));
+        std::future::ready(app.count("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'") == 20)
+    })
+    .await;
+    assert!(most <= 16, "never more than a pool's worth claimed ahead: {most} leased at once");
+    let ids = ids_received(&app.crm);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 20);
+    assert_eq!(ids.len(), 20, "none sent twice: {ids:?}");
     assert!(app.crm.max_in_flight() <= 8, "never more than `workers` requests at once");
     app.stop().await;
 }
