@@ -75,7 +75,9 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
             said_ahead = ahead.len();
             ctx.handoff.claimed_ahead(said_ahead);
         }
-        if claim_now && claiming.is_none() && ahead.len() < workers {
+        // Claims come in batches of at least half a pool: one for every delivery started would
+        // be a store operation each.
+        if claim_now && claiming.is_none() && ahead.len() <= workers / 2 {
             claim_now = false;
             claiming = Some(tokio::spawn(claim_ahead(ctx.clone(), workers - ahead.len())));
         }
@@ -118,8 +120,9 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
                     spawn(&mut in_flight, h, permit);
                 }
             }
-            // Every worker busy: the first to finish its attempt takes the next delivery.
-            Ok(permit) = permits.clone().acquire_owned(), if !idle => {
+            // Every worker busy (or one finished since the look above, with deliveries claimed
+            // ahead waiting): the first free worker takes the next delivery.
+            Ok(permit) = permits.clone().acquire_owned(), if !idle || !ahead.is_empty() => {
                 if let Some(h) = ahead.pop_front().map(Ok).unwrap_or_else(|| handed.try_recv()).ok() {
                     spawn(&mut in_flight, h, permit);
                 }
