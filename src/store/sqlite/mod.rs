@@ -324,32 +324,50 @@ impl SqliteStore {
         skip_routes: Vec<String>,
         now: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.call(move |c| {
-            let skip = serde_json::to_string(&skip_routes).unwrap_or_else(|_| "[]".into());
-            let token = crate::event::new_id();
-            let until = now + lease.as_millis() as i64;
-            #[allow(clippy::type_complexity)]
-            let rows: Vec<(String, String, String, u32, u32, Option<String>, bool)> = c
-                .prepare_cached(CLAIM)?
-                .query_map(params![token, until, now, limit as i64, skip], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+        let token = crate::event::new_id();
+        let leased = token.clone();
+        let rows = self
+            .call(move |c| {
+                let skip = serde_json::to_string(&skip_routes).unwrap_or_else(|_| "[]".into());
+                let until = now + lease.as_millis() as i64;
+                c.prepare_cached(CLAIM)?
+                    .query_map(params![leased, until, now, limit as i64, skip], |r| {
+                        Ok(ClaimedRow {
+                            delivery_id: r.get(0)?,
+                            event_id: r.get(1)?,
+                            route: r.get(2)?,
+                            tries: r.get(3)?,
+                            attempts: r.get(4)?,
+                            steps_state: r.get(5)?,
+                            keyed: r.get(6)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The events were committed before the claim: they are read off the writer, so a claim
+        // holds up the ingest group commits only for its update.
+        self.read(move |c| {
             let mut get_event = c.prepare_cached(
                 "SELECT id, source, event_key, kind, status, payload, received_at FROM events WHERE id = ?1",
             )?;
             let mut out = Vec::with_capacity(rows.len());
-            for (delivery_id, event_id, route, tries, attempts, steps_state, keyed) in rows {
-                let event = get_event.query_row([&event_id], event_from_row)?;
+            for row in rows {
+                // An event erased (or purged) since the claim took its delivery: both went in one
+                // transaction, so there is nothing left to send.
+                let Some(event) = get_event.query_row([&row.event_id], event_from_row).optional()? else { continue };
                 out.push(Claimed {
-                    delivery_id,
-                    route,
+                    delivery_id: row.delivery_id,
+                    route: row.route,
                     lease_token: token.clone(),
-                    tries,
-                    attempts,
+                    tries: row.tries,
+                    attempts: row.attempts,
                     event,
-                    steps_state,
-                    keyed,
+                    steps_state: row.steps_state,
+                    keyed: row.keyed,
                     data: None,
                 });
             }
@@ -1000,6 +1018,17 @@ fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         last_error: r.get(6)?,
         next_attempt_at: r.get(7)?,
     })
+}
+
+/// A delivery the claim leased, before its event is read.
+struct ClaimedRow {
+    delivery_id: String,
+    event_id: String,
+    route: String,
+    tries: u32,
+    attempts: u32,
+    steps_state: Option<String>,
+    keyed: bool,
 }
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
