@@ -66,9 +66,9 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         while in_flight.try_join_next().is_some() {}
         while let Ok(permit) = permits.clone().try_acquire_owned() {
-            match ahead.pop_front().map(Ok).unwrap_or_else(|| handed.try_recv()) {
-                Ok(h) => spawn(&mut in_flight, h, permit),
-                Err(_) => break,
+            match next_waiting(&mut ahead, &mut handed) {
+                Some(h) => spawn(&mut in_flight, h, permit),
+                None => break,
             }
         }
         if ahead.len() != said_ahead {
@@ -123,7 +123,7 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
             // Every worker busy (or one finished since the look above, with deliveries claimed
             // ahead waiting): the first free worker takes the next delivery.
             Ok(permit) = permits.clone().acquire_owned(), if !idle || !ahead.is_empty() => {
-                if let Some(h) = ahead.pop_front().map(Ok).unwrap_or_else(|| handed.try_recv()).ok() {
+                if let Some(h) = next_waiting(&mut ahead, &mut handed) {
                     spawn(&mut in_flight, h, permit);
                 }
             }
@@ -162,6 +162,14 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
         tracing::info!(in_flight = n, "waiting for in-flight deliveries to finish");
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// The next delivery waiting for a worker: the oldest claimed ahead, else one ingest passed over.
+fn next_waiting(
+    ahead: &mut std::collections::VecDeque<Handover>,
+    handed: &mut tokio::sync::mpsc::Receiver<Handover>,
+) -> Option<Handover> {
+    ahead.pop_front().or_else(|| handed.try_recv().ok())
 }
 
 /// What a claim ahead found.
