@@ -14,6 +14,14 @@ fn contact_event(n: usize) -> Value {
            "data": {"contact": {"email": format!("c{n}@example.org"), "prenom": "Zoë", "nom": "Lefèvre"}}})
 }
 
+/// Posts `n` contact events, each acknowledged, to a relay whose CRM answers after `delay`.
+async fn post_contacts(app: &TestApp, n: usize, delay: Duration) {
+    app.crm.delay(delay);
+    for n in 0..n {
+        assert_eq!(app.post_event(&contact_event(n)).await.status(), 200);
+    }
+}
+
 fn ids_received(crm: &FakeCrm) -> Vec<String> {
     crm.received().iter().map(|r| r.json()["id"].as_str().unwrap_or_default().to_string()).collect()
 }
@@ -22,10 +30,7 @@ fn ids_received(crm: &FakeCrm) -> Vec<String> {
 async fn every_event_is_delivered_once_whether_it_was_handed_over_or_claimed() {
     let app = spawn_app().await;
     // The CRM is slow, so the 8 workers fill up: later events wait in the store for a claim.
-    app.crm.delay(Duration::from_millis(150));
-    for n in 0..60 {
-        assert_eq!(app.post_event(&contact_event(n)).await.status(), 200);
-    }
+    post_contacts(&app, 60, Duration::from_millis(150)).await;
     wait_until(Duration::from_secs(20), "60 deliveries", || async {
         app.count("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'") == 60
     })
@@ -40,10 +45,7 @@ async fn every_event_is_delivered_once_whether_it_was_handed_over_or_claimed() {
 #[tokio::test]
 async fn while_every_worker_is_busy_a_pools_worth_is_claimed_ahead_and_no_more() {
     let app = spawn_app().await;
-    app.crm.delay(Duration::from_millis(1500));
-    for n in 0..20 {
-        assert_eq!(app.post_event(&contact_event(n)).await.status(), 200);
-    }
+    post_contacts(&app, 20, Duration::from_millis(1500)).await;
     // The 8 workers are at the CRM; the 12 other deliveries were left in the store. The pool
     // claims some of them ahead (leased, waiting for a worker), so the wait for a claim's commit
     // never leaves a worker idle, but never more than a pool's worth: the rest stay claimable by
@@ -71,10 +73,7 @@ async fn while_every_worker_is_busy_a_pools_worth_is_claimed_ahead_and_no_more()
 async fn nothing_is_left_leased_after_a_graceful_stop_and_a_restart_sends_the_rest_at_once() {
     let cfg = TestConfig::default();
     let app = spawn_app_with(TestConfig::default()).await;
-    app.crm.delay(Duration::from_millis(1500));
-    for n in 0..20 {
-        assert_eq!(app.post_event(&contact_event(n)).await.status(), 200);
-    }
+    post_contacts(&app, 20, Duration::from_millis(1500)).await;
     // 8 requests at the CRM (every worker busy); the others wait in the store.
     wait_until(Duration::from_secs(10), "8 requests at the CRM", || async { app.crm.max_in_flight() == 8 }).await;
     let db = app.db_path();
