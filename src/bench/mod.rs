@@ -581,8 +581,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let machine_before = proc_stat();
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    // The drive's start on the bench's clock: spans and seconds count from here.
-    let series_start_us = progress.now_us();
+    // The drive's start (the first request) on the bench's clock: spans and seconds count from here.
+    let drive_start_us = progress.now_us();
     let sampler = {
         let (peak, sampling, progress, timeline) = (peak.clone(), sampling.clone(), progress.clone(), timeline.clone());
         tokio::spawn(async move {
@@ -619,7 +619,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         while timeline.received.load(Ordering::Relaxed) < report.accepted && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let span = Deliveries::measure(&progress.sent_at, &timeline.arrived, series_start_us, ingest);
+        let span = Deliveries::measure(&progress.sent_at, &timeline.arrived, drive_start_us, ingest);
         let delivered = timeline.received.load(Ordering::Relaxed);
         report.delivered = Some(delivered);
         report.end_to_end_seconds = Some(span.last_us as f64 / 1e6);
@@ -644,7 +644,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         if s == 0 || a == 0 {
             continue; // not sent, or not answered
         }
-        if let Some(sample) = report.series.get_mut((s.saturating_sub(series_start_us) / 1_000_000) as usize) {
+        if let Some(sample) = report.series.get_mut((s.saturating_sub(drive_start_us) / 1_000_000) as usize) {
             sample.ack_max_ms = sample.ack_max_ms.max(a as f64 / 1e3);
         }
     }

@@ -1010,6 +1010,14 @@ mod tests {
         Some((admin, schema, url))
     }
 
+    /// Opens the store on a scratch schema (which migrates it) and reads the schema version it
+    /// then records.
+    async fn upgraded(admin: &tokio_postgres::Client, url: &SecretString) -> (PgStore, i32) {
+        let store = open_on(url).await;
+        let version = admin.query_one("SELECT version FROM lbx_schema_version", &[]).await.unwrap().get(0);
+        (store, version)
+    }
+
     /// Closes the store's connections and drops its scratch schema.
     async fn discard(store: PgStore, admin: &tokio_postgres::Client, schema: &str) {
         drop(store);
@@ -1057,8 +1065,7 @@ mod tests {
         else {
             return;
         };
-        let store = open_on(&url).await;
-        let version: i32 = admin.query_one("SELECT version FROM lbx_schema_version", &[]).await.unwrap().get(0);
+        let (store, version) = upgraded(&admin, &url).await;
         assert_eq!(version as usize, MIGRATIONS.len());
         let shown = |d: EventDetail| -> Vec<(u32, Option<String>)> {
             d.attempts.into_iter().map(|a| (a.attempt, a.detail)).collect()
@@ -1122,8 +1129,7 @@ mod tests {
         else {
             return;
         };
-        let store = open_on(&url).await;
-        let version: i32 = admin.query_one("SELECT version FROM lbx_schema_version", &[]).await.unwrap().get(0);
+        let (store, version) = upgraded(&admin, &url).await;
         assert_eq!(version, 11);
         let collations: Vec<(String, String, Option<String>)> = admin
             .query(
