@@ -14,8 +14,9 @@ pub const MIN_MASKED_LEN: usize = 6;
 /// The known secret values of one configuration.
 #[derive(Clone, Default)]
 pub struct Masker {
-    /// Longest first, so a secret containing another is masked whole.
-    values: Vec<String>,
+    /// Longest first, so a secret containing another is masked whole; each with its searcher,
+    /// built once (a `str::contains` builds one on every call, for every text of every attempt).
+    values: Vec<(String, memchr::memmem::Finder<'static>)>,
 }
 
 impl std::fmt::Debug for Masker {
@@ -35,6 +36,13 @@ impl Masker {
         values.extend(encoded);
         values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         values.dedup();
+        let values = values
+            .into_iter()
+            .map(|v| {
+                let finder = memchr::memmem::Finder::new(v.as_bytes()).into_owned();
+                (v, finder)
+            })
+            .collect();
         Masker { values }
     }
 
@@ -45,8 +53,8 @@ impl Masker {
 
     /// The same, on a text the caller gives up: no copy when it holds no secret.
     pub fn mask_owned(&self, mut text: String) -> String {
-        for v in &self.values {
-            if text.contains(v.as_str()) {
+        for (v, finder) in &self.values {
+            if finder.find(text.as_bytes()).is_some() {
                 text = text.replace(v.as_str(), "***");
             }
         }
@@ -122,6 +130,12 @@ mod tests {
         assert_eq!(m.mask("token s3cr3t+key/value echoed"), "token *** echoed");
         assert_eq!(m.mask("GET /x?k=s3cr3t%2Bkey%2Fvalue"), "GET /x?k=***");
         assert_eq!(m.mask("abc stays"), "abc stays");
+        // At the very start and end of a text, and more than once.
+        assert_eq!(m.mask("s3cr3t+key/value|s3cr3t+key/value"), "***|***");
+        // A secret that holds another is masked whole, not as the shorter one plus its tail.
+        let m = Masker::new(["abcdef".to_string(), "abcdefghij".to_string()]);
+        assert_eq!(m.mask("key abcdefghij, then abcdef"), "key ***, then ***");
+        assert_eq!(m.mask("abcde"), "abcde");
     }
 
     #[test]
