@@ -23,6 +23,12 @@ for tool in valgrind callgrind_annotate curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install valgrind curl)" >&2; exit 2; }
 done
 [ -x "$BIN" ] || { echo "$BIN: build it with cargo build --release --features bench" >&2; exit 2; }
+for p in "$PORT" $((PORT + 1)) $((PORT + 2)); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "port $p is taken: set PORT to the first of three free ports" >&2
+    exit 2
+  fi
+done
 BIN=$(realpath "$BIN")
 RELAY=$(realpath "$RELAY")
 
