@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Instructions per event of a relay, counted by valgrind's callgrind: the same total (within about
-# 1 %) on a busy machine, a slow one or a noisy virtual one, where CPU seconds drift by a third
-# between runs. What it leaves out: the kernel's work (TCP, fsync), cache misses and waits.
+# Instructions per event of a relay, counted by valgrind's callgrind: within 1–3 % from run to run
+# on an idle machine, slow or fast, where CPU seconds drift by a third. A loaded machine makes
+# smaller group commits and so more instructions per event: compare builds one after the other on
+# an idle machine. What it leaves out: the kernel's work (TCP, fsync), cache misses and waits.
 #
 #   bash bench/instructions.sh [EVENTS]          # defaults: 6000 events, target/release/lbx-relay
 #   RELAY=/path/to/other/lbx-relay bash bench/instructions.sh   # another build, same generator
