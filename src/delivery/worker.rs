@@ -142,11 +142,10 @@ pub async fn run(ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     // goes back to the queue now rather than when its lease expires.
     ctx.handoff.close();
     handed.close();
-    if let Some(Ok(ClaimAhead::Claimed(claimed))) = match claiming {
-        Some(claim) => Some(claim.await),
-        None => None,
-    } {
-        ahead.extend(claimed);
+    if let Some(claim) = claiming {
+        if let Ok(ClaimAhead::Claimed(claimed)) = claim.await {
+            ahead.extend(claimed);
+        }
     }
     let mut back = ahead;
     while let Some(h) = handed.recv().await {

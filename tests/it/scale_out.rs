@@ -168,7 +168,7 @@ async fn a_database_outage_answers_503_never_200_and_recovers_without_a_restart(
     // session of the role is ended until none is left *and* the relay's readiness check has since
     // failed on a login that NOLOGIN refused, and still none is left after it.
     let sessions_left = || async {
-        let left: i64 = schema
+        schema
             .client
             .query_one(
                 &format!(
@@ -178,8 +178,7 @@ async fn a_database_outage_answers_503_never_200_and_recovers_without_a_restart(
             )
             .await
             .unwrap()
-            .get(0);
-        left
+            .get::<_, i64>(0)
     };
     wait_until(Duration::from_secs(20), "the relay's sessions ended and it is not ready", || async {
         if sessions_left().await != 0 {
